@@ -1,0 +1,83 @@
+"""The engine interface shared by the local diffusers engine and the cloud proxy.
+
+Exceptions::
+
+    EngineError                 the engine could not produce images (wire code 680006 / 680009)
+    ├── ModelMissingError       a model part is not on this machine; says which and how to get it
+    ├── ImageInvalidError       an input image cannot be used (wire code 680003)
+    └── JobCancelled            should_cancel() said stop; raised between steps
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ref2img.protocol import ControlType
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps in all)
+CancelCheck = Callable[[], bool]
+
+
+class EngineError(RuntimeError):
+    """The engine could not produce images."""
+
+
+class ModelMissingError(EngineError):
+    """A model part is missing locally. The message names it and the command that fetches it."""
+
+
+class ImageInvalidError(EngineError):
+    """An input image cannot be used (format, size or pixels)."""
+
+
+class JobCancelled(EngineError):
+    """The job was cancelled between two engine steps."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation request, with images already fetched and decoded.
+
+    `control_map` is a ready edge/pose/depth map: when given, the annotator is skipped.
+    `seed` is the seed of image 0; image i of the batch uses `seed + i`.
+    """
+
+    prompt: str
+    control_type: ControlType
+    reference: Image.Image
+    seed: int
+    control_intensity: float = 0.5
+    width: int = 1024
+    height: int = 1024
+    batch_size: int = 1
+    init_image: Image.Image | None = None
+    control_map: Image.Image | None = None
+    negative_prompt: str | None = None
+    steps: int | None = None  # None: the preset's default
+    guidance_scale: float | None = None
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(done: int, total: int) -> None:
+    return None
+
+
+class Engine(Protocol):
+    """What turns a job into images."""
+
+    def generate(
+        self,
+        job: Job,
+        on_progress: ProgressCallback = _ignore,
+        should_cancel: CancelCheck = _never,
+    ) -> list[Image.Image]: ...
+
+    def recognize(self, image: Image.Image, control_type: ControlType) -> Image.Image: ...

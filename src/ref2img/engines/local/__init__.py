@@ -1,0 +1,6 @@
+"""The local diffusers engine. Importing this package imports torch and diffusers."""
+
+from ref2img.engines.local.engine import LocalEngine
+from ref2img.engines.local.presets import PRESETS, ModelRef, Preset, resolve_preset
+
+__all__ = ["PRESETS", "LocalEngine", "ModelRef", "Preset", "resolve_preset"]

@@ -1,0 +1,67 @@
+"""Control maps from photos: Canny edges (OpenCV, no weights), depth (transformers
+`depth-estimation`, e.g. Depth-Anything-V2-Small), pose (DWPose). Models load on first use."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ref2img.engines.base import EngineError
+from ref2img.engines.local.hub import folder_of, locate
+from ref2img.engines.local.presets import Preset
+from ref2img.protocol import ControlType
+
+
+def canny_map(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
+    """White edges on black, 3 channels: what canny ControlNets expect."""
+    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    edges = cv2.Canny(gray, low, high)
+    return Image.fromarray(np.stack([edges] * 3, axis=-1))
+
+
+class Annotators:
+    def __init__(self, preset: Preset, use_cuda: bool = False):
+        self._preset = preset
+        self._use_cuda = use_cuda
+        self._depth = None
+        self._pose = None
+        self._lock = threading.Lock()
+
+    def control_map(self, image: Image.Image, mode: ControlType) -> Image.Image:
+        if mode is ControlType.EDGE:
+            return canny_map(image)
+        if mode is ControlType.DEPTH:
+            return self._depth_map(image)
+        if mode is ControlType.POSE:
+            return self._pose_map(image)
+        raise EngineError(
+            "subject mode (2) has no control map: the reference itself conditions the output through IP-Adapter"
+        )
+
+    def _depth_map(self, image: Image.Image) -> Image.Image:
+        with self._lock:
+            if self._depth is None:
+                from transformers import pipeline
+
+                path = folder_of(self._preset.depth_estimator, "depth_estimator", self._preset)
+                self._depth = pipeline("depth-estimation", model=str(path), device=0 if self._use_cuda else -1)
+        depth = self._depth(image.convert("RGB"))["predicted_depth"]
+        values = depth.squeeze().float().cpu().numpy()
+        values = cv2.resize(values, image.size, interpolation=cv2.INTER_CUBIC)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        gray = (scaled * 255.0).clip(0, 255).astype(np.uint8)  # near = bright, as depth ControlNets expect
+        return Image.fromarray(np.stack([gray] * 3, axis=-1))
+
+    def _pose_map(self, image: Image.Image) -> Image.Image:
+        with self._lock:
+            if self._pose is None:
+                from ref2img.engines.local.pose import DWPose
+
+                detector = locate(self._preset.pose_detector, "pose_detector", self._preset)
+                estimator = locate(self._preset.pose_estimator, "pose_estimator", self._preset)
+                self._pose = DWPose(detector, estimator, use_cuda=self._use_cuda)
+        return self._pose(image)

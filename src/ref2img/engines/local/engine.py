@@ -1,0 +1,152 @@
+"""The local engine: a job in, exactly `width`×`height` images out, on diffusers."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ref2img.engines.base import ImageInvalidError, Job, JobCancelled, ProgressCallback
+from ref2img.engines.local.annotators import Annotators
+from ref2img.engines.local.device import Placement, choose_placement
+from ref2img.engines.local.intensity import Knobs, knobs_for
+from ref2img.engines.local.pipelines import PipelineSet
+from ref2img.engines.local.presets import UNION_CONTROL_MODE, Preset, resolve_preset
+from ref2img.engines.local.sizing import fit, generation_size
+from ref2img.protocol import ControlType
+
+log = logging.getLogger("ref2img.engine")
+
+MAX_INPUT_PIXELS = 64 * 1024 * 1024  # decoded reference/init images above this are refused
+
+
+class LocalEngine:
+    """Loads a preset once and serves every mode from it. One generation runs at a time."""
+
+    def __init__(
+        self,
+        model: str | Preset | None = None,
+        device: str | None = None,
+        overrides: dict[str, str] | None = None,
+        compile_unet: bool = False,
+    ):
+        self.preset = model if isinstance(model, Preset) else resolve_preset(model, overrides)
+        self.placement: Placement = choose_placement(device)
+        self.annotators = Annotators(self.preset, use_cuda=self.placement.device.type == "cuda")
+        self._compile = compile_unet
+        self._pipelines: PipelineSet | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pipelines(self) -> PipelineSet:
+        if self._pipelines is None:
+            self._pipelines = PipelineSet(self.preset, self.placement, compile_unet=self._compile)
+        return self._pipelines
+
+    def load(self) -> LocalEngine:
+        """Load the base model now rather than on the first job (servers call this at start)."""
+        _ = self.pipelines
+        return self
+
+    # -- Engine interface ------------------------------------------------------------------
+    def recognize(self, image: Image.Image, control_type: ControlType) -> Image.Image:
+        _check_image(image, "image")
+        return self.annotators.control_map(image.convert("RGB"), control_type)
+
+    def generate(
+        self,
+        job: Job,
+        on_progress: ProgressCallback = lambda done, total: None,
+        should_cancel=lambda: False,
+    ) -> list[Image.Image]:
+        _check_image(job.reference, "reference_image")
+        if job.init_image is not None:
+            _check_image(job.init_image, "init_image")
+        preset = self.preset
+        gen_w, gen_h = generation_size(job.width, job.height, preset.max_pixels, preset.size_multiple)
+        knobs = knobs_for(job.control_type, job.control_intensity, job.init_image is not None,
+                          preset.controlnet_scale_max)
+        with self._lock:
+            pipe, kwargs = self._prepare(job, knobs, gen_w, gen_h)
+            steps = kwargs["num_inference_steps"]
+
+            def on_step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
+                total = getattr(pipeline, "_num_timesteps", None) or steps
+                on_progress(min(step + 1, total), total)
+                if should_cancel():
+                    raise JobCancelled(f"cancelled after step {step + 1} of {total}")
+                return tensors
+
+            if should_cancel():
+                raise JobCancelled("cancelled before the first step")
+            log.info("generate mode=%s size=%dx%d (model %dx%d) batch=%d steps=%d seed=%d",
+                     job.control_type.name.lower(), job.width, job.height, gen_w, gen_h,
+                     job.batch_size, steps, job.seed)
+            with torch.inference_mode():
+                images = pipe(**kwargs, callback_on_step_end=on_step_end).images
+        return [fit(image, job.width, job.height) for image in images]
+
+    # -- building the call -------------------------------------------------------------------
+    def _prepare(self, job: Job, knobs: Knobs, gen_w: int, gen_h: int) -> tuple[Any, dict[str, Any]]:
+        preset, pipelines = self.preset, self.pipelines
+        img2img = job.init_image is not None
+        reference = fit(job.reference, gen_w, gen_h)
+        steps = job.steps or preset.steps
+        if knobs.strength is not None and int(steps * knobs.strength) < 1:
+            steps = math.ceil(1 / knobs.strength)  # img2img runs steps×strength steps: keep at least one
+        kwargs: dict[str, Any] = {
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "num_inference_steps": steps,
+            "guidance_scale": preset.guidance_scale if job.guidance_scale is None else job.guidance_scale,
+            "num_images_per_prompt": job.batch_size,
+            # Image i of a batch uses seed + i, so any one image can be reproduced alone.
+            "generator": [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.batch_size)],
+        }
+        if job.control_type is ControlType.SUBJECT:
+            pipelines.ensure_ip_adapter()
+        if pipelines.has_ip_adapter:
+            # Once loaded, the UNet wants image embeds on every call; scale 0 skips the adapter.
+            pipelines.base.set_ip_adapter_scale(knobs.ip_adapter_scale)
+            kwargs["ip_adapter_image"] = reference
+        pipe = pipelines.pipeline_for(job.control_type, img2img)
+
+        if img2img:
+            kwargs["image"] = fit(job.init_image, gen_w, gen_h)
+            kwargs["strength"] = knobs.strength
+        else:
+            kwargs.update(width=gen_w, height=gen_h)
+        if job.control_type is not ControlType.SUBJECT:
+            control = fit(job.control_map, gen_w, gen_h) if job.control_map is not None else \
+                self.annotators.control_map(reference, job.control_type)
+            if preset.uses_union_controlnet:
+                kwargs["control_image"] = [control]
+                kwargs["control_mode"] = [UNION_CONTROL_MODE[job.control_type]]
+            else:
+                kwargs["control_image" if img2img else "image"] = control
+            kwargs["controlnet_conditioning_scale"] = knobs.controlnet_scale
+            kwargs["control_guidance_end"] = knobs.control_guidance_end
+        self._set_memory_savers(pipe, gen_w * gen_h, job.batch_size)
+        return pipe, kwargs
+
+    def _set_memory_savers(self, pipe, pixels: int, batch_size: int) -> None:
+        vae = pipe.vae
+        if pixels > 1024 * 1024:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+        if self.placement.is_cpu or batch_size > 1:
+            vae.enable_slicing()
+
+
+def _check_image(image: Image.Image, field: str) -> None:
+    if image.width < 1 or image.height < 1:
+        raise ImageInvalidError(f"{field}: the image is empty")
+    if image.width * image.height > MAX_INPUT_PIXELS:
+        raise ImageInvalidError(
+            f"{field}: {image.width}x{image.height} is over {MAX_INPUT_PIXELS // (1024 * 1024)} megapixels")
+

@@ -1,0 +1,243 @@
+"""Presets: which base model and which per-mode parts the local engine loads.
+
+A preset names each part by a Hugging Face repo id or a local path. Any part can be overridden from
+a preset file (JSON or TOML, `{"extends": "sd15", "base": "/models/my-sd15"}`) or from flags
+(`part=value`). Relative paths in a file are resolved against the file's folder. `ref2img models tiny`
+writes such a file (`ref2img-preset.json`) next to the tiny models it builds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ref2img.engines.base import EngineError
+from ref2img.protocol import ControlType
+
+PRESET_FILE_NAME = "ref2img-preset.json"
+
+# Mode ids of the union ControlNet (xinsir/controlnet-union-sdxl-1.0 model card).
+UNION_CONTROL_MODE = {ControlType.POSE: 0, ControlType.DEPTH: 1, ControlType.EDGE: 3}
+CONTROL_MODE_NAMES = {ControlType.EDGE: "edge", ControlType.POSE: "pose", ControlType.DEPTH: "depth"}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where one model part lives: a hub repo id or a local path, plus what inside it to use."""
+
+    source: str
+    subfolder: str | None = None
+    weight_name: str | None = None  # one file inside (IP-Adapter, LoRA, ONNX)
+    variant: str | None = None  # e.g. "fp16": load `*.fp16.safetensors`
+    files: tuple[str, ...] | None = None  # what `models pull` downloads (hub allow-patterns)
+
+    @property
+    def is_local(self) -> bool:
+        return self.source.startswith(("/", ".", "~")) or Path(self.source).exists()
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    family: Literal["sd15", "sdxl"]
+    description: str
+    base: ModelRef
+    # Either {"union": ref} (one net for edge/pose/depth) or {"edge": ref, "pose": ref, "depth": ref}.
+    controlnets: dict[str, ModelRef]
+    ip_adapter: ModelRef
+    image_encoder: ModelRef
+    depth_estimator: ModelRef
+    pose_detector: ModelRef
+    pose_estimator: ModelRef
+    vae: ModelRef | None = None
+    lora: ModelRef | None = None
+    scheduler: str | None = None  # "euler-trailing" for distilled few-step LoRAs
+    steps: int = 30
+    guidance_scale: float = 5.0
+    max_pixels: int = 1024 * 1024  # larger requests are generated at this area, then resized
+    size_multiple: int = 64
+    controlnet_scale_max: float = 1.0
+    source_file: str | None = field(default=None, compare=False)
+
+    @property
+    def uses_union_controlnet(self) -> bool:
+        return "union" in self.controlnets
+
+    def controlnet_for(self, mode: ControlType) -> tuple[str, ModelRef]:
+        key = "union" if self.uses_union_controlnet else CONTROL_MODE_NAMES[mode]
+        if key not in self.controlnets:
+            raise EngineError(f"preset {self.name!r} has no ControlNet for {CONTROL_MODE_NAMES[mode]} mode")
+        return key, self.controlnets[key]
+
+    def parts(self) -> dict[str, ModelRef]:
+        """Every model part by its override name (`controlnet.edge`, `ip_adapter`, ...)."""
+        named = {
+            "base": self.base,
+            "vae": self.vae,
+            "lora": self.lora,
+            "ip_adapter": self.ip_adapter,
+            "image_encoder": self.image_encoder,
+            "depth_estimator": self.depth_estimator,
+            "pose_detector": self.pose_detector,
+            "pose_estimator": self.pose_estimator,
+        }
+        named.update({f"controlnet.{key}": ref for key, ref in self.controlnets.items()})
+        return {key: ref for key, ref in named.items() if ref is not None}
+
+    @property
+    def pull_target(self) -> str:
+        return self.source_file or self.name
+
+
+def _hub(repo: str, *files: str, subfolder: str | None = None, weight: str | None = None, variant=None) -> ModelRef:
+    return ModelRef(repo, subfolder=subfolder, weight_name=weight, variant=variant, files=files or None)
+
+
+_FP16_PIPELINE = ("*.json", "*.txt", "*/*.fp16.safetensors")
+_DEPTH = _hub("depth-anything/Depth-Anything-V2-Small-hf", "*.json", "*.safetensors")
+_POSE_DETECTOR = _hub("yzd-v/DWPose", "yolox_l.onnx", weight="yolox_l.onnx")
+_POSE_ESTIMATOR = _hub("yzd-v/DWPose", "dw-ll_ucoco_384.onnx", weight="dw-ll_ucoco_384.onnx")
+_VIT_H_ENCODER = _hub("h94/IP-Adapter", "models/image_encoder/*", subfolder="models/image_encoder")
+
+_SDXL = Preset(
+    name="sdxl",
+    family="sdxl",
+    description="SDXL base 1.0 + union ControlNet (edge/pose/depth) + IP-Adapter plus; best quality, ~10 GB GPU",
+    base=_hub("stabilityai/stable-diffusion-xl-base-1.0", *_FP16_PIPELINE, variant="fp16"),
+    vae=_hub("madebyollin/sdxl-vae-fp16-fix", "config.json", "diffusion_pytorch_model.safetensors"),
+    controlnets={"union": _hub("xinsir/controlnet-union-sdxl-1.0", "config.json", "diffusion_pytorch_model.safetensors")},
+    ip_adapter=_hub(
+        "h94/IP-Adapter",
+        "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
+        subfolder="sdxl_models",
+        weight="ip-adapter-plus_sdxl_vit-h.safetensors",
+    ),
+    image_encoder=_VIT_H_ENCODER,
+    depth_estimator=_DEPTH,
+    pose_detector=_POSE_DETECTOR,
+    pose_estimator=_POSE_ESTIMATOR,
+    steps=30,
+    guidance_scale=5.0,
+    max_pixels=1536 * 1536,
+    controlnet_scale_max=0.9,
+)
+
+PRESETS: dict[str, Preset] = {
+    "sdxl": _SDXL,
+    "sdxl-fast": dataclasses.replace(
+        _SDXL,
+        name="sdxl-fast",
+        description="sdxl with the SDXL-Lightning 8-step LoRA: ~4x faster, prompts need no negative",
+        lora=_hub("ByteDance/SDXL-Lightning", "sdxl_lightning_8step_lora.safetensors",
+                  weight="sdxl_lightning_8step_lora.safetensors"),
+        scheduler="euler-trailing",
+        steps=8,
+        guidance_scale=1.0,
+    ),
+    "sd15": Preset(
+        name="sd15",
+        family="sd15",
+        description="SD 1.5 + ControlNet v1.1 canny/openpose/depth + IP-Adapter plus; for small GPUs and CPUs",
+        base=_hub("stable-diffusion-v1-5/stable-diffusion-v1-5", *_FP16_PIPELINE, variant="fp16"),
+        controlnets={
+            "edge": _hub("lllyasviel/control_v11p_sd15_canny", "config.json", "diffusion_pytorch_model.safetensors"),
+            "pose": _hub("lllyasviel/control_v11p_sd15_openpose", "config.json", "diffusion_pytorch_model.safetensors"),
+            "depth": _hub("lllyasviel/control_v11f1p_sd15_depth", "config.json", "diffusion_pytorch_model.safetensors"),
+        },
+        ip_adapter=_hub(
+            "h94/IP-Adapter", "models/ip-adapter-plus_sd15.safetensors",
+            subfolder="models", weight="ip-adapter-plus_sd15.safetensors",
+        ),
+        image_encoder=_VIT_H_ENCODER,
+        depth_estimator=_DEPTH,
+        pose_detector=_POSE_DETECTOR,
+        pose_estimator=_POSE_ESTIMATOR,
+        steps=25,
+        guidance_scale=7.5,
+        max_pixels=768 * 768,
+    ),
+}
+
+_SCALAR_FIELDS = {"steps": int, "guidance_scale": float, "max_pixels": int, "size_multiple": int,
+                  "controlnet_scale_max": float, "scheduler": str, "family": str, "description": str}
+
+
+def resolve_preset(model: str | Path | None, overrides: dict[str, str] | None = None) -> Preset:
+    """A preset name, a folder holding `ref2img-preset.json`, or a preset file; then flag overrides."""
+    model = str(model or "sdxl")
+    if model in PRESETS:
+        preset = PRESETS[model]
+    else:
+        path = Path(model).expanduser()
+        if path.is_dir() and (path / PRESET_FILE_NAME).is_file():
+            path = path / PRESET_FILE_NAME
+        if not path.is_file():
+            raise EngineError(
+                f"unknown model {model!r}: give a preset ({', '.join(PRESETS)}), a folder with "
+                f"{PRESET_FILE_NAME} (e.g. from `ref2img models tiny DIR`), or a preset file"
+            )
+        preset = load_preset_file(path)
+    return apply_overrides(preset, overrides or {}, base_dir=Path.cwd()) if overrides else preset
+
+
+def load_preset_file(path: Path) -> Preset:
+    try:
+        text = path.read_text()
+        spec = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot read preset file {path}: {exc}") from None
+    parent = PRESETS.get(spec.pop("extends", None) or "", None)
+    if parent is None:
+        required = {"family", "base", "controlnets", "ip_adapter", "image_encoder",
+                    "depth_estimator", "pose_detector", "pose_estimator"}
+        missing = sorted(required - spec.keys())
+        if missing:
+            raise EngineError(f"preset file {path} lacks {', '.join(missing)} (or an `extends` preset)")
+        parent = _SDXL
+    name = spec.pop("name", str(path.parent.name if path.name == PRESET_FILE_NAME else path.stem))
+    preset = dataclasses.replace(parent, name=name, source_file=str(path), controlnets=dict(parent.controlnets))
+    if "controlnets" in spec:
+        preset = dataclasses.replace(preset, controlnets={})
+        for key, value in spec.pop("controlnets").items():
+            spec[f"controlnet.{key}"] = value
+    return apply_overrides(preset, spec, base_dir=path.parent)
+
+
+def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -> Preset:
+    changes: dict[str, Any] = {}
+    controlnets = dict(preset.controlnets)
+    for key, value in overrides.items():
+        if key in _SCALAR_FIELDS:
+            if value is None:
+                changes[key] = None
+                continue
+            try:
+                changes[key] = _SCALAR_FIELDS[key](value)
+            except ValueError:
+                raise EngineError(f"preset override {key}: {value!r} is not a {_SCALAR_FIELDS[key].__name__}") from None
+        elif key.startswith("controlnet."):
+            controlnets[key.removeprefix("controlnet.")] = _model_ref(value, base_dir)
+        elif key in {"base", "vae", "lora", "ip_adapter", "image_encoder", "depth_estimator",
+                     "pose_detector", "pose_estimator"}:
+            changes[key] = None if value in (None, "", "none") else _model_ref(value, base_dir)
+        else:
+            raise EngineError(f"unknown preset part {key!r}")
+    if "union" in controlnets and len(controlnets) > 1:
+        # A union net given explicitly replaces per-mode nets, and the other way round.
+        explicit = {k.removeprefix("controlnet.") for k in overrides if k.startswith("controlnet.")}
+        controlnets = {k: v for k, v in controlnets.items() if k in explicit} or controlnets
+    return dataclasses.replace(preset, controlnets=controlnets, **changes)
+
+
+def _model_ref(value: Any, base_dir: Path) -> ModelRef:
+    spec = {"source": value} if isinstance(value, str) else dict(value)
+    source = spec["source"]
+    if not source.startswith(("/", "~")) and (source.startswith(".") or (base_dir / source).exists()):
+        spec["source"] = str((base_dir / source).resolve())
+    if "files" in spec and spec["files"] is not None:
+        spec["files"] = tuple(spec["files"])
+    return ModelRef(**spec)

@@ -1,0 +1,205 @@
+"""Wire models and constraints of the Tomoviee `tm_reference_img2img` protocol.
+
+The single source of truth for field names, types and ranges: the SDK validates with it before a
+request leaves, the server validates with it when one arrives, and the CLI's in-process path uses
+it too. Every rejection is a :class:`ParameterError` naming the field and the allowed range.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "BATCH_SIZE_RANGE",
+    "SIZE_RANGE",
+    "ControlType",
+    "CreateRequest",
+    "ErrorCode",
+    "ParameterError",
+    "TaskStatus",
+    "parse_create_request",
+]
+
+SIZE_RANGE = (512, 2048)
+BATCH_SIZE_RANGE = (1, 4)
+INTENSITY_RANGE = (0.0, 1.0)
+MAX_PROMPT_CHARS = 2000
+SEED_RANGE = (0, 2**32 - 1)
+
+
+class ControlType(str, enum.Enum):
+    """What of the reference image the output keeps. Sent on the wire as the strings "0".."3"."""
+
+    EDGE = "0"
+    POSE = "1"
+    SUBJECT = "2"
+    DEPTH = "3"
+
+    @classmethod
+    def parse(cls, value: str | int | ControlType) -> ControlType:
+        """Accept the wire string, an int 0..3, or a name (edge, pose, subject, depth)."""
+        if isinstance(value, ControlType):
+            return value
+        if isinstance(value, bool):  # bool is an int subclass: never a control type
+            raise ValueError
+        text = str(value).strip().lower()
+        for member in cls:
+            if text in (member.value, member.name.lower()):
+                return member
+        raise ValueError(f"unknown control type {value!r}")
+
+
+class TaskStatus(enum.IntEnum):
+    QUEUED = 1
+    PROCESSING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+    TIMED_OUT = 6
+
+    @property
+    def is_final(self) -> bool:
+        return self >= TaskStatus.SUCCEEDED
+
+
+class ErrorCode(enum.IntEnum):
+    OK = 0
+    UNAUTHORIZED = 140013
+    INVALID_PARAMETER = 680001
+    IMAGE_FETCH_FAILED = 680002
+    IMAGE_INVALID = 680003
+    TASK_NOT_FOUND = 680004
+    BUSY = 680005
+    ENGINE_UNAVAILABLE = 680006
+    INTERNAL = 680009
+
+
+class ParameterError(ValueError):
+    """A request field is missing or outside its allowed range (wire code 680001)."""
+
+    code = ErrorCode.INVALID_PARAMETER
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+# What each field allows, in the words used by error messages and docs.
+ALLOWED: dict[str, str] = {
+    "prompt": f"a non-empty string of at most {MAX_PROMPT_CHARS} characters",
+    "negative_prompt": f"a string of at most {MAX_PROMPT_CHARS} characters",
+    "reference_image": "an image URL (http, https or data:image/...) or an uploaded file URL",
+    "init_image": "an image URL (http, https or data:image/...) or an uploaded file URL",
+    "control_type": 'one of "0" (edge), "1" (pose), "2" (subject), "3" (depth)',
+    "control_intensity": "a number from 0 to 1",
+    "width": f"an integer from {SIZE_RANGE[0]} to {SIZE_RANGE[1]}",
+    "height": f"an integer from {SIZE_RANGE[0]} to {SIZE_RANGE[1]}",
+    "batch_size": f"an integer from {BATCH_SIZE_RANGE[0]} to {BATCH_SIZE_RANGE[1]}",
+    "seed": f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
+    "callback": "an http or https URL",
+    "params": "a string (passed through untouched)",
+}
+
+MAX_URL_CHARS = 30 * 1024 * 1024  # data: URIs carry whole images
+
+
+def _strict_int(value: Any) -> Any:
+    # JSON numbers like 1024.0 are integers too; strings and booleans are not.
+    if isinstance(value, bool):
+        raise ValueError("booleans are not numbers")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+class CreateRequest(BaseModel):
+    """Body of `POST /v1/open/capacity/application/tm_reference_img2img` (flat JSON)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    reference_image: str = Field(
+        min_length=1, max_length=MAX_URL_CHARS, validation_alias=AliasChoices("reference_image", "image")
+    )
+    control_type: ControlType
+    control_intensity: float = Field(default=0.5, ge=INTENSITY_RANGE[0], le=INTENSITY_RANGE[1], strict=True)
+    width: int = Field(default=1024, ge=SIZE_RANGE[0], le=SIZE_RANGE[1], strict=True)
+    height: int = Field(default=1024, ge=SIZE_RANGE[0], le=SIZE_RANGE[1], strict=True)
+    batch_size: int = Field(
+        default=1,
+        ge=BATCH_SIZE_RANGE[0],
+        le=BATCH_SIZE_RANGE[1],
+        strict=True,
+        validation_alias=AliasChoices("batch_size", "image_num"),
+    )
+    init_image: str | None = Field(default=None, min_length=1, max_length=MAX_URL_CHARS)
+    callback: str | None = Field(default=None, max_length=2048)
+    params: str | None = None
+    # Our extensions; a Tomoviee client never needs them.
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], strict=True)
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("blank prompt")
+        return value
+
+    @field_validator("control_type", mode="before")
+    @classmethod
+    def _control_type(cls, value: Any) -> ControlType:
+        # The cloud documents a string; ints 0..3 are accepted too, since untyped clients send them.
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError("not a control type")
+        return ControlType.parse(value)
+
+    @field_validator("width", "height", "batch_size", "seed", mode="before")
+    @classmethod
+    def _integers(cls, value: Any) -> Any:
+        return _strict_int(value)
+
+    @field_validator("control_intensity", mode="before")
+    @classmethod
+    def _finite_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError("not a finite number")
+        return value
+
+    def resolved_init_image(self) -> str | None:
+        """The init image the engine uses: subject mode (2) needs one and defaults to the reference."""
+        if self.init_image is None and self.control_type is ControlType.SUBJECT:
+            return self.reference_image
+        return self.init_image
+
+    def to_wire(self) -> dict[str, Any]:
+        """The flat JSON body, with `control_type` as its string and unset extensions left out."""
+        body = self.model_dump(mode="json", exclude_none=True)
+        return body
+
+
+def parse_create_request(body: Any) -> CreateRequest:
+    """Validate a create body; raise :class:`ParameterError` for the first bad field."""
+    if not isinstance(body, dict):
+        raise ParameterError("body", "must be a JSON object")
+    try:
+        return CreateRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _first_parameter_error(exc, body) from None
+
+
+def _first_parameter_error(exc: ValidationError, body: dict[str, Any]) -> ParameterError:
+    error = exc.errors(include_url=False)[0]
+    field = str(error["loc"][0]) if error["loc"] else "body"
+    field = {"image": "reference_image", "image_num": "batch_size"}.get(field, field)
+    allowed = ALLOWED.get(field, "a valid value")
+    if error["type"] == "missing":
+        return ParameterError(field, f"is required; must be {allowed}")
+    got = error.get("input")
+    shown = repr(got) if not isinstance(got, str) or len(got) <= 60 else repr(got[:57] + "...")
+    return ParameterError(field, f"must be {allowed} (got {shown})")
