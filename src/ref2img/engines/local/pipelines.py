@@ -69,12 +69,12 @@ class PipelineSet:
         extra: dict[str, Any] = {}
         if preset.vae is not None:
             extra["vae"] = self._load("vae", preset.vae, lambda p: diffusers.AutoencoderKL.from_pretrained(
-                p, torch_dtype=dtype, local_files_only=True, variant=preset.vae.variant))
+                p, dtype=dtype, local_files_only=True, variant=preset.vae.variant))
         if preset.family == "sd15":
             extra.update(safety_checker=None, requires_safety_checker=False)
         cls = getattr(diffusers, _BASE_CLASS[preset.family])
         pipe = self._load("base", preset.base, lambda p: cls.from_pretrained(
-            p, torch_dtype=dtype, local_files_only=True, variant=preset.base.variant, **extra))
+            p, dtype=dtype, local_files_only=True, variant=preset.base.variant, **extra))
         if preset.lora is not None:
             lora_dir = folder_of(preset.lora, "lora", preset)
             pipe.load_lora_weights(str(lora_dir), weight_name=preset.lora.weight_name)
@@ -96,7 +96,7 @@ class PipelineSet:
         if key not in self._controlnets:
             cls = diffusers.ControlNetUnionModel if key == "union" else diffusers.ControlNetModel
             net = self._load(f"controlnet.{key}", ref, lambda p: cls.from_pretrained(
-                p, torch_dtype=self.placement.dtype, local_files_only=True, variant=ref.variant))
+                p, dtype=self.placement.dtype, local_files_only=True, variant=ref.variant))
             net.to(self.placement.device)
             if not self.placement.is_cpu:
                 net.to(memory_format=torch.channels_last)
@@ -112,7 +112,7 @@ class PipelineSet:
         preset = self.preset
         encoder_dir = folder_of(preset.image_encoder, "image_encoder", preset)
         encoder = self._load("image_encoder", preset.image_encoder, lambda p: CLIPVisionModelWithProjection.from_pretrained(
-            p, torch_dtype=self.placement.dtype, local_files_only=True))
+            p, dtype=self.placement.dtype, local_files_only=True))
         processor = (CLIPImageProcessor.from_pretrained(encoder_dir)
                      if (encoder_dir / "preprocessor_config.json").exists() else CLIPImageProcessor())
         self.base.register_modules(image_encoder=encoder.to(self.placement.device), feature_extractor=processor)

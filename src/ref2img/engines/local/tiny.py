@@ -108,7 +108,7 @@ def _sd15_base(tokenizer):
     )
     text = {"text_encoder": CLIPTextModel(_text_config(len(tokenizer))), "tokenizer": tokenizer}
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False)
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     return unet, text, scheduler
 
 

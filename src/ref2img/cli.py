@@ -1,0 +1,292 @@
+"""The `ref2img` command line. Engine commands import torch lazily, so `--help` stays instant."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from ref2img.images import ImageInputError, load_image
+from ref2img.protocol import ControlType, ParameterError, parse_create_request
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Images from a reference image and a prompt: edge, pose, subject or depth control.")
+models_app = typer.Typer(no_args_is_help=True, help="List, download and build the local engine's models.")
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+out = Console()
+
+EXIT_USAGE = 2  # bad input
+EXIT_FAILURE = 1  # the engine or a model failed
+
+ControlOption = Annotated[str, typer.Option("--control", "-c", help="edge|pose|subject|depth, or 0..3")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="preset (sdxl, sdxl-fast, sd15), a tiny-model DIR or a preset file")]
+PartOption = Annotated[list[str] | None, typer.Option("--part", help="override one preset part: KEY=VALUE (e.g. base=/models/sd15)")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _parse_control(value: str) -> ControlType:
+    try:
+        return ControlType.parse(value)
+    except ValueError:
+        _fail(f"--control: must be edge, pose, subject, depth or 0..3 (got {value!r})", EXIT_USAGE)
+
+
+def _parse_parts(parts: list[str] | None) -> dict[str, str]:
+    overrides = {}
+    for item in parts or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--part: expected KEY=VALUE (got {item!r})", EXIT_USAGE)
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _quiet_libraries() -> None:
+    """diffusers/transformers chatter (casting notes, weight-loading bars) is noise for CLI users."""
+    import warnings
+
+    import diffusers
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _engine(model: str, parts: list[str] | None, device: str | None):
+    from ref2img.engines.base import EngineError
+    from ref2img.engines.local import LocalEngine
+
+    _quiet_libraries()
+    try:
+        return LocalEngine(model, device=device, overrides=_parse_parts(parts))
+    except EngineError as exc:
+        _fail(str(exc))
+
+
+def _image(source: str, field: str):
+    try:
+        return load_image(source, field)
+    except ImageInputError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+@app.command()
+def generate(
+    reference: Annotated[str, typer.Argument(help="reference image: a path or an http(s) URL")],
+    prompt: Annotated[str, typer.Argument(help="what to make of it")],
+    control: ControlOption = "edge",
+    init: Annotated[str | None, typer.Option("--init", help="init image (img2img); subject mode defaults to the reference")] = None,
+    control_map: Annotated[str | None, typer.Option("--control-map", help="a ready edge/pose/depth map: skips the annotator")] = None,
+    width: Annotated[int, typer.Option("--width", "-W", help="output width, 512..2048")] = 1024,
+    height: Annotated[int, typer.Option("--height", "-H", help="output height, 512..2048")] = 1024,
+    batch: Annotated[int, typer.Option("--batch", "-n", help="images to make, 1..4")] = 1,
+    intensity: Annotated[float, typer.Option("--intensity", "-i", help="how closely to follow the reference, 0..1")] = 0.5,
+    seed: Annotated[int | None, typer.Option("--seed", help="seed of image 1; image k uses seed+k-1 (default: random)")] = None,
+    negative: Annotated[str | None, typer.Option("--negative", help="negative prompt")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, max=200, help="denoising steps (default: the preset's)")] = None,
+    model: ModelOption = "sdxl",
+    part: PartOption = None,
+    device: DeviceOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the PNGs and the run's JSON")] = Path("out"),
+    as_json: Annotated[bool, typer.Option("--json", help="print the run record as JSON on stdout")] = False,
+) -> None:
+    """Generate images in-process with the local engine (no server)."""
+    started = time.perf_counter()
+    mode = _parse_control(control)
+    body = {"prompt": prompt, "reference_image": reference, "control_type": mode.value,
+            "control_intensity": intensity, "width": width, "height": height, "batch_size": batch}
+    body.update({k: v for k, v in {"init_image": init, "seed": seed, "negative_prompt": negative}.items() if v is not None})
+    try:
+        request = parse_create_request(body)
+    except ParameterError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+    reference_image = _image(request.reference_image, "reference_image")
+    init_source = request.resolved_init_image()
+    init_image = reference_image if init_source == request.reference_image else (
+        _image(init_source, "init_image") if init_source else None)
+    map_image = _image(control_map, "control_map") if control_map else None
+    if map_image is not None and mode is ControlType.SUBJECT:
+        _fail("--control-map: subject mode uses the reference itself, not a control map", EXIT_USAGE)
+    first_seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+
+    from ref2img.engines.base import EngineError, Job
+
+    engine = _engine(model, part, device)
+    loaded = time.perf_counter()
+    job = Job(prompt=request.prompt, control_type=mode, reference=reference_image, seed=first_seed,
+              control_intensity=request.control_intensity, width=request.width, height=request.height,
+              batch_size=request.batch_size, init_image=init_image, control_map=map_image,
+              negative_prompt=request.negative_prompt, steps=steps)
+    try:
+        images = _run_with_progress(engine, job, quiet=as_json)
+    except EngineError as exc:
+        _fail(str(exc))
+    finished = time.perf_counter()
+
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, image in enumerate(images):
+        path = out_dir / f"{run_id}-{index + 1}.png"
+        image.save(path)
+        paths.append(str(path))
+    record = {
+        "run_id": run_id,
+        "images": paths,
+        "seeds": [first_seed + i for i in range(len(images))],
+        "request": request.model_dump(mode="json", exclude_none=True),
+        "control_map": control_map,
+        "steps": steps or engine.preset.steps,
+        "preset": engine.preset.name,
+        "device": str(engine.placement.device),
+        "dtype": str(engine.placement.dtype).removeprefix("torch."),
+        "timings_s": {"load": round(loaded - started, 3), "generate": round(finished - loaded, 3),
+                      "total": round(finished - started, 3)},
+    }
+    (out_dir / f"{run_id}.json").write_text(json.dumps(record, indent=2) + "\n")
+    if as_json:
+        print(json.dumps(record))
+    else:
+        for path in paths:
+            out.print(path, highlight=False)
+
+
+def _run_with_progress(engine, job, quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, disable=quiet, transient=True) as progress:
+        task = progress.add_task(f"{job.control_type.name.lower()} x{job.batch_size}", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return engine.generate(job, on_progress=on_progress)
+
+
+@app.command()
+def recognize(
+    image: Annotated[str, typer.Argument(help="photo: a path or an http(s) URL")],
+    control: ControlOption = "edge",
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="where to write the control map (PNG)")] = Path("control-map.png"),
+    model: ModelOption = "sdxl",
+    part: PartOption = None,
+    device: DeviceOption = None,
+) -> None:
+    """Write the control map (edges, pose skeleton or depth) the engine would use for IMAGE."""
+    mode = _parse_control(control)
+    picture = _image(image, "image")
+    from ref2img.engines.base import EngineError
+
+    engine = _engine(model, part, device)
+    try:
+        result = engine.recognize(picture, mode)
+    except EngineError as exc:
+        _fail(str(exc))
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    result.save(out_file)
+    out.print(str(out_file), highlight=False)
+
+
+@models_app.command("list")
+def models_list(
+    model: Annotated[list[str] | None, typer.Argument(help="presets, folders or files (default: every preset)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Presets, their parts, and which are on this machine (with sizes)."""
+    from ref2img.engines.base import EngineError
+    from ref2img.engines.local.hub import part_statuses
+    from ref2img.engines.local.presets import PRESETS, resolve_preset
+
+    try:
+        presets = [resolve_preset(name) for name in (model or list(PRESETS))]
+    except EngineError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    listing = []
+    for preset in presets:
+        parts = [vars(status) for status in part_statuses(preset)]
+        listing.append({"preset": preset.name, "family": preset.family, "description": preset.description,
+                        "ready": all(p["present"] for p in parts), "parts": parts})
+    if as_json:
+        print(json.dumps(listing, indent=2))
+        return
+    from rich.table import Table
+
+    for entry in listing:
+        table = Table(title=f"{entry['preset']} ({'ready' if entry['ready'] else 'incomplete'}): {entry['description']}",
+                      title_justify="left")
+        for column in ("part", "source", "present", "size"):
+            table.add_column(column)
+        for p in entry["parts"]:
+            table.add_row(p["part"], p["source"], "yes" if p["present"] else "[red]no[/]",
+                          _human_size(p["size_bytes"]) if p["present"] else "")
+        out.print(table)
+
+
+def _human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+@models_app.command("pull")
+def models_pull(preset_name: Annotated[str, typer.Argument(metavar="PRESET", help="preset name or preset file")]) -> None:
+    """Download a preset's models into the Hugging Face cache (progress bars per file)."""
+    from ref2img.engines.base import EngineError
+    from ref2img.engines.local.hub import PullError, pull
+    from ref2img.engines.local.presets import resolve_preset
+
+    try:
+        preset = resolve_preset(preset_name)
+        pull(preset, on_part=lambda part, ref: err.print(f"[bold]{part}[/]: {ref.source}", highlight=False))
+    except (EngineError, PullError) as exc:
+        _fail(str(exc))
+    err.print(f"preset {preset.name!r} is ready", highlight=False)
+
+
+@models_app.command("tiny")
+def models_tiny(
+    directory: Annotated[Path, typer.Argument(help="folder to build the tiny models in")],
+    family: Annotated[str, typer.Option("--family", help="sd15 (per-mode ControlNets) or sdxl (union ControlNet)")] = "sd15",
+) -> None:
+    """Build every part of the random-weight `tiny` preset offline (for tests and plumbing checks)."""
+    if family not in ("sd15", "sdxl"):
+        _fail(f"--family: must be sd15 or sdxl (got {family!r})", EXIT_USAGE)
+    _quiet_libraries()
+    from ref2img.engines.local.tiny import build_tiny
+
+    build_tiny(directory, family)
+    out.print(f"built tiny {family} models in {directory}; use them with --model {directory}", highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

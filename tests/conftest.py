@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random-weight models built offline once per session, and test photos."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())  # a person: pose, depth and edges all have something to find
+
+
+@pytest.fixture(scope="session")
+def coffee() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.coffee())
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(tmp_path_factory):
+    from ref2img.engines.local.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny-sd15"), "sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    from ref2img.engines.local.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny-sdxl"), "sdxl")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_sd15):
+    from ref2img.engines.local import LocalEngine
+
+    return LocalEngine(str(tiny_sd15), device="cpu").load()
+
+
+@pytest.fixture(scope="session")
+def engine_xl(tiny_sdxl):
+    from ref2img.engines.local import LocalEngine
+
+    return LocalEngine(str(tiny_sdxl), device="cpu").load()
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
