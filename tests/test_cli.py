@@ -1,0 +1,142 @@
+"""The `ref2img` command line: the main job as a real process, the rest through typer's runner."""
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from ref2img.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory, astronaut) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
+    astronaut.save(path)
+    return path
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "ref2img.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_generate_main_job_as_a_process(tiny_sd15, photo, tmp_path):
+    result = run_cli("generate", str(photo), "an astronaut on mars", "--control", "pose", "--model", str(tiny_sd15),
+                     "-W", "1000", "-H", "600", "--batch", "2", "--seed", "7", "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["seeds"] == [7, 8]
+    assert record["preset"] == "tiny" and record["device"] == "cpu"
+    assert record["request"]["control_type"] == "1"
+    assert set(record["timings_s"]) == {"load", "generate", "total"}
+    assert len(record["images"]) == 2
+    for path in record["images"]:
+        assert Image.open(path).size == (1000, 600)
+    assert json.loads((tmp_path / f"{record['run_id']}.json").read_text()) == record
+    assert "Traceback" not in result.stderr
+
+
+def test_models_tiny_then_list(tmp_path):
+    built = run_cli("models", "tiny", str(tmp_path / "tiny"), "--family", "sdxl")
+    assert built.returncode == 0, built.stderr
+    listed = runner.invoke(app, ["models", "list", str(tmp_path / "tiny"), "--json"])
+    assert listed.exit_code == 0, listed.output
+    [entry] = json.loads(listed.stdout)
+    assert entry["family"] == "sdxl" and entry["ready"] is True
+    assert {p["part"] for p in entry["parts"]} >= {"base", "controlnet.union", "ip_adapter", "pose_estimator"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-W", "4000"], "width: must be an integer from 512 to 2048 (got 4000)"),
+        (["--batch", "9"], "batch_size: must be an integer from 1 to 4"),
+        (["--intensity", "2"], "control_intensity: must be a number from 0 to 1"),
+        (["-c", "9"], "--control: must be edge, pose, subject, depth or 0..3"),
+    ],
+)
+def test_bad_options_exit_2_with_a_clear_message(tiny_sd15, photo, args, message):
+    result = runner.invoke(app, ["generate", str(photo), "a prompt", "--model", str(tiny_sd15), *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_empty_prompt(tiny_sd15, photo):
+    result = runner.invoke(app, ["generate", str(photo), "", "--model", str(tiny_sd15)])
+    assert result.exit_code == 2 and "prompt: " in result.stderr
+
+
+def test_unreadable_image(tiny_sd15, tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("not a picture")
+    result = runner.invoke(app, ["generate", str(fake), "a prompt", "--model", str(tiny_sd15)])
+    assert result.exit_code == 2
+    assert "reference_image: the data is not an image" in result.stderr
+
+
+def test_missing_model_says_how_to_get_it(photo, tmp_path):
+    result = runner.invoke(app, ["generate", str(photo), "a prompt", "--model", "sd15", "--device", "cpu",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "ref2img models pull sd15" in result.stderr
+    assert "Traceback" not in result.output and not list(tmp_path.iterdir())
+
+
+def test_pull_offline_is_one_clear_line():
+    result = run_cli("models", "pull", "sd15")
+    assert result.returncode == 1
+    assert "could not download the base model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_recognize_writes_the_map(tiny_sd15, photo, tmp_path):
+    target = tmp_path / "maps" / "depth.png"
+    result = runner.invoke(app, ["recognize", str(photo), "--control", "depth", "--model", str(tiny_sd15),
+                                 "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(target).size == (512, 512)
+
+
+def test_control_map_and_init_from_an_http_url(tiny_sd15, photo, tmp_path, coffee):
+    """REFERENCE and --init may be http(s) URLs; --control-map takes a ready map."""
+    (tmp_path / "www").mkdir()
+    coffee.save(tmp_path / "www" / "coffee.jpg")
+    Image.open(photo).save(tmp_path / "www" / "ref.png")
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "www"), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        result = runner.invoke(app, [
+            "generate", f"{base}/ref.png", "a prompt", "-c", "depth", "--init", f"{base}/coffee.jpg",
+            "--control-map", str(photo), "--model", str(tiny_sd15), "-W", "640", "-H", "512",
+            "--out", str(tmp_path / "out"), "--json"])
+        missing = runner.invoke(app, ["generate", f"{base}/nope.png", "a prompt", "--model", str(tiny_sd15)])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert Image.open(record["images"][0]).size == (640, 512)
+    assert record["request"]["init_image"].endswith("coffee.jpg")
+    assert missing.exit_code == 2 and "HTTP 404" in missing.stderr
+
+
+def test_control_map_is_refused_in_subject_mode(tiny_sd15, photo):
+    result = runner.invoke(app, ["generate", str(photo), "p", "-c", "subject", "--control-map", str(photo),
+                                 "--model", str(tiny_sd15)])
+    assert result.exit_code == 2 and "subject mode" in result.stderr
+
+
+def test_sdk_imports_without_torch():
+    code = "import sys, ref2img, ref2img.cli, ref2img.images; print('torch' in sys.modules, 'diffusers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["False", "False"], result.stderr
