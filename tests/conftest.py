@@ -28,14 +28,14 @@ def coffee() -> Image.Image:
 
 @pytest.fixture(scope="session")
 def tiny_sd15(tmp_path_factory):
-    from ref2img.engines.local.tiny import build_tiny
+    from ref2img.engines.local.random_models import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny-sd15"), "sd15")
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory):
-    from ref2img.engines.local.tiny import build_tiny
+    from ref2img.engines.local.random_models import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny-sdxl"), "sdxl")
 

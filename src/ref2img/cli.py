@@ -274,7 +274,7 @@ def models_tiny(
     if family not in ("sd15", "sdxl"):
         _fail(f"--family: must be sd15 or sdxl (got {family!r})", EXIT_USAGE)
     _quiet_libraries()
-    from ref2img.engines.local.tiny import build_tiny
+    from ref2img.engines.local.random_models import build_tiny
 
     build_tiny(directory, family)
     out.print(f"built tiny {family} models in {directory}; use them with --model {directory}", highlight=False)
