@@ -76,9 +76,12 @@ def _engine(model: str, parts: list[str] | None, device: str | None):
 
     _quiet_libraries()
     try:
-        return LocalEngine(model, device=device, overrides=_parse_parts(parts))
+        engine = LocalEngine(model, device=device, overrides=_parse_parts(parts))
     except EngineError as exc:
         _fail(str(exc))
+    dtype = str(engine.placement.dtype).removeprefix("torch.")
+    err.print(f"[dim]model {engine.preset.name} on {engine.placement.device} ({dtype})[/]", highlight=False)
+    return engine
 
 
 def _image(source: str, field: str):

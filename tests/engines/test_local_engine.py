@@ -139,3 +139,19 @@ def test_recognize_maps(engine, astronaut):
         image = engine.recognize(astronaut, mode)
         assert image.size == astronaut.size and image.mode == "RGB"
         assert pixels(image).max() > 0, mode
+
+
+def test_fused_lora_and_trailing_scheduler_like_sdxl_fast(tiny_sd15, astronaut):
+    """The sdxl-fast path: a LoRA fused into the UNet at load, Euler with trailing timesteps."""
+    from ref2img.engines.local import LocalEngine
+
+    fast = LocalEngine(str(tiny_sd15), device="cpu",
+                       overrides={"lora": str(tiny_sd15 / "lora"), "scheduler": "euler-trailing", "steps": "2"})
+    plain = LocalEngine(str(tiny_sd15), device="cpu", overrides={"scheduler": "euler-trailing", "steps": "2"})
+    with_lora = fast.generate(job(astronaut))[0]
+    without = plain.generate(job(astronaut))[0]
+    assert type(fast.pipelines.base.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert fast.pipelines.base.scheduler.config.timestep_spacing == "trailing"
+    # Fused, then unloaded: no LoRA layers left to cost time on every step.
+    assert not any("lora" in name for name, _ in fast.pipelines.base.unet.named_modules())
+    assert differ(with_lora, without) > 1

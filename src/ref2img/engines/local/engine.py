@@ -141,6 +141,8 @@ class LocalEngine:
             vae.disable_tiling()
         if self.placement.is_cpu or batch_size > 1:
             vae.enable_slicing()
+        else:
+            vae.disable_slicing()
 
 
 def _check_image(image: Image.Image, field: str) -> None:

@@ -121,6 +121,8 @@ def build_random(directory: Path, family: str = "sd15", scale: str = "tiny",
     _save_image_encoder(directory / "image-encoder", arch.encoder, dtype)
     _save_depth_estimator(directory / "depth")
     _save_pose_models(directory / "pose")
+    if scale == "tiny":
+        _save_lora(directory / "lora", family, unet)  # not in the preset; tests switch it on like sdxl-fast's
     name = ("tiny" if family == "sd15" else "tiny-sdxl") if scale == "tiny" else f"random-{family}"
     preset = {
         "name": name,
@@ -244,6 +246,19 @@ def _save_ip_adapter(folder: Path, unet, clip_embed_dim: int) -> None:
         key_id += 2
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "ip-adapter.safetensors"))
+
+
+def _save_lora(folder: Path, family: str, unet) -> None:
+    """A UNet LoRA in diffusers' format (`pytorch_lora_weights.safetensors`), randomly initialised
+    on both sides so that it changes the output once fused."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    saver = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
+    saver.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet))
 
 
 def _hidden_size(unet, processor_name: str) -> int:
