@@ -20,6 +20,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Images from a reference image and a prompt: edge, pose, subject or depth control.")
 models_app = typer.Typer(no_args_is_help=True, help="List, download and build the local engine's models.")
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke the server's app keys.")
+app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True)
 out = Console()
@@ -30,6 +32,8 @@ EXIT_FAILURE = 1  # the engine or a model failed
 ControlOption = Annotated[str, typer.Option("--control", "-c", help="edge|pose|subject|depth, or 0..3")]
 ModelOption = Annotated[str, typer.Option("--model", "-m", help="preset (sdxl, sdxl-fast, sd15), a tiny-model DIR or a preset file")]
 PartOption = Annotated[list[str] | None, typer.Option("--part", help="override one preset part: KEY=VALUE (e.g. base=/models/sd15)")]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="REF2IMG_DATA_DIR",
+                                             help="server data: SQLite store, images, keys")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
 
 
@@ -281,6 +285,85 @@ def models_tiny(
 
     build_tiny(directory, family)
     out.print(f"built tiny {family} models in {directory}; use them with --model {directory}", highlight=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="port to listen on")] = 8080,
+    data_dir: DataDirOption = Path("ref2img-data"),
+    model: ModelOption = "sdxl",
+    part: PartOption = None,
+    device: DeviceOption = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="worker threads (one engine, shared)")] = 1,
+    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls", help="let image and callback URLs reach loopback/private addresses")] = False,
+    queue_limit: Annotated[int, typer.Option("--queue-limit", min=1, help="queued tasks before create answers 680005 / HTTP 429")] = 100,
+    task_timeout: Annotated[float, typer.Option("--task-timeout", min=1, help="seconds from create to status 6")] = 1800.0,
+    public_url: Annotated[str | None, typer.Option("--public-url", help="base of result URLs sent in callbacks (default: http://HOST:PORT)")] = None,
+    callback_retry_scale: Annotated[float, typer.Option("--callback-retry-scale", hidden=True)] = 1.0,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run the Tomoviee-compatible server (embedded mode: SQLite queue, workers in this process)."""
+    import logging
+
+    import uvicorn
+
+    from ref2img.server import ServerSettings, create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServerSettings(
+        data_dir=data_dir, model=model, model_overrides=_parse_parts(part), device=device, workers=workers,
+        allow_private_urls=allow_private_urls, queue_limit=queue_limit, task_timeout_s=task_timeout,
+        public_url=public_url or f"http://{host}:{port}", callback_retry_scale=callback_retry_scale)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _store(data_dir: Path):
+    from ref2img.tasks.store import Store
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Store(f"sqlite:///{data_dir / 'ref2img.db'}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="a label for the key")] = "",
+    data_dir: DataDirOption = Path("ref2img-data"),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create an app key. The secret is shown this once; the server keeps only a salted hash."""
+    from ref2img.tasks.keys import create_key
+
+    key = create_key(_store(data_dir), name)
+    if as_json:
+        print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name}))
+        return
+    out.print(f"app_key:    {key.app_key}\napp_secret: {key.app_secret}", highlight=False)
+    err.print("Store the secret now: it cannot be shown again.")
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOption = Path("ref2img-data"),
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """App keys with their names and state (never their secrets)."""
+    rows = [{"app_key": row.app_key, "name": row.name,
+             "created": datetime.fromtimestamp(row.created_at, timezone.utc).isoformat(timespec="seconds"),
+             "revoked": row.revoked_at is not None} for row in _store(data_dir).list_keys()]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for row in rows:
+        out.print(f"{row['app_key']}  {row['created']}  {'revoked' if row['revoked'] else 'active'}  {row['name']}",
+                  highlight=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(app_key: Annotated[str, typer.Argument(help="the key to revoke")],
+                data_dir: DataDirOption = Path("ref2img-data")) -> None:
+    """Revoke an app key: its requests are refused from now on (within 30 s on a running server)."""
+    if not _store(data_dir).revoke_key(app_key):
+        _fail(f"no active key {app_key!r}", EXIT_USAGE)
+    out.print(f"revoked {app_key}", highlight=False)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "ParameterError",
     "TaskStatus",
     "parse_create_request",
+    "parse_recognize_request",
 ]
 
 SIZE_RANGE = (512, 2048)
@@ -181,6 +182,34 @@ class CreateRequest(BaseModel):
         """The flat JSON body, with `control_type` as its string and unset extensions left out."""
         body = self.model_dump(mode="json", exclude_none=True)
         return body
+
+
+class RecognizeRequest(BaseModel):
+    """Body of `POST /v1/open/capacity/application/tm_reference_img2mask` (control map only)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    control_type: ControlType
+    init_image: str = Field(min_length=1, max_length=MAX_URL_CHARS)
+    callback: str | None = Field(default=None, max_length=2048)
+    params: str | None = None
+
+    _control_type = field_validator("control_type", mode="before")(CreateRequest._control_type.__func__)
+
+
+def parse_recognize_request(body: Any) -> RecognizeRequest:
+    """Validate a recognition body, flat or in the documented `template_info[0].input_params` wrapping."""
+    if not isinstance(body, dict):
+        raise ParameterError("body", "must be a JSON object")
+    template = body.get("template_info")
+    if isinstance(template, list) and template and isinstance(template[0], dict):
+        inner = template[0].get("input_params")
+        if isinstance(inner, dict):
+            body = {**{k: v for k, v in body.items() if k != "template_info"}, **inner}
+    try:
+        return RecognizeRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _first_parameter_error(exc, body) from None
 
 
 def parse_create_request(body: Any) -> CreateRequest:

@@ -1,0 +1,30 @@
+"""The FastAPI application: `create_app(settings)`; `ref2img serve` runs it on uvicorn."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ref2img.server.errors import install_error_handlers
+from ref2img.server.routes import router
+from ref2img.server.services import ServerSettings, Services
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    services = Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services.start()
+        try:
+            yield
+        finally:
+            services.stop()
+
+    app = FastAPI(title="ref2img", version="0.1.0", lifespan=lifespan,
+                  description="Tomoviee-compatible reference-to-image server (tm_reference_img2img).")
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

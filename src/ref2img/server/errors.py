@@ -1,0 +1,49 @@
+"""The wire envelope `{"code", "msg", "data"}` and the one exception type routes raise."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ref2img.protocol import ErrorCode
+
+log = logging.getLogger("ref2img.server")
+
+
+class ApiError(Exception):
+    def __init__(self, code: ErrorCode, msg: str, http_status: int = 200, headers: dict[str, str] | None = None):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.http_status = http_status
+        self.headers = headers
+
+
+def ok(data: dict | None) -> dict:
+    return {"code": 0, "msg": "success", "data": data}
+
+
+def envelope_response(code: int, msg: str, status: int = 200, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"code": int(code), "msg": msg, "data": None}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return envelope_response(exc.code, exc.msg, exc.http_status, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return envelope_response(ErrorCode.INVALID_PARAMETER, f"{field}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        incident = secrets.token_hex(4)
+        log.error("unhandled error (incident %s)", incident, exc_info=exc)
+        return envelope_response(ErrorCode.INTERNAL, f"internal error (incident {incident})", 500)

@@ -1,0 +1,125 @@
+"""Outbound HTTP that cannot be turned against the server's own network (SSRF).
+
+Each hop is resolved once, every address it resolves to must be public (not loopback, private,
+link-local, CGNAT, multicast, reserved, metadata, or an IPv4-mapped form of those), and the request
+then goes to that very address (Host header and TLS SNI keep the name), so a DNS answer that changes
+between check and connect (rebinding) cannot slip through. Redirects are followed by hand, each one
+checked the same way; callbacks follow none. Bodies are capped in bytes and in total time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+
+import httpx
+
+from ref2img.images import MAX_IMAGE_BYTES
+from ref2img.protocol import ErrorCode
+
+MAX_REDIRECTS = 5
+
+
+class UrlRefused(Exception):
+    """The URL may not or could not be fetched; the message says why in a user's words."""
+
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.IMAGE_FETCH_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+class SafeHttp:
+    def __init__(self, allow_private: bool = False, timeout_s: float = 20.0, max_bytes: int = MAX_IMAGE_BYTES):
+        self.allow_private = allow_private
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0), follow_redirects=False,
+                                    trust_env=False, headers={"user-agent": "ref2img"})
+
+    def close(self) -> None:
+        self._client.close()
+
+    def check(self, url: str) -> None:
+        """Refuse a URL that could never be fetched (scheme, credentials, private address)."""
+        self._pin(httpx.URL(url))
+
+    def get(self, url: str) -> bytes:
+        target = httpx.URL(url)
+        deadline = time.monotonic() + self.timeout_s
+        for _ in range(MAX_REDIRECTS + 1):
+            pinned, headers, extensions = self._pin(target)
+            try:
+                with self._client.stream("GET", pinned, headers=headers, extensions=extensions) as response:
+                    if response.is_redirect:
+                        target = target.join(response.headers.get("location", ""))
+                        continue
+                    if response.status_code != 200:
+                        raise UrlRefused(f"{_shown(target)} answered HTTP {response.status_code}")
+                    return self._read_capped(response, deadline)
+            except httpx.HTTPError as exc:
+                raise UrlRefused(f"could not fetch {_shown(target)}: {_describe(exc)}") from None
+        raise UrlRefused(f"{_shown(httpx.URL(url))} redirected more than {MAX_REDIRECTS} times")
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        pinned, host_headers, extensions = self._pin(httpx.URL(url))
+        response = self._client.post(pinned, content=body, headers={**headers, **host_headers},
+                                     extensions=extensions)
+        return response.status_code
+
+    def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
+        declared = response.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise UrlRefused(f"the image is over {self.max_bytes // (1024 * 1024)} MB", ErrorCode.IMAGE_INVALID)
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise UrlRefused(f"the image is over {self.max_bytes // (1024 * 1024)} MB", ErrorCode.IMAGE_INVALID)
+            if time.monotonic() > deadline:  # a server dripping bytes never hits the read timeout
+                raise UrlRefused(f"the download took longer than {self.timeout_s:.0f} s")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _pin(self, url: httpx.URL) -> tuple[httpx.URL, dict[str, str], dict]:
+        if url.scheme not in ("http", "https"):
+            raise UrlRefused(f"only http and https URLs can be fetched (got {url.scheme or 'no'} scheme)")
+        if url.userinfo:
+            raise UrlRefused("URLs with credentials (user:password@) are not fetched")
+        host = url.host
+        if not host:
+            raise UrlRefused("the URL has no host")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError):
+            raise UrlRefused(f"the host {host!r} does not resolve") from None
+        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        if not self.allow_private:
+            for address in addresses:
+                if not is_public(address):
+                    raise UrlRefused(f"{host} resolves to {address}, a loopback, private, link-local or "
+                                     "reserved address; such URLs are refused (see --allow-private-urls)")
+        pinned = url.copy_with(host=str(addresses[0]))
+        headers = {"host": url.netloc.decode("ascii")}
+        extensions = {"sni_hostname": host} if url.scheme == "https" else {}
+        return pinned, headers, extensions
+
+
+def _shown(url: httpx.URL) -> str:
+    text = str(url.copy_with(query=None, fragment=None))
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "connection failed"
+    return type(exc).__name__

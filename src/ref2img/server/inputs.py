@@ -1,0 +1,68 @@
+"""Input images for a task: a `data:` URI, a signed URL of our own files (read from storage, for
+the owning key only), or an http(s) URL fetched through SafeHttp. Decoding is `ref2img.images`'."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from PIL import Image
+
+from ref2img.images import ImageInputError, decode_data_uri, decode_image
+from ref2img.protocol import ErrorCode
+from ref2img.server.fetch import SafeHttp, UrlRefused
+from ref2img.tasks.storage import Storage
+from ref2img.tasks.store import Store
+
+FILES_PREFIX = "/v1/files/"
+
+
+class ImageResolver:
+    def __init__(self, store: Store, storage: Storage, http: SafeHttp):
+        self.store = store
+        self.storage = storage
+        self.http = http
+
+    def check(self, url: str, field: str, app_key: str) -> None:
+        """At create time: refuse what could never be fetched, before the task is queued."""
+        if url.startswith("data:"):
+            return
+        if self._own_file(url, field, app_key) is not None:
+            return
+        try:
+            self.http.check(url)
+        except UrlRefused as exc:
+            raise ImageInputError(field, str(exc), exc.code) from None
+
+    def fetch(self, url: str, field: str, app_key: str) -> Image.Image:
+        if url.startswith("data:"):
+            return decode_data_uri(url, field)
+        own = self._own_file(url, field, app_key)
+        if own is not None:
+            return decode_image(self.storage.read(own), field)
+        try:
+            return decode_image(self.http.get(url), field)
+        except UrlRefused as exc:
+            raise ImageInputError(field, str(exc), exc.code) from None
+
+    def _own_file(self, url: str, field: str, app_key: str) -> str | None:
+        """The storage name when `url` is a signed URL we issued to this key, else None."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.path.startswith(FILES_PREFIX):
+            return None
+        query = parse_qs(parts.query)
+        name = unquote(parts.path[len(FILES_PREFIX):])
+        expires, signature = query.get("expires", [""])[0], query.get("sig", [""])[0]
+        if not self.storage.check_signature(name, expires, signature):
+            return None  # not ours (or expired): treated as any other URL
+        if not self._owned_by(name, app_key):
+            raise ImageInputError(field, "no such file", ErrorCode.IMAGE_FETCH_FAILED)
+        return name
+
+    def _owned_by(self, name: str, app_key: str) -> bool:
+        kind, _, rest = name.partition("/")
+        if kind == "uploads":
+            row = self.store.get_file(rest.split(".")[0])
+            return row is not None and row.app_key == app_key
+        if kind == "results":
+            return self.store.get_task(rest.split("/")[0], app_key) is not None
+        return False

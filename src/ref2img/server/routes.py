@@ -1,0 +1,205 @@
+"""Every route of the wire protocol (DESIGN.md §1) plus our extensions."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi.responses import FileResponse, PlainTextResponse
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from ref2img.images import ImageInputError, decode_image
+from ref2img.protocol import (ControlType, ErrorCode, ParameterError, TaskStatus, parse_create_request,
+                              parse_recognize_request)
+from ref2img.server.auth import authenticate, basic_token
+from ref2img.server.errors import ApiError, ok
+from ref2img.server.fetch import UrlRefused
+from ref2img.server.services import Services
+from ref2img.tasks.store import QueueFull, new_id
+
+router = APIRouter()
+AppKey = Annotated[str, Depends(authenticate)]
+MAX_WAIT_S = 30.0
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    limit = services(request).settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(ErrorCode.INVALID_PARAMETER, f"body: must be at most {limit // (1024 * 1024)} MB")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise ApiError(ErrorCode.INVALID_PARAMETER, f"body: must be at most {limit // (1024 * 1024)} MB")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        raise ApiError(ErrorCode.INVALID_PARAMETER, "body: must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(ErrorCode.INVALID_PARAMETER, "body: must be a JSON object")
+    return body
+
+
+def _parameter_error(exc: ParameterError) -> ApiError:
+    return ApiError(ErrorCode.INVALID_PARAMETER, str(exc))
+
+
+def _check_inputs(svc: Services, app_key: str, images: dict[str, str | None], callback: str | None) -> None:
+    for field, url in images.items():
+        if url is not None:
+            try:
+                svc.images.check(url, field, app_key)
+            except ImageInputError as exc:
+                raise ApiError(exc.code, str(exc)) from None
+    if callback is not None:
+        try:
+            svc.http.check(callback)
+        except UrlRefused as exc:
+            raise ApiError(ErrorCode.INVALID_PARAMETER, f"callback: {exc}") from None
+
+
+def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: dict,
+             params: str | None, callback: str | None) -> dict:
+    try:
+        task, _created = svc.store.create_task_idempotent(
+            app_key=app_key, kind=kind, request=payload, params=params, callback=callback,
+            idempotency_key=request.headers.get("idempotency-key"), timeout_s=svc.settings.task_timeout_s,
+            queue_limit=svc.settings.queue_limit)
+    except QueueFull as exc:
+        raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
+    return ok({"task_id": task.id})
+
+
+@router.post("/v1/open/capacity/application/tm_reference_img2img")
+def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
+    svc = services(request)
+    try:
+        create = parse_create_request(body)
+    except ParameterError as exc:
+        raise _parameter_error(exc) from None
+    _check_inputs(svc, app_key, {"reference_image": create.reference_image, "init_image": create.init_image},
+                  create.callback)
+    return _enqueue(svc, request, app_key, "img2img", create.model_dump(mode="json"), create.params, create.callback)
+
+
+@router.post("/v1/open/capacity/application/tm_reference_img2mask")
+def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
+    svc = services(request)
+    try:
+        recognize = parse_recognize_request(body)
+    except ParameterError as exc:
+        raise _parameter_error(exc) from None
+    if recognize.control_type is ControlType.SUBJECT:
+        raise ApiError(ErrorCode.INVALID_PARAMETER, 'control_type: must be "0" (edge), "1" (pose) or "3" (depth) '
+                       "for recognition; subject mode has no control map")
+    _check_inputs(svc, app_key, {"init_image": recognize.init_image}, recognize.callback)
+    return _enqueue(svc, request, app_key, "img2mask", recognize.model_dump(mode="json"), recognize.params,
+                    recognize.callback)
+
+
+def _task_id(body: dict) -> str:
+    task_id = body.get("task_id")
+    if not isinstance(task_id, str) or not task_id:
+        raise ApiError(ErrorCode.INVALID_PARAMETER, "task_id: must be a non-empty string")
+    return task_id
+
+
+def _wait_seconds(body: dict) -> float:
+    wait = body.get("wait", 0)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_WAIT_S:
+        raise ApiError(ErrorCode.INVALID_PARAMETER, f"wait: must be a number of seconds from 0 to {MAX_WAIT_S:.0f}")
+    return float(wait)
+
+
+@router.post("/v1/open/pub/task")
+async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
+    """Task state; with `wait` (≤ 30 s) it answers as soon as the status or progress changes."""
+    svc = services(request)
+    task_id, wait = _task_id(body), _wait_seconds(body)
+    deadline = time.monotonic() + wait
+    seen = svc.store.changes.version
+    task = await run_in_threadpool(svc.store.get_task, task_id, app_key)
+    if task is None:
+        raise ApiError(ErrorCode.TASK_NOT_FOUND, f"task_id: no task {task_id!r}")
+    first = (task.status, task.progress)
+    while wait and not TaskStatus(task.status).is_final and time.monotonic() < deadline:
+        # The feed wakes us on local changes; the 1 s cap also catches other processes' changes.
+        seen = await svc.store.changes.wait_async(seen, min(1.0, deadline - time.monotonic()))
+        task = await run_in_threadpool(svc.store.get_task, task_id, app_key)
+        if (task.status, task.progress) != first:
+            break
+    base_url = str(request.base_url)
+    return ok(await run_in_threadpool(svc.task_data, task, base_url))
+
+
+@router.post("/v1/open/pub/task/cancel")
+def cancel_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
+    svc = services(request)
+    task_id = _task_id(body)
+    task = svc.store.request_cancel(task_id, app_key,
+                                    callback_payload=lambda row: svc.task_data(row, svc.settings.public_url))
+    if task is None:
+        raise ApiError(ErrorCode.TASK_NOT_FOUND, f"task_id: no task {task_id!r}")
+    return ok(svc.task_data(task, str(request.base_url)))
+
+
+@router.get("/v1/open/capacity/get/token")
+def get_token(request: Request, access_key: Annotated[str, Query()] = "", secret: Annotated[str, Query()] = "") -> dict:
+    if not access_key or not secret:
+        raise ApiError(ErrorCode.INVALID_PARAMETER, "access_key and secret: both are required query parameters")
+    if not services(request).verifier.verify(access_key, secret):
+        raise ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: unknown app key or wrong secret", 401)
+    return ok({"access_token": basic_token(access_key, secret)})
+
+
+@router.post("/v1/files")
+def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, File()]) -> dict:
+    svc = services(request)
+    data = file.file.read(svc.settings.max_body_bytes + 1)
+    try:
+        decode_image(data, "file")  # refuse what no task could use, now rather than later
+    except ImageInputError as exc:
+        raise ApiError(exc.code, str(exc)) from None
+    extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}[Image.open(io.BytesIO(data)).format]
+    file_id = new_id("f")
+    name = svc.storage.save_upload(file_id, data, extension)
+    svc.store.add_file(file_id, app_key, name)
+    return ok({"file_id": file_id, "url": svc.storage.signed_url(str(request.base_url), name)})
+
+
+@router.get("/v1/files/{name:path}", include_in_schema=False)
+def get_file(request: Request, name: str, expires: str = "", sig: str = ""):
+    storage = services(request).storage
+    if not storage.check_signature(name, expires, sig):
+        raise ApiError(ErrorCode.TASK_NOT_FOUND, "file: the link is invalid or has expired", 404)
+    try:
+        path = storage.path(name)
+    except ValueError:
+        raise ApiError(ErrorCode.TASK_NOT_FOUND, "file: not found", 404) from None
+    if not path.is_file():
+        raise ApiError(ErrorCode.TASK_NOT_FOUND, "file: not found", 404)
+    return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/healthz")
+def healthz(request: Request) -> dict:
+    svc = services(request)
+    counts = svc.store.count_by_status()
+    return ok({"status": "ok", "engine": svc.engine.state, "queued": counts.get(TaskStatus.QUEUED, 0),
+               "processing": counts.get(TaskStatus.PROCESSING, 0)})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request) -> PlainTextResponse:
+    from ref2img.server.metrics import render
+
+    return PlainTextResponse(render(services(request)), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,120 @@
+"""Everything one server process runs, wired together: store, storage, keys, fetcher, engine, workers,
+callback sender. Built from `ServerSettings`; the engine (torch) loads in a background thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from ref2img.engines.base import Engine, EngineError
+from ref2img.server.fetch import SafeHttp
+from ref2img.server.inputs import ImageResolver
+from ref2img.tasks.callbacks import CallbackSender
+from ref2img.tasks.keys import KeyVerifier
+from ref2img.tasks.models import TaskRow
+from ref2img.tasks.runner import RunContext
+from ref2img.tasks.storage import Storage
+from ref2img.tasks.store import Store
+from ref2img.tasks.views import DurationEstimate, task_data
+from ref2img.tasks.workers import EmbeddedWorkers
+
+log = logging.getLogger("ref2img.server")
+
+
+@dataclass
+class ServerSettings:
+    data_dir: Path
+    model: str = "sdxl"
+    model_overrides: dict[str, str] = field(default_factory=dict)
+    device: str | None = None
+    workers: int = 1
+    allow_private_urls: bool = False
+    queue_limit: int = 100
+    task_timeout_s: float = 1800.0
+    public_url: str = "http://127.0.0.1:8080"  # base of result URLs in callbacks
+    lease_s: float = 30.0
+    callback_retry_scale: float = 1.0
+    max_body_bytes: int = 30 * 1024 * 1024
+    engine_factory: Callable[[], Engine] | None = None  # default: the local diffusers engine
+
+
+class EngineProvider:
+    """Loads the engine once, in whichever thread asks first; a failed load is retried on the next ask."""
+
+    def __init__(self, factory: Callable[[], Engine]):
+        self._factory = factory
+        self._engine: Engine | None = None
+        self._error: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        return "loaded" if self._engine else ("error: " + self._error if self._error else "loading")
+
+    def __call__(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                try:
+                    self._engine = self._factory()
+                    self._error = None
+                except EngineError as exc:
+                    self._error = str(exc)
+                    raise
+            return self._engine
+
+    def preload(self) -> None:
+        def load() -> None:
+            try:
+                self()
+            except EngineError as exc:
+                log.error("engine unavailable: %s", exc)
+
+        threading.Thread(target=load, name="ref2img-engine-load", daemon=True).start()
+
+
+def local_engine_factory(settings: ServerSettings) -> Callable[[], Engine]:
+    def build() -> Engine:
+        from ref2img.engines.local import LocalEngine  # torch: only in the worker side
+
+        return LocalEngine(settings.model, device=settings.device, overrides=settings.model_overrides).load()
+
+    return build
+
+
+class Services:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        data_dir = Path(settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(f"sqlite:///{data_dir / 'ref2img.db'}")
+        self.storage = Storage.in_data_dir(data_dir)
+        self.verifier = KeyVerifier(self.store)
+        self.http = SafeHttp(allow_private=settings.allow_private_urls)
+        self.images = ImageResolver(self.store, self.storage, self.http)
+        self.estimate = DurationEstimate()
+        self.estimate.seed(self.store.recent_durations())
+        self.engine = EngineProvider(settings.engine_factory or local_engine_factory(settings))
+        context = RunContext(store=self.store, storage=self.storage, engine=self.engine,
+                             fetch_image=self.images.fetch, estimate=self.estimate,
+                             callback_payload=partial(self.task_data, base_url=settings.public_url))
+        self.workers = EmbeddedWorkers(self.store, context, workers=settings.workers, lease_s=settings.lease_s)
+        self.callbacks = CallbackSender(self.store, self.http.post, retry_scale=settings.callback_retry_scale)
+
+    def task_data(self, task: TaskRow, base_url: str) -> dict:
+        return task_data(task, store=self.store, storage=self.storage, base_url=base_url, estimate=self.estimate,
+                         workers=self.settings.workers)
+
+    def start(self) -> None:
+        self.engine.preload()
+        self.workers.start()
+        self.callbacks.start()
+
+    def stop(self) -> None:
+        self.workers.stop()
+        self.callbacks.stop()
+        self.http.close()
+        self.store.close()

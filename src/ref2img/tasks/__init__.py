@@ -1,0 +1,1 @@
+"""Task state, the queue, the runner and the callback outbox (no FastAPI here)."""

@@ -1,0 +1,72 @@
+"""App keys: the secret is shown once and stored only as a salted scrypt hash.
+
+Callbacks are signed with a key derived from the secret (`ref2img.webhooks.signing_key`); the
+webhook verifier derives the same key from the app secret, so receivers only ever hold the secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from ref2img.tasks.models import AppKeyRow
+from ref2img.tasks.store import Store
+from ref2img.webhooks import signing_key
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+
+
+def _hash(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
+
+
+@dataclass(frozen=True)
+class NewKey:
+    app_key: str
+    app_secret: str
+    name: str
+
+
+def create_key(store: Store, name: str = "") -> NewKey:
+    app_key = f"ak_{secrets.token_hex(12)}"
+    secret = f"sk_{secrets.token_urlsafe(32)}"
+    salt = secrets.token_bytes(16)
+    store.add_key(AppKeyRow(app_key=app_key, name=name, salt=salt, secret_hash=_hash(secret, salt),
+                            webhook_key=signing_key(secret), created_at=time.time()))
+    return NewKey(app_key, secret, name)
+
+
+class KeyVerifier:
+    """Checks app_key + secret. scrypt is slow on purpose, so a verified pair is remembered as a
+    SHA-256 digest (never the secret) for a short while; revocation is seen within that time."""
+
+    def __init__(self, store: Store, cache_s: float = 30.0):
+        self._store = store
+        self._cache_s = cache_s
+        self._verified: dict[str, tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, app_key: str, secret: str) -> bool:
+        digest = hashlib.sha256(secret.encode()).digest()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._verified.get(app_key)
+        if cached and cached[1] > now:
+            return hmac.compare_digest(cached[0], digest)
+        row = self._store.get_key(app_key)
+        if row is None or row.revoked_at is not None:
+            _hash(secret, b"\0" * 16)  # same work either way: timing says nothing about which keys exist
+            return False
+        if not hmac.compare_digest(_hash(secret, row.salt), row.secret_hash):
+            return False
+        with self._lock:
+            self._verified[app_key] = (digest, now + self._cache_s)
+        return True
+
+    def forget(self, app_key: str) -> None:
+        with self._lock:
+            self._verified.pop(app_key, None)

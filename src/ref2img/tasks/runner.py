@@ -1,0 +1,102 @@
+"""The task runner: one function that both the embedded workers and the scale-out actor call.
+
+claimed task → fetch inputs → run the engine (progress, cancel, deadline between steps) → store
+outputs → finish (status + callback outbox row, one transaction). Every failure ends the task with a
+reason a user can act on; none escapes as a traceback, none leaves the task at status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from ref2img.engines.base import Engine, EngineError, Job, JobCancelled
+from ref2img.images import ImageInputError
+from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, TaskStatus
+from ref2img.tasks.models import TaskRow
+from ref2img.tasks.storage import Storage
+from ref2img.tasks.store import Store
+from ref2img.tasks.views import DurationEstimate
+
+log = logging.getLogger("ref2img.runner")
+
+
+@dataclass
+class RunContext:
+    store: Store
+    storage: Storage
+    engine: Callable[[], Engine]  # the loaded engine; EngineError when it cannot load
+    fetch_image: Callable[[str, str, str], Image.Image]  # (url, field, app_key) -> image
+    callback_payload: Callable[[TaskRow], dict]
+    estimate: DurationEstimate
+
+
+def run_task(task: TaskRow, owner: str, ctx: RunContext) -> TaskStatus:
+    started = time.monotonic()
+    stop: list[TaskStatus] = []
+    last_progress = [-1]
+
+    def on_progress(done: int, total: int) -> None:
+        percent = min(99, int(100 * done / max(total, 1)))  # 100 only once the images are stored
+        if percent != last_progress[0]:
+            last_progress[0] = percent
+            ctx.store.set_progress(task.id, owner, percent)
+
+    def should_cancel() -> bool:
+        verdict = ctx.store.should_stop(task.id, owner)
+        if verdict is not None:
+            stop.append(verdict)
+        return verdict is not None
+
+    def finish(status: TaskStatus, reason: str = "", result: list[str] | None = None) -> TaskStatus:
+        ctx.store.finish(task.id, owner, status, result=result, reason=reason, callback_payload=ctx.callback_payload)
+        return status
+
+    try:
+        if task.kind == "img2mask":
+            names = _recognize(task, ctx)
+        else:
+            names = _generate(task, ctx, on_progress, should_cancel)
+    except JobCancelled:
+        verdict = stop[-1] if stop else TaskStatus.CANCELLED
+        reason = "cancelled by the client" if verdict == TaskStatus.CANCELLED else "timed out while running"
+        return finish(verdict, reason)
+    except ImageInputError as exc:
+        return finish(TaskStatus.FAILED, str(exc))
+    except EngineError as exc:
+        return finish(TaskStatus.FAILED, str(exc))
+    except MemoryError:
+        return finish(TaskStatus.FAILED, "the engine ran out of memory; try a smaller size or batch")
+    except Exception:  # noqa: BLE001 - the task must end; the traceback goes to the log, not the user
+        incident = secrets.token_hex(4)
+        log.exception("task %s failed (incident %s)", task.id, incident)
+        return finish(TaskStatus.FAILED, f"internal error (incident {incident})")
+    ctx.estimate.add(time.monotonic() - started)
+    return finish(TaskStatus.SUCCEEDED, result=names)
+
+
+def _generate(task: TaskRow, ctx: RunContext, on_progress, should_cancel) -> list[str]:
+    request = CreateRequest.model_validate_json(task.request)
+    reference = ctx.fetch_image(request.reference_image, "reference_image", task.app_key)
+    init_url = request.resolved_init_image()
+    init = reference if init_url == request.reference_image else (
+        ctx.fetch_image(init_url, "init_image", task.app_key) if init_url else None)
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    job = Job(prompt=request.prompt, control_type=request.control_type, reference=reference, seed=seed,
+              control_intensity=request.control_intensity, width=request.width, height=request.height,
+              batch_size=request.batch_size, init_image=init, negative_prompt=request.negative_prompt)
+    images = ctx.engine().generate(job, on_progress=on_progress, should_cancel=should_cancel)
+    return [ctx.storage.save_result(task.id, index, image) for index, image in enumerate(images)]
+
+
+def _recognize(task: TaskRow, ctx: RunContext) -> list[str]:
+    request = RecognizeRequest.model_validate(json.loads(task.request))
+    image = ctx.fetch_image(request.init_image, "init_image", task.app_key)
+    control_map = ctx.engine().recognize(image, ControlType(request.control_type))
+    return [ctx.storage.save_result(task.id, 0, control_map)]

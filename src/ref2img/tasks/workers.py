@@ -1,0 +1,80 @@
+"""Embedded mode: worker threads beside the server take tasks from the store (the store is the queue).
+
+One owner id per process. On start every processing task of an earlier process is handed back
+(its process is gone); while running, a housekeeping thread extends this process's leases and
+recovers expired ones, so a task never stays at status 2 without a live worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+
+from ref2img.tasks.runner import RunContext, run_task
+from ref2img.tasks.store import Store
+
+log = logging.getLogger("ref2img.workers")
+
+
+class EmbeddedWorkers:
+    def __init__(self, store: Store, context: RunContext, workers: int = 1, lease_s: float = 30.0,
+                 idle_poll_s: float = 1.0):
+        self.store = store
+        self.context = context
+        self.workers = workers
+        self.lease_s = lease_s
+        self.idle_poll_s = idle_poll_s
+        self.owner = f"embedded-{os.getpid()}-{secrets.token_hex(4)}"
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        recovered = self.store.recover(self.context.callback_payload, owner_alive=lambda owner: owner == self.owner)
+        if recovered:
+            log.info("handed %d tasks of a stopped process back to the queue", recovered)
+        self._threads = [threading.Thread(target=self._work, name=f"ref2img-worker-{i}", daemon=True)
+                         for i in range(self.workers)]
+        self._threads.append(threading.Thread(target=self._housekeeping, name="ref2img-leases", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self.store.changes.notify()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            seen = self.store.changes.version
+            try:
+                task = self.store.claim_next(self.owner, self.lease_s)
+            except Exception:  # noqa: BLE001 - a locked or unreachable store: wait and try again
+                log.exception("could not claim a task")
+                self._stop.wait(self.idle_poll_s)
+                continue
+            if task is None:
+                self.store.changes.wait(seen, self.idle_poll_s)
+                continue
+            with self._running_lock:
+                self._running.add(task.id)
+            try:
+                run_task(task, self.owner, self.context)
+            finally:
+                with self._running_lock:
+                    self._running.discard(task.id)
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                with self._running_lock:
+                    running = list(self._running)
+                self.store.extend_lease(running, self.owner, self.lease_s)
+                self.store.recover(self.context.callback_payload,
+                                   owner_alive=lambda owner: owner == self.owner)
+            except Exception:  # noqa: BLE001 - keep the leases thread alive through store hiccups
+                log.exception("lease housekeeping failed")
