@@ -36,8 +36,10 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 class SafeHttp:
-    def __init__(self, allow_private: bool = False, timeout_s: float = 20.0, max_bytes: int = MAX_IMAGE_BYTES):
+    def __init__(self, allow_private: bool = False, timeout_s: float = 20.0, max_bytes: int = MAX_IMAGE_BYTES,
+                 address_allowed=is_public):
         self.allow_private = allow_private
+        self.address_allowed = address_allowed
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
         self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0), follow_redirects=False,
@@ -103,7 +105,7 @@ class SafeHttp:
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
         if not self.allow_private:
             for address in addresses:
-                if not is_public(address):
+                if not self.address_allowed(address):
                     raise UrlRefused(f"{host} resolves to {address}, a loopback, private, link-local or "
                                      "reserved address; such URLs are refused (see --allow-private-urls)")
         pinned = url.copy_with(host=str(addresses[0]))

@@ -69,6 +69,9 @@ def _check_inputs(svc: Services, app_key: str, images: dict[str, str | None], ca
 
 def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: dict,
              params: str | None, callback: str | None) -> dict:
+    if svc.engine.state.startswith("error"):
+        svc.engine.preload()  # try again in the background: the model may have been fetched since
+        raise ApiError(ErrorCode.ENGINE_UNAVAILABLE, f"engine unavailable: {svc.engine.state.removeprefix('error: ')}")
     try:
         task, _created = svc.store.create_task_idempotent(
             app_key=app_key, kind=kind, request=payload, params=params, callback=callback,

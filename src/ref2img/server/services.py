@@ -50,6 +50,7 @@ class EngineProvider:
         self._engine: Engine | None = None
         self._error: str | None = None
         self._lock = threading.Lock()
+        self._loader: threading.Thread | None = None
 
     @property
     def state(self) -> str:
@@ -67,13 +68,18 @@ class EngineProvider:
             return self._engine
 
     def preload(self) -> None:
+        """Load in a background thread (one at a time), so start-up never waits for torch."""
+        if self._loader is not None and self._loader.is_alive():
+            return
+
         def load() -> None:
             try:
                 self()
             except EngineError as exc:
                 log.error("engine unavailable: %s", exc)
 
-        threading.Thread(target=load, name="ref2img-engine-load", daemon=True).start()
+        self._loader = threading.Thread(target=load, name="ref2img-engine-load", daemon=True)
+        self._loader.start()
 
 
 def local_engine_factory(settings: ServerSettings) -> Callable[[], Engine]:

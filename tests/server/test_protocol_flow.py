@@ -1,0 +1,200 @@
+"""The cloud flow, every route and error code, auth and tenant isolation — against `ref2img serve`."""
+
+import json
+
+import httpx
+import pytest
+from PIL import Image
+
+from .conftest import Cloud, data_uri, img2img_body, png_bytes
+
+QUERY_FIELDS = {"task_id", "status", "progress", "process", "reason", "position", "wait_time", "params", "result"}
+
+
+def test_cloud_flow_end_to_end(cloud, image_host):
+    answer = cloud.create(img2img_body(image_host.url("/astronaut.png"), control_type="1", width=640, height=512,
+                                       batch_size=2, params="order-17", wsid=1, storage_info={"x": 1}))
+    assert answer.status_code == 200
+    envelope = answer.json()
+    assert envelope["code"] == 0 and set(envelope) == {"code", "msg", "data"}
+    task_id = envelope["data"]["task_id"]
+
+    first = cloud.query(task_id)
+    assert first["code"] == 0 and set(first["data"]) == QUERY_FIELDS
+    assert first["data"]["status"] in (1, 2, 3) and first["data"]["params"] == "order-17"
+
+    data = cloud.wait_final(task_id)
+    assert data["status"] == 3 and data["progress"] == 100 and data["process"] == 100
+    assert data["position"] == -1 and data["reason"] == ""
+    assert isinstance(data["result"], str)  # a JSON-encoded string, as the cloud sends
+    result = json.loads(data["result"])
+    assert result["images_path"] == result["image_path"] and len(result["images_path"]) == 2
+    for url in result["images_path"]:
+        image = httpx.get(url)
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        assert Image.open(__import__("io").BytesIO(image.content)).size == (640, 512)
+
+
+def test_result_urls_are_signed(cloud, image_host):
+    data = cloud.wait_final(cloud.create_id(img2img_body(image_host.url("/astronaut.png"))))
+    url = json.loads(data["result"])["images_path"][0]
+    assert httpx.get(url.replace("sig=", "sig=0")).status_code == 404
+    assert httpx.get(url.split("?")[0]).status_code == 404
+    tampered = url.replace("/1.png", "/../../url-signing.key")
+    assert httpx.get(tampered).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"width": 4000}, "width: must be an integer from 512 to 2048 (got 4000)"),
+        ({"control_type": "9"}, "control_type: must be one of"),
+        ({"batch_size": 0}, "batch_size: must be an integer from 1 to 4"),
+        ({"prompt": ""}, "prompt: "),
+        ({"control_intensity": "high"}, "control_intensity: must be a number from 0 to 1"),
+    ],
+)
+def test_invalid_parameters_are_680001(cloud, image_host, changes, message):
+    answer = cloud.create(img2img_body(image_host.url("/astronaut.png"), **changes))
+    assert answer.status_code == 200
+    assert answer.json()["code"] == 680001 and message in answer.json()["msg"]
+
+
+def test_invalid_bodies(cloud):
+    for content in (b"not json", b"[1, 2]", b"{" * 5000):
+        answer = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img", content=content,
+                            headers=cloud.headers)
+        assert answer.json()["code"] == 680001 and "body" in answer.json()["msg"]
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong-secret", "mismatch", "unknown-key", "garbage"])
+def test_auth_failures_are_140013_with_http_401(cloud, image_host, case):
+    headers = dict(cloud.headers)
+    if case == "missing":
+        headers.pop("Authorization")
+    elif case == "wrong-secret":
+        headers = Cloud(cloud.base, cloud.app_key, "sk_wrong").headers
+    elif case == "mismatch":
+        headers["X-App-Key"] = "ak_someone_else"
+    elif case == "unknown-key":
+        headers = Cloud(cloud.base, "ak_nobody", "sk_nothing").headers
+    else:
+        headers["Authorization"] = "Basic %%%"
+    for url, body in ((f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img",
+                       img2img_body(image_host.url("/astronaut.png"))),
+                      (f"{cloud.base}/v1/open/pub/task", {"task_id": "t1"})):
+        answer = httpx.post(url, json=body, headers=headers)
+        assert answer.status_code == 401
+        assert answer.json()["code"] == 140013 and answer.json()["data"] is None
+
+
+def test_other_keys_task_is_not_found(server, cloud, image_host):
+    task_id = cloud.create_id(img2img_body(image_host.url("/astronaut.png")))
+    other = Cloud(server.url, *server.new_key())
+    assert other.query(task_id)["code"] == 680004
+    assert other.cancel(task_id)["code"] == 680004
+    assert cloud.query("t_does_not_exist")["code"] == 680004
+    assert cloud.query(task_id)["code"] == 0
+
+
+def test_uploads_are_private_to_their_key(server, cloud, astronaut, coffee):
+    files = {"file": ("photo.png", png_bytes(coffee), "image/png")}
+    upload = httpx.post(f"{cloud.base}/v1/files", files=files, headers={k: v for k, v in cloud.headers.items()
+                                                                        if k != "Content-Type"}).json()
+    assert upload["code"] == 0
+    url = upload["data"]["url"]
+    assert cloud.wait_final(cloud.create_id(img2img_body(url)))["status"] == 3
+
+    other = Cloud(server.url, *server.new_key())
+    answer = other.create(img2img_body(url))
+    assert answer.json()["code"] == 680002 and "no such file" in answer.json()["msg"]
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("/truncated.png", "truncated or corrupt"),
+    ("/empty.png", "empty (0 bytes)"),
+    ("/bomb.png", "megapixel limit"),
+    ("/text.png", "not an image"),
+])
+def test_bad_images_fail_the_task_with_a_clear_reason(cloud, image_host, name, message):
+    data = cloud.wait_final(cloud.create_id(img2img_body(image_host.url(name))))
+    assert data["status"] == 4
+    assert data["reason"].startswith("reference_image: ") and message in data["reason"]
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (b"", "empty"), (b"text", "not an image"), (None, "megapixel limit")])
+def test_bad_uploads_are_680003(cloud, payload, message):
+    from .conftest import bomb_header
+
+    files = {"file": ("x.png", bomb_header() if payload is None else payload, "image/png")}
+    answer = httpx.post(f"{cloud.base}/v1/files", files=files,
+                        headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"}).json()
+    assert answer["code"] == 680003 and message in answer["msg"]
+
+
+def test_unreachable_image_fails_with_fetch_reason(cloud):
+    data = cloud.wait_final(cloud.create_id(img2img_body("http://127.0.0.1:9/nothing.png")))
+    assert data["status"] == 4 and "could not fetch" in data["reason"]
+
+
+def test_data_uri_reference_and_init(cloud, astronaut, coffee):
+    data = cloud.wait_final(cloud.create_id(img2img_body(data_uri(astronaut), control_type="2",
+                                                         init_image=data_uri(coffee), seed=3)))
+    assert data["status"] == 3
+
+
+def test_idempotency_key(cloud, image_host):
+    body = img2img_body(image_host.url("/astronaut.png"))
+    first = cloud.create_id(body, **{"Idempotency-Key": "order-1"})
+    again = cloud.create_id(body, **{"Idempotency-Key": "order-1"})
+    other = cloud.create_id(body, **{"Idempotency-Key": "order-2"})
+    assert first == again != other
+
+
+def test_recognition_task_with_template_wrapping(cloud, image_host):
+    body = {"wsid": 1, "template_info": [{"template_id": "tm_reference_img2mask_template_spatial",
+                                          "input_params": {"control_type": "3",
+                                                           "init_image": image_host.url("/astronaut.jpg")}}]}
+    answer = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask", json=body,
+                        headers=cloud.headers).json()
+    assert answer["code"] == 0
+    data = cloud.wait_final(answer["data"]["task_id"])
+    masks = json.loads(data["result"])["mask_path"]
+    assert len(masks) == 1 and httpx.get(masks[0]).status_code == 200
+    subject = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask",
+                         json={"control_type": "2", "init_image": image_host.url("/astronaut.jpg")},
+                         headers=cloud.headers).json()
+    assert subject["code"] == 680001
+
+
+def test_token_endpoint(cloud):
+    answer = httpx.get(f"{cloud.base}/v1/open/capacity/get/token",
+                       params={"access_key": cloud.app_key, "secret": cloud.app_secret}).json()
+    assert answer["code"] == 0 and answer["data"]["access_token"] == cloud.headers["Authorization"]
+    wrong = httpx.get(f"{cloud.base}/v1/open/capacity/get/token", params={"access_key": cloud.app_key, "secret": "x"})
+    assert wrong.status_code == 401 and wrong.json()["code"] == 140013
+
+
+def test_long_poll_returns_on_change_and_caps_wait(cloud, image_host):
+    import time
+
+    task_id = cloud.create_id(img2img_body(image_host.url("/astronaut.png")))
+    started = time.monotonic()
+    cloud.query(task_id, wait=20)
+    assert time.monotonic() - started < 15  # a change (claim, progress or the end) came well before 20 s
+    final = cloud.wait_final(task_id)
+    started = time.monotonic()
+    assert cloud.query(task_id, wait=20)["data"]["status"] == final["status"]
+    assert time.monotonic() - started < 2  # a finished task answers at once
+    assert cloud.query(task_id, wait=31)["code"] == 680001
+
+
+def test_service_routes(server):
+    health = httpx.get(f"{server.url}/healthz").json()
+    assert health["code"] == 0 and health["data"]["status"] == "ok"
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "ref2img_queue_depth" in metrics and 'ref2img_tasks{status="succeeded"}' in metrics
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    assert "/v1/open/pub/task" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{server.url}/no/such/route").status_code == 404
