@@ -50,27 +50,27 @@ class SafeHttp:
 
     def check(self, url: str) -> None:
         """Refuse a URL that could never be fetched (scheme, credentials, private address)."""
-        self._pin(httpx.URL(url))
+        self._pin(_parse(url))
 
     def get(self, url: str) -> bytes:
-        target = httpx.URL(url)
+        target = _parse(url)
         deadline = time.monotonic() + self.timeout_s
         for _ in range(MAX_REDIRECTS + 1):
             pinned, headers, extensions = self._pin(target)
             try:
                 with self._client.stream("GET", pinned, headers=headers, extensions=extensions) as response:
                     if response.is_redirect:
-                        target = target.join(response.headers.get("location", ""))
+                        target = _parse(str(target.join(response.headers.get("location", ""))))
                         continue
                     if response.status_code != 200:
                         raise UrlRefused(f"{_shown(target)} answered HTTP {response.status_code}")
                     return self._read_capped(response, deadline)
             except httpx.HTTPError as exc:
                 raise UrlRefused(f"could not fetch {_shown(target)}: {_describe(exc)}") from None
-        raise UrlRefused(f"{_shown(httpx.URL(url))} redirected more than {MAX_REDIRECTS} times")
+        raise UrlRefused(f"{_shown(_parse(url))} redirected more than {MAX_REDIRECTS} times")
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        pinned, host_headers, extensions = self._pin(httpx.URL(url))
+        pinned, host_headers, extensions = self._pin(_parse(url))
         response = self._client.post(pinned, content=body, headers={**headers, **host_headers},
                                      extensions=extensions)
         return response.status_code
@@ -112,6 +112,13 @@ class SafeHttp:
         headers = {"host": url.netloc.decode("ascii")}
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}
         return pinned, headers, extensions
+
+
+def _parse(url: str) -> httpx.URL:
+    try:
+        return httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise UrlRefused("not a valid URL") from None
 
 
 def _shown(url: httpx.URL) -> str:
