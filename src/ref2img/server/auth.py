@@ -42,6 +42,9 @@ async def authenticate(request: Request) -> str:
     if header_key != app_key:
         raise _unauthorized("X-App-Key does not match the Authorization credentials")
     verifier = request.app.state.services.verifier
-    if not await run_in_threadpool(verifier.verify, app_key, secret):
+    verified = verifier.verify_cached(app_key, secret)
+    if verified is None:  # scrypt and a store read: off the event loop
+        verified = await run_in_threadpool(verifier.verify, app_key, secret)
+    if not verified:
         raise _unauthorized("unknown app key or wrong secret")
     return app_key

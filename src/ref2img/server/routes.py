@@ -8,7 +8,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -36,7 +36,7 @@ async def json_body(request: Request) -> dict[str, Any]:
     if declared and declared.isdigit() and int(declared) > limit:
         raise ApiError(ErrorCode.INVALID_PARAMETER, f"body: must be at most {limit // (1024 * 1024)} MB")
     raw = bytearray()
-    async for chunk in request.stream():
+    async for chunk in request.stream():  # also caps bodies sent without a Content-Length
         raw += chunk
         if len(raw) > limit:
             raise ApiError(ErrorCode.INVALID_PARAMETER, f"body: must be at most {limit // (1024 * 1024)} MB")
@@ -47,6 +47,15 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(ErrorCode.INVALID_PARAMETER, "body: must be a JSON object")
     return body
+
+
+async def store_read(svc: Services, read):
+    """Run a read of the store. SQLite in WAL mode answers reads from the local file without ever
+    waiting for a writer, in about 0.1 ms: cheaper inline than a hop to the thread pool (2x the
+    query throughput). A networked store (PostgreSQL) is read off the event loop."""
+    if svc.store.is_sqlite:
+        return read()
+    return await run_in_threadpool(read)
 
 
 def _parameter_error(exc: ParameterError) -> ApiError:
@@ -68,7 +77,7 @@ def _check_inputs(svc: Services, app_key: str, images: dict[str, str | None], ca
 
 
 def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: dict,
-             params: str | None, callback: str | None) -> dict:
+             params: str | None, callback: str | None) -> JSONResponse:
     if svc.engine.state.startswith("error"):
         svc.engine.preload()  # try again in the background: the model may have been fetched since
         raise ApiError(ErrorCode.ENGINE_UNAVAILABLE, f"engine unavailable: {svc.engine.state.removeprefix('error: ')}")
@@ -79,11 +88,11 @@ def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: 
             queue_limit=svc.settings.queue_limit)
     except QueueFull as exc:
         raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
-    return ok({"task_id": task.id})
+    return JSONResponse(ok({"task_id": task.id}))
 
 
 @router.post("/v1/open/capacity/application/tm_reference_img2img")
-def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
+def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
     svc = services(request)
     try:
         create = parse_create_request(body)
@@ -95,7 +104,7 @@ def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depe
 
 
 @router.post("/v1/open/capacity/application/tm_reference_img2mask")
-def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
+def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
     svc = services(request)
     try:
         recognize = parse_recognize_request(body)
@@ -124,24 +133,29 @@ def _wait_seconds(body: dict) -> float:
 
 
 @router.post("/v1/open/pub/task")
-async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
+async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
     """Task state; with `wait` (≤ 30 s) it answers as soon as the status or progress changes."""
     svc = services(request)
     task_id, wait = _task_id(body), _wait_seconds(body)
+    base_url = str(request.base_url)
+
+    def read() -> tuple[Any, dict | None]:  # one trip to the thread pool per look at the store
+        task = svc.store.get_task(task_id, app_key)
+        return task, (svc.task_data(task, base_url) if task is not None else None)
+
     deadline = time.monotonic() + wait
     seen = svc.store.changes.version
-    task = await run_in_threadpool(svc.store.get_task, task_id, app_key)
+    task, data = await store_read(svc, read)
     if task is None:
         raise ApiError(ErrorCode.TASK_NOT_FOUND, f"task_id: no task {task_id!r}")
     first = (task.status, task.progress)
     while wait and not TaskStatus(task.status).is_final and time.monotonic() < deadline:
         # The feed wakes us on local changes; the 1 s cap also catches other processes' changes.
         seen = await svc.store.changes.wait_async(seen, min(1.0, deadline - time.monotonic()))
-        task = await run_in_threadpool(svc.store.get_task, task_id, app_key)
+        task, data = await store_read(svc, read)
         if (task.status, task.progress) != first:
             break
-    base_url = str(request.base_url)
-    return ok(await run_in_threadpool(svc.task_data, task, base_url))
+    return JSONResponse(ok(data))
 
 
 @router.post("/v1/open/pub/task/cancel")

@@ -50,13 +50,20 @@ class KeyVerifier:
         self._verified: dict[str, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
 
-    def verify(self, app_key: str, secret: str) -> bool:
-        digest = hashlib.sha256(secret.encode()).digest()
-        now = time.monotonic()
+    def verify_cached(self, app_key: str, secret: str) -> bool | None:
+        """The answer from memory (cheap: no store, no scrypt), or None when the store must be asked."""
         with self._lock:
             cached = self._verified.get(app_key)
-        if cached and cached[1] > now:
-            return hmac.compare_digest(cached[0], digest)
+        if cached and cached[1] > time.monotonic():
+            return hmac.compare_digest(cached[0], hashlib.sha256(secret.encode()).digest())
+        return None
+
+    def verify(self, app_key: str, secret: str) -> bool:
+        cached = self.verify_cached(app_key, secret)
+        if cached is not None:
+            return cached
+        digest = hashlib.sha256(secret.encode()).digest()
+        now = time.monotonic()
         row = self._store.get_key(app_key)
         if row is None or row.revoked_at is not None:
             _hash(secret, b"\0" * 16)  # same work either way: timing says nothing about which keys exist

@@ -12,7 +12,8 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import create_engine, event, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -38,20 +39,28 @@ def new_id(prefix: str) -> str:
 class Store:
     def __init__(self, url: str):
         is_sqlite = url.startswith("sqlite")
+        self.is_sqlite = is_sqlite
         self.engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
             pool_pre_ping=not is_sqlite,
+            # Enough pooled connections for the server's thread pool: opening one per request
+            # (SQLAlchemy's overflow) costs more than the query.
+            pool_size=20 if is_sqlite else 10,
+            max_overflow=20,
         )
         if is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_lock = threading.Lock() if is_sqlite else nullcontext()
         self.changes = ChangeFeed()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
+    def session(self, write: bool = True) -> Iterator[Session]:
+        """A transaction. SQLite allows one writer at a time and makes the others sleep and retry
+        (up to 100 ms a nap), so this process's writers take turns on a lock instead."""
+        with self._write_lock if write else nullcontext(), self._sessions.begin() as session:
             yield session
 
     def close(self) -> None:
@@ -89,7 +98,7 @@ class Store:
 
     def get_task(self, task_id: str, app_key: str | None = None) -> TaskRow | None:
         """The task, or None, also when it belongs to another key (no existence leak)."""
-        with self.session() as session:
+        with self.session(write=False) as session:
             task = session.get(TaskRow, task_id)
             if task is None or (app_key is not None and task.app_key != app_key):
                 return None
@@ -99,17 +108,17 @@ class Store:
         """How many queued tasks are ahead of this one (-1 once it left the queue)."""
         if task.status != TaskStatus.QUEUED:
             return -1
-        with self.session() as session:
+        with self.session(write=False) as session:
             return session.scalar(select(func.count()).select_from(TaskRow).where(
                 TaskRow.status == TaskStatus.QUEUED, TaskRow.created_at < task.created_at))
 
     def count_by_status(self) -> dict[int, int]:
-        with self.session() as session:
+        with self.session(write=False) as session:
             rows = session.execute(select(TaskRow.status, func.count()).group_by(TaskRow.status))
             return {status: count for status, count in rows}
 
     def recent_durations(self, limit: int = 20) -> list[float]:
-        with self.session() as session:
+        with self.session(write=False) as session:
             rows = session.execute(
                 select(TaskRow.started_at, TaskRow.finished_at)
                 .where(TaskRow.status == TaskStatus.SUCCEEDED, TaskRow.started_at.is_not(None))
@@ -150,7 +159,7 @@ class Store:
 
     def should_stop(self, task_id: str, owner: str) -> TaskStatus | None:
         """CANCELLED when cancel was asked, TIMED_OUT past the deadline, else None."""
-        with self.session() as session:
+        with self.session(write=False) as session:
             row = session.execute(select(TaskRow.cancel_requested, TaskRow.deadline, TaskRow.lease_owner)
                                   .where(TaskRow.id == task_id)).one_or_none()
         if row is None or row.lease_owner != owner or row.cancel_requested:
@@ -206,7 +215,7 @@ class Store:
         A processing task is orphaned when its lease expired or `owner_alive(owner)` says its owner
         is not running any more (an embedded server restarting knows all old owners are dead)."""
         now = time.time()
-        with self.session() as session:
+        with self.session(write=False) as session:
             rows = session.scalars(select(TaskRow).where(
                 or_(TaskRow.status == TaskStatus.PROCESSING,
                     (TaskRow.status == TaskStatus.QUEUED) & (TaskRow.deadline < now)))).all()
@@ -237,7 +246,7 @@ class Store:
 
     # -- callback outbox ---------------------------------------------------------------------------
     def due_callbacks(self, limit: int = 20) -> list[OutboxRow]:
-        with self.session() as session:
+        with self.session(write=False) as session:
             return list(session.scalars(
                 select(OutboxRow).where(OutboxRow.delivered_at.is_(None), OutboxRow.failed_at.is_(None),
                                         OutboxRow.next_attempt_at <= time.time())
@@ -258,7 +267,7 @@ class Store:
             session.execute(update(OutboxRow).where(OutboxRow.id == message_id).values(**values))
 
     def callback(self, message_id: str) -> OutboxRow | None:
-        with self.session() as session:
+        with self.session(write=False) as session:
             return session.get(OutboxRow, message_id)
 
     # -- app keys and files ------------------------------------------------------------------------
@@ -267,11 +276,11 @@ class Store:
             session.add(row)
 
     def get_key(self, app_key: str) -> AppKeyRow | None:
-        with self.session() as session:
+        with self.session(write=False) as session:
             return session.get(AppKeyRow, app_key)
 
     def list_keys(self) -> list[AppKeyRow]:
-        with self.session() as session:
+        with self.session(write=False) as session:
             return list(session.scalars(select(AppKeyRow).order_by(AppKeyRow.created_at)))
 
     def revoke_key(self, app_key: str) -> bool:
@@ -287,7 +296,7 @@ class Store:
         return row
 
     def get_file(self, file_id: str) -> FileRow | None:
-        with self.session() as session:
+        with self.session(write=False) as session:
             return session.get(FileRow, file_id)
 
 
