@@ -140,3 +140,17 @@ def test_sdk_imports_without_torch():
     code = "import sys, ref2img, ref2img.cli, ref2img.images; print('torch' in sys.modules, 'diffusers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_keys_create_list_revoke(tmp_path):
+    created = runner.invoke(app, ["keys", "create", "--name", "ci", "--data-dir", str(tmp_path), "--json"])
+    assert created.exit_code == 0, created.output
+    key = json.loads(created.stdout)
+    assert key["app_key"].startswith("ak_") and key["app_secret"].startswith("sk_")
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--data-dir", str(tmp_path), "--json"]).stdout)
+    assert listed == [{"app_key": key["app_key"], "name": "ci", "created": listed[0]["created"], "revoked": False}]
+    stored = b"".join(path.read_bytes() for path in tmp_path.iterdir() if path.is_file())  # db, -wal, -shm
+    assert key["app_secret"].encode() not in stored and key["app_key"].encode() in stored  # only a hash
+    assert runner.invoke(app, ["keys", "revoke", key["app_key"], "--data-dir", str(tmp_path)]).exit_code == 0
+    again = runner.invoke(app, ["keys", "revoke", key["app_key"], "--data-dir", str(tmp_path)])
+    assert again.exit_code == 2 and "no active key" in again.stderr

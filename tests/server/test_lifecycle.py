@@ -121,3 +121,23 @@ def test_startup_does_not_import_torch():
             "create_app(ServerSettings(data_dir=tempfile.mkdtemp())); print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_deadline_ends_a_running_task_at_6(tiny_sd15, tmp_path, astronaut):
+    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=2000", "--task-timeout", "3").start()
+    try:
+        cloud = Cloud(server.url, *server.new_key())
+        task_id = cloud.create_id(img2img_body(data_uri(astronaut)))
+        data = cloud.wait_final(task_id, timeout_s=60)
+        assert data["status"] == 6 and "timed out" in data["reason"]
+    finally:
+        server.stop()
+
+
+def test_revoked_key_is_refused(slow, astronaut):
+    from ref2img.tasks.store import Store
+
+    app_key, secret = slow.new_key()
+    Store(f"sqlite:///{slow.data_dir / 'ref2img.db'}").revoke_key(app_key)
+    answer = Cloud(slow.url, app_key, secret).create(img2img_body(data_uri(astronaut)))
+    assert answer.status_code == 401 and answer.json()["code"] == 140013

@@ -35,20 +35,20 @@ class CallbackSender:
 
     def stop(self) -> None:
         self._stop.set()
-        self.store.changes.notify()
+        self.store.outbox.notify()
         if self._thread:
             self._thread.join(5)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            seen = self.store.changes.version
+            seen = self.store.outbox.version
             try:
                 sent = self.deliver_due()
             except Exception:  # noqa: BLE001 - keep delivering through store hiccups
                 log.exception("callback delivery failed")
                 sent = 0
             if not sent:
-                self.store.changes.wait(seen, self.poll_s)
+                self.store.outbox.wait(seen, self.poll_s)
 
     def deliver_due(self) -> int:
         messages = self.store.due_callbacks()

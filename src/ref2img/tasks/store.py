@@ -54,7 +54,9 @@ class Store:
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock() if is_sqlite else nullcontext()
-        self.changes = ChangeFeed()
+        self.changes = ChangeFeed()  # any task changed: long-polls wait on it
+        self.queued = ChangeFeed()  # a task became claimable: idle workers wait on it
+        self.outbox = ChangeFeed()  # a callback became due: the sender waits on it
 
     @contextmanager
     def session(self, write: bool = True) -> Iterator[Session]:
@@ -87,6 +89,7 @@ class Store:
                            attempts=0, cancel_requested=False)
             session.add(task)
         self.changes.notify()
+        self.queued.notify()
         return task, True
 
     def create_task_idempotent(self, **kwargs) -> tuple[TaskRow, bool]:
@@ -189,11 +192,14 @@ class Store:
             if status == TaskStatus.SUCCEEDED:
                 task.progress = 100
                 task.result = json.dumps(result or [])
-            if task.callback and callback_payload is not None:
+            has_callback = bool(task.callback and callback_payload is not None)
+            if has_callback:
                 session.add(OutboxRow(id=f"msg_{task.id}", task_id=task.id, app_key=task.app_key, url=task.callback,
                                       payload=json.dumps(callback_payload(task)), attempts=0, next_attempt_at=now,
                                       last_error=""))
         self.changes.notify()
+        if has_callback:
+            self.outbox.notify()
         return True
 
     def request_cancel(self, task_id: str, app_key: str, callback_payload=None) -> TaskRow | None:
@@ -242,6 +248,7 @@ class Store:
                     ).rowcount
         if moved:
             self.changes.notify()
+            self.queued.notify()
         return moved
 
     # -- callback outbox ---------------------------------------------------------------------------

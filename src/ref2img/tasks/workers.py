@@ -44,13 +44,13 @@ class EmbeddedWorkers:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
-        self.store.changes.notify()
+        self.store.queued.notify()
         for thread in self._threads:
             thread.join(timeout_s)
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            seen = self.store.changes.version
+            seen = self.store.queued.version
             try:
                 task = self.store.claim_next(self.owner, self.lease_s)
             except Exception:  # noqa: BLE001 - a locked or unreachable store: wait and try again
@@ -58,7 +58,7 @@ class EmbeddedWorkers:
                 self._stop.wait(self.idle_poll_s)
                 continue
             if task is None:
-                self.store.changes.wait(seen, self.idle_poll_s)
+                self.store.queued.wait(seen, self.idle_poll_s)
                 continue
             with self._running_lock:
                 self._running.add(task.id)
