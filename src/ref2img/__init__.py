@@ -3,8 +3,16 @@
 Importing this package never imports torch, FastAPI or SQLAlchemy.
 """
 
-from ref2img.protocol import ControlType, CreateRequest, ParameterError, TaskStatus, parse_create_request
-
 __version__ = "0.1.0"
 
-__all__ = ["ControlType", "CreateRequest", "ParameterError", "TaskStatus", "__version__", "parse_create_request"]
+from ref2img.client import (APIConnectionError, APIError, AsyncClient, AuthenticationError, Client,  # noqa: E402
+                            ImageFetchError, InvalidRequestError, RateLimitError, Ref2ImgError, Task,
+                            TaskCancelledError, TaskError, TaskFailedError, TaskTimedOutError, WaitTimeoutError)
+from ref2img.protocol import ControlType, CreateRequest, ParameterError, TaskStatus, parse_create_request  # noqa: E402
+
+__all__ = [
+    "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "Client", "ControlType",
+    "CreateRequest", "ImageFetchError", "InvalidRequestError", "ParameterError", "RateLimitError", "Ref2ImgError",
+    "Task", "TaskCancelledError", "TaskError", "TaskFailedError", "TaskStatus", "TaskTimedOutError",
+    "WaitTimeoutError", "__version__", "parse_create_request",
+]

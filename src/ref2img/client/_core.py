@@ -1,0 +1,236 @@
+"""What Client and AsyncClient share: configuration, request bodies, envelope decoding, the retry
+decision and the wait loop's decisions. The two clients only add the I/O (blocking or async)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ref2img import __version__
+from ref2img.client._exceptions import (APIError, InvalidRequestError, Ref2ImgError, TaskCancelledError,
+                                        TaskFailedError, TaskTimedOutError, UnsupportedError, WaitTimeoutError,
+                                        error_for)
+from ref2img.client._models import Task
+from ref2img.client._policy import RETRYABLE_STATUS, PollPlan, parse_retry_after, request_never_left, retry_delay
+from ref2img.protocol import ControlType, ParameterError, TaskStatus, parse_create_request, parse_recognize_request
+
+DEFAULT_BASE_URL = "https://open-api.wondershare.cc"
+CLOUD_HOSTS = {"open-api.wondershare.cc", "openapi.wondershare.cc"}
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 2
+MAX_LONG_POLL_S = 30.0
+
+CREATE_PATH = "/v1/open/capacity/application/tm_reference_img2img"
+RECOGNIZE_PATH = "/v1/open/capacity/application/tm_reference_img2mask"
+QUERY_PATH = "/v1/open/pub/task"
+CANCEL_PATH = "/v1/open/pub/task/cancel"
+TOKEN_PATH = "/v1/open/capacity/get/token"
+FILES_PATH = "/v1/files"
+
+ImageInput = Any  # an http(s)/data URL, a local path (str or Path), a PIL image, or bytes
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    app_key: str
+    app_secret: str = field(repr=False)
+    base_url: str
+    timeout: float
+    max_retries: int
+    is_cloud: bool  # the Tomoviee cloud: no long-poll, upload or cancel; creates are not idempotent
+
+    @property
+    def long_poll(self) -> bool:
+        return not self.is_cloud
+
+    @classmethod
+    def resolve(cls, app_key: str | None, app_secret: str | None, base_url: str | None, timeout: float,
+                max_retries: int, server: str | None) -> ClientConfig:
+        app_key = app_key or os.environ.get("REF2IMG_APP_KEY")
+        app_secret = app_secret or os.environ.get("REF2IMG_APP_SECRET")
+        if not app_key or not app_secret:
+            raise Ref2ImgError("no credentials: pass app_key= and app_secret=, or set REF2IMG_APP_KEY and "
+                               "REF2IMG_APP_SECRET")
+        base_url = (base_url or os.environ.get("REF2IMG_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if server not in (None, "cloud", "ref2img"):
+            raise Ref2ImgError(f"server must be 'cloud', 'ref2img' or None (from the host), not {server!r}")
+        is_cloud = server == "cloud" if server else urlsplit(base_url).hostname in CLOUD_HOSTS
+        return cls(app_key, app_secret, base_url, timeout, max_retries, is_cloud)
+
+    def headers(self) -> dict[str, str]:
+        import base64
+
+        token = base64.b64encode(f"{self.app_key}:{self.app_secret}".encode()).decode()
+        return {"X-App-Key": self.app_key, "Authorization": f"Basic {token}",
+                "User-Agent": f"ref2img-python/{__version__}"}
+
+
+def client_repr(name: str, config: ClientConfig) -> str:
+    return f"{name}(base_url={config.base_url!r}, app_key={config.app_key!r}, app_secret='***')"
+
+
+# -- request bodies -----------------------------------------------------------------------------
+def is_url(value: ImageInput) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://", "data:"))
+
+
+def create_body(prompt: str, reference_image: ImageInput, control_type: str | int | ControlType, *,
+                control_intensity: float, width: int, height: int, batch_size: int, init_image: ImageInput | None,
+                callback: str | None, params: str | None, seed: int | None,
+                negative_prompt: str | None) -> dict[str, Any]:
+    """The create body, validated by `ref2img.protocol` before anything is sent. Non-URL images stand
+    as placeholders until they are uploaded (see `upload_needed`)."""
+    try:
+        kind = ControlType.parse(control_type)
+    except ValueError:
+        raise _invalid("control_type", 'must be one of "0" (edge), "1" (pose), "2" (subject), "3" (depth) '
+                                       f"(got {control_type!r})") from None
+    body: dict[str, Any] = {"prompt": prompt, "reference_image": reference_image, "control_type": kind.value,
+                            "control_intensity": control_intensity, "width": width, "height": height,
+                            "batch_size": batch_size}
+    optional = {"init_image": init_image, "callback": callback, "params": params, "seed": seed,
+                "negative_prompt": negative_prompt}
+    body.update({key: value for key, value in optional.items() if value is not None})
+    check = {key: ("https://placeholder.invalid/x.png" if key in ("reference_image", "init_image")
+                   and not isinstance(value, str) else value) for key, value in body.items()}
+    try:
+        parse_create_request(check)
+    except ParameterError as exc:
+        raise _invalid(exc.field, exc.message) from None
+    return body
+
+
+def recognize_body(image: ImageInput, control_type: str | int | ControlType) -> dict[str, Any]:
+    try:
+        kind = ControlType.parse(control_type)
+        parse_recognize_request({"control_type": kind.value, "init_image": "https://placeholder.invalid/x.png"})
+    except ValueError:
+        raise _invalid("control_type", f"must be 0 (edge), 1 (pose) or 3 (depth) (got {control_type!r})") from None
+    return {"control_type": kind.value, "init_image": image}
+
+
+def _invalid(field: str, message: str) -> InvalidRequestError:
+    return InvalidRequestError(680001, f"{field}: {message}", None, field)
+
+
+def upload_needed(body: dict[str, Any], config: ClientConfig) -> dict[str, ImageInput]:
+    """The image fields whose values must be uploaded first (files, PIL images, bytes)."""
+    pending = {key: body[key] for key in ("reference_image", "init_image") if key in body and not is_url(body[key])}
+    if pending and config.is_cloud:
+        raise UnsupportedError("the Tomoviee cloud needs public image URLs; upload the file somewhere public "
+                               "(or use a ref2img server, which accepts uploads)")
+    return pending
+
+
+def upload_payload(value: ImageInput) -> tuple[str, bytes, str]:
+    """(file name, bytes, content type) of an image input to upload."""
+    if isinstance(value, (str, Path)):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise _invalid("image", f"no such file: {path} (give an http(s) URL, a data: URI or a local file)")
+        return path.name, path.read_bytes(), "application/octet-stream"
+    if isinstance(value, bytes):
+        return "image", value, "application/octet-stream"
+    if hasattr(value, "save"):  # a PIL image
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return "image.png", buffer.getvalue(), "image/png"
+    raise _invalid("image", f"cannot use a {type(value).__name__} as an image")
+
+
+def new_idempotency_key() -> str:
+    return f"ref2img-{uuid.uuid4()}"
+
+
+# -- responses and retries ----------------------------------------------------------------------
+def envelope_data(response: httpx.Response) -> Any:
+    """The `data` of a success envelope; the matching exception for anything else."""
+    try:
+        envelope = response.json()
+    except ValueError:
+        raise APIError(response.status_code, f"HTTP {response.status_code}: the answer is not JSON",
+                       response.status_code) from None
+    if not isinstance(envelope, dict) or "code" not in envelope:
+        raise APIError(response.status_code, f"HTTP {response.status_code}: not a Tomoviee envelope",
+                       response.status_code)
+    if envelope["code"] != 0:
+        raise error_for(int(envelope["code"]), str(envelope.get("msg") or ""), response.status_code,
+                        parse_retry_after(response.headers))
+    return envelope.get("data")
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    retry: bool
+    delay: float = 0.0
+
+
+def decide_retry(attempt: int, max_retries: int, idempotent: bool, *, response: httpx.Response | None = None,
+                 error: httpx.HTTPError | None = None) -> RetryDecision:
+    if attempt >= max_retries:
+        return RetryDecision(False)
+    if error is not None:
+        return RetryDecision(idempotent or request_never_left(error), retry_delay(attempt, None))
+    if response is not None and response.status_code in RETRYABLE_STATUS and idempotent:
+        return RetryDecision(True, retry_delay(attempt, parse_retry_after(response.headers)))
+    return RetryDecision(False)
+
+
+# -- waiting ------------------------------------------------------------------------------------
+def raise_if_failed(task: Task) -> Task:
+    if task.status == TaskStatus.FAILED:
+        raise TaskFailedError(task)
+    if task.status == TaskStatus.CANCELLED:
+        raise TaskCancelledError(task)
+    if task.status == TaskStatus.TIMED_OUT:
+        raise TaskTimedOutError(task)
+    return task
+
+
+class WaitLoop:
+    """The decisions of `wait()`: how long the next query may long-poll, how long to sleep."""
+
+    def __init__(self, task_id: str, timeout: float, long_poll: bool, on_progress=None):
+        self.task_id = task_id
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.long_poll = long_poll
+        self.on_progress = on_progress
+        self.plan = PollPlan()
+        self.last: Task | None = None
+
+    def poll_wait(self) -> float | None:
+        """Seconds the next query may wait server-side (None: an ordinary query)."""
+        if not self.long_poll:
+            return None
+        return max(0.0, min(MAX_LONG_POLL_S, self.deadline - time.monotonic()))
+
+    def observe(self, task: Task, asked_wait: float | None, took_s: float) -> float | None:
+        """After a query: the task if it ended (raises for 4/5/6), else seconds to sleep first."""
+        changed = self.last is None or (task.status, task.progress) != (self.last.status, self.last.progress)
+        self.last = task
+        if changed and self.on_progress is not None:
+            self.on_progress(task)
+        if task.done:
+            raise_if_failed(task)
+            return None
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeoutError(task, time.monotonic() - self.started)
+        if asked_wait:
+            # A server that ignores `wait` answers at once with nothing new: pace it like the cloud.
+            return 0.0 if changed or took_s >= asked_wait / 2 else min(self.plan.min_interval, remaining)
+        return min(self.plan.next_delay(task), remaining)
+
+
+def suffix_of(url: str) -> str:
+    suffix = Path(urlsplit(url).path).suffix.lower()
+    return suffix if suffix in (".png", ".jpg", ".jpeg", ".webp") else ".png"
