@@ -35,6 +35,10 @@ PartOption = Annotated[list[str] | None, typer.Option("--part", help="override o
 DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="REF2IMG_DATA_DIR",
                                              help="server data: SQLite store, images, keys")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
+ServerOption = Annotated[str | None, typer.Option("--server", envvar="REF2IMG_BASE_URL", help="a ref2img server (or any Tomoviee-compatible base URL)")]
+CloudOption = Annotated[bool, typer.Option("--cloud", help="use the Tomoviee cloud (https://open-api.wondershare.cc)")]
+AppKeyOption = Annotated[str | None, typer.Option("--app-key", envvar="REF2IMG_APP_KEY", help="app key (remote runs)")]
+AppSecretOption = Annotated[str | None, typer.Option("--app-secret", envvar="REF2IMG_APP_SECRET", help="app secret (remote runs)", show_default=False)]
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -114,8 +118,15 @@ def generate(
     device: DeviceOption = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the PNGs and the run's JSON")] = Path("out"),
     as_json: Annotated[bool, typer.Option("--json", help="print the run record as JSON on stdout")] = False,
+    server: ServerOption = None,
+    cloud: CloudOption = False,
+    app_key: AppKeyOption = None,
+    app_secret: AppSecretOption = None,
 ) -> None:
-    """Generate images in-process with the local engine (no server)."""
+    """Generate images: in-process with the local engine, or through a server (--server) or the cloud (--cloud)."""
+    if server or cloud:
+        _generate_remote(locals())
+        return
     started = time.perf_counter()
     mode = _parse_control(control)
     body = {"prompt": prompt, "reference_image": reference, "control_type": mode.value,
@@ -175,6 +186,64 @@ def generate(
     else:
         for path in paths:
             out.print(path, highlight=False)
+
+
+def _client(server: str | None, cloud: bool, app_key: str | None, app_secret: str | None):
+    from ref2img.client import Client, Ref2ImgError
+    from ref2img.client._core import DEFAULT_BASE_URL
+
+    try:
+        return Client(app_key, app_secret, base_url=DEFAULT_BASE_URL if cloud else server)
+    except Ref2ImgError as exc:
+        _fail(str(exc), EXIT_USAGE)
+
+
+def _sdk_call(function, *args, **kwargs):
+    """Run an SDK call; its errors become one line and an exit code (2: the request was bad)."""
+    from ref2img.client import InvalidRequestError, Ref2ImgError
+
+    try:
+        return function(*args, **kwargs)
+    except InvalidRequestError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except Ref2ImgError as exc:
+        _fail(str(exc))
+
+
+def _generate_remote(options: dict) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    started = time.perf_counter()
+    mode = _parse_control(options["control"])
+    if options["control_map"]:
+        _fail("--control-map: only in-process runs take a ready control map", EXIT_USAGE)
+    client = _client(options["server"], options["cloud"], options["app_key"], options["app_secret"])
+    create = dict(control_intensity=options["intensity"], width=options["width"], height=options["height"],
+                  batch_size=options["batch"], init_image=options["init"], seed=options["seed"],
+                  negative_prompt=options["negative"])
+    with client, Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                          TimeElapsedColumn(), console=err, disable=options["as_json"], transient=True) as progress:
+        bar = progress.add_task("queued", total=100)
+
+        def on_progress(task) -> None:
+            label = {1: f"queued (position {task.position})", 2: "generating"}.get(int(task.status), "done")
+            progress.update(bar, completed=task.progress, description=label)
+
+        task_id = _sdk_call(client.create, options["prompt"], options["reference"], mode, **create)
+        task = _sdk_call(client.wait, task_id, on_progress=on_progress)
+        paths = _sdk_call(client.download, task, options["out_dir"])
+    record = {"run_id": task.task_id, "task_id": task.task_id, "server": client.base_url,
+              "images": [str(path) for path in paths], "urls": task.images,
+              "seeds": [options["seed"] + i for i in range(len(paths))] if options["seed"] is not None else None,
+              "request": {"prompt": options["prompt"], "reference_image": options["reference"],
+                          "control_type": mode.value, **{k: v for k, v in create.items() if v is not None}},
+              "timings_s": {"total": round(time.perf_counter() - started, 3)}}
+    Path(options["out_dir"], f"{task.task_id}.json").write_text(json.dumps(record, indent=2) + "\n")
+    if options["as_json"]:
+        print(json.dumps(record))
+    else:
+        for path in paths:
+            out.print(str(path), highlight=False)
 
 
 def _run_with_progress(engine, job, quiet: bool):
@@ -285,6 +354,71 @@ def models_tiny(
 
     build_tiny(directory, family)
     out.print(f"built tiny {family} models in {directory}; use them with --model {directory}", highlight=False)
+
+
+task_app = typer.Typer(no_args_is_help=True, help="Look at, wait for and cancel tasks on a server or the cloud.")
+app.add_typer(task_app, name="task")
+
+
+def _task_record(task) -> dict:
+    return {"task_id": task.task_id, "status": int(task.status), "status_name": task.status.name.lower(),
+            "progress": task.progress, "position": task.position, "wait_time": task.wait_time,
+            "reason": task.reason, "params": task.params, "images": task.images, "masks": task.masks}
+
+
+def _print_task(task, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_task_record(task)))
+        return
+    out.print(f"{task.task_id}: {task.status.name.lower()} ({task.progress}%)"
+              + (f", position {task.position}" if task.status == 1 else "")
+              + (f" — {task.reason}" if task.reason else ""), highlight=False)
+    for url in task.images or task.masks:
+        out.print(url, highlight=False, soft_wrap=True)
+
+
+@task_app.command("get")
+def task_get(task_id: str, server: ServerOption = None, cloud: CloudOption = False, app_key: AppKeyOption = None,
+             app_secret: AppSecretOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The task's state now."""
+    with _client(server, cloud, app_key, app_secret) as client:
+        _print_task(_sdk_call(client.get, task_id), as_json)
+
+
+@task_app.command("wait")
+def task_wait(task_id: str, server: ServerOption = None, cloud: CloudOption = False, app_key: AppKeyOption = None,
+              app_secret: AppSecretOption = None, timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
+              out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="download the images here")] = None,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Wait until the task ends (exit 1 if it failed, was cancelled or timed out); optionally download."""
+    with _client(server, cloud, app_key, app_secret) as client:
+        task = _sdk_call(client.wait, task_id, timeout=timeout)
+        if out_dir is not None:
+            for path in _sdk_call(client.download, task, out_dir):
+                err.print(str(path), highlight=False)
+    _print_task(task, as_json)
+
+
+@task_app.command("cancel")
+def task_cancel(task_id: str, server: ServerOption = None, app_key: AppKeyOption = None,
+                app_secret: AppSecretOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Cancel a task (ref2img servers): queued ones at once, running ones between two steps."""
+    with _client(server, False, app_key, app_secret) as client:
+        _print_task(_sdk_call(client.cancel, task_id), as_json)
+
+
+@app.command()
+def token(app_key: Annotated[str, typer.Argument(help="app key")],
+          app_secret: Annotated[str, typer.Argument(help="app secret")],
+          show: Annotated[bool, typer.Option("--print", help="print the token on stdout")] = False) -> None:
+    """The `Authorization: Basic …` value for an app key (computed locally; nothing is sent)."""
+    import base64
+
+    err.print("[yellow]The token is a credential: anyone who has it can use your key.[/]")
+    if not show:
+        err.print("Add --print to write it to stdout.")
+        raise typer.Exit(0)
+    print("Basic " + base64.b64encode(f"{app_key}:{app_secret}".encode()).decode())
 
 
 @app.command()

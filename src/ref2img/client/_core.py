@@ -79,7 +79,8 @@ def client_repr(name: str, config: ClientConfig) -> str:
 
 # -- request bodies -----------------------------------------------------------------------------
 def is_url(value: ImageInput) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://", "data:"))
+    """Strings with a scheme go to the server as they are (it judges them); anything else is uploaded."""
+    return isinstance(value, str) and ("://" in value or value.startswith("data:"))
 
 
 def create_body(prompt: str, reference_image: ImageInput, control_type: str | int | ControlType, *,
@@ -124,18 +125,21 @@ def _invalid(field: str, message: str) -> InvalidRequestError:
 def upload_needed(body: dict[str, Any], config: ClientConfig) -> dict[str, ImageInput]:
     """The image fields whose values must be uploaded first (files, PIL images, bytes)."""
     pending = {key: body[key] for key in ("reference_image", "init_image") if key in body and not is_url(body[key])}
+    for key, value in pending.items():
+        if isinstance(value, (str, Path)) and not Path(value).expanduser().is_file():
+            raise _invalid(key, f"no such file: {value} (give an http(s) URL, a data: URI or a local file)")
     if pending and config.is_cloud:
         raise UnsupportedError("the Tomoviee cloud needs public image URLs; upload the file somewhere public "
                                "(or use a ref2img server, which accepts uploads)")
     return pending
 
 
-def upload_payload(value: ImageInput) -> tuple[str, bytes, str]:
+def upload_payload(value: ImageInput, field: str = "image") -> tuple[str, bytes, str]:
     """(file name, bytes, content type) of an image input to upload."""
     if isinstance(value, (str, Path)):
         path = Path(value).expanduser()
         if not path.is_file():
-            raise _invalid("image", f"no such file: {path} (give an http(s) URL, a data: URI or a local file)")
+            raise _invalid(field, f"no such file: {path} (give an http(s) URL, a data: URI or a local file)")
         return path.name, path.read_bytes(), "application/octet-stream"
     if isinstance(value, bytes):
         return "image", value, "application/octet-stream"
@@ -143,7 +147,7 @@ def upload_payload(value: ImageInput) -> tuple[str, bytes, str]:
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
         return "image.png", buffer.getvalue(), "image/png"
-    raise _invalid("image", f"cannot use a {type(value).__name__} as an image")
+    raise _invalid(field, f"cannot use a {type(value).__name__} as an image")
 
 
 def new_idempotency_key() -> str:
