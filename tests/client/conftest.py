@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ..server.conftest import Server
+from ..server.conftest import Server, image_host  # noqa: F401  (shared fixture)
 
 
 @pytest.fixture(scope="module")
