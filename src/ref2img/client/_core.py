@@ -27,6 +27,7 @@ CLOUD_HOSTS = {"open-api.wondershare.cc", "openapi.wondershare.cc"}
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 2
 MAX_LONG_POLL_S = 30.0
+PROGRESS_POLL_S = 2.0  # long-polls end on a status change; with a progress callback, look more often
 
 CREATE_PATH = "/v1/open/capacity/application/tm_reference_img2img"
 RECOGNIZE_PATH = "/v1/open/capacity/application/tm_reference_img2mask"
@@ -215,7 +216,8 @@ class WaitLoop:
         """Seconds the next query may wait server-side (None: an ordinary query)."""
         if not self.long_poll:
             return None
-        return max(0.0, min(MAX_LONG_POLL_S, self.deadline - time.monotonic()))
+        longest = PROGRESS_POLL_S if self.on_progress is not None else MAX_LONG_POLL_S
+        return max(0.0, min(longest, self.deadline - time.monotonic()))
 
     def observe(self, task: Task, asked_wait: float | None, took_s: float) -> float | None:
         """After a query: the task if it ended (raises for 4/5/6), else seconds to sleep first."""

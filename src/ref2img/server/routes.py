@@ -134,7 +134,7 @@ def _wait_seconds(body: dict) -> float:
 
 @router.post("/v1/open/pub/task")
 async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
-    """Task state; with `wait` (≤ 30 s) it answers as soon as the status or progress changes."""
+    """Task state; with `wait` (≤ 30 s) it answers as soon as the status changes (DESIGN.md §1)."""
     svc = services(request)
     task_id, wait = _task_id(body), _wait_seconds(body)
     base_url = str(request.base_url)
@@ -148,12 +148,12 @@ async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, De
     task, data = await store_read(svc, read)
     if task is None:
         raise ApiError(ErrorCode.TASK_NOT_FOUND, f"task_id: no task {task_id!r}")
-    first = (task.status, task.progress)
+    first = task.status
     while wait and not TaskStatus(task.status).is_final and time.monotonic() < deadline:
         # The feed wakes us on local changes; the 1 s cap also catches other processes' changes.
         seen = await svc.store.changes.wait_async(seen, min(1.0, deadline - time.monotonic()))
         task, data = await store_read(svc, read)
-        if (task.status, task.progress) != first:
+        if task.status != first:
             break
     return JSONResponse(ok(data))
 
