@@ -29,12 +29,21 @@ class Storage:
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> Storage:
         key_file = Path(data_dir) / "url-signing.key"
-        if not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # made earlier (or just now by another process): use it
+        else:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(secrets.token_bytes(32))
-        return cls(Path(data_dir) / "images", key_file.read_bytes())
+        key = key_file.read_bytes()
+        for _ in range(50):  # another process may be between creating and writing it
+            if len(key) == 32:
+                break
+            time.sleep(0.01)
+            key = key_file.read_bytes()
+        return cls(Path(data_dir) / "images", key)
 
     # -- files -------------------------------------------------------------------------------------
     def save_result(self, task_id: str, index: int, image: Image.Image) -> str:
