@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import threading
 from contextlib import contextmanager, nullcontext
 
-from sqlalchemy import create_engine, event, func, or_, select, update
+from sqlalchemy import create_engine, event, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,7 +51,12 @@ class Store:
         )
         if is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+            Base.metadata.create_all(self.engine)
+        else:
+            with self.engine.begin() as connection:
+                # Several nodes may start at once: one creates the tables, the others wait and see them.
+                connection.execute(text("SELECT pg_advisory_xact_lock(7274201)"))
+                Base.metadata.create_all(connection)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock() if is_sqlite else nullcontext()
         self.changes = ChangeFeed()  # any task changed: long-polls wait on it
@@ -132,8 +137,10 @@ class Store:
     def claim_next(self, owner: str, lease_s: float) -> TaskRow | None:
         now = time.time()
         with self.session() as session:
+            # SKIP LOCKED: concurrent claimers on PostgreSQL take different tasks instead of queueing
+            # on one row (SQLite has a single writer and ignores it).
             oldest = (select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED)
-                      .order_by(TaskRow.created_at).limit(1).scalar_subquery())
+                      .order_by(TaskRow.created_at).limit(1).with_for_update(skip_locked=True).scalar_subquery())
             task = session.scalar(
                 update(TaskRow)
                 .where(TaskRow.id == oldest, TaskRow.status == TaskStatus.QUEUED)

@@ -1,0 +1,205 @@
+"""The store contract: every backend (SQLite, PostgreSQL) must pass the same suite (Huey's pattern)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from ref2img.protocol import TaskStatus
+from ref2img.tasks.store import MAX_ATTEMPTS, QueueFull, Store
+
+POSTGRES = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        instance = Store(f"sqlite:///{tmp_path / 'store.db'}")
+        yield instance
+        instance.close()
+        return
+    schema = f"contract_{secrets.token_hex(4)}"
+    admin = create_engine(POSTGRES)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    instance = Store(f"{POSTGRES}?options=-csearch_path%3D{schema}")
+    yield instance
+    instance.close()
+    with admin.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+def new_task(store: Store, app_key: str = "ak_a", **changes):
+    fields = dict(app_key=app_key, kind="img2img", request={"prompt": "p"}, params="x", callback=None,
+                  idempotency_key=None, timeout_s=600, queue_limit=100)
+    fields.update(changes)
+    return store.create_task_idempotent(**fields)
+
+
+def payload(task) -> dict:
+    return {"task_id": task.id, "status": task.status}
+
+
+def test_create_get_and_tenancy(store):
+    task, created = new_task(store)
+    assert created and task.status == TaskStatus.QUEUED and task.progress == 0
+    assert store.get_task(task.id, "ak_a").params == "x"
+    assert store.get_task(task.id, "ak_b") is None
+    assert store.get_task("t_missing") is None
+    assert json.loads(store.get_task(task.id).request) == {"prompt": "p"}
+
+
+def test_idempotency_key_is_per_app_key(store):
+    first, created = new_task(store, idempotency_key="k1")
+    again, created_again = new_task(store, idempotency_key="k1")
+    other, _ = new_task(store, app_key="ak_b", idempotency_key="k1")
+    assert created and not created_again and first.id == again.id != other.id
+
+
+def test_bounded_queue_drops_nothing(store):
+    ids = [new_task(store, queue_limit=3)[0].id for _ in range(3)]
+    with pytest.raises(QueueFull) as caught:
+        new_task(store, queue_limit=3)
+    assert caught.value.retry_after > 0
+    assert all(store.get_task(task_id).status == TaskStatus.QUEUED for task_id in ids)
+
+
+def test_claims_are_fifo_and_positions_count_down(store):
+    ids = []
+    for _ in range(3):
+        ids.append(new_task(store)[0].id)
+        time.sleep(0.002)
+    assert [store.position(store.get_task(task_id)) for task_id in ids] == [0, 1, 2]
+    claimed = store.claim_next("w1", lease_s=30)
+    assert claimed.id == ids[0] and claimed.status == TaskStatus.PROCESSING and claimed.attempts == 1
+    assert store.position(store.get_task(ids[0])) == -1
+    assert store.position(store.get_task(ids[2])) == 1
+
+
+def test_concurrent_claimers_take_each_task_once(store):
+    ids = {new_task(store)[0].id for _ in range(20)}
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while True:
+            task = store.claim_next(name, lease_s=30)
+            if task is None:
+                return
+            with lock:
+                taken.append(task.id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(taken) == sorted(ids)
+
+
+def test_finish_lands_once_for_the_lease_owner_with_its_callback(store):
+    task, _ = new_task(store, callback="https://hooks.example/cb")
+    claimed = store.claim_next("w1", lease_s=30)
+    store.set_progress(task.id, "w2", 50)  # not the owner: ignored
+    store.set_progress(task.id, "w1", 40)
+    assert store.get_task(task.id).progress == 40
+    assert not store.finish(task.id, "w2", TaskStatus.SUCCEEDED, result=["a.png"], callback_payload=payload)
+    assert store.finish(claimed.id, "w1", TaskStatus.SUCCEEDED, result=["a.png"], callback_payload=payload)
+    assert not store.finish(claimed.id, "w1", TaskStatus.FAILED, reason="late", callback_payload=payload)
+    done = store.get_task(task.id)
+    assert done.status == TaskStatus.SUCCEEDED and done.progress == 100 and json.loads(done.result) == ["a.png"]
+    [message] = store.due_callbacks()
+    assert message.id == f"msg_{task.id}" and json.loads(message.payload)["status"] == TaskStatus.SUCCEEDED
+
+
+def test_no_callback_no_outbox(store):
+    task, _ = new_task(store)
+    store.claim_next("w1", 30)
+    store.finish(task.id, "w1", TaskStatus.FAILED, reason="engine", callback_payload=payload)
+    assert store.due_callbacks() == [] and store.get_task(task.id).reason == "engine"
+
+
+def test_cancel_queued_at_once_and_running_by_flag(store):
+    running, _ = new_task(store)
+    queued, _ = new_task(store, callback="https://hooks.example/cb")
+    store.claim_next("w1", 30)
+    assert store.request_cancel(queued.id, "ak_a", payload).status == TaskStatus.CANCELLED
+    assert store.request_cancel(queued.id, "ak_b", payload) is None
+    assert store.should_stop(running.id, "w1") is None
+    assert store.request_cancel(running.id, "ak_a", payload).status == TaskStatus.PROCESSING
+    assert store.should_stop(running.id, "w1") == TaskStatus.CANCELLED
+    assert [m.task_id for m in store.due_callbacks()] == [queued.id]
+
+
+def test_deadline_is_seen_by_should_stop(store):
+    task, _ = new_task(store, timeout_s=0.05)
+    store.claim_next("w1", 30)
+    time.sleep(0.1)
+    assert store.should_stop(task.id, "w1") == TaskStatus.TIMED_OUT
+
+
+def test_recover_hands_back_orphans_and_ends_the_hopeless(store):
+    orphan, _ = new_task(store)
+    alive, _ = new_task(store)
+    store.claim_next("dead", lease_s=0.01)
+    store.claim_next("live", lease_s=60)
+    time.sleep(0.05)
+    assert store.recover(payload, owner_alive=lambda owner: owner == "live") == 1
+    assert store.get_task(orphan.id).status == TaskStatus.QUEUED
+    assert store.get_task(alive.id).status == TaskStatus.PROCESSING
+
+    # An orphan that already used its attempts fails; one past its deadline times out.
+    for _ in range(MAX_ATTEMPTS - 1):
+        store.claim_next("dead", lease_s=0.01)
+        time.sleep(0.02)
+        store.recover(payload)
+    store.claim_next("dead", lease_s=0.01)
+    time.sleep(0.02)
+    store.recover(payload, owner_alive=lambda owner: owner == "live")
+    failed = store.get_task(orphan.id)
+    assert failed.status == TaskStatus.FAILED and f"{MAX_ATTEMPTS} times" in failed.reason
+
+    late, _ = new_task(store, timeout_s=0.01)
+    time.sleep(0.05)
+    store.recover(payload, owner_alive=lambda owner: owner == "live")
+    assert store.get_task(late.id).status == TaskStatus.TIMED_OUT
+
+
+def test_outbox_retry_bookkeeping(store):
+    task, _ = new_task(store, callback="https://hooks.example/cb")
+    store.claim_next("w1", 30)
+    store.finish(task.id, "w1", TaskStatus.SUCCEEDED, result=[], callback_payload=payload)
+    message_id = f"msg_{task.id}"
+    store.callback_failed(message_id, "HTTP 500", time.time() + 60)
+    assert store.due_callbacks() == [] and store.callback(message_id).attempts == 1
+    store.callback_failed(message_id, "HTTP 500", time.time() - 1)
+    assert [m.id for m in store.due_callbacks()] == [message_id]
+    store.callback_delivered(message_id)
+    delivered = store.callback(message_id)
+    assert delivered.delivered_at is not None and delivered.attempts == 3 and store.due_callbacks() == []
+
+
+def test_keys_and_files(store):
+    from ref2img.tasks.keys import KeyVerifier, create_key
+
+    key = create_key(store, "ci")
+    verifier = KeyVerifier(store)
+    assert verifier.verify(key.app_key, key.app_secret)
+    assert not verifier.verify(key.app_key, "sk_wrong")
+    assert store.get_key(key.app_key).secret_hash != key.app_secret.encode()
+    assert store.revoke_key(key.app_key) and not store.revoke_key(key.app_key)
+    assert not KeyVerifier(store).verify(key.app_key, key.app_secret)
+    store.add_file("f1", key.app_key, "uploads/f1.png")
+    assert store.get_file("f1").name == "uploads/f1.png"
+
+
+def test_feeds_wake_waiters(store):
+    seen = store.queued.version
+    threading.Timer(0.05, lambda: new_task(store)).start()
+    assert store.queued.wait(seen, timeout=5) != seen
