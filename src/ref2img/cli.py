@@ -34,6 +34,10 @@ ModelOption = Annotated[str, typer.Option("--model", "-m", help="preset (sdxl, s
 PartOption = Annotated[list[str] | None, typer.Option("--part", help="override one preset part: KEY=VALUE (e.g. base=/models/sd15)")]
 DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="REF2IMG_DATA_DIR",
                                              help="server data: SQLite store, images, keys")]
+DbOption = Annotated[str | None, typer.Option("--db", envvar="REF2IMG_DB", help="sqlite:///… (default: in the data dir) or postgresql+psycopg://…")]
+QueueOption = Annotated[str, typer.Option("--queue", envvar="REF2IMG_QUEUE", help="embedded, or redis://… for scale-out")]
+StorageOption = Annotated[Path | None, typer.Option("--storage", envvar="REF2IMG_STORAGE", help="image directory (default: the data dir; scale-out: shared)")]
+LeaseOption = Annotated[float, typer.Option("--lease", min=1, help="seconds a worker holds a task between heartbeats")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
 ServerOption = Annotated[str | None, typer.Option("--server", envvar="REF2IMG_BASE_URL", help="a ref2img server (or any Tomoviee-compatible base URL)")]
 CloudOption = Annotated[bool, typer.Option("--cloud", help="use the Tomoviee cloud (https://open-api.wondershare.cc)")]
@@ -436,8 +440,13 @@ def serve(
     public_url: Annotated[str | None, typer.Option("--public-url", help="base of result URLs sent in callbacks (default: http://HOST:PORT)")] = None,
     callback_retry_scale: Annotated[float, typer.Option("--callback-retry-scale", hidden=True)] = 1.0,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    db: DbOption = None,
+    queue: QueueOption = "embedded",
+    storage: StorageOption = None,
+    lease: LeaseOption = 30.0,
 ) -> None:
-    """Run the Tomoviee-compatible server (embedded mode: SQLite queue, workers in this process)."""
+    """Run the Tomoviee-compatible server: embedded (SQLite, workers in this process) or, with
+    --queue redis://… --db postgresql+psycopg://…, an API node of a fleet of `ref2img worker`s."""
     import logging
 
     import uvicorn
@@ -448,8 +457,43 @@ def serve(
     settings = ServerSettings(
         data_dir=data_dir, model=model, model_overrides=_parse_parts(part), device=device, workers=workers,
         allow_private_urls=allow_private_urls, queue_limit=queue_limit, task_timeout_s=task_timeout,
-        public_url=public_url or f"http://{host}:{port}", callback_retry_scale=callback_retry_scale)
+        public_url=public_url or f"http://{host}:{port}", callback_retry_scale=callback_retry_scale,
+        db_url=db, queue_url=queue, storage_dir=storage, lease_s=lease)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+
+
+@app.command()
+def worker(
+    queue: Annotated[str, typer.Option("--queue", envvar="REF2IMG_QUEUE", help="redis://host:6379/0")],
+    db: Annotated[str, typer.Option("--db", envvar="REF2IMG_DB", help="postgresql+psycopg://user@host/db")],
+    storage: Annotated[Path, typer.Option("--storage", envvar="REF2IMG_STORAGE", help="a directory every node mounts")],
+    public_url: Annotated[str, typer.Option("--public-url", envvar="REF2IMG_PUBLIC_URL", help="the API nodes' base URL (result links in callbacks)")],
+    model: ModelOption = "sdxl",
+    part: PartOption = None,
+    device: DeviceOption = None,
+    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls")] = False,
+    task_timeout: Annotated[float, typer.Option("--task-timeout", min=1)] = 1800.0,
+    lease: LeaseOption = 30.0,
+    data_dir: DataDirOption = Path("ref2img-worker"),
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run one GPU worker of a scale-out fleet: loads the engine once, then takes tasks from Redis."""
+    import logging
+
+    from ref2img.server.services import ServerSettings
+    from ref2img.server.worker import ScaleWorker
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    settings = ServerSettings(data_dir=data_dir, model=model, model_overrides=_parse_parts(part), device=device,
+                              allow_private_urls=allow_private_urls, task_timeout_s=task_timeout,
+                              public_url=public_url, db_url=db, queue_url=queue, storage_dir=storage, lease_s=lease)
+    from ref2img.engines.base import EngineError
+
+    try:
+        ScaleWorker(settings).run()
+    except EngineError as exc:
+        _fail(str(exc))
 
 
 def _store(data_dir: Path):

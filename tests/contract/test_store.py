@@ -203,3 +203,32 @@ def test_feeds_wake_waiters(store):
     seen = store.queued.version
     threading.Timer(0.05, lambda: new_task(store)).start()
     assert store.queued.wait(seen, timeout=5) != seen
+
+
+def test_claim_by_id_drops_duplicates_and_takes_over_dead_leases(store):
+    task, _ = new_task(store)
+    assert store.claim(task.id, "w1", lease_s=0.05).lease_owner == "w1"
+    assert store.claim(task.id, "w2", lease_s=30) is None  # running elsewhere: a duplicate message
+    time.sleep(0.1)
+    taken = store.claim(task.id, "w2", lease_s=30)  # w1's lease ran out: its worker died
+    assert taken.lease_owner == "w2" and taken.attempts == 2
+    assert not store.finish(task.id, "w1", TaskStatus.SUCCEEDED, result=[])
+    assert store.finish(task.id, "w2", TaskStatus.SUCCEEDED, result=[])
+    assert store.claim(task.id, "w3", lease_s=30) is None  # finished
+
+
+def test_unsent_queued_tasks_are_found_for_resending(store):
+    first, _ = new_task(store)
+    second, _ = new_task(store)
+    store.mark_sent([first.id])
+    assert store.unsent_queued(older_than_s=60) == [second.id]
+    time.sleep(0.05)
+    assert set(store.unsent_queued(older_than_s=0.01)) == {first.id, second.id}
+
+
+def test_callbacks_are_claimed_by_one_node_at_a_time(store):
+    task, _ = new_task(store, callback="https://hooks.example/cb")
+    store.claim_next("w1", 30)
+    store.finish(task.id, "w1", TaskStatus.SUCCEEDED, result=[], callback_payload=payload)
+    assert [m.id for m in store.claim_callbacks(lease_s=60)] == [f"msg_{task.id}"]
+    assert store.claim_callbacks(lease_s=60) == []  # reserved by the first node

@@ -48,6 +48,7 @@ def test_preset_file_extends_a_builtin(tmp_path):
         ("no-such-preset", None, "unknown model"),
         ("sd15", {"colour": "blue"}, "unknown preset part"),
         ("sd15", {"steps": "many"}, "is not a int"),
+        ("sd15", {"steps": "5000"}, "from 1 to 500"),
     ],
 )
 def test_bad_model_choices_are_clear(model, overrides, message):

@@ -124,10 +124,12 @@ def test_startup_does_not_import_torch():
 
 
 def test_deadline_ends_a_running_task_at_6(tiny_sd15, tmp_path, astronaut):
-    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=2000", "--task-timeout", "3").start()
+    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=500", "--task-timeout", "3").start()
     try:
+        server.wait_engine()  # so that the deadline passes mid-run (500 tiny steps take ~8 s)
         cloud = Cloud(server.url, *server.new_key())
         task_id = cloud.create_id(img2img_body(data_uri(astronaut)))
+        wait_running(cloud, task_id)
         data = cloud.wait_final(task_id, timeout_s=60)
         assert data["status"] == 6 and "timed out" in data["reason"]
     finally:

@@ -78,16 +78,18 @@ def _check_inputs(svc: Services, app_key: str, images: dict[str, str | None], ca
 
 def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: dict,
              params: str | None, callback: str | None) -> JSONResponse:
-    if svc.engine.state.startswith("error"):
+    if svc.settings.embedded and svc.engine.state.startswith("error"):
         svc.engine.preload()  # try again in the background: the model may have been fetched since
         raise ApiError(ErrorCode.ENGINE_UNAVAILABLE, f"engine unavailable: {svc.engine.state.removeprefix('error: ')}")
     try:
-        task, _created = svc.store.create_task_idempotent(
+        task, created = svc.store.create_task_idempotent(
             app_key=app_key, kind=kind, request=payload, params=params, callback=callback,
             idempotency_key=request.headers.get("idempotency-key"), timeout_s=svc.settings.task_timeout_s,
             queue_limit=svc.settings.queue_limit)
     except QueueFull as exc:
         raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
+    if created:
+        svc.dispatch(task.id)
     return JSONResponse(ok({"task_id": task.id}))
 
 
@@ -211,7 +213,8 @@ def get_file(request: Request, name: str, expires: str = "", sig: str = ""):
 def healthz(request: Request) -> dict:
     svc = services(request)
     counts = svc.store.count_by_status()
-    return ok({"status": "ok", "engine": svc.engine.state, "queued": counts.get(TaskStatus.QUEUED, 0),
+    engine = svc.engine.state if svc.settings.embedded else "workers"
+    return ok({"status": "ok", "engine": engine, "queued": counts.get(TaskStatus.QUEUED, 0),
                "processing": counts.get(TaskStatus.PROCESSING, 0)})
 
 

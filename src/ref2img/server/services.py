@@ -40,6 +40,13 @@ class ServerSettings:
     callback_retry_scale: float = 1.0
     max_body_bytes: int = 30 * 1024 * 1024
     engine_factory: Callable[[], Engine] | None = None  # default: the local diffusers engine
+    db_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… for scale-out
+    queue_url: str = "embedded"  # or redis://…: tasks go to `ref2img worker` processes
+    storage_dir: Path | None = None  # default: the data dir; scale-out: a directory every node mounts
+
+    @property
+    def embedded(self) -> bool:
+        return self.queue_url == "embedded"
 
 
 class EngineProvider:
@@ -96,26 +103,47 @@ class Services:
         self.settings = settings
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store(f"sqlite:///{data_dir / 'ref2img.db'}")
-        self.storage = Storage.in_data_dir(data_dir)
+        self.store = Store(settings.db_url or f"sqlite:///{data_dir / 'ref2img.db'}")
+        self.storage = Storage.at(Path(settings.storage_dir or data_dir))
         self.verifier = KeyVerifier(self.store)
         self.http = SafeHttp(allow_private=settings.allow_private_urls)
         self.images = ImageResolver(self.store, self.storage, self.http)
         self.estimate = DurationEstimate()
         self.estimate.seed(self.store.recent_durations())
         self.engine = EngineProvider(settings.engine_factory or local_engine_factory(settings))
-        context = RunContext(store=self.store, storage=self.storage, engine=self.engine,
-                             fetch_image=self.images.fetch, estimate=self.estimate,
-                             callback_payload=partial(self.task_data, base_url=settings.public_url))
-        self.workers = EmbeddedWorkers(self.store, context, workers=settings.workers, lease_s=settings.lease_s)
+        self.context = RunContext(store=self.store, storage=self.storage, engine=self.engine,
+                                  fetch_image=self.images.fetch, estimate=self.estimate,
+                                  callback_payload=partial(self.task_data, base_url=settings.public_url))
         self.callbacks = CallbackSender(self.store, self.http.post, retry_scale=settings.callback_retry_scale)
+        self.queue = None
+        if settings.embedded:
+            self.workers = EmbeddedWorkers(self.store, self.context, workers=settings.workers,
+                                           lease_s=settings.lease_s)
+        else:  # an API node: workers run elsewhere (`ref2img worker`)
+            from ref2img.tasks.housekeeping import Housekeeper
+            from ref2img.tasks.redis_queue import RedisQueue
+
+            self.queue = RedisQueue(settings.queue_url, settings.task_timeout_s)
+            self.workers = Housekeeper(self.store, self.queue, self.context.callback_payload, settings.lease_s)
+
+    def dispatch(self, task_id: str) -> None:
+        """Scale-out: tell the workers. If Redis is away the task still waits in the store, and the
+        housekeeping resends it later: accepted means kept."""
+        if self.queue is None:
+            return
+        try:
+            self.queue.send(task_id)
+            self.store.mark_sent([task_id])
+        except Exception:  # noqa: BLE001 - any broker failure: the store keeps the task
+            log.warning("queue unreachable; task %s will be sent by the housekeeping", task_id)
 
     def task_data(self, task: TaskRow, base_url: str) -> dict:
         return task_data(task, store=self.store, storage=self.storage, base_url=base_url, estimate=self.estimate,
                          workers=self.settings.workers)
 
     def start(self) -> None:
-        self.engine.preload()
+        if self.settings.embedded:
+            self.engine.preload()
         self.workers.start()
         self.callbacks.start()
 
@@ -123,4 +151,6 @@ class Services:
         self.workers.stop()
         self.callbacks.stop()
         self.http.close()
+        if self.queue is not None:
+            self.queue.close()
         self.store.close()

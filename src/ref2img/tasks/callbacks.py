@@ -51,7 +51,7 @@ class CallbackSender:
                 self.store.outbox.wait(seen, self.poll_s)
 
     def deliver_due(self) -> int:
-        messages = self.store.due_callbacks()
+        messages = self.store.claim_callbacks()
         for message in messages:
             self._attempt(message)
         return len(messages)

@@ -37,6 +37,7 @@ class TaskRow(Base):
     lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # scale-out: last queue message
 
 
 class AppKeyRow(Base):

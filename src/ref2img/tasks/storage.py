@@ -27,8 +27,10 @@ class Storage:
         self._key = signing_key
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path) -> Storage:
-        key_file = Path(data_dir) / "url-signing.key"
+    def at(cls, root: Path) -> Storage:
+        """Storage in `root` (a data dir, or a directory every node mounts): files under `files/`,
+        the URL-signing key beside them, made by whichever node starts first."""
+        key_file = Path(root) / "url-signing.key"
         key_file.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -43,7 +45,7 @@ class Storage:
                 break
             time.sleep(0.01)
             key = key_file.read_bytes()
-        return cls(Path(data_dir) / "images", key)
+        return cls(Path(root) / "files", key)
 
     # -- files -------------------------------------------------------------------------------------
     def save_result(self, task_id: str, index: int, image: Image.Image) -> str:

@@ -152,6 +152,37 @@ class Store:
             self.changes.notify()
         return task
 
+    def claim(self, task_id: str, owner: str, lease_s: float) -> TaskRow | None:
+        """Lease one given task (a queue message names it): queued, or processing with an expired
+        lease (its worker died). None when it is running elsewhere or finished: a duplicate message."""
+        now = time.time()
+        with self.session() as session:
+            task = session.scalar(
+                update(TaskRow)
+                .where(TaskRow.id == task_id,
+                       or_(TaskRow.status == TaskStatus.QUEUED,
+                           (TaskRow.status == TaskStatus.PROCESSING) & (TaskRow.lease_expires < now)))
+                .values(status=TaskStatus.PROCESSING, lease_owner=owner, lease_expires=now + lease_s,
+                        started_at=now, attempts=TaskRow.attempts + 1, progress=0)
+                .returning(TaskRow))
+        if task is not None:
+            self.changes.notify()
+        return task
+
+    def mark_sent(self, task_ids: list[str]) -> None:
+        with self.session() as session:
+            session.execute(update(TaskRow).where(TaskRow.id.in_(task_ids)).values(sent_at=time.time()))
+
+    def unsent_queued(self, older_than_s: float, limit: int = 500) -> list[str]:
+        """Queued tasks with no queue message sent (requeued, or Redis was down), or whose last one
+        is older than `older_than_s` (pass a huge value to skip those: their message may still wait)."""
+        cutoff = time.time() - older_than_s
+        with self.session(write=False) as session:
+            return list(session.scalars(
+                select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED,
+                                         or_(TaskRow.sent_at.is_(None), TaskRow.sent_at < cutoff))
+                .order_by(TaskRow.created_at).limit(limit)))
+
     def extend_lease(self, task_ids: list[str], owner: str, lease_s: float) -> None:
         if not task_ids:
             return
@@ -251,7 +282,8 @@ class Store:
                     moved += session.execute(
                         update(TaskRow).where(TaskRow.id == task.id, TaskRow.lease_owner == task.lease_owner,
                                               TaskRow.status == TaskStatus.PROCESSING)
-                        .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires=None, progress=0)
+                        .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires=None, progress=0,
+                                sent_at=None)
                     ).rowcount
         if moved:
             self.changes.notify()
@@ -265,6 +297,16 @@ class Store:
                 select(OutboxRow).where(OutboxRow.delivered_at.is_(None), OutboxRow.failed_at.is_(None),
                                         OutboxRow.next_attempt_at <= time.time())
                 .order_by(OutboxRow.next_attempt_at).limit(limit)))
+
+    def claim_callbacks(self, limit: int = 20, lease_s: float = 60.0) -> list[OutboxRow]:
+        """Due callbacks, each reserved for `lease_s` so that one node at a time attempts it."""
+        now = time.time()
+        with self.session() as session:
+            due = (select(OutboxRow.id).where(OutboxRow.delivered_at.is_(None), OutboxRow.failed_at.is_(None),
+                                              OutboxRow.next_attempt_at <= now)
+                   .order_by(OutboxRow.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
+            return list(session.scalars(update(OutboxRow).where(OutboxRow.id.in_(due))
+                                        .values(next_attempt_at=now + lease_s).returning(OutboxRow)))
 
     def callback_delivered(self, message_id: str) -> None:
         with self.session() as session:

@@ -219,6 +219,8 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -
                 changes[key] = _SCALAR_FIELDS[key](value)
             except ValueError:
                 raise EngineError(f"preset override {key}: {value!r} is not a {_SCALAR_FIELDS[key].__name__}") from None
+            if key == "steps" and not 1 <= changes[key] <= 500:  # schedulers know 1000 training steps
+                raise EngineError(f"preset override steps: must be from 1 to 500 (got {changes[key]})")
         elif key.startswith("controlnet."):
             controlnets[key.removeprefix("controlnet.")] = _model_ref(value, base_dir)
         elif key in {"base", "vae", "lora", "ip_adapter", "image_encoder", "depth_estimator",

@@ -1,0 +1,125 @@
+"""Scale-out on the real Redis and PostgreSQL of this machine: an API node and `ref2img worker`s."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from ..server.conftest import Cloud, Server, data_uri, img2img_body
+
+POSTGRES = "postgresql+psycopg://root@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/7"
+
+
+class Fleet:
+    def __init__(self, tmp_path, tiny_model, steps: int):
+        self.schema = f"fleet_{secrets.token_hex(4)}"
+        with create_engine(POSTGRES).begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {self.schema}"))
+        self.db = f"{POSTGRES}?options=-csearch_path%3D{self.schema}"
+        import redis
+
+        redis.Redis.from_url(REDIS).flushdb()
+        self.storage = tmp_path / "shared"
+        self.tmp_path = tmp_path
+        self.model = str(tiny_model)
+        self.steps = steps
+        common = ["--queue", REDIS, "--db", self.db, "--storage", str(self.storage), "--lease", "3"]
+        self.api = Server(tmp_path / "api", tiny_model, *common).start()
+        self.workers: list[subprocess.Popen] = []
+
+    def start_worker(self) -> subprocess.Popen:
+        log = open(self.tmp_path / f"worker-{len(self.workers)}.log", "ab")
+        command = [sys.executable, "-m", "ref2img.cli", "worker", "--queue", REDIS, "--db", self.db,
+                   "--storage", str(self.storage), "--public-url", self.api.url, "--model", self.model,
+                   "--part", f"steps={self.steps}", "--lease", "3", "--data-dir", str(self.tmp_path / "w"),
+                   "--log-level", "warning"]
+        process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        self.workers.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.api.stop()
+        with create_engine(POSTGRES).begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {self.schema} CASCADE"))
+
+
+@pytest.fixture
+def fleet(tmp_path, tiny_sd15):
+    instance = Fleet(tmp_path, tiny_sd15, steps=60)
+    yield instance
+    instance.close()
+
+
+def cloud_for(fleet: Fleet) -> Cloud:
+    from ref2img.tasks.keys import create_key
+    from ref2img.tasks.store import Store
+
+    key = create_key(Store(fleet.db))
+    return Cloud(fleet.api.url, key.app_key, key.app_secret)
+
+
+def test_tasks_flow_through_workers_and_survive_a_killed_worker(fleet, astronaut):
+    cloud = cloud_for(fleet)
+    first, second = fleet.start_worker(), fleet.start_worker()
+    task_ids = [cloud.create_id(img2img_body(data_uri(astronaut), seed=i)) for i in range(8)]
+    assert httpx.get(f"{fleet.api.url}/healthz").json()["data"]["engine"] == "workers"
+
+    # Kill a worker while it holds a task: the task must still end at 3, exactly once.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if any(cloud.query(task_id)["data"]["status"] == 2 for task_id in task_ids):
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+
+    finals = [cloud.wait_final(task_id, timeout_s=180) for task_id in task_ids]
+    assert [data["status"] for data in finals] == [3] * 8, finals
+    for data in finals:
+        [url] = json.loads(data["result"])["images_path"]
+        assert url.startswith(fleet.api.url) and httpx.get(url).status_code == 200
+    assert second.poll() is None
+
+
+def test_cancel_reaches_the_worker(tmp_path, tiny_sd15, astronaut):
+    fleet = Fleet(tmp_path, tiny_sd15, steps=500)
+    try:
+        cloud = cloud_for(fleet)
+        fleet.start_worker()
+        task_id = cloud.create_id(img2img_body(data_uri(astronaut)))
+        deadline = time.monotonic() + 90
+        while cloud.query(task_id)["data"]["progress"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cloud.cancel(task_id)
+        started = time.monotonic()
+        assert cloud.wait_final(task_id, timeout_s=30)["status"] == 5
+        assert time.monotonic() - started < 5
+    finally:
+        fleet.close()
+
+
+def test_accepted_while_no_worker_runs_is_done_later(fleet, astronaut):
+    cloud = cloud_for(fleet)
+    task_ids = [cloud.create_id(img2img_body(data_uri(astronaut))) for _ in range(3)]
+    time.sleep(1)
+    assert all(cloud.query(task_id)["data"]["status"] == 1 for task_id in task_ids)
+    fleet.start_worker()
+    assert [cloud.wait_final(task_id, timeout_s=120)["status"] for task_id in task_ids] == [3, 3, 3]
