@@ -33,7 +33,9 @@ class Fleet:
         self.tmp_path = tmp_path
         self.model = str(tiny_model)
         self.steps = steps
-        common = ["--queue", REDIS, "--db", self.db, "--storage", str(self.storage), "--lease", "3"]
+        # Private URLs allowed: the tests' callback receiver listens on loopback.
+        common = ["--queue", REDIS, "--db", self.db, "--storage", str(self.storage), "--lease", "3",
+                  "--allow-private-urls"]
         self.api = Server(tmp_path / "api", tiny_model, *common).start()
         self.workers: list[subprocess.Popen] = []
 
@@ -42,7 +44,7 @@ class Fleet:
         command = [sys.executable, "-m", "ref2img.cli", "worker", "--queue", REDIS, "--db", self.db,
                    "--storage", str(self.storage), "--public-url", self.api.url, "--model", self.model,
                    "--part", f"steps={self.steps}", "--lease", "3", "--data-dir", str(self.tmp_path / "w"),
-                   "--log-level", "warning"]
+                   "--log-level", "warning", "--allow-private-urls"]
         process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         self.workers.append(process)
         return process
@@ -123,3 +125,60 @@ def test_accepted_while_no_worker_runs_is_done_later(fleet, astronaut):
     assert all(cloud.query(task_id)["data"]["status"] == 1 for task_id in task_ids)
     fleet.start_worker()
     assert [cloud.wait_final(task_id, timeout_s=120)["status"] for task_id in task_ids] == [3, 3, 3]
+
+
+def test_chaos_two_api_nodes_three_workers_kills_and_restarts(tmp_path, tiny_sd15, astronaut):
+    """60 tasks through 2 API nodes; a random worker SIGKILLed twice and one restarted; the store's
+    connections cut once. Every task ends at 3, readable through either node, one webhook-id each."""
+    import random
+
+    from ..server.test_callbacks_and_fetch import Receiver
+
+    fleet = Fleet(tmp_path, tiny_sd15, steps=10)
+    second_api = Server(tmp_path / "api2", tiny_sd15, "--queue", REDIS, "--db", fleet.db, "--storage",
+                        str(fleet.storage), "--lease", "3", "--allow-private-urls").start()
+    receiver = Receiver()
+    try:
+        workers = [fleet.start_worker() for _ in range(3)]
+        first_node = cloud_for(fleet)
+        clouds = [first_node, Cloud(second_api.url, *first_node.headers_pair())]
+        body = img2img_body(data_uri(astronaut), callback=receiver.url)
+        task_ids = [clouds[i % 2].create_id(body) for i in range(60)]
+
+        rng = random.Random(7)
+        for round_ in range(2):
+            time.sleep(4)
+            victim = rng.choice([w for w in workers if w.poll() is None])
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            if round_ == 0:
+                _drop_store_connections(fleet.schema)
+        workers.append(fleet.start_worker())
+
+        finals = [clouds[i % 2].wait_final(task_id, timeout_s=300) for i, task_id in enumerate(task_ids)]
+        assert [data["status"] for data in finals].count(3) == 60, [d for d in finals if d["status"] != 3]
+        for index, task_id in enumerate(task_ids[:10]):
+            other = clouds[(index + 1) % 2]  # read through the node that did not take the task
+            [url] = json.loads(other.query(task_id)["data"]["result"])["images_path"]
+            assert httpx.get(url).status_code == 200
+
+        calls = receiver.wait_calls(60, timeout_s=120)
+        ids_by_task: dict[str, set[str]] = {}
+        for headers, raw in calls:
+            ids_by_task.setdefault(json.loads(raw)["task_id"], set()).add(headers["webhook-id"])
+        assert set(ids_by_task) == set(task_ids)
+        assert all(ids == {f"msg_{task_id}"} for task_id, ids in ids_by_task.items())
+    finally:
+        receiver.close()
+        second_api.stop()
+        fleet.close()
+
+
+def _drop_store_connections(schema: str) -> None:
+    """Cut every PostgreSQL connection of the fleet (as a database failover would)."""
+    admin = create_engine(POSTGRES)
+    with admin.begin() as connection:
+        connection.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = 'test' AND pid <> pg_backend_pid() AND application_name <> 'keep'"))
+    admin.dispose()

@@ -98,6 +98,9 @@ class Cloud:
     app_key: str
     app_secret: str
 
+    def headers_pair(self) -> tuple[str, str]:
+        return self.app_key, self.app_secret
+
     @property
     def headers(self) -> dict[str, str]:
         token = base64.b64encode(f"{self.app_key}:{self.app_secret}".encode()).decode()
