@@ -182,3 +182,34 @@ def _drop_store_connections(schema: str) -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = 'test' AND pid <> pg_backend_pid() AND application_name <> 'keep'"))
     admin.dispose()
+
+
+REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
+               "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
+
+
+def test_redis_restart_mid_run_loses_no_task(fleet, astronaut):
+    """Redis here keeps nothing on disk: a restart drops every queued message. The store still has
+    the tasks, and the housekeeping sends them again."""
+    import redis
+
+    cloud = cloud_for(fleet)
+    fleet.start_worker()
+    task_ids = [cloud.create_id(img2img_body(data_uri(astronaut), seed=i)) for i in range(8)]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not any(cloud.query(t)["data"]["status"] == 3 for t in task_ids):
+        time.sleep(0.2)
+    try:
+        redis.Redis.from_url(REDIS).shutdown(nosave=True)
+    except redis.ConnectionError:
+        pass  # the server closes the connection as it goes
+    time.sleep(1)
+    subprocess.run(REDIS_START, check=True, timeout=30)
+    for _ in range(50):
+        try:
+            redis.Redis.from_url(REDIS).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    finals = [cloud.wait_final(task_id, timeout_s=180) for task_id in task_ids]
+    assert [data["status"] for data in finals] == [3] * 8
