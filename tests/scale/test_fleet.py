@@ -213,3 +213,15 @@ def test_redis_restart_mid_run_loses_no_task(fleet, astronaut):
             time.sleep(0.1)
     finals = [cloud.wait_final(task_id, timeout_s=180) for task_id in task_ids]
     assert [data["status"] for data in finals] == [3] * 8
+
+
+def test_metrics_show_the_fleet(fleet, astronaut):
+    cloud = cloud_for(fleet)
+    fleet.start_worker()
+    task_ids = [cloud.create_id(img2img_body(data_uri(astronaut))) for _ in range(3)]
+    assert [cloud.wait_final(task_id, timeout_s=120)["status"] for task_id in task_ids] == [3, 3, 3]
+    text_ = httpx.get(f"{fleet.api.url}/metrics").text
+    assert "ref2img_workers 1.0" in text_ and "ref2img_broker_queue_depth" in text_
+    assert 'ref2img_worker_tasks_total{worker="worker-' in text_
+    step_line = next(line for line in text_.splitlines() if line.startswith("ref2img_worker_step_seconds{"))
+    assert float(step_line.split()[-1]) > 0

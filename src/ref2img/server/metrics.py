@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ref2img.protocol import TaskStatus
 from ref2img.server.services import Services
@@ -23,8 +23,25 @@ class _TaskCollector:
                                 value=counts.get(TaskStatus.QUEUED, 0))
         yield GaugeMetricFamily("ref2img_task_seconds_estimate", "Moving average of task run time",
                                 value=self._services.estimate.seconds)
-        yield GaugeMetricFamily("ref2img_workers", "Worker threads in this process",
-                                value=self._services.settings.workers)
+        services = self._services
+        yield GaugeMetricFamily("ref2img_workers", "Workers taking tasks from this queue",
+                                value=services.worker_count())
+        if not services.settings.embedded:
+            depth = services.queue.depth()
+            if depth is not None:
+                yield GaugeMetricFamily("ref2img_broker_queue_depth", "Messages waiting in Redis", value=depth)
+            done = CounterMetricFamily("ref2img_worker_tasks", "Tasks finished per worker", labels=["worker"])
+            step = GaugeMetricFamily("ref2img_worker_step_seconds", "Mean engine step time per worker",
+                                     labels=["worker"])
+            rate = GaugeMetricFamily("ref2img_worker_tasks_per_busy_second", "Throughput per worker while busy",
+                                     labels=["worker"])
+            for row in services.store.alive_workers(within_s=3 * services.settings.lease_s):
+                done.add_metric([row.id], row.tasks_done)
+                step.add_metric([row.id], row.step_s / row.steps if row.steps else 0.0)
+                rate.add_metric([row.id], row.tasks_done / row.busy_s if row.busy_s else 0.0)
+            yield done
+            yield step
+            yield rate
         yield GaugeMetricFamily("ref2img_engine_loaded", "1 once the engine is loaded",
                                 value=1 if self._services.engine.state == "loaded" else 0)
 

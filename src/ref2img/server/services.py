@@ -137,9 +137,16 @@ class Services:
         except Exception:  # noqa: BLE001 - any broker failure: the store keeps the task
             log.warning("queue unreachable; task %s will be sent by the housekeeping", task_id)
 
+    def worker_count(self) -> int:
+        """Workers sharing the queue: this process's threads, or the fleet's live workers."""
+        if self.settings.embedded:
+            return self.settings.workers
+        return max(1, len(self.store.alive_workers(within_s=3 * self.settings.lease_s)))
+
     def task_data(self, task: TaskRow, base_url: str) -> dict:
+        workers = self.worker_count() if task.status == 1 else 1
         return task_data(task, store=self.store, storage=self.storage, base_url=base_url, estimate=self.estimate,
-                         workers=self.settings.workers)
+                         workers=workers)
 
     def start(self) -> None:
         if self.settings.embedded:

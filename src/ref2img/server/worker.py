@@ -30,6 +30,8 @@ class ScaleWorker:
         self._running: set[str] = set()
         self._lock = threading.Lock()
         self.services.workers.extend = self._extend_leases  # the housekeeping thread calls it
+        self.services.context.record = lambda busy, steps, step_s: self.services.store.worker_task_done(
+            self.owner, busy, steps, step_s)
 
     def handle(self, task_id: str) -> None:
         svc = self.services
@@ -48,10 +50,12 @@ class ScaleWorker:
         with self._lock:
             running = list(self._running)
         self.services.store.extend_lease(running, self.owner, self.lease_s)
+        self.services.store.worker_heartbeat(self.owner)
 
     def run(self) -> None:
         svc = self.services
         svc.engine()  # load the model before taking work: one engine per process, loaded once
+        svc.store.worker_heartbeat(self.owner)
         svc.start()
         consumer = svc.queue.consume(self.handle, threads=1)
         log.info("worker %s consuming", self.owner)

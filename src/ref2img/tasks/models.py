@@ -75,3 +75,17 @@ class OutboxRow(Base):
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     failed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class WorkerRow(Base):
+    """One worker process (scale-out) or server (embedded): heartbeat and throughput, for /metrics
+    and for `wait_time` estimates that know how many workers share the queue."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    tasks_done: Mapped[int] = mapped_column(Integer, default=0)
+    busy_s: Mapped[float] = mapped_column(Float, default=0.0)
+    steps: Mapped[int] = mapped_column(Integer, default=0)
+    step_s: Mapped[float] = mapped_column(Float, default=0.0)  # seconds spent in engine steps

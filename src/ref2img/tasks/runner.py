@@ -35,14 +35,18 @@ class RunContext:
     fetch_image: Callable[[str, str, str], Image.Image]  # (url, field, app_key) -> image
     callback_payload: Callable[[TaskRow], dict]
     estimate: DurationEstimate
+    # (task seconds, engine steps, seconds in steps) after each success: per-worker metrics
+    record: Callable[[float, int, float], None] | None = None
 
 
 def run_task(task: TaskRow, owner: str, ctx: RunContext) -> TaskStatus:
     started = time.monotonic()
     stop: list[TaskStatus] = []
     last_progress = [-1]
+    step_times: list[float] = []
 
     def on_progress(done: int, total: int) -> None:
+        step_times.append(time.monotonic())
         percent = min(99, int(100 * done / max(total, 1)))  # 100 only once the images are stored
         if percent != last_progress[0]:
             last_progress[0] = percent
@@ -77,7 +81,10 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> TaskStatus:
         incident = secrets.token_hex(4)
         log.exception("task %s failed (incident %s)", task.id, incident)
         return finish(TaskStatus.FAILED, f"internal error (incident {incident})")
-    ctx.estimate.add(time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    ctx.estimate.add(elapsed)
+    if ctx.record is not None and step_times:
+        ctx.record(elapsed, len(step_times), step_times[-1] - step_times[0])
     return finish(TaskStatus.SUCCEEDED, result=names)
 
 

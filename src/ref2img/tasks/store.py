@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.events import ChangeFeed
-from ref2img.tasks.models import AppKeyRow, Base, FileRow, OutboxRow, TaskRow
+from ref2img.tasks.models import AppKeyRow, Base, FileRow, OutboxRow, TaskRow, WorkerRow
 
 MAX_ATTEMPTS = 3  # a task whose worker died this many times ends as failed, not retried forever
 
@@ -325,6 +325,27 @@ class Store:
     def callback(self, message_id: str) -> OutboxRow | None:
         with self.session(write=False) as session:
             return session.get(OutboxRow, message_id)
+
+    # -- workers ---------------------------------------------------------------------------------
+    def worker_heartbeat(self, worker_id: str) -> None:
+        now = time.time()
+        with self.session() as session:
+            row = session.get(WorkerRow, worker_id)
+            if row is None:
+                session.add(WorkerRow(id=worker_id, heartbeat_at=now, tasks_done=0, busy_s=0.0, steps=0, step_s=0.0))
+            else:
+                row.heartbeat_at = now
+
+    def worker_task_done(self, worker_id: str, busy_s: float, steps: int, step_s: float) -> None:
+        with self.session() as session:
+            session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(
+                tasks_done=WorkerRow.tasks_done + 1, busy_s=WorkerRow.busy_s + busy_s,
+                steps=WorkerRow.steps + steps, step_s=WorkerRow.step_s + step_s, heartbeat_at=time.time()))
+
+    def alive_workers(self, within_s: float) -> list[WorkerRow]:
+        with self.session(write=False) as session:
+            return list(session.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= time.time() - within_s)
+                                        .order_by(WorkerRow.id)))
 
     # -- app keys and files ------------------------------------------------------------------------
     def add_key(self, row: AppKeyRow) -> None:
