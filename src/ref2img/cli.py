@@ -496,9 +496,11 @@ def worker(
         _fail(str(exc))
 
 
-def _store(data_dir: Path):
+def _store(data_dir: Path, db: str | None = None):
     from ref2img.tasks.store import Store
 
+    if db:
+        return Store(db)
     data_dir.mkdir(parents=True, exist_ok=True)
     return Store(f"sqlite:///{data_dir / 'ref2img.db'}")
 
@@ -507,12 +509,13 @@ def _store(data_dir: Path):
 def keys_create(
     name: Annotated[str, typer.Option("--name", help="a label for the key")] = "",
     data_dir: DataDirOption = Path("ref2img-data"),
+    db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Create an app key. The secret is shown this once; the server keeps only a salted hash."""
     from ref2img.tasks.keys import create_key
 
-    key = create_key(_store(data_dir), name)
+    key = create_key(_store(data_dir, db), name)
     if as_json:
         print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name}))
         return
@@ -521,12 +524,12 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDirOption = Path("ref2img-data"),
+def keys_list(data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = None,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """App keys with their names and state (never their secrets)."""
     rows = [{"app_key": row.app_key, "name": row.name,
              "created": datetime.fromtimestamp(row.created_at, timezone.utc).isoformat(timespec="seconds"),
-             "revoked": row.revoked_at is not None} for row in _store(data_dir).list_keys()]
+             "revoked": row.revoked_at is not None} for row in _store(data_dir, db).list_keys()]
     if as_json:
         print(json.dumps(rows))
         return
@@ -537,9 +540,9 @@ def keys_list(data_dir: DataDirOption = Path("ref2img-data"),
 
 @keys_app.command("revoke")
 def keys_revoke(app_key: Annotated[str, typer.Argument(help="the key to revoke")],
-                data_dir: DataDirOption = Path("ref2img-data")) -> None:
+                data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = None) -> None:
     """Revoke an app key: its requests are refused from now on (within 30 s on a running server)."""
-    if not _store(data_dir).revoke_key(app_key):
+    if not _store(data_dir, db).revoke_key(app_key):
         _fail(f"no active key {app_key!r}", EXIT_USAGE)
     out.print(f"revoked {app_key}", highlight=False)
 

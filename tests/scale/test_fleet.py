@@ -225,3 +225,14 @@ def test_metrics_show_the_fleet(fleet, astronaut):
     assert 'ref2img_worker_tasks_total{worker="worker-' in text_
     step_line = next(line for line in text_.splitlines() if line.startswith("ref2img_worker_step_seconds{"))
     assert float(step_line.split()[-1]) > 0
+
+
+def test_keys_cli_on_the_shared_store(fleet):
+    from typer.testing import CliRunner
+
+    from ref2img.cli import app
+
+    created = CliRunner().invoke(app, ["keys", "create", "--db", fleet.db, "--json"])
+    key = json.loads(created.stdout)
+    cloud = Cloud(fleet.api.url, key["app_key"], key["app_secret"])
+    assert cloud.query("t_none")["code"] == 680004  # authenticated by the API node: the key is shared
