@@ -44,7 +44,12 @@ class RedisQueue:
     def consume(self, handler: Callable[[str], None], threads: int = 1) -> dramatiq.Worker:
         """Start consuming in this process; returns the Dramatiq worker (call `.stop()` to end)."""
         self._handler = handler
-        worker = dramatiq.Worker(self.broker, queues={QUEUE_NAME}, worker_threads=threads, worker_timeout=500)
+        # An idle consumer polls Redis with a backoff capped at worker_timeout: 50 ms keeps the
+        # enqueue-to-start latency low at about 20 cheap Redis calls a second.
+        worker = dramatiq.Worker(self.broker, queues={QUEUE_NAME}, worker_threads=threads, worker_timeout=50)
+        # Dramatiq prefetches 2 messages a thread by default: a GPU worker would hold the next task
+        # behind a long one while another worker idles. Take only what the threads can run.
+        worker.queue_prefetch = threads
         worker.start()
         return worker
 
