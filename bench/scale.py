@@ -42,7 +42,7 @@ class SleepEngine:
 def settings(db: str | None, queue: str, storage: str, task_ms: float):
     from ref2img.server.services import ServerSettings
 
-    return ServerSettings(data_dir=Path(storage), db_url=db, queue_url=queue, storage_dir=Path(storage),
+    return ServerSettings(data_dir=Path(storage), db_url=db, queue_url=queue, storage=storage,
                           engine_factory=lambda: SleepEngine(task_ms / 1000), lease_s=10, queue_limit=10**6)
 
 

@@ -36,7 +36,7 @@ DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="REF2IMG_DATA_
                                              help="server data: SQLite store, images, keys")]
 DbOption = Annotated[str | None, typer.Option("--db", envvar="REF2IMG_DB", help="sqlite:///… (default: in the data dir) or postgresql+psycopg://…")]
 QueueOption = Annotated[str, typer.Option("--queue", envvar="REF2IMG_QUEUE", help="embedded, or redis://… for scale-out")]
-StorageOption = Annotated[Path | None, typer.Option("--storage", envvar="REF2IMG_STORAGE", help="image directory (default: the data dir; scale-out: shared)")]
+StorageOption = Annotated[str | None, typer.Option("--storage", envvar="REF2IMG_STORAGE", help="image directory (default: the data dir; scale-out: shared) or s3://bucket/prefix")]
 LeaseOption = Annotated[float, typer.Option("--lease", min=1, help="seconds a worker holds a task between heartbeats")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
 ServerOption = Annotated[str | None, typer.Option("--server", envvar="REF2IMG_BASE_URL", help="a ref2img server (or any Tomoviee-compatible base URL)")]
@@ -458,7 +458,7 @@ def serve(
         data_dir=data_dir, model=model, model_overrides=_parse_parts(part), device=device, workers=workers,
         allow_private_urls=allow_private_urls, queue_limit=queue_limit, task_timeout_s=task_timeout,
         public_url=public_url or f"http://{host}:{port}", callback_retry_scale=callback_retry_scale,
-        db_url=db, queue_url=queue, storage_dir=storage, lease_s=lease)
+        db_url=db, queue_url=queue, storage=storage, lease_s=lease)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
 
 
@@ -466,7 +466,7 @@ def serve(
 def worker(
     queue: Annotated[str, typer.Option("--queue", envvar="REF2IMG_QUEUE", help="redis://host:6379/0")],
     db: Annotated[str, typer.Option("--db", envvar="REF2IMG_DB", help="postgresql+psycopg://user@host/db")],
-    storage: Annotated[Path, typer.Option("--storage", envvar="REF2IMG_STORAGE", help="a directory every node mounts")],
+    storage: Annotated[str, typer.Option("--storage", envvar="REF2IMG_STORAGE", help="a directory every node mounts, or s3://bucket/prefix")],
     public_url: Annotated[str, typer.Option("--public-url", envvar="REF2IMG_PUBLIC_URL", help="the API nodes' base URL (result links in callbacks)")],
     model: ModelOption = "sdxl",
     part: PartOption = None,
@@ -487,7 +487,7 @@ def worker(
     _quiet_libraries()
     settings = ServerSettings(data_dir=data_dir, model=model, model_overrides=_parse_parts(part), device=device,
                               allow_private_urls=allow_private_urls, task_timeout_s=task_timeout,
-                              public_url=public_url, db_url=db, queue_url=queue, storage_dir=storage, lease_s=lease)
+                              public_url=public_url, db_url=db, queue_url=queue, storage=storage, lease_s=lease)
     from ref2img.engines.base import EngineError
 
     try:

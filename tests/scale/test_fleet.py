@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from ..contract.test_storage import s3_endpoint  # noqa: F401  (shared fixture)
 from ..server.conftest import Cloud, Server, data_uri, img2img_body
 
 POSTGRES = "postgresql+psycopg://root@127.0.0.1:5432/test"
@@ -236,3 +237,21 @@ def test_keys_cli_on_the_shared_store(fleet):
     key = json.loads(created.stdout)
     cloud = Cloud(fleet.api.url, key["app_key"], key["app_secret"])
     assert cloud.query("t_none")["code"] == 680004  # authenticated by the API node: the key is shared
+
+
+def test_s3_storage_end_to_end(tmp_path, tiny_sd15, astronaut, s3_endpoint):
+    """An embedded server keeping its images in S3 (moto's real S3 server)."""
+    import boto3
+
+    server = Server(tmp_path / "data", tiny_sd15, "--storage", "s3://ref2img-test/e2e").start()
+    try:
+        cloud = Cloud(server.url, *server.new_key())
+        data = cloud.wait_final(cloud.create_id(img2img_body(data_uri(astronaut))))
+        [url] = json.loads(data["result"])["images_path"]
+        assert httpx.get(url).content[:4] == b"\x89PNG"
+        keys = [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="ref2img-test",
+                                                                        Prefix="e2e/")["Contents"]]
+        assert f"e2e/results/{data['task_id']}/1.png" in keys
+        assert not (tmp_path / "data" / "files").exists()
+    finally:
+        server.stop()

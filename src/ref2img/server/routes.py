@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -195,18 +196,20 @@ def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, F
     return ok({"file_id": file_id, "url": svc.storage.signed_url(str(request.base_url), name)})
 
 
+_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}
+
+
 @router.get("/v1/files/{name:path}", include_in_schema=False)
-def get_file(request: Request, name: str, expires: str = "", sig: str = ""):
+def get_file(request: Request, name: str, expires: str = "", sig: str = "") -> Response:
     storage = services(request).storage
     if not storage.check_signature(name, expires, sig):
         raise ApiError(ErrorCode.TASK_NOT_FOUND, "file: the link is invalid or has expired", 404)
     try:
-        path = storage.path(name)
-    except ValueError:
+        data = storage.read(name)
+    except (FileNotFoundError, IsADirectoryError):
         raise ApiError(ErrorCode.TASK_NOT_FOUND, "file: not found", 404) from None
-    if not path.is_file():
-        raise ApiError(ErrorCode.TASK_NOT_FOUND, "file: not found", 404)
-    return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+    media_type = _MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/healthz")

@@ -17,7 +17,7 @@ from ref2img.tasks.callbacks import CallbackSender
 from ref2img.tasks.keys import KeyVerifier
 from ref2img.tasks.models import TaskRow
 from ref2img.tasks.runner import RunContext
-from ref2img.tasks.storage import Storage
+from ref2img.tasks.storage import open_storage
 from ref2img.tasks.store import Store
 from ref2img.tasks.views import DurationEstimate, task_data
 from ref2img.tasks.workers import EmbeddedWorkers
@@ -42,7 +42,7 @@ class ServerSettings:
     engine_factory: Callable[[], Engine] | None = None  # default: the local diffusers engine
     db_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… for scale-out
     queue_url: str = "embedded"  # or redis://…: tasks go to `ref2img worker` processes
-    storage_dir: Path | None = None  # default: the data dir; scale-out: a directory every node mounts
+    storage: str | Path | None = None  # default: the data dir; scale-out: a shared directory or s3://bucket/prefix
 
     @property
     def embedded(self) -> bool:
@@ -104,7 +104,7 @@ class Services:
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.db_url or f"sqlite:///{data_dir / 'ref2img.db'}")
-        self.storage = Storage.at(Path(settings.storage_dir or data_dir))
+        self.storage = open_storage(settings.storage or data_dir, self.store.shared_secret("file-url-signing"))
         self.verifier = KeyVerifier(self.store)
         self.http = SafeHttp(allow_private=settings.allow_private_urls)
         self.images = ImageResolver(self.store, self.storage, self.http)

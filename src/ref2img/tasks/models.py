@@ -89,3 +89,12 @@ class WorkerRow(Base):
     busy_s: Mapped[float] = mapped_column(Float, default=0.0)
     steps: Mapped[int] = mapped_column(Integer, default=0)
     step_s: Mapped[float] = mapped_column(Float, default=0.0)  # seconds spent in engine steps
+
+
+class SecretRow(Base):
+    """Server-wide secrets every node must share (the key that signs file URLs)."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.events import ChangeFeed
-from ref2img.tasks.models import AppKeyRow, Base, FileRow, OutboxRow, TaskRow, WorkerRow
+from ref2img.tasks.models import AppKeyRow, Base, FileRow, OutboxRow, SecretRow, TaskRow, WorkerRow
 
 MAX_ATTEMPTS = 3  # a task whose worker died this many times ends as failed, not retried forever
 
@@ -346,6 +346,17 @@ class Store:
         with self.session(write=False) as session:
             return list(session.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= time.time() - within_s)
                                         .order_by(WorkerRow.id)))
+
+    def shared_secret(self, name: str) -> bytes:
+        """A random secret made once for the whole deployment: the first node to ask creates it."""
+        try:
+            with self.session() as session:
+                if session.get(SecretRow, name) is None:
+                    session.add(SecretRow(name=name, value=secrets.token_bytes(32)))
+        except IntegrityError:
+            pass  # another node created it at the same moment
+        with self.session(write=False) as session:
+            return session.get(SecretRow, name).value
 
     # -- app keys and files ------------------------------------------------------------------------
     def add_key(self, row: AppKeyRow) -> None:
