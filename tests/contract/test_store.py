@@ -232,3 +232,41 @@ def test_callbacks_are_claimed_by_one_node_at_a_time(store):
     store.finish(task.id, "w1", TaskStatus.SUCCEEDED, result=[], callback_payload=payload)
     assert [m.id for m in store.claim_callbacks(lease_s=60)] == [f"msg_{task.id}"]
     assert store.claim_callbacks(lease_s=60) == []  # reserved by the first node
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_nodes_starting_at_once_migrate_once(backend, tmp_path):
+    if backend == "sqlite":
+        url, cleanup = f"sqlite:///{tmp_path / 'fresh.db'}", None
+    else:
+        schema = f"migrate_{secrets.token_hex(4)}"
+        admin = create_engine(POSTGRES)
+        with admin.begin() as connection:
+            connection.execute(text(f"CREATE SCHEMA {schema}"))
+        url, cleanup = f"{POSTGRES}?options=-csearch_path%3D{schema}", schema
+    errors: list[BaseException] = []
+    stores: list[Store] = []
+
+    def start() -> None:
+        try:
+            stores.append(Store(url))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == [] and len(stores) == 4
+        with stores[0].engine.connect() as connection:
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        new_task(stores[1])
+        assert stores[2].count_by_status() == {TaskStatus.QUEUED: 1}
+    finally:
+        for instance in stores:
+            instance.close()
+        if cleanup:
+            with create_engine(POSTGRES).begin() as connection:
+                connection.execute(text(f"DROP SCHEMA {cleanup} CASCADE"))

@@ -8,6 +8,7 @@ writes the callback outbox row in the same transaction, so a task never ends wit
 
 from __future__ import annotations
 
+import fcntl
 import json
 import secrets
 import time
@@ -21,9 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.events import ChangeFeed
-from ref2img.tasks.models import AppKeyRow, Base, FileRow, OutboxRow, SecretRow, TaskRow, WorkerRow
+from ref2img.tasks.migrations import upgrade
+from ref2img.tasks.models import AppKeyRow, FileRow, OutboxRow, SecretRow, TaskRow, WorkerRow
 
-MAX_ATTEMPTS = 3  # a task whose worker died this many times ends as failed, not retried forever
+MAX_ATTEMPTS = 3
+_MIGRATION_LOCK = threading.Lock()  # Alembic's script loading is not thread-safe  # a task whose worker died this many times ends as failed, not retried forever
 
 
 class QueueFull(Exception):
@@ -51,17 +54,22 @@ class Store:
         )
         if is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
-        else:
-            with self.engine.begin() as connection:
-                # Several nodes may start at once: one creates the tables, the others wait and see them.
-                connection.execute(text("SELECT pg_advisory_xact_lock(7274201)"))
-                Base.metadata.create_all(connection)
+        self._migrate(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock() if is_sqlite else nullcontext()
         self.changes = ChangeFeed()  # any task changed: long-polls wait on it
         self.queued = ChangeFeed()  # a task became claimable: idle workers wait on it
         self.outbox = ChangeFeed()  # a callback became due: the sender waits on it
+
+    def _migrate(self, url: str) -> None:
+        """Several nodes (or stores in one process) may start at once: one migrates, the others wait
+        for it and then find nothing to do. PostgreSQL: an advisory lock; SQLite: a lock file, held
+        until the migration has committed."""
+        with _MIGRATION_LOCK, _sqlite_file_lock(url) if self.is_sqlite else nullcontext():
+            with self.engine.begin() as connection:
+                if not self.is_sqlite:
+                    connection.execute(text("SELECT pg_advisory_xact_lock(7274201)"))
+                upgrade(connection)
 
     @contextmanager
     def session(self, write: bool = True) -> Iterator[Session]:
@@ -386,6 +394,17 @@ class Store:
     def get_file(self, file_id: str) -> FileRow | None:
         with self.session(write=False) as session:
             return session.get(FileRow, file_id)
+
+
+@contextmanager
+def _sqlite_file_lock(url: str) -> Iterator[None]:
+    database = url.split("///", 1)[-1]
+    if database in ("", ":memory:"):
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _sqlite_pragmas(connection, _record) -> None:
