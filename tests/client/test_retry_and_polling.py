@@ -139,3 +139,17 @@ def test_poll_plan_predicts_from_progress():
     plan.next_delay(Task("t", TaskStatus.PROCESSING, progress=10), now=10)
     assert plan.next_delay(Task("t", TaskStatus.PROCESSING, progress=30), now=30) == 20.0  # 70 s left: capped
     assert plan.next_delay(Task("t", TaskStatus.PROCESSING, progress=95), now=95) == pytest.approx(5.2)
+
+
+@pytest.mark.parametrize(("status", "error"), [(4, "TaskFailedError"), (5, "TaskCancelledError"),
+                                               (6, "TaskTimedOutError")])
+def test_final_statuses_raise_their_error_with_the_task(scripted, status, error):
+    import ref2img.client as sdk_errors
+
+    data = {"task_id": "t1", "status": status, "progress": 40, "reason": "why it ended", "result": ""}
+    server = scripted(lambda path, body, headers: ok(data))
+    with sdk(server) as client:
+        with pytest.raises(getattr(sdk_errors, error)) as caught:
+            client.wait("t1")
+    assert caught.value.reason == "why it ended" and caught.value.task.progress == 40
+    assert isinstance(caught.value, sdk_errors.TaskError)
