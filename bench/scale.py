@@ -124,11 +124,11 @@ def embedded_row(tasks: int, task_ms: float) -> dict:
 
     storage = tempfile.mkdtemp(prefix="ref2img-scale-embedded-")
     services = Services(settings(None, "embedded", storage, task_ms))
-    services.workers.start()
+    services.background.start()
     try:
         return measure(services, tasks, 1, task_ms)
     finally:
-        services.workers.stop()
+        services.background.stop()
         services.store.close()
 
 

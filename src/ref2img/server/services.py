@@ -115,16 +115,18 @@ class Services:
                                   fetch_image=self.images.fetch, estimate=self.estimate,
                                   callback_payload=partial(self.task_data, base_url=settings.public_url))
         self.callbacks = CallbackSender(self.store, self.http.post, retry_scale=settings.callback_retry_scale)
+        # What runs beside the HTTP side: the worker threads (embedded), or the housekeeping of a
+        # fleet (an API node; its tasks run in `ref2img worker` processes).
         self.queue = None
         if settings.embedded:
-            self.workers = EmbeddedWorkers(self.store, self.context, workers=settings.workers,
+            self.background = EmbeddedWorkers(self.store, self.context, workers=settings.workers,
                                            lease_s=settings.lease_s)
-        else:  # an API node: workers run elsewhere (`ref2img worker`)
+        else:
             from ref2img.tasks.housekeeping import Housekeeper
             from ref2img.tasks.redis_queue import RedisQueue
 
             self.queue = RedisQueue(settings.queue_url, settings.task_timeout_s)
-            self.workers = Housekeeper(self.store, self.queue, self.context.callback_payload, settings.lease_s)
+            self.background = Housekeeper(self.store, self.queue, self.context.callback_payload, settings.lease_s)
 
     def dispatch(self, task_id: str) -> None:
         """Scale-out: tell the workers. If Redis is away the task still waits in the store, and the
@@ -151,11 +153,11 @@ class Services:
     def start(self) -> None:
         if self.settings.embedded:
             self.engine.preload()
-        self.workers.start()
+        self.background.start()
         self.callbacks.start()
 
     def stop(self) -> None:
-        self.workers.stop()
+        self.background.stop()
         self.callbacks.stop()
         self.http.close()
         if self.queue is not None:

@@ -29,7 +29,7 @@ class ScaleWorker:
         self.owner = f"worker-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._running: set[str] = set()
         self._lock = threading.Lock()
-        self.services.workers.extend = self._extend_leases  # the housekeeping thread calls it
+        self.services.background.extend = self._extend_leases  # the housekeeping thread calls it
         self.services.context.record = lambda busy, steps, step_s: self.services.store.worker_task_done(
             self.owner, busy, steps, step_s)
 

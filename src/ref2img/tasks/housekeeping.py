@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from ref2img.tasks.redis_queue import RedisQueue
 from ref2img.tasks.store import Store
@@ -16,7 +17,7 @@ log = logging.getLogger("ref2img.housekeeping")
 
 class Housekeeper:
     def __init__(self, store: Store, queue: RedisQueue, callback_payload, lease_s: float,
-                 extend: callable = lambda: None):
+                 extend: Callable[[], None] = lambda: None):
         self.store = store
         self.queue = queue
         self.callback_payload = callback_payload
