@@ -180,8 +180,7 @@ class CreateRequest(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         """The flat JSON body, with `control_type` as its string and unset extensions left out."""
-        body = self.model_dump(mode="json", exclude_none=True)
-        return body
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 class RecognizeRequest(BaseModel):

@@ -17,11 +17,11 @@ from ref2img.engines.local.intensity import Knobs, knobs_for
 from ref2img.engines.local.pipelines import PipelineSet
 from ref2img.engines.local.presets import UNION_CONTROL_MODE, Preset, resolve_preset
 from ref2img.engines.local.sizing import fit, generation_size
+from ref2img.images import MAX_IMAGE_PIXELS  # the same cap as the decoder's, for images handed over in-process
 from ref2img.protocol import ControlType
 
 log = logging.getLogger("ref2img.engine")
 
-MAX_INPUT_PIXELS = 64 * 1024 * 1024  # decoded reference/init images above this are refused
 
 
 class LocalEngine:
@@ -148,7 +148,7 @@ class LocalEngine:
 def _check_image(image: Image.Image, field: str) -> None:
     if image.width < 1 or image.height < 1:
         raise ImageInvalidError(f"{field}: the image is empty")
-    if image.width * image.height > MAX_INPUT_PIXELS:
+    if image.width * image.height > MAX_IMAGE_PIXELS:
         raise ImageInvalidError(
-            f"{field}: {image.width}x{image.height} is over {MAX_INPUT_PIXELS // (1024 * 1024)} megapixels")
+            f"{field}: {image.width}x{image.height} is over {MAX_IMAGE_PIXELS // (1024 * 1024)} megapixels")
 

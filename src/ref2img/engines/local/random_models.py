@@ -109,13 +109,13 @@ def build_random(directory: Path, family: str = "sd15", scale: str = "tiny",
     tokenizer = _tokenizer()
     unet = _unet(arch)
     _save_pipeline(directory / "base", family, arch, unet, tokenizer, dtype)
-    keys = ("union",) if family == "sdxl" else ("edge", "pose", "depth")
-    if scale == "full":
-        keys = keys[:1]  # speed is what full scale is for: one net, shared by every mode
-    for key in keys:
+    modes = ("union",) if family == "sdxl" else ("edge", "pose", "depth")
+    # Full scale is for speed only: one net, shared by every mode, saves minutes and gigabytes.
+    folder_of_mode = {mode: f"controlnet-{mode if scale == 'tiny' else modes[0]}" for mode in modes}
+    for folder in sorted(set(folder_of_mode.values())):
         net = _controlnet(family, arch, unet)
         _wake_zero_layers(net)
-        net.to(dtype).save_pretrained(directory / f"controlnet-{key}")
+        net.to(dtype).save_pretrained(directory / folder)
         del net
     _save_ip_adapter(directory / "ip-adapter", unet, arch.encoder["projection_dim"])
     _save_image_encoder(directory / "image-encoder", arch.encoder, dtype)
@@ -132,8 +132,7 @@ def build_random(directory: Path, family: str = "sd15", scale: str = "tiny",
         "vae": None,
         "lora": None,
         "scheduler": None,
-        "controlnets": {mode: f"controlnet-{keys[0] if len(keys) == 1 else mode}"
-                        for mode in (("union",) if family == "sdxl" else ("edge", "pose", "depth"))},
+        "controlnets": folder_of_mode,
         "ip_adapter": {"source": "ip-adapter", "weight_name": "ip-adapter.safetensors"},
         "image_encoder": "image-encoder",
         "depth_estimator": "depth",
