@@ -188,6 +188,43 @@ class ImageHost:
         self.server.shutdown()
 
 
+class Receiver:
+    """Records every callback; answers with the scripted statuses, then 200."""
+
+    def __init__(self, port: int = 0, statuses=()):
+        self.calls: list[tuple[dict, bytes]] = []
+        self.statuses = list(statuses)
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.calls.append((dict(self.headers), body))
+                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def wait_calls(self, count: int, timeout_s: float = 60) -> list:
+        deadline = time.monotonic() + timeout_s
+        while len(self.calls) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.calls) >= count, f"{len(self.calls)} callbacks, wanted {count}"
+        return self.calls
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="session")
 def image_host(astronaut):
     good = png_bytes(astronaut)

@@ -33,8 +33,35 @@ def parse_basic(header: str | None) -> tuple[str, str]:
     return app_key, secret
 
 
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def refuse_if_throttled(request: Request, app_key: str) -> None:
+    """680005 / HTTP 429 while this key or client address has failed too often (server/throttle.py)."""
+    wait = request.app.state.services.throttle.retry_after(app_key, client_address(request))
+    if wait:
+        raise ApiError(ErrorCode.BUSY, f"busy: too many failed authentications; retry in {wait} s", 429,
+                       {"Retry-After": str(wait)})
+
+
+def count_failure(request: Request, app_key: str) -> None:
+    request.app.state.services.throttle.failed(app_key, client_address(request))
+
+
 async def authenticate(request: Request) -> str:
-    """FastAPI dependency: the verified app key (raises 140013 / HTTP 401 otherwise)."""
+    """FastAPI dependency: the verified app key (raises 140013 / HTTP 401 otherwise; 680005 / HTTP 429
+    after too many failures of this key or address)."""
+    claimed_key = request.headers.get("x-app-key") or ""
+    refuse_if_throttled(request, claimed_key)
+    try:
+        return await _verified_app_key(request)
+    except ApiError:
+        count_failure(request, claimed_key)
+        raise
+
+
+async def _verified_app_key(request: Request) -> str:
     app_key, secret = parse_basic(request.headers.get("authorization"))
     header_key = request.headers.get("x-app-key")
     if header_key is None:

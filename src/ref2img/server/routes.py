@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from ref2img.images import ImageInputError, decode_image
 from ref2img.protocol import (ControlType, ErrorCode, ParameterError, TaskStatus, parse_create_request,
                               parse_recognize_request)
-from ref2img.server.auth import authenticate, basic_token
+from ref2img.server.auth import authenticate, basic_token, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
 from ref2img.server.fetch import UrlRefused
 from ref2img.server.services import Services
@@ -176,7 +176,9 @@ def cancel_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends
 def get_token(request: Request, access_key: Annotated[str, Query()] = "", secret: Annotated[str, Query()] = "") -> dict:
     if not access_key or not secret:
         raise ApiError(ErrorCode.INVALID_PARAMETER, "access_key and secret: both are required query parameters")
+    refuse_if_throttled(request, access_key)
     if not services(request).verifier.verify(access_key, secret):
+        count_failure(request, access_key)
         raise ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: unknown app key or wrong secret", 401)
     return ok({"access_token": basic_token(access_key, secret)})
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from ref2img.engines.base import Engine, EngineError
 from ref2img.server.fetch import SafeHttp
 from ref2img.server.inputs import ImageResolver
+from ref2img.server.throttle import AuthThrottle
 from ref2img.tasks.callbacks import CallbackSender
 from ref2img.tasks.keys import KeyVerifier
 from ref2img.tasks.models import TaskRow
@@ -39,6 +40,7 @@ class ServerSettings:
     lease_s: float = 30.0
     callback_retry_scale: float = 1.0
     max_body_bytes: int = 30 * 1024 * 1024
+    auth_failure_limit: int = 20  # failed authentications per key and per client address per minute
     engine_factory: Callable[[], Engine] | None = None  # default: the local diffusers engine
     db_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… for scale-out
     queue_url: str = "embedded"  # or redis://…: tasks go to `ref2img worker` processes
@@ -106,6 +108,7 @@ class Services:
         self.store = Store(settings.db_url or f"sqlite:///{data_dir / 'ref2img.db'}")
         self.storage = open_storage(settings.storage or data_dir, self.store.shared_secret("file-url-signing"))
         self.verifier = KeyVerifier(self.store)
+        self.throttle = AuthThrottle(limit=settings.auth_failure_limit)
         self.http = SafeHttp(allow_private=settings.allow_private_urls)
         self.images = ImageResolver(self.store, self.storage, self.http)
         self.estimate = DurationEstimate()

@@ -1,0 +1,105 @@
+"""App secrets stay secret (logs, store, metrics, messages) and failed authentication is rate limited."""
+
+import base64
+
+import httpx
+import pytest
+
+from ref2img.server.throttle import FailureWindow
+
+from .conftest import Cloud, Receiver, Server, data_uri, img2img_body
+
+LIMIT = 5
+
+
+@pytest.fixture(scope="module")
+def chatty(tiny_sd15, tmp_path_factory):
+    """Debug logging (the most a log ever says) and a low failed-auth limit."""
+    server = Server(tmp_path_factory.mktemp("secrets") / "data", tiny_sd15, "--allow-private-urls",
+                    "--auth-failure-limit", str(LIMIT))
+    server.start()
+    yield server
+    server.stop()
+
+
+def from_address(address: str) -> httpx.Client:
+    """A client whose connections come from another loopback address (all of 127/8 is local)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
+
+
+def test_secret_never_reaches_logs_store_metrics_or_messages(chatty, astronaut):
+    cloud = Cloud(chatty.url, *chatty.new_key())
+    token = base64.b64encode(f"{cloud.app_key}:{cloud.app_secret}".encode()).decode()
+    receiver = Receiver()
+    answers = []
+    try:
+        task_id = cloud.create_id(img2img_body(data_uri(astronaut), callback=receiver.url))
+        answers.append(cloud.wait_final(task_id))
+        receiver.wait_calls(1)
+        issued = httpx.get(f"{chatty.url}/v1/open/capacity/get/token",
+                           params={"access_key": cloud.app_key, "secret": cloud.app_secret}).json()
+        assert issued["data"]["access_token"] == f"Basic {token}"  # the one answer meant to hold it
+        # A failure that shows part of the secret would be as bad as a log line holding it.
+        answers.append(cloud.create({"prompt": cloud.app_secret, "reference_image": "x", "control_type": "9"}).json())
+        answers.append(httpx.get(f"{chatty.url}/v1/open/capacity/get/token",
+                                 params={"access_key": cloud.app_key, "secret": cloud.app_secret + "x"}).json())
+        metrics = httpx.get(f"{chatty.url}/metrics").text
+    finally:
+        receiver.close()
+    chatty.stop()  # flush everything the server buffers to its log and database files
+    chatty.start()
+
+    texts = {"log": chatty.log(), "metrics": metrics, "answers": repr(answers),
+             "callback": repr([body for _, body in receiver.calls])}
+    for path in chatty.data_dir.rglob("*"):
+        if path.is_file():
+            texts[str(path)] = path.read_bytes().decode("latin-1")
+    assert any("ref2img.db" in name for name in texts) and texts["log"]
+    for name, text in texts.items():
+        for secret in (cloud.app_secret, token, cloud.app_secret[3:20]):
+            assert secret not in text, f"the secret shows in {name}"
+
+
+def test_failed_auth_is_limited_per_key(chatty):
+    victim = Cloud(chatty.url, *chatty.new_key())
+    bystander = Cloud(chatty.url, *chatty.new_key())
+    wrong = Cloud(chatty.url, victim.app_key, "sk_guess").headers
+    query = f"{chatty.url}/v1/open/pub/task"
+    for i in range(LIMIT):  # each guess from another address: only the key's own count can stop them
+        with from_address(f"127.0.1.{i + 1}") as client:
+            assert client.post(query, json={"task_id": "t"}, headers=wrong).status_code == 401
+    with from_address("127.0.1.100") as client:
+        refused = client.post(query, json={"task_id": "t"}, headers=wrong)
+        assert refused.status_code == 429 and refused.json()["code"] == 680005
+        assert 0 < int(refused.headers["Retry-After"]) <= 60
+        assert "authentication" in refused.json()["msg"]
+        token = client.get(f"{chatty.url}/v1/open/capacity/get/token",
+                           params={"access_key": victim.app_key, "secret": "sk_guess"})
+        assert token.status_code == 429  # the token route shares the count
+        # The address itself is not blocked: another key from it is served.
+        assert client.post(query, json={"task_id": "t"}, headers=bystander.headers).json()["code"] == 680004
+
+
+def test_failed_auth_is_limited_per_address(chatty):
+    honest = Cloud(chatty.url, *chatty.new_key())
+    query = f"{chatty.url}/v1/open/pub/task"
+    with from_address("127.0.2.1") as client:
+        for i in range(LIMIT):  # a different made-up key each time: only the address's count can stop them
+            made_up = Cloud(chatty.url, f"ak_made_up_{i}", "sk_x").headers
+            assert client.post(query, json={"task_id": "t"}, headers=made_up).status_code == 401
+        refused = client.post(query, json={"task_id": "t"}, headers=honest.headers)
+        assert refused.status_code == 429 and refused.json()["code"] == 680005
+    with from_address("127.0.2.2") as client:
+        assert client.post(query, json={"task_id": "t"}, headers=honest.headers).json()["code"] == 680004
+
+
+def test_failure_window_forgets_old_failures_and_bounds_memory():
+    window = FailureWindow(limit=3, window_s=60, max_names=100)
+    for second in (0, 10, 20):
+        window.add("k", second)
+    assert window.retry_after("k", 20) == 40  # the oldest of the last three leaves the window at 60
+    assert window.retry_after("k", 60) == 0
+    assert window.retry_after("other", 20) == 0
+    for i in range(1000):
+        window.add(f"made-up-{i}", 30)
+    assert len(window._failures) == 100
