@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
     "BATCH_SIZE_RANGE",
@@ -109,6 +109,30 @@ ALLOWED: dict[str, str] = {
 MAX_URL_CHARS = 30 * 1024 * 1024  # data: URIs carry whole images
 
 
+def text_problem(value: str) -> str | None:
+    """Why `value` cannot be stored or passed on as text, or None. A NUL cannot enter PostgreSQL text,
+    and a lone surrogate (JSON allows "\\ud800") cannot be written as UTF-8 anywhere (pydantic refuses
+    those in models itself; this covers the fields read by hand)."""
+    if "\x00" in value:
+        return "it holds a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid Unicode"
+    return None
+
+
+def _plain_text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# Every free-text field: whatever Unicode a user writes, except what no store or engine can hold.
+Text = Annotated[str, AfterValidator(_plain_text)]
+
+
 def _strict_int(value: Any) -> Any:
     # JSON numbers like 1024.0 are integers too; strings and booleans are not.
     if isinstance(value, bool):
@@ -123,8 +147,8 @@ class CreateRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    reference_image: str = Field(
+    prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    reference_image: Text = Field(
         min_length=1, max_length=MAX_URL_CHARS, validation_alias=AliasChoices("reference_image", "image")
     )
     control_type: ControlType
@@ -138,12 +162,12 @@ class CreateRequest(BaseModel):
         strict=True,
         validation_alias=AliasChoices("batch_size", "image_num"),
     )
-    init_image: str | None = Field(default=None, min_length=1, max_length=MAX_URL_CHARS)
-    callback: str | None = Field(default=None, max_length=2048)
-    params: str | None = None
+    init_image: Text | None = Field(default=None, min_length=1, max_length=MAX_URL_CHARS)
+    callback: Text | None = Field(default=None, max_length=2048)
+    params: Text | None = None
     # Our extensions; a Tomoviee client never needs them.
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], strict=True)
-    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: Text | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
 
     @field_validator("prompt")
     @classmethod
@@ -189,9 +213,9 @@ class RecognizeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
     control_type: ControlType
-    init_image: str = Field(min_length=1, max_length=MAX_URL_CHARS)
-    callback: str | None = Field(default=None, max_length=2048)
-    params: str | None = None
+    init_image: Text = Field(min_length=1, max_length=MAX_URL_CHARS)
+    callback: Text | None = Field(default=None, max_length=2048)
+    params: Text | None = None
 
     _control_type = field_validator("control_type", mode="before")(CreateRequest._control_type.__func__)
 
@@ -230,4 +254,7 @@ def _first_parameter_error(exc: ValidationError, body: dict[str, Any]) -> Parame
         return ParameterError(field, f"is required; must be {allowed}")
     got = error.get("input")
     shown = repr(got) if not isinstance(got, str) or len(got) <= 60 else repr(got[:57] + "...")
-    return ParameterError(field, f"must be {allowed} (got {shown})")
+    if len(shown) > 80:  # a huge number or a deep list: its start says enough
+        shown = shown[:77] + "..."
+    reason = "it is not valid Unicode" if error["type"] == "string_unicode" else error.get("ctx", {}).get("error")
+    return ParameterError(field, f"must be {allowed} (got {shown}{f': {reason}' if reason else ''})")

@@ -86,7 +86,13 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def new_key(self) -> tuple[str, str]:
-        key = create_key(Store(f"sqlite:///{self.data_dir / 'ref2img.db'}"))
+        db = self.extra[self.extra.index("--db") + 1] if "--db" in self.extra else \
+            f"sqlite:///{self.data_dir / 'ref2img.db'}"
+        store = Store(db)
+        try:
+            key = create_key(store)
+        finally:
+            store.close()
         return key.app_key, key.app_secret
 
 

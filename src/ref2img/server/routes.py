@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ref2img.images import ImageInputError, decode_image
 from ref2img.protocol import (ControlType, ErrorCode, ParameterError, TaskStatus, parse_create_request,
-                              parse_recognize_request)
+                              parse_recognize_request, text_problem)
 from ref2img.server.auth import authenticate, basic_token, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
 from ref2img.server.fetch import UrlRefused
@@ -85,7 +85,7 @@ def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: 
     try:
         task, created = svc.store.create_task_idempotent(
             app_key=app_key, kind=kind, request=payload, params=params, callback=callback,
-            idempotency_key=request.headers.get("idempotency-key"), timeout_s=svc.settings.task_timeout_s,
+            idempotency_key=_idempotency_key(request), timeout_s=svc.settings.task_timeout_s,
             queue_limit=svc.settings.queue_limit)
     except QueueFull as exc:
         raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
@@ -121,11 +121,22 @@ def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Dep
                     recognize.callback)
 
 
+MAX_ID_CHARS = 100
+
+
 def _task_id(body: dict) -> str:
     task_id = body.get("task_id")
-    if not isinstance(task_id, str) or not task_id:
-        raise ApiError(ErrorCode.INVALID_PARAMETER, "task_id: must be a non-empty string")
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_ID_CHARS or text_problem(task_id):
+        raise ApiError(ErrorCode.INVALID_PARAMETER,
+                       f"task_id: must be a non-empty string of at most {MAX_ID_CHARS} characters")
     return task_id
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= 255:
+        raise ApiError(ErrorCode.INVALID_PARAMETER, "Idempotency-Key: must be 1 to 255 characters")
+    return key
 
 
 def _wait_seconds(body: dict) -> float:
