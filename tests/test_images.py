@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ref2img.images import ImageInputError, decode_data_uri, decode_image, load_image
+from ref2img.images import ImageInputError, decode_data_uri, decode_image, load_image, open_image
 from ref2img.protocol import ErrorCode
 
 
@@ -54,9 +54,9 @@ def test_truncated_png_is_refused(coffee):
         decode_image(data[: len(data) // 2])
 
 
-def test_gif_is_refused(coffee):
-    with pytest.raises(ImageInputError, match="GIF images are not accepted"):
-        decode_image(encode(coffee, "GIF"))
+def test_tiff_is_refused(coffee):
+    with pytest.raises(ImageInputError, match="TIFF images are not accepted"):
+        decode_image(encode(coffee, "TIFF"))
 
 
 def test_exif_orientation_is_honoured():
@@ -68,7 +68,7 @@ def test_exif_orientation_is_honoured():
 
 
 def test_transparency_becomes_white():
-    image = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
     assert decode_image(encode(image)).getpixel((4, 4)) == (255, 255, 255)
 
 
@@ -91,3 +91,52 @@ def test_load_image_missing_file(tmp_path):
         load_image(tmp_path / "nope.png", "init_image")
     assert caught.value.code == ErrorCode.IMAGE_FETCH_FAILED
     assert "no such file" in str(caught.value)
+
+
+def frames(fmt: str) -> bytes:
+    red, blue = Image.new("RGB", (32, 32), (255, 0, 0)), Image.new("RGB", (32, 32), (0, 0, 255))
+    return encode(red, fmt, save_all=True, append_images=[blue], duration=100, loop=0)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animations_give_their_first_frame(fmt):
+    assert Image.open(io.BytesIO(frames(fmt))).n_frames == 2
+    red, green, blue = decode_image(frames(fmt)).getpixel((16, 16))
+    assert red > 200 and blue < 50
+
+
+def test_cmyk_jpeg_becomes_rgb_with_its_colours():
+    cmyk_red = Image.new("CMYK", (32, 32), (0, 255, 255, 0))
+    decoded = decode_image(encode(cmyk_red, "JPEG", quality=95))
+    red, green, blue = decoded.getpixel((16, 16))
+    assert decoded.mode == "RGB" and red > 200 and green < 60 and blue < 60
+
+
+def test_palette_and_bilevel_images_become_rgb():
+    palette = Image.new("RGB", (32, 32), (10, 200, 30)).convert("P", palette=Image.Palette.ADAPTIVE)
+    assert decode_image(encode(palette)).getpixel((1, 1)) == (10, 200, 30)
+    assert decode_image(encode(Image.new("1", (32, 32), 1))).getpixel((1, 1)) == (255, 255, 255)
+    transparent = Image.new("P", (32, 32), 0)
+    transparent.info["transparency"] = 0
+    assert decode_image(encode(transparent)).getpixel((1, 1)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize(("size", "message"), [
+    ((1, 1), "too small"), ((15, 400), "too small"), ((10000, 100), "too narrow"), ((100, 1500), "too narrow")])
+def test_extreme_shapes_are_refused_from_the_header(size, message):
+    data = encode(Image.new("RGB", size, "red"))
+    with pytest.raises(ImageInputError, match=message) as caught:
+        open_image(data, "init_image")
+    assert caught.value.code == ErrorCode.IMAGE_INVALID and str(caught.value).startswith("init_image: ")
+
+
+def test_usable_extremes_are_kept():
+    assert decode_image(encode(Image.new("RGB", (16, 16), "red"))).size == (16, 16)
+    assert decode_image(encode(Image.new("RGB", (4000, 400), "red"))).size == (4000, 400)
+
+
+def test_truncated_jpeg_is_refused(coffee):
+    data = encode(coffee, "JPEG")
+    open_image(data[: len(data) // 2])  # the header alone looks fine...
+    with pytest.raises(ImageInputError, match="truncated or corrupt"):
+        decode_image(data[: len(data) // 2])  # ...the pixels do not

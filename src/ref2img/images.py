@@ -1,8 +1,9 @@
 """Reading input images safely: from bytes, a local path, an http(s) URL or a `data:` URI.
 
-Decoding refuses anything that is not a JPEG, PNG or WebP, images over the pixel cap (a
-decompression-bomb guard that Pillow checks from the header, before decoding), and truncated files.
-It honours EXIF orientation and takes the first frame of animations.
+Decoding refuses anything that is not a JPEG, PNG, WebP or GIF, images over the pixel cap (a
+decompression-bomb guard that Pillow checks from the header, before decoding), images too small or too
+narrow to use, and truncated files. It honours EXIF orientation and takes the first frame of animations;
+CMYK, palette, 16-bit and transparent images become plain RGB (transparency as white).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ref2img.protocol import ErrorCode
 
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "MPO"}  # MPO: the multi-picture JPEGs phones write
+# MPO: the multi-picture JPEGs phones write; GIF: its first frame, as for animated WebP.
+ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "MPO", "GIF"}
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+MIN_IMAGE_SIDE = 16  # below this there are no edges, pose or depth to keep
+MAX_ASPECT_RATIO = 10  # the output (at most 4:1) is cropped from the middle: a 100:1 strip would keep 1/25 of it
 FETCH_TIMEOUT_S = 20.0
 
 
@@ -33,8 +37,9 @@ class ImageInputError(ValueError):
         self.code = code
 
 
-def decode_image(data: bytes, field: str = "image") -> Image.Image:
-    """Bytes to an RGB image, or ImageInputError saying what is wrong with them."""
+def open_image(data: bytes, field: str = "image") -> Image.Image:
+    """Open `data` and check what its header tells (format, pixel count, shape) without decoding the
+    pixels: cheap enough for the request path. `decode_image` then finds truncation and corruption."""
     if not data:
         raise ImageInputError(field, "the file is empty (0 bytes)")
     if len(data) > MAX_IMAGE_BYTES:
@@ -43,21 +48,33 @@ def decode_image(data: bytes, field: str = "image") -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            if image.format not in ALLOWED_FORMATS:
-                raise ImageInputError(field, f"{image.format or 'this'} images are not accepted; use JPEG, PNG or WebP")
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ImageInputError(
-                    field, f"{image.width}x{image.height} is over the {MAX_IMAGE_PIXELS // (1024 * 1024)}-megapixel limit")
-            image.seek(0)  # animations: the first frame
-            image.load()
-    except ImageInputError:
-        raise
     except UnidentifiedImageError:
-        raise ImageInputError(field, "the data is not an image Pillow can read (JPEG, PNG or WebP expected)") from None
+        raise ImageInputError(field, "the data is not an image Pillow can read (JPEG, PNG, WebP or GIF expected)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow refuses from the header alone, before allocating anything.
         raise ImageInputError(field, f"the image is over the {MAX_IMAGE_PIXELS // (1024 * 1024)}-megapixel limit") from None
     except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageInputError(field, f"the image is truncated or corrupt ({exc})") from None
+    if image.format not in ALLOWED_FORMATS:
+        raise ImageInputError(field, f"{image.format or 'this'} images are not accepted; use JPEG, PNG, WebP or GIF")
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageInputError(field, f"{width}x{height} is over the {MAX_IMAGE_PIXELS // (1024 * 1024)}-megapixel limit")
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageInputError(field, f"{width}x{height} is too small: each side must be at least {MIN_IMAGE_SIDE} pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageInputError(field, f"{width}x{height} is too narrow: the long side may be at most {MAX_ASPECT_RATIO} "
+                                     "times the short one (the output is cropped from its middle)")
+    return image
+
+
+def decode_image(data: bytes, field: str = "image") -> Image.Image:
+    """Bytes to an RGB image, or ImageInputError saying what is wrong with them."""
+    image = open_image(data, field)
+    try:
+        image.seek(0)  # animations: the first frame
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageInputError(field, f"the image is truncated or corrupt ({exc})") from None
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -70,15 +87,18 @@ def decode_image(data: bytes, field: str = "image") -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_data_uri(uri: str, field: str = "image") -> Image.Image:
+def data_uri_bytes(uri: str, field: str = "image") -> bytes:
     header, _, payload = uri.partition(",")
     if not header.startswith("data:image/") or ";base64" not in header:
         raise ImageInputError(field, "data URIs must look like data:image/png;base64,...", ErrorCode.IMAGE_FETCH_FAILED)
     try:
-        data = base64.b64decode(payload, validate=True)
+        return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ImageInputError(field, "the data URI is not valid base64") from None
-    return decode_image(data, field)
+
+
+def decode_data_uri(uri: str, field: str = "image") -> Image.Image:
+    return decode_image(data_uri_bytes(uri, field), field)
 
 
 def load_image(source: str | Path, field: str = "image") -> Image.Image:

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image
 
-from ref2img.images import ImageInputError, decode_data_uri, decode_image
+from ref2img.images import ImageInputError, data_uri_bytes, decode_data_uri, decode_image, open_image
 from ref2img.protocol import ErrorCode
 from ref2img.server.fetch import SafeHttp, UrlRefused
 from ref2img.tasks.storage import Storage
@@ -23,8 +23,10 @@ class ImageResolver:
         self.http = http
 
     def check(self, url: str, field: str, app_key: str) -> None:
-        """At create time: refuse what could never be fetched, before the task is queued."""
+        """At create time: refuse what could never be fetched or used, before the task is queued. A data
+        URI is at hand, so its header is read now (format, pixel count, shape: 680003 at once)."""
         if url.startswith("data:"):
+            open_image(data_uri_bytes(url, field), field)
             return
         if self._own_file(url, field, app_key) is not None:
             return

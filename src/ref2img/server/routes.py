@@ -202,14 +202,14 @@ def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, F
         decode_image(data, "file")  # refuse what no task could use, now rather than later
     except ImageInputError as exc:
         raise ApiError(exc.code, str(exc)) from None
-    extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}[Image.open(io.BytesIO(data)).format]
+    extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[Image.open(io.BytesIO(data)).format]
     file_id = new_id("f")
     name = svc.storage.save_upload(file_id, data, extension)
     svc.store.add_file(file_id, app_key, name)
     return ok({"file_id": file_id, "url": svc.storage.signed_url(str(request.base_url), name)})
 
 
-_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"}
+_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".gif": "image/gif"}
 
 
 @router.get("/v1/files/{name:path}", include_in_schema=False)
