@@ -440,6 +440,7 @@ def serve(
     public_url: Annotated[str | None, typer.Option("--public-url", help="base of result URLs sent in callbacks (default: http://HOST:PORT)")] = None,
     callback_retry_scale: Annotated[float, typer.Option("--callback-retry-scale", hidden=True)] = 1.0,
     auth_failure_limit: Annotated[int, typer.Option("--auth-failure-limit", min=1, help="failed authentications per app key and per client address per minute before 680005 / HTTP 429")] = 20,
+    max_body_mb: Annotated[int, typer.Option("--max-body-mb", min=1, max=1024, help="largest request body (JSON or upload) in MB")] = 30,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     db: DbOption = None,
     queue: QueueOption = "embedded",
@@ -459,7 +460,8 @@ def serve(
         data_dir=data_dir, model=model, model_overrides=_parse_parts(part), device=device, workers=workers,
         allow_private_urls=allow_private_urls, queue_limit=queue_limit, task_timeout_s=task_timeout,
         public_url=public_url or f"http://{host}:{port}", callback_retry_scale=callback_retry_scale,
-        db_url=db, queue_url=queue, storage=storage, lease_s=lease, auth_failure_limit=auth_failure_limit)
+        db_url=db, queue_url=queue, storage=storage, lease_s=lease, auth_failure_limit=auth_failure_limit,
+        max_body_bytes=max_body_mb * 1024 * 1024)
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
 
 

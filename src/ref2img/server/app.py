@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ref2img.server.errors import install_error_handlers
+from ref2img.server.limits import BodyLimit
 from ref2img.server.routes import router
 from ref2img.server.services import ServerSettings, Services
 
@@ -26,5 +27,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   description="Tomoviee-compatible reference-to-image server (tm_reference_img2img).")
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(router)
     return app

@@ -8,6 +8,7 @@ import secrets
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ref2img.protocol import ErrorCode
 
@@ -35,6 +36,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return envelope_response(exc.code, exc.msg, exc.http_status, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Routing and body-limit errors in the same envelope as the rest, so clients parse one shape.
+        if exc.status_code == 413:  # limits.BodyLimit: a protocol error, so HTTP 200 as the rest
+            return envelope_response(ErrorCode.INVALID_PARAMETER, exc.detail, headers={"Connection": "close"})
+        if exc.status_code == 404:
+            return envelope_response(ErrorCode.TASK_NOT_FOUND, f"not found: no route {request.url.path[:100]}", 404)
+        return envelope_response(ErrorCode.INVALID_PARAMETER, f"request: {exc.detail}", exc.status_code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
