@@ -176,3 +176,17 @@ def test_hostile_headers_and_token_parameters(hostile, reference):
     assert token.status_code == 401 and token.json()["code"] == 140013
     token = httpx.get(f"{hostile.base}/v1/open/capacity/get/token", params={"access_key": "a" * 5000, "secret": "s"})
     assert token.status_code == 401
+
+
+def test_broken_multipart_and_unknown_routes_answer_in_the_envelope(hostile):
+    boundary = "b0undary"
+    broken = post_raw(hostile, "/v1/files", f"--{boundary}\r\n-1.8e+183--{boundary}--\r\n",
+                      **{"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert broken.status_code == 200  # was HTTP 400 outside the documented statuses (found by test_fuzz)
+    assert broken.json()["code"] == 680001 and broken.json()["msg"].startswith("body: could not be parsed")
+    missing = post_raw(hostile, "/v1/files", f"--{boundary}--\r\n",
+                       **{"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert missing.json()["code"] == 680001 and missing.json()["msg"].startswith("file: ")
+    unknown = httpx.get(hostile.base + "/v1/open/nothing/here")
+    assert unknown.status_code == 404 and unknown.json() == {
+        "code": 680004, "msg": "not found: no route /v1/open/nothing/here", "data": None}

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from ref2img.server.errors import install_error_handlers
 from ref2img.server.limits import BodyLimit
+from ref2img.server.openapi import install_openapi
 from ref2img.server.routes import router
 from ref2img.server.services import ServerSettings, Services
 
@@ -28,5 +29,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    install_openapi(app)
     app.include_router(router)
     return app

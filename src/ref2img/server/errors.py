@@ -42,6 +42,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # Routing and body-limit errors in the same envelope as the rest, so clients parse one shape.
         if exc.status_code == 413:  # limits.BodyLimit: a protocol error, so HTTP 200 as the rest
             return envelope_response(ErrorCode.INVALID_PARAMETER, exc.detail, headers={"Connection": "close"})
+        if exc.status_code == 400:  # a body FastAPI could not parse (broken multipart): the client's input
+            return envelope_response(ErrorCode.INVALID_PARAMETER, f"body: could not be parsed ({exc.detail})")
         if exc.status_code == 404:
             return envelope_response(ErrorCode.TASK_NOT_FOUND, f"not found: no route {request.url.path[:100]}", 404)
         return envelope_response(ErrorCode.INVALID_PARAMETER, f"request: {exc.detail}", exc.status_code, exc.headers)

@@ -14,8 +14,9 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.images import ImageInputError, decode_image
-from ref2img.protocol import (ControlType, ErrorCode, ParameterError, TaskStatus, parse_create_request,
-                              parse_recognize_request, text_problem)
+from ref2img.protocol import (ControlType, CreateRequest, ErrorCode, ParameterError, RecognizeRequest, TaskStatus,
+                              parse_create_request, parse_recognize_request, text_problem)
+from ref2img.server import openapi
 from ref2img.server.auth import authenticate, basic_token, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
 from ref2img.server.fetch import UrlRefused
@@ -24,6 +25,7 @@ from ref2img.tasks.store import QueueFull, new_id
 
 router = APIRouter()
 AppKey = Annotated[str, Depends(authenticate)]
+WIRE: dict[str, Any] = {"responses": openapi.ENVELOPE_RESPONSES, "response_model": None}  # see openapi.py
 MAX_WAIT_S = 30.0
 
 
@@ -86,7 +88,8 @@ def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: 
     return JSONResponse(ok({"task_id": task.id}))
 
 
-@router.post("/v1/open/capacity/application/tm_reference_img2img")
+@router.post("/v1/open/capacity/application/tm_reference_img2img", openapi_extra=openapi.json_body(CreateRequest),
+             **WIRE)
 def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
     svc = services(request)
     try:
@@ -98,7 +101,8 @@ def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depe
     return _enqueue(svc, request, app_key, "img2img", create.model_dump(mode="json"), create.params, create.callback)
 
 
-@router.post("/v1/open/capacity/application/tm_reference_img2mask")
+@router.post("/v1/open/capacity/application/tm_reference_img2mask",
+             openapi_extra=openapi.json_body(RecognizeRequest), **WIRE)
 def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
     svc = services(request)
     try:
@@ -138,7 +142,7 @@ def _wait_seconds(body: dict) -> float:
     return float(wait)
 
 
-@router.post("/v1/open/pub/task")
+@router.post("/v1/open/pub/task", openapi_extra=openapi.json_body(openapi.TaskLookup), **WIRE)
 async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
     """Task state; with `wait` (≤ 30 s) it answers as soon as the status changes (DESIGN.md §1)."""
     svc = services(request)
@@ -164,7 +168,7 @@ async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, De
     return JSONResponse(ok(data))
 
 
-@router.post("/v1/open/pub/task/cancel")
+@router.post("/v1/open/pub/task/cancel", openapi_extra=openapi.json_body(openapi.TaskRef), **WIRE)
 def cancel_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
     svc = services(request)
     task_id = _task_id(body)
@@ -175,7 +179,7 @@ def cancel_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends
     return ok(svc.task_data(task, str(request.base_url)))
 
 
-@router.get("/v1/open/capacity/get/token")
+@router.get("/v1/open/capacity/get/token", **WIRE)
 def get_token(request: Request, access_key: Annotated[str, Query()] = "", secret: Annotated[str, Query()] = "") -> dict:
     if not access_key or not secret:
         raise ApiError(ErrorCode.INVALID_PARAMETER, "access_key and secret: both are required query parameters")
@@ -186,7 +190,7 @@ def get_token(request: Request, access_key: Annotated[str, Query()] = "", secret
     return ok({"access_token": basic_token(access_key, secret)})
 
 
-@router.post("/v1/files")
+@router.post("/v1/files", **WIRE)
 def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, File()]) -> dict:
     svc = services(request)
     data = file.file.read(svc.settings.max_body_bytes + 1)
@@ -217,7 +221,7 @@ def get_file(request: Request, name: str, expires: str = "", sig: str = "") -> R
     return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.get("/healthz")
+@router.get("/healthz", **WIRE)
 def healthz(request: Request) -> dict:
     svc = services(request)
     counts = svc.store.count_by_status()
