@@ -35,6 +35,10 @@ class ImageInvalidError(EngineError):
     """An input image cannot be used (format, size or pixels)."""
 
 
+class EngineOutOfMemory(EngineError):
+    """The job needed more (GPU or host) memory than there is; a smaller size or batch may fit."""
+
+
 class JobCancelled(EngineError):
     """The job was cancelled between two engine steps."""
 

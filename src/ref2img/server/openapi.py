@@ -42,7 +42,8 @@ BODY_MODELS: list[type[BaseModel]] = [CreateRequest, RecognizeRequest, TaskLooku
 ENVELOPE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the envelope; `code` says whether it worked", "model": Envelope},
     401: {"description": "140013: missing or wrong credentials", "model": Envelope},
-    429: {"description": "680005: queue full or too many failed authentications (Retry-After)", "model": Envelope},
+    429: {"description": "680005: queue full, task store locked or full, or too many failed authentications "
+                         "(Retry-After)", "model": Envelope},
 }
 
 

@@ -2,11 +2,13 @@
 
 claimed task → fetch inputs → run the engine (progress, cancel, deadline between steps) → store
 outputs → finish (status + callback outbox row, one transaction). Every failure ends the task with a
-reason a user can act on; none escapes as a traceback, none leaves the task at status 2.
+reason a user can act on; none escapes as a traceback. The one exception is the store failing under
+the task: that is raised, and the task is run again once its lease expires.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import secrets
@@ -15,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 
 from ref2img.engines.base import Engine, EngineError, Job, JobCancelled
 from ref2img.images import ImageInputError
@@ -67,6 +70,8 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> TaskStatus:
             names = _recognize(task, ctx)
         else:
             names = _generate(task, ctx, on_progress, should_cancel)
+    except OperationalError:
+        raise  # the store failed (locked, disk full, unreachable), not the task: it runs again after its lease
     except JobCancelled:
         verdict = stop[-1] if stop else TaskStatus.CANCELLED
         reason = "cancelled by the client" if verdict == TaskStatus.CANCELLED else "timed out while running"
@@ -77,15 +82,25 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> TaskStatus:
         return finish(TaskStatus.FAILED, str(exc))
     except MemoryError:
         return finish(TaskStatus.FAILED, "the engine ran out of memory; try a smaller size or batch")
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            return finish(TaskStatus.FAILED, "the server's disk is full: the results could not be stored; "
+                                             "try again later")
+        return finish(TaskStatus.FAILED, _incident(task))
     except Exception:  # noqa: BLE001 - the task must end; the traceback goes to the log, not the user
-        incident = secrets.token_hex(4)
-        log.exception("task %s failed (incident %s)", task.id, incident)
-        return finish(TaskStatus.FAILED, f"internal error (incident {incident})")
+        return finish(TaskStatus.FAILED, _incident(task))
     elapsed = time.monotonic() - started
     ctx.estimate.add(elapsed)
     if ctx.record is not None and step_times:
         ctx.record(elapsed, len(step_times), step_times[-1] - step_times[0])
     return finish(TaskStatus.SUCCEEDED, result=names)
+
+
+def _incident(task: TaskRow) -> str:
+    """Log the exception being handled under a short id, and give the user that id."""
+    incident = secrets.token_hex(4)
+    log.exception("task %s failed (incident %s)", task.id, incident)
+    return f"internal error (incident {incident})"
 
 
 def _generate(task: TaskRow, ctx: RunContext, on_progress, should_cancel) -> list[str]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import fcntl
 import json
 import secrets
+import sqlite3
+import threading
 import time
 from collections.abc import Iterator
-import threading
 from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import create_engine, event, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ref2img.protocol import TaskStatus
@@ -38,6 +39,10 @@ class QueueFull(Exception):
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
 
+# How long a write waits for a lock another process holds before it gives up: the API then answers
+# 680005 busy (errors.py) rather than holding the client past its own timeout.
+BUSY_TIMEOUT_S = 10
+
 
 class Store:
     def __init__(self, url: str):
@@ -45,7 +50,7 @@ class Store:
         self.is_sqlite = is_sqlite
         self.engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
+            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S} if is_sqlite else {},
             pool_pre_ping=not is_sqlite,
             # Enough pooled connections for the server's thread pool: opening one per request
             # (SQLAlchemy's overflow) costs more than the query.
@@ -56,7 +61,7 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrate(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._write_lock = threading.Lock() if is_sqlite else nullcontext()
+        self._write_lock = threading.Lock()  # SQLite only: PostgreSQL takes concurrent writers
         self.changes = ChangeFeed()  # any task changed: long-polls wait on it
         self.queued = ChangeFeed()  # a task became claimable: idle workers wait on it
         self.outbox = ChangeFeed()  # a callback became due: the sender waits on it
@@ -75,8 +80,21 @@ class Store:
     def session(self, write: bool = True) -> Iterator[Session]:
         """A transaction. SQLite allows one writer at a time and makes the others sleep and retry
         (up to 100 ms a nap), so this process's writers take turns on a lock instead."""
-        with self._write_lock if write else nullcontext(), self._sessions.begin() as session:
+        with self._write_turn() if write and self.is_sqlite else nullcontext(), self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def _write_turn(self) -> Iterator[None]:
+        # Bounded like SQLite's own wait: when another process holds the database, writers queued here
+        # give up after BUSY_TIMEOUT_S each rather than one after another (a request waits at most
+        # twice that: its turn, then SQLite's busy timeout).
+        if not self._write_lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise OperationalError("waiting for a write turn", None,
+                                   sqlite3.OperationalError("database is locked"))
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -411,5 +429,5 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fast
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
     cursor.close()

@@ -64,6 +64,9 @@ class EmbeddedWorkers:
                 self._running.add(task.id)
             try:
                 run_task(task, self.owner, self.context)
+            except Exception:  # noqa: BLE001 - the store failed under the task (locked, disk full): the
+                # thread lives on, and the task's lease runs out so it is claimed and run again.
+                log.exception("task %s could not be finished; it runs again when its lease expires", task.id)
             finally:
                 with self._running_lock:
                     self._running.discard(task.id)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ref2img.engines.base import ImageInvalidError, Job, JobCancelled, ProgressCallback
+from ref2img.engines.base import EngineOutOfMemory, ImageInvalidError, Job, JobCancelled, ProgressCallback
 from ref2img.engines.local.annotators import Annotators
 from ref2img.engines.local.device import Placement, choose_placement
 from ref2img.engines.local.intensity import Knobs, knobs_for
@@ -22,6 +22,15 @@ from ref2img.protocol import ControlType
 
 log = logging.getLogger("ref2img.engine")
 
+# How each allocator words it: CUDA raises torch.OutOfMemoryError; the CPU allocator and MPS raise a
+# plain RuntimeError.
+_OUT_OF_MEMORY_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return any(words in str(exc).lower() for words in _OUT_OF_MEMORY_WORDS)
 
 
 class LocalEngine:
@@ -86,9 +95,22 @@ class LocalEngine:
             log.info("generate mode=%s size=%dx%d (model %dx%d) batch=%d steps=%d seed=%d",
                      job.control_type.name.lower(), job.width, job.height, gen_w, gen_h,
                      job.batch_size, steps, job.seed)
-            with torch.inference_mode():
-                images = pipe(**kwargs, callback_on_step_end=on_step_end).images
+            try:
+                with torch.inference_mode():
+                    images = pipe(**kwargs, callback_on_step_end=on_step_end).images
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self._release_memory()
+                raise EngineOutOfMemory(
+                    f"out of memory on {self.placement.device.type} generating {job.batch_size} image(s) at "
+                    f"{gen_w}x{gen_h}; try a smaller width/height or batch_size") from None
         return [fit(image, job.width, job.height) for image in images]
+
+    def _release_memory(self) -> None:
+        """After an out-of-memory error: hand cached blocks back so the next job starts clean."""
+        if self.placement.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # -- building the call -------------------------------------------------------------------
     def _prepare(self, job: Job, knobs: Knobs, gen_w: int, gen_h: int) -> tuple[Any, dict[str, Any]]:
