@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,6 +231,16 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def running(tmp_path_factory, name: str, model: Path | str, *extra: str) -> Iterator[Server]:
+    """A server of its own for a test module: `with running(...) as server: yield server`."""
+    server = Server(tmp_path_factory.mktemp(name) / "data", model, *extra).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
                                  status_code_conformance)
 
-from .conftest import Cloud, Server
+from .conftest import Cloud, running
 
 EXAMPLES = int(os.environ.get("REF2IMG_FUZZ_EXAMPLES", "25"))
 # Not negative_data_rejection: the protocol answers invalid input with HTTP 200 and code 680001, as the
@@ -27,9 +27,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def fuzzed(tiny_sd15, tmp_path_factory):
     # Failed authentications are part of the fuzz: the lock-out is raised out of its way.
-    server = Server(tmp_path_factory.mktemp("fuzz") / "data", tiny_sd15, "--auth-failure-limit", "1000000").start()
-    yield server
-    server.stop()
+    with running(tmp_path_factory, "fuzz", tiny_sd15, "--auth-failure-limit", "1000000") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

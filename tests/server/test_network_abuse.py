@@ -14,7 +14,7 @@ import pytest
 
 from ref2img.server.fetch import SafeHttp, UrlRefused, is_public
 
-from .conftest import Cloud, Server, data_uri, img2img_body, png_bytes
+from .conftest import Cloud, data_uri, img2img_body, png_bytes, running
 
 # Each reaches this machine or its private network; each counts as "global" to some naive check.
 PRIVATE_HOSTS = [
@@ -37,9 +37,8 @@ PRIVATE_HOSTS = [
 @pytest.fixture(scope="module")
 def strict(tiny_sd15, tmp_path_factory):
     """A server that refuses private URLs, as deployed (the shared `server` fixture allows them)."""
-    server = Server(tmp_path_factory.mktemp("strict") / "data", tiny_sd15, "--max-body-mb", "4").start()
-    yield server
-    server.stop()
+    with running(tmp_path_factory, "strict", tiny_sd15, "--max-body-mb", "4") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

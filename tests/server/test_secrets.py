@@ -16,7 +16,7 @@ LIMIT = 5
 def chatty(tiny_sd15, tmp_path_factory):
     """Debug logging (the most a log ever says) and a low failed-auth limit."""
     server = Server(tmp_path_factory.mktemp("secrets") / "data", tiny_sd15, "--allow-private-urls",
-                    "--auth-failure-limit", str(LIMIT))
+                    "--auth-failure-limit", str(LIMIT), "--log-level", "debug")
     server.start()
     yield server
     server.stop()
