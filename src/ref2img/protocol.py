@@ -30,6 +30,8 @@ BATCH_SIZE_RANGE = (1, 4)
 INTENSITY_RANGE = (0.0, 1.0)
 MAX_PROMPT_CHARS = 2000
 SEED_RANGE = (0, 2**32 - 1)
+MAX_TASK_ID_CHARS = 100  # ours are 25; room for the cloud's and for proxies that prefix them
+MAX_WAIT_S = 30.0  # the longest long poll of a task query
 
 
 class ControlType(str, enum.Enum):

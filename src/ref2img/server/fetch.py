@@ -1,7 +1,8 @@
 """Outbound HTTP that cannot be turned against the server's own network (SSRF).
 
 Each hop is resolved once, every address it resolves to must be public (not loopback, private,
-link-local, CGNAT, multicast, reserved, metadata, or an IPv4-mapped form of those), and the request
+link-local, CGNAT, multicast, reserved, metadata, or an IPv4-mapped, NAT64, 6to4 or IPv4-compatible
+IPv6 form of those), and the request
 then goes to that very address (Host header and TLS SNI keep the name), so a DNS answer that changes
 between check and connect (rebinding) cannot slip through. Redirects are followed by hand, each one
 checked the same way; callbacks follow none. Bodies are capped in bytes; whole exchanges in time.

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from ref2img.protocol import CreateRequest, RecognizeRequest
+from ref2img.protocol import MAX_TASK_ID_CHARS, MAX_WAIT_S, CreateRequest, RecognizeRequest
 
 COMPONENT_REF = "#/components/schemas/{model}"
 
@@ -28,12 +28,12 @@ class Envelope(BaseModel):
 
 
 class TaskLookup(BaseModel):
-    task_id: str = Field(min_length=1, max_length=100)
-    wait: float = Field(default=0, ge=0, le=30, description="long poll: answer as soon as the status changes")
+    task_id: str = Field(min_length=1, max_length=MAX_TASK_ID_CHARS)
+    wait: float = Field(default=0, ge=0, le=MAX_WAIT_S, description="long poll: answer as soon as the status changes")
 
 
 class TaskRef(BaseModel):
-    task_id: str = Field(min_length=1, max_length=100)
+    task_id: str = Field(min_length=1, max_length=MAX_TASK_ID_CHARS)
 
 
 BODY_MODELS: list[type[BaseModel]] = [CreateRequest, RecognizeRequest, TaskLookup, TaskRef, Envelope]

@@ -14,8 +14,9 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.images import ImageInputError, decode_image
-from ref2img.protocol import (ControlType, CreateRequest, ErrorCode, ParameterError, RecognizeRequest, TaskStatus,
-                              parse_create_request, parse_recognize_request, text_problem)
+from ref2img.protocol import (MAX_TASK_ID_CHARS, MAX_WAIT_S, ControlType, CreateRequest, ErrorCode, ParameterError,
+                              RecognizeRequest, TaskStatus, parse_create_request, parse_recognize_request,
+                              text_problem)
 from ref2img.server import openapi
 from ref2img.server.auth import authenticate, basic_token, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
@@ -26,7 +27,6 @@ from ref2img.tasks.store import QueueFull, new_id
 router = APIRouter()
 AppKey = Annotated[str, Depends(authenticate)]
 WIRE: dict[str, Any] = {"responses": openapi.ENVELOPE_RESPONSES, "response_model": None}  # see openapi.py
-MAX_WAIT_S = 30.0
 
 
 def services(request: Request) -> Services:
@@ -117,14 +117,11 @@ def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Dep
                     recognize.callback)
 
 
-MAX_ID_CHARS = 100
-
-
 def _task_id(body: dict) -> str:
     task_id = body.get("task_id")
-    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_ID_CHARS or text_problem(task_id):
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_TASK_ID_CHARS or text_problem(task_id):
         raise ApiError(ErrorCode.INVALID_PARAMETER,
-                       f"task_id: must be a non-empty string of at most {MAX_ID_CHARS} characters")
+                       f"task_id: must be a non-empty string of at most {MAX_TASK_ID_CHARS} characters")
     return task_id
 
 

@@ -39,6 +39,7 @@ class QueueFull(Exception):
 def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
 
+
 # How long a write waits for a lock another process holds before it gives up: the API then answers
 # 680005 busy (errors.py) rather than holding the client past its own timeout.
 BUSY_TIMEOUT_S = 10
