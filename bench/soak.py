@@ -137,6 +137,7 @@ class ServerProcess:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.kill()
+        self.log.close()
 
 
 def client_loop(index: int, server: ServerProcess, headers: dict, until: float, tally: Tally) -> None:
@@ -238,6 +239,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def new_key(data_dir: Path) -> dict[str, str]:
+    from ref2img.server.auth import basic_token
     from ref2img.tasks.keys import create_key
     from ref2img.tasks.store import Store
 
@@ -246,8 +248,8 @@ def new_key(data_dir: Path) -> dict[str, str]:
         key = create_key(store, "soak")
     finally:
         store.close()
-    token = base64.b64encode(f"{key.app_key}:{key.app_secret}".encode()).decode()
-    return {"X-App-Key": key.app_key, "Authorization": f"Basic {token}", "Content-Type": "application/json"}
+    return {"X-App-Key": key.app_key, "Authorization": basic_token(key.app_key, key.app_secret),
+            "Content-Type": "application/json"}
 
 
 def free_port() -> int:

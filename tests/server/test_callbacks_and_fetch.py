@@ -55,9 +55,7 @@ def test_callback_survives_a_server_restart(tiny_sd15, tmp_path, astronaut):
 @pytest.fixture
 def loopback_as_public():
     """A SafeHttp that treats 127.0.0.1 alone as 'public', to test redirects to private addresses."""
-    http = SafeHttp(address_allowed=lambda address: address == ipaddress.ip_address("127.0.0.1"), timeout_s=3)
-    yield http
-    http.close()
+    return SafeHttp(address_allowed=lambda address: address == ipaddress.ip_address("127.0.0.1"), timeout_s=3)
 
 
 def test_redirect_to_a_private_address_is_refused(loopback_as_public, image_host):

@@ -127,11 +127,10 @@ def small_disk(tmp_path):
 
 def fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with open(filler, "wb") as handle:
+    with open(filler, "wb", buffering=0) as handle:  # unbuffered: closing must not flush into the full disk
         try:
             while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
+                handle.write(b"\0" * 4096)
         except OSError:
             pass
     return filler
@@ -160,7 +159,7 @@ def test_a_full_data_disk_answers_busy_and_recovers(tiny_sd15, small_disk, refer
             assert final["status"] == 3 or (
                 final["status"] == 4 and final["reason"].startswith("the server's disk is full")), final
         assert cloud.wait_final(cloud.create_id(img2img_body(reference)), timeout_s=120)["status"] == 3
-        assert refused + len(accepted) == 6
+        assert refused > 0  # the full disk was really met (a create needs new pages in the database)
     finally:
         server.stop()
         shutil.rmtree(small_disk / "data", ignore_errors=True)

@@ -64,9 +64,6 @@ class SafeHttp:
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
 
-    def close(self) -> None:
-        """Nothing is held between calls; kept so owners can close what they opened."""
-
     def check(self, url: str) -> None:
         """Refuse a URL that could never be fetched (scheme, credentials, private address)."""
         self._pin(_parse(url))

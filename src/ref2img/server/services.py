@@ -162,7 +162,6 @@ class Services:
     def stop(self) -> None:
         self.background.stop()
         self.callbacks.stop()
-        self.http.close()
         if self.queue is not None:
             self.queue.close()
         self.store.close()

@@ -13,9 +13,12 @@ import threading
 import time
 from dataclasses import dataclass
 
+from ref2img.protocol import text_problem
 from ref2img.tasks.models import AppKeyRow
 from ref2img.tasks.store import Store
 from ref2img.webhooks import signing_key
+
+_APP_KEY_WIDTH = AppKeyRow.__table__.c.app_key.type.length
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
@@ -65,7 +68,8 @@ class KeyVerifier:
         digest = hashlib.sha256(secret.encode()).digest()
         now = time.monotonic()
         # A key no store could hold (NUL, over the column's width) is unknown without asking it.
-        row = self._store.get_key(app_key) if len(app_key) <= 64 and "\x00" not in app_key else None
+        storable = len(app_key) <= _APP_KEY_WIDTH and text_problem(app_key) is None
+        row = self._store.get_key(app_key) if storable else None
         if row is None or row.revoked_at is not None:
             _hash(secret, b"\0" * 16)  # same work either way: timing says nothing about which keys exist
             return False
