@@ -288,18 +288,20 @@ def main() -> None:
     lives: list[dict] = []
 
     def watch_life(ends_at: float) -> None:
-        """RSS after a warm-up (a tenth of the life, at least 5 s), then its peak and its last value."""
+        """RSS after a warm-up (a tenth of the life, 5 s at least, half of it at most), then its peak and
+        its last value."""
         life_started = time.monotonic()
-        warm_at = life_started + max(5.0, (ends_at - life_started) / 10)
-        warm = peak = last = float("nan")
-        while time.monotonic() < ends_at:
-            last = server.rss_mb()
-            if time.monotonic() >= warm_at and warm != warm:  # first sample after the warm-up
-                warm = last
-            peak = last if peak != peak else max(peak, last)
+        span = ends_at - life_started
+        warm_at = life_started + min(max(5.0, span / 10), span / 2)
+        samples: list[tuple[float, float]] = []  # (time, RSS MB)
+        while True:
+            samples.append((time.monotonic(), server.rss_mb()))
+            if time.monotonic() >= ends_at:
+                break
             time.sleep(0.5)
-        lives.append({"seconds": round(ends_at - life_started), "rss_warm_mb": round(warm),
-                      "rss_end_mb": round(last), "rss_peak_mb": round(peak)})
+        warm = next((rss for at, rss in samples if at >= warm_at), samples[-1][1])
+        lives.append({"seconds": round(span), "rss_warm_mb": round(warm), "rss_end_mb": round(samples[-1][1]),
+                      "rss_peak_mb": round(max(rss for _, rss in samples))})
 
     watch_life(started + args.seconds / 2)
     server.kill()  # SIGKILL mid-run: tasks queued and running at this moment must still end
