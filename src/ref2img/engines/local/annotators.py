@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ref2img.engines.base import EngineError
+from ref2img.engines.local.device import Placement
 from ref2img.engines.local.hub import folder_of, locate
 from ref2img.engines.local.presets import Preset
 from ref2img.protocol import ControlType
@@ -23,9 +24,10 @@ def canny_map(image: Image.Image, low: int = 100, high: int = 200) -> Image.Imag
 
 
 class Annotators:
-    def __init__(self, preset: Preset, use_cuda: bool = False):
+    def __init__(self, preset: Preset, placement: Placement):
         self._preset = preset
-        self._use_cuda = use_cuda
+        self._placement = placement
+        self._use_cuda = placement.device.type == "cuda"
         self._depth = None
         self._pose = None
         self._lock = threading.Lock()
@@ -47,7 +49,9 @@ class Annotators:
                 from transformers import pipeline
 
                 path = folder_of(self._preset.depth_estimator, "depth_estimator", self._preset)
-                self._depth = pipeline("depth-estimation", model=str(path), device=0 if self._use_cuda else -1)
+                # float32 whatever the engine's dtype: the pipeline turns its output into numpy, which
+                # has no bfloat16; the model is small (25M parameters for Depth-Anything-V2-Small).
+                self._depth = pipeline("depth-estimation", model=str(path), device=self._placement.device)
         depth = self._depth(image.convert("RGB"))["predicted_depth"]
         values = depth.squeeze().float().cpu().numpy()
         values = cv2.resize(values, image.size, interpolation=cv2.INTER_CUBIC)
@@ -55,6 +59,10 @@ class Annotators:
         scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
         gray = (scaled * 255.0).clip(0, 255).astype(np.uint8)  # near = bright, as depth ControlNets expect
         return Image.fromarray(np.stack([gray] * 3, axis=-1))
+
+    def modules(self) -> dict:
+        """The torch models loaded so far (DWPose runs on onnxruntime, not torch)."""
+        return {"depth_estimator": self._depth.model} if self._depth is not None else {}
 
     def _pose_map(self, image: Image.Image) -> Image.Image:
         with self._lock:

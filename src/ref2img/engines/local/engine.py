@@ -14,9 +14,12 @@ from ref2img.engines.base import EngineOutOfMemory, ImageInvalidError, Job, JobC
 from ref2img.engines.local.annotators import Annotators
 from ref2img.engines.local.device import Placement, choose_placement
 from ref2img.engines.local.intensity import Knobs, knobs_for
-from ref2img.engines.local.pipelines import PipelineSet
+from ref2img.engines.local.compile_cache import use_compile_cache
+from ref2img.engines.local.offload import parse_offload
+from ref2img.engines.local.pipelines import PipelineSet, module_dtype
 from ref2img.engines.local.presets import UNION_CONTROL_MODE, Preset, resolve_preset
 from ref2img.engines.local.sizing import fit, generation_size
+from ref2img.engines.local.speed import Speedups
 from ref2img.images import MAX_IMAGE_PIXELS  # the same cap as the decoder's, for images handed over in-process
 from ref2img.protocol import ControlType
 
@@ -34,27 +37,44 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 class LocalEngine:
-    """Loads a preset once and serves every mode from it. One generation runs at a time."""
+    """Loads a preset once and serves every mode from it. One generation runs at a time.
+
+    `dtype` ("float32", "float16", "bfloat16"; default per device), `offload` ("none", "model",
+    "sequential", "auto") and `speedups` (see `speed.Speedups`) are the GPU knobs; with
+    `speedups.compile` set, compiled kernels are cached in `compile_cache` (see `compile_cache.py`).
+    """
 
     def __init__(
         self,
         model: str | Preset | None = None,
         device: str | None = None,
         overrides: dict[str, str] | None = None,
-        compile_unet: bool = False,
+        dtype: str | torch.dtype | None = None,
+        offload: str = "none",
+        speedups: Speedups | None = None,
+        compile_cache: str | None = None,
     ):
         self.preset = model if isinstance(model, Preset) else resolve_preset(model, overrides)
-        self.placement: Placement = choose_placement(device)
-        self.annotators = Annotators(self.preset, use_cuda=self.placement.device.type == "cuda")
-        self._compile = compile_unet
+        self.placement: Placement = choose_placement(device, dtype)
+        self.offload_requested = parse_offload(offload)
+        self.speedups = speedups or Speedups()
+        if self.speedups.compiles:
+            use_compile_cache(compile_cache)
+        self.annotators = Annotators(self.preset, self.placement)
         self._pipelines: PipelineSet | None = None
         self._lock = threading.Lock()
 
     @property
     def pipelines(self) -> PipelineSet:
         if self._pipelines is None:
-            self._pipelines = PipelineSet(self.preset, self.placement, compile_unet=self._compile)
+            self._pipelines = PipelineSet(self.preset, self.placement, self.speedups, self.offload_requested)
         return self._pipelines
+
+    def component_dtypes(self) -> dict[str, str]:
+        """Every loaded model (and annotator) → the dtype its weights are in, read from the modules."""
+        dtypes = self.pipelines.component_dtypes() if self._pipelines is not None else {}
+        dtypes.update({name: module_dtype(module) for name, module in self.annotators.modules().items()})
+        return dtypes
 
     def load(self) -> LocalEngine:
         """Load the base model now rather than on the first job (servers call this at start)."""
