@@ -3,6 +3,7 @@
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -154,3 +155,41 @@ def test_keys_create_list_revoke(tmp_path):
     assert runner.invoke(app, ["keys", "revoke", key["app_key"], "--data-dir", str(tmp_path)]).exit_code == 0
     again = runner.invoke(app, ["keys", "revoke", key["app_key"], "--data-dir", str(tmp_path)])
     assert again.exit_code == 2 and "no active key" in again.stderr
+
+
+def test_dtype_flag_and_the_dtypes_in_the_run_record(tiny_sdxl, photo, tmp_path):
+    result = runner.invoke(app, ["generate", str(photo), "a prompt", "-c", "depth", "--model", str(tiny_sdxl),
+                                 "--dtype", "bfloat16", "--steps", "2", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["dtype"] == "bfloat16" and record["offload"] == "none" and record["compile"] == "none"
+    dtypes = record["dtypes"]
+    assert {"unet", "vae", "text_encoder", "text_encoder_2", "controlnet.union"} <= set(dtypes)
+    assert dtypes.pop("depth_estimator") == "float32"  # the annotator's own choice (see test_dtypes.py)
+    assert set(dtypes.values()) == {"bfloat16"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--dtype", "half"], "'half' is not one of 'float32', 'float16', 'bfloat16'"),
+    (["--offload", "model", "--device", "cpu"], "--offload model: offloading moves weights between the CPU and a GPU"),
+    (["--compile", "always"], "'always' is not one of 'none', 'regional', 'full'"),
+])
+def test_bad_engine_flags_exit_2(tiny_sd15, photo, args, message):
+    result = runner.invoke(app, ["generate", str(photo), "a prompt", "--model", str(tiny_sd15), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split()), result.stderr  # rich wraps and boxes
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_serve_and_worker_take_the_engine_flags(command):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert all(flag in result.stdout for flag in ("--dtype", "--offload", "--compile")), result.stdout
+
+
+def test_server_settings_reach_the_engine(tiny_sd15, tmp_path):
+    from ref2img.server.services import ServerSettings, local_engine_factory
+
+    engine = local_engine_factory(ServerSettings(data_dir=tmp_path, model=str(tiny_sd15), device="cpu",
+                                                 dtype="bfloat16"))()
+    assert engine.placement.dtype_name == "bfloat16"
+    assert set(engine.component_dtypes().values()) == {"bfloat16"}

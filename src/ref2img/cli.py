@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -39,6 +39,13 @@ QueueOption = Annotated[str, typer.Option("--queue", envvar="REF2IMG_QUEUE", hel
 StorageOption = Annotated[str | None, typer.Option("--storage", envvar="REF2IMG_STORAGE", help="image directory (default: the data dir; scale-out: shared) or s3://bucket/prefix")]
 LeaseOption = Annotated[float, typer.Option("--lease", min=1, help="seconds a worker holds a task between heartbeats")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
+DtypeOption = Annotated[Literal["float32", "float16", "bfloat16"] | None, typer.Option(
+    "--dtype", help="weights and activations (default: bfloat16 on CUDA, float16 on MPS, float32 on CPU)")]
+OffloadOption = Annotated[Literal["none", "model", "sequential", "auto"], typer.Option(
+    "--offload", help="small GPUs: keep weights on the CPU and move them in when needed; auto picks from the free GPU memory")]
+CompileOption = Annotated[Literal["none", "regional", "full"], typer.Option(
+    "--compile", help="torch.compile the UNet/ControlNet blocks (regional) or the whole UNet; kernels are cached in "
+         "$REF2IMG_COMPILE_CACHE (default ~/.cache/ref2img/torch-compile)")]
 ServerOption = Annotated[str | None, typer.Option("--server", envvar="REF2IMG_BASE_URL", help="a ref2img server (or any Tomoviee-compatible base URL)")]
 CloudOption = Annotated[bool, typer.Option("--cloud", help="use the Tomoviee cloud (https://open-api.wondershare.cc)")]
 AppKeyOption = Annotated[str | None, typer.Option("--app-key", envvar="REF2IMG_APP_KEY", help="app key (remote runs)")]
@@ -82,17 +89,21 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _engine(model: str, parts: list[str] | None, device: str | None):
-    from ref2img.engines.base import EngineError
-    from ref2img.engines.local import LocalEngine
+def _engine(model: str, parts: list[str] | None, device: str | None, dtype: str | None = None,
+            offload: str = "none", compile_kind: str = "none"):
+    from ref2img.engines.base import EngineError, EngineOptionError
+    from ref2img.engines.local import LocalEngine, Speedups
 
     _quiet_libraries()
     try:
-        engine = LocalEngine(model, device=device, overrides=_parse_parts(parts))
+        engine = LocalEngine(model, device=device, overrides=_parse_parts(parts), dtype=dtype, offload=offload,
+                             speedups=Speedups(compile=compile_kind))
+    except EngineOptionError as exc:
+        _fail(str(exc), EXIT_USAGE)
     except EngineError as exc:
         _fail(str(exc))
-    dtype = str(engine.placement.dtype).removeprefix("torch.")
-    err.print(f"[dim]model {engine.preset.name} on {engine.placement.device} ({dtype})[/]", highlight=False)
+    err.print(f"[dim]model {engine.preset.name} on {engine.placement.device} ({engine.placement.dtype_name})[/]",
+              highlight=False)
     return engine
 
 
@@ -120,6 +131,9 @@ def generate(
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    offload: OffloadOption = "none",
+    compile_kind: CompileOption = "none",
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the PNGs and the run's JSON")] = Path("out"),
     as_json: Annotated[bool, typer.Option("--json", help="print the run record as JSON on stdout")] = False,
     server: ServerOption = None,
@@ -152,7 +166,7 @@ def generate(
 
     from ref2img.engines.base import EngineError, Job
 
-    engine = _engine(model, part, device)
+    engine = _engine(model, part, device, dtype, offload, compile_kind)
     loaded = time.perf_counter()
     job = Job(prompt=request.prompt, control_type=mode, reference=reference_image, seed=first_seed,
               control_intensity=request.control_intensity, width=request.width, height=request.height,
@@ -180,7 +194,10 @@ def generate(
         "steps": steps or engine.preset.steps,
         "preset": engine.preset.name,
         "device": str(engine.placement.device),
-        "dtype": str(engine.placement.dtype).removeprefix("torch."),
+        "dtype": engine.placement.dtype_name,
+        "dtypes": engine.component_dtypes(),  # read from the modules after the job: a stray cast shows here
+        "offload": engine.pipelines.offload,
+        "compile": compile_kind,
         "timings_s": {"load": round(loaded - started, 3), "generate": round(finished - loaded, 3),
                       "total": round(finished - started, 3)},
     }
@@ -433,6 +450,9 @@ def serve(
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    offload: OffloadOption = "none",
+    compile_kind: CompileOption = "none",
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="worker threads (one engine, shared)")] = 1,
     allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls", help="let image and callback URLs reach loopback/private addresses")] = False,
     queue_limit: Annotated[int, typer.Option("--queue-limit", min=1, help="queued tasks before create answers 680005 / HTTP 429")] = 100,
@@ -457,7 +477,8 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServerSettings(
-        data_dir=data_dir, model=model, model_overrides=_parse_parts(part), device=device, workers=workers,
+        data_dir=data_dir, model=model, model_overrides=_parse_parts(part), device=device, dtype=dtype,
+        offload=offload, compile=compile_kind, workers=workers,
         allow_private_urls=allow_private_urls, queue_limit=queue_limit, task_timeout_s=task_timeout,
         public_url=public_url or f"http://{host}:{port}", callback_retry_scale=callback_retry_scale,
         db_url=db, queue_url=queue, storage=storage, lease_s=lease, auth_failure_limit=auth_failure_limit,
@@ -474,6 +495,9 @@ def worker(
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    offload: OffloadOption = "none",
+    compile_kind: CompileOption = "none",
     allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls")] = False,
     task_timeout: Annotated[float, typer.Option("--task-timeout", min=1)] = 1800.0,
     lease: LeaseOption = 30.0,
@@ -489,7 +513,7 @@ def worker(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
     settings = ServerSettings(data_dir=data_dir, model=model, model_overrides=_parse_parts(part), device=device,
-                              allow_private_urls=allow_private_urls, task_timeout_s=task_timeout,
+                              dtype=dtype, offload=offload, compile=compile_kind, allow_private_urls=allow_private_urls, task_timeout_s=task_timeout,
                               public_url=public_url, db_url=db, queue_url=queue, storage=storage, lease_s=lease)
     from ref2img.engines.base import EngineError
 

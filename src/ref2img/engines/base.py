@@ -5,6 +5,7 @@ Exceptions::
     EngineError                 the engine could not produce images (wire code 680006 / 680009)
     ├── ModelMissingError       a model part is not on this machine; says which and how to get it
     ├── ImageInvalidError       an input image cannot be used (wire code 680003)
+    ├── EngineOptionError       an engine setting (dtype, offload, compile) is not one this machine can use
     └── JobCancelled            should_cancel() said stop; raised between steps
 """
 
@@ -33,6 +34,10 @@ class ModelMissingError(EngineError):
 
 class ImageInvalidError(EngineError):
     """An input image cannot be used (format, size or pixels)."""
+
+
+class EngineOptionError(EngineError):
+    """An engine setting is invalid or does not fit the device; the message names the flag and its choices."""
 
 
 class EngineOutOfMemory(EngineError):

@@ -32,6 +32,9 @@ class ServerSettings:
     model: str = "sdxl"
     model_overrides: dict[str, str] = field(default_factory=dict)
     device: str | None = None
+    dtype: str | None = None  # float32 | float16 | bfloat16; default per device
+    offload: str = "none"  # none | model | sequential | auto
+    compile: str = "none"  # none | regional | full (torch.compile, kernels cached on disk)
     workers: int = 1
     allow_private_urls: bool = False
     queue_limit: int = 100
@@ -93,9 +96,11 @@ class EngineProvider:
 
 def local_engine_factory(settings: ServerSettings) -> Callable[[], Engine]:
     def build() -> Engine:
-        from ref2img.engines.local import LocalEngine  # torch: only in the worker side
+        from ref2img.engines.local import LocalEngine, Speedups  # torch: only in the worker side
 
-        return LocalEngine(settings.model, device=settings.device, overrides=settings.model_overrides).load()
+        return LocalEngine(settings.model, device=settings.device, overrides=settings.model_overrides,
+                           dtype=settings.dtype, offload=settings.offload,
+                           speedups=Speedups(compile=settings.compile)).load()
 
     return build
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ref2img.engines.base import EngineError
+from ref2img.engines.base import EngineOptionError
 
 log = logging.getLogger("ref2img.engine")
 
@@ -40,7 +40,7 @@ def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
     try:
         return DTYPES[value.strip().lower().removeprefix("torch.")]
     except KeyError:
-        raise EngineError(f"--dtype: must be one of {', '.join(DTYPES)} (got {value!r})") from None
+        raise EngineOptionError(f"--dtype: must be one of {', '.join(DTYPES)} (got {value!r})") from None
 
 
 def choose_placement(requested: str | None = None, dtype: str | torch.dtype | None = None) -> Placement:

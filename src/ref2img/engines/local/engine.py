@@ -56,7 +56,7 @@ class LocalEngine:
     ):
         self.preset = model if isinstance(model, Preset) else resolve_preset(model, overrides)
         self.placement: Placement = choose_placement(device, dtype)
-        self.offload_requested = parse_offload(offload)
+        self.offload_requested = parse_offload(offload, self.placement)
         self.speedups = speedups or Speedups()
         if self.speedups.compiles:
             use_compile_cache(compile_cache)

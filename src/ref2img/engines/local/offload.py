@@ -11,7 +11,7 @@ import logging
 
 import torch
 
-from ref2img.engines.base import EngineError
+from ref2img.engines.base import EngineOptionError
 from ref2img.engines.local.device import Placement
 
 log = logging.getLogger("ref2img.engine")
@@ -22,10 +22,18 @@ OFFLOAD_MODES: tuple[str, ...] = ("none", "model", "sequential", "auto")
 ACTIVATION_HEADROOM_BYTES = 3 * 2**30
 
 
-def parse_offload(value: str) -> str:
+def parse_offload(value: str, placement: Placement) -> str:
+    """Check the mode, and that the engine's device can offload to the CPU at all."""
     if value not in OFFLOAD_MODES:
-        raise EngineError(f"--offload: must be one of {', '.join(OFFLOAD_MODES)} (got {value!r})")
+        raise EngineOptionError(f"--offload: must be one of {', '.join(OFFLOAD_MODES)} (got {value!r})")
+    if value in ("model", "sequential") and not _on_gpu(placement):
+        raise EngineOptionError(f"--offload {value}: offloading moves weights between the CPU and a GPU, "
+                                f"but the engine runs on {placement.device.type}; use --offload none or auto")
     return value
+
+
+def _on_gpu(placement: Placement) -> bool:
+    return placement.device.type in ("cuda", "xpu")
 
 
 def choose_offload(requested: str, placement: Placement, all_weights: int, denoiser_weights: int,
@@ -33,19 +41,15 @@ def choose_offload(requested: str, placement: Placement, all_weights: int, denoi
     """The offload mode to use. `all_weights`: every model's bytes; `denoiser_weights`: what must sit
     on the GPU together during the steps (UNet + the largest ControlNet). `free`: GPU bytes available
     (default: read from the device)."""
-    requested = parse_offload(requested)
-    on_gpu = placement.device.type in ("cuda", "xpu")
-    if requested == "auto":
-        if not on_gpu:
-            return "none"
-        free = available_gpu_bytes(placement.device) if free is None else free
-        if free >= all_weights + ACTIVATION_HEADROOM_BYTES:
-            return "none"
-        return "model" if free >= denoiser_weights + ACTIVATION_HEADROOM_BYTES else "sequential"
-    if requested != "none" and not on_gpu:
-        raise EngineError(f"--offload {requested}: offloading moves weights between the CPU and a GPU, "
-                          f"but the engine runs on {placement.device.type}; use --offload none")
-    return requested
+    requested = parse_offload(requested, placement)
+    if requested != "auto":
+        return requested
+    if not _on_gpu(placement):
+        return "none"
+    free = available_gpu_bytes(placement.device) if free is None else free
+    if free >= all_weights + ACTIVATION_HEADROOM_BYTES:
+        return "none"
+    return "model" if free >= denoiser_weights + ACTIVATION_HEADROOM_BYTES else "sequential"
 
 
 def available_gpu_bytes(device: torch.device) -> int:

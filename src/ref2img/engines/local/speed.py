@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from ref2img.engines.base import EngineError
+from ref2img.engines.base import EngineOptionError
 
 log = logging.getLogger("ref2img.engine")
 
@@ -47,7 +47,7 @@ class Speedups:
 
     def __post_init__(self):
         if self.compile not in COMPILE_KINDS:
-            raise EngineError(f"--compile: must be one of {', '.join(COMPILE_KINDS)} (got {self.compile!r})")
+            raise EngineOptionError(f"--compile: must be one of {', '.join(COMPILE_KINDS)} (got {self.compile!r})")
 
     def replace(self, **changes) -> Speedups:
         return dataclasses.replace(self, **changes)
@@ -127,7 +127,7 @@ def quantize_fp8(module: torch.nn.Module) -> None:
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError:
-        raise EngineError("fp8 needs torchao: pip install torchao (CUDA, compute capability 8.9 or newer)") from None
+        raise EngineOptionError("fp8 needs torchao: pip install torchao (CUDA, compute capability 8.9 or newer)") from None
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
 
 
