@@ -1,116 +1,206 @@
-"""Engine speed: seconds per image and per step, peak memory — ref2img's engine against a plain
-diffusers pipeline in the same run, on the same random-weight models (speed does not depend on
-weight values, so no download is needed).
+"""Engine speed: each speed lever on its own against a plain diffusers pipeline, in the same run.
 
-    python bench/engine.py --arch tiny                               # CPU smoke run, seconds
-    python bench/engine.py --arch sd15 --size 512 --steps 25         # real SD1.5 shapes
-    python bench/engine.py --arch sdxl --size 1024 --steps 30 --batch 2 --compile   # on a GPU
+    python bench/engine.py --arch tiny --levers off,skip-idle-controlnet --runs 1     # CPU smoke, seconds
+    python bench/engine.py --arch sdxl --batches 1,4                                 # the GPU table
+    python bench/engine.py --arch sd15 --levers off,all
+    python bench/engine.py --arch sdxl --offload model --memory-cap-gib 8 --levers off --no-baseline
 
-Baseline = what the diffusers docs show: `from_pretrained(..., dtype=float16)` on CUDA (float32 on CPU),
-`.to(device)`, one call with `num_images_per_prompt`. Ours = `LocalEngine` (bf16 on CUDA, channels-last,
-optional `torch.compile`). Edge mode (Canny ControlNet, union ControlNet for SDXL), no init image.
-Prints a table and, with --json, one JSON object. Not a test: it passes or fails nothing.
+Models: random weights with the real architectures, built once into --models-dir (speed does not
+depend on weight values, so nothing is downloaded). Job: edge mode, intensity 0.5, no init image.
+
+- `diffusers`: what its docs show: `from_pretrained(..., dtype=float16)` on CUDA (float32 on CPU),
+  `.to(device)`, one call with `num_images_per_prompt` and the same ControlNet knobs as ours.
+- `off`: `LocalEngine` with every lever off (placement dtype, bf16 on CUDA).
+- one row per lever (`LEVERS`), each alone on top of `off`; `all` is the engine's default set plus
+  the compile and fusion levers.
+
+Each row runs in its own process (global inductor settings, compile caches and peak memory stay
+apart). The drift of a row is the max and mean absolute pixel difference from `off`'s images on the
+same seeds. The first `--batches` entry runs every lever; later ones run `diffusers`, `off`, `all`.
+Prints a table; `--json FILE` writes every figure. Not a test: it passes or fails nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ref2img.engines.base import Job
-from ref2img.engines.local import LocalEngine
+from ref2img.engines.local import LocalEngine, Speedups
 from ref2img.engines.local.annotators import canny_map
+from ref2img.engines.local.intensity import knobs_for
 from ref2img.engines.local.presets import resolve_preset
 from ref2img.engines.local.random_models import build_random
 from ref2img.engines.local.sizing import fit, generation_size
 from ref2img.protocol import ControlType
 
 PROMPT = "an astronaut riding a horse on mars, detailed, film photo"
+# Mean absolute difference from `off`, in 8-bit levels, under which a lever counts as not drifting.
+DRIFT_TOLERANCE_MEAN = 2.0
+
+# arch → (family, scale, default size, preset overrides)
+ARCHES = {
+    "tiny": ("sd15", "tiny", 512, {}),
+    "tiny-sdxl": ("sdxl", "tiny", 512, {}),
+    "sd15": ("sd15", "full", 512, {}),
+    "sdxl": ("sdxl", "full", 1024, {}),
+    # sdxl-fast's shape: 8 steps of trailing Euler, no classifier-free guidance (its LoRA is fused at load).
+    "sdxl-fast": ("sdxl", "full", 1024, {"steps": "8", "guidance_scale": "1.0", "scheduler": "euler-trailing"}),
+}
+
+OFF = Speedups(skip_idle_controlnet=False, channels_last=False)
+LEVERS: dict[str, Speedups] = {
+    "off": OFF,
+    "skip-idle-controlnet": OFF.replace(skip_idle_controlnet=True),
+    "channels-last": OFF.replace(channels_last=True),
+    "fuse-qkv": OFF.replace(fuse_qkv=True),
+    "compile-regional": OFF.replace(compile="regional"),
+    "compile-full": OFF.replace(compile="full"),
+    "cuda-graphs": OFF.replace(compile="full", compile_mode="reduce-overhead"),
+    "inductor-tuning": OFF.replace(compile="regional", inductor_tuning=True),
+    "fp8": OFF.replace(compile="regional", fp8=True),
+    "all": Speedups(fuse_qkv=True, compile="regional"),
+}
+DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "channels-last", "fuse-qkv", "compile-regional",
+                  "cuda-graphs", "inductor-tuning", "fp8", "all")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=["tiny", "sd15", "sdxl"], default="tiny")
+    parser.add_argument("--arch", choices=list(ARCHES), default="tiny")
     parser.add_argument("--size", type=int, default=None, help="square output side (default: 512 sd15/tiny, 1024 sdxl)")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None, help="default: the preset's (30 sdxl, 25 sd15, 8 sdxl-fast)")
+    parser.add_argument("--batches", default="1", help="comma-separated batch sizes, e.g. 1,4")
+    parser.add_argument("--levers", default=",".join(DEFAULT_LEVERS), help=f"from {', '.join(LEVERS)}")
+    parser.add_argument("--intensity", type=float, default=0.5)
+    parser.add_argument("--runs", type=int, default=3, help="timed calls per row, after one warm-up call")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (ours only)")
+    parser.add_argument("--offload", default="none", help="none|model|sequential|auto (our rows)")
+    parser.add_argument("--memory-cap-gib", type=float, default=None,
+                        help="cap this process's GPU memory (set_per_process_memory_fraction), as on a small GPU")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--row-timeout", type=float, default=900, help="seconds before a row is given up")
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/ref2img-bench-models"))
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row in this process
     args = parser.parse_args()
+    if args.row:
+        print(json.dumps(run_row(json.loads(args.row))))
+        return
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    family, scale, default_size, overrides = ARCHES[args.arch]
+    folder = ensure_models(args.models_dir, family, scale, device)
+    preset = resolve_preset(str(folder), overrides)
+    size = args.size or default_size
+    setup = {"arch": args.arch, "size": size, "model_size": generation_size(size, size, preset.max_pixels,
+                                                                             preset.size_multiple),
+             "steps": args.steps or preset.steps, "intensity": args.intensity, "runs": args.runs,
+             "offload": args.offload, "memory_cap_gib": args.memory_cap_gib, "device": device_name(device),
+             "torch": torch.__version__, "drift_tolerance_mean": DRIFT_TOLERANCE_MEAN}
+    batches = [int(b) for b in args.batches.split(",")]
+    levers = [name.strip() for name in args.levers.split(",") if name.strip()]
+    unknown = set(levers) - set(LEVERS)
+    if unknown:
+        parser.error(f"--levers: unknown {sorted(unknown)}; choose from {', '.join(LEVERS)}")
+
+    report = {"setup": setup, "rows": []}
+    with tempfile.TemporaryDirectory(prefix="ref2img-bench-") as scratch:
+        for index, batch in enumerate(batches):
+            names = levers if index == 0 else [name for name in ("off", "all") if name in levers] or levers
+            rows = [] if args.no_baseline else [("diffusers", "diffusers")]
+            rows += [("ref2img", name) for name in names]
+            for kind, name in rows:
+                spec = {"kind": kind, "lever": name, "batch": batch, "folder": str(folder), "overrides": overrides,
+                        "size": size, "steps": setup["steps"], "intensity": args.intensity, "runs": args.runs,
+                        "device": device, "offload": args.offload, "memory_cap_gib": args.memory_cap_gib,
+                        "images": str(Path(scratch) / f"b{batch}-{name}"),
+                        "compile_cache": str(Path(scratch) / f"cache-{batch}-{name}")}
+                row = run_in_subprocess(spec, args.row_timeout)
+                report["rows"].append(row)
+                print(f"  {row_line(row)}", file=sys.stderr, flush=True)
+                add_ratios(report)  # drift reads the images, which live as long as `scratch`
+                if args.json:  # after every row: a run cut short still leaves its figures
+                    write_json(report, args.json)
+    print_table(report)
+
+
+def write_json(report: dict, path: Path) -> None:
+    public = {**report, "rows": [{k: v for k, v in row.items() if k != "images"} for row in report["rows"]]}
+    path.write_text(json.dumps(public, indent=1) + "\n")
+
+
+# -- one row -------------------------------------------------------------------------------------
+def run_in_subprocess(spec: dict, timeout: float) -> dict:
+    command = [sys.executable, __file__, "--row", json.dumps(spec)]
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**_row_name(spec), "error": f"did not finish in {timeout:.0f} s"}
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        return {**_row_name(spec), "error": tail, "wall_s": round(time.perf_counter() - started, 1)}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _row_name(spec: dict) -> dict:
+    return {"kind": spec["kind"], "lever": spec["lever"], "batch": spec["batch"], "images": spec["images"]}
+
+
+def run_row(spec: dict) -> dict:
     import diffusers
+    import transformers
 
     diffusers.utils.logging.set_verbosity_error()
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    family, scale = ("sd15", "tiny") if args.arch == "tiny" else (args.arch, "full")
-    size = args.size or (1024 if args.arch == "sdxl" else 512)
-    folder = args.models_dir / f"{family}-{scale}"
-    if not (folder / "ref2img-preset.json").exists():
-        started = time.perf_counter()
-        build_random(folder, family, scale, dtype=torch.float16 if device.type == "cuda" else torch.float32)
-        print(f"built random {family} ({scale}) models in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    preset = resolve_preset(str(folder))
-    steps = args.steps or preset.steps
-    reference = fit(_photo(), size, size)
-    # The baseline runs at the size our engine generates at (the same as `size` for the real shapes;
-    # the tiny preset generates small, then resizes).
-    model_size = generation_size(size, size, preset.max_pixels, preset.size_multiple)
-
-    results = {}
-    if not args.no_baseline:
-        results["diffusers"] = _bench_baseline(preset, device, fit(reference, *model_size), steps, args)
-    results["ref2img"] = _bench_engine(str(folder), device, reference, size, steps, args)
-    if "diffusers" in results:
-        results["speedup"] = round(results["ref2img"]["images_per_s"] / results["diffusers"]["images_per_s"], 3)
-    results["setup"] = {"arch": args.arch, "size": size, "model_size": model_size, "steps": steps, "batch": args.batch, "runs": args.runs,
-                        "compile": args.compile, "device": _device_name(device), "torch": torch.__version__}
-    _report(results, args.json)
-
-
-def _photo() -> Image.Image:
-    from skimage import data
-
-    return Image.fromarray(data.astronaut())
-
-
-def _timed_runs(call, runs: int, device: torch.device) -> tuple[list[float], float]:
-    call()  # warm-up: kernels, allocator, compilation
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return times, peak / 2**30
-
-
-def _figures(times: list[float], peak_gib: float, batch: int, steps: int) -> dict:
+    transformers.utils.logging.set_verbosity_error()
+    device = torch.device(spec["device"])
+    if spec.get("memory_cap_gib") and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_cap_gib"] * 2**30 / total), device)
+    started = time.perf_counter()
+    preset = resolve_preset(spec["folder"], spec["overrides"])
+    size = spec["size"]
+    reference = fit(photo(), size, size)
+    if spec["kind"] == "diffusers":
+        call, dtype = baseline_call(preset, device, reference, spec)
+        extra = {}
+    else:
+        engine = LocalEngine(preset, device=spec["device"], offload=spec["offload"], speedups=LEVERS[spec["lever"]],
+                             compile_cache=spec["compile_cache"]).load()
+        job = Job(prompt=PROMPT, control_type=ControlType.EDGE, reference=reference, seed=0, width=size, height=size,
+                  batch_size=spec["batch"], steps=spec["steps"], control_intensity=spec["intensity"])
+        call, dtype = (lambda: engine.generate(job)), engine.placement.dtype_name
+        extra = {"dtypes": None, "offload": engine.pipelines.offload}
+    loaded = time.perf_counter()
+    first_images = call()
+    first_call = time.perf_counter()
+    times, peak = timed_runs(call, spec["runs"], device)
+    if spec["kind"] == "ref2img":
+        extra["dtypes"] = engine.component_dtypes()
+    save_images(first_images, Path(spec["images"]))
     median = statistics.median(times)
-    return {"s_per_call": round(median, 4), "s_per_image": round(median / batch, 4),
-            "s_per_step": round(median / steps, 4), "images_per_s": round(batch / median, 4),
-            "peak_memory_gib": round(peak_gib, 2)}
+    return {**_row_name(spec), "dtype": dtype, "load_s": round(loaded - started, 2),
+            "first_call_s": round(first_call - loaded, 2), "s_per_call": round(median, 4),
+            "s_per_image": round(median / spec["batch"], 4), "s_per_step": round(median / spec["steps"], 4),
+            "images_per_s": round(spec["batch"] / median, 4), "peak_memory_gib": round(peak, 2), **extra}
 
 
-def _bench_baseline(preset, device, reference, steps, args) -> dict:
+def baseline_call(preset, device: torch.device, reference: Image.Image, spec: dict):
+    """The plain diffusers pipeline for the same job: what a user writes from the docs."""
     import diffusers
 
     from ref2img.engines.local.hub import folder_of
@@ -120,58 +210,131 @@ def _bench_baseline(preset, device, reference, steps, args) -> dict:
     union = key == "union"
     net_cls = diffusers.ControlNetUnionModel if union else diffusers.ControlNetModel
     controlnet = net_cls.from_pretrained(folder_of(ref, "controlnet", preset), dtype=dtype)
-    pipe_cls = {("sd15", False): diffusers.StableDiffusionControlNetPipeline,
-                ("sdxl", False): diffusers.StableDiffusionXLControlNetPipeline,
-                ("sdxl", True): diffusers.StableDiffusionXLControlNetUnionPipeline}[(preset.family, union)]
+    pipe_cls = diffusers.StableDiffusionXLControlNetUnionPipeline if union else (
+        diffusers.StableDiffusionXLControlNetPipeline if preset.family == "sdxl"
+        else diffusers.StableDiffusionControlNetPipeline)
     extra = {"safety_checker": None, "requires_safety_checker": False} if preset.family == "sd15" else {}
     pipe = pipe_cls.from_pretrained(folder_of(preset.base, "base", preset), controlnet=controlnet, dtype=dtype,
                                     **extra).to(device)
+    if preset.scheduler == "euler-trailing":
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                      timestep_spacing="trailing")
     pipe.set_progress_bar_config(disable=True)
-    control = canny_map(reference)
-    kwargs = {"control_image": [control], "control_mode": [3]} if union else {"image": control}
+    width, height = generation_size(spec["size"], spec["size"], preset.max_pixels, preset.size_multiple)
+    control = canny_map(fit(reference, width, height))
+    knobs = knobs_for(ControlType.EDGE, spec["intensity"], False, preset.controlnet_scale_max)
+    control_kwargs = {"control_image": [control], "control_mode": [3]} if union else {"image": control}
+    batch = spec["batch"]
 
     def call():
-        pipe(PROMPT, num_inference_steps=steps, num_images_per_prompt=args.batch,
-             width=reference.width, height=reference.height,
-             generator=torch.Generator("cpu").manual_seed(0), **kwargs)
+        return pipe(PROMPT, num_inference_steps=spec["steps"], num_images_per_prompt=batch, width=width,
+                    height=height, guidance_scale=preset.guidance_scale,
+                    controlnet_conditioning_scale=knobs.controlnet_scale,
+                    control_guidance_end=knobs.control_guidance_end,
+                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)], **control_kwargs).images
 
-    times, peak = _timed_runs(call, args.runs, device)
-    del pipe, controlnet
+    return call, str(dtype).removeprefix("torch.")
+
+
+def timed_runs(call, runs: int, device: torch.device) -> tuple[list[float], float]:
+    """`runs` timed calls after the caller's warm-up; peak memory over them (GPU) or of the process."""
     if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return _figures(times, peak, args.batch, steps) | {"dtype": str(dtype).removeprefix("torch.")}
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(max(1, runs)):
+        started = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return times, peak / 2**30
 
 
-def _bench_engine(model, device, reference, size, steps, args) -> dict:
-    engine = LocalEngine(model, device=str(device), compile_unet=args.compile).load()
-    job = Job(prompt=PROMPT, control_type=ControlType.EDGE, reference=reference, seed=0, width=size, height=size,
-              batch_size=args.batch, steps=steps)
-    times, peak = _timed_runs(lambda: engine.generate(job), args.runs, device)
-    return _figures(times, peak, args.batch, steps) | {"dtype": str(engine.placement.dtype).removeprefix("torch.")}
+# -- models, images, figures -----------------------------------------------------------------------
+def ensure_models(models_dir: Path, family: str, scale: str, device: str) -> Path:
+    folder = models_dir / f"{family}-{scale}"
+    if not (folder / "ref2img-preset.json").exists():
+        started = time.perf_counter()
+        build_random(folder, family, scale, dtype=torch.float16 if device.startswith("cuda") else torch.float32)
+        print(f"built random {family} ({scale}) models in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return folder
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+def photo() -> Image.Image:
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())
+
+
+def save_images(images: list[Image.Image], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        image.save(folder / f"{index}.png")
+
+
+def drift(row: dict, reference_row: dict) -> dict | None:
+    """Max and mean absolute pixel difference (8-bit levels) from the reference row's images."""
+    ours, theirs = sorted(Path(row["images"]).glob("*.png")), sorted(Path(reference_row["images"]).glob("*.png"))
+    if not ours or len(ours) != len(theirs):
+        return None
+    diffs = [np.abs(np.asarray(Image.open(a).convert("RGB"), dtype=np.int16)
+                    - np.asarray(Image.open(b).convert("RGB"), dtype=np.int16)) for a, b in zip(ours, theirs)]
+    return {"max": int(max(d.max() for d in diffs)), "mean": round(float(np.mean([d.mean() for d in diffs])), 3)}
+
+
+def add_ratios(report: dict) -> dict:
+    """Speed-up over `diffusers` and over `off`, and drift from `off`, for every row of the same batch."""
+    by_batch: dict[int, dict[str, dict]] = {}
+    for row in report["rows"]:
+        by_batch.setdefault(row["batch"], {})[row["lever"]] = row
+    for rows in by_batch.values():
+        baseline, off = rows.get("diffusers"), rows.get("off")
+        for row in rows.values():
+            if "error" in row:
+                continue
+            if baseline and "error" not in baseline:
+                row["vs_diffusers"] = round(row["images_per_s"] / baseline["images_per_s"], 3)
+            if off and "error" not in off and row["kind"] == "ref2img":
+                row["vs_off"] = round(row["images_per_s"] / off["images_per_s"], 3)
+                row["drift"] = drift(row, off)
+                if row["drift"] is not None:
+                    row["drift_within_tolerance"] = row["drift"]["mean"] <= DRIFT_TOLERANCE_MEAN
+    return report
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
     return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
-def _report(results: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(results))
-        return
-    setup = results["setup"]
-    print(f"{setup['arch']} {setup['size']}² steps={setup['steps']} batch={setup['batch']} "
-          f"compile={setup['compile']} on {setup['device']}, torch {setup['torch']}")
-    print(f"{'':10} {'dtype':8} {'s/image':>9} {'s/step':>9} {'images/s':>9} {'peak GiB':>9}")
-    for name in ("diffusers", "ref2img"):
-        if name in results:
-            r = results[name]
-            print(f"{name:10} {r['dtype']:8} {r['s_per_image']:>9} {r['s_per_step']:>9} "
-                  f"{r['images_per_s']:>9} {r['peak_memory_gib']:>9}")
-    if "speedup" in results:
-        print(f"ref2img / diffusers images/s: {results['speedup']}x")
+def row_line(row: dict) -> str:
+    if "error" in row:
+        return f"b{row['batch']} {row['lever']:22} error: {row['error']}"
+    return (f"b{row['batch']} {row['lever']:22} {row['dtype']:9} {row['s_per_image']:>8} s/img "
+            f"{row['images_per_s']:>8} img/s {row['peak_memory_gib']:>7} GiB  first call {row['first_call_s']} s")
+
+
+def print_table(report: dict) -> None:
+    setup = report["setup"]
+    print(f"{setup['arch']} {setup['size']}² (model {setup['model_size'][0]}x{setup['model_size'][1]}) "
+          f"steps={setup['steps']} intensity={setup['intensity']} on {setup['device']}, torch {setup['torch']}")
+    print(f"{'batch':>5} {'row':22} {'dtype':9} {'s/image':>8} {'img/s':>8} {'×diffusers':>10} {'×off':>6} "
+          f"{'peak GiB':>8} {'first s':>8} {'drift max/mean':>15}")
+    for row in report["rows"]:
+        if "error" in row:
+            print(f"{row['batch']:>5} {row['lever']:22} error: {row['error']}")
+            continue
+        drifted = row.get("drift")
+        drift_text = f"{drifted['max']}/{drifted['mean']}" if drifted else ""
+        print(f"{row['batch']:>5} {row['lever']:22} {row['dtype']:9} {row['s_per_image']:>8} {row['images_per_s']:>8} "
+              f"{row.get('vs_diffusers', ''):>10} {row.get('vs_off', ''):>6} {row['peak_memory_gib']:>8} "
+              f"{row['first_call_s']:>8} {drift_text:>15}")
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     main()

@@ -24,16 +24,16 @@ def default_cache_dir() -> Path:
 def use_compile_cache(directory: str | Path | None = None) -> Path:
     """Keep compile artifacts under `directory` ($REF2IMG_COMPILE_CACHE, else ~/.cache/ref2img/torch-compile).
 
-    Must run before the first compilation: inductor reads the variable when it first needs the folder.
-    An operator's own TORCHINDUCTOR_CACHE_DIR wins.
+    Must run before the first compilation: inductor reads TORCHINDUCTOR_CACHE_DIR each time it needs
+    the folder. It is overwritten, not defaulted: importing torch already sets it to the /tmp default.
     """
     chosen = Path(directory or os.environ.get(CACHE_ENV) or default_cache_dir()).expanduser()
     chosen.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(chosen))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(chosen)
     from torch._functorch import config as functorch_config
     from torch._inductor import config as inductor_config
 
     inductor_config.fx_graph_cache = True
     functorch_config.enable_autograd_cache = True
-    log.info("compile cache: %s", os.environ["TORCHINDUCTOR_CACHE_DIR"])
-    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    log.info("compile cache: %s", chosen)
+    return chosen
