@@ -64,7 +64,10 @@ class PipelineSet:
         self.base = self._load_base()
         self.offload = self._choose_offload(offload_mode)
         if self.offload == "none":
-            self.base.to(self.placement.device)
+            self.base.to(self.placement.device)  # before the levers: fp8 quantizes on the device
+        prepare_denoiser(self.base.unet, self.speedups, on_gpu=not self.placement.is_cpu)
+        if self.speedups.compile == "full":
+            compile_whole(self.base.unet, self.speedups.compile_mode)
 
     # -- loading --------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
@@ -98,9 +101,6 @@ class PipelineSet:
             pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(
                 pipe.scheduler.config, timestep_spacing="trailing")
         pipe.set_progress_bar_config(disable=True)
-        prepare_denoiser(pipe.unet, self.speedups, on_gpu=not self.placement.is_cpu)
-        if self.speedups.compile == "full":
-            compile_whole(pipe.unet, self.speedups.compile_mode)
         log.info("loaded base %s (%s), %s", preset.base.source, preset.family, self.placement.dtype_name)
         return pipe
 

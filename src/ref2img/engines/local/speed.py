@@ -124,6 +124,8 @@ def fuse_attention_projections(module: torch.nn.Module) -> int:
 
 def quantize_fp8(module: torch.nn.Module) -> None:
     """float8 dynamic activations × float8 weights on the Linear layers (torchao)."""
+    if not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)):
+        raise EngineOptionError("fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError:

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The GPU check, in one device call of at most 10 minutes: build the random full-shape models, run
+# every mode of both families on CUDA (no error, exact sizes, dtypes as chosen), then the speed table,
+# the cold start and the small-GPU figure, in that order, as far as BUDGET_S allows. Each phase writes
+# its JSON into $OUT as it goes (8 files at most: what the device tool brings back), and the log.
+#
+#   bash bench/gpu_wheels.sh                                 # here, once: the wheels the device lacks
+#   device run (carry .whl):  bash bench/gpu_check.sh        # every phase the budget allows
+#   PHASES="families levers" bash bench/gpu_check.sh         # a second call for what did not fit
+#   bash bench/gpu_check.sh --smoke                          # the same plumbing on the CPU, tiny models
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1
+OUT=${OUT:-out/gpu-check}
+mkdir -p "$OUT"
+BUDGET_S=${BUDGET_S:-570}
+PHASES=${PHASES:-"build modes speed coldstart offload families levers"}
+PY=${PY:-python3}
+exec > >(tee -a "$OUT/log.txt") 2>&1
+
+if [ "$SMOKE" = 0 ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export REF2IMG_COMPILE_CACHE=${REF2IMG_COMPILE_CACHE:-/tmp/ref2img-compile-cache}
+MODELS=${MODELS:-/tmp/ref2img-bench-models}
+
+if [ "$SMOKE" = 1 ]; then
+  SCALE=tiny; DEVICE=cpu; RUNS=1; BATCHES=1,2; SDXL_ARCH=tiny-sdxl; SD15_ARCH=tiny; FAST_ARCH=tiny-sdxl
+  CORE_LEVERS=off,skip-idle-controlnet,fuse-qkv; EXTRA_LEVERS=channels-last; FAMILY_LEVERS=off,fuse-qkv
+  COLD_ARGS=(--size 512 --steps 2)
+  OFFLOAD_ARGS=(--offload auto); MODES_ARGS=(--dtype bfloat16)
+else
+  SCALE=full; DEVICE=cuda; RUNS=2; BATCHES=1,4; SDXL_ARCH=sdxl; SD15_ARCH=sd15; FAST_ARCH=sdxl-fast
+  CORE_LEVERS=off,skip-idle-controlnet,channels-last,fuse-qkv,compile-regional,all
+  EXTRA_LEVERS=compile-full,cuda-graphs,inductor-tuning,fp8; FAMILY_LEVERS=off,all; COLD_ARGS=(--size 1024)
+  OFFLOAD_ARGS=(--offload auto --memory-cap-gib 8); MODES_ARGS=()
+fi
+SD15_DIR=$MODELS/sd15-$SCALE
+SDXL_DIR=$MODELS/sdxl-$SCALE
+
+started=$SECONDS
+# phase NAME MIN_SECONDS COMMAND...: run it if asked for and if at least MIN_SECONDS remain; the
+# command is cut at the end of the budget, so a slow phase never takes the rest with it.
+phase() {
+  local name=$1 need=$2; shift 2
+  case " $PHASES " in *" $name "*) ;; *) return 0 ;; esac
+  local left=$((BUDGET_S - (SECONDS - started)))
+  if [ "$left" -lt "$need" ]; then echo "== $name: skipped, ${left}s left of ${BUDGET_S}s (needs ${need}s)"; return 0; fi
+  echo "== $name ($(date +%T), ${left}s left)"
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=10 "$left" "$@"
+  echo "== $name: exit $? after $((SECONDS - t0))s"
+}
+
+"$PY" - <<'EOF'
+import torch, platform
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor())
+EOF
+
+phase build 60 "$PY" -c "
+import sys, time, torch
+from pathlib import Path
+from ref2img.engines.local.random_models import build_random
+dtype = torch.float16 if '$DEVICE' == 'cuda' else torch.float32
+for family, folder in (('sd15', '$SD15_DIR'), ('sdxl', '$SDXL_DIR')):
+    if not (Path(folder) / 'ref2img-preset.json').exists():
+        t = time.perf_counter(); build_random(Path(folder), family, '$SCALE', dtype=dtype)
+        print(f'built {family} ($SCALE) in {time.perf_counter() - t:.0f} s', flush=True)
+"
+phase modes 60 "$PY" bench/modes.py --model "$SD15_DIR" --model "$SDXL_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
+  --json "$OUT/modes.json"
+phase speed 200 "$PY" bench/engine.py --arch "$SDXL_ARCH" --device "$DEVICE" --batches "$BATCHES" --runs "$RUNS" \
+  --levers "$CORE_LEVERS" --models-dir "$MODELS" --row-timeout 240 --json "$OUT/speed-sdxl.json"
+phase coldstart 120 "$PY" bench/cold_start.py --model "$SDXL_DIR" --device "$DEVICE" --compile regional \
+  "${COLD_ARGS[@]}" --timeout 300 --json "$OUT/cold-start.json"
+phase offload 60 "$PY" bench/engine.py --arch "$SDXL_ARCH" --device "$DEVICE" --no-baseline --levers off --runs 1 \
+  "${OFFLOAD_ARGS[@]}" --models-dir "$MODELS" --row-timeout 300 --json "$OUT/offload.json"
+phase families 90 "$PY" bench/engine.py --arch "$FAST_ARCH" --device "$DEVICE" --runs "$RUNS" --levers "$FAMILY_LEVERS" \
+  --models-dir "$MODELS" --row-timeout 200 --json "$OUT/speed-sdxl-fast.json"
+phase families 60 "$PY" bench/engine.py --arch "$SD15_ARCH" --device "$DEVICE" --runs "$RUNS" --levers "$FAMILY_LEVERS" \
+  --models-dir "$MODELS" --row-timeout 200 --json "$OUT/speed-sd15.json"
+phase levers 120 "$PY" bench/engine.py --arch "$SDXL_ARCH" --device "$DEVICE" --runs "$RUNS" --levers "off,$EXTRA_LEVERS" \
+  --no-baseline --models-dir "$MODELS" --row-timeout 240 --json "$OUT/levers-extra.json"
+echo "== done in $((SECONDS - started))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -1,0 +1,45 @@
+"""The benchmark scripts stay runnable: bench/gpu_check.sh --smoke runs every engine bench (modes, the
+speed levers, cold start with the compile cache, offload) on the CPU with the tiny models."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "MODELS": str(tmp_path / "models"), "PY": sys.executable}
+    run = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--smoke"], capture_output=True, text=True,
+                         timeout=1200, cwd=ROOT, env=env)
+    log = run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.returncode == 0, log
+    assert sorted(path.name for path in out.iterdir()) == [
+        "cold-start.json", "levers-extra.json", "log.txt", "modes.json", "offload.json", "speed-sd15.json",
+        "speed-sdxl-fast.json", "speed-sdxl.json"], log  # 8 files: what the device tool brings back
+
+    modes = json.loads((out / "modes.json").read_text())
+    assert modes["ok"] and len(modes["jobs"]) == 16, log
+
+    speed = json.loads((out / "speed-sdxl.json").read_text())
+    rows = {(row["batch"], row["lever"]): row for row in speed["rows"]}
+    assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "fuse-qkv"),
+                         (2, "diffusers"), (2, "off")}, log
+    assert not [row for row in rows.values() if "error" in row], log
+    assert rows[(1, "skip-idle-controlnet")]["drift"] == {"max": 0, "mean": 0.0}  # the exact lever
+    assert rows[(1, "fuse-qkv")]["drift_within_tolerance"] is True
+    assert all(row["vs_diffusers"] > 0 for row in rows.values())
+    assert set(rows[(1, "off")]["dtypes"].values()) == {"float32"}
+
+    cold = json.loads((out / "cold-start.json").read_text())
+    first, restart = cold["lives"]
+    assert first["images"] == restart["images"] == 1, cold
+    assert restart["cache_mib_after"] > 0, cold  # the compile cache survived the restart
+
+    assert json.loads((out / "offload.json").read_text())["rows"][0]["offload"] == "none"  # auto on a CPU
