@@ -9,6 +9,7 @@ of a row lasts `duration + (i + 0.5)·10/tasks` s, the same in every row: real t
 multiple of the fixed poller's 10 s, and spreading the phase is what makes its delay average ~5 s.
 
     python bench/client.py [--durations 5 30 120] [--tasks 3] [--json]
+    python bench/client.py --durations 0.5 --tasks 1 --json      # smoke run (tests/test_bench.py), ~12 s
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class SleepEngine:
             time.sleep(seconds / steps)
             on_progress(step + 1, steps)
         SleepEngine.ended[job.prompt] = time.monotonic()
-        return [Image.new("RGB", (8, 8))]
+        return [Image.new("RGB", (64, 64))]
 
     def recognize(self, image, control_type):
         return image
@@ -126,11 +127,12 @@ def fixed_poller(base: str, headers: dict, task_id: str, interval: float = 10.0)
         time.sleep(interval)
 
 
-def tiny_png_uri() -> str:
+def small_png_uri() -> str:
+    """A reference the server accepts (sides of at least 16 px), small enough to cost nothing."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    Image.new("RGB", (64, 64)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -145,7 +147,7 @@ def main() -> None:
 
     base, app_key, app_secret = start_ref2img(workers=len(args.durations) * args.tasks)
     cloud = CloudLike()
-    reference = tiny_png_uri()
+    reference = small_png_uri()
     results: dict[str, dict[float, list[tuple[float, int]]]] = {"ref2img long-poll": {}, "cloud, SDK plan": {},
                                                                  "cloud, fixed 10 s": {}}
     lock = threading.Lock()

@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     reference, init = Image.fromarray(data.astronaut()), Image.fromarray(data.coffee())
     report = {"setup": {"device": args.device, "dtype": args.dtype, "steps": args.steps,

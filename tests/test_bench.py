@@ -43,3 +43,15 @@ def test_gpu_check_smoke(tmp_path):
     assert restart["cache_mib_after"] > 0, cold  # the compile cache survived the restart
 
     assert json.loads((out / "offload.json").read_text())["rows"][0]["offload"] == "none"  # auto on a CPU
+
+
+def test_client_bench_smoke():
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "client.py"), "--durations", "0.5", "--tasks", "1",
+                          "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"ref2img long-poll", "cloud, SDK plan", "cloud, fixed 10 s"}
+    for row in figures.values():
+        [(duration, result)] = row.items()
+        assert duration == "0.5" and result["requests_per_task"] >= 1 and result["median_delay_s"] >= 0
+    assert figures["ref2img long-poll"]["0.5"]["median_delay_s"] < 1.0  # long-poll sees the end at once

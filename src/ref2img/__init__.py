@@ -9,10 +9,11 @@ from ref2img.client import (APIConnectionError, APIError, AsyncClient, Authentic
                             ImageFetchError, InvalidRequestError, RateLimitError, Ref2ImgError, Task,
                             TaskCancelledError, TaskError, TaskFailedError, TaskTimedOutError, WaitTimeoutError)
 from ref2img.protocol import ControlType, CreateRequest, ParameterError, TaskStatus, parse_create_request  # noqa: E402
+from ref2img import webhooks  # noqa: E402  - `ref2img.webhooks.verify(...)` after a plain `import ref2img`
 
 __all__ = [
     "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "Client", "ControlType",
     "CreateRequest", "ImageFetchError", "InvalidRequestError", "ParameterError", "RateLimitError", "Ref2ImgError",
     "Task", "TaskCancelledError", "TaskError", "TaskFailedError", "TaskStatus", "TaskTimedOutError",
-    "WaitTimeoutError", "__version__", "parse_create_request",
+    "WaitTimeoutError", "__version__", "parse_create_request", "webhooks",
 ]

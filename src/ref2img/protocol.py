@@ -232,9 +232,13 @@ def parse_recognize_request(body: Any) -> RecognizeRequest:
         if isinstance(inner, dict):
             body = {**{k: v for k, v in body.items() if k != "template_info"}, **inner}
     try:
-        return RecognizeRequest.model_validate(body)
+        request = RecognizeRequest.model_validate(body)
     except ValidationError as exc:
         raise _first_parameter_error(exc, body) from None
+    if request.control_type is ControlType.SUBJECT:
+        raise ParameterError("control_type", 'must be "0" (edge), "1" (pose) or "3" (depth) for recognition; '
+                                             "subject mode has no control map")
+    return request
 
 
 def parse_create_request(body: Any) -> CreateRequest:

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import warnings
 
 import httpx
 import pytest
@@ -88,6 +89,10 @@ def test_client_side_validation_sends_nothing(astronaut):
             client.create("p", "https://x/y.png", "sideways")
         with pytest.raises(InvalidRequestError, match="no such file"):
             client.create("p", "/no/such/file.png")
+        for subject in ("subject", 2, "2"):  # no control map: refused before anything is sent
+            with pytest.raises(InvalidRequestError, match="subject mode has no control map") as caught:
+                client.recognize(astronaut, subject)
+            assert caught.value.field == "control_type"
         with pytest.raises(APIConnectionError):
             client.get("t1")
 
@@ -137,3 +142,28 @@ def test_task_from_cloud_shaped_data():
     task = Task.from_data({"task_id": "x", "status": 3, "process": 100, "result": json.dumps({"image_path": ["u"]})})
     assert task.progress == 100 and task.images == ["u"]
     assert Task.from_data({"task_id": "x", "status": 1, "result": ""}).images == []
+
+
+def test_async_on_progress_awaits_coroutines_and_calls_functions(server, credentials, astronaut):
+    async def scenario():
+        awaited, called = [], []
+
+        async def async_callback(task):
+            await asyncio.sleep(0)
+            awaited.append(task.progress)
+
+        async with AsyncClient(*credentials, base_url=server.url) as client:
+            await client.generate("p", astronaut, "edge", on_progress=async_callback)
+            await client.generate("p", astronaut, "edge", on_progress=lambda task: called.append(task.progress))
+        return awaited, called
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "coroutine ... was never awaited" fails the test
+        awaited, called = asyncio.run(scenario())
+    assert awaited and awaited[-1] == 100 and called and called[-1] == 100
+
+
+def test_webhooks_come_with_a_plain_import():
+    import ref2img
+
+    assert callable(ref2img.webhooks.verify)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,7 +106,11 @@ class AsyncClient:
             asked = loop.poll_wait()
             started = time.monotonic()
             task = await self.get(task_id, wait=asked)
-            pause = loop.observe(task, asked, time.monotonic() - started)
+            took = time.monotonic() - started
+            reported = loop.report(task)
+            if inspect.isawaitable(reported):  # `async def` callbacks are awaited, plain ones just called
+                await reported
+            pause = loop.observe(task, asked, took)
             if pause is None:
                 return task
             if pause:

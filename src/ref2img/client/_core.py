@@ -111,11 +111,12 @@ def create_body(prompt: str, reference_image: ImageInput, control_type: str | in
 
 
 def recognize_body(image: ImageInput, control_type: str | int | ControlType) -> dict[str, Any]:
-    try:
+    try:  # the server's own rule, checked before anything is sent or uploaded
         kind = ControlType.parse(control_type)
         parse_recognize_request({"control_type": kind.value, "init_image": "https://placeholder.invalid/x.png"})
     except ValueError:
-        raise _invalid("control_type", f"must be 0 (edge), 1 (pose) or 3 (depth) (got {control_type!r})") from None
+        raise _invalid("control_type", f"must be 0 (edge), 1 (pose) or 3 (depth); subject mode has no control "
+                                       f"map (got {control_type!r})") from None
     return {"control_type": kind.value, "init_image": image}
 
 
@@ -211,6 +212,7 @@ class WaitLoop:
         self.on_progress = on_progress
         self.plan = PollPlan()
         self.last: Task | None = None
+        self.changed = True
 
     def poll_wait(self) -> float | None:
         """Seconds the next query may wait server-side (None: an ordinary query)."""
@@ -219,12 +221,18 @@ class WaitLoop:
         longest = PROGRESS_POLL_S if self.on_progress is not None else MAX_LONG_POLL_S
         return max(0.0, min(longest, self.deadline - time.monotonic()))
 
-    def observe(self, task: Task, asked_wait: float | None, took_s: float) -> float | None:
-        """After a query: the task if it ended (raises for 4/5/6), else seconds to sleep first."""
-        changed = self.last is None or (task.status, task.progress) != (self.last.status, self.last.progress)
+    def report(self, task: Task) -> Any:
+        """After a query, first: call `on_progress` if the status or progress moved. Returns what the
+        callback returned, so that the async client can await a coroutine function's result."""
+        self.changed = self.last is None or (task.status, task.progress) != (self.last.status, self.last.progress)
         self.last = task
-        if changed and self.on_progress is not None:
-            self.on_progress(task)
+        if self.changed and self.on_progress is not None:
+            return self.on_progress(task)
+        return None
+
+    def observe(self, task: Task, asked_wait: float | None, took_s: float) -> float | None:
+        """After `report`: None if the task ended (raises for 4/5/6), else seconds to sleep first."""
+        changed = self.changed
         if task.done:
             raise_if_failed(task)
             return None

@@ -111,7 +111,9 @@ class Client:
             asked = loop.poll_wait()
             started = time.monotonic()
             task = self.get(task_id, wait=asked)
-            pause = loop.observe(task, asked, time.monotonic() - started)
+            took = time.monotonic() - started
+            loop.report(task)
+            pause = loop.observe(task, asked, took)
             if pause is None:
                 return task
             if pause:

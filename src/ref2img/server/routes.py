@@ -14,9 +14,8 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.images import ImageInputError, decode_image
-from ref2img.protocol import (MAX_TASK_ID_CHARS, MAX_WAIT_S, ControlType, CreateRequest, ErrorCode, ParameterError,
-                              RecognizeRequest, TaskStatus, parse_create_request, parse_recognize_request,
-                              text_problem)
+from ref2img.protocol import (MAX_TASK_ID_CHARS, MAX_WAIT_S, CreateRequest, ErrorCode, ParameterError, RecognizeRequest,
+                              TaskStatus, parse_create_request, parse_recognize_request, text_problem)
 from ref2img.server import openapi
 from ref2img.server.auth import authenticate, basic_token, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
@@ -109,9 +108,6 @@ def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Dep
         recognize = parse_recognize_request(body)
     except ParameterError as exc:
         raise _parameter_error(exc) from None
-    if recognize.control_type is ControlType.SUBJECT:
-        raise ApiError(ErrorCode.INVALID_PARAMETER, 'control_type: must be "0" (edge), "1" (pose) or "3" (depth) '
-                       "for recognition; subject mode has no control map")
     _check_inputs(svc, app_key, {"init_image": recognize.init_image}, recognize.callback)
     return _enqueue(svc, request, app_key, "img2mask", recognize.model_dump(mode="json"), recognize.params,
                     recognize.callback)

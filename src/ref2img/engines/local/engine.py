@@ -12,9 +12,9 @@ from PIL import Image
 
 from ref2img.engines.base import EngineOutOfMemory, ImageInvalidError, Job, JobCancelled, ProgressCallback
 from ref2img.engines.local.annotators import Annotators
+from ref2img.engines.local.compile_cache import use_compile_cache
 from ref2img.engines.local.device import Placement, choose_placement
 from ref2img.engines.local.intensity import Knobs, knobs_for
-from ref2img.engines.local.compile_cache import use_compile_cache
 from ref2img.engines.local.offload import parse_offload
 from ref2img.engines.local.pipelines import PipelineSet, module_dtype
 from ref2img.engines.local.presets import UNION_CONTROL_MODE, Preset, resolve_preset
