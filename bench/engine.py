@@ -17,7 +17,8 @@ depend on weight values, so nothing is downloaded). Job: edge mode, intensity 0.
 Each row runs in its own process (global inductor settings, compile caches and peak memory stay
 apart). The drift of a row is the max and mean absolute pixel difference from `off`'s images on the
 same seeds. The first `--batches` entry runs every lever; later ones run `diffusers`, `off`, `all`.
-Prints a table; `--json FILE` writes every figure. Not a test: it passes or fails nothing.
+Prints a table; `--json FILE` adds every figure to FILE's list of runs. Not a test: it passes or
+fails nothing.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--row-timeout", type=float, default=900, help="seconds before a row is given up")
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/ref2img-bench-models"))
-    parser.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="add this run's figures to FILE (a list of runs, one per invocation)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row in this process
     args = parser.parse_args()
     if args.row:
@@ -110,7 +112,8 @@ def main() -> None:
                                                                              preset.size_multiple),
              "steps": args.steps or preset.steps, "intensity": args.intensity, "runs": args.runs,
              "offload": args.offload, "memory_cap_gib": args.memory_cap_gib, "device": device_name(device),
-             "torch": torch.__version__, "drift_tolerance_mean": DRIFT_TOLERANCE_MEAN}
+             "torch": torch.__version__, "drift_tolerance_mean": DRIFT_TOLERANCE_MEAN,
+             "batches": args.batches, "run_id": f"{time.time():.6f}"}
     batches = [int(b) for b in args.batches.split(",")]
     levers = [name.strip() for name in args.levers.split(",") if name.strip()]
     unknown = set(levers) - set(LEVERS)
@@ -139,8 +142,12 @@ def main() -> None:
 
 
 def write_json(report: dict, path: Path) -> None:
+    """Write this run into `path` as one entry of its "runs": several invocations share one file
+    (the device tool brings back 8 files at most)."""
     public = {**report, "rows": [{k: v for k, v in row.items() if k != "images"} for row in report["rows"]]}
-    path.write_text(json.dumps(public, indent=1) + "\n")
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    runs = [run for run in runs if run["setup"]["run_id"] != report["setup"]["run_id"]] + [public]
+    path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
 
 
 # -- one row -------------------------------------------------------------------------------------

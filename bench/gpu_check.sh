@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The GPU check, in one device call of at most 10 minutes: build the random full-shape models, run
-# every mode of both families on CUDA (no error, exact sizes, dtypes as chosen), then the speed table,
-# the cold start and the small-GPU figure, in that order, as far as BUDGET_S allows. Each phase writes
-# its JSON into $OUT as it goes (8 files at most: what the device tool brings back), and the log.
+# The GPU check, in device calls of at most 10 minutes: build the random full-shape models, run every
+# mode of both families on CUDA (no error, exact sizes, dtypes as chosen), the cold start, the speed
+# table (batch 1, then 4), the small-GPU figure, sdxl-fast and SD1.5, the remaining levers: in that
+# order, as far as BUDGET_S allows; the log names every phase it skipped. Each phase writes its JSON
+# into $OUT as it goes: log.txt, modes.json, cold-start.json, speed.json (the device tool brings back
+# 8 files at most).
 #
 #   bash bench/gpu_wheels.sh                                 # here, once: the wheels the device lacks
 #   device run (carry .whl):  bash bench/gpu_check.sh        # every phase the budget allows
-#   PHASES="families levers" bash bench/gpu_check.sh         # a second call for what did not fit
+#   PHASES="build offload families levers" bash bench/gpu_check.sh   # a second call: what was skipped
 #   bash bench/gpu_check.sh --smoke                          # the same plumbing on the CPU, tiny models
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +16,7 @@ SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1
 OUT=${OUT:-out/gpu-check}
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-570}
-PHASES=${PHASES:-"build modes speed coldstart offload families levers"}
+PHASES=${PHASES:-"build modes coldstart speed speed4 offload families levers"}
 PY=${PY:-python3}
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
@@ -28,15 +30,14 @@ export REF2IMG_COMPILE_CACHE=${REF2IMG_COMPILE_CACHE:-/tmp/ref2img-compile-cache
 MODELS=${MODELS:-/tmp/ref2img-bench-models}
 
 if [ "$SMOKE" = 1 ]; then
-  SCALE=tiny; DEVICE=cpu; RUNS=1; BATCHES=1,2; SDXL_ARCH=tiny-sdxl; SD15_ARCH=tiny; FAST_ARCH=tiny-sdxl
+  SCALE=tiny; DEVICE=cpu; RUNS=1; BATCH=2; SDXL_ARCH=tiny-sdxl; SD15_ARCH=tiny; FAST_ARCH=tiny-sdxl
   CORE_LEVERS=off,skip-idle-controlnet,fuse-qkv; EXTRA_LEVERS=channels-last; FAMILY_LEVERS=off,fuse-qkv
-  COLD_ARGS=(--size 512 --steps 2)
-  OFFLOAD_ARGS=(--offload auto); MODES_ARGS=(--dtype bfloat16)
+  COLD_ARGS=(--size 512 --steps 2); CAP_ARGS=(); MODES_ARGS=(--dtype bfloat16)
 else
-  SCALE=full; DEVICE=cuda; RUNS=2; BATCHES=1,4; SDXL_ARCH=sdxl; SD15_ARCH=sd15; FAST_ARCH=sdxl-fast
-  CORE_LEVERS=off,skip-idle-controlnet,channels-last,fuse-qkv,compile-regional,all
-  EXTRA_LEVERS=compile-full,cuda-graphs,inductor-tuning,fp8; FAMILY_LEVERS=off,all; COLD_ARGS=(--size 1024)
-  OFFLOAD_ARGS=(--offload auto --memory-cap-gib 8); MODES_ARGS=()
+  SCALE=full; DEVICE=cuda; RUNS=2; BATCH=4; SDXL_ARCH=sdxl; SD15_ARCH=sd15; FAST_ARCH=sdxl-fast
+  CORE_LEVERS=off,skip-idle-controlnet,compile-regional,all
+  EXTRA_LEVERS=channels-last,fuse-qkv,compile-full,cuda-graphs,inductor-tuning,fp8; FAMILY_LEVERS=off,all
+  COLD_ARGS=(--size 1024); CAP_ARGS=(--memory-cap-gib 8); MODES_ARGS=()
 fi
 SD15_DIR=$MODELS/sd15-$SCALE
 SDXL_DIR=$MODELS/sdxl-$SCALE
@@ -71,18 +72,17 @@ for family, folder in (('sd15', '$SD15_DIR'), ('sdxl', '$SDXL_DIR')):
         t = time.perf_counter(); build_random(Path(folder), family, '$SCALE', dtype=dtype)
         print(f'built {family} ($SCALE) in {time.perf_counter() - t:.0f} s', flush=True)
 "
-phase modes 60 "$PY" bench/modes.py --model "$SD15_DIR" --model "$SDXL_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
+phase modes 45 "$PY" bench/modes.py --model "$SD15_DIR" --model "$SDXL_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
   --json "$OUT/modes.json"
-phase speed 200 "$PY" bench/engine.py --arch "$SDXL_ARCH" --device "$DEVICE" --batches "$BATCHES" --runs "$RUNS" \
-  --levers "$CORE_LEVERS" --models-dir "$MODELS" --row-timeout 240 --json "$OUT/speed-sdxl.json"
 phase coldstart 120 "$PY" bench/cold_start.py --model "$SDXL_DIR" --device "$DEVICE" --compile regional \
   "${COLD_ARGS[@]}" --timeout 300 --json "$OUT/cold-start.json"
-phase offload 60 "$PY" bench/engine.py --arch "$SDXL_ARCH" --device "$DEVICE" --no-baseline --levers off --runs 1 \
-  "${OFFLOAD_ARGS[@]}" --models-dir "$MODELS" --row-timeout 300 --json "$OUT/offload.json"
-phase families 90 "$PY" bench/engine.py --arch "$FAST_ARCH" --device "$DEVICE" --runs "$RUNS" --levers "$FAMILY_LEVERS" \
-  --models-dir "$MODELS" --row-timeout 200 --json "$OUT/speed-sdxl-fast.json"
-phase families 60 "$PY" bench/engine.py --arch "$SD15_ARCH" --device "$DEVICE" --runs "$RUNS" --levers "$FAMILY_LEVERS" \
-  --models-dir "$MODELS" --row-timeout 200 --json "$OUT/speed-sd15.json"
-phase levers 120 "$PY" bench/engine.py --arch "$SDXL_ARCH" --device "$DEVICE" --runs "$RUNS" --levers "off,$EXTRA_LEVERS" \
-  --no-baseline --models-dir "$MODELS" --row-timeout 240 --json "$OUT/levers-extra.json"
+# Every speed run adds itself to speed.json (one file: the device tool brings back 8 at most).
+BENCH=("$PY" bench/engine.py --device "$DEVICE" --runs "$RUNS" --models-dir "$MODELS" --json "$OUT/speed.json")
+phase speed 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches 1 --levers "$CORE_LEVERS" --row-timeout 240
+phase speed4 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches "$BATCH" --levers "$FAMILY_LEVERS" --row-timeout 240
+phase offload 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --levers off --runs 1 --offload auto "${CAP_ARGS[@]}" \
+  --row-timeout 300
+phase families 90 "${BENCH[@]}" --arch "$FAST_ARCH" --levers "$FAMILY_LEVERS" --row-timeout 200
+phase families 60 "${BENCH[@]}" --arch "$SD15_ARCH" --levers "$FAMILY_LEVERS" --row-timeout 200
+phase levers 120 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --levers "off,$EXTRA_LEVERS" --row-timeout 240
 echo "== done in $((SECONDS - started))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

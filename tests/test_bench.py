@@ -20,29 +20,31 @@ def test_gpu_check_smoke(tmp_path):
                          timeout=1200, cwd=ROOT, env=env)
     log = run.stdout[-4000:] + run.stderr[-2000:]
     assert run.returncode == 0, log
-    assert sorted(path.name for path in out.iterdir()) == [
-        "cold-start.json", "levers-extra.json", "log.txt", "modes.json", "offload.json", "speed-sd15.json",
-        "speed-sdxl-fast.json", "speed-sdxl.json"], log  # 8 files: what the device tool brings back
+    assert sorted(path.name for path in out.iterdir()) == ["cold-start.json", "log.txt", "modes.json", "speed.json"]
+    assert "skipped" not in log
 
     modes = json.loads((out / "modes.json").read_text())
     assert modes["ok"] and len(modes["jobs"]) == 16, log
 
-    speed = json.loads((out / "speed-sdxl.json").read_text())
-    rows = {(row["batch"], row["lever"]): row for row in speed["rows"]}
+    runs = json.loads((out / "speed.json").read_text())["runs"]
+    # speed, speed4, offload, families (2), levers
+    assert [(run["setup"]["arch"], run["setup"]["batches"]) for run in runs] == [
+        ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny", "1"),
+        ("tiny-sdxl", "1")]
+    rows = {(row["batch"], row["lever"]): row for row in runs[0]["rows"] + runs[1]["rows"]}
     assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "fuse-qkv"),
-                         (2, "diffusers"), (2, "off")}, log
-    assert not [row for row in rows.values() if "error" in row], log
+                         (2, "diffusers"), (2, "off"), (2, "fuse-qkv")}, log
+    assert not [row for run in runs for row in run["rows"] if "error" in row], log
     assert rows[(1, "skip-idle-controlnet")]["drift"] == {"max": 0, "mean": 0.0}  # the exact lever
     assert rows[(1, "fuse-qkv")]["drift_within_tolerance"] is True
     assert all(row["vs_diffusers"] > 0 for row in rows.values())
     assert set(rows[(1, "off")]["dtypes"].values()) == {"float32"}
+    assert runs[2]["rows"][0]["offload"] == "none"  # auto on a CPU
 
     cold = json.loads((out / "cold-start.json").read_text())
     first, restart = cold["lives"]
     assert first["images"] == restart["images"] == 1, cold
     assert restart["cache_mib_after"] > 0, cold  # the compile cache survived the restart
-
-    assert json.loads((out / "offload.json").read_text())["rows"][0]["offload"] == "none"  # auto on a CPU
 
 
 def test_client_bench_smoke():

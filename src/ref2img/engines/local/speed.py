@@ -129,7 +129,7 @@ def quantize_fp8(module: torch.nn.Module) -> None:
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError:
-        raise EngineOptionError("fp8 needs torchao: pip install torchao (CUDA, compute capability 8.9 or newer)") from None
+        raise EngineOptionError("fp8 needs torchao: pip install torchao") from None
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
 
 
