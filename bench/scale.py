@@ -4,8 +4,10 @@ holds its worker for `--task-ms` (an engine double that sleeps: it lives in this
 
     python bench/scale.py                  # 100 tasks per row, 200 ms each: about a minute
     python bench/scale.py --tasks 200 --json
+    python bench/scale.py --tasks 4 --task-ms 20 --workers 1 2 --json     # smoke run (tests/test_bench.py)
 
-Needs the PostgreSQL (database `test`) and Redis of this machine.
+Starts a `redis-server` of its own on a free port (or uses --redis URL, which it never flushes) and
+works in a schema of its own, dropped afterwards, in the PostgreSQL database at --postgres.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-POSTGRES = "postgresql+psycopg://root@127.0.0.1:5432/test"
-REDIS = "redis://127.0.0.1:6379/8"
+TASK_DEADLINE_S = 120  # a task still not done after this is a broken run, not a slow one
 
 
 class SleepEngine:
@@ -46,14 +47,25 @@ def settings(db: str | None, queue: str, storage: str, task_ms: float):
                           engine_factory=lambda: SleepEngine(task_ms / 1000), lease_s=10, queue_limit=10**6)
 
 
-def run_worker(db: str, storage: str, task_ms: float) -> None:
+def run_worker(db: str, redis_url: str, storage: str, task_ms: float) -> None:
     from ref2img.server.worker import ScaleWorker
 
-    ScaleWorker(settings(db, REDIS, storage, task_ms)).run()
+    ScaleWorker(settings(db, redis_url, storage, task_ms)).run()
 
 
-BODY = {"prompt": "bench", "reference_image": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1Pe"
-        "AAAADElEQVR4nGNgYGAAAAAEAAH2FzhVAAAAAElFTkSuQmCC", "control_type": "0"}
+def small_png_uri() -> str:
+    """A reference the server accepts (sides of at least 16 px)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (40, 90, 200)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+BODY = {"prompt": "bench", "reference_image": small_png_uri(), "control_type": "0"}
 
 
 def submit(services, count: int, gap_s: float = 0.0) -> list:
@@ -68,10 +80,17 @@ def submit(services, count: int, gap_s: float = 0.0) -> list:
         services.dispatch(task.id)
         ids.append(task.id)
         time.sleep(gap_s)
+    deadline = time.monotonic() + TASK_DEADLINE_S
     while True:
         rows = [services.store.get_task(task_id) for task_id in ids]
         if all(row.status == TaskStatus.SUCCEEDED for row in rows):
             return rows
+        failed = [row for row in rows if row.status in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMEOUT)]
+        if failed:
+            raise RuntimeError(f"task {failed[0].id} ended at status {int(failed[0].status)}: {failed[0].reason}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{sum(row.status != TaskStatus.SUCCEEDED for row in rows)} tasks not done after "
+                               f"{TASK_DEADLINE_S} s")
         time.sleep(0.05)
 
 
@@ -88,20 +107,18 @@ def measure(services, tasks: int, workers: int, task_ms: float) -> dict:
             "enqueue_to_start_p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)}
 
 
-def fleet_row(workers: int, tasks: int, task_ms: float) -> dict:
-    import redis
+def fleet_row(workers: int, tasks: int, task_ms: float, postgres: str, redis_url: str) -> dict:
     from sqlalchemy import create_engine, text
 
     from ref2img.server.services import Services
 
     schema = f"bench_{secrets.token_hex(4)}"
-    with create_engine(POSTGRES).begin() as connection:
+    with create_engine(postgres).begin() as connection:
         connection.execute(text(f"CREATE SCHEMA {schema}"))
-    redis.Redis.from_url(REDIS).flushdb()
-    db = f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    db = f"{postgres}?options=-csearch_path%3D{schema}"
     storage = tempfile.mkdtemp(prefix="ref2img-scale-")
-    api = Services(settings(db, REDIS, storage, task_ms))  # the API node's side, in this process
-    processes = [subprocess.Popen([sys.executable, __file__, "--worker", db, storage, str(task_ms)],
+    api = Services(settings(db, redis_url, storage, task_ms))  # the API node's side, in this process
+    processes = [subprocess.Popen([sys.executable, __file__, "--worker", db, redis_url, storage, str(task_ms)],
                                   stderr=subprocess.DEVNULL) for _ in range(workers)]
     try:
         deadline = time.monotonic() + 60
@@ -115,7 +132,7 @@ def fleet_row(workers: int, tasks: int, task_ms: float) -> dict:
             process.wait(15)
         api.queue.close()
         api.store.close()
-        with create_engine(POSTGRES).begin() as connection:
+        with create_engine(postgres).begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
@@ -137,12 +154,25 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--task-ms", type=float, default=200.0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--postgres", default="postgresql+psycopg://root@127.0.0.1:5432/test",
+                        help="a PostgreSQL database to make a temporary schema in")
+    parser.add_argument("--redis", default=None, help="a Redis to use (default: start one of our own)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    import redis
+
     results = {"embedded (SQLite, 1 worker)": embedded_row(args.tasks, args.task_ms)}
-    for count in args.workers:
-        results[f"Redis + PostgreSQL, {count} worker{'s' if count > 1 else ''}"] = fleet_row(count, args.tasks,
-                                                                                           args.task_ms)
+    own_redis = None if args.redis else start_redis()
+    redis_url = args.redis or own_redis[1]
+    try:
+        for count in args.workers:
+            if own_redis:  # ours alone: each row starts from an empty broker
+                redis.Redis.from_url(redis_url).flushdb()
+            results[f"Redis + PostgreSQL, {count} worker{'s' if count > 1 else ''}"] = fleet_row(
+                count, args.tasks, args.task_ms, args.postgres, redis_url)
+    finally:
+        if own_redis:
+            own_redis[0].kill()
     if args.json:
         print(json.dumps(results))
         return
@@ -155,8 +185,30 @@ def main() -> None:
               f"{figures['enqueue_to_start_p99_ms']:>8}")
 
 
+def start_redis() -> tuple[subprocess.Popen, str]:
+    """A `redis-server` of this run's own on a free port, keeping nothing on disk."""
+    import socket
+
+    import redis
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", tempfile.mkdtemp(prefix="ref2img-scale-redis-")],
+                               stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            redis.Redis(port=port).ping()
+            return process, f"redis://127.0.0.1:{port}/0"
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        run_worker(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        run_worker(sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5]))
     else:
         main()

@@ -54,5 +54,25 @@ def engine_xl(tiny_sdxl):
     return LocalEngine(str(tiny_sdxl), device="cpu").load()
 
 
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL database of the run's own, dropped after it (tests/services.py)."""
+    from .services import PostgresDatabase
+
+    database = PostgresDatabase()
+    yield database.url
+    database.drop()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A `redis-server` of the test's own, on a free port (tests/services.py)."""
+    from .services import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)

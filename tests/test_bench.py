@@ -57,3 +57,23 @@ def test_client_bench_smoke():
         [(duration, result)] = row.items()
         assert duration == "0.5" and result["requests_per_task"] >= 1 and result["median_delay_s"] >= 0
     assert figures["ref2img long-poll"]["0.5"]["median_delay_s"] < 1.0  # long-poll sees the end at once
+
+
+@pytest.mark.slow
+def test_scale_bench_smoke(postgres_url):
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--tasks", "4", "--task-ms", "20",
+                          "--workers", "1", "2", "--postgres", postgres_url, "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"embedded (SQLite, 1 worker)", "Redis + PostgreSQL, 1 worker",
+                            "Redis + PostgreSQL, 2 workers"}
+    assert all(row["tasks_per_s"] > 0 and row["enqueue_to_start_p99_ms"] >= 0 for row in figures.values())
+
+
+def test_server_bench_smoke():
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "server.py"), "--seconds", "0.5", "--concurrency", "1",
+                          "4", "--tasks", "20", "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures, run.stdout

@@ -13,9 +13,6 @@ from sqlalchemy import create_engine, text
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.store import MAX_ATTEMPTS, QueueFull, Store
 
-POSTGRES = "postgresql+psycopg://root@127.0.0.1:5432/test"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path):
     if request.param == "sqlite":
@@ -23,11 +20,12 @@ def store(request, tmp_path):
         yield instance
         instance.close()
         return
+    postgres = request.getfixturevalue("postgres_url")
     schema = f"contract_{secrets.token_hex(4)}"
-    admin = create_engine(POSTGRES)
+    admin = create_engine(postgres)
     with admin.begin() as connection:
         connection.execute(text(f"CREATE SCHEMA {schema}"))
-    instance = Store(f"{POSTGRES}?options=-csearch_path%3D{schema}")
+    instance = Store(f"{postgres}?options=-csearch_path%3D{schema}")
     yield instance
     instance.close()
     with admin.begin() as connection:
@@ -235,15 +233,16 @@ def test_callbacks_are_claimed_by_one_node_at_a_time(store):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_nodes_starting_at_once_migrate_once(backend, tmp_path):
+def test_nodes_starting_at_once_migrate_once(backend, tmp_path, request):
     if backend == "sqlite":
         url, cleanup = f"sqlite:///{tmp_path / 'fresh.db'}", None
     else:
+        postgres = request.getfixturevalue("postgres_url")
         schema = f"migrate_{secrets.token_hex(4)}"
-        admin = create_engine(POSTGRES)
+        admin = create_engine(postgres)
         with admin.begin() as connection:
             connection.execute(text(f"CREATE SCHEMA {schema}"))
-        url, cleanup = f"{POSTGRES}?options=-csearch_path%3D{schema}", schema
+        url, cleanup = f"{postgres}?options=-csearch_path%3D{schema}", schema
     errors: list[BaseException] = []
     stores: list[Store] = []
 
@@ -268,5 +267,5 @@ def test_nodes_starting_at_once_migrate_once(backend, tmp_path):
         for instance in stores:
             instance.close()
         if cleanup:
-            with create_engine(POSTGRES).begin() as connection:
+            with create_engine(postgres).begin() as connection:
                 connection.execute(text(f"DROP SCHEMA {cleanup} CASCADE"))

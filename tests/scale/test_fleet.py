@@ -1,4 +1,5 @@
-"""Scale-out on the real Redis and PostgreSQL of this machine: an API node and `ref2img worker`s."""
+"""Scale-out on a real Redis and PostgreSQL of the suite's own (tests/services.py): an API node and
+`ref2img worker`s."""
 
 from __future__ import annotations
 
@@ -17,32 +18,29 @@ from sqlalchemy import create_engine, text
 from ..contract.test_storage import s3_endpoint  # noqa: F401  (shared fixture)
 from ..server.conftest import Cloud, Server, data_uri, img2img_body
 
-POSTGRES = "postgresql+psycopg://root@127.0.0.1:5432/test"
-REDIS = "redis://127.0.0.1:6379/7"
 
 
 class Fleet:
-    def __init__(self, tmp_path, tiny_model, steps: int):
+    def __init__(self, tmp_path, tiny_model, steps: int, postgres_url: str, redis_url: str):
+        self.postgres = postgres_url
+        self.redis = redis_url
         self.schema = f"fleet_{secrets.token_hex(4)}"
-        with create_engine(POSTGRES).begin() as connection:
+        with create_engine(postgres_url).begin() as connection:
             connection.execute(text(f"CREATE SCHEMA {self.schema}"))
-        self.db = f"{POSTGRES}?options=-csearch_path%3D{self.schema}"
-        import redis
-
-        redis.Redis.from_url(REDIS).flushdb()
+        self.db = f"{postgres_url}?options=-csearch_path%3D{self.schema}"
         self.storage = tmp_path / "shared"
         self.tmp_path = tmp_path
         self.model = str(tiny_model)
         self.steps = steps
         # Private URLs allowed: the tests' callback receiver listens on loopback.
-        common = ["--queue", REDIS, "--db", self.db, "--storage", str(self.storage), "--lease", "3",
+        common = ["--queue", redis_url, "--db", self.db, "--storage", str(self.storage), "--lease", "3",
                   "--allow-private-urls"]
         self.api = Server(tmp_path / "api", tiny_model, *common).start()
         self.workers: list[subprocess.Popen] = []
 
     def start_worker(self) -> subprocess.Popen:
         log = open(self.tmp_path / f"worker-{len(self.workers)}.log", "ab")
-        command = [sys.executable, "-m", "ref2img.cli", "worker", "--queue", REDIS, "--db", self.db,
+        command = [sys.executable, "-m", "ref2img.cli", "worker", "--queue", self.redis, "--db", self.db,
                    "--storage", str(self.storage), "--public-url", self.api.url, "--model", self.model,
                    "--part", f"steps={self.steps}", "--lease", "3", "--data-dir", str(self.tmp_path / "w"),
                    "--log-level", "warning", "--allow-private-urls"]
@@ -60,13 +58,13 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.api.stop()
-        with create_engine(POSTGRES).begin() as connection:
+        with create_engine(self.postgres).begin() as connection:
             connection.execute(text(f"DROP SCHEMA {self.schema} CASCADE"))
 
 
 @pytest.fixture
-def fleet(tmp_path, tiny_sd15):
-    instance = Fleet(tmp_path, tiny_sd15, steps=60)
+def fleet(tmp_path, tiny_sd15, postgres_url, redis_server):
+    instance = Fleet(tmp_path, tiny_sd15, 60, postgres_url, redis_server.url)
     yield instance
     instance.close()
 
@@ -102,8 +100,8 @@ def test_tasks_flow_through_workers_and_survive_a_killed_worker(fleet, astronaut
     assert second.poll() is None
 
 
-def test_cancel_reaches_the_worker(tmp_path, tiny_sd15, astronaut):
-    fleet = Fleet(tmp_path, tiny_sd15, steps=500)
+def test_cancel_reaches_the_worker(tmp_path, tiny_sd15, astronaut, postgres_url, redis_server):
+    fleet = Fleet(tmp_path, tiny_sd15, 500, postgres_url, redis_server.url)
     try:
         cloud = cloud_for(fleet)
         fleet.start_worker()
@@ -128,15 +126,16 @@ def test_accepted_while_no_worker_runs_is_done_later(fleet, astronaut):
     assert [cloud.wait_final(task_id, timeout_s=120)["status"] for task_id in task_ids] == [3, 3, 3]
 
 
-def test_chaos_two_api_nodes_three_workers_kills_and_restarts(tmp_path, tiny_sd15, astronaut):
+def test_chaos_two_api_nodes_three_workers_kills_and_restarts(tmp_path, tiny_sd15, astronaut, postgres_url,
+                                                              redis_server):
     """60 tasks through 2 API nodes; a random worker SIGKILLed twice and one restarted; the store's
     connections cut once. Every task ends at 3, readable through either node, one webhook-id each."""
     import random
 
     from ..server.test_callbacks_and_fetch import Receiver
 
-    fleet = Fleet(tmp_path, tiny_sd15, steps=10)
-    second_api = Server(tmp_path / "api2", tiny_sd15, "--queue", REDIS, "--db", fleet.db, "--storage",
+    fleet = Fleet(tmp_path, tiny_sd15, 10, postgres_url, redis_server.url)
+    second_api = Server(tmp_path / "api2", tiny_sd15, "--queue", fleet.redis, "--db", fleet.db, "--storage",
                         str(fleet.storage), "--lease", "3", "--allow-private-urls").start()
     receiver = Receiver()
     try:
@@ -153,7 +152,7 @@ def test_chaos_two_api_nodes_three_workers_kills_and_restarts(tmp_path, tiny_sd1
             victim.send_signal(signal.SIGKILL)
             victim.wait(10)
             if round_ == 0:
-                _drop_store_connections(fleet.schema)
+                _drop_store_connections(fleet.postgres)
         workers.append(fleet.start_worker())
 
         finals = [clouds[i % 2].wait_final(task_id, timeout_s=300) for i, task_id in enumerate(task_ids)]
@@ -175,21 +174,17 @@ def test_chaos_two_api_nodes_three_workers_kills_and_restarts(tmp_path, tiny_sd1
         fleet.close()
 
 
-def _drop_store_connections(schema: str) -> None:
-    """Cut every PostgreSQL connection of the fleet (as a database failover would)."""
-    admin = create_engine(POSTGRES)
+def _drop_store_connections(postgres_url: str) -> None:
+    """Cut every connection to the run's own database (as a database failover would)."""
+    admin = create_engine(postgres_url)
     with admin.begin() as connection:
         connection.execute(text(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = 'test' AND pid <> pg_backend_pid() AND application_name <> 'keep'"))
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name <> 'keep'"))
     admin.dispose()
 
 
-REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
-               "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"]
-
-
-def test_redis_restart_mid_run_loses_no_task(fleet, astronaut):
+def test_redis_restart_mid_run_loses_no_task(fleet, redis_server, astronaut):
     """Redis here keeps nothing on disk: a restart drops every queued message. The store still has
     the tasks, and the housekeeping sends them again."""
     import redis
@@ -200,18 +195,10 @@ def test_redis_restart_mid_run_loses_no_task(fleet, astronaut):
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not any(cloud.query(t)["data"]["status"] == 3 for t in task_ids):
         time.sleep(0.2)
-    try:
-        redis.Redis.from_url(REDIS).shutdown(nosave=True)
-    except redis.ConnectionError:
-        pass  # the server closes the connection as it goes
+    assert redis.Redis.from_url(redis_server.url).dbsize() > 0  # messages were waiting in Redis
+    redis_server.stop()  # killed: everything it held is gone
     time.sleep(1)
-    subprocess.run(REDIS_START, check=True, timeout=30)
-    for _ in range(50):
-        try:
-            redis.Redis.from_url(REDIS).ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.1)
+    redis_server.start()
     finals = [cloud.wait_final(task_id, timeout_s=180) for task_id in task_ids]
     assert [data["status"] for data in finals] == [3] * 8
 

@@ -11,7 +11,6 @@ from sqlalchemy import create_engine, text
 
 from .conftest import Cloud, Server, data_uri
 
-POSTGRES = "postgresql+psycopg://root@127.0.0.1:5432/test"
 CREATE = "/v1/open/capacity/application/tm_reference_img2img"
 QUERY = "/v1/open/pub/task"
 
@@ -20,16 +19,17 @@ QUERY = "/v1/open/pub/task"
 def hostile(request, tiny_sd15, tmp_path_factory):
     extra, schema = [], None
     if request.param == "postgresql":  # NUL bytes and over-long values break PostgreSQL, not SQLite
+        postgres = request.getfixturevalue("postgres_url")
         schema = f"hostile_{secrets.token_hex(4)}"
-        with create_engine(POSTGRES).begin() as connection:
+        with create_engine(postgres).begin() as connection:
             connection.execute(text(f"CREATE SCHEMA {schema}"))
-        extra = ["--db", f"{POSTGRES}?options=-csearch_path%3D{schema}"]
+        extra = ["--db", f"{postgres}?options=-csearch_path%3D{schema}"]
     server = Server(tmp_path_factory.mktemp(f"hostile-{request.param}") / "data", tiny_sd15, *extra).start()
     yield Cloud(server.url, *server.new_key())
     server.stop()
     assert "Traceback" not in server.log(), server.log()[-3000:]
     if schema:
-        with create_engine(POSTGRES).begin() as connection:
+        with create_engine(postgres).begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
 
