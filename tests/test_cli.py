@@ -193,3 +193,53 @@ def test_server_settings_reach_the_engine(tiny_sd15, tmp_path):
                                                  dtype="bfloat16"))()
     assert engine.placement.dtype_name == "bfloat16"
     assert set(engine.component_dtypes().values()) == {"bfloat16"}
+
+
+def test_version():
+    from ref2img import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"ref2img {__version__}"
+
+
+def test_unknown_model_is_bad_input_and_torch_never_loads(photo):
+    code = ("import sys; from typer.testing import CliRunner; from ref2img.cli import app; "
+            f"r = CliRunner().invoke(app, ['generate', {str(photo)!r}, 'p', '--model', 'nosuch']); "
+            "print(r.exit_code, 'torch' in sys.modules); print(r.stderr, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False"], result.stderr
+    assert "--model: unknown model 'nosuch'" in result.stderr and "ref2img models tiny DIR" in result.stderr
+
+
+def test_keys_create_env_feeds_the_sdk_variables(tmp_path):
+    script = (f'eval "$({sys.executable} -m ref2img.cli keys create --env --data-dir {tmp_path})"; '
+              'echo "$REF2IMG_APP_KEY $REF2IMG_APP_SECRET"')
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    app_key, app_secret = result.stdout.split()
+    assert app_key.startswith("ak_") and app_secret.startswith("sk_"), result.stderr
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--data-dir", str(tmp_path), "--json"]).stdout)
+    assert [row["app_key"] for row in listed] == [app_key]
+
+
+@pytest.mark.parametrize("mode", ["pose", "edge", "subject"])
+def test_the_control_map_is_saved_beside_the_images(tiny_sd15, photo, tmp_path, mode):
+    result = runner.invoke(app, ["generate", str(photo), "p", "-c", mode, "--model", str(tiny_sd15), "--steps", "1",
+                                 "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    if mode == "subject":
+        assert record["control_map"] is None  # the reference itself conditions the images
+        return
+    assert record["control_map"] == str(tmp_path / f"{record['run_id']}-control.png")
+    control = Image.open(record["control_map"])
+    assert control.size == (64, 64)  # the tiny preset's model size: the map as the model saw it
+    assert max(control.convert("L").getextrema()) > 0  # the annotator caught something
+
+
+@pytest.mark.parametrize("command", [["generate"], ["serve"], ["keys", "create"], ["task", "wait"]])
+def test_help_reads_like_a_finished_tool(command):
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout and "╭" not in result.stdout
+    if command == ["generate"]:
+        assert "REFERENCE" in result.stdout and "--batch N" in result.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import sys
@@ -16,11 +17,27 @@ from rich.console import Console
 from ref2img.images import ImageInputError, load_image
 from ref2img.protocol import ControlType, ParameterError, parse_create_request
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                   help="Images from a reference image and a prompt: edge, pose, subject or depth control.")
-models_app = typer.Typer(no_args_is_help=True, help="List, download and build the local engine's models.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ref2img import __version__
+
+        print(f"ref2img {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """Images from a reference image and a prompt: edge, pose, subject or depth control."""
+
+
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="List, download and build the local engine's models.")
 app.add_typer(models_app, name="models")
-keys_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke the server's app keys.")
+keys_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Create, list and revoke the server's app keys.")
 app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True)
@@ -29,16 +46,16 @@ out = Console()
 EXIT_USAGE = 2  # bad input
 EXIT_FAILURE = 1  # the engine or a model failed
 
-ControlOption = Annotated[str, typer.Option("--control", "-c", help="edge|pose|subject|depth, or 0..3")]
-ModelOption = Annotated[str, typer.Option("--model", "-m", help="preset (sdxl, sdxl-fast, sd15), a tiny-model DIR or a preset file")]
-PartOption = Annotated[list[str] | None, typer.Option("--part", help="override one preset part: KEY=VALUE (e.g. base=/models/sd15)")]
-DataDirOption = Annotated[Path, typer.Option("--data-dir", envvar="REF2IMG_DATA_DIR",
+ControlOption = Annotated[str, typer.Option("--control", "-c", metavar="MODE", help="edge|pose|subject|depth, or 0..3")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", metavar="PRESET|DIR|FILE", help="preset (sdxl, sdxl-fast, sd15), a tiny-model DIR or a preset file")]
+PartOption = Annotated[list[str] | None, typer.Option("--part", metavar="KEY=VALUE", help="override one preset part: KEY=VALUE (e.g. base=/models/sd15)")]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", metavar="DIR", envvar="REF2IMG_DATA_DIR",
                                              help="server data: SQLite store, images, keys")]
-DbOption = Annotated[str | None, typer.Option("--db", envvar="REF2IMG_DB", help="sqlite:///… (default: in the data dir) or postgresql+psycopg://…")]
-QueueOption = Annotated[str, typer.Option("--queue", envvar="REF2IMG_QUEUE", help="embedded, or redis://… for scale-out")]
-StorageOption = Annotated[str | None, typer.Option("--storage", envvar="REF2IMG_STORAGE", help="image directory (default: the data dir; scale-out: shared) or s3://bucket/prefix")]
-LeaseOption = Annotated[float, typer.Option("--lease", min=1, help="seconds a worker holds a task between heartbeats")]
-DeviceOption = Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
+DbOption = Annotated[str | None, typer.Option("--db", metavar="URL", envvar="REF2IMG_DB", help="sqlite:///… (default: in the data dir) or postgresql+psycopg://…")]
+QueueOption = Annotated[str, typer.Option("--queue", metavar="URL", envvar="REF2IMG_QUEUE", help="embedded, or redis://… for scale-out")]
+StorageOption = Annotated[str | None, typer.Option("--storage", metavar="DIR|s3://…", envvar="REF2IMG_STORAGE", help="image directory (default: the data dir; scale-out: shared) or s3://bucket/prefix")]
+LeaseOption = Annotated[float, typer.Option("--lease", metavar="SECONDS", min=1, help="seconds a worker holds a task between heartbeats")]
+DeviceOption = Annotated[str | None, typer.Option("--device", metavar="DEVICE", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
 DtypeOption = Annotated[Literal["float32", "float16", "bfloat16"] | None, typer.Option(
     "--dtype", help="weights and activations (default: bfloat16 on CUDA, float16 on MPS, float32 on CPU)")]
 OffloadOption = Annotated[Literal["none", "model", "sequential", "auto"], typer.Option(
@@ -46,10 +63,11 @@ OffloadOption = Annotated[Literal["none", "model", "sequential", "auto"], typer.
 CompileOption = Annotated[Literal["none", "regional", "full"], typer.Option(
     "--compile", help="torch.compile the UNet/ControlNet blocks (regional) or the whole UNet; kernels are cached in "
          "$REF2IMG_COMPILE_CACHE (default ~/.cache/ref2img/torch-compile)")]
-ServerOption = Annotated[str | None, typer.Option("--server", envvar="REF2IMG_BASE_URL", help="a ref2img server (or any Tomoviee-compatible base URL)")]
+ServerOption = Annotated[str | None, typer.Option("--server", metavar="URL", envvar="REF2IMG_BASE_URL", help="a ref2img server (or any Tomoviee-compatible base URL)")]
+TaskIdArgument = Annotated[str, typer.Argument(metavar="TASK_ID", help="the id create returned")]
 CloudOption = Annotated[bool, typer.Option("--cloud", help="use the Tomoviee cloud (https://open-api.wondershare.cc)")]
-AppKeyOption = Annotated[str | None, typer.Option("--app-key", envvar="REF2IMG_APP_KEY", help="app key (remote runs)")]
-AppSecretOption = Annotated[str | None, typer.Option("--app-secret", envvar="REF2IMG_APP_SECRET", help="app secret (remote runs)", show_default=False)]
+AppKeyOption = Annotated[str | None, typer.Option("--app-key", metavar="KEY", envvar="REF2IMG_APP_KEY", help="app key (remote runs)")]
+AppSecretOption = Annotated[str | None, typer.Option("--app-secret", metavar="SECRET", envvar="REF2IMG_APP_SECRET", help="app secret (remote runs)", show_default=False)]
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -75,28 +93,29 @@ def _parse_parts(parts: list[str] | None) -> dict[str, str]:
 
 
 def _quiet_libraries() -> None:
-    """diffusers/transformers chatter (casting notes, weight-loading bars) is noise for CLI users."""
-    import warnings
+    from ref2img.engines.local.chatter import quiet_libraries
 
-    import diffusers
-    import transformers
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()
 
 
-def _engine(model: str, parts: list[str] | None, device: str | None, dtype: str | None = None,
-            offload: str = "none", compile_kind: str = "none"):
+def _preset(model: str, parts: list[str] | None):
+    """The preset a --model names, checked before torch loads: a bad name is bad input (exit 2), at once."""
+    from ref2img.engines.base import EngineError
+    from ref2img.engines.local.presets import resolve_preset
+
+    try:
+        return resolve_preset(model, _parse_parts(parts))
+    except EngineError as exc:
+        _fail(f"--model: {exc}", EXIT_USAGE)
+
+
+def _engine(preset, device: str | None, dtype: str | None = None, offload: str = "none",
+            compile_kind: str = "none"):
     from ref2img.engines.base import EngineError, EngineOptionError
     from ref2img.engines.local import LocalEngine, Speedups
 
-    _quiet_libraries()
     try:
-        engine = LocalEngine(model, device=device, overrides=_parse_parts(parts), dtype=dtype, offload=offload,
+        engine = LocalEngine(preset, device=device, dtype=dtype, offload=offload,
                              speedups=Speedups(compile=compile_kind))
     except EngineOptionError as exc:
         _fail(str(exc), EXIT_USAGE)
@@ -116,25 +135,25 @@ def _image(source: str, field: str):
 
 @app.command()
 def generate(
-    reference: Annotated[str, typer.Argument(help="reference image: a path or an http(s) URL")],
-    prompt: Annotated[str, typer.Argument(help="what to make of it")],
+    reference: Annotated[str, typer.Argument(metavar="REFERENCE", help="reference image: a path or an http(s) URL")],
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="what to make of it")],
     control: ControlOption = "edge",
-    init: Annotated[str | None, typer.Option("--init", help="init image (img2img); subject mode defaults to the reference")] = None,
-    control_map: Annotated[str | None, typer.Option("--control-map", help="a ready edge/pose/depth map: skips the annotator")] = None,
-    width: Annotated[int, typer.Option("--width", "-W", help="output width, 512..2048")] = 1024,
-    height: Annotated[int, typer.Option("--height", "-H", help="output height, 512..2048")] = 1024,
-    batch: Annotated[int, typer.Option("--batch", "-n", help="images to make, 1..4")] = 1,
-    intensity: Annotated[float, typer.Option("--intensity", "-i", help="how closely to follow the reference, 0..1")] = 0.5,
-    seed: Annotated[int | None, typer.Option("--seed", help="seed of image 1; image k uses seed+k-1 (default: random)")] = None,
-    negative: Annotated[str | None, typer.Option("--negative", help="negative prompt")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, max=200, help="denoising steps (default: the preset's)")] = None,
+    init: Annotated[str | None, typer.Option("--init", metavar="IMAGE", help="init image (img2img); subject mode defaults to the reference")] = None,
+    control_map: Annotated[str | None, typer.Option("--control-map", metavar="IMAGE", help="a ready edge/pose/depth map: skips the annotator")] = None,
+    width: Annotated[int, typer.Option("--width", "-W", metavar="PX", help="output width, 512..2048")] = 1024,
+    height: Annotated[int, typer.Option("--height", "-H", metavar="PX", help="output height, 512..2048")] = 1024,
+    batch: Annotated[int, typer.Option("--batch", "-n", metavar="N", help="images to make, 1..4")] = 1,
+    intensity: Annotated[float, typer.Option("--intensity", "-i", metavar="0..1", help="how closely to follow the reference, 0..1")] = 0.5,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="seed of image 1; image k uses seed+k-1 (default: random)")] = None,
+    negative: Annotated[str | None, typer.Option("--negative", metavar="TEXT", help="negative prompt")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", metavar="N", min=1, max=200, help="denoising steps (default: the preset's)")] = None,
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
     compile_kind: CompileOption = "none",
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="folder for the PNGs and the run's JSON")] = Path("out"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="folder for the PNGs and the run's JSON")] = Path("out"),
     as_json: Annotated[bool, typer.Option("--json", help="print the run record as JSON on stdout")] = False,
     server: ServerOption = None,
     cloud: CloudOption = False,
@@ -154,6 +173,7 @@ def generate(
         request = parse_create_request(body)
     except ParameterError as exc:
         _fail(str(exc), EXIT_USAGE)
+    preset = _preset(model, part)
 
     reference_image = _image(request.reference_image, "reference_image")
     init_source = request.resolved_init_image()
@@ -166,14 +186,16 @@ def generate(
 
     from ref2img.engines.base import EngineError, Job
 
-    engine = _engine(model, part, device, dtype, offload, compile_kind)
+    engine = _engine(preset, device, dtype, offload, compile_kind)
     loaded = time.perf_counter()
     job = Job(prompt=request.prompt, control_type=mode, reference=reference_image, seed=first_seed,
               control_intensity=request.control_intensity, width=request.width, height=request.height,
               batch_size=request.batch_size, init_image=init_image, control_map=map_image,
               negative_prompt=request.negative_prompt, steps=steps)
     try:
-        images = _run_with_progress(engine, job, quiet=as_json)
+        # The map the engine conditions on, made once here so that the user can see what it caught.
+        used_map = engine.control_map_for(job)
+        images = _run_with_progress(engine, dataclasses.replace(job, control_map=used_map), quiet=as_json)
     except EngineError as exc:
         _fail(str(exc))
     finished = time.perf_counter()
@@ -185,12 +207,17 @@ def generate(
         path = out_dir / f"{run_id}-{index + 1}.png"
         image.save(path)
         paths.append(str(path))
+    map_path = None
+    if used_map is not None:
+        map_path = str(out_dir / f"{run_id}-control.png")
+        used_map.save(map_path)
     record = {
         "run_id": run_id,
         "images": paths,
         "seeds": [first_seed + i for i in range(len(images))],
         "request": request.model_dump(mode="json", exclude_none=True),
-        "control_map": control_map,
+        "control_map": map_path,  # the map the images were conditioned on (None in subject mode)
+        "control_map_input": control_map,
         "steps": steps or engine.preset.steps,
         "preset": engine.preset.name,
         "device": str(engine.placement.device),
@@ -282,9 +309,9 @@ def _run_with_progress(engine, job, quiet: bool):
 
 @app.command()
 def recognize(
-    image: Annotated[str, typer.Argument(help="photo: a path or an http(s) URL")],
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="photo: a path or an http(s) URL")],
     control: ControlOption = "edge",
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="where to write the control map (PNG)")] = Path("control-map.png"),
+    out_file: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="where to write the control map (PNG)")] = Path("control-map.png"),
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
@@ -294,7 +321,7 @@ def recognize(
     picture = _image(image, "image")
     from ref2img.engines.base import EngineError
 
-    engine = _engine(model, part, device)
+    engine = _engine(_preset(model, part), device)
     try:
         result = engine.recognize(picture, mode)
     except EngineError as exc:
@@ -306,7 +333,7 @@ def recognize(
 
 @models_app.command("list")
 def models_list(
-    model: Annotated[list[str] | None, typer.Argument(help="presets, folders or files (default: every preset)")] = None,
+    model: Annotated[list[str] | None, typer.Argument(metavar="[PRESET|DIR|FILE]...", help="presets, folders or files (default: every preset)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Presets, their parts, and which are on this machine (with sizes)."""
@@ -364,8 +391,8 @@ def models_pull(preset_name: Annotated[str, typer.Argument(metavar="PRESET", hel
 
 @models_app.command("tiny")
 def models_tiny(
-    directory: Annotated[Path, typer.Argument(help="folder to build the tiny models in")],
-    family: Annotated[str, typer.Option("--family", help="sd15 (per-mode ControlNets) or sdxl (union ControlNet)")] = "sd15",
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="folder to build the tiny models in")],
+    family: Annotated[str, typer.Option("--family", metavar="sd15|sdxl", help="sd15 (per-mode ControlNets) or sdxl (union ControlNet)")] = "sd15",
 ) -> None:
     """Build every part of the random-weight `tiny` preset offline (for tests and plumbing checks)."""
     if family not in ("sd15", "sdxl"):
@@ -377,7 +404,7 @@ def models_tiny(
     out.print(f"built tiny {family} models in {directory}; use them with --model {directory}", highlight=False)
 
 
-task_app = typer.Typer(no_args_is_help=True, help="Look at, wait for and cancel tasks on a server or the cloud.")
+task_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Look at, wait for and cancel tasks on a server or the cloud.")
 app.add_typer(task_app, name="task")
 
 
@@ -399,7 +426,7 @@ def _print_task(task, as_json: bool) -> None:
 
 
 @task_app.command("get")
-def task_get(task_id: str, server: ServerOption = None, cloud: CloudOption = False, app_key: AppKeyOption = None,
+def task_get(task_id: TaskIdArgument, server: ServerOption = None, cloud: CloudOption = False, app_key: AppKeyOption = None,
              app_secret: AppSecretOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The task's state now."""
     with _client(server, cloud, app_key, app_secret) as client:
@@ -407,9 +434,9 @@ def task_get(task_id: str, server: ServerOption = None, cloud: CloudOption = Fal
 
 
 @task_app.command("wait")
-def task_wait(task_id: str, server: ServerOption = None, cloud: CloudOption = False, app_key: AppKeyOption = None,
+def task_wait(task_id: TaskIdArgument, server: ServerOption = None, cloud: CloudOption = False, app_key: AppKeyOption = None,
               app_secret: AppSecretOption = None, timeout: Annotated[float, typer.Option("--timeout")] = 600.0,
-              out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="download the images here")] = None,
+              out_dir: Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="download the images here")] = None,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Wait until the task ends (exit 1 if it failed, was cancelled or timed out); optionally download."""
     with _client(server, cloud, app_key, app_secret) as client:
@@ -421,7 +448,7 @@ def task_wait(task_id: str, server: ServerOption = None, cloud: CloudOption = Fa
 
 
 @task_app.command("cancel")
-def task_cancel(task_id: str, server: ServerOption = None, app_key: AppKeyOption = None,
+def task_cancel(task_id: TaskIdArgument, server: ServerOption = None, app_key: AppKeyOption = None,
                 app_secret: AppSecretOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Cancel a task (ref2img servers): queued ones at once, running ones between two steps."""
     with _client(server, False, app_key, app_secret) as client:
@@ -429,8 +456,8 @@ def task_cancel(task_id: str, server: ServerOption = None, app_key: AppKeyOption
 
 
 @app.command()
-def token(app_key: Annotated[str, typer.Argument(help="app key")],
-          app_secret: Annotated[str, typer.Argument(help="app secret")],
+def token(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="app key")],
+          app_secret: Annotated[str, typer.Argument(metavar="APP_SECRET", help="app secret")],
           show: Annotated[bool, typer.Option("--print", help="print the token on stdout")] = False) -> None:
     """The `Authorization: Basic …` value for an app key (computed locally; nothing is sent)."""
     import base64
@@ -444,8 +471,8 @@ def token(app_key: Annotated[str, typer.Argument(help="app key")],
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option("--host", help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="port to listen on")] = 8080,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 8080,
     data_dir: DataDirOption = Path("ref2img-data"),
     model: ModelOption = "sdxl",
     part: PartOption = None,
@@ -453,14 +480,14 @@ def serve(
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
     compile_kind: CompileOption = "none",
-    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="worker threads (one engine, shared)")] = 1,
+    workers: Annotated[int, typer.Option("--workers", metavar="N", min=1, max=64, help="worker threads (one engine, shared)")] = 1,
     allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls", help="let image and callback URLs reach loopback/private addresses")] = False,
-    queue_limit: Annotated[int, typer.Option("--queue-limit", min=1, help="queued tasks before create answers 680005 / HTTP 429")] = 100,
-    task_timeout: Annotated[float, typer.Option("--task-timeout", min=1, help="seconds from create to status 6")] = 1800.0,
-    public_url: Annotated[str | None, typer.Option("--public-url", help="base of result URLs sent in callbacks (default: http://HOST:PORT)")] = None,
+    queue_limit: Annotated[int, typer.Option("--queue-limit", metavar="N", min=1, help="queued tasks before create answers 680005 / HTTP 429")] = 100,
+    task_timeout: Annotated[float, typer.Option("--task-timeout", metavar="SECONDS", min=1, help="seconds from create to status 6")] = 1800.0,
+    public_url: Annotated[str | None, typer.Option("--public-url", metavar="URL", help="base of result URLs sent in callbacks (default: http://HOST:PORT)")] = None,
     callback_retry_scale: Annotated[float, typer.Option("--callback-retry-scale", hidden=True)] = 1.0,
-    auth_failure_limit: Annotated[int, typer.Option("--auth-failure-limit", min=1, help="failed authentications per app key and per client address per minute before 680005 / HTTP 429")] = 20,
-    max_body_mb: Annotated[int, typer.Option("--max-body-mb", min=1, max=1024, help="largest request body (JSON or upload) in MB")] = 30,
+    auth_failure_limit: Annotated[int, typer.Option("--auth-failure-limit", metavar="N", min=1, help="failed authentications per app key and per client address per minute before 680005 / HTTP 429")] = 20,
+    max_body_mb: Annotated[int, typer.Option("--max-body-mb", metavar="MB", min=1, max=1024, help="largest request body (JSON or upload) in MB")] = 30,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     db: DbOption = None,
     queue: QueueOption = "embedded",
@@ -488,10 +515,10 @@ def serve(
 
 @app.command()
 def worker(
-    queue: Annotated[str, typer.Option("--queue", envvar="REF2IMG_QUEUE", help="redis://host:6379/0")],
-    db: Annotated[str, typer.Option("--db", envvar="REF2IMG_DB", help="postgresql+psycopg://user@host/db")],
-    storage: Annotated[str, typer.Option("--storage", envvar="REF2IMG_STORAGE", help="a directory every node mounts, or s3://bucket/prefix")],
-    public_url: Annotated[str, typer.Option("--public-url", envvar="REF2IMG_PUBLIC_URL", help="the API nodes' base URL (result links in callbacks)")],
+    queue: Annotated[str, typer.Option("--queue", metavar="URL", envvar="REF2IMG_QUEUE", help="redis://host:6379/0")],
+    db: Annotated[str, typer.Option("--db", metavar="URL", envvar="REF2IMG_DB", help="postgresql+psycopg://user@host/db")],
+    storage: Annotated[str, typer.Option("--storage", metavar="DIR|s3://…", envvar="REF2IMG_STORAGE", help="a directory every node mounts, or s3://bucket/prefix")],
+    public_url: Annotated[str, typer.Option("--public-url", metavar="URL", envvar="REF2IMG_PUBLIC_URL", help="the API nodes' base URL (result links in callbacks)")],
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
@@ -499,7 +526,7 @@ def worker(
     offload: OffloadOption = "none",
     compile_kind: CompileOption = "none",
     allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls")] = False,
-    task_timeout: Annotated[float, typer.Option("--task-timeout", min=1)] = 1800.0,
+    task_timeout: Annotated[float, typer.Option("--task-timeout", metavar="SECONDS", min=1)] = 1800.0,
     lease: LeaseOption = 30.0,
     data_dir: DataDirOption = Path("ref2img-worker"),
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
@@ -534,17 +561,25 @@ def _store(data_dir: Path, db: str | None = None):
 
 @keys_app.command("create")
 def keys_create(
-    name: Annotated[str, typer.Option("--name", help="a label for the key")] = "",
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="a label for the key")] = "",
     data_dir: DataDirOption = Path("ref2img-data"),
     db: DbOption = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the key as JSON")] = False,
+    as_env: Annotated[bool, typer.Option("--env", help="print `export REF2IMG_APP_KEY=… REF2IMG_APP_SECRET=…` "
+                                                       "lines: `eval \"$(ref2img keys create --env)\"`")] = False,
 ) -> None:
     """Create an app key. The secret is shown this once; the server keeps only a salted hash."""
+    import shlex
+
     from ref2img.tasks.keys import create_key
 
     key = create_key(_store(data_dir, db), name)
     if as_json:
         print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name}))
+        return
+    if as_env:  # the names the SDK, the CLI and the README's curl lines all read
+        print(f"export REF2IMG_APP_KEY={shlex.quote(key.app_key)}\n"
+              f"export REF2IMG_APP_SECRET={shlex.quote(key.app_secret)}")
         return
     out.print(f"app_key:    {key.app_key}\napp_secret: {key.app_secret}", highlight=False)
     err.print("Store the secret now: it cannot be shown again.")
@@ -566,7 +601,7 @@ def keys_list(data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = Non
 
 
 @keys_app.command("revoke")
-def keys_revoke(app_key: Annotated[str, typer.Argument(help="the key to revoke")],
+def keys_revoke(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="the key to revoke")],
                 data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = None) -> None:
     """Revoke an app key: its requests are refused from now on (within 30 s on a running server)."""
     if not _store(data_dir, db).revoke_key(app_key):

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 import uvicorn
@@ -163,3 +164,24 @@ def test_a_full_data_disk_answers_busy_and_recovers(tiny_sd15, small_disk, refer
     finally:
         server.stop()
         shutil.rmtree(small_disk / "data", ignore_errors=True)
+
+
+def test_tasks_stay_queued_while_the_engine_loads(tiny_sd15, tmp_path, reference):
+    """The first start loads the model for seconds to minutes: a task waits at status 1 with its
+    position meanwhile, never at status 2 before a step has run."""
+    loading = threading.Event()
+
+    def slow_engine():
+        loading.wait(60)  # the test decides when the load ends
+        return LocalEngine(str(tiny_sd15)).load()
+
+    settings = ServerSettings(data_dir=tmp_path / "data", model=str(tiny_sd15), workers=1, engine_factory=slow_engine)
+    with InProcessServer(settings) as url:
+        cloud = Cloud(url, *Server(tmp_path / "data", tiny_sd15).new_key())
+        task_id = cloud.create_id(img2img_body(reference))
+        time.sleep(1.5)  # ample for a worker to claim it, if it did not wait for the engine
+        data = cloud.query(task_id)["data"]
+        assert (data["status"], data["progress"], data["position"]) == (1, 0, 0)  # queued, first in line
+        assert httpx.get(f"{url}/healthz").json()["data"]["engine"] == "loading"
+        loading.set()
+        assert cloud.wait_final(task_id)["status"] == 3

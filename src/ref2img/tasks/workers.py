@@ -12,6 +12,7 @@ import os
 import secrets
 import threading
 
+from ref2img.engines.base import EngineError
 from ref2img.tasks.runner import RunContext, run_task
 from ref2img.tasks.store import Store
 
@@ -49,6 +50,7 @@ class EmbeddedWorkers:
             thread.join(timeout_s)
 
     def _work(self) -> None:
+        self._wait_for_engine()
         while not self._stop.is_set():
             seen = self.store.queued.version
             try:
@@ -70,6 +72,15 @@ class EmbeddedWorkers:
             finally:
                 with self._running_lock:
                     self._running.discard(task.id)
+
+    def _wait_for_engine(self) -> None:
+        """Claim nothing until the engine has loaded: while it loads (seconds to minutes on the first
+        start) tasks stay queued, status 1 with their position, rather than showing status 2 with no
+        step run. A load that fails is reported by the runner, on each task, with its reason."""
+        try:
+            self.context.engine()
+        except EngineError:
+            pass
 
     def _housekeeping(self) -> None:
         while not self._stop.wait(self.lease_s / 3):

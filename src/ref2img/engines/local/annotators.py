@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import cv2
@@ -14,6 +15,8 @@ from ref2img.engines.local.device import Placement
 from ref2img.engines.local.hub import folder_of, locate
 from ref2img.engines.local.presets import Preset
 from ref2img.protocol import ControlType
+
+log = logging.getLogger("ref2img.engine")
 
 
 def canny_map(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
@@ -52,6 +55,7 @@ class Annotators:
                 # float32 whatever the engine's dtype: the pipeline turns its output into numpy, which
                 # has no bfloat16; the model is small (25M parameters for Depth-Anything-V2-Small).
                 self._depth = pipeline("depth-estimation", model=str(path), device=self._placement.device)
+                log.info("loaded depth_estimator from %s (float32)", path)
         depth = self._depth(image.convert("RGB"))["predicted_depth"]
         values = depth.squeeze().float().cpu().numpy()
         values = cv2.resize(values, image.size, interpolation=cv2.INTER_CUBIC)
@@ -72,4 +76,5 @@ class Annotators:
                 detector = locate(self._preset.pose_detector, "pose_detector", self._preset)
                 estimator = locate(self._preset.pose_estimator, "pose_estimator", self._preset)
                 self._pose = DWPose(detector, estimator, use_cuda=self._use_cuda)
+                log.info("loaded pose_detector and pose_estimator from %s (onnxruntime)", detector.parent)
         return self._pose(image)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from ref2img.engines.base import EngineOutOfMemory, ImageInvalidError, Job, JobCancelled, ProgressCallback
 from ref2img.engines.local.annotators import Annotators
+from ref2img.engines.local.chatter import quiet_libraries
 from ref2img.engines.local.compile_cache import use_compile_cache
 from ref2img.engines.local.device import Placement, choose_placement
 from ref2img.engines.local.intensity import Knobs, knobs_for
@@ -54,6 +55,7 @@ class LocalEngine:
         speedups: Speedups | None = None,
         compile_cache: str | None = None,
     ):
+        quiet_libraries()
         self.preset = model if isinstance(model, Preset) else resolve_preset(model, overrides)
         self.placement: Placement = choose_placement(device, dtype)
         self.offload_requested = parse_offload(offload, self.placement)
@@ -127,6 +129,16 @@ class LocalEngine:
                     f"{gen_w}x{gen_h}; try a smaller width/height or batch_size") from None
         return [fit(image, job.width, job.height) for image in images]
 
+    def control_map_for(self, job: Job) -> Image.Image | None:
+        """The control map `generate` conditions `job` on, at the size the model runs at (None in subject
+        mode). Handing it back as `job.control_map` gives the same images without annotating twice."""
+        if job.control_type is ControlType.SUBJECT:
+            return None
+        gen_w, gen_h = generation_size(job.width, job.height, self.preset.max_pixels, self.preset.size_multiple)
+        if job.control_map is not None:
+            return fit(job.control_map, gen_w, gen_h)
+        return self.annotators.control_map(fit(job.reference, gen_w, gen_h), job.control_type)
+
     def _release_memory(self) -> None:
         """After an out-of-memory error: hand cached blocks back so the next job starts clean."""
         if self.placement.device.type == "cuda":
@@ -163,8 +175,7 @@ class LocalEngine:
         else:
             kwargs.update(width=gen_w, height=gen_h)
         if job.control_type is not ControlType.SUBJECT:
-            control = fit(job.control_map, gen_w, gen_h) if job.control_map is not None else \
-                self.annotators.control_map(reference, job.control_type)
+            control = self.control_map_for(job)
             if preset.uses_union_controlnet:
                 kwargs["control_image"] = [control]
                 kwargs["control_mode"] = [UNION_CONTROL_MODE[job.control_type]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import diffusers
@@ -71,9 +72,14 @@ class PipelineSet:
 
     # -- loading --------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
+        """Load one model part; the one log line per part that an operator sees."""
         path = folder_of(ref, part, self.preset)
+        started = time.perf_counter()
         try:
-            return loader(path)
+            loaded = loader(path)
+            log.info("loaded %s from %s in %.1f s (%s)", part, ref.source, time.perf_counter() - started,
+                     self.placement.dtype_name)
+            return loaded
         except _LOAD_ERRORS as exc:
             raise ModelMissingError(
                 f"The {part} model of preset {self.preset.name!r} at {path} could not be loaded "
@@ -97,11 +103,11 @@ class PipelineSet:
             pipe.load_lora_weights(str(lora_dir), weight_name=preset.lora.weight_name)
             pipe.fuse_lora()  # fused: no per-step LoRA cost
             pipe.unload_lora_weights()
+            log.info("fused lora %s into the UNet", preset.lora.source)
         if preset.scheduler == "euler-trailing":
             pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(
                 pipe.scheduler.config, timestep_spacing="trailing")
         pipe.set_progress_bar_config(disable=True)
-        log.info("loaded base %s (%s), %s", preset.base.source, preset.family, self.placement.dtype_name)
         return pipe
 
     def _choose_offload(self, requested: str) -> str:
@@ -156,7 +162,6 @@ class PipelineSet:
         self._pipelines.clear()  # re-wrap so every pipeline sees the image encoder
         self._offloaded_pipe = None
         self._ip_adapter_loaded = True
-        log.info("loaded IP-Adapter %s", weights.name)
 
     @property
     def has_ip_adapter(self) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ref2img.engines.base import EngineError
+from ref2img.engines.base import EngineError, EngineOptionError
 from ref2img.protocol import ControlType
 
 PRESET_FILE_NAME = "ref2img-preset.json"
@@ -176,7 +176,7 @@ def resolve_preset(model: str | Path | None, overrides: dict[str, str] | None = 
         if path.is_dir() and (path / PRESET_FILE_NAME).is_file():
             path = path / PRESET_FILE_NAME
         if not path.is_file():
-            raise EngineError(
+            raise EngineOptionError(
                 f"unknown model {model!r}: give a preset ({', '.join(PRESETS)}), a folder with "
                 f"{PRESET_FILE_NAME} (e.g. from `ref2img models tiny DIR`), or a preset file"
             )
@@ -189,14 +189,14 @@ def load_preset_file(path: Path) -> Preset:
         text = path.read_text()
         spec = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, ValueError) as exc:
-        raise EngineError(f"cannot read preset file {path}: {exc}") from None
+        raise EngineOptionError(f"cannot read preset file {path}: {exc}") from None
     parent = PRESETS.get(spec.pop("extends", None) or "", None)
     if parent is None:
         required = {"family", "base", "controlnets", "ip_adapter", "image_encoder",
                     "depth_estimator", "pose_detector", "pose_estimator"}
         missing = sorted(required - spec.keys())
         if missing:
-            raise EngineError(f"preset file {path} lacks {', '.join(missing)} (or an `extends` preset)")
+            raise EngineOptionError(f"preset file {path} lacks {', '.join(missing)} (or an `extends` preset)")
         parent = _SDXL
     name = spec.pop("name", str(path.parent.name if path.name == PRESET_FILE_NAME else path.stem))
     preset = dataclasses.replace(parent, name=name, source_file=str(path), controlnets=dict(parent.controlnets))
@@ -218,16 +218,17 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -
             try:
                 changes[key] = _SCALAR_FIELDS[key](value)
             except ValueError:
-                raise EngineError(f"preset override {key}: {value!r} is not a {_SCALAR_FIELDS[key].__name__}") from None
+                raise EngineOptionError(
+                    f"preset override {key}: {value!r} is not a {_SCALAR_FIELDS[key].__name__}") from None
             if key == "steps" and not 1 <= changes[key] <= 500:  # schedulers know 1000 training steps
-                raise EngineError(f"preset override steps: must be from 1 to 500 (got {changes[key]})")
+                raise EngineOptionError(f"preset override steps: must be from 1 to 500 (got {changes[key]})")
         elif key.startswith("controlnet."):
             controlnets[key.removeprefix("controlnet.")] = _model_ref(value, base_dir)
         elif key in {"base", "vae", "lora", "ip_adapter", "image_encoder", "depth_estimator",
                      "pose_detector", "pose_estimator"}:
             changes[key] = None if value in (None, "", "none") else _model_ref(value, base_dir)
         else:
-            raise EngineError(f"unknown preset part {key!r}")
+            raise EngineOptionError(f"unknown preset part {key!r}")
     if "union" in controlnets and len(controlnets) > 1:
         # A union net given explicitly replaces per-mode nets, and the other way round.
         explicit = {k.removeprefix("controlnet.") for k in overrides if k.startswith("controlnet.")}
