@@ -242,4 +242,4 @@ def test_help_reads_like_a_finished_tool(command):
     assert result.exit_code == 0
     assert "<bool>" not in result.stdout and "╭" not in result.stdout
     if command == ["generate"]:
-        assert "REFERENCE" in result.stdout and "--batch N" in result.stdout
+        assert "[OPTIONS] REFERENCE PROMPT\n" in result.stdout and "--batch N" in result.stdout

@@ -333,7 +333,7 @@ def recognize(
 
 @models_app.command("list")
 def models_list(
-    model: Annotated[list[str] | None, typer.Argument(metavar="[PRESET|DIR|FILE]...", help="presets, folders or files (default: every preset)")] = None,
+    model: Annotated[list[str] | None, typer.Argument(metavar="PRESET|DIR|FILE...", help="presets, folders or files (default: every preset)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Presets, their parts, and which are on this machine (with sizes)."""
@@ -607,6 +607,23 @@ def keys_revoke(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="
     if not _store(data_dir, db).revoke_key(app_key):
         _fail(f"no active key {app_key!r}", EXIT_USAGE)
     out.print(f"revoked {app_key}", highlight=False)
+
+
+class _Command(typer.core.TyperCommand):
+    """Usage lines as other tools write them: `generate [OPTIONS] REFERENCE PROMPT`, not `{reference}`."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar or param.name.upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+for _group in (app, models_app, keys_app, task_app):
+    for _info in _group.registered_commands:
+        _info.cls = _Command
 
 
 def main() -> None:
