@@ -137,12 +137,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from ref2img.tasks.keys import create_key
+    from ref2img.protocol import basic_token
     from ref2img.tasks.store import Store
 
     data_dir = tempfile.mkdtemp(prefix="ref2img-bench-")
     key = create_key(Store(f"sqlite:///{data_dir}/ref2img.db"))
-    token = base64.b64encode(f"{key.app_key}:{key.app_secret}".encode()).decode()
-    headers = {"X-App-Key": key.app_key, "Authorization": f"Basic {token}"}
+    headers = {"X-App-Key": key.app_key, "Authorization": basic_token(key.app_key, key.app_secret)}
     create_body = {"prompt": "bench", "reference_image": tiny_png_uri(), "control_type": "0", "width": 512,
                    "height": 512, "batch_size": 1}
 

@@ -175,23 +175,16 @@ def generate(
         _fail(str(exc), EXIT_USAGE)
     preset = _preset(model, part)
 
-    reference_image = _image(request.reference_image, "reference_image")
-    init_source = request.resolved_init_image()
-    init_image = reference_image if init_source == request.reference_image else (
-        _image(init_source, "init_image") if init_source else None)
-    map_image = _image(control_map, "control_map") if control_map else None
-    if map_image is not None and mode is ControlType.SUBJECT:
+    if control_map and mode is ControlType.SUBJECT:
         _fail("--control-map: subject mode uses the reference itself, not a control map", EXIT_USAGE)
-    first_seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-
     from ref2img.engines.base import EngineError, Job
+
+    job = Job.from_request(request, _image, steps=steps,
+                           control_map=_image(control_map, "control_map") if control_map else None)
+    first_seed = job.seed
 
     engine = _engine(preset, device, dtype, offload, compile_kind)
     loaded = time.perf_counter()
-    job = Job(prompt=request.prompt, control_type=mode, reference=reference_image, seed=first_seed,
-              control_intensity=request.control_intensity, width=request.width, height=request.height,
-              batch_size=request.batch_size, init_image=init_image, control_map=map_image,
-              negative_prompt=request.negative_prompt, steps=steps)
     try:
         # The map the engine conditions on, made once here so that the user can see what it caught.
         used_map = engine.control_map_for(job)
@@ -460,13 +453,13 @@ def token(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="app ke
           app_secret: Annotated[str, typer.Argument(metavar="APP_SECRET", help="app secret")],
           show: Annotated[bool, typer.Option("--print", help="print the token on stdout")] = False) -> None:
     """The `Authorization: Basic …` value for an app key (computed locally; nothing is sent)."""
-    import base64
+    from ref2img.protocol import basic_token
 
     err.print("[yellow]The token is a credential: anyone who has it can use your key.[/]")
     if not show:
         err.print("Add --print to write it to stdout.")
         raise typer.Exit(0)
-    print("Basic " + base64.b64encode(f"{app_key}:{app_secret}".encode()).decode())
+    print(basic_token(app_key, app_secret))
 
 
 @app.command()

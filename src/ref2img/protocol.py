@@ -7,6 +7,7 @@ it too. Every rejection is a :class:`ParameterError` naming the field and the al
 
 from __future__ import annotations
 
+import base64
 import enum
 import math
 from typing import Annotated, Any
@@ -14,15 +15,25 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
+    "ALLOWED",
     "BATCH_SIZE_RANGE",
+    "INTENSITY_RANGE",
+    "MAX_PROMPT_CHARS",
+    "MAX_TASK_ID_CHARS",
+    "MAX_WAIT_S",
+    "RECOGNIZE_CONTROL_TYPES",
+    "SEED_RANGE",
     "SIZE_RANGE",
     "ControlType",
     "CreateRequest",
     "ErrorCode",
     "ParameterError",
+    "RecognizeRequest",
     "TaskStatus",
+    "basic_token",
     "parse_create_request",
     "parse_recognize_request",
+    "text_problem",
 ]
 
 SIZE_RANGE = (512, 2048)
@@ -91,6 +102,14 @@ class ParameterError(ValueError):
         self.field = field
         self.message = message
 
+
+def basic_token(app_key: str, app_secret: str) -> str:
+    """The `Authorization` header value of every call: `Basic base64(app_key:app_secret)`."""
+    return "Basic " + base64.b64encode(f"{app_key}:{app_secret}".encode()).decode()
+
+
+# The control types recognition takes, in the words of its error messages (server and SDK alike).
+RECOGNIZE_CONTROL_TYPES = 'one of "0" (edge), "1" (pose) or "3" (depth); subject mode (2) has no control map'
 
 # What each field allows, in the words used by error messages and docs.
 ALLOWED: dict[str, str] = {
@@ -236,8 +255,7 @@ def parse_recognize_request(body: Any) -> RecognizeRequest:
     except ValidationError as exc:
         raise _first_parameter_error(exc, body) from None
     if request.control_type is ControlType.SUBJECT:
-        raise ParameterError("control_type", 'must be "0" (edge), "1" (pose) or "3" (depth) for recognition; '
-                                             "subject mode has no control map")
+        raise ParameterError("control_type", f"must be {RECOGNIZE_CONTROL_TYPES}")
     return request
 
 

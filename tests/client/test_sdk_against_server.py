@@ -90,7 +90,7 @@ def test_client_side_validation_sends_nothing(astronaut):
         with pytest.raises(InvalidRequestError, match="no such file"):
             client.create("p", "/no/such/file.png")
         for subject in ("subject", 2, "2"):  # no control map: refused before anything is sent
-            with pytest.raises(InvalidRequestError, match="subject mode has no control map") as caught:
+            with pytest.raises(InvalidRequestError, match=r"subject mode \(2\) has no control map") as caught:
                 client.recognize(astronaut, subject)
             assert caught.value.field == "control_type"
         with pytest.raises(APIConnectionError):
@@ -167,3 +167,21 @@ def test_webhooks_come_with_a_plain_import():
     import ref2img
 
     assert callable(ref2img.webhooks.verify)
+
+
+def test_sync_and_async_clients_offer_the_same_calls():
+    """The two clients are kept by hand: this fails the moment their public calls or parameters part."""
+    import inspect
+
+    def public(cls) -> dict:
+        return {name: inspect.signature(member) for name, member in vars(cls).items()
+                if callable(member) and not name.startswith("_")}
+
+    sync, asynchronous = public(Client), public(AsyncClient)
+    assert set(sync) == set(asynchronous)
+    for name, signature in sync.items():
+        other = asynchronous[name]
+        assert list(signature.parameters) == list(other.parameters), name
+        defaults = [p.default for p in signature.parameters.values()]
+        assert defaults == [p.default for p in other.parameters.values()], name
+        assert inspect.iscoroutinefunction(getattr(AsyncClient, name)), name

@@ -166,7 +166,7 @@ def test_recognition_task_with_template_wrapping(cloud, image_host):
                          json={"control_type": "2", "init_image": image_host.url("/astronaut.jpg")},
                          headers=cloud.headers).json()
     assert subject["code"] == 680001
-    assert subject["msg"].startswith("control_type: ") and "subject mode has no control map" in subject["msg"]
+    assert subject["msg"].startswith("control_type: ") and "subject mode (2) has no control map" in subject["msg"]
 
 
 def test_token_endpoint(cloud):

@@ -20,13 +20,13 @@ from ref2img.client._exceptions import (APIError, InvalidRequestError, Ref2ImgEr
                                         error_for)
 from ref2img.client._models import Task
 from ref2img.client._policy import RETRYABLE_STATUS, PollPlan, parse_retry_after, request_never_left, retry_delay
-from ref2img.protocol import ControlType, ParameterError, TaskStatus, parse_create_request, parse_recognize_request
+from ref2img.protocol import (ALLOWED, MAX_WAIT_S, RECOGNIZE_CONTROL_TYPES, ControlType, ParameterError, TaskStatus,
+                              basic_token, parse_create_request, parse_recognize_request)
 
 DEFAULT_BASE_URL = "https://open-api.wondershare.cc"
 CLOUD_HOSTS = {"open-api.wondershare.cc", "openapi.wondershare.cc"}
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_RETRIES = 2
-MAX_LONG_POLL_S = 30.0
 PROGRESS_POLL_S = 2.0  # long-polls end on a status change; with a progress callback, look more often
 
 CREATE_PATH = "/v1/open/capacity/application/tm_reference_img2img"
@@ -67,10 +67,7 @@ class ClientConfig:
         return cls(app_key, app_secret, base_url, timeout, max_retries, is_cloud)
 
     def headers(self) -> dict[str, str]:
-        import base64
-
-        token = base64.b64encode(f"{self.app_key}:{self.app_secret}".encode()).decode()
-        return {"X-App-Key": self.app_key, "Authorization": f"Basic {token}",
+        return {"X-App-Key": self.app_key, "Authorization": basic_token(self.app_key, self.app_secret),
                 "User-Agent": f"ref2img-python/{__version__}"}
 
 
@@ -93,8 +90,7 @@ def create_body(prompt: str, reference_image: ImageInput, control_type: str | in
     try:
         kind = ControlType.parse(control_type)
     except ValueError:
-        raise _invalid("control_type", 'must be one of "0" (edge), "1" (pose), "2" (subject), "3" (depth) '
-                                       f"(got {control_type!r})") from None
+        raise _invalid("control_type", f"must be {ALLOWED['control_type']} (got {control_type!r})") from None
     body: dict[str, Any] = {"prompt": prompt, "reference_image": reference_image, "control_type": kind.value,
                             "control_intensity": control_intensity, "width": width, "height": height,
                             "batch_size": batch_size}
@@ -115,8 +111,7 @@ def recognize_body(image: ImageInput, control_type: str | int | ControlType) -> 
         kind = ControlType.parse(control_type)
         parse_recognize_request({"control_type": kind.value, "init_image": "https://placeholder.invalid/x.png"})
     except ValueError:
-        raise _invalid("control_type", f"must be 0 (edge), 1 (pose) or 3 (depth); subject mode has no control "
-                                       f"map (got {control_type!r})") from None
+        raise _invalid("control_type", f"must be {RECOGNIZE_CONTROL_TYPES} (got {control_type!r})") from None
     return {"control_type": kind.value, "init_image": image}
 
 
@@ -218,7 +213,7 @@ class WaitLoop:
         """Seconds the next query may wait server-side (None: an ordinary query)."""
         if not self.long_poll:
             return None
-        longest = PROGRESS_POLL_S if self.on_progress is not None else MAX_LONG_POLL_S
+        longest = PROGRESS_POLL_S if self.on_progress is not None else MAX_WAIT_S
         return max(0.0, min(longest, self.deadline - time.monotonic()))
 
     def report(self, task: Task) -> Any:

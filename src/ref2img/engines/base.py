@@ -11,11 +11,12 @@ Exceptions::
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ref2img.protocol import ControlType
+from ref2img.protocol import ControlType, CreateRequest
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -69,6 +70,22 @@ class Job:
     negative_prompt: str | None = None
     steps: int | None = None  # None: the preset's default
     guidance_scale: float | None = None
+
+    @classmethod
+    def from_request(cls, request: CreateRequest, load_image: Callable[[str, str], Image.Image],
+                     **extra: Any) -> Job:
+        """The job a validated create request asks for: `load_image(url_or_path, field)` fetches and
+        decodes its images (the init image is the reference itself when they are the same, as subject
+        mode's default is). A request without a seed gets a random one. `extra`: `control_map`, `steps`."""
+        reference = load_image(request.reference_image, "reference_image")
+        init_source = request.resolved_init_image()
+        init = reference if init_source == request.reference_image else (
+            load_image(init_source, "init_image") if init_source else None)
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        return cls(prompt=request.prompt, control_type=request.control_type, reference=reference, seed=seed,
+                   control_intensity=request.control_intensity, width=request.width, height=request.height,
+                   batch_size=request.batch_size, init_image=init, negative_prompt=request.negative_prompt,
+                   **extra)
 
 
 def _never() -> bool:

@@ -12,10 +12,6 @@ from ref2img.protocol import ErrorCode
 from ref2img.server.errors import ApiError
 
 
-def basic_token(app_key: str, app_secret: str) -> str:
-    return "Basic " + base64.b64encode(f"{app_key}:{app_secret}".encode()).decode()
-
-
 def _unauthorized(why: str) -> ApiError:
     return ApiError(ErrorCode.UNAUTHORIZED, f"unauthorized: {why}", 401, {"WWW-Authenticate": "Basic"})
 

@@ -15,9 +15,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ref2img.images import ImageInputError, decode_image
 from ref2img.protocol import (MAX_TASK_ID_CHARS, MAX_WAIT_S, CreateRequest, ErrorCode, ParameterError, RecognizeRequest,
-                              TaskStatus, parse_create_request, parse_recognize_request, text_problem)
+                              TaskStatus, basic_token, parse_create_request, parse_recognize_request, text_problem)
 from ref2img.server import openapi
-from ref2img.server.auth import authenticate, basic_token, count_failure, refuse_if_throttled
+from ref2img.server.auth import authenticate, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
 from ref2img.server.fetch import UrlRefused
 from ref2img.server.services import Services

@@ -105,14 +105,7 @@ def _incident(task: TaskRow) -> str:
 
 def _generate(task: TaskRow, ctx: RunContext, on_progress, should_cancel) -> list[str]:
     request = CreateRequest.model_validate_json(task.request)
-    reference = ctx.fetch_image(request.reference_image, "reference_image", task.app_key)
-    init_url = request.resolved_init_image()
-    init = reference if init_url == request.reference_image else (
-        ctx.fetch_image(init_url, "init_image", task.app_key) if init_url else None)
-    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-    job = Job(prompt=request.prompt, control_type=request.control_type, reference=reference, seed=seed,
-              control_intensity=request.control_intensity, width=request.width, height=request.height,
-              batch_size=request.batch_size, init_image=init, negative_prompt=request.negative_prompt)
+    job = Job.from_request(request, lambda source, field: ctx.fetch_image(source, field, task.app_key))
     images = ctx.engine().generate(job, on_progress=on_progress, should_cancel=should_cancel)
     return [ctx.storage.save_result(task.id, index, image) for index, image in enumerate(images)]
 
