@@ -118,6 +118,7 @@ def fleet_row(workers: int, tasks: int, task_ms: float, postgres: str, redis_url
     db = f"{postgres}?options=-csearch_path%3D{schema}"
     storage = tempfile.mkdtemp(prefix="ref2img-scale-")
     api = Services(settings(db, redis_url, storage, task_ms))  # the API node's side, in this process
+    api.advertise_public_url()  # as `ref2img serve` does: the workers read it from the store
     processes = [subprocess.Popen([sys.executable, __file__, "--worker", db, redis_url, storage, str(task_ms)],
                                   stderr=subprocess.DEVNULL) for _ in range(workers)]
     try:

@@ -511,7 +511,9 @@ def worker(
     queue: Annotated[str, typer.Option("--queue", metavar="URL", envvar="REF2IMG_QUEUE", help="redis://host:6379/0")],
     db: Annotated[str, typer.Option("--db", metavar="URL", envvar="REF2IMG_DB", help="postgresql+psycopg://user@host/db")],
     storage: Annotated[str, typer.Option("--storage", metavar="DIR|s3://…", envvar="REF2IMG_STORAGE", help="a directory every node mounts, or s3://bucket/prefix")],
-    public_url: Annotated[str, typer.Option("--public-url", metavar="URL", envvar="REF2IMG_PUBLIC_URL", help="the API nodes' base URL (result links in callbacks)")],
+    public_url: Annotated[str | None, typer.Option("--public-url", metavar="URL", envvar="REF2IMG_PUBLIC_URL",
+                                                   help="the API nodes' base URL for result links in callbacks "
+                                                        "(default: the one the API nodes recorded in the store)")] = None,
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
@@ -538,7 +540,11 @@ def worker(
     from ref2img.engines.base import EngineError
 
     try:
-        ScaleWorker(settings).run()
+        worker_process = ScaleWorker(settings)
+    except ValueError as exc:  # a flag missing or at odds with the store: bad input
+        _fail(str(exc), EXIT_USAGE)
+    try:
+        worker_process.run()
     except EngineError as exc:
         _fail(str(exc))
 

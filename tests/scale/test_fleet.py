@@ -41,7 +41,7 @@ class Fleet:
     def start_worker(self) -> subprocess.Popen:
         log = open(self.tmp_path / f"worker-{len(self.workers)}.log", "ab")
         command = [sys.executable, "-m", "ref2img.cli", "worker", "--queue", self.redis, "--db", self.db,
-                   "--storage", str(self.storage), "--public-url", self.api.url, "--model", self.model,
+                   "--storage", str(self.storage), "--model", self.model,  # its public URL: from the store
                    "--part", f"steps={self.steps}", "--lease", "3", "--data-dir", str(self.tmp_path / "w"),
                    "--log-level", "warning", "--allow-private-urls"]
         process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -242,3 +242,32 @@ def test_s3_storage_end_to_end(tmp_path, tiny_sd15, astronaut, s3_endpoint):
         assert not (tmp_path / "data" / "files").exists()
     finally:
         server.stop()
+
+
+def test_a_worker_reads_the_public_url_the_api_nodes_recorded(postgres_url, redis_server, tmp_path):
+    from ref2img.tasks.store import Store
+
+    schema = f"fresh_{secrets.token_hex(4)}"
+    with create_engine(postgres_url).begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    db = f"{postgres_url}?options=-csearch_path%3D{schema}"
+    try:  # no API node has used this store yet: the worker cannot know where results are served
+        refused = subprocess.run([sys.executable, "-m", "ref2img.cli", "worker", "--queue", redis_server.url,
+                                  "--db", db, "--storage", str(tmp_path), "--model", "sd15"],
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2, refused.stderr
+        assert "--public-url: no API node has recorded its public URL" in refused.stderr
+        store = Store(db)
+        assert store.get_setting("public_url") is None
+        store.close()
+    finally:
+        with create_engine(postgres_url).begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+def test_api_nodes_record_their_public_url(fleet):
+    from ref2img.tasks.store import Store
+
+    store = Store(fleet.db)
+    assert store.get_setting("public_url") == fleet.api.url  # what `ref2img worker` reads
+    store.close()

@@ -18,6 +18,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        services.advertise_public_url()
         services.start()
         try:
             yield

@@ -166,7 +166,7 @@ def cancel_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends
     svc = services(request)
     task_id = _task_id(body)
     task = svc.store.request_cancel(task_id, app_key,
-                                    callback_payload=lambda row: svc.task_data(row, svc.settings.public_url))
+                                    callback_payload=lambda row: svc.task_data(row, svc.public_url))
     if task is None:
         raise ApiError(ErrorCode.TASK_NOT_FOUND, f"task_id: no task {task_id!r}")
     return ok(svc.task_data(task, str(request.base_url)))

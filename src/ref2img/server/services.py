@@ -7,7 +7,6 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from ref2img.engines.base import Engine, EngineError
@@ -25,6 +24,9 @@ from ref2img.tasks.workers import EmbeddedWorkers
 
 log = logging.getLogger("ref2img.server")
 
+PUBLIC_URL_SETTING = "public_url"
+LOCAL_URL = "http://127.0.0.1:8080"  # an API node given no public URL (tests, a laptop)
+
 
 @dataclass
 class ServerSettings:
@@ -39,7 +41,9 @@ class ServerSettings:
     allow_private_urls: bool = False
     queue_limit: int = 100
     task_timeout_s: float = 1800.0
-    public_url: str = "http://127.0.0.1:8080"  # base of result URLs in callbacks
+    # Base of result URLs in callbacks. API nodes record theirs in the store; a worker without one
+    # reads it from there.
+    public_url: str | None = None
     lease_s: float = 30.0
     callback_retry_scale: float = 1.0
     max_body_bytes: int = 30 * 1024 * 1024
@@ -111,6 +115,7 @@ class Services:
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.db_url or f"sqlite:///{data_dir / 'ref2img.db'}")
+        self.public_url: str | None = settings.public_url or self.store.get_setting(PUBLIC_URL_SETTING)
         self.storage = open_storage(settings.storage or data_dir, self.store.shared_secret("file-url-signing"))
         self.verifier = KeyVerifier(self.store)
         self.throttle = AuthThrottle(limit=settings.auth_failure_limit)
@@ -121,7 +126,7 @@ class Services:
         self.engine = EngineProvider(settings.engine_factory or local_engine_factory(settings))
         self.context = RunContext(store=self.store, storage=self.storage, engine=self.engine,
                                   fetch_image=self.images.fetch, estimate=self.estimate,
-                                  callback_payload=partial(self.task_data, base_url=settings.public_url))
+                                  callback_payload=lambda row: self.task_data(row, self.public_url))
         self.callbacks = CallbackSender(self.store, self.http.post, retry_scale=settings.callback_retry_scale)
         # What runs beside the HTTP side: the worker threads (embedded), or the housekeeping of a
         # fleet (an API node; its tasks run in `ref2img worker` processes).
@@ -157,6 +162,11 @@ class Services:
         workers = self.worker_count() if task.status == 1 else 1
         return task_data(task, store=self.store, storage=self.storage, base_url=base_url, estimate=self.estimate,
                          workers=workers)
+
+    def advertise_public_url(self) -> None:
+        """API nodes: record this node's public URL, where workers read it (`ref2img worker` needs no flag)."""
+        self.public_url = self.settings.public_url or LOCAL_URL
+        self.store.set_setting(PUBLIC_URL_SETTING, self.public_url)
 
     def start(self) -> None:
         if self.settings.embedded:

@@ -25,6 +25,9 @@ class ScaleWorker:
         if settings.embedded:
             raise ValueError("a worker needs --queue redis://… (embedded servers run their own workers)")
         self.services = Services(settings)
+        if self.services.public_url is None:
+            raise ValueError("--public-url: no API node has recorded its public URL in this store yet; start "
+                             "`ref2img serve` with the same --db first, or pass --public-url")
         self.lease_s = settings.lease_s
         self.owner = f"worker-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._running: set[str] = set()

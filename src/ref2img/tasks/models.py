@@ -91,6 +91,16 @@ class WorkerRow(Base):
     step_s: Mapped[float] = mapped_column(Float, default=0.0)  # seconds spent in engine steps
 
 
+class SettingRow(Base):
+    """Deployment-wide facts that one kind of node knows and the others read (the API nodes' public URL,
+    which workers put in result links)."""
+
+    __tablename__ = "settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 class SecretRow(Base):
     """Server-wide secrets every node must share (the key that signs file URLs)."""
 

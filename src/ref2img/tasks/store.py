@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.events import ChangeFeed
 from ref2img.tasks.migrations import upgrade
-from ref2img.tasks.models import AppKeyRow, FileRow, OutboxRow, SecretRow, TaskRow, WorkerRow
+from ref2img.tasks.models import AppKeyRow, FileRow, OutboxRow, SecretRow, SettingRow, TaskRow, WorkerRow
 
 MAX_ATTEMPTS = 3
 _MIGRATION_LOCK = threading.Lock()  # Alembic's script loading is not thread-safe  # a task whose worker died this many times ends as failed, not retried forever
@@ -373,6 +373,21 @@ class Store:
         with self.session(write=False) as session:
             return list(session.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= time.time() - within_s)
                                         .order_by(WorkerRow.id)))
+
+    def set_setting(self, name: str, value: str) -> None:
+        """Record a deployment setting (the last node to start wins: they all say the same)."""
+        for _ in range(2):  # two nodes inserting at once: the loser updates instead
+            try:
+                with self.session() as session:
+                    session.merge(SettingRow(name=name, value=value))
+                return
+            except IntegrityError:
+                continue
+
+    def get_setting(self, name: str) -> str | None:
+        with self.session(write=False) as session:
+            row = session.get(SettingRow, name)
+            return row.value if row is not None else None
 
     def shared_secret(self, name: str) -> bytes:
         """A random secret made once for the whole deployment: the first node to ask creates it."""
