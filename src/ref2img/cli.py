@@ -7,7 +7,7 @@ import json
 import secrets
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Annotated, Literal, NoReturn
 
@@ -193,7 +193,7 @@ def generate(
         _fail(str(exc))
     finished = time.perf_counter()
 
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, image in enumerate(images):
@@ -589,7 +589,7 @@ def keys_list(data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = Non
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """App keys with their names and state (never their secrets)."""
     rows = [{"app_key": row.app_key, "name": row.name,
-             "created": datetime.fromtimestamp(row.created_at, timezone.utc).isoformat(timespec="seconds"),
+             "created": datetime.fromtimestamp(row.created_at, UTC).isoformat(timespec="seconds"),
              "revoked": row.revoked_at is not None} for row in _store(data_dir, db).list_keys()]
     if as_json:
         print(json.dumps(rows))

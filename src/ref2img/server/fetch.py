@@ -86,7 +86,7 @@ class SafeHttp:
                                          trust_env=False, headers={"user-agent": "ref2img"}) as client:
                 try:
                     return await asyncio.wait_for(exchange(client), self.timeout_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise UrlRefused(f"{what} took longer than {self.timeout_s:.0f} s") from None
 
         return asyncio.run(bounded())

@@ -44,7 +44,7 @@ class CallbackSender:
             seen = self.store.outbox.version
             try:
                 sent = self.deliver_due()
-            except Exception:  # noqa: BLE001 - keep delivering through store hiccups
+            except Exception:  # keep delivering through store hiccups
                 log.exception("callback delivery failed")
                 sent = 0
             if not sent:

@@ -44,7 +44,7 @@ class ChangeFeed:
             self._async_waiters.add(entry)
         try:
             await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             with self._condition:

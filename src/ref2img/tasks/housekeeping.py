@@ -39,7 +39,7 @@ class Housekeeper:
         while not self._stop.wait(self.lease_s / 3):
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - Redis or the database away: try again next round
+            except Exception:  # Redis or the database away: try again next round
                 log.warning("housekeeping failed; retrying", exc_info=True)
 
     def run_once(self) -> int:

@@ -66,10 +66,8 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> TaskStatus:
         return status
 
     try:
-        if task.kind == "img2mask":
-            names = _recognize(task, ctx)
-        else:
-            names = _generate(task, ctx, on_progress, should_cancel)
+        names = (_recognize(task, ctx) if task.kind == "img2mask"
+                 else _generate(task, ctx, on_progress, should_cancel))
     except OperationalError:
         raise  # the store failed (locked, disk full, unreachable), not the task: it runs again after its lease
     except JobCancelled:

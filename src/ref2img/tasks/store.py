@@ -71,11 +71,11 @@ class Store:
         """Several nodes (or stores in one process) may start at once: one migrates, the others wait
         for it and then find nothing to do. PostgreSQL: an advisory lock; SQLite: a lock file, held
         until the migration has committed."""
-        with _MIGRATION_LOCK, _sqlite_file_lock(url) if self.is_sqlite else nullcontext():
-            with self.engine.begin() as connection:
-                if not self.is_sqlite:
-                    connection.execute(text("SELECT pg_advisory_xact_lock(7274201)"))
-                upgrade(connection)
+        with (_MIGRATION_LOCK, _sqlite_file_lock(url) if self.is_sqlite else nullcontext(),
+              self.engine.begin() as connection):
+            if not self.is_sqlite:
+                connection.execute(text("SELECT pg_advisory_xact_lock(7274201)"))
+            upgrade(connection)
 
     @contextmanager
     def session(self, write: bool = True) -> Iterator[Session]:

@@ -7,6 +7,7 @@ recovers expired ones, so a task never stays at status 2 without a live worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -55,7 +56,7 @@ class EmbeddedWorkers:
             seen = self.store.queued.version
             try:
                 task = self.store.claim_next(self.owner, self.lease_s)
-            except Exception:  # noqa: BLE001 - a locked or unreachable store: wait and try again
+            except Exception:  # a locked or unreachable store: wait and try again
                 log.exception("could not claim a task")
                 self._stop.wait(self.idle_poll_s)
                 continue
@@ -66,7 +67,7 @@ class EmbeddedWorkers:
                 self._running.add(task.id)
             try:
                 run_task(task, self.owner, self.context)
-            except Exception:  # noqa: BLE001 - the store failed under the task (locked, disk full): the
+            except Exception:  # the store failed under the task (locked, disk full): the
                 # thread lives on, and the task's lease runs out so it is claimed and run again.
                 log.exception("task %s could not be finished; it runs again when its lease expires", task.id)
             finally:
@@ -77,10 +78,8 @@ class EmbeddedWorkers:
         """Claim nothing until the engine has loaded: while it loads (seconds to minutes on the first
         start) tasks stay queued, status 1 with their position, rather than showing status 2 with no
         step run. A load that fails is reported by the runner, on each task, with its reason."""
-        try:
+        with contextlib.suppress(EngineError):
             self.context.engine()
-        except EngineError:
-            pass
 
     def _housekeeping(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
@@ -90,5 +89,5 @@ class EmbeddedWorkers:
                 self.store.extend_lease(running, self.owner, self.lease_s)
                 self.store.recover(self.context.callback_payload,
                                    owner_alive=lambda owner: owner == self.owner)
-            except Exception:  # noqa: BLE001 - keep the leases thread alive through store hiccups
+            except Exception:  # keep the leases thread alive through store hiccups
                 log.exception("lease housekeeping failed")

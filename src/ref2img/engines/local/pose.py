@@ -110,7 +110,7 @@ def draw_bodies(height: int, width: int, people: list[np.ndarray]) -> np.ndarray
     canvas = np.zeros((height, width, 3), dtype=np.uint8)
     thickness = max(2, round(min(height, width) / 128))  # thicker limbs help SDXL pose nets
     for points in people:
-        for (a, b), color in zip(_LIMBS, _COLORS):
+        for (a, b), color in zip(_LIMBS, _COLORS, strict=False):
             if points[a, 2] < KEYPOINT_SCORE or points[b, 2] < KEYPOINT_SCORE:
                 continue
             (x1, y1), (x2, y2) = points[a, :2], points[b, :2]
@@ -119,7 +119,7 @@ def draw_bodies(height: int, width: int, people: list[np.ndarray]) -> np.ndarray
             polygon = cv2.ellipse2Poly((int((x1 + x2) / 2), int((y1 + y2) / 2)),
                                        (int(length / 2), thickness), int(angle), 0, 360, 1)
             cv2.fillConvexPoly(canvas, polygon, [int(c * 0.6) for c in color])
-        for (x, y, score), color in zip(points, _COLORS):
+        for (x, y, score), color in zip(points, _COLORS, strict=False):
             if score >= KEYPOINT_SCORE:
                 cv2.circle(canvas, (int(x), int(y)), thickness, color, thickness=-1)
     return canvas

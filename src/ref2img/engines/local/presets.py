@@ -190,7 +190,7 @@ def load_preset_file(path: Path) -> Preset:
         spec = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, ValueError) as exc:
         raise EngineOptionError(f"cannot read preset file {path}: {exc}") from None
-    parent = PRESETS.get(spec.pop("extends", None) or "", None)
+    parent = PRESETS.get(spec.pop("extends", None) or "")
     if parent is None:
         required = {"family", "base", "controlnets", "ip_adapter", "image_encoder",
                     "depth_estimator", "pose_detector", "pose_estimator"}

@@ -13,7 +13,7 @@ def generation_size(width: int, height: int, max_pixels: int, multiple: int) -> 
     scale = min(1.0, math.sqrt(max_pixels / (width * height)))
 
     def snap(side: float) -> int:
-        return max(multiple, int(round(side * scale / multiple)) * multiple)
+        return max(multiple, round(side * scale / multiple) * multiple)
 
     return snap(width), snap(height)
 
