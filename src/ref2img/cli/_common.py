@@ -1,0 +1,147 @@
+"""What the command groups share: consoles, exit codes, the options several commands take, and the
+helpers that turn bad input into one line and exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, NoReturn
+
+import typer
+from rich.console import Console
+
+from ref2img.images import ImageInputError, load_image
+from ref2img.protocol import ControlType
+
+err = Console(stderr=True)
+out = Console()
+
+EXIT_USAGE = 2  # bad input
+EXIT_FAILURE = 1  # the engine or a model failed
+
+ControlOption = Annotated[str, typer.Option("--control", "-c", metavar="MODE", help="edge|pose|subject|depth, or 0..3")]
+ModelOption = Annotated[str, typer.Option("--model", "-m", metavar="PRESET|DIR|FILE", help="preset (sdxl, sdxl-fast, sd15), a tiny-model DIR or a preset file")]
+PartOption = Annotated[list[str] | None, typer.Option("--part", metavar="KEY=VALUE", help="override one preset part: KEY=VALUE (e.g. base=/models/sd15)")]
+DataDirOption = Annotated[Path, typer.Option("--data-dir", metavar="DIR", envvar="REF2IMG_DATA_DIR",
+                                             help="server data: SQLite store, images, keys")]
+DbOption = Annotated[str | None, typer.Option("--db", metavar="URL", envvar="REF2IMG_DB", help="sqlite:///… (default: in the data dir) or postgresql+psycopg://…")]
+QueueOption = Annotated[str, typer.Option("--queue", metavar="URL", envvar="REF2IMG_QUEUE", help="embedded, or redis://… for scale-out")]
+StorageOption = Annotated[str | None, typer.Option("--storage", metavar="DIR|s3://…", envvar="REF2IMG_STORAGE", help="image directory (default: the data dir; scale-out: shared) or s3://bucket/prefix")]
+LeaseOption = Annotated[float, typer.Option("--lease", metavar="SECONDS", min=1, help="seconds a worker holds a task between heartbeats")]
+DeviceOption = Annotated[str | None, typer.Option("--device", metavar="DEVICE", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
+DtypeOption = Annotated[Literal["float32", "float16", "bfloat16"] | None, typer.Option(
+    "--dtype", help="weights and activations (default: bfloat16 on CUDA, float16 on MPS, float32 on CPU)")]
+OffloadOption = Annotated[Literal["none", "model", "sequential", "auto"], typer.Option(
+    "--offload", help="small GPUs: keep weights on the CPU and move them in when needed; auto picks from the free GPU memory")]
+CompileOption = Annotated[Literal["none", "regional", "full"], typer.Option(
+    "--compile", help="torch.compile the UNet/ControlNet blocks (regional) or the whole UNet; kernels are cached in "
+         "$REF2IMG_COMPILE_CACHE (default ~/.cache/ref2img/torch-compile)")]
+ServerOption = Annotated[str | None, typer.Option("--server", metavar="URL", envvar="REF2IMG_BASE_URL", help="a ref2img server (or any Tomoviee-compatible base URL)")]
+TaskIdArgument = Annotated[str, typer.Argument(metavar="TASK_ID", help="the id create returned")]
+CloudOption = Annotated[bool, typer.Option("--cloud", help="use the Tomoviee cloud (https://open-api.wondershare.cc)")]
+AppKeyOption = Annotated[str | None, typer.Option("--app-key", metavar="KEY", envvar="REF2IMG_APP_KEY", help="app key (remote runs)")]
+AppSecretOption = Annotated[str | None, typer.Option("--app-secret", metavar="SECRET", envvar="REF2IMG_APP_SECRET", help="app secret (remote runs)", show_default=False)]
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def parse_control(value: str) -> ControlType:
+    try:
+        return ControlType.parse(value)
+    except ValueError:
+        fail(f"--control: must be edge, pose, subject, depth or 0..3 (got {value!r})", EXIT_USAGE)
+
+
+def parse_parts(parts: list[str] | None) -> dict[str, str]:
+    overrides = {}
+    for item in parts or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--part: expected KEY=VALUE (got {item!r})", EXIT_USAGE)
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def quiet_libraries() -> None:
+    from ref2img.engines.local.chatter import quiet_libraries
+
+    quiet_libraries()
+
+
+def resolve_model(model: str, parts: list[str] | None):
+    """The preset a --model names, checked before torch loads: a bad name is bad input (exit 2), at once."""
+    from ref2img.engines.base import EngineError
+    from ref2img.engines.local.presets import resolve_preset
+
+    try:
+        return resolve_preset(model, parse_parts(parts))
+    except EngineError as exc:
+        fail(f"--model: {exc}", EXIT_USAGE)
+
+
+def load_engine(preset, device: str | None, dtype: str | None = None, offload: str = "none",
+            compile_kind: str = "none"):
+    from ref2img.engines.base import EngineError, EngineOptionError
+    from ref2img.engines.local import LocalEngine, Speedups
+
+    try:
+        engine = LocalEngine(preset, device=device, dtype=dtype, offload=offload,
+                             speedups=Speedups(compile=compile_kind))
+    except EngineOptionError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except EngineError as exc:
+        fail(str(exc))
+    err.print(f"[dim]model {engine.preset.name} on {engine.placement.device} ({engine.placement.dtype_name})[/]",
+              highlight=False)
+    return engine
+
+
+def read_image(source: str, field: str):
+    try:
+        return load_image(source, field)
+    except ImageInputError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+
+def sdk_client(server: str | None, cloud: bool, app_key: str | None, app_secret: str | None):
+    from ref2img.client import Client, Ref2ImgError
+    from ref2img.client._core import DEFAULT_BASE_URL
+
+    try:
+        return Client(app_key, app_secret, base_url=DEFAULT_BASE_URL if cloud else server)
+    except Ref2ImgError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def sdk_call(function, *args, **kwargs):
+    """Run an SDK call; its errors become one line and an exit code (2: the request was bad)."""
+    from ref2img.client import InvalidRequestError, Ref2ImgError
+
+    try:
+        return function(*args, **kwargs)
+    except InvalidRequestError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except Ref2ImgError as exc:
+        fail(str(exc))
+
+
+
+class UsageCommand(typer.core.TyperCommand):
+    """Usage lines as other tools write them: `generate [OPTIONS] REFERENCE PROMPT`, not `{reference}`."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar or param.name.upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+
+def new_group(help_text: str) -> typer.Typer:
+    """A command group with plain help (no boxes, no `<bool>` after flags)."""
+    return typer.Typer(no_args_is_help=True, rich_markup_mode=None, help=help_text)

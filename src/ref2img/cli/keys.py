@@ -1,0 +1,88 @@
+"""`ref2img keys` (app keys of a server's store) and `ref2img token` (the Basic header of a key)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ref2img.cli._common import EXIT_USAGE, DataDirOption, DbOption, err, fail, new_group, out
+
+app = new_group("Create, list and revoke the server's app keys.")
+
+
+def open_store(data_dir: Path, db: str | None = None):
+    from ref2img.tasks.store import Store
+
+    if db:
+        return Store(db)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Store(f"sqlite:///{data_dir / 'ref2img.db'}")
+
+
+@app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="a label for the key")] = "",
+    data_dir: DataDirOption = Path("ref2img-data"),
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the key as JSON")] = False,
+    as_env: Annotated[bool, typer.Option("--env", help="print `export REF2IMG_APP_KEY=… REF2IMG_APP_SECRET=…` "
+                                                       "lines: `eval \"$(ref2img keys create --env)\"`")] = False,
+) -> None:
+    """Create an app key. The secret is shown this once; the server keeps only a salted hash."""
+    import shlex
+
+    from ref2img.tasks.keys import create_key
+
+    key = create_key(open_store(data_dir, db), name)
+    if as_json:
+        print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name}))
+        return
+    if as_env:  # the names the SDK, the CLI and the README's curl lines all read
+        print(f"export REF2IMG_APP_KEY={shlex.quote(key.app_key)}\n"
+              f"export REF2IMG_APP_SECRET={shlex.quote(key.app_secret)}")
+        return
+    out.print(f"app_key:    {key.app_key}\napp_secret: {key.app_secret}", highlight=False)
+    err.print("Store the secret now: it cannot be shown again.")
+
+
+@app.command("list")
+def keys_list(data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = None,
+              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """App keys with their names and state (never their secrets)."""
+    rows = [{"app_key": row.app_key, "name": row.name,
+             "created": datetime.fromtimestamp(row.created_at, UTC).isoformat(timespec="seconds"),
+             "revoked": row.revoked_at is not None} for row in open_store(data_dir, db).list_keys()]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for row in rows:
+        out.print(f"{row['app_key']}  {row['created']}  {'revoked' if row['revoked'] else 'active'}  {row['name']}",
+                  highlight=False)
+
+
+@app.command("revoke")
+def keys_revoke(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="the key to revoke")],
+                data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = None) -> None:
+    """Revoke an app key: its requests are refused from now on (within 30 s on a running server)."""
+    if not open_store(data_dir, db).revoke_key(app_key):
+        fail(f"no active key {app_key!r}", EXIT_USAGE)
+    out.print(f"revoked {app_key}", highlight=False)
+
+
+
+def token(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="app key")],
+          app_secret: Annotated[str, typer.Argument(metavar="APP_SECRET", help="app secret")],
+          show: Annotated[bool, typer.Option("--print", help="print the token on stdout")] = False) -> None:
+    """The `Authorization: Basic …` value for an app key (computed locally; nothing is sent)."""
+    from ref2img.protocol import basic_token
+
+    err.print("[yellow]The token is a credential: anyone who has it can use your key.[/]")
+    if not show:
+        err.print("Add --print to write it to stdout.")
+        raise typer.Exit(0)
+    print(basic_token(app_key, app_secret))
+

@@ -1,0 +1,87 @@
+"""`ref2img models`: list, download and build the local engine's models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ref2img.cli._common import EXIT_USAGE, err, fail, new_group, out, quiet_libraries
+
+app = new_group("List, download and build the local engine's models.")
+
+
+@app.command("list")
+def models_list(
+    model: Annotated[list[str] | None, typer.Argument(metavar="PRESET|DIR|FILE...", help="presets, folders or files (default: every preset)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Presets, their parts, and which are on this machine (with sizes)."""
+    from ref2img.engines.base import EngineError
+    from ref2img.engines.local.hub import part_statuses
+    from ref2img.engines.local.presets import PRESETS, resolve_preset
+
+    try:
+        presets = [resolve_preset(name) for name in (model or list(PRESETS))]
+    except EngineError as exc:
+        fail(str(exc), EXIT_USAGE)
+    listing = []
+    for preset in presets:
+        parts = [vars(status) for status in part_statuses(preset)]
+        listing.append({"preset": preset.name, "family": preset.family, "description": preset.description,
+                        "ready": all(p["present"] for p in parts), "parts": parts})
+    if as_json:
+        print(json.dumps(listing, indent=2))
+        return
+    from rich.table import Table
+
+    for entry in listing:
+        table = Table(title=f"{entry['preset']} ({'ready' if entry['ready'] else 'incomplete'}): {entry['description']}",
+                      title_justify="left")
+        for column in ("part", "source", "present", "size"):
+            table.add_column(column)
+        for p in entry["parts"]:
+            table.add_row(p["part"], p["source"], "yes" if p["present"] else "[red]no[/]",
+                          human_size(p["size_bytes"]) if p["present"] else "")
+        out.print(table)
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+@app.command("pull")
+def models_pull(preset_name: Annotated[str, typer.Argument(metavar="PRESET", help="preset name or preset file")]) -> None:
+    """Download a preset's models into the Hugging Face cache (progress bars per file)."""
+    from ref2img.engines.base import EngineError
+    from ref2img.engines.local.hub import PullError, pull
+    from ref2img.engines.local.presets import resolve_preset
+
+    try:
+        preset = resolve_preset(preset_name)
+        pull(preset, on_part=lambda part, ref: err.print(f"[bold]{part}[/]: {ref.source}", highlight=False))
+    except (EngineError, PullError) as exc:
+        fail(str(exc))
+    err.print(f"preset {preset.name!r} is ready", highlight=False)
+
+
+@app.command("tiny")
+def models_tiny(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="folder to build the tiny models in")],
+    family: Annotated[str, typer.Option("--family", metavar="sd15|sdxl", help="sd15 (per-mode ControlNets) or sdxl (union ControlNet)")] = "sd15",
+) -> None:
+    """Build every part of the random-weight `tiny` preset offline (for tests and plumbing checks)."""
+    if family not in ("sd15", "sdxl"):
+        fail(f"--family: must be sd15 or sdxl (got {family!r})", EXIT_USAGE)
+    quiet_libraries()
+    from ref2img.engines.local.random_models import build_tiny
+
+    build_tiny(directory, family)
+    out.print(f"built tiny {family} models in {directory}; use them with --model {directory}", highlight=False)
+

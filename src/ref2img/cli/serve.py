@@ -1,0 +1,99 @@
+"""`ref2img serve` (an API node, or the whole embedded server) and `ref2img worker` (a fleet's GPU worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ref2img.cli._common import (EXIT_USAGE, CompileOption, DataDirOption, DbOption, DeviceOption, DtypeOption,
+                                 LeaseOption, ModelOption, OffloadOption, PartOption, QueueOption, StorageOption,
+                                 fail, parse_parts, quiet_libraries)
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 8080,
+    data_dir: DataDirOption = Path("ref2img-data"),
+    model: ModelOption = "sdxl",
+    part: PartOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    offload: OffloadOption = "none",
+    compile_kind: CompileOption = "none",
+    workers: Annotated[int, typer.Option("--workers", metavar="N", min=1, max=64, help="worker threads (one engine, shared)")] = 1,
+    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls", help="let image and callback URLs reach loopback/private addresses")] = False,
+    queue_limit: Annotated[int, typer.Option("--queue-limit", metavar="N", min=1, help="queued tasks before create answers 680005 / HTTP 429")] = 100,
+    task_timeout: Annotated[float, typer.Option("--task-timeout", metavar="SECONDS", min=1, help="seconds from create to status 6")] = 1800.0,
+    public_url: Annotated[str | None, typer.Option("--public-url", metavar="URL", help="base of result URLs sent in callbacks (default: http://HOST:PORT)")] = None,
+    callback_retry_scale: Annotated[float, typer.Option("--callback-retry-scale", hidden=True)] = 1.0,
+    auth_failure_limit: Annotated[int, typer.Option("--auth-failure-limit", metavar="N", min=1, help="failed authentications per app key and per client address per minute before 680005 / HTTP 429")] = 20,
+    max_body_mb: Annotated[int, typer.Option("--max-body-mb", metavar="MB", min=1, max=1024, help="largest request body (JSON or upload) in MB")] = 30,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    db: DbOption = None,
+    queue: QueueOption = "embedded",
+    storage: StorageOption = None,
+    lease: LeaseOption = 30.0,
+) -> None:
+    """Run the Tomoviee-compatible server: embedded (SQLite, workers in this process) or, with
+    --queue redis://… --db postgresql+psycopg://…, an API node of a fleet of `ref2img worker`s."""
+    import logging
+
+    import uvicorn
+
+    from ref2img.server import ServerSettings, create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServerSettings(
+        data_dir=data_dir, model=model, model_overrides=parse_parts(part), device=device, dtype=dtype,
+        offload=offload, compile=compile_kind, workers=workers,
+        allow_private_urls=allow_private_urls, queue_limit=queue_limit, task_timeout_s=task_timeout,
+        public_url=public_url or f"http://{host}:{port}", callback_retry_scale=callback_retry_scale,
+        db_url=db, queue_url=queue, storage=storage, lease_s=lease, auth_failure_limit=auth_failure_limit,
+        max_body_bytes=max_body_mb * 1024 * 1024)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+
+
+
+def worker(
+    queue: Annotated[str, typer.Option("--queue", metavar="URL", envvar="REF2IMG_QUEUE", help="redis://host:6379/0")],
+    db: Annotated[str, typer.Option("--db", metavar="URL", envvar="REF2IMG_DB", help="postgresql+psycopg://user@host/db")],
+    storage: Annotated[str, typer.Option("--storage", metavar="DIR|s3://…", envvar="REF2IMG_STORAGE", help="a directory every node mounts, or s3://bucket/prefix")],
+    public_url: Annotated[str | None, typer.Option("--public-url", metavar="URL", envvar="REF2IMG_PUBLIC_URL",
+                                                   help="the API nodes' base URL for result links in callbacks "
+                                                        "(default: the one the API nodes recorded in the store)")] = None,
+    model: ModelOption = "sdxl",
+    part: PartOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    offload: OffloadOption = "none",
+    compile_kind: CompileOption = "none",
+    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls")] = False,
+    task_timeout: Annotated[float, typer.Option("--task-timeout", metavar="SECONDS", min=1)] = 1800.0,
+    lease: LeaseOption = 30.0,
+    data_dir: DataDirOption = Path("ref2img-worker"),
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run one GPU worker of a scale-out fleet: loads the engine once, then takes tasks from Redis."""
+    import logging
+
+    from ref2img.server.services import ServerSettings
+    from ref2img.server.worker import ScaleWorker
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
+    settings = ServerSettings(data_dir=data_dir, model=model, model_overrides=parse_parts(part), device=device,
+                              dtype=dtype, offload=offload, compile=compile_kind, allow_private_urls=allow_private_urls, task_timeout_s=task_timeout,
+                              public_url=public_url, db_url=db, queue_url=queue, storage=storage, lease_s=lease)
+    from ref2img.engines.base import EngineError
+
+    try:
+        worker_process = ScaleWorker(settings)
+    except ValueError as exc:  # a flag missing or at odds with the store: bad input
+        fail(str(exc), EXIT_USAGE)
+    try:
+        worker_process.run()
+    except EngineError as exc:
+        fail(str(exc))
+
