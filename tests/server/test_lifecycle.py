@@ -143,3 +143,22 @@ def test_revoked_key_is_refused(slow, astronaut):
     Store(f"sqlite:///{slow.data_dir / 'ref2img.db'}").revoke_key(app_key)
     answer = Cloud(slow.url, app_key, secret).create(img2img_body(data_uri(astronaut)))
     assert answer.status_code == 401 and answer.json()["code"] == 140013
+
+
+def test_the_server_log_names_each_part_it_loads_and_nothing_else(tmp_path, tiny_sdxl, astronaut):
+    """Operators read one line per model part; library chatter (casting notes, fallback notices,
+    progress bars) stays at debug level."""
+    server = Server(tmp_path / "data", tiny_sdxl, "--log-level", "info").start()
+    try:
+        cloud = Cloud(server.url, *server.new_key())
+        for mode in ("3", "2"):  # depth: base, ControlNet, depth annotator; subject: image encoder, IP-Adapter
+            task_id = cloud.create_id(img2img_body(data_uri(astronaut), control_type=mode))
+            assert cloud.wait_final(task_id)["status"] == 3
+    finally:
+        server.stop()
+    lines = server.log().splitlines()
+    for part in ("base", "controlnet.union", "depth_estimator", "image_encoder", "ip_adapter"):
+        assert sum(f"loaded {part} from" in line for line in lines) == 1, part
+    for chatter in ("should be kept in float32", "torchvision", "Loading pipeline components", "Loading weights",
+                    "it/s]"):
+        assert not [line for line in lines if chatter in line], chatter
