@@ -85,7 +85,7 @@ def submit(services, count: int, gap_s: float = 0.0) -> list:
         rows = [services.store.get_task(task_id) for task_id in ids]
         if all(row.status == TaskStatus.SUCCEEDED for row in rows):
             return rows
-        failed = [row for row in rows if row.status in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMEOUT)]
+        failed = [row for row in rows if row.status in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT)]
         if failed:
             raise RuntimeError(f"task {failed[0].id} ended at status {int(failed[0].status)}: {failed[0].reason}")
         if time.monotonic() > deadline:
