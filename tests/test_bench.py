@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # minutes long: CI runs it; `pytest -m "not slow"` leaves it out
 
 
-@pytest.mark.slow
 def test_gpu_check_smoke(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "MODELS": str(tmp_path / "models"), "PY": sys.executable}
@@ -59,7 +59,6 @@ def test_client_bench_smoke():
     assert figures["ref2img long-poll"]["0.5"]["median_delay_s"] < 1.0  # long-poll sees the end at once
 
 
-@pytest.mark.slow
 def test_scale_bench_smoke(postgres_url):
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--tasks", "4", "--task-ms", "20",
                           "--workers", "1", "2", "--postgres", postgres_url, "--json"],

@@ -31,6 +31,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
+@pytest.mark.slow
 def test_generate_main_job_as_a_process(tiny_sd15, photo, tmp_path):
     result = run_cli("generate", str(photo), "an astronaut on mars", "--control", "pose", "--model", str(tiny_sd15),
                      "-W", "1000", "-H", "600", "--batch", "2", "--seed", "7", "--out", str(tmp_path), "--json")
@@ -47,6 +48,7 @@ def test_generate_main_job_as_a_process(tiny_sd15, photo, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_models_tiny_then_list(tmp_path):
     built = run_cli("models", "tiny", str(tmp_path / "tiny"), "--family", "sdxl")
     assert built.returncode == 0, built.stderr

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,6 +20,7 @@ def env_for(server, credentials) -> dict:
     return {"REF2IMG_BASE_URL": server.url, "REF2IMG_APP_KEY": credentials[0], "REF2IMG_APP_SECRET": credentials[1]}
 
 
+@pytest.mark.slow
 def test_generate_through_a_server(server, credentials, astronaut, tmp_path):
     reference = tmp_path / "ref.png"
     astronaut.save(reference)
@@ -32,6 +34,7 @@ def test_generate_through_a_server(server, credentials, astronaut, tmp_path):
     assert (tmp_path / "out" / f"{record['task_id']}.json").exists()
 
 
+@pytest.mark.slow
 def test_task_commands(server, credentials, astronaut, tmp_path):
     from ref2img import Client
 
@@ -49,6 +52,7 @@ def test_task_commands(server, credentials, astronaut, tmp_path):
     assert missing.exit_code == 1 and "680004" in missing.stderr
 
 
+@pytest.mark.slow
 def test_remote_errors_are_one_line(server, credentials):
     env = env_for(server, credentials)
     bad = runner.invoke(app, ["generate", "https://x/y.png", "p", "-W", "9000", "--server", server.url], env=env)
@@ -72,6 +76,7 @@ def run_script(args: list[str], env: dict) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
+@pytest.mark.slow
 def test_skill_command_line(server, credentials, image_host):
     result = run_script(["scripts/tomoviee_img2img_client.py", *credentials, "a cat",
                          image_host.url("/astronaut.png"), "0", "512", "512", "1", "0.5"], env_for(server, credentials))
@@ -82,6 +87,7 @@ def test_skill_command_line(server, credentials, image_host):
     assert usage.returncode == 1 and "Usage:" in usage.stdout
 
 
+@pytest.mark.slow
 def test_skill_python_example_as_documented(server, credentials, image_host):
     code = f"""
 from scripts.tomoviee_img2img_client import TomovieeImg2ImgClient

@@ -109,6 +109,7 @@ def test_wire_body_is_what_the_cloud_documents(scripted):
     assert "Idempotency-Key" not in headers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_s", [4.0, 12.0])
 def test_cloud_polling_notices_the_end_quickly_with_few_requests(scripted, run_s):
     """The cloud's way: no long-poll, status 1 -> 2 -> 3 over time with progress and wait_time."""
@@ -122,6 +123,7 @@ def test_cloud_polling_notices_the_end_quickly_with_few_requests(scripted, run_s
     assert server.count(QUERY) <= 5
 
 
+@pytest.mark.slow
 def test_long_poll_against_a_server_that_ignores_wait_is_paced(scripted):
     task = CloudTask(queued_s=0.5, run_s=2.0)
     server = scripted(lambda path, body, headers: ok(task.data() | {"progress": 0}))  # no visible change

@@ -15,6 +15,7 @@ from ref2img.client import (APIConnectionError, TaskFailedError, TaskNotFoundErr
 from ..server.conftest import Cloud, data_uri, img2img_body
 
 
+@pytest.mark.slow
 def test_generate_download_and_progress(client, astronaut, tmp_path):
     seen = []
     task = client.generate("an astronaut", astronaut, "pose", width=640, height=512, batch_size=2, seed=5,
@@ -25,6 +26,7 @@ def test_generate_download_and_progress(client, astronaut, tmp_path):
     assert [Image.open(path).size for path in paths] == [(640, 512)] * 2
 
 
+@pytest.mark.slow
 def test_create_get_wait_with_files_and_urls(client, astronaut, coffee, tmp_path):
     path = tmp_path / "ref.png"
     astronaut.save(path)
@@ -42,6 +44,7 @@ def test_recognize_and_token(client, astronaut, credentials):
     assert client.token() == Cloud("", *credentials).headers["Authorization"]
 
 
+@pytest.mark.slow
 def test_cancel_returns_the_task(client, astronaut):
     busy = [client.create("p", astronaut, "edge", batch_size=4) for _ in range(4)]
     cancelled = client.cancel(busy[-1])

@@ -18,6 +18,8 @@ from sqlalchemy import create_engine, text
 from ..contract.test_storage import s3_endpoint  # noqa: F401  (shared fixture)
 from ..server.conftest import Cloud, Server, data_uri, img2img_body
 
+pytestmark = pytest.mark.slow  # minutes long: CI runs it; `pytest -m "not slow"` leaves it out
+
 
 
 class Fleet:

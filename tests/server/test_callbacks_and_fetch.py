@@ -14,6 +14,7 @@ from ref2img.webhooks import verify
 from .conftest import Cloud, Receiver, Server, data_uri, free_port, img2img_body
 
 
+@pytest.mark.slow
 def test_callback_is_signed_and_retried_with_one_id(cloud, image_host):
     receiver = Receiver(statuses=[500, 503])
     try:
@@ -31,6 +32,7 @@ def test_callback_is_signed_and_retried_with_one_id(cloud, image_host):
         receiver.close()
 
 
+@pytest.mark.slow
 def test_callback_survives_a_server_restart(tiny_sd15, tmp_path, astronaut):
     port = free_port()
     server = Server(tmp_path / "data", tiny_sd15, "--allow-private-urls", "--callback-retry-scale", "0.3").start()

@@ -89,6 +89,7 @@ def test_engine_faults_end_the_task_clearly_and_the_worker_goes_on(tiny_sd15, tm
         assert run("a calm lake")["status"] == 3  # the same single worker, still alive
 
 
+@pytest.mark.slow
 def test_a_locked_store_answers_busy_and_loses_nothing(tiny_sd15, tmp_path, reference):
     server = Server(tmp_path / "data", tiny_sd15, "--workers", "1", "--lease", "2", "--part", "steps=30").start()
     try:
@@ -137,6 +138,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_data_disk_answers_busy_and_recovers(tiny_sd15, small_disk, reference):
     server = Server(small_disk / "data", tiny_sd15, "--workers", "1", "--lease", "2").start()
     try:

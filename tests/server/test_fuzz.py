@@ -56,6 +56,7 @@ def fuzz(operation, mode: GenerationMode, headers: dict[str, str], examples: int
     return len(calls)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_every_route_answers_in_the_envelope(fuzzed, operations, mode):
     headers = {k: v for k, v in Cloud(fuzzed.url, *fuzzed.new_key()).headers.items() if k != "Content-Type"}
@@ -66,6 +67,7 @@ def test_every_route_answers_in_the_envelope(fuzzed, operations, mode):
         assert fuzz(operation, mode, headers, EXAMPLES) > 0, operation.label
 
 
+@pytest.mark.slow
 def test_strangers_are_refused_in_the_envelope(fuzzed, operations):
     for operation in operations:
         assert fuzz(operation, GenerationMode.POSITIVE, {}, max(EXAMPLES // 5, 3)) > 0, operation.label

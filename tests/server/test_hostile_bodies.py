@@ -15,7 +15,7 @@ CREATE = "/v1/open/capacity/application/tm_reference_img2img"
 QUERY = "/v1/open/pub/task"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def hostile(request, tiny_sd15, tmp_path_factory):
     extra, schema = [], None
     if request.param == "postgresql":  # NUL bytes and over-long values break PostgreSQL, not SQLite
@@ -128,6 +128,7 @@ def test_documented_acceptances(hostile, reference, changes):
     assert hostile.create(body(reference, **changes)).json()["code"] == 0
 
 
+@pytest.mark.slow
 def test_unusual_unicode_round_trips(hostile, reference):
     unusual = "宇航员 🚀 مرحبا שלום e\u0301 \u200d\u202e Ω \U0001f9d1\u200d\U0001f680"
     task_id = hostile.create_id(body(reference, prompt=unusual, params=unusual, negative_prompt=unusual))

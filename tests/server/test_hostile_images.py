@@ -39,6 +39,7 @@ def usable_images(astronaut: Image.Image) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["img2img", "img2mask"])
 def test_unusual_images_are_used(cloud, astronaut, kind):
     images = usable_images(astronaut)
@@ -64,6 +65,7 @@ def test_unusable_shapes_are_680003_at_create(cloud, size, message):
     assert upload["code"] == 680003 and message in upload["msg"]
 
 
+@pytest.mark.slow
 def test_broken_images_fail_their_task_and_the_worker_goes_on(cloud, astronaut):
     jpeg = encoded(astronaut, "JPEG")
     broken = {

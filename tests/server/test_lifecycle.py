@@ -33,6 +33,7 @@ def wait_running(cloud: Cloud, task_id: str, timeout_s: float = 30) -> dict:
     raise AssertionError("task never started")
 
 
+@pytest.mark.slow
 def test_cancel_queued_and_running_positions_and_a_full_queue(slow_cloud, astronaut):
     body = img2img_body(data_uri(astronaut))
     running = slow_cloud.create_id(body)
@@ -86,6 +87,7 @@ def test_ssrf_callback_urls_are_refused(slow_cloud, astronaut, url):
     assert answer["code"] == 680001 and answer["msg"].startswith("callback: ")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_task_then_restart_loses_nothing(tiny_sd15, tmp_path, astronaut):
     server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=120", "--workers", "1").start()
     try:
@@ -100,6 +102,7 @@ def test_sigkill_mid_task_then_restart_loses_nothing(tiny_sd15, tmp_path, astron
         server.stop()
 
 
+@pytest.mark.slow
 def test_missing_model_is_680006(tmp_path, astronaut):
     server = Server(tmp_path / "data", "sd15").start()
     try:
@@ -123,6 +126,7 @@ def test_startup_does_not_import_torch():
     assert result.stdout.strip() == "False", result.stderr
 
 
+@pytest.mark.slow
 def test_deadline_ends_a_running_task_at_6(tiny_sd15, tmp_path, astronaut):
     server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=500", "--task-timeout", "3").start()
     try:
@@ -145,6 +149,7 @@ def test_revoked_key_is_refused(slow, astronaut):
     assert answer.status_code == 401 and answer.json()["code"] == 140013
 
 
+@pytest.mark.slow
 def test_the_server_log_names_each_part_it_loads_and_nothing_else(tmp_path, tiny_sdxl, astronaut):
     """Operators read one line per model part; library chatter (casting notes, fallback notices,
     progress bars) stays at debug level."""

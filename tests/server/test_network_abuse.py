@@ -140,6 +140,7 @@ def finishes_within(seconds: float, call) -> BaseException | None:
     return outcome[0]
 
 
+@pytest.mark.slow
 def test_slow_loris_headers_end_at_the_deadline_for_images_and_callbacks():
     host = RawServer(drip_headers)
     http = SafeHttp(allow_private=True, timeout_s=1.5)
@@ -190,6 +191,7 @@ def test_file_urls_refuse_traversal_tampering_and_expiry(strict, strict_cloud, a
         assert refused.json() == {"code": 680004, "msg": "file: the link is invalid or has expired", "data": None}
 
 
+@pytest.mark.slow
 def test_uploads_over_the_cap_are_refused_before_they_are_stored(strict, strict_cloud):
     for size in (5 * 1024 * 1024, 64 * 1024 * 1024):  # the server runs with --max-body-mb 4
         answer = upload(strict_cloud, b"\x89PNG" + b"\0" * size)

@@ -11,6 +11,7 @@ from .conftest import Cloud, data_uri, img2img_body, png_bytes
 QUERY_FIELDS = {"task_id", "status", "progress", "process", "reason", "position", "wait_time", "params", "result"}
 
 
+@pytest.mark.slow
 def test_cloud_flow_end_to_end(cloud, image_host):
     answer = cloud.create(img2img_body(image_host.url("/astronaut.png"), control_type="1", width=640, height=512,
                                        batch_size=2, params="order-17", wsid=1, storage_info={"x": 1}))
@@ -35,6 +36,7 @@ def test_cloud_flow_end_to_end(cloud, image_host):
         assert Image.open(__import__("io").BytesIO(image.content)).size == (640, 512)
 
 
+@pytest.mark.slow
 def test_result_urls_are_signed(cloud, image_host):
     data = cloud.wait_final(cloud.create_id(img2img_body(image_host.url("/astronaut.png"))))
     url = json.loads(data["result"])["images_path"][0]
@@ -97,6 +99,7 @@ def test_other_keys_task_is_not_found(server, cloud, image_host):
     assert cloud.query(task_id)["code"] == 0
 
 
+@pytest.mark.slow
 def test_uploads_are_private_to_their_key(server, cloud, astronaut, coffee):
     files = {"file": ("photo.png", png_bytes(coffee), "image/png")}
     upload = httpx.post(f"{cloud.base}/v1/files", files=files, headers={k: v for k, v in cloud.headers.items()
@@ -116,6 +119,7 @@ def test_uploads_are_private_to_their_key(server, cloud, astronaut, coffee):
     ("/bomb.png", "megapixel limit"),
     ("/text.png", "not an image"),
 ])
+@pytest.mark.slow
 def test_bad_images_fail_the_task_with_a_clear_reason(cloud, image_host, name, message):
     data = cloud.wait_final(cloud.create_id(img2img_body(image_host.url(name))))
     assert data["status"] == 4

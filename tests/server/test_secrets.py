@@ -27,6 +27,7 @@ def from_address(address: str) -> httpx.Client:
     return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
 
 
+@pytest.mark.slow
 def test_secret_never_reaches_logs_store_metrics_or_messages(chatty, astronaut):
     cloud = Cloud(chatty.url, *chatty.new_key())
     token = base64.b64encode(f"{cloud.app_key}:{cloud.app_secret}".encode()).decode()
@@ -80,6 +81,7 @@ def test_failed_auth_is_limited_per_key(chatty):
         assert client.post(query, json={"task_id": "t"}, headers=bystander.headers).json()["code"] == 680004
 
 
+@pytest.mark.slow
 def test_failed_auth_is_limited_per_address(chatty):
     honest = Cloud(chatty.url, *chatty.new_key())
     query = f"{chatty.url}/v1/open/pub/task"
@@ -93,6 +95,7 @@ def test_failed_auth_is_limited_per_address(chatty):
         assert client.post(query, json={"task_id": "t"}, headers=honest.headers).json()["code"] == 680004
 
 
+@pytest.mark.slow
 def test_failure_window_forgets_old_failures_and_bounds_memory():
     window = FailureWindow(limit=3, window_s=60, max_names=100)
     for second in (0, 10, 20):
