@@ -62,10 +62,10 @@ class Speedups:
 
 def prepare_denoiser(module: torch.nn.Module, speedups: Speedups, on_gpu: bool) -> torch.nn.Module:
     """Apply the levers to a UNet or a ControlNet in place (called once per module, at load)."""
+    if speedups.fuse_qkv:  # before fp8: the fused projections are quantized as one
+        fuse_attention_projections(module)
     if speedups.fp8:
         quantize_fp8(module)
-    if speedups.fuse_qkv:
-        fuse_attention_projections(module)
     if speedups.channels_last and on_gpu:
         module.to(memory_format=torch.channels_last)
     if speedups.compile == "regional":
