@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,14 @@ ARCHES = {
 OFF = Speedups(skip_idle_controlnet=False, channels_last=False)
 LEVERS: dict[str, Speedups] = {
     "off": OFF,
-    "skip-idle-controlnet": OFF.replace(skip_idle_controlnet=True),
-    "channels-last": OFF.replace(channels_last=True),
-    "fuse-qkv": OFF.replace(fuse_qkv=True),
-    "compile-regional": OFF.replace(compile="regional"),
-    "compile-full": OFF.replace(compile="full"),
-    "cuda-graphs": OFF.replace(compile="full", compile_mode="reduce-overhead"),
-    "inductor-tuning": OFF.replace(compile="regional", inductor_tuning=True),
-    "fp8": OFF.replace(compile="regional", fp8=True),
+    "skip-idle-controlnet": replace(OFF, skip_idle_controlnet=True),
+    "channels-last": replace(OFF, channels_last=True),
+    "fuse-qkv": replace(OFF, fuse_qkv=True),
+    "compile-regional": replace(OFF, compile="regional"),
+    "compile-full": replace(OFF, compile="full"),
+    "cuda-graphs": replace(OFF, compile="full", compile_mode="reduce-overhead"),
+    "inductor-tuning": replace(OFF, compile="regional", inductor_tuning=True),
+    "fp8": replace(OFF, compile="regional", fp8=True),
     "all": Speedups(fuse_qkv=True, compile="regional"),
 }
 DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "channels-last", "fuse-qkv", "compile-regional",

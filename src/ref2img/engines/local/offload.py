@@ -7,14 +7,10 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from ref2img.engines.base import EngineOptionError
 from ref2img.engines.local.device import Placement
-
-log = logging.getLogger("ref2img.engine")
 
 OFFLOAD_MODES: tuple[str, ...] = ("none", "model", "sequential", "auto")
 # Activations, attention and VAE decode at 1024² on top of the weights (bf16 SDXL + union ControlNet

@@ -16,17 +16,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import logging
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from ref2img.engines.base import EngineOptionError
-
-log = logging.getLogger("ref2img.engine")
 
 CompileKind = Literal["none", "regional", "full"]
 COMPILE_KINDS: tuple[str, ...] = ("none", "regional", "full")
@@ -49,15 +45,9 @@ class Speedups:
         if self.compile not in COMPILE_KINDS:
             raise EngineOptionError(f"--compile: must be one of {', '.join(COMPILE_KINDS)} (got {self.compile!r})")
 
-    def replace(self, **changes) -> Speedups:
-        return dataclasses.replace(self, **changes)
-
     @property
     def compiles(self) -> bool:
         return self.compile != "none"
-
-    def describe(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
 
 
 def prepare_denoiser(module: torch.nn.Module, speedups: Speedups, on_gpu: bool) -> torch.nn.Module:
