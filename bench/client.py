@@ -56,7 +56,7 @@ def start_ref2img(workers: int) -> tuple[str, str, str]:
     import uvicorn
 
     from ref2img.server import ServerSettings, create_app
-    from ref2img.tasks.keys import create_key
+    from ref2img.auth.keys import create_key
     from ref2img.tasks.store import Store
 
     data_dir = Path(tempfile.mkdtemp(prefix="ref2img-bench-client-"))

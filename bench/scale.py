@@ -41,16 +41,16 @@ class SleepEngine:
 
 
 def settings(db: str | None, queue: str, storage: str, task_ms: float):
-    from ref2img.server.services import ServerSettings
+    from ref2img.settings import ServerSettings
 
     return ServerSettings(data_dir=Path(storage), db_url=db, queue_url=queue, storage=storage,
                           engine_factory=lambda: SleepEngine(task_ms / 1000), lease_s=10, queue_limit=10**6)
 
 
 def run_worker(db: str, redis_url: str, storage: str, task_ms: float) -> None:
-    from ref2img.server.worker import ScaleWorker
+    from ref2img.tasks.worker_process import run_worker_process
 
-    ScaleWorker(settings(db, redis_url, storage, task_ms)).run()
+    run_worker_process(settings(db, redis_url, storage, task_ms))
 
 
 def small_png_uri() -> str:
@@ -75,14 +75,14 @@ def submit(services, count: int, gap_s: float = 0.0) -> list:
     request = CreateRequest.model_validate(BODY).model_dump(mode="json")
     ids = []
     for _ in range(count):
-        task, _ = services.store.create_task(app_key="bench", kind="img2img", request=request, params=None,
+        task, _ = services.store.tasks.create(app_key="bench", kind="img2img", request=request, params=None,
                                              callback=None, idempotency_key=None, timeout_s=3600, queue_limit=10**6)
-        services.dispatch(task.id)
+        services.queue.send(task.id)
         ids.append(task.id)
         time.sleep(gap_s)
     deadline = time.monotonic() + TASK_DEADLINE_S
     while True:
-        rows = [services.store.get_task(task_id) for task_id in ids]
+        rows = [services.store.tasks.get(task_id) for task_id in ids]
         if all(row.status == TaskStatus.SUCCEEDED for row in rows):
             return rows
         failed = [row for row in rows if row.status in (TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT)]
@@ -118,12 +118,11 @@ def fleet_row(workers: int, tasks: int, task_ms: float, postgres: str, redis_url
     db = f"{postgres}?options=-csearch_path%3D{schema}"
     storage = tempfile.mkdtemp(prefix="ref2img-scale-")
     api = Services(settings(db, redis_url, storage, task_ms))  # the API node's side, in this process
-    api.advertise_public_url()  # as `ref2img serve` does: the workers read it from the store
     processes = [subprocess.Popen([sys.executable, __file__, "--worker", db, redis_url, storage, str(task_ms)],
                                   stderr=subprocess.DEVNULL) for _ in range(workers)]
     try:
         deadline = time.monotonic() + 60
-        while len(api.store.alive_workers(within_s=30)) < workers and time.monotonic() < deadline:
+        while len(api.store.fleet.alive(within_s=30)) < workers and time.monotonic() < deadline:
             time.sleep(0.1)
         return measure(api, tasks, workers, task_ms)
     finally:
@@ -131,8 +130,7 @@ def fleet_row(workers: int, tasks: int, task_ms: float, postgres: str, redis_url
             process.terminate()
         for process in processes:
             process.wait(15)
-        api.queue.close()
-        api.store.close()
+        api.backend.close()
         with create_engine(postgres).begin() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
 
@@ -142,12 +140,11 @@ def embedded_row(tasks: int, task_ms: float) -> dict:
 
     storage = tempfile.mkdtemp(prefix="ref2img-scale-embedded-")
     services = Services(settings(None, "embedded", storage, task_ms))
-    services.background.start()
+    services.start()
     try:
         return measure(services, tasks, 1, task_ms)
     finally:
-        services.background.stop()
-        services.store.close()
+        services.stop()
 
 
 def main() -> None:

@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from ref2img.tasks.keys import create_key
+    from ref2img.auth.keys import create_key
     from ref2img.protocol import basic_token
     from ref2img.tasks.store import Store
 

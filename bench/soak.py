@@ -240,7 +240,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def new_key(data_dir: Path) -> dict[str, str]:
     from ref2img.protocol import basic_token
-    from ref2img.tasks.keys import create_key
+    from ref2img.auth.keys import create_key
     from ref2img.tasks.store import Store
 
     store = Store(f"sqlite:///{data_dir / 'ref2img.db'}")

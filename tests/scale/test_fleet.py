@@ -72,7 +72,7 @@ def fleet(tmp_path, tiny_sd15, postgres_url, redis_server):
 
 
 def cloud_for(fleet: Fleet) -> Cloud:
-    from ref2img.tasks.keys import create_key
+    from ref2img.auth.keys import create_key
     from ref2img.tasks.store import Store
 
     key = create_key(Store(fleet.db))
@@ -246,30 +246,21 @@ def test_s3_storage_end_to_end(tmp_path, tiny_sd15, astronaut, s3_endpoint):
         server.stop()
 
 
-def test_a_worker_reads_the_public_url_the_api_nodes_recorded(postgres_url, redis_server, tmp_path):
-    from ref2img.tasks.store import Store
+def test_a_worker_needs_no_public_url_and_callbacks_carry_the_api_nodes(fleet, astronaut):
+    """The worker ends the task and queues its callback; the API node renders and sends it, with result
+    links under its own URL (the worker was started with no --public-url)."""
+    from ..server.test_callbacks_and_fetch import Receiver
 
-    schema = f"fresh_{secrets.token_hex(4)}"
-    with create_engine(postgres_url).begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    db = f"{postgres_url}?options=-csearch_path%3D{schema}"
-    try:  # no API node has used this store yet: the worker cannot know where results are served
-        refused = subprocess.run([sys.executable, "-m", "ref2img.cli", "worker", "--queue", redis_server.url,
-                                  "--db", db, "--storage", str(tmp_path), "--model", "sd15"],
-                                 capture_output=True, text=True, timeout=120)
-        assert refused.returncode == 2, refused.stderr
-        assert "--public-url: no API node has recorded its public URL" in refused.stderr
-        store = Store(db)
-        assert store.get_setting("public_url") is None
-        store.close()
+    receiver = Receiver()
+    try:
+        cloud = cloud_for(fleet)
+        fleet.start_worker()
+        task_id = cloud.create_id(img2img_body(data_uri(astronaut), callback=receiver.url))
+        assert cloud.wait_final(task_id, timeout_s=180)["status"] == 3
+        [(_headers, raw)] = receiver.wait_calls(1, timeout_s=30)
+        data = json.loads(raw)
+        [url] = json.loads(data["result"])["images_path"]
+        assert data["task_id"] == task_id and url.startswith(fleet.api.url)
+        assert httpx.get(url).status_code == 200
     finally:
-        with create_engine(postgres_url).begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-
-
-def test_api_nodes_record_their_public_url(fleet):
-    from ref2img.tasks.store import Store
-
-    store = Store(fleet.db)
-    assert store.get_setting("public_url") == fleet.api.url  # what `ref2img worker` reads
-    store.close()
+        receiver.close()

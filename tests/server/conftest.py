@@ -23,7 +23,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from ref2img.tasks.keys import create_key
+from ref2img.auth.keys import create_key
 from ref2img.tasks.store import Store
 
 

@@ -144,7 +144,7 @@ def test_revoked_key_is_refused(slow, astronaut):
     from ref2img.tasks.store import Store
 
     app_key, secret = slow.new_key()
-    Store(f"sqlite:///{slow.data_dir / 'ref2img.db'}").revoke_key(app_key)
+    Store(f"sqlite:///{slow.data_dir / 'ref2img.db'}").keys.revoke(app_key)
     answer = Cloud(slow.url, app_key, secret).create(img2img_body(data_uri(astronaut)))
     assert answer.status_code == 401 and answer.json()["code"] == 140013
 

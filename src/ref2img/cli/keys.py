@@ -35,7 +35,7 @@ def keys_create(
     """Create an app key. The secret is shown this once; the server keeps only a salted hash."""
     import shlex
 
-    from ref2img.tasks.keys import create_key
+    from ref2img.auth.keys import create_key
 
     key = create_key(open_store(data_dir, db), name)
     if as_json:
@@ -55,7 +55,7 @@ def keys_list(data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = Non
     """App keys with their names and state (never their secrets)."""
     rows = [{"app_key": row.app_key, "name": row.name,
              "created": datetime.fromtimestamp(row.created_at, UTC).isoformat(timespec="seconds"),
-             "revoked": row.revoked_at is not None} for row in open_store(data_dir, db).list_keys()]
+             "revoked": row.revoked_at is not None} for row in open_store(data_dir, db).keys.list()]
     if as_json:
         print(json.dumps(rows))
         return
@@ -68,7 +68,7 @@ def keys_list(data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = Non
 def keys_revoke(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="the key to revoke")],
                 data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = None) -> None:
     """Revoke an app key: its requests are refused from now on (within 30 s on a running server)."""
-    if not open_store(data_dir, db).revoke_key(app_key):
+    if not open_store(data_dir, db).keys.revoke(app_key):
         fail(f"no active key {app_key!r}", EXIT_USAGE)
     out.print(f"revoked {app_key}", highlight=False)
 

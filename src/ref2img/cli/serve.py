@@ -55,14 +55,10 @@ def serve(
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
 
 
-
 def worker(
     queue: Annotated[str, typer.Option("--queue", metavar="URL", envvar="REF2IMG_QUEUE", help="redis://host:6379/0")],
     db: Annotated[str, typer.Option("--db", metavar="URL", envvar="REF2IMG_DB", help="postgresql+psycopg://user@host/db")],
     storage: Annotated[str, typer.Option("--storage", metavar="DIR|s3://…", envvar="REF2IMG_STORAGE", help="a directory every node mounts, or s3://bucket/prefix")],
-    public_url: Annotated[str | None, typer.Option("--public-url", metavar="URL", envvar="REF2IMG_PUBLIC_URL",
-                                                   help="the API nodes' base URL for result links in callbacks "
-                                                        "(default: the one the API nodes recorded in the store)")] = None,
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
@@ -75,25 +71,22 @@ def worker(
     data_dir: DataDirOption = Path("ref2img-worker"),
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
-    """Run one GPU worker of a scale-out fleet: loads the engine once, then takes tasks from Redis."""
+    """Run one GPU worker of a scale-out fleet: loads the engine once, then takes tasks from Redis.
+    The API nodes send the callbacks, so a worker needs no public URL."""
     import logging
 
-    from ref2img.server.services import ServerSettings
-    from ref2img.server.worker import ScaleWorker
+    from ref2img.engines.base import EngineError
+    from ref2img.settings import ServerSettings
+    from ref2img.tasks.worker_process import run_worker_process
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
     settings = ServerSettings(data_dir=data_dir, model=model, model_overrides=parse_parts(part), device=device,
-                              dtype=dtype, offload=offload, compile=compile_kind, allow_private_urls=allow_private_urls, task_timeout_s=task_timeout,
-                              public_url=public_url, db_url=db, queue_url=queue, storage=storage, lease_s=lease)
-    from ref2img.engines.base import EngineError
-
+                              dtype=dtype, offload=offload, compile=compile_kind, allow_private_urls=allow_private_urls,
+                              task_timeout_s=task_timeout, db_url=db, queue_url=queue, storage=storage, lease_s=lease)
     try:
-        worker_process = ScaleWorker(settings)
-    except ValueError as exc:  # a flag missing or at odds with the store: bad input
+        run_worker_process(settings)
+    except ValueError as exc:  # a flag at odds with the others: bad input
         fail(str(exc), EXIT_USAGE)
-    try:
-        worker_process.run()
     except EngineError as exc:
         fail(str(exc))
-

@@ -10,7 +10,8 @@ from ref2img.server.errors import install_error_handlers
 from ref2img.server.limits import BodyLimit
 from ref2img.server.openapi import install_openapi
 from ref2img.server.routes import router
-from ref2img.server.services import ServerSettings, Services
+from ref2img.server.services import Services
+from ref2img.settings import ServerSettings
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -18,7 +19,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        services.advertise_public_url()
         services.start()
         try:
             yield

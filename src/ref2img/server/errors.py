@@ -8,10 +8,10 @@ import secrets
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ref2img.protocol import ErrorCode
+from ref2img.tasks.store import StoreBusy
 
 log = logging.getLogger("ref2img.server")
 
@@ -36,16 +36,6 @@ def envelope_response(code: int, msg: str, status: int = 200, headers: dict | No
 STORE_RETRY_AFTER_S = 5
 
 
-def store_trouble(exc: OperationalError) -> str:
-    """What went wrong with the store, in a user's words; never the database's URL or its own text."""
-    text = str(exc.orig).lower()
-    if "locked" in text or "busy" in text:
-        return "the task store is locked by another process"
-    if "full" in text or "no space" in text:
-        return "the server's disk is full"
-    return "the task store is unreachable"
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -68,12 +58,12 @@ def install_error_handlers(app: FastAPI) -> None:
         field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         return envelope_response(ErrorCode.INVALID_PARAMETER, f"{field}: {first.get('msg', 'invalid')}")
 
-    @app.exception_handler(OperationalError)
-    async def _store_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
+    @app.exception_handler(StoreBusy)
+    async def _store_unavailable(_request: Request, exc: StoreBusy) -> JSONResponse:
         # Locked by another process past the busy timeout, disk full, database down: nothing was
         # accepted, and trying again later works, so it is "busy" rather than an internal error.
-        log.warning("the task store refused a request: %s", exc.orig)
-        return envelope_response(ErrorCode.BUSY, f"busy: {store_trouble(exc)}; retry in {STORE_RETRY_AFTER_S} s",
+        log.warning("the task store refused a request: %s", exc.__cause__ or exc)
+        return envelope_response(ErrorCode.BUSY, f"busy: {exc}; retry in {STORE_RETRY_AFTER_S} s",
                                  429, {"Retry-After": str(STORE_RETRY_AFTER_S)})
 
     @app.exception_handler(Exception)

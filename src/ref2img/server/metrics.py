@@ -14,7 +14,7 @@ class _TaskCollector:
         self._services = services
 
     def collect(self):
-        counts = self._services.store.count_by_status()
+        counts = self._services.store.tasks.count_by_status()
         by_status = GaugeMetricFamily("ref2img_tasks", "Tasks in the store by status", labels=["status"])
         for status in TaskStatus:
             by_status.add_metric([status.name.lower()], counts.get(status, 0))
@@ -35,7 +35,7 @@ class _TaskCollector:
                                      labels=["worker"])
             rate = GaugeMetricFamily("ref2img_worker_tasks_per_busy_second", "Throughput per worker while busy",
                                      labels=["worker"])
-            for row in services.store.alive_workers(within_s=3 * services.settings.lease_s):
+            for row in services.store.fleet.alive(within_s=3 * services.settings.lease_s):
                 done.add_metric([row.id], row.tasks_done)
                 step.add_metric([row.id], row.step_s / row.steps if row.steps else 0.0)
                 rate.add_metric([row.id], row.tasks_done / row.busy_s if row.busy_s else 0.0)

@@ -19,7 +19,7 @@ from ref2img.protocol import (MAX_TASK_ID_CHARS, MAX_WAIT_S, CreateRequest, Erro
 from ref2img.server import openapi
 from ref2img.server.auth import authenticate, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
-from ref2img.server.fetch import UrlRefused
+from ref2img.tasks.fetch import UrlRefused
 from ref2img.server.services import Services
 from ref2img.tasks.store import QueueFull, new_id
 
@@ -76,14 +76,14 @@ def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: 
         svc.engine.preload()  # try again in the background: the model may have been fetched since
         raise ApiError(ErrorCode.ENGINE_UNAVAILABLE, f"engine unavailable: {svc.engine.state.removeprefix('error: ')}")
     try:
-        task, created = svc.store.create_task_idempotent(
+        task, created = svc.store.tasks.create_idempotent(
             app_key=app_key, kind=kind, request=payload, params=params, callback=callback,
             idempotency_key=_idempotency_key(request), timeout_s=svc.settings.task_timeout_s,
             queue_limit=svc.settings.queue_limit)
     except QueueFull as exc:
         raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
     if created:
-        svc.dispatch(task.id)
+        svc.queue.send(task.id)
     return JSONResponse(ok({"task_id": task.id}))
 
 
@@ -143,18 +143,18 @@ async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, De
     base_url = str(request.base_url)
 
     def read() -> tuple[Any, dict | None]:  # one trip to the thread pool per look at the store
-        task = svc.store.get_task(task_id, app_key)
+        task = svc.store.tasks.get(task_id, app_key)
         return task, (svc.task_data(task, base_url) if task is not None else None)
 
     deadline = time.monotonic() + wait
-    seen = svc.store.changes.version
+    seen = svc.store.tasks.changes.version
     task, data = await store_read(svc, read)
     if task is None:
         raise ApiError(ErrorCode.TASK_NOT_FOUND, f"task_id: no task {task_id!r}")
     first = task.status
     while wait and not TaskStatus(task.status).is_final and time.monotonic() < deadline:
         # The feed wakes us on local changes; the 1 s cap also catches other processes' changes.
-        seen = await svc.store.changes.wait_async(seen, min(1.0, deadline - time.monotonic()))
+        seen = await svc.store.tasks.changes.wait_async(seen, min(1.0, deadline - time.monotonic()))
         task, data = await store_read(svc, read)
         if task.status != first:
             break
@@ -165,8 +165,7 @@ async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, De
 def cancel_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
     svc = services(request)
     task_id = _task_id(body)
-    task = svc.store.request_cancel(task_id, app_key,
-                                    callback_payload=lambda row: svc.task_data(row, svc.public_url))
+    task = svc.store.tasks.request_cancel(task_id, app_key)
     if task is None:
         raise ApiError(ErrorCode.TASK_NOT_FOUND, f"task_id: no task {task_id!r}")
     return ok(svc.task_data(task, str(request.base_url)))
@@ -194,7 +193,7 @@ def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, F
     extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[Image.open(io.BytesIO(data)).format]
     file_id = new_id("f")
     name = svc.storage.save_upload(file_id, data, extension)
-    svc.store.add_file(file_id, app_key, name)
+    svc.store.files.add(file_id, app_key, name)
     return ok({"file_id": file_id, "url": svc.storage.signed_url(str(request.base_url), name)})
 
 
@@ -217,7 +216,7 @@ def get_file(request: Request, name: str, expires: str = "", sig: str = "") -> R
 @router.get("/healthz", **WIRE)
 def healthz(request: Request) -> dict:
     svc = services(request)
-    counts = svc.store.count_by_status()
+    counts = svc.store.tasks.count_by_status()
     engine = svc.engine.state if svc.settings.embedded else "workers"
     return ok({"status": "ok", "engine": engine, "queued": counts.get(TaskStatus.QUEUED, 0),
                "processing": counts.get(TaskStatus.PROCESSING, 0)})

@@ -1,7 +1,7 @@
-"""Scale-out housekeeping, run by API nodes and workers alike: hand back tasks whose worker's lease
-ran out, and resend queue messages for queued tasks that have none in flight (lost with a Redis
-restart, or never sent because Redis was down when the task was accepted). Duplicates are harmless:
-a worker claims a task by id before running it."""
+"""Housekeeping, beside every queue: hand back tasks whose worker is gone, end those past their
+deadline, and have the queue resend what it lost (Redis restarted without persistence, or was down
+when the task was accepted). Duplicates are harmless: a worker claims a task by id before running it.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +9,26 @@ import logging
 import threading
 from collections.abc import Callable
 
-from ref2img.tasks.redis_queue import RedisQueue
-from ref2img.tasks.store import Store
+from ref2img.tasks.queue import TaskQueue
+from ref2img.tasks.store.tasks import TaskStore
 
 log = logging.getLogger("ref2img.housekeeping")
 
 
 class Housekeeper:
-    def __init__(self, store: Store, queue: RedisQueue, callback_payload, lease_s: float,
-                 extend: Callable[[], None] = lambda: None):
-        self.store = store
+    def __init__(self, tasks: TaskStore, queue: TaskQueue, lease_s: float,
+                 owner_alive: Callable[[str | None], bool]):
+        """`owner_alive(owner)`: False when a lease holder is known to be gone. An embedded server
+        knows every owner but its own worker is (an earlier process); a fleet trusts the leases."""
+        self.tasks = tasks
         self.queue = queue
-        self.callback_payload = callback_payload
         self.lease_s = lease_s
-        self.extend = extend  # a worker extends the leases of its running tasks here
+        self.owner_alive = owner_alive
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._round()  # before any worker claims: an earlier process's tasks go back to the queue first
         self._thread = threading.Thread(target=self._loop, name="ref2img-housekeeping", daemon=True)
         self._thread.start()
 
@@ -37,22 +39,17 @@ class Housekeeper:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
-            try:
-                self.run_once()
-            except Exception:  # Redis or the database away: try again next round
-                log.warning("housekeeping failed; retrying", exc_info=True)
+            self._round()
+
+    def _round(self) -> None:
+        try:
+            self.run_once()
+        except Exception:  # Redis or the database away: try again next round
+            log.warning("housekeeping failed; retrying", exc_info=True)
 
     def run_once(self) -> int:
-        self.extend()
-        # Leases say who is alive: a processing task is orphaned only once its lease has run out.
-        self.store.recover(self.callback_payload, owner_alive=lambda owner: True)
-        # Messages still in Redis are not resent; an empty Redis queue while tasks wait means their
-        # messages were lost (Redis restarted without persistence), so those are resent too.
-        lost = self.queue.depth() == 0
-        stale = self.store.unsent_queued(older_than_s=2 * self.lease_s if lost else float("inf"))
-        for task_id in stale:
-            self.queue.send(task_id)
-        if stale:
-            self.store.mark_sent(stale)
-            log.info("resent %d queue messages", len(stale))
-        return len(stale)
+        """One round; returns how many tasks it moved or resent."""
+        recovered = self.tasks.recover(owner_alive=self.owner_alive)
+        if recovered:
+            log.info("handed %d tasks of a stopped worker back to the queue, or ended them", recovered)
+        return recovered + self.queue.redeliver(self.lease_s)

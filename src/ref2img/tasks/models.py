@@ -69,7 +69,7 @@ class OutboxRow(Base):
     task_id: Mapped[str] = mapped_column(String(40))
     app_key: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(Text)
-    payload: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str | None] = mapped_column(Text, nullable=True)  # rendered on the first attempt
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float)
     delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -89,16 +89,6 @@ class WorkerRow(Base):
     busy_s: Mapped[float] = mapped_column(Float, default=0.0)
     steps: Mapped[int] = mapped_column(Integer, default=0)
     step_s: Mapped[float] = mapped_column(Float, default=0.0)  # seconds spent in engine steps
-
-
-class SettingRow(Base):
-    """Deployment-wide facts that one kind of node knows and the others read (the API nodes' public URL,
-    which workers put in result links)."""
-
-    __tablename__ = "settings"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
 
 
 class SecretRow(Base):

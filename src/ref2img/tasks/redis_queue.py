@@ -5,16 +5,17 @@ Dramatiq worker thread each (one engine per process); a message is acknowledged 
 has ended, and Dramatiq's Redis broker hands the unacknowledged messages of a dead worker to the
 others. Delivery is at-least-once, so the handler first *claims* the task by id in the store: a
 second delivery of a task that is running or finished is dropped, and one whose owner's lease ran out
-is taken over. A lost message (Redis restarted) is resent from the store by `resend_stale`.
+is taken over. A lost message (Redis restarted) is resent from the store by `redeliver`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+
+from ref2img.tasks.store.tasks import TaskStore
+from ref2img.tasks.worker import Worker
 
 log = logging.getLogger("ref2img.queue")
 
@@ -23,27 +24,43 @@ QUEUE_NAME = "ref2img"
 
 
 class RedisQueue:
-    def __init__(self, url: str, task_timeout_s: float, heartbeat_timeout_ms: int = 15_000,
+    def __init__(self, url: str, task_timeout_s: float, tasks: TaskStore, heartbeat_timeout_ms: int = 15_000,
                  maintenance_chance: int = 100):
+        self.tasks = tasks
         self.broker = RedisBroker(url=url, heartbeat_timeout=heartbeat_timeout_ms,
                                   maintenance_chance=maintenance_chance)
         self._time_limit_ms = int((task_timeout_s + 120) * 1000)
-        self._actor: dramatiq.Actor | None = None
-        self._handler: Callable[[str], None] | None = None
+        self._worker: Worker | None = None
         self._actor = dramatiq.actor(self._handle, broker=self.broker, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME,
                                      max_retries=0, time_limit=self._time_limit_ms)
 
     def _handle(self, task_id: str) -> None:
-        if self._handler is None:  # an API node never consumes
-            raise RuntimeError("this process has no task handler")
-        self._handler(task_id)
+        if self._worker is None:  # an API node never consumes
+            raise RuntimeError("this process has no worker")
+        self._worker.run_by_id(task_id)
 
     def send(self, task_id: str) -> None:
-        self._actor.send(task_id)
+        try:
+            self._actor.send(task_id)
+            self.tasks.mark_sent([task_id])
+        except Exception:  # noqa: BLE001 - any broker failure: the store keeps the task
+            log.warning("queue unreachable; task %s will be sent by the housekeeping", task_id)
 
-    def consume(self, handler: Callable[[str], None], threads: int = 1) -> dramatiq.Worker:
+    def redeliver(self, lease_s: float) -> int:
+        # Messages still in Redis are not resent; an empty Redis queue while tasks wait means their
+        # messages were lost (Redis restarted without persistence), so those are resent too.
+        lost = self.depth() == 0
+        stale = self.tasks.unsent_queued(older_than_s=2 * lease_s if lost else float("inf"))
+        for task_id in stale:
+            self._actor.send(task_id)
+        if stale:
+            self.tasks.mark_sent(stale)
+            log.info("resent %d queue messages", len(stale))
+        return len(stale)
+
+    def consume(self, worker: Worker, threads: int = 1) -> dramatiq.Worker:
         """Start consuming in this process; returns the Dramatiq worker (call `.stop()` to end)."""
-        self._handler = handler
+        self._worker = worker
         # An idle consumer polls Redis with a backoff capped at worker_timeout: 50 ms keeps the
         # enqueue-to-start latency low at about 20 cheap Redis calls a second.
         worker = dramatiq.Worker(self.broker, queues={QUEUE_NAME}, worker_threads=threads, worker_timeout=50)

@@ -1,4 +1,4 @@
-"""The task runner: one function that both the embedded workers and the scale-out actor call.
+"""The task runner: one function that every `Worker` calls on a task it has claimed.
 
 claimed task → fetch inputs → run the engine (progress, cancel, deadline between steps) → store
 outputs → finish (status + callback outbox row, one transaction). Every failure ends the task with a
@@ -17,32 +17,37 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
-from sqlalchemy.exc import OperationalError
 
 from ref2img.engines.base import Engine, EngineError, Job, JobCancelled
 from ref2img.images import ImageInputError
 from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, TaskStatus
+from ref2img.tasks.estimate import DurationEstimate
 from ref2img.tasks.models import TaskRow
 from ref2img.tasks.storage import Storage
-from ref2img.tasks.store import Store
-from ref2img.tasks.views import DurationEstimate
+from ref2img.tasks.store import StoreError
+from ref2img.tasks.store.tasks import TaskStore
 
 log = logging.getLogger("ref2img.runner")
 
 
 @dataclass
 class RunContext:
-    store: Store
+    tasks: TaskStore
     storage: Storage
     engine: Callable[[], Engine]  # the loaded engine; EngineError when it cannot load
     fetch_image: Callable[[str, str, str], Image.Image]  # (url, field, app_key) -> image
-    callback_payload: Callable[[TaskRow], dict]
     estimate: DurationEstimate
-    # (task seconds, engine steps, seconds in steps) after each success: per-worker metrics
-    record: Callable[[float, int, float], None] | None = None
 
 
-def run_task(task: TaskRow, owner: str, ctx: RunContext) -> TaskStatus:
+@dataclass(frozen=True)
+class Outcome:
+    status: TaskStatus
+    seconds: float = 0.0  # the whole run, for a success
+    steps: int = 0  # engine steps run
+    step_seconds: float = 0.0  # from the first step to the last: the worker's step time
+
+
+def run_task(task: TaskRow, owner: str, ctx: RunContext) -> Outcome:
     started = time.monotonic()
     stop: list[TaskStatus] = []
     last_progress = [-1]
@@ -53,22 +58,22 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> TaskStatus:
         percent = min(99, int(100 * done / max(total, 1)))  # 100 only once the images are stored
         if percent != last_progress[0]:
             last_progress[0] = percent
-            ctx.store.set_progress(task.id, owner, percent)
+            ctx.tasks.set_progress(task.id, owner, percent)
 
     def should_cancel() -> bool:
-        verdict = ctx.store.should_stop(task.id, owner)
+        verdict = ctx.tasks.should_stop(task.id, owner)
         if verdict is not None:
             stop.append(verdict)
         return verdict is not None
 
-    def finish(status: TaskStatus, reason: str = "", result: list[str] | None = None) -> TaskStatus:
-        ctx.store.finish(task.id, owner, status, result=result, reason=reason, callback_payload=ctx.callback_payload)
-        return status
+    def finish(status: TaskStatus, reason: str = "", result: list[str] | None = None) -> Outcome:
+        ctx.tasks.finish(task.id, owner, status, result=result, reason=reason)
+        return Outcome(status)
 
     try:
         names = (_recognize(task, ctx) if task.kind == "img2mask"
                  else _generate(task, ctx, on_progress, should_cancel))
-    except OperationalError:
+    except StoreError:
         raise  # the store failed (locked, disk full, unreachable), not the task: it runs again after its lease
     except JobCancelled:
         verdict = stop[-1] if stop else TaskStatus.CANCELLED
@@ -89,9 +94,9 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> TaskStatus:
         return finish(TaskStatus.FAILED, _incident(task))
     elapsed = time.monotonic() - started
     ctx.estimate.add(elapsed)
-    if ctx.record is not None and step_times:
-        ctx.record(elapsed, len(step_times), step_times[-1] - step_times[0])
-    return finish(TaskStatus.SUCCEEDED, result=names)
+    finish(TaskStatus.SUCCEEDED, result=names)
+    return Outcome(TaskStatus.SUCCEEDED, elapsed, len(step_times),
+                   step_times[-1] - step_times[0] if step_times else 0.0)
 
 
 def _incident(task: TaskRow) -> str:

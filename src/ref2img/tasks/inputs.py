@@ -9,7 +9,7 @@ from PIL import Image
 
 from ref2img.images import ImageInputError, data_uri_bytes, decode_data_uri, decode_image, open_image
 from ref2img.protocol import ErrorCode
-from ref2img.server.fetch import SafeHttp, UrlRefused
+from ref2img.tasks.fetch import SafeHttp, UrlRefused
 from ref2img.tasks.storage import Storage
 from ref2img.tasks.store import Store
 
@@ -63,8 +63,8 @@ class ImageResolver:
     def _owned_by(self, name: str, app_key: str) -> bool:
         kind, _, rest = name.partition("/")
         if kind == "uploads":
-            row = self.store.get_file(rest.split(".")[0])
+            row = self.store.files.get(rest.split(".")[0])
             return row is not None and row.app_key == app_key
         if kind == "results":
-            return self.store.get_task(rest.split("/")[0], app_key) is not None
+            return self.store.tasks.get(rest.split("/")[0], app_key) is not None
         return False

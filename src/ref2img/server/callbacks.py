@@ -1,8 +1,10 @@
 """Delivering callbacks from the outbox: signed (Standard Webhooks), retried with backoff until a 2xx,
-the same `webhook-id` on every attempt. Rows live in the store, so delivery survives a restart."""
+the same `webhook-id` and body on every attempt. Rows live in the store, so delivery survives a
+restart. API nodes send them (they know the public URL the result links need); workers only queue."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -18,12 +20,15 @@ log = logging.getLogger("ref2img.callbacks")
 RETRY_DELAYS_S = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 
 PostFunction = Callable[[str, bytes, dict[str, str]], int]  # (url, body, headers) -> HTTP status
+RenderFunction = Callable[[str], dict]  # task id -> the callback body (the query's `data`)
 
 
 class CallbackSender:
-    def __init__(self, store: Store, post: PostFunction, retry_scale: float = 1.0, poll_s: float = 1.0):
+    def __init__(self, store: Store, post: PostFunction, render: RenderFunction, retry_scale: float = 1.0,
+                 poll_s: float = 1.0):
         self.store = store
         self.post = post
+        self.render = render
         self.retry_scale = retry_scale
         self.poll_s = poll_s
         self._stop = threading.Event()
@@ -35,32 +40,35 @@ class CallbackSender:
 
     def stop(self) -> None:
         self._stop.set()
-        self.store.outbox.notify()
+        self.store.outbox.due_feed.notify()
         if self._thread:
             self._thread.join(5)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            seen = self.store.outbox.version
+            seen = self.store.outbox.due_feed.version
             try:
                 sent = self.deliver_due()
             except Exception:  # keep delivering through store hiccups
                 log.exception("callback delivery failed")
                 sent = 0
             if not sent:
-                self.store.outbox.wait(seen, self.poll_s)
+                self.store.outbox.due_feed.wait(seen, self.poll_s)
 
     def deliver_due(self) -> int:
-        messages = self.store.claim_callbacks()
+        messages = self.store.outbox.claim()
         for message in messages:
             self._attempt(message)
         return len(messages)
 
     def _attempt(self, message) -> None:
-        key_row = self.store.get_key(message.app_key)
+        key_row = self.store.keys.get(message.app_key)
         if key_row is None:
-            self.store.callback_failed(message.id, "the app key no longer exists", None)
+            self.store.outbox.failed(message.id, "the app key no longer exists", None)
             return
+        if message.payload is None:
+            message.payload = json.dumps(self.render(message.task_id))
+            self.store.outbox.keep_payload(message.id, message.payload)
         body = message.payload.encode()
         try:
             status = self.post(message.url, body, signed_headers(message.id, body, key_row.webhook_key))
@@ -68,12 +76,12 @@ class CallbackSender:
         except Exception as exc:  # noqa: BLE001 - any network failure is a failed attempt
             status, error = 0, f"{type(exc).__name__}: {exc}"
         if not error:
-            self.store.callback_delivered(message.id)
+            self.store.outbox.delivered(message.id)
             return
         attempt = message.attempts  # attempts before this one
         if status == 410 or attempt >= len(RETRY_DELAYS_S):
             log.warning("callback %s given up after %d attempts: %s", message.id, attempt + 1, error)
-            self.store.callback_failed(message.id, error, None)
+            self.store.outbox.failed(message.id, error, None)
             return
         delay = RETRY_DELAYS_S[attempt] * self.retry_scale * random.uniform(0.8, 1.2)
-        self.store.callback_failed(message.id, error, time.time() + delay)
+        self.store.outbox.failed(message.id, error, time.time() + delay)

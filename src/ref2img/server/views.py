@@ -1,38 +1,20 @@
-"""The query `data` object of the wire protocol, built from a task row (query answers and callbacks)."""
+"""The query `data` object of the wire protocol, rendered from a task row for query answers and callbacks."""
 
 from __future__ import annotations
 
 import json
-import threading
 
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.models import TaskRow
+from ref2img.tasks.estimate import DurationEstimate
 from ref2img.tasks.storage import Storage
-from ref2img.tasks.store import Store
+from ref2img.tasks.store.tasks import TaskStore
 
 
-class DurationEstimate:
-    """A moving average of how long tasks take, for `wait_time`."""
-
-    def __init__(self, initial_s: float = 10.0, weight: float = 0.2):
-        self.seconds = initial_s
-        self._weight = weight
-        self._lock = threading.Lock()
-
-    def seed(self, durations: list[float]) -> None:
-        if durations:
-            with self._lock:
-                self.seconds = sum(durations) / len(durations)
-
-    def add(self, duration_s: float) -> None:
-        with self._lock:
-            self.seconds += self._weight * (duration_s - self.seconds)
-
-
-def task_data(task: TaskRow, *, store: Store, storage: Storage, base_url: str, estimate: DurationEstimate,
+def task_data(task: TaskRow, *, tasks: TaskStore, storage: Storage, base_url: str, estimate: DurationEstimate,
               workers: int) -> dict:
     status = TaskStatus(task.status)
-    position = store.position(task)
+    position = tasks.position(task)
     if status == TaskStatus.QUEUED:
         wait = (position // max(workers, 1) + 1) * estimate.seconds
     elif status == TaskStatus.PROCESSING:

@@ -38,7 +38,7 @@ def create_key(store: Store, name: str = "") -> NewKey:
     app_key = f"ak_{secrets.token_hex(12)}"
     secret = f"sk_{secrets.token_urlsafe(32)}"
     salt = secrets.token_bytes(16)
-    store.add_key(AppKeyRow(app_key=app_key, name=name, salt=salt, secret_hash=_hash(secret, salt),
+    store.keys.add(AppKeyRow(app_key=app_key, name=name, salt=salt, secret_hash=_hash(secret, salt),
                             webhook_key=signing_key(secret), created_at=time.time()))
     return NewKey(app_key, secret, name)
 
@@ -69,7 +69,7 @@ class KeyVerifier:
         now = time.monotonic()
         # A key no store could hold (NUL, over the column's width) is unknown without asking it.
         storable = len(app_key) <= _APP_KEY_WIDTH and text_problem(app_key) is None
-        row = self._store.get_key(app_key) if storable else None
+        row = self._store.keys.get(app_key) if storable else None
         if row is None or row.revoked_at is not None:
             _hash(secret, b"\0" * 16)  # same work either way: timing says nothing about which keys exist
             return False

@@ -1,0 +1,40 @@
+"""One deployment's settings, shared by every kind of node: `ref2img serve` (an API node, or the whole
+embedded server) and `ref2img worker`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ref2img.engines.base import Engine
+
+
+@dataclass
+class ServerSettings:
+    data_dir: Path
+    model: str = "sdxl"
+    model_overrides: dict[str, str] = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None  # float32 | float16 | bfloat16; default per device
+    offload: str = "none"  # none | model | sequential | auto
+    compile: str = "none"  # none | regional | full (torch.compile, kernels cached on disk)
+    workers: int = 1
+    allow_private_urls: bool = False
+    queue_limit: int = 100
+    task_timeout_s: float = 1800.0
+    public_url: str | None = None  # base of result URLs in callbacks (API nodes send them); default: loopback
+    lease_s: float = 30.0
+    callback_retry_scale: float = 1.0
+    max_body_bytes: int = 30 * 1024 * 1024
+    auth_failure_limit: int = 20  # failed authentications per key and per client address per minute
+    engine_factory: Callable[[], Engine] | None = None  # default: the local diffusers engine
+    db_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… for scale-out
+    queue_url: str = "embedded"  # or redis://…: tasks go to `ref2img worker` processes
+    storage: str | Path | None = None  # default: the data dir; scale-out: a shared directory or s3://bucket/prefix
+
+    @property
+    def embedded(self) -> bool:
+        return self.queue_url == "embedded"

@@ -1,0 +1,63 @@
+"""The engine of one process: loaded once, in the background, by whichever thread asks first."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from ref2img.engines.base import Engine, EngineError
+from ref2img.settings import ServerSettings
+
+log = logging.getLogger("ref2img.engine")
+
+
+class EngineProvider:
+    """Loads the engine once, in whichever thread asks first; a failed load is retried on the next ask."""
+
+    def __init__(self, factory: Callable[[], Engine]):
+        self._factory = factory
+        self._engine: Engine | None = None
+        self._error: str | None = None
+        self._lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+
+    @property
+    def state(self) -> str:
+        return "loaded" if self._engine else ("error: " + self._error if self._error else "loading")
+
+    def __call__(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                try:
+                    self._engine = self._factory()
+                    self._error = None
+                except EngineError as exc:
+                    self._error = str(exc)
+                    raise
+            return self._engine
+
+    def preload(self) -> None:
+        """Load in a background thread (one at a time), so start-up never waits for torch."""
+        if self._loader is not None and self._loader.is_alive():
+            return
+
+        def load() -> None:
+            try:
+                self()
+            except EngineError as exc:
+                log.error("engine unavailable: %s", exc)
+
+        self._loader = threading.Thread(target=load, name="ref2img-engine-load", daemon=True)
+        self._loader.start()
+
+
+def local_engine_factory(settings: ServerSettings) -> Callable[[], Engine]:
+    def build() -> Engine:
+        from ref2img.engines.local import LocalEngine, Speedups  # torch: only in the worker side
+
+        return LocalEngine(settings.model, device=settings.device, overrides=settings.model_overrides,
+                           dtype=settings.dtype, offload=settings.offload,
+                           speedups=Speedups(compile=settings.compile)).load()
+
+    return build

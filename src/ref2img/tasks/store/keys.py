@@ -1,0 +1,34 @@
+"""App key rows (the hashing and verifying live in `ref2img.auth`)."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select, update
+
+from ref2img.tasks.models import AppKeyRow
+from ref2img.tasks.store.database import Database
+
+
+class KeyStore:
+    def __init__(self, db: Database):
+        self._db = db
+
+    def add(self, row: AppKeyRow) -> None:
+        with self._db.session() as session:
+            session.add(row)
+
+    def get(self, app_key: str) -> AppKeyRow | None:
+        with self._db.session(write=False) as session:
+            return session.get(AppKeyRow, app_key)
+
+    def list(self) -> list[AppKeyRow]:
+        with self._db.session(write=False) as session:
+            return list(session.scalars(select(AppKeyRow).order_by(AppKeyRow.created_at)))
+
+    def revoke(self, app_key: str) -> bool:
+        """True when the key existed and was live."""
+        with self._db.session() as session:
+            return session.execute(update(AppKeyRow).where(AppKeyRow.app_key == app_key,
+                                                           AppKeyRow.revoked_at.is_(None))
+                                   .values(revoked_at=time.time())).rowcount > 0

@@ -1,0 +1,248 @@
+"""Tasks and their leases: the single source of truth, and the embedded queue.
+
+Tasks are leased, not popped: `claim_next` (or `claim`, for a queue message naming a task) moves a
+queued task to processing with an owner and a lease expiry; the owner extends the lease while it
+works; `recover` hands expired leases back to the queue (or ends them at 6 past their deadline).
+`finish` only lands for the current lease owner, and queues the callback in the same transaction,
+so a task never ends without its callback.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from sqlalchemy import func, or_, select, update
+
+from ref2img.protocol import TaskStatus
+from ref2img.tasks.events import ChangeFeed
+from ref2img.tasks.models import TaskRow
+from ref2img.tasks.store.database import Database, StoreConflict, new_id
+from ref2img.tasks.store.outbox import Outbox
+
+MAX_ATTEMPTS = 3  # a task whose worker died this many times ends as failed, not retried forever
+
+
+class QueueFull(Exception):
+    def __init__(self, depth: int, retry_after: int):
+        super().__init__(f"the queue is full ({depth} tasks waiting); retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class TaskStore:
+    def __init__(self, db: Database, outbox: Outbox):
+        self._db = db
+        self._outbox = outbox
+        self.changes = ChangeFeed()  # any task changed: long-polls wait on it
+        self.queued = ChangeFeed()  # a task became claimable: idle workers wait on it
+
+    # -- creating and reading tasks ----------------------------------------------------------------
+    def create(self, *, app_key: str, kind: str, request: dict, params: str | None, callback: str | None,
+                    idempotency_key: str | None, timeout_s: float, queue_limit: int) -> tuple[TaskRow, bool]:
+        """A new queued task, or the earlier one with the same idempotency key (created=False)."""
+        now = time.time()
+        with self._db.session() as session:
+            if idempotency_key:
+                earlier = session.scalar(select(TaskRow).where(
+                    TaskRow.app_key == app_key, TaskRow.idempotency_key == idempotency_key))
+                if earlier is not None:
+                    return earlier, False
+            depth = session.scalar(select(func.count()).select_from(TaskRow).where(
+                TaskRow.status == TaskStatus.QUEUED))
+            if depth >= queue_limit:
+                raise QueueFull(depth, retry_after=5)
+            task = TaskRow(id=new_id("t"), app_key=app_key, kind=kind, status=TaskStatus.QUEUED, progress=0,
+                           reason="", request=json.dumps(request), params=params, callback=callback,
+                           idempotency_key=idempotency_key, created_at=now, deadline=now + timeout_s,
+                           attempts=0, cancel_requested=False)
+            session.add(task)
+        self.changes.notify()
+        self.queued.notify()
+        return task, True
+
+    def create_idempotent(self, **kwargs) -> tuple[TaskRow, bool]:
+        """`create`, tolerating two concurrent creates with one idempotency key."""
+        try:
+            return self.create(**kwargs)
+        except StoreConflict:
+            return self.create(**kwargs)
+
+    def get(self, task_id: str, app_key: str | None = None) -> TaskRow | None:
+        """The task, or None, also when it belongs to another key (no existence leak)."""
+        with self._db.session(write=False) as session:
+            task = session.get(TaskRow, task_id)
+            if task is None or (app_key is not None and task.app_key != app_key):
+                return None
+            return task
+
+    def position(self, task: TaskRow) -> int:
+        """How many queued tasks are ahead of this one (-1 once it left the queue)."""
+        if task.status != TaskStatus.QUEUED:
+            return -1
+        with self._db.session(write=False) as session:
+            return session.scalar(select(func.count()).select_from(TaskRow).where(
+                TaskRow.status == TaskStatus.QUEUED, TaskRow.created_at < task.created_at))
+
+    def count_by_status(self) -> dict[int, int]:
+        with self._db.session(write=False) as session:
+            rows = session.execute(select(TaskRow.status, func.count()).group_by(TaskRow.status))
+            return {status: count for status, count in rows}
+
+    def recent_durations(self, limit: int = 20) -> list[float]:
+        with self._db.session(write=False) as session:
+            rows = session.execute(
+                select(TaskRow.started_at, TaskRow.finished_at)
+                .where(TaskRow.status == TaskStatus.SUCCEEDED, TaskRow.started_at.is_not(None))
+                .order_by(TaskRow.finished_at.desc()).limit(limit))
+            return [finished - started for started, finished in rows]
+
+    # -- the queue: leases ---------------------------------------------------------------------
+    def claim_next(self, owner: str, lease_s: float) -> TaskRow | None:
+        now = time.time()
+        with self._db.session() as session:
+            # SKIP LOCKED: concurrent claimers on PostgreSQL take different tasks instead of queueing
+            # on one row (SQLite has a single writer and ignores it).
+            oldest = (select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED)
+                      .order_by(TaskRow.created_at).limit(1).with_for_update(skip_locked=True).scalar_subquery())
+            task = session.scalar(
+                update(TaskRow)
+                .where(TaskRow.id == oldest, TaskRow.status == TaskStatus.QUEUED)
+                .values(status=TaskStatus.PROCESSING, lease_owner=owner, lease_expires=now + lease_s,
+                        started_at=now, attempts=TaskRow.attempts + 1, progress=0)
+                .returning(TaskRow)
+            )
+        if task is not None:
+            self.changes.notify()
+        return task
+
+    def claim(self, task_id: str, owner: str, lease_s: float) -> TaskRow | None:
+        """Lease one given task (a queue message names it): queued, or processing with an expired
+        lease (its worker died). None when it is running elsewhere or finished: a duplicate message."""
+        now = time.time()
+        with self._db.session() as session:
+            task = session.scalar(
+                update(TaskRow)
+                .where(TaskRow.id == task_id,
+                       or_(TaskRow.status == TaskStatus.QUEUED,
+                           (TaskRow.status == TaskStatus.PROCESSING) & (TaskRow.lease_expires < now)))
+                .values(status=TaskStatus.PROCESSING, lease_owner=owner, lease_expires=now + lease_s,
+                        started_at=now, attempts=TaskRow.attempts + 1, progress=0)
+                .returning(TaskRow))
+        if task is not None:
+            self.changes.notify()
+        return task
+
+    def mark_sent(self, task_ids: list[str]) -> None:
+        with self._db.session() as session:
+            session.execute(update(TaskRow).where(TaskRow.id.in_(task_ids)).values(sent_at=time.time()))
+
+    def unsent_queued(self, older_than_s: float, limit: int = 500) -> list[str]:
+        """Queued tasks with no queue message sent (requeued, or Redis was down), or whose last one
+        is older than `older_than_s` (pass a huge value to skip those: their message may still wait)."""
+        cutoff = time.time() - older_than_s
+        with self._db.session(write=False) as session:
+            return list(session.scalars(
+                select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED,
+                                         or_(TaskRow.sent_at.is_(None), TaskRow.sent_at < cutoff))
+                .order_by(TaskRow.created_at).limit(limit)))
+
+    def extend_lease(self, task_ids: list[str], owner: str, lease_s: float) -> None:
+        if not task_ids:
+            return
+        with self._db.session() as session:
+            session.execute(update(TaskRow).where(TaskRow.id.in_(task_ids), TaskRow.lease_owner == owner,
+                                                  TaskRow.status == TaskStatus.PROCESSING)
+                            .values(lease_expires=time.time() + lease_s))
+
+    def set_progress(self, task_id: str, owner: str, progress: int) -> None:
+        with self._db.session() as session:
+            session.execute(update(TaskRow).where(TaskRow.id == task_id, TaskRow.lease_owner == owner,
+                                                  TaskRow.status == TaskStatus.PROCESSING)
+                            .values(progress=progress))
+        self.changes.notify()
+
+    def should_stop(self, task_id: str, owner: str) -> TaskStatus | None:
+        """CANCELLED when cancel was asked, TIMED_OUT past the deadline, else None."""
+        with self._db.session(write=False) as session:
+            row = session.execute(select(TaskRow.cancel_requested, TaskRow.deadline, TaskRow.lease_owner)
+                                  .where(TaskRow.id == task_id)).one_or_none()
+        if row is None or row.lease_owner != owner or row.cancel_requested:
+            return TaskStatus.CANCELLED
+        if time.time() > row.deadline:
+            return TaskStatus.TIMED_OUT
+        return None
+
+    def finish(self, task_id: str, owner: str | None, status: TaskStatus, *, result: list[str] | None = None,
+               reason: str = "") -> bool:
+        """End a task (only for its lease owner; owner None: a queued task) and queue its callback.
+        Returns False when someone else already ended or re-leased it."""
+        now = time.time()
+        with self._db.session() as session:
+            query = select(TaskRow).where(TaskRow.id == task_id).with_for_update()
+            task = session.scalar(query)
+            expected = TaskStatus.QUEUED if owner is None else TaskStatus.PROCESSING
+            if task is None or task.status != expected or (owner is not None and task.lease_owner != owner):
+                return False
+            task.status = int(status)
+            task.finished_at = now
+            task.reason = reason
+            task.lease_owner = None
+            task.lease_expires = None
+            if status == TaskStatus.SUCCEEDED:
+                task.progress = 100
+                task.result = json.dumps(result or [])
+            if task.callback:
+                self._outbox.add(session, task, now)
+        self.changes.notify()
+        if task.callback:
+            self._outbox.due_feed.notify()
+        return True
+
+    def request_cancel(self, task_id: str, app_key: str) -> TaskRow | None:
+        """Queued: cancelled at once. Processing: flagged; the runner stops between steps."""
+        task = self.get(task_id, app_key)
+        if task is None:
+            return None
+        if task.status == TaskStatus.QUEUED:
+            self.finish(task_id, None, TaskStatus.CANCELLED, reason="cancelled by the client")
+        elif task.status == TaskStatus.PROCESSING:
+            with self._db.session() as session:
+                session.execute(update(TaskRow).where(TaskRow.id == task_id).values(cancel_requested=True))
+        return self.get(task_id, app_key)
+
+    def recover(self, owner_alive: Callable[[str | None], bool] = lambda owner: False) -> int:
+        """Hand back tasks whose worker is gone; end those past their deadline or out of attempts.
+
+        A processing task is orphaned when its lease expired or `owner_alive(owner)` says its owner
+        is not running any more (an embedded server restarting knows all old owners are dead)."""
+        now = time.time()
+        with self._db.session(write=False) as session:
+            rows = session.scalars(select(TaskRow).where(
+                or_(TaskRow.status == TaskStatus.PROCESSING,
+                    (TaskRow.status == TaskStatus.QUEUED) & (TaskRow.deadline < now)))).all()
+        moved = 0
+        for task in rows:
+            if task.status == TaskStatus.QUEUED:
+                moved += self.finish(task.id, None, TaskStatus.TIMED_OUT, reason="timed out in the queue")
+                continue
+            if (task.lease_expires or 0) > now and owner_alive(task.lease_owner):
+                continue
+            if now > task.deadline:
+                moved += self.finish(task.id, task.lease_owner, TaskStatus.TIMED_OUT,
+                                     reason="timed out: its worker stopped")
+            elif task.attempts >= MAX_ATTEMPTS:
+                moved += self.finish(task.id, task.lease_owner, TaskStatus.FAILED,
+                                     reason=f"its worker stopped {task.attempts} times")
+            else:
+                with self._db.session() as session:
+                    moved += session.execute(
+                        update(TaskRow).where(TaskRow.id == task.id, TaskRow.lease_owner == task.lease_owner,
+                                              TaskRow.status == TaskStatus.PROCESSING)
+                        .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires=None, progress=0,
+                                sent_at=None)
+                    ).rowcount
+        if moved:
+            self.changes.notify()
+            self.queued.notify()
+        return moved

@@ -1,0 +1,95 @@
+"""The one worker: the embedded server's threads and `ref2img worker` processes both run tasks here.
+
+A worker has one owner id. It claims a task in the store before running it (so a duplicate queue
+message is dropped), keeps the leases of the tasks it runs alive, and beats its heartbeat. If its
+process dies, the leases run out and the housekeeping hands the tasks to another worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+
+from ref2img.engines.base import EngineError
+from ref2img.tasks.models import TaskRow
+from ref2img.tasks.runner import RunContext, run_task
+from ref2img.tasks.store.fleet import Fleet
+from ref2img.tasks.store.tasks import TaskStore
+
+log = logging.getLogger("ref2img.worker")
+
+
+class Worker:
+    def __init__(self, tasks: TaskStore, fleet: Fleet, context: RunContext, *, kind: str, lease_s: float):
+        self.owner = f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.lease_s = lease_s
+        self._tasks = tasks
+        self._fleet = fleet
+        self._context = context
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+
+    def wait_for_engine(self) -> None:
+        """Claim nothing until the engine has loaded: while it loads (seconds to minutes on the first
+        start) tasks stay queued, status 1 with their position, rather than showing status 2 with no
+        step run. A load that fails is reported by the runner, on each task, with its reason."""
+        with contextlib.suppress(EngineError):
+            self._context.engine()
+
+    def run_next(self) -> bool:
+        """Claim the oldest queued task and run it; False when none waits."""
+        task = self._tasks.claim_next(self.owner, self.lease_s)
+        if task is None:
+            return False
+        self._run(task)
+        return True
+
+    def run_by_id(self, task_id: str) -> None:
+        """A queue message names a task: run it unless it is running elsewhere or finished."""
+        task = self._tasks.claim(task_id, self.owner, self.lease_s)
+        if task is not None:
+            self._run(task)
+
+    def _run(self, task: TaskRow) -> None:
+        with self._lock:
+            self._running.add(task.id)
+        try:
+            outcome = run_task(task, self.owner, self._context)
+            if outcome.steps:
+                self._fleet.task_done(self.owner, outcome.seconds, outcome.steps, outcome.step_seconds)
+        except Exception:  # the store failed under the task (locked, disk full): the worker lives on,
+            # and the task's lease runs out so it is claimed and run again.
+            log.exception("task %s could not be finished; it runs again when its lease expires", task.id)
+        finally:
+            with self._lock:
+                self._running.discard(task.id)
+
+    def keep_alive(self) -> None:
+        """Extend the leases of the tasks running here, and say this worker is alive."""
+        with self._lock:
+            running = list(self._running)
+        self._tasks.extend_lease(running, self.owner, self.lease_s)
+        self._fleet.heartbeat(self.owner)
+
+    def start(self) -> None:
+        self.keep_alive()
+        self._keeper = threading.Thread(target=self._keep_alive_loop, name="ref2img-leases", daemon=True)
+        self._keeper.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._keeper is not None:
+            self._keeper.join(5)
+
+    def _keep_alive_loop(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.keep_alive()
+            except Exception:  # keep the leases thread alive through store hiccups
+                log.exception("could not extend the leases")
