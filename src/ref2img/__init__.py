@@ -5,15 +5,47 @@ Importing this package never imports torch, FastAPI or SQLAlchemy.
 
 __version__ = "0.1.0"
 
-from ref2img.client import (APIConnectionError, APIError, AsyncClient, AuthenticationError, Client,
-                            ImageFetchError, InvalidRequestError, RateLimitError, Ref2ImgError, Task,
-                            TaskCancelledError, TaskError, TaskFailedError, TaskTimedOutError, WaitTimeoutError)
+from ref2img.client import (
+    APIConnectionError,
+    APIError,
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    ImageFetchError,
+    InvalidRequestError,
+    RateLimitError,
+    Ref2ImgError,
+    Task,
+    TaskCancelledError,
+    TaskError,
+    TaskFailedError,
+    TaskTimedOutError,
+    WaitTimeoutError,
+)
 from ref2img.protocol import ControlType, CreateRequest, ParameterError, TaskStatus, parse_create_request
 from ref2img import webhooks  # `ref2img.webhooks.verify(...)` after a plain `import ref2img`
 
 __all__ = [
-    "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "Client", "ControlType",
-    "CreateRequest", "ImageFetchError", "InvalidRequestError", "ParameterError", "RateLimitError", "Ref2ImgError",
-    "Task", "TaskCancelledError", "TaskError", "TaskFailedError", "TaskStatus", "TaskTimedOutError",
-    "WaitTimeoutError", "__version__", "parse_create_request", "webhooks",
+    "APIConnectionError",
+    "APIError",
+    "AsyncClient",
+    "AuthenticationError",
+    "Client",
+    "ControlType",
+    "CreateRequest",
+    "ImageFetchError",
+    "InvalidRequestError",
+    "ParameterError",
+    "RateLimitError",
+    "Ref2ImgError",
+    "Task",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskStatus",
+    "TaskTimedOutError",
+    "WaitTimeoutError",
+    "__version__",
+    "parse_create_request",
+    "webhooks",
 ]

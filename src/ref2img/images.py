@@ -49,22 +49,33 @@ def open_image(data: bytes, field: str = "image") -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageInputError(field, "the data is not an image Pillow can read (JPEG, PNG, WebP or GIF expected)") from None
+        raise ImageInputError(
+            field, "the data is not an image Pillow can read (JPEG, PNG, WebP or GIF expected)"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow refuses from the header alone, before allocating anything.
-        raise ImageInputError(field, f"the image is over the {MAX_IMAGE_PIXELS // (1024 * 1024)}-megapixel limit") from None
+        raise ImageInputError(
+            field, f"the image is over the {MAX_IMAGE_PIXELS // (1024 * 1024)}-megapixel limit"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageInputError(field, f"the image is truncated or corrupt ({exc})") from None
     if image.format not in ALLOWED_FORMATS:
         raise ImageInputError(field, f"{image.format or 'this'} images are not accepted; use JPEG, PNG, WebP or GIF")
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageInputError(field, f"{width}x{height} is over the {MAX_IMAGE_PIXELS // (1024 * 1024)}-megapixel limit")
+        raise ImageInputError(
+            field, f"{width}x{height} is over the {MAX_IMAGE_PIXELS // (1024 * 1024)}-megapixel limit"
+        )
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise ImageInputError(field, f"{width}x{height} is too small: each side must be at least {MIN_IMAGE_SIDE} pixels")
+        raise ImageInputError(
+            field, f"{width}x{height} is too small: each side must be at least {MIN_IMAGE_SIDE} pixels"
+        )
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise ImageInputError(field, f"{width}x{height} is too narrow: the long side may be at most {MAX_ASPECT_RATIO} "
-                                     "times the short one (the output is cropped from its middle)")
+        raise ImageInputError(
+            field,
+            f"{width}x{height} is too narrow: the long side may be at most {MAX_ASPECT_RATIO} "
+            "times the short one (the output is cropped from its middle)",
+        )
     return image
 
 
@@ -122,8 +133,9 @@ def _download(url: str, field: str) -> bytes:
     try:
         with httpx.stream("GET", url, timeout=FETCH_TIMEOUT_S, follow_redirects=True) as response:
             if response.status_code != 200:
-                raise ImageInputError(field, f"GET {url} answered HTTP {response.status_code}",
-                                      ErrorCode.IMAGE_FETCH_FAILED)
+                raise ImageInputError(
+                    field, f"GET {url} answered HTTP {response.status_code}", ErrorCode.IMAGE_FETCH_FAILED
+                )
             chunks, size = [], 0
             for chunk in response.iter_bytes():
                 size += len(chunk)
@@ -132,4 +144,6 @@ def _download(url: str, field: str) -> bytes:
                 chunks.append(chunk)
             return b"".join(chunks)
     except httpx.HTTPError as exc:
-        raise ImageInputError(field, f"could not fetch {url}: {type(exc).__name__}", ErrorCode.IMAGE_FETCH_FAILED) from None
+        raise ImageInputError(
+            field, f"could not fetch {url}: {type(exc).__name__}", ErrorCode.IMAGE_FETCH_FAILED
+        ) from None

@@ -103,6 +103,13 @@ class ParameterError(ValueError):
         self.message = message
 
 
+def _wire_control_type(value: Any) -> ControlType:
+    # The cloud documents a string; ints 0..3 are accepted too, since untyped clients send them.
+    if isinstance(value, str) and not value.strip().isdigit():
+        raise ValueError("not a control type")
+    return ControlType.parse(value)
+
+
 def basic_token(app_key: str, app_secret: str) -> str:
     """The `Authorization` header value of every call: `Basic base64(app_key:app_secret)`."""
     return "Basic " + base64.b64encode(f"{app_key}:{app_secret}".encode()).decode()
@@ -197,13 +204,7 @@ class CreateRequest(BaseModel):
             raise ValueError("blank prompt")
         return value
 
-    @field_validator("control_type", mode="before")
-    @classmethod
-    def _control_type(cls, value: Any) -> ControlType:
-        # The cloud documents a string; ints 0..3 are accepted too, since untyped clients send them.
-        if isinstance(value, str) and not value.strip().isdigit():
-            raise ValueError("not a control type")
-        return ControlType.parse(value)
+    _control_type = field_validator("control_type", mode="before")(_wire_control_type)
 
     @field_validator("width", "height", "batch_size", "seed", mode="before")
     @classmethod
@@ -238,7 +239,7 @@ class RecognizeRequest(BaseModel):
     callback: Text | None = Field(default=None, max_length=2048)
     params: Text | None = None
 
-    _control_type = field_validator("control_type", mode="before")(CreateRequest._control_type.__func__)
+    _control_type = field_validator("control_type", mode="before")(_wire_control_type)
 
 
 def parse_recognize_request(body: Any) -> RecognizeRequest:

@@ -38,12 +38,17 @@ def sign(message_id: str, timestamp: int, body: bytes, key: bytes) -> str:
 
 def signed_headers(message_id: str, body: bytes, key: bytes, now: int | None = None) -> dict[str, str]:
     timestamp = int(time.time()) if now is None else now
-    return {"webhook-id": message_id, "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(message_id, timestamp, body, key), "content-type": "application/json"}
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(message_id, timestamp, body, key),
+        "content-type": "application/json",
+    }
 
 
-def verify(headers: Mapping[str, str], body: bytes | str, app_secret: str,
-           tolerance_s: int = DEFAULT_TOLERANCE_S) -> dict[str, Any]:
+def verify(
+    headers: Mapping[str, str], body: bytes | str, app_secret: str, tolerance_s: int = DEFAULT_TOLERANCE_S
+) -> dict[str, Any]:
     """Check a callback and return its JSON payload; raise WebhookVerificationError otherwise."""
     lowered = {k.lower(): v for k, v in headers.items()}
     message_id = lowered.get("webhook-id")

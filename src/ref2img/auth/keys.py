@@ -14,11 +14,9 @@ import time
 from dataclasses import dataclass
 
 from ref2img.protocol import text_problem
-from ref2img.tasks.models import AppKeyRow
+from ref2img.tasks.models import APP_KEY_WIDTH, AppKeyRow
 from ref2img.tasks.store import Store
 from ref2img.webhooks import signing_key
-
-_APP_KEY_WIDTH = AppKeyRow.__table__.c.app_key.type.length
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
@@ -38,8 +36,16 @@ def create_key(store: Store, name: str = "") -> NewKey:
     app_key = f"ak_{secrets.token_hex(12)}"
     secret = f"sk_{secrets.token_urlsafe(32)}"
     salt = secrets.token_bytes(16)
-    store.keys.add(AppKeyRow(app_key=app_key, name=name, salt=salt, secret_hash=_hash(secret, salt),
-                            webhook_key=signing_key(secret), created_at=time.time()))
+    store.keys.add(
+        AppKeyRow(
+            app_key=app_key,
+            name=name,
+            salt=salt,
+            secret_hash=_hash(secret, salt),
+            webhook_key=signing_key(secret),
+            created_at=time.time(),
+        )
+    )
     return NewKey(app_key, secret, name)
 
 
@@ -68,7 +74,7 @@ class KeyVerifier:
         digest = hashlib.sha256(secret.encode()).digest()
         now = time.monotonic()
         # A key no store could hold (NUL, over the column's width) is unknown without asking it.
-        storable = len(app_key) <= _APP_KEY_WIDTH and text_problem(app_key) is None
+        storable = len(app_key) <= APP_KEY_WIDTH and text_problem(app_key) is None
         row = self._store.keys.get(app_key) if storable else None
         if row is None or row.revoked_at is not None:
             _hash(secret, b"\0" * 16)  # same work either way: timing says nothing about which keys exist

@@ -18,8 +18,12 @@ import typer
 from ref2img.cli import generate, keys, models, serve, task
 from ref2img.cli._common import UsageCommand, err
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
-                  help="Images from a reference image and a prompt: edge, pose, subject or depth control.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Images from a reference image and a prompt: edge, pose, subject or depth control.",
+)
 
 
 def _print_version(value: bool) -> None:
@@ -31,8 +35,11 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                                help="print the version and exit")] = False) -> None:
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     """Images from a reference image and a prompt: edge, pose, subject or depth control."""
 
 

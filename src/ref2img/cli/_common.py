@@ -19,27 +19,96 @@ EXIT_USAGE = 2  # bad input
 EXIT_FAILURE = 1  # the engine or a model failed
 
 ControlOption = Annotated[str, typer.Option("--control", "-c", metavar="MODE", help="edge|pose|subject|depth, or 0..3")]
-ModelOption = Annotated[str, typer.Option("--model", "-m", metavar="PRESET|DIR|FILE", help="preset (sdxl, sdxl-fast, sd15), a tiny-model DIR or a preset file")]
-PartOption = Annotated[list[str] | None, typer.Option("--part", metavar="KEY=VALUE", help="override one preset part: KEY=VALUE (e.g. base=/models/sd15)")]
-DataDirOption = Annotated[Path, typer.Option("--data-dir", metavar="DIR", envvar="REF2IMG_DATA_DIR",
-                                             help="server data: SQLite store, images, keys")]
-DbOption = Annotated[str | None, typer.Option("--db", metavar="URL", envvar="REF2IMG_DB", help="sqlite:///… (default: in the data dir) or postgresql+psycopg://…")]
-QueueOption = Annotated[str, typer.Option("--queue", metavar="URL", envvar="REF2IMG_QUEUE", help="embedded, or redis://… for scale-out")]
-StorageOption = Annotated[str | None, typer.Option("--storage", metavar="DIR|s3://…", envvar="REF2IMG_STORAGE", help="image directory (default: the data dir; scale-out: shared) or s3://bucket/prefix")]
-LeaseOption = Annotated[float, typer.Option("--lease", metavar="SECONDS", min=1, help="seconds a worker holds a task between heartbeats")]
-DeviceOption = Annotated[str | None, typer.Option("--device", metavar="DEVICE", help="cuda, cuda:1, mps or cpu (default: the fastest present)")]
-DtypeOption = Annotated[Literal["float32", "float16", "bfloat16"] | None, typer.Option(
-    "--dtype", help="weights and activations (default: bfloat16 on CUDA, float16 on MPS, float32 on CPU)")]
-OffloadOption = Annotated[Literal["none", "model", "sequential", "auto"], typer.Option(
-    "--offload", help="small GPUs: keep weights on the CPU and move them in when needed; auto picks from the free GPU memory")]
-CompileOption = Annotated[Literal["none", "regional", "full"], typer.Option(
-    "--compile", help="torch.compile the UNet/ControlNet blocks (regional) or the whole UNet; kernels are cached in "
-         "$REF2IMG_COMPILE_CACHE (default ~/.cache/ref2img/torch-compile)")]
-ServerOption = Annotated[str | None, typer.Option("--server", metavar="URL", envvar="REF2IMG_BASE_URL", help="a ref2img server (or any Tomoviee-compatible base URL)")]
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="PRESET|DIR|FILE",
+        help="preset (sdxl, sdxl-fast, sd15), a tiny-model DIR or a preset file",
+    ),
+]
+PartOption = Annotated[
+    list[str] | None,
+    typer.Option("--part", metavar="KEY=VALUE", help="override one preset part: KEY=VALUE (e.g. base=/models/sd15)"),
+]
+DataDirOption = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir", metavar="DIR", envvar="REF2IMG_DATA_DIR", help="server data: SQLite store, images, keys"
+    ),
+]
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        metavar="URL",
+        envvar="REF2IMG_DB",
+        help="sqlite:///… (default: in the data dir) or postgresql+psycopg://…",
+    ),
+]
+QueueOption = Annotated[
+    str, typer.Option("--queue", metavar="URL", envvar="REF2IMG_QUEUE", help="embedded, or redis://… for scale-out")
+]
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        metavar="DIR|s3://…",
+        envvar="REF2IMG_STORAGE",
+        help="image directory (default: the data dir; scale-out: shared) or s3://bucket/prefix",
+    ),
+]
+LeaseOption = Annotated[
+    float, typer.Option("--lease", metavar="SECONDS", min=1, help="seconds a worker holds a task between heartbeats")
+]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option("--device", metavar="DEVICE", help="cuda, cuda:1, mps or cpu (default: the fastest present)"),
+]
+DtypeOption = Annotated[
+    Literal["float32", "float16", "bfloat16"] | None,
+    typer.Option("--dtype", help="weights and activations (default: bfloat16 on CUDA, float16 on MPS, float32 on CPU)"),
+]
+OffloadOption = Annotated[
+    Literal["none", "model", "sequential", "auto"],
+    typer.Option(
+        "--offload",
+        help="small GPUs: keep weights on the CPU and move them in when needed; auto picks from the free GPU memory",
+    ),
+]
+CompileOption = Annotated[
+    Literal["none", "regional", "full"],
+    typer.Option(
+        "--compile",
+        help="torch.compile the UNet/ControlNet blocks (regional) or the whole UNet; kernels are cached in "
+        "$REF2IMG_COMPILE_CACHE (default ~/.cache/ref2img/torch-compile)",
+    ),
+]
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        metavar="URL",
+        envvar="REF2IMG_BASE_URL",
+        help="a ref2img server (or any Tomoviee-compatible base URL)",
+    ),
+]
 TaskIdArgument = Annotated[str, typer.Argument(metavar="TASK_ID", help="the id create returned")]
 CloudOption = Annotated[bool, typer.Option("--cloud", help="use the Tomoviee cloud (https://open-api.wondershare.cc)")]
-AppKeyOption = Annotated[str | None, typer.Option("--app-key", metavar="KEY", envvar="REF2IMG_APP_KEY", help="app key (remote runs)")]
-AppSecretOption = Annotated[str | None, typer.Option("--app-secret", metavar="SECRET", envvar="REF2IMG_APP_SECRET", help="app secret (remote runs)", show_default=False)]
+AppKeyOption = Annotated[
+    str | None, typer.Option("--app-key", metavar="KEY", envvar="REF2IMG_APP_KEY", help="app key (remote runs)")
+]
+AppSecretOption = Annotated[
+    str | None,
+    typer.Option(
+        "--app-secret",
+        metavar="SECRET",
+        envvar="REF2IMG_APP_SECRET",
+        help="app secret (remote runs)",
+        show_default=False,
+    ),
+]
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
@@ -81,20 +150,24 @@ def resolve_model(model: str, parts: list[str] | None):
         fail(f"--model: {exc}", EXIT_USAGE)
 
 
-def load_engine(preset, device: str | None, dtype: str | None = None, offload: str = "none",
-            compile_kind: str = "none"):
+def load_engine(
+    preset, device: str | None, dtype: str | None = None, offload: str = "none", compile_kind: str = "none"
+):
     from ref2img.engines.base import EngineError, EngineOptionError
     from ref2img.engines.local import LocalEngine, Speedups
 
     try:
-        engine = LocalEngine(preset, device=device, dtype=dtype, offload=offload,
-                             speedups=Speedups(compile=compile_kind))
+        engine = LocalEngine(
+            preset, device=device, dtype=dtype, offload=offload, speedups=Speedups(compile=compile_kind)
+        )
     except EngineOptionError as exc:
         fail(str(exc), EXIT_USAGE)
     except EngineError as exc:
         fail(str(exc))
-    err.print(f"[dim]model {engine.preset.name} on {engine.placement.device} ({engine.placement.dtype_name})[/]",
-              highlight=False)
+    err.print(
+        f"[dim]model {engine.preset.name} on {engine.placement.device} ({engine.placement.dtype_name})[/]",
+        highlight=False,
+    )
     return engine
 
 
@@ -103,7 +176,6 @@ def read_image(source: str, field: str):
         return load_image(source, field)
     except ImageInputError as exc:
         fail(str(exc), EXIT_USAGE)
-
 
 
 def sdk_client(server: str | None, cloud: bool, app_key: str | None, app_secret: str | None):
@@ -128,7 +200,6 @@ def sdk_call(function, *args, **kwargs):
         fail(str(exc))
 
 
-
 class UsageCommand(typer.core.TyperCommand):
     """Usage lines as other tools write them: `generate [OPTIONS] REFERENCE PROMPT`, not `{reference}`."""
 
@@ -139,7 +210,6 @@ class UsageCommand(typer.core.TyperCommand):
                 name = param.metavar or param.name.upper()
                 pieces.append(name if param.required else f"[{name}]")
         return pieces
-
 
 
 def new_group(help_text: str) -> typer.Typer:

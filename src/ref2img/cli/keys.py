@@ -29,8 +29,13 @@ def keys_create(
     data_dir: DataDirOption = Path("ref2img-data"),
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the key as JSON")] = False,
-    as_env: Annotated[bool, typer.Option("--env", help="print `export REF2IMG_APP_KEY=… REF2IMG_APP_SECRET=…` "
-                                                       "lines: `eval \"$(ref2img keys create --env)\"`")] = False,
+    as_env: Annotated[
+        bool,
+        typer.Option(
+            "--env",
+            help='print `export REF2IMG_APP_KEY=… REF2IMG_APP_SECRET=…` lines: `eval "$(ref2img keys create --env)"`',
+        ),
+    ] = False,
 ) -> None:
     """Create an app key. The secret is shown this once; the server keeps only a salted hash."""
     import shlex
@@ -42,41 +47,58 @@ def keys_create(
         print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name}))
         return
     if as_env:  # the names the SDK, the CLI and the README's curl lines all read
-        print(f"export REF2IMG_APP_KEY={shlex.quote(key.app_key)}\n"
-              f"export REF2IMG_APP_SECRET={shlex.quote(key.app_secret)}")
+        print(
+            f"export REF2IMG_APP_KEY={shlex.quote(key.app_key)}\n"
+            f"export REF2IMG_APP_SECRET={shlex.quote(key.app_secret)}"
+        )
         return
     out.print(f"app_key:    {key.app_key}\napp_secret: {key.app_secret}", highlight=False)
     err.print("Store the secret now: it cannot be shown again.")
 
 
 @app.command("list")
-def keys_list(data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = None,
-              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def keys_list(
+    data_dir: DataDirOption = Path("ref2img-data"),
+    db: DbOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """App keys with their names and state (never their secrets)."""
-    rows = [{"app_key": row.app_key, "name": row.name,
-             "created": datetime.fromtimestamp(row.created_at, UTC).isoformat(timespec="seconds"),
-             "revoked": row.revoked_at is not None} for row in open_store(data_dir, db).keys.list()]
+    rows = [
+        {
+            "app_key": row.app_key,
+            "name": row.name,
+            "created": datetime.fromtimestamp(row.created_at, UTC).isoformat(timespec="seconds"),
+            "revoked": row.revoked_at is not None,
+        }
+        for row in open_store(data_dir, db).keys.list()
+    ]
     if as_json:
         print(json.dumps(rows))
         return
     for row in rows:
-        out.print(f"{row['app_key']}  {row['created']}  {'revoked' if row['revoked'] else 'active'}  {row['name']}",
-                  highlight=False)
+        out.print(
+            f"{row['app_key']}  {row['created']}  {'revoked' if row['revoked'] else 'active'}  {row['name']}",
+            highlight=False,
+        )
 
 
 @app.command("revoke")
-def keys_revoke(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="the key to revoke")],
-                data_dir: DataDirOption = Path("ref2img-data"), db: DbOption = None) -> None:
+def keys_revoke(
+    app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="the key to revoke")],
+    data_dir: DataDirOption = Path("ref2img-data"),
+    db: DbOption = None,
+) -> None:
     """Revoke an app key: its requests are refused from now on (within 30 s on a running server)."""
     if not open_store(data_dir, db).keys.revoke(app_key):
         fail(f"no active key {app_key!r}", EXIT_USAGE)
     out.print(f"revoked {app_key}", highlight=False)
 
 
-
-def token(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="app key")],
-          app_secret: Annotated[str, typer.Argument(metavar="APP_SECRET", help="app secret")],
-          show: Annotated[bool, typer.Option("--print", help="print the token on stdout")] = False) -> None:
+def token(
+    app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="app key")],
+    app_secret: Annotated[str, typer.Argument(metavar="APP_SECRET", help="app secret")],
+    show: Annotated[bool, typer.Option("--print", help="print the token on stdout")] = False,
+) -> None:
     """The `Authorization: Basic …` value for an app key (computed locally; nothing is sent)."""
     from ref2img.protocol import basic_token
 
@@ -85,4 +107,3 @@ def token(app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="app ke
         err.print("Add --print to write it to stdout.")
         raise typer.Exit(0)
     print(basic_token(app_key, app_secret))
-

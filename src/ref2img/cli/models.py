@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,7 +15,10 @@ app = new_group("List, download and build the local engine's models.")
 
 @app.command("list")
 def models_list(
-    model: Annotated[list[str] | None, typer.Argument(metavar="PRESET|DIR|FILE...", help="presets, folders or files (default: every preset)")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="PRESET|DIR|FILE...", help="presets, folders or files (default: every preset)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Presets, their parts, and which are on this machine (with sizes)."""
@@ -27,28 +30,42 @@ def models_list(
         presets = [resolve_preset(name) for name in (model or list(PRESETS))]
     except EngineError as exc:
         fail(str(exc), EXIT_USAGE)
-    listing = []
+    listing: list[dict[str, Any]] = []
     for preset in presets:
         parts = [vars(status) for status in part_statuses(preset)]
-        listing.append({"preset": preset.name, "family": preset.family, "description": preset.description,
-                        "ready": all(p["present"] for p in parts), "parts": parts})
+        listing.append(
+            {
+                "preset": preset.name,
+                "family": preset.family,
+                "description": preset.description,
+                "ready": all(p["present"] for p in parts),
+                "parts": parts,
+            }
+        )
     if as_json:
         print(json.dumps(listing, indent=2))
         return
     from rich.table import Table
 
     for entry in listing:
-        table = Table(title=f"{entry['preset']} ({'ready' if entry['ready'] else 'incomplete'}): {entry['description']}",
-                      title_justify="left")
+        table = Table(
+            title=f"{entry['preset']} ({'ready' if entry['ready'] else 'incomplete'}): {entry['description']}",
+            title_justify="left",
+        )
         for column in ("part", "source", "present", "size"):
             table.add_column(column)
         for p in entry["parts"]:
-            table.add_row(p["part"], p["source"], "yes" if p["present"] else "[red]no[/]",
-                          human_size(p["size_bytes"]) if p["present"] else "")
+            table.add_row(
+                p["part"],
+                p["source"],
+                "yes" if p["present"] else "[red]no[/]",
+                human_size(p["size_bytes"]) if p["present"] else "",
+            )
         out.print(table)
 
 
-def human_size(size: int) -> str:
+def human_size(size_bytes: int) -> str:
+    size = float(size_bytes)
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -57,7 +74,9 @@ def human_size(size: int) -> str:
 
 
 @app.command("pull")
-def models_pull(preset_name: Annotated[str, typer.Argument(metavar="PRESET", help="preset name or preset file")]) -> None:
+def models_pull(
+    preset_name: Annotated[str, typer.Argument(metavar="PRESET", help="preset name or preset file")],
+) -> None:
     """Download a preset's models into the Hugging Face cache (progress bars per file)."""
     from ref2img.engines.base import EngineError
     from ref2img.engines.local.hub import PullError, pull
@@ -74,7 +93,10 @@ def models_pull(preset_name: Annotated[str, typer.Argument(metavar="PRESET", hel
 @app.command("tiny")
 def models_tiny(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="folder to build the tiny models in")],
-    family: Annotated[str, typer.Option("--family", metavar="sd15|sdxl", help="sd15 (per-mode ControlNets) or sdxl (union ControlNet)")] = "sd15",
+    family: Annotated[
+        str,
+        typer.Option("--family", metavar="sd15|sdxl", help="sd15 (per-mode ControlNets) or sdxl (union ControlNet)"),
+    ] = "sd15",
 ) -> None:
     """Build every part of the random-weight `tiny` preset offline (for tests and plumbing checks)."""
     if family not in ("sd15", "sdxl"):
@@ -84,4 +106,3 @@ def models_tiny(
 
     build_tiny(directory, family)
     out.print(f"built tiny {family} models in {directory}; use them with --model {directory}", highlight=False)
-

@@ -7,9 +7,23 @@ from typing import Annotated
 
 import typer
 
-from ref2img.cli._common import (EXIT_USAGE, CompileOption, DataDirOption, DbOption, DeviceOption, DtypeOption,
-                                 LeaseOption, ModelOption, OffloadOption, PartOption, QueueOption, StorageOption,
-                                 fail, parse_parts, quiet_libraries)
+from ref2img.cli._common import (
+    EXIT_USAGE,
+    CompileOption,
+    DataDirOption,
+    DbOption,
+    DeviceOption,
+    DtypeOption,
+    LeaseOption,
+    ModelOption,
+    OffloadOption,
+    PartOption,
+    QueueOption,
+    StorageOption,
+    fail,
+    parse_parts,
+    quiet_libraries,
+)
 
 
 def serve(
@@ -22,14 +36,41 @@ def serve(
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
     compile_kind: CompileOption = "none",
-    workers: Annotated[int, typer.Option("--workers", metavar="N", min=1, max=64, help="worker threads (one engine, shared)")] = 1,
-    allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls", help="let image and callback URLs reach loopback/private addresses")] = False,
-    queue_limit: Annotated[int, typer.Option("--queue-limit", metavar="N", min=1, help="queued tasks before create answers 680005 / HTTP 429")] = 100,
-    task_timeout: Annotated[float, typer.Option("--task-timeout", metavar="SECONDS", min=1, help="seconds from create to status 6")] = 1800.0,
-    public_url: Annotated[str | None, typer.Option("--public-url", metavar="URL", help="base of result URLs sent in callbacks (default: http://HOST:PORT)")] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", metavar="N", min=1, max=64, help="worker threads (one engine, shared)")
+    ] = 1,
+    allow_private_urls: Annotated[
+        bool, typer.Option("--allow-private-urls", help="let image and callback URLs reach loopback/private addresses")
+    ] = False,
+    queue_limit: Annotated[
+        int,
+        typer.Option("--queue-limit", metavar="N", min=1, help="queued tasks before create answers 680005 / HTTP 429"),
+    ] = 100,
+    task_timeout: Annotated[
+        float, typer.Option("--task-timeout", metavar="SECONDS", min=1, help="seconds from create to status 6")
+    ] = 1800.0,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url", metavar="URL", help="base of result URLs sent in callbacks (default: http://HOST:PORT)"
+        ),
+    ] = None,
     callback_retry_scale: Annotated[float, typer.Option("--callback-retry-scale", hidden=True)] = 1.0,
-    auth_failure_limit: Annotated[int, typer.Option("--auth-failure-limit", metavar="N", min=1, help="failed authentications per app key and per client address per minute before 680005 / HTTP 429")] = 20,
-    max_body_mb: Annotated[int, typer.Option("--max-body-mb", metavar="MB", min=1, max=1024, help="largest request body (JSON or upload) in MB")] = 30,
+    auth_failure_limit: Annotated[
+        int,
+        typer.Option(
+            "--auth-failure-limit",
+            metavar="N",
+            min=1,
+            help="failed authentications per app key and per client address per minute before 680005 / HTTP 429",
+        ),
+    ] = 20,
+    max_body_mb: Annotated[
+        int,
+        typer.Option(
+            "--max-body-mb", metavar="MB", min=1, max=1024, help="largest request body (JSON or upload) in MB"
+        ),
+    ] = 30,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     db: DbOption = None,
     queue: QueueOption = "embedded",
@@ -46,19 +87,43 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServerSettings(
-        data_dir=data_dir, model=model, model_overrides=parse_parts(part), device=device, dtype=dtype,
-        offload=offload, compile=compile_kind, workers=workers,
-        allow_private_urls=allow_private_urls, queue_limit=queue_limit, task_timeout_s=task_timeout,
-        public_url=public_url or f"http://{host}:{port}", callback_retry_scale=callback_retry_scale,
-        db_url=db, queue_url=queue, storage=storage, lease_s=lease, auth_failure_limit=auth_failure_limit,
-        max_body_bytes=max_body_mb * 1024 * 1024)
+        data_dir=data_dir,
+        model=model,
+        model_overrides=parse_parts(part),
+        device=device,
+        dtype=dtype,
+        offload=offload,
+        compile=compile_kind,
+        workers=workers,
+        allow_private_urls=allow_private_urls,
+        queue_limit=queue_limit,
+        task_timeout_s=task_timeout,
+        public_url=public_url or f"http://{host}:{port}",
+        callback_retry_scale=callback_retry_scale,
+        db_url=db,
+        queue_url=queue,
+        storage=storage,
+        lease_s=lease,
+        auth_failure_limit=auth_failure_limit,
+        max_body_bytes=max_body_mb * 1024 * 1024,
+    )
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
 
 
 def worker(
     queue: Annotated[str, typer.Option("--queue", metavar="URL", envvar="REF2IMG_QUEUE", help="redis://host:6379/0")],
-    db: Annotated[str, typer.Option("--db", metavar="URL", envvar="REF2IMG_DB", help="postgresql+psycopg://user@host/db")],
-    storage: Annotated[str, typer.Option("--storage", metavar="DIR|s3://…", envvar="REF2IMG_STORAGE", help="a directory every node mounts, or s3://bucket/prefix")],
+    db: Annotated[
+        str, typer.Option("--db", metavar="URL", envvar="REF2IMG_DB", help="postgresql+psycopg://user@host/db")
+    ],
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage",
+            metavar="DIR|s3://…",
+            envvar="REF2IMG_STORAGE",
+            help="a directory every node mounts, or s3://bucket/prefix",
+        ),
+    ],
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
@@ -81,9 +146,21 @@ def worker(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
-    settings = ServerSettings(data_dir=data_dir, model=model, model_overrides=parse_parts(part), device=device,
-                              dtype=dtype, offload=offload, compile=compile_kind, allow_private_urls=allow_private_urls,
-                              task_timeout_s=task_timeout, db_url=db, queue_url=queue, storage=storage, lease_s=lease)
+    settings = ServerSettings(
+        data_dir=data_dir,
+        model=model,
+        model_overrides=parse_parts(part),
+        device=device,
+        dtype=dtype,
+        offload=offload,
+        compile=compile_kind,
+        allow_private_urls=allow_private_urls,
+        task_timeout_s=task_timeout,
+        db_url=db,
+        queue_url=queue,
+        storage=storage,
+        lease_s=lease,
+    )
     try:
         run_worker_process(settings)
     except ValueError as exc:  # a flag at odds with the others: bad input

@@ -2,16 +2,44 @@
 
 from ref2img.client._async import AsyncClient
 from ref2img.client._core import DEFAULT_BASE_URL
-from ref2img.client._exceptions import (APIConnectionError, APIError, AuthenticationError, EngineUnavailableError,
-                                        ImageFetchError, InvalidRequestError, RateLimitError, Ref2ImgError,
-                                        TaskCancelledError, TaskError, TaskFailedError, TaskNotFoundError,
-                                        TaskTimedOutError, UnsupportedError, WaitTimeoutError)
+from ref2img.client._exceptions import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    EngineUnavailableError,
+    ImageFetchError,
+    InvalidRequestError,
+    RateLimitError,
+    Ref2ImgError,
+    TaskCancelledError,
+    TaskError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskTimedOutError,
+    UnsupportedError,
+    WaitTimeoutError,
+)
 from ref2img.client._models import Task
 from ref2img.client._sync import Client
 
 __all__ = [
-    "DEFAULT_BASE_URL", "APIConnectionError", "APIError", "AsyncClient", "AuthenticationError", "Client",
-    "EngineUnavailableError", "ImageFetchError", "InvalidRequestError", "RateLimitError", "Ref2ImgError", "Task",
-    "TaskCancelledError", "TaskError", "TaskFailedError", "TaskNotFoundError", "TaskTimedOutError",
-    "UnsupportedError", "WaitTimeoutError",
+    "DEFAULT_BASE_URL",
+    "APIConnectionError",
+    "APIError",
+    "AsyncClient",
+    "AuthenticationError",
+    "Client",
+    "EngineUnavailableError",
+    "ImageFetchError",
+    "InvalidRequestError",
+    "RateLimitError",
+    "Ref2ImgError",
+    "Task",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskNotFoundError",
+    "TaskTimedOutError",
+    "UnsupportedError",
+    "WaitTimeoutError",
 ]

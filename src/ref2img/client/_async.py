@@ -20,9 +20,17 @@ from ref2img.protocol import ControlType
 class AsyncClient:
     """The asyncio twin of `Client`; see its documentation. Use `async with AsyncClient() as client:`."""
 
-    def __init__(self, app_key: str | None = None, app_secret: str | None = None, *, base_url: str | None = None,
-                 timeout: float = core.DEFAULT_TIMEOUT_S, max_retries: int = core.DEFAULT_MAX_RETRIES,
-                 server: str | None = None, http_client: httpx.AsyncClient | None = None):
+    def __init__(
+        self,
+        app_key: str | None = None,
+        app_secret: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = core.DEFAULT_TIMEOUT_S,
+        max_retries: int = core.DEFAULT_MAX_RETRIES,
+        server: str | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ):
         self._config = core.ClientConfig.resolve(app_key, app_secret, base_url, timeout, max_retries, server)
         self._http = http_client or httpx.AsyncClient(timeout=timeout)
 
@@ -43,17 +51,33 @@ class AsyncClient:
         await self.close()
 
     # -- transport ------------------------------------------------------------------------------
-    async def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                 files: dict | None = None, headers: dict | None = None, idempotent: bool = True,
-                 timeout: float | None = None, max_retries: int | None = None) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict | None = None,
+        files: dict | None = None,
+        headers: dict | None = None,
+        idempotent: bool = True,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> Any:
         config = self._config
         retries = config.max_retries if max_retries is None else max_retries
         attempt = 0
         while True:
             try:
-                response = await self._http.request(method, config.base_url + path, json=json, params=params, files=files,
-                                              headers={**config.headers(), **(headers or {})},
-                                              timeout=config.timeout if timeout is None else timeout)
+                response = await self._http.request(
+                    method,
+                    config.base_url + path,
+                    json=json,
+                    params=params,
+                    files=files,
+                    headers={**config.headers(), **(headers or {})},
+                    timeout=config.timeout if timeout is None else timeout,
+                )
             except httpx.HTTPError as exc:
                 decision = core.decide_retry(attempt, retries, idempotent, error=exc)
                 if not decision.retry:
@@ -66,15 +90,40 @@ class AsyncClient:
             attempt += 1
 
     # -- tasks ----------------------------------------------------------------------------------
-    async def create(self, prompt: str, reference_image: core.ImageInput, control_type: str | int | ControlType = "0", *,
-               control_intensity: float = 0.5, width: int = 1024, height: int = 1024, batch_size: int = 1,
-               init_image: core.ImageInput | None = None, callback: str | None = None, params: str | None = None,
-               seed: int | None = None, negative_prompt: str | None = None, idempotency_key: str | None = None,
-               timeout: float | None = None, max_retries: int | None = None) -> str:
+    async def create(
+        self,
+        prompt: str,
+        reference_image: core.ImageInput,
+        control_type: str | int | ControlType = "0",
+        *,
+        control_intensity: float = 0.5,
+        width: int = 1024,
+        height: int = 1024,
+        batch_size: int = 1,
+        init_image: core.ImageInput | None = None,
+        callback: str | None = None,
+        params: str | None = None,
+        seed: int | None = None,
+        negative_prompt: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> str:
         """Create a task; returns its id. Local files and PIL images are uploaded first (ref2img servers)."""
-        body = core.create_body(prompt, reference_image, control_type, control_intensity=control_intensity,
-                                width=width, height=height, batch_size=batch_size, init_image=init_image,
-                                callback=callback, params=params, seed=seed, negative_prompt=negative_prompt)
+        body = core.create_body(
+            prompt,
+            reference_image,
+            control_type,
+            control_intensity=control_intensity,
+            width=width,
+            height=height,
+            batch_size=batch_size,
+            init_image=init_image,
+            callback=callback,
+            params=params,
+            seed=seed,
+            negative_prompt=negative_prompt,
+        )
         for field, value in core.upload_needed(body, self._config).items():
             body[field] = await self.upload(value)
         return await self._create(core.CREATE_PATH, body, idempotency_key, timeout, max_retries)
@@ -86,8 +135,9 @@ class AsyncClient:
         if not self._config.is_cloud or idempotency_key:
             headers["Idempotency-Key"] = idempotency_key or core.new_idempotency_key()
             idempotent = not self._config.is_cloud
-        data = await self._request("POST", path, json=body, headers=headers, idempotent=idempotent, timeout=timeout,
-                             max_retries=max_retries)
+        data = await self._request(
+            "POST", path, json=body, headers=headers, idempotent=idempotent, timeout=timeout, max_retries=max_retries
+        )
         return data["task_id"]
 
     async def get(self, task_id: str, *, wait: float | None = None, timeout: float | None = None) -> Task:
@@ -98,7 +148,9 @@ class AsyncClient:
             timeout = max(timeout or self._config.timeout, wait + 10)
         return Task.from_data(await self._request("POST", core.QUERY_PATH, json=body, timeout=timeout))
 
-    async def wait(self, task_id: str, *, timeout: float = 600.0, on_progress: Callable[[Task], Any] | None = None) -> Task:
+    async def wait(
+        self, task_id: str, *, timeout: float = 600.0, on_progress: Callable[[Task], Any] | None = None
+    ) -> Task:
         """Block until the task ends. Returns it at status 3; raises TaskFailedError / TaskCancelledError /
         TaskTimedOutError for 4 / 5 / 6, WaitTimeoutError after `timeout` seconds."""
         loop = core.WaitLoop(task_id, timeout, self._config.long_poll, on_progress)
@@ -116,8 +168,16 @@ class AsyncClient:
             if pause:
                 await asyncio.sleep(pause)
 
-    async def generate(self, prompt: str, reference_image: core.ImageInput, control_type: str | int | ControlType = "0", *,
-                 timeout: float = 600.0, on_progress: Callable[[Task], Any] | None = None, **create_args) -> Task:
+    async def generate(
+        self,
+        prompt: str,
+        reference_image: core.ImageInput,
+        control_type: str | int | ControlType = "0",
+        *,
+        timeout: float = 600.0,
+        on_progress: Callable[[Task], Any] | None = None,
+        **create_args,
+    ) -> Task:
         """create() then wait(): the finished task, with its image URLs in `.images`."""
         task_id = await self.create(prompt, reference_image, control_type, **create_args)
         return await self.wait(task_id, timeout=timeout, on_progress=on_progress)
@@ -127,8 +187,9 @@ class AsyncClient:
             raise UnsupportedError("the Tomoviee cloud API has no cancel call")
         return Task.from_data(await self._request("POST", core.CANCEL_PATH, json={"task_id": task_id}))
 
-    async def recognize(self, image: core.ImageInput, control_type: str | int | ControlType, *,
-                  timeout: float = 600.0) -> Task:
+    async def recognize(
+        self, image: core.ImageInput, control_type: str | int | ControlType, *, timeout: float = 600.0
+    ) -> Task:
         """The control map (edge, pose or depth) of an image: a finished task with `.masks`."""
         body = core.recognize_body(image, control_type)
         for field, value in core.upload_needed(body, self._config).items():
@@ -163,5 +224,8 @@ class AsyncClient:
 
     async def token(self) -> str:
         """The `Basic …` token from the token endpoint (a credential: keep it secret)."""
-        return (await self._request("GET", core.TOKEN_PATH, params={"access_key": self._config.app_key,
-                                                              "secret": self._config.app_secret}))["access_token"]
+        return (
+            await self._request(
+                "GET", core.TOKEN_PATH, params={"access_key": self._config.app_key, "secret": self._config.app_secret}
+            )
+        )["access_token"]

@@ -15,13 +15,30 @@ from urllib.parse import urlsplit
 import httpx
 
 from ref2img import __version__
-from ref2img.client._exceptions import (APIError, InvalidRequestError, Ref2ImgError, TaskCancelledError,
-                                        TaskFailedError, TaskTimedOutError, UnsupportedError, WaitTimeoutError,
-                                        error_for)
+from ref2img.client._exceptions import (
+    APIError,
+    InvalidRequestError,
+    Ref2ImgError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskTimedOutError,
+    UnsupportedError,
+    WaitTimeoutError,
+    error_for,
+)
 from ref2img.client._models import Task
 from ref2img.client._policy import RETRYABLE_STATUS, PollPlan, parse_retry_after, request_never_left, retry_delay
-from ref2img.protocol import (ALLOWED, MAX_WAIT_S, RECOGNIZE_CONTROL_TYPES, ControlType, ParameterError, TaskStatus,
-                              basic_token, parse_create_request, parse_recognize_request)
+from ref2img.protocol import (
+    ALLOWED,
+    MAX_WAIT_S,
+    RECOGNIZE_CONTROL_TYPES,
+    ControlType,
+    ParameterError,
+    TaskStatus,
+    basic_token,
+    parse_create_request,
+    parse_recognize_request,
+)
 
 DEFAULT_BASE_URL = "https://open-api.wondershare.cc"
 CLOUD_HOSTS = {"open-api.wondershare.cc", "openapi.wondershare.cc"}
@@ -53,13 +70,21 @@ class ClientConfig:
         return not self.is_cloud
 
     @classmethod
-    def resolve(cls, app_key: str | None, app_secret: str | None, base_url: str | None, timeout: float,
-                max_retries: int, server: str | None) -> ClientConfig:
+    def resolve(
+        cls,
+        app_key: str | None,
+        app_secret: str | None,
+        base_url: str | None,
+        timeout: float,
+        max_retries: int,
+        server: str | None,
+    ) -> ClientConfig:
         app_key = app_key or os.environ.get("REF2IMG_APP_KEY")
         app_secret = app_secret or os.environ.get("REF2IMG_APP_SECRET")
         if not app_key or not app_secret:
-            raise Ref2ImgError("no credentials: pass app_key= and app_secret=, or set REF2IMG_APP_KEY and "
-                               "REF2IMG_APP_SECRET")
+            raise Ref2ImgError(
+                "no credentials: pass app_key= and app_secret=, or set REF2IMG_APP_KEY and REF2IMG_APP_SECRET"
+            )
         base_url = (base_url or os.environ.get("REF2IMG_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if server not in (None, "cloud", "ref2img"):
             raise Ref2ImgError(f"server must be 'cloud', 'ref2img' or None (from the host), not {server!r}")
@@ -67,8 +92,11 @@ class ClientConfig:
         return cls(app_key, app_secret, base_url, timeout, max_retries, is_cloud)
 
     def headers(self) -> dict[str, str]:
-        return {"X-App-Key": self.app_key, "Authorization": basic_token(self.app_key, self.app_secret),
-                "User-Agent": f"ref2img-python/{__version__}"}
+        return {
+            "X-App-Key": self.app_key,
+            "Authorization": basic_token(self.app_key, self.app_secret),
+            "User-Agent": f"ref2img-python/{__version__}",
+        }
 
 
 def client_repr(name: str, config: ClientConfig) -> str:
@@ -81,24 +109,52 @@ def is_url(value: ImageInput) -> bool:
     return isinstance(value, str) and ("://" in value or value.startswith("data:"))
 
 
-def create_body(prompt: str, reference_image: ImageInput, control_type: str | int | ControlType, *,
-                control_intensity: float, width: int, height: int, batch_size: int, init_image: ImageInput | None,
-                callback: str | None, params: str | None, seed: int | None,
-                negative_prompt: str | None) -> dict[str, Any]:
+def create_body(
+    prompt: str,
+    reference_image: ImageInput,
+    control_type: str | int | ControlType,
+    *,
+    control_intensity: float,
+    width: int,
+    height: int,
+    batch_size: int,
+    init_image: ImageInput | None,
+    callback: str | None,
+    params: str | None,
+    seed: int | None,
+    negative_prompt: str | None,
+) -> dict[str, Any]:
     """The create body, validated by `ref2img.protocol` before anything is sent. Non-URL images stand
     as placeholders until they are uploaded (see `upload_needed`)."""
     try:
         kind = ControlType.parse(control_type)
     except ValueError:
         raise _invalid("control_type", f"must be {ALLOWED['control_type']} (got {control_type!r})") from None
-    body: dict[str, Any] = {"prompt": prompt, "reference_image": reference_image, "control_type": kind.value,
-                            "control_intensity": control_intensity, "width": width, "height": height,
-                            "batch_size": batch_size}
-    optional = {"init_image": init_image, "callback": callback, "params": params, "seed": seed,
-                "negative_prompt": negative_prompt}
+    body: dict[str, Any] = {
+        "prompt": prompt,
+        "reference_image": reference_image,
+        "control_type": kind.value,
+        "control_intensity": control_intensity,
+        "width": width,
+        "height": height,
+        "batch_size": batch_size,
+    }
+    optional = {
+        "init_image": init_image,
+        "callback": callback,
+        "params": params,
+        "seed": seed,
+        "negative_prompt": negative_prompt,
+    }
     body.update({key: value for key, value in optional.items() if value is not None})
-    check = {key: ("https://placeholder.invalid/x.png" if key in ("reference_image", "init_image")
-                   and not isinstance(value, str) else value) for key, value in body.items()}
+    check = {
+        key: (
+            "https://placeholder.invalid/x.png"
+            if key in ("reference_image", "init_image") and not isinstance(value, str)
+            else value
+        )
+        for key, value in body.items()
+    }
     try:
         parse_create_request(check)
     except ParameterError as exc:
@@ -121,13 +177,17 @@ def _invalid(field: str, message: str) -> InvalidRequestError:
 
 def upload_needed(body: dict[str, Any], config: ClientConfig) -> dict[str, ImageInput]:
     """The image fields whose values must be uploaded first (files, PIL images, bytes)."""
-    pending = {key: body[key] for key in ("reference_image", "init_image") if key in body and not is_url(body[key])}
+    pending: dict[str, Any] = {
+        key: body[key] for key in ("reference_image", "init_image") if key in body and not is_url(body[key])
+    }
     for key, value in pending.items():
         if isinstance(value, (str, Path)) and not Path(value).expanduser().is_file():
             raise _invalid(key, f"no such file: {value} (give an http(s) URL, a data: URI or a local file)")
     if pending and config.is_cloud:
-        raise UnsupportedError("the Tomoviee cloud needs public image URLs; upload the file somewhere public "
-                               "(or use a ref2img server, which accepts uploads)")
+        raise UnsupportedError(
+            "the Tomoviee cloud needs public image URLs; upload the file somewhere public "
+            "(or use a ref2img server, which accepts uploads)"
+        )
     return pending
 
 
@@ -157,14 +217,20 @@ def envelope_data(response: httpx.Response) -> Any:
     try:
         envelope = response.json()
     except ValueError:
-        raise APIError(response.status_code, f"HTTP {response.status_code}: the answer is not JSON",
-                       response.status_code) from None
+        raise APIError(
+            response.status_code, f"HTTP {response.status_code}: the answer is not JSON", response.status_code
+        ) from None
     if not isinstance(envelope, dict) or "code" not in envelope:
-        raise APIError(response.status_code, f"HTTP {response.status_code}: not a Tomoviee envelope",
-                       response.status_code)
+        raise APIError(
+            response.status_code, f"HTTP {response.status_code}: not a Tomoviee envelope", response.status_code
+        )
     if envelope["code"] != 0:
-        raise error_for(int(envelope["code"]), str(envelope.get("msg") or ""), response.status_code,
-                        parse_retry_after(response.headers))
+        raise error_for(
+            int(envelope["code"]),
+            str(envelope.get("msg") or ""),
+            response.status_code,
+            parse_retry_after(response.headers),
+        )
     return envelope.get("data")
 
 
@@ -174,8 +240,14 @@ class RetryDecision:
     delay: float = 0.0
 
 
-def decide_retry(attempt: int, max_retries: int, idempotent: bool, *, response: httpx.Response | None = None,
-                 error: httpx.HTTPError | None = None) -> RetryDecision:
+def decide_retry(
+    attempt: int,
+    max_retries: int,
+    idempotent: bool,
+    *,
+    response: httpx.Response | None = None,
+    error: httpx.HTTPError | None = None,
+) -> RetryDecision:
     if attempt >= max_retries:
         return RetryDecision(False)
     if error is not None:

@@ -1,21 +1,21 @@
 """Errors raised by the SDK. One class per kind of failure::
 
-    Ref2ImgError
-    ├── APIError                    the server answered with a non-zero code (has .code, .msg, .http_status)
-    │   ├── AuthenticationError     140013: unknown key, wrong secret, missing headers
-    │   ├── InvalidRequestError     680001: a field is missing or out of range (has .field); also raised
-    │   │                           before any request is sent, by client-side validation
-    │   ├── ImageFetchError         680002 / 680003: an input image could not be fetched or used
-    │   ├── TaskNotFoundError       680004: no such task for this key
-    │   ├── RateLimitError          680005 or HTTP 429: busy; has .retry_after
-    │   ├── EngineUnavailableError  680006: the engine or its model is not available
-    │   └── UnsupportedError        the target (e.g. the Tomoviee cloud) does not offer this call
-    ├── APIConnectionError          the server could not be reached (after the retries)
-    ├── TaskError                   a task ended without images (has .task, .reason)
-    │   ├── TaskFailedError         status 4
-    │   ├── TaskCancelledError      status 5
-    │   └── TaskTimedOutError       status 6
-    └── WaitTimeoutError            wait() gave up before the task ended (has .task, its last state)
+Ref2ImgError
+├── APIError                    the server answered with a non-zero code (has .code, .msg, .http_status)
+│   ├── AuthenticationError     140013: unknown key, wrong secret, missing headers
+│   ├── InvalidRequestError     680001: a field is missing or out of range (has .field); also raised
+│   │                           before any request is sent, by client-side validation
+│   ├── ImageFetchError         680002 / 680003: an input image could not be fetched or used
+│   ├── TaskNotFoundError       680004: no such task for this key
+│   ├── RateLimitError          680005 or HTTP 429: busy; has .retry_after
+│   ├── EngineUnavailableError  680006: the engine or its model is not available
+│   └── UnsupportedError        the target (e.g. the Tomoviee cloud) does not offer this call
+├── APIConnectionError          the server could not be reached (after the retries)
+├── TaskError                   a task ended without images (has .task, .reason)
+│   ├── TaskFailedError         status 4
+│   ├── TaskCancelledError      status 5
+│   └── TaskTimedOutError       status 6
+└── WaitTimeoutError            wait() gave up before the task ended (has .task, its last state)
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ class APIConnectionError(Ref2ImgError):
 
 class TaskError(Ref2ImgError):
     def __init__(self, task: Task):
-        super().__init__(f"task {task.task_id} ended with status {int(task.status)} ({task.status.name.lower()})"
-                         + (f": {task.reason}" if task.reason else ""))
+        super().__init__(
+            f"task {task.task_id} ended with status {int(task.status)} ({task.status.name.lower()})"
+            + (f": {task.reason}" if task.reason else "")
+        )
         self.task = task
         self.reason = task.reason
 

@@ -25,9 +25,17 @@ class Client:
     cancels are refused with UnsupportedError.
     """
 
-    def __init__(self, app_key: str | None = None, app_secret: str | None = None, *, base_url: str | None = None,
-                 timeout: float = core.DEFAULT_TIMEOUT_S, max_retries: int = core.DEFAULT_MAX_RETRIES,
-                 server: str | None = None, http_client: httpx.Client | None = None):
+    def __init__(
+        self,
+        app_key: str | None = None,
+        app_secret: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = core.DEFAULT_TIMEOUT_S,
+        max_retries: int = core.DEFAULT_MAX_RETRIES,
+        server: str | None = None,
+        http_client: httpx.Client | None = None,
+    ):
         self._config = core.ClientConfig.resolve(app_key, app_secret, base_url, timeout, max_retries, server)
         self._http = http_client or httpx.Client(timeout=timeout)
 
@@ -48,17 +56,33 @@ class Client:
         self.close()
 
     # -- transport ------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                 files: dict | None = None, headers: dict | None = None, idempotent: bool = True,
-                 timeout: float | None = None, max_retries: int | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict | None = None,
+        files: dict | None = None,
+        headers: dict | None = None,
+        idempotent: bool = True,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> Any:
         config = self._config
         retries = config.max_retries if max_retries is None else max_retries
         attempt = 0
         while True:
             try:
-                response = self._http.request(method, config.base_url + path, json=json, params=params, files=files,
-                                              headers={**config.headers(), **(headers or {})},
-                                              timeout=config.timeout if timeout is None else timeout)
+                response = self._http.request(
+                    method,
+                    config.base_url + path,
+                    json=json,
+                    params=params,
+                    files=files,
+                    headers={**config.headers(), **(headers or {})},
+                    timeout=config.timeout if timeout is None else timeout,
+                )
             except httpx.HTTPError as exc:
                 decision = core.decide_retry(attempt, retries, idempotent, error=exc)
                 if not decision.retry:
@@ -71,15 +95,40 @@ class Client:
             attempt += 1
 
     # -- tasks ----------------------------------------------------------------------------------
-    def create(self, prompt: str, reference_image: core.ImageInput, control_type: str | int | ControlType = "0", *,
-               control_intensity: float = 0.5, width: int = 1024, height: int = 1024, batch_size: int = 1,
-               init_image: core.ImageInput | None = None, callback: str | None = None, params: str | None = None,
-               seed: int | None = None, negative_prompt: str | None = None, idempotency_key: str | None = None,
-               timeout: float | None = None, max_retries: int | None = None) -> str:
+    def create(
+        self,
+        prompt: str,
+        reference_image: core.ImageInput,
+        control_type: str | int | ControlType = "0",
+        *,
+        control_intensity: float = 0.5,
+        width: int = 1024,
+        height: int = 1024,
+        batch_size: int = 1,
+        init_image: core.ImageInput | None = None,
+        callback: str | None = None,
+        params: str | None = None,
+        seed: int | None = None,
+        negative_prompt: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> str:
         """Create a task; returns its id. Local files and PIL images are uploaded first (ref2img servers)."""
-        body = core.create_body(prompt, reference_image, control_type, control_intensity=control_intensity,
-                                width=width, height=height, batch_size=batch_size, init_image=init_image,
-                                callback=callback, params=params, seed=seed, negative_prompt=negative_prompt)
+        body = core.create_body(
+            prompt,
+            reference_image,
+            control_type,
+            control_intensity=control_intensity,
+            width=width,
+            height=height,
+            batch_size=batch_size,
+            init_image=init_image,
+            callback=callback,
+            params=params,
+            seed=seed,
+            negative_prompt=negative_prompt,
+        )
         for field, value in core.upload_needed(body, self._config).items():
             body[field] = self.upload(value)
         return self._create(core.CREATE_PATH, body, idempotency_key, timeout, max_retries)
@@ -91,8 +140,9 @@ class Client:
         if not self._config.is_cloud or idempotency_key:
             headers["Idempotency-Key"] = idempotency_key or core.new_idempotency_key()
             idempotent = not self._config.is_cloud
-        data = self._request("POST", path, json=body, headers=headers, idempotent=idempotent, timeout=timeout,
-                             max_retries=max_retries)
+        data = self._request(
+            "POST", path, json=body, headers=headers, idempotent=idempotent, timeout=timeout, max_retries=max_retries
+        )
         return data["task_id"]
 
     def get(self, task_id: str, *, wait: float | None = None, timeout: float | None = None) -> Task:
@@ -119,8 +169,16 @@ class Client:
             if pause:
                 time.sleep(pause)
 
-    def generate(self, prompt: str, reference_image: core.ImageInput, control_type: str | int | ControlType = "0", *,
-                 timeout: float = 600.0, on_progress: Callable[[Task], None] | None = None, **create_args) -> Task:
+    def generate(
+        self,
+        prompt: str,
+        reference_image: core.ImageInput,
+        control_type: str | int | ControlType = "0",
+        *,
+        timeout: float = 600.0,
+        on_progress: Callable[[Task], None] | None = None,
+        **create_args,
+    ) -> Task:
         """create() then wait(): the finished task, with its image URLs in `.images`."""
         task_id = self.create(prompt, reference_image, control_type, **create_args)
         return self.wait(task_id, timeout=timeout, on_progress=on_progress)
@@ -130,8 +188,9 @@ class Client:
             raise UnsupportedError("the Tomoviee cloud API has no cancel call")
         return Task.from_data(self._request("POST", core.CANCEL_PATH, json={"task_id": task_id}))
 
-    def recognize(self, image: core.ImageInput, control_type: str | int | ControlType, *,
-                  timeout: float = 600.0) -> Task:
+    def recognize(
+        self, image: core.ImageInput, control_type: str | int | ControlType, *, timeout: float = 600.0
+    ) -> Task:
         """The control map (edge, pose or depth) of an image: a finished task with `.masks`."""
         body = core.recognize_body(image, control_type)
         for field, value in core.upload_needed(body, self._config).items():
@@ -166,5 +225,6 @@ class Client:
 
     def token(self) -> str:
         """The `Basic …` token from the token endpoint (a credential: keep it secret)."""
-        return self._request("GET", core.TOKEN_PATH, params={"access_key": self._config.app_key,
-                                                              "secret": self._config.app_secret})["access_token"]
+        return self._request(
+            "GET", core.TOKEN_PATH, params={"access_key": self._config.app_key, "secret": self._config.app_secret}
+        )["access_token"]

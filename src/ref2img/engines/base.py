@@ -72,20 +72,31 @@ class Job:
     guidance_scale: float | None = None
 
     @classmethod
-    def from_request(cls, request: CreateRequest, load_image: Callable[[str, str], Image.Image],
-                     **extra: Any) -> Job:
+    def from_request(cls, request: CreateRequest, load_image: Callable[[str, str], Image.Image], **extra: Any) -> Job:
         """The job a validated create request asks for: `load_image(url_or_path, field)` fetches and
         decodes its images (the init image is the reference itself when they are the same, as subject
         mode's default is). A request without a seed gets a random one. `extra`: `control_map`, `steps`."""
         reference = load_image(request.reference_image, "reference_image")
         init_source = request.resolved_init_image()
-        init = reference if init_source == request.reference_image else (
-            load_image(init_source, "init_image") if init_source else None)
+        init = (
+            reference
+            if init_source == request.reference_image
+            else (load_image(init_source, "init_image") if init_source else None)
+        )
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        return cls(prompt=request.prompt, control_type=request.control_type, reference=reference, seed=seed,
-                   control_intensity=request.control_intensity, width=request.width, height=request.height,
-                   batch_size=request.batch_size, init_image=init, negative_prompt=request.negative_prompt,
-                   **extra)
+        return cls(
+            prompt=request.prompt,
+            control_type=request.control_type,
+            reference=reference,
+            seed=seed,
+            control_intensity=request.control_intensity,
+            width=request.width,
+            height=request.height,
+            batch_size=request.batch_size,
+            init_image=init,
+            negative_prompt=request.negative_prompt,
+            **extra,
+        )
 
 
 def _never() -> bool:

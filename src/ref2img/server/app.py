@@ -25,8 +25,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         finally:
             services.stop()
 
-    app = FastAPI(title="ref2img", version="0.1.0", lifespan=lifespan,
-                  description="Tomoviee-compatible reference-to-image server (tm_reference_img2img).")
+    app = FastAPI(
+        title="ref2img",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Tomoviee-compatible reference-to-image server (tm_reference_img2img).",
+    )
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -37,8 +37,9 @@ def refuse_if_throttled(request: Request, app_key: str) -> None:
     """680005 / HTTP 429 while this key or client address has failed too often (server/throttle.py)."""
     wait = request.app.state.services.throttle.retry_after(app_key, client_address(request))
     if wait:
-        raise ApiError(ErrorCode.BUSY, f"busy: too many failed authentications; retry in {wait} s", 429,
-                       {"Retry-After": str(wait)})
+        raise ApiError(
+            ErrorCode.BUSY, f"busy: too many failed authentications; retry in {wait} s", 429, {"Retry-After": str(wait)}
+        )
 
 
 def count_failure(request: Request, app_key: str) -> None:

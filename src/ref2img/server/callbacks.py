@@ -24,8 +24,9 @@ RenderFunction = Callable[[str], dict]  # task id -> the callback body (the quer
 
 
 class CallbackSender:
-    def __init__(self, store: Store, post: PostFunction, render: RenderFunction, retry_scale: float = 1.0,
-                 poll_s: float = 1.0):
+    def __init__(
+        self, store: Store, post: PostFunction, render: RenderFunction, retry_scale: float = 1.0, poll_s: float = 1.0
+    ):
         self.store = store
         self.post = post
         self.render = render

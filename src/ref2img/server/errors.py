@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +30,7 @@ def ok(data: dict | None) -> dict:
     return {"code": 0, "msg": "success", "data": data}
 
 
-def envelope_response(code: int, msg: str, status: int = 200, headers: dict | None = None) -> JSONResponse:
+def envelope_response(code: int, msg: str, status: int = 200, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"code": int(code), "msg": msg, "data": None}, status_code=status, headers=headers)
 
 
@@ -63,8 +64,12 @@ def install_error_handlers(app: FastAPI) -> None:
         # Locked by another process past the busy timeout, disk full, database down: nothing was
         # accepted, and trying again later works, so it is "busy" rather than an internal error.
         log.warning("the task store refused a request: %s", exc.__cause__ or exc)
-        return envelope_response(ErrorCode.BUSY, f"busy: {exc}; retry in {STORE_RETRY_AFTER_S} s",
-                                 429, {"Retry-After": str(STORE_RETRY_AFTER_S)})
+        return envelope_response(
+            ErrorCode.BUSY,
+            f"busy: {exc}; retry in {STORE_RETRY_AFTER_S} s",
+            429,
+            {"Retry-After": str(STORE_RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

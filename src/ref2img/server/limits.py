@@ -41,8 +41,9 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             # The rest of the body is never read; the connection closes after the answer.
-            response = envelope_response(ErrorCode.INVALID_PARAMETER, body_too_large_message(self.max_bytes),
-                                         headers={"Connection": "close"})
+            response = envelope_response(
+                ErrorCode.INVALID_PARAMETER, body_too_large_message(self.max_bytes), headers={"Connection": "close"}
+            )
             await response(scope, receive, send)
             return
         received = 0

@@ -19,22 +19,27 @@ class _TaskCollector:
         for status in TaskStatus:
             by_status.add_metric([status.name.lower()], counts.get(status, 0))
         yield by_status
-        yield GaugeMetricFamily("ref2img_queue_depth", "Tasks waiting for a worker",
-                                value=counts.get(TaskStatus.QUEUED, 0))
-        yield GaugeMetricFamily("ref2img_task_seconds_estimate", "Moving average of task run time",
-                                value=self._services.estimate.seconds)
+        yield GaugeMetricFamily(
+            "ref2img_queue_depth", "Tasks waiting for a worker", value=counts.get(TaskStatus.QUEUED, 0)
+        )
+        yield GaugeMetricFamily(
+            "ref2img_task_seconds_estimate", "Moving average of task run time", value=self._services.estimate.seconds
+        )
         services = self._services
-        yield GaugeMetricFamily("ref2img_workers", "Workers taking tasks from this queue",
-                                value=services.worker_count())
+        yield GaugeMetricFamily(
+            "ref2img_workers", "Workers taking tasks from this queue", value=services.worker_count()
+        )
         if not services.settings.embedded:
             depth = services.queue.depth()
             if depth is not None:
                 yield GaugeMetricFamily("ref2img_broker_queue_depth", "Messages waiting in Redis", value=depth)
             done = CounterMetricFamily("ref2img_worker_tasks", "Tasks finished per worker", labels=["worker"])
-            step = GaugeMetricFamily("ref2img_worker_step_seconds", "Mean engine step time per worker",
-                                     labels=["worker"])
-            rate = GaugeMetricFamily("ref2img_worker_tasks_per_busy_second", "Throughput per worker while busy",
-                                     labels=["worker"])
+            step = GaugeMetricFamily(
+                "ref2img_worker_step_seconds", "Mean engine step time per worker", labels=["worker"]
+            )
+            rate = GaugeMetricFamily(
+                "ref2img_worker_tasks_per_busy_second", "Throughput per worker while busy", labels=["worker"]
+            )
             for row in services.store.fleet.alive(within_s=3 * services.settings.lease_s):
                 done.add_metric([row.id], row.tasks_done)
                 step.add_metric([row.id], row.step_s / row.steps if row.steps else 0.0)
@@ -42,8 +47,11 @@ class _TaskCollector:
             yield done
             yield step
             yield rate
-        yield GaugeMetricFamily("ref2img_engine_loaded", "1 once the engine is loaded",
-                                value=1 if self._services.engine.state == "loaded" else 0)
+        yield GaugeMetricFamily(
+            "ref2img_engine_loaded",
+            "1 once the engine is loaded",
+            value=1 if self._services.engine.state == "loaded" else 0,
+        )
 
 
 def render(services: Services) -> bytes:

@@ -42,22 +42,28 @@ BODY_MODELS: list[type[BaseModel]] = [CreateRequest, RecognizeRequest, TaskLooku
 ENVELOPE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "the envelope; `code` says whether it worked", "model": Envelope},
     401: {"description": "140013: missing or wrong credentials", "model": Envelope},
-    429: {"description": "680005: queue full, task store locked or full, or too many failed authentications "
-                         "(Retry-After)", "model": Envelope},
+    429: {
+        "description": "680005: queue full, task store locked or full, or too many failed authentications "
+        "(Retry-After)",
+        "model": Envelope,
+    },
 }
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """`openapi_extra` for a route whose body is `model` as JSON."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": COMPONENT_REF.format(model=model.__name__)}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": COMPONENT_REF.format(model=model.__name__)}}},
+        }
+    }
 
 
 def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             for operations in schema["paths"].values():
                 for operation in operations.values():  # FastAPI documents a 422 no route answers (680001 is 200)
                     operation.get("responses", {}).pop("422", None)
@@ -72,4 +78,4 @@ def install_openapi(app: FastAPI) -> None:
             app.openapi_schema = schema
         return app.openapi_schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema

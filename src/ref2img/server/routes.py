@@ -14,8 +14,19 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.images import ImageInputError, decode_image
-from ref2img.protocol import (MAX_TASK_ID_CHARS, MAX_WAIT_S, CreateRequest, ErrorCode, ParameterError, RecognizeRequest,
-                              TaskStatus, basic_token, parse_create_request, parse_recognize_request, text_problem)
+from ref2img.protocol import (
+    MAX_TASK_ID_CHARS,
+    MAX_WAIT_S,
+    CreateRequest,
+    ErrorCode,
+    ParameterError,
+    RecognizeRequest,
+    TaskStatus,
+    basic_token,
+    parse_create_request,
+    parse_recognize_request,
+    text_problem,
+)
 from ref2img.server import openapi
 from ref2img.server.auth import authenticate, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
@@ -70,16 +81,23 @@ def _check_inputs(svc: Services, app_key: str, images: dict[str, str | None], ca
             raise ApiError(ErrorCode.INVALID_PARAMETER, f"callback: {exc}") from None
 
 
-def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: dict,
-             params: str | None, callback: str | None) -> JSONResponse:
+def _enqueue(
+    svc: Services, request: Request, app_key: str, kind: str, payload: dict, params: str | None, callback: str | None
+) -> JSONResponse:
     if svc.settings.embedded and svc.engine.state.startswith("error"):
         svc.engine.preload()  # try again in the background: the model may have been fetched since
         raise ApiError(ErrorCode.ENGINE_UNAVAILABLE, f"engine unavailable: {svc.engine.state.removeprefix('error: ')}")
     try:
         task, created = svc.store.tasks.create_idempotent(
-            app_key=app_key, kind=kind, request=payload, params=params, callback=callback,
-            idempotency_key=_idempotency_key(request), timeout_s=svc.settings.task_timeout_s,
-            queue_limit=svc.settings.queue_limit)
+            app_key=app_key,
+            kind=kind,
+            request=payload,
+            params=params,
+            callback=callback,
+            idempotency_key=_idempotency_key(request),
+            timeout_s=svc.settings.task_timeout_s,
+            queue_limit=svc.settings.queue_limit,
+        )
     except QueueFull as exc:
         raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
     if created:
@@ -87,21 +105,24 @@ def _enqueue(svc: Services, request: Request, app_key: str, kind: str, payload: 
     return JSONResponse(ok({"task_id": task.id}))
 
 
-@router.post("/v1/open/capacity/application/tm_reference_img2img", openapi_extra=openapi.json_body(CreateRequest),
-             **WIRE)
+@router.post(
+    "/v1/open/capacity/application/tm_reference_img2img", openapi_extra=openapi.json_body(CreateRequest), **WIRE
+)
 def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
     svc = services(request)
     try:
         create = parse_create_request(body)
     except ParameterError as exc:
         raise _parameter_error(exc) from None
-    _check_inputs(svc, app_key, {"reference_image": create.reference_image, "init_image": create.init_image},
-                  create.callback)
+    _check_inputs(
+        svc, app_key, {"reference_image": create.reference_image, "init_image": create.init_image}, create.callback
+    )
     return _enqueue(svc, request, app_key, "img2img", create.model_dump(mode="json"), create.params, create.callback)
 
 
-@router.post("/v1/open/capacity/application/tm_reference_img2mask",
-             openapi_extra=openapi.json_body(RecognizeRequest), **WIRE)
+@router.post(
+    "/v1/open/capacity/application/tm_reference_img2mask", openapi_extra=openapi.json_body(RecognizeRequest), **WIRE
+)
 def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
     svc = services(request)
     try:
@@ -109,15 +130,18 @@ def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Dep
     except ParameterError as exc:
         raise _parameter_error(exc) from None
     _check_inputs(svc, app_key, {"init_image": recognize.init_image}, recognize.callback)
-    return _enqueue(svc, request, app_key, "img2mask", recognize.model_dump(mode="json"), recognize.params,
-                    recognize.callback)
+    return _enqueue(
+        svc, request, app_key, "img2mask", recognize.model_dump(mode="json"), recognize.params, recognize.callback
+    )
 
 
 def _task_id(body: dict) -> str:
     task_id = body.get("task_id")
     if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_TASK_ID_CHARS or text_problem(task_id):
-        raise ApiError(ErrorCode.INVALID_PARAMETER,
-                       f"task_id: must be a non-empty string of at most {MAX_TASK_ID_CHARS} characters")
+        raise ApiError(
+            ErrorCode.INVALID_PARAMETER,
+            f"task_id: must be a non-empty string of at most {MAX_TASK_ID_CHARS} characters",
+        )
     return task_id
 
 
@@ -190,7 +214,9 @@ def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, F
         decode_image(data, "file")  # refuse what no task could use, now rather than later
     except ImageInputError as exc:
         raise ApiError(exc.code, str(exc)) from None
-    extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[Image.open(io.BytesIO(data)).format]
+    extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[
+        Image.open(io.BytesIO(data)).format or ""
+    ]
     file_id = new_id("f")
     name = svc.storage.save_upload(file_id, data, extension)
     svc.store.files.add(file_id, app_key, name)
@@ -218,8 +244,14 @@ def healthz(request: Request) -> dict:
     svc = services(request)
     counts = svc.store.tasks.count_by_status()
     engine = svc.engine.state if svc.settings.embedded else "workers"
-    return ok({"status": "ok", "engine": engine, "queued": counts.get(TaskStatus.QUEUED, 0),
-               "processing": counts.get(TaskStatus.PROCESSING, 0)})
+    return ok(
+        {
+            "status": "ok",
+            "engine": engine,
+            "queued": counts.get(TaskStatus.QUEUED, 0),
+            "processing": counts.get(TaskStatus.PROCESSING, 0),
+        }
+    )
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

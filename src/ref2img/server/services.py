@@ -32,14 +32,19 @@ class Services:
         self.public_url = settings.public_url or LOCAL_URL
         self.verifier = KeyVerifier(self.store)
         self.throttle = AuthThrottle(limit=settings.auth_failure_limit)
-        self.callbacks = CallbackSender(self.store, self.http.post, self._callback_body,
-                                        retry_scale=settings.callback_retry_scale)
+        self.callbacks = CallbackSender(
+            self.store, self.http.post, self._callback_body, retry_scale=settings.callback_retry_scale
+        )
         # Embedded: this process's worker threads; an earlier process's tasks are orphans at once.
         # A fleet's API node runs no worker and trusts the leases.
         self.worker = self.backend.worker() if settings.embedded else None
         own = self.worker.owner if self.worker else None
-        self.housekeeper = Housekeeper(self.store.tasks, self.queue, settings.lease_s,
-                                       owner_alive=(lambda owner: owner == own) if self.worker else (lambda owner: True))
+        self.housekeeper = Housekeeper(
+            self.store.tasks,
+            self.queue,
+            settings.lease_s,
+            owner_alive=(lambda owner: owner == own) if self.worker else (lambda owner: True),
+        )
         self._consumer: Consumer | None = None
 
     def worker_count(self) -> int:
@@ -50,8 +55,14 @@ class Services:
 
     def task_data(self, task: TaskRow, base_url: str) -> dict:
         workers = self.worker_count() if task.status == 1 else 1
-        return task_data(task, tasks=self.store.tasks, storage=self.storage, base_url=base_url,
-                         estimate=self.estimate, workers=workers)
+        return task_data(
+            task,
+            tasks=self.store.tasks,
+            storage=self.storage,
+            base_url=base_url,
+            estimate=self.estimate,
+            workers=workers,
+        )
 
     def _callback_body(self, task_id: str) -> dict:
         task = self.store.tasks.get(task_id)

@@ -11,8 +11,9 @@ from ref2img.tasks.storage import Storage
 from ref2img.tasks.store.tasks import TaskStore
 
 
-def task_data(task: TaskRow, *, tasks: TaskStore, storage: Storage, base_url: str, estimate: DurationEstimate,
-              workers: int) -> dict:
+def task_data(
+    task: TaskRow, *, tasks: TaskStore, storage: Storage, base_url: str, estimate: DurationEstimate, workers: int
+) -> dict:
     status = TaskStatus(task.status)
     position = tasks.position(task)
     if status == TaskStatus.QUEUED:
@@ -24,7 +25,9 @@ def task_data(task: TaskRow, *, tasks: TaskStore, storage: Storage, base_url: st
     result = ""
     if status == TaskStatus.SUCCEEDED:
         urls = [storage.signed_url(base_url, name) for name in json.loads(task.result or "[]")]
-        result = json.dumps({"mask_path": urls} if task.kind == "img2mask" else {"images_path": urls, "image_path": urls})
+        result = json.dumps(
+            {"mask_path": urls} if task.kind == "img2mask" else {"images_path": urls, "image_path": urls}
+        )
     return {
         "task_id": task.id,
         "status": int(status),

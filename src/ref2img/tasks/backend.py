@@ -37,8 +37,13 @@ class Backend:
             from ref2img.tasks.redis_queue import RedisQueue  # dramatiq: the scale extra
 
             self.queue = RedisQueue(settings.queue_url, settings.task_timeout_s, self.store.tasks)
-        self.context = RunContext(tasks=self.store.tasks, storage=self.storage, engine=self.engine,
-                                  fetch_image=self.images.fetch, estimate=self.estimate)
+        self.context = RunContext(
+            tasks=self.store.tasks,
+            storage=self.storage,
+            engine=self.engine,
+            fetch_image=self.images.fetch,
+            estimate=self.estimate,
+        )
 
     def worker(self) -> Worker:
         kind = "embedded" if self.settings.embedded else "worker"

@@ -56,8 +56,13 @@ def local_engine_factory(settings: ServerSettings) -> Callable[[], Engine]:
     def build() -> Engine:
         from ref2img.engines.local import LocalEngine, Speedups  # torch: only in the worker side
 
-        return LocalEngine(settings.model, device=settings.device, overrides=settings.model_overrides,
-                           dtype=settings.dtype, offload=settings.offload,
-                           speedups=Speedups(compile=settings.compile)).load()
+        return LocalEngine(
+            settings.model,
+            device=settings.device,
+            overrides=settings.model_overrides,
+            dtype=settings.dtype,
+            offload=settings.offload,
+            speedups=Speedups(compile=settings.compile),
+        ).load()
 
     return build

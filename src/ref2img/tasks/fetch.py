@@ -57,8 +57,13 @@ class SafeHttp:
     headers included: httpx's timeouts are per read, so a server sending a byte a second (slow loris)
     would otherwise hold a worker forever. Called from worker and callback threads, never from a loop."""
 
-    def __init__(self, allow_private: bool = False, timeout_s: float = 20.0, max_bytes: int = MAX_IMAGE_BYTES,
-                 address_allowed=is_public):
+    def __init__(
+        self,
+        allow_private: bool = False,
+        timeout_s: float = 20.0,
+        max_bytes: int = MAX_IMAGE_BYTES,
+        address_allowed=is_public,
+    ):
         self.allow_private = allow_private
         self.address_allowed = address_allowed
         self.timeout_s = timeout_s
@@ -74,16 +79,21 @@ class SafeHttp:
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         async def send(client: httpx.AsyncClient) -> int:
             pinned, host_headers, extensions = self._pin(_parse(url))
-            response = await client.post(pinned, content=body, headers={**headers, **host_headers},
-                                         extensions=extensions)
+            response = await client.post(
+                pinned, content=body, headers={**headers, **host_headers}, extensions=extensions
+            )
             return response.status_code
 
         return self._within_deadline(send, "the callback")
 
     def _within_deadline(self, exchange, what: str):
         async def bounded():
-            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=5.0), follow_redirects=False,
-                                         trust_env=False, headers={"user-agent": "ref2img"}) as client:
+            async with httpx.AsyncClient(
+                timeout=httpx.Timeout(self.timeout_s, connect=5.0),
+                follow_redirects=False,
+                trust_env=False,
+                headers={"user-agent": "ref2img"},
+            ) as client:
                 try:
                     return await asyncio.wait_for(exchange(client), self.timeout_s)
                 except TimeoutError:
@@ -133,12 +143,14 @@ class SafeHttp:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
             raise UrlRefused(f"the host {host!r} does not resolve") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
         if not self.allow_private:
             for address in addresses:
                 if not self.address_allowed(address):
-                    raise UrlRefused(f"{host} resolves to {address}, a loopback, private, link-local or "
-                                     "reserved address; such URLs are refused (see --allow-private-urls)")
+                    raise UrlRefused(
+                        f"{host} resolves to {address}, a loopback, private, link-local or "
+                        "reserved address; such URLs are refused (see --allow-private-urls)"
+                    )
         pinned = url.copy_with(host=str(addresses[0]))
         headers = {"host": url.netloc.decode("ascii")}
         extensions = {"sni_hostname": host} if url.scheme == "https" else {}

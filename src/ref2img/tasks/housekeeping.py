@@ -16,8 +16,7 @@ log = logging.getLogger("ref2img.housekeeping")
 
 
 class Housekeeper:
-    def __init__(self, tasks: TaskStore, queue: TaskQueue, lease_s: float,
-                 owner_alive: Callable[[str | None], bool]):
+    def __init__(self, tasks: TaskStore, queue: TaskQueue, lease_s: float, owner_alive: Callable[[str | None], bool]):
         """`owner_alive(owner)`: False when a lease holder is known to be gone. An embedded server
         knows every owner but its own worker is (an earlier process); a fleet trusts the leases."""
         self.tasks = tasks

@@ -52,7 +52,7 @@ class ImageResolver:
         if parts.scheme not in ("http", "https") or not parts.path.startswith(FILES_PREFIX):
             return None
         query = parse_qs(parts.query)
-        name = unquote(parts.path[len(FILES_PREFIX):])
+        name = unquote(parts.path[len(FILES_PREFIX) :])
         expires, signature = query.get("expires", [""])[0], query.get("sig", [""])[0]
         if not self.storage.check_signature(name, expires, signature):
             return None  # not ours (or expired): treated as any other URL

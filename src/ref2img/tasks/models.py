@@ -6,6 +6,9 @@ from sqlalchemy import Boolean, Float, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
+APP_KEY_WIDTH = 64  # the longest app key any store can hold
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -43,7 +46,7 @@ class TaskRow(Base):
 class AppKeyRow(Base):
     __tablename__ = "app_keys"
 
-    app_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_key: Mapped[str] = mapped_column(String(APP_KEY_WIDTH), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     salt: Mapped[bytes] = mapped_column(LargeBinary)
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary)  # scrypt(secret, salt)

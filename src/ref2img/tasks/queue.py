@@ -68,8 +68,9 @@ class _ClaimingThreads:
         self._worker = worker
         self._idle_poll_s = idle_poll_s
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._work, name=f"ref2img-worker-{i}", daemon=True)
-                         for i in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"ref2img-worker-{i}", daemon=True) for i in range(threads)
+        ]
         for thread in self._threads:
             thread.start()
 

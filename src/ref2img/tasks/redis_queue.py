@@ -24,15 +24,27 @@ QUEUE_NAME = "ref2img"
 
 
 class RedisQueue:
-    def __init__(self, url: str, task_timeout_s: float, tasks: TaskStore, heartbeat_timeout_ms: int = 15_000,
-                 maintenance_chance: int = 100):
+    def __init__(
+        self,
+        url: str,
+        task_timeout_s: float,
+        tasks: TaskStore,
+        heartbeat_timeout_ms: int = 15_000,
+        maintenance_chance: int = 100,
+    ):
         self.tasks = tasks
-        self.broker = RedisBroker(url=url, heartbeat_timeout=heartbeat_timeout_ms,
-                                  maintenance_chance=maintenance_chance)
+        self.broker = RedisBroker(
+            url=url, heartbeat_timeout=heartbeat_timeout_ms, maintenance_chance=maintenance_chance
+        )
         self._time_limit_ms = int((task_timeout_s + 120) * 1000)
         self._worker: Worker | None = None
-        self._actor = dramatiq.actor(self._handle, broker=self.broker, actor_name=ACTOR_NAME, queue_name=QUEUE_NAME,
-                                     max_retries=0, time_limit=self._time_limit_ms)
+        self._actor = dramatiq.actor(
+            broker=self.broker,
+            actor_name=ACTOR_NAME,
+            queue_name=QUEUE_NAME,
+            max_retries=0,
+            time_limit=self._time_limit_ms,
+        )(self._handle)
 
     def _handle(self, task_id: str) -> None:
         if self._worker is None:  # an API node never consumes
@@ -63,12 +75,12 @@ class RedisQueue:
         self._worker = worker
         # An idle consumer polls Redis with a backoff capped at worker_timeout: 50 ms keeps the
         # enqueue-to-start latency low at about 20 cheap Redis calls a second.
-        worker = dramatiq.Worker(self.broker, queues={QUEUE_NAME}, worker_threads=threads, worker_timeout=50)
+        consumer = dramatiq.Worker(self.broker, queues={QUEUE_NAME}, worker_threads=threads, worker_timeout=50)
         # Dramatiq prefetches 2 messages a thread by default: a GPU worker would hold the next task
         # behind a long one while another worker idles. Take only what the threads can run.
-        worker.queue_prefetch = threads
-        worker.start()
-        return worker
+        consumer.queue_prefetch = threads
+        consumer.start()
+        return consumer
 
     def depth(self) -> int | None:
         try:

@@ -71,8 +71,7 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> Outcome:
         return Outcome(status)
 
     try:
-        names = (_recognize(task, ctx) if task.kind == "img2mask"
-                 else _generate(task, ctx, on_progress, should_cancel))
+        names = _recognize(task, ctx) if task.kind == "img2mask" else _generate(task, ctx, on_progress, should_cancel)
     except StoreError:
         raise  # the store failed (locked, disk full, unreachable), not the task: it runs again after its lease
     except JobCancelled:
@@ -87,16 +86,18 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> Outcome:
         return finish(TaskStatus.FAILED, "the engine ran out of memory; try a smaller size or batch")
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            return finish(TaskStatus.FAILED, "the server's disk is full: the results could not be stored; "
-                                             "try again later")
+            return finish(
+                TaskStatus.FAILED, "the server's disk is full: the results could not be stored; try again later"
+            )
         return finish(TaskStatus.FAILED, _incident(task))
     except Exception:  # noqa: BLE001 - the task must end; the traceback goes to the log, not the user
         return finish(TaskStatus.FAILED, _incident(task))
     elapsed = time.monotonic() - started
     ctx.estimate.add(elapsed)
     finish(TaskStatus.SUCCEEDED, result=names)
-    return Outcome(TaskStatus.SUCCEEDED, elapsed, len(step_times),
-                   step_times[-1] - step_times[0] if step_times else 0.0)
+    return Outcome(
+        TaskStatus.SUCCEEDED, elapsed, len(step_times), step_times[-1] - step_times[0] if step_times else 0.0
+    )
 
 
 def _incident(task: TaskRow) -> str:

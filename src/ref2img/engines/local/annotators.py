@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -15,6 +16,11 @@ from ref2img.engines.local.device import Placement
 from ref2img.engines.local.hub import folder_of, locate
 from ref2img.engines.local.presets import Preset
 from ref2img.protocol import ControlType
+
+if TYPE_CHECKING:
+    from transformers import DepthEstimationPipeline
+
+    from ref2img.engines.local.pose import DWPose
 
 log = logging.getLogger("ref2img.engine")
 
@@ -31,8 +37,8 @@ class Annotators:
         self._preset = preset
         self._placement = placement
         self._use_cuda = placement.device.type == "cuda"
-        self._depth = None
-        self._pose = None
+        self._depth: DepthEstimationPipeline | None = None
+        self._pose: DWPose | None = None
         self._lock = threading.Lock()
 
     def control_map(self, image: Image.Image, mode: ControlType) -> Image.Image:
@@ -56,7 +62,8 @@ class Annotators:
                 # has no bfloat16; the model is small (25M parameters for Depth-Anything-V2-Small).
                 self._depth = pipeline("depth-estimation", model=str(path), device=self._placement.device)
                 log.info("loaded depth_estimator from %s (float32)", path)
-        depth = self._depth(image.convert("RGB"))["predicted_depth"]
+            estimator = self._depth
+        depth = estimator(image.convert("RGB"))["predicted_depth"]
         values = depth.squeeze().float().cpu().numpy()
         values = cv2.resize(values, image.size, interpolation=cv2.INTER_CUBIC)
         low, high = float(values.min()), float(values.max())
@@ -77,4 +84,5 @@ class Annotators:
                 estimator = locate(self._preset.pose_estimator, "pose_estimator", self._preset)
                 self._pose = DWPose(detector, estimator, use_cuda=self._use_cuda)
                 log.info("loaded pose_detector and pose_estimator from %s (onnxruntime)", detector.parent)
-        return self._pose(image)
+            pose = self._pose
+        return pose(image)

@@ -99,8 +99,9 @@ class LocalEngine:
             _check_image(job.init_image, "init_image")
         preset = self.preset
         gen_w, gen_h = generation_size(job.width, job.height, preset.max_pixels, preset.size_multiple)
-        knobs = knobs_for(job.control_type, job.control_intensity, job.init_image is not None,
-                          preset.controlnet_scale_max)
+        knobs = knobs_for(
+            job.control_type, job.control_intensity, job.init_image is not None, preset.controlnet_scale_max
+        )
         with self._lock:
             pipe, kwargs = self._prepare(job, knobs, gen_w, gen_h)
             steps = kwargs["num_inference_steps"]
@@ -114,9 +115,17 @@ class LocalEngine:
 
             if should_cancel():
                 raise JobCancelled("cancelled before the first step")
-            log.info("generate mode=%s size=%dx%d (model %dx%d) batch=%d steps=%d seed=%d",
-                     job.control_type.name.lower(), job.width, job.height, gen_w, gen_h,
-                     job.batch_size, steps, job.seed)
+            log.info(
+                "generate mode=%s size=%dx%d (model %dx%d) batch=%d steps=%d seed=%d",
+                job.control_type.name.lower(),
+                job.width,
+                job.height,
+                gen_w,
+                gen_h,
+                job.batch_size,
+                steps,
+                job.seed,
+            )
             try:
                 with torch.inference_mode():
                     images = pipe(**kwargs, callback_on_step_end=on_step_end).images
@@ -126,7 +135,8 @@ class LocalEngine:
                 self._release_memory()
                 raise EngineOutOfMemory(
                     f"out of memory on {self.placement.device.type} generating {job.batch_size} image(s) at "
-                    f"{gen_w}x{gen_h}; try a smaller width/height or batch_size") from None
+                    f"{gen_w}x{gen_h}; try a smaller width/height or batch_size"
+                ) from None
         return [fit(image, job.width, job.height) for image in images]
 
     def control_map_for(self, job: Job) -> Image.Image | None:
@@ -169,7 +179,7 @@ class LocalEngine:
             kwargs["ip_adapter_image"] = reference
         pipe = pipelines.pipeline_for(job.control_type, img2img)
 
-        if img2img:
+        if job.init_image is not None:
             kwargs["image"] = fit(job.init_image, gen_w, gen_h)
             kwargs["strength"] = knobs.strength
         else:
@@ -203,5 +213,5 @@ def _check_image(image: Image.Image, field: str) -> None:
         raise ImageInvalidError(f"{field}: the image is empty")
     if image.width * image.height > MAX_IMAGE_PIXELS:
         raise ImageInvalidError(
-            f"{field}: {image.width}x{image.height} is over {MAX_IMAGE_PIXELS // (1024 * 1024)} megapixels")
-
+            f"{field}: {image.width}x{image.height} is over {MAX_IMAGE_PIXELS // (1024 * 1024)} megapixels"
+        )

@@ -45,7 +45,9 @@ def _root(ref: ModelRef, part: str, preset: Preset) -> Path:
 
 
 def _missing(ref: ModelRef, part: str, preset: Preset) -> ModelMissingError:
-    where = ref.source + (f"/{ref.subfolder}" if ref.subfolder else "") + (f"/{ref.weight_name}" if ref.weight_name else "")
+    where = (
+        ref.source + (f"/{ref.subfolder}" if ref.subfolder else "") + (f"/{ref.weight_name}" if ref.weight_name else "")
+    )
     if ref.is_local:
         return ModelMissingError(
             f"The {part} model of preset {preset.name!r} is missing: {where} does not exist "
@@ -98,7 +100,11 @@ def pull(preset: Preset, on_part=lambda part, ref: None) -> list[Path]:
             fetched.append(Path(snapshot_download(ref.source, allow_patterns=list(ref.files or ["*"]))))
         except Exception as exc:  # noqa: BLE001 - any hub/network failure becomes one clear line
             offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
-            reason = "HF_HUB_OFFLINE is set" if offline else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            reason = (
+                "HF_HUB_OFFLINE is set"
+                if offline
+                else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
             raise PullError(
                 f"could not download the {part} model ({ref.source}) from the Hugging Face Hub: {reason}. "
                 "Check the network (or HF_ENDPOINT / HF_TOKEN for gated or mirrored repos) and try again."

@@ -23,8 +23,10 @@ def parse_offload(value: str, placement: Placement) -> str:
     if value not in OFFLOAD_MODES:
         raise EngineOptionError(f"--offload: must be one of {', '.join(OFFLOAD_MODES)} (got {value!r})")
     if value in ("model", "sequential") and not _on_gpu(placement):
-        raise EngineOptionError(f"--offload {value}: offloading moves weights between the CPU and a GPU, "
-                                f"but the engine runs on {placement.device.type}; use --offload none or auto")
+        raise EngineOptionError(
+            f"--offload {value}: offloading moves weights between the CPU and a GPU, "
+            f"but the engine runs on {placement.device.type}; use --offload none or auto"
+        )
     return value
 
 
@@ -32,8 +34,9 @@ def _on_gpu(placement: Placement) -> bool:
     return placement.device.type in ("cuda", "xpu")
 
 
-def choose_offload(requested: str, placement: Placement, all_weights: int, denoiser_weights: int,
-                   free: int | None = None) -> str:
+def choose_offload(
+    requested: str, placement: Placement, all_weights: int, denoiser_weights: int, free: int | None = None
+) -> str:
     """The offload mode to use. `all_weights`: every model's bytes; `denoiser_weights`: what must sit
     on the GPU together during the steps (UNet + the largest ControlNet). `free`: GPU bytes available
     (default: read from the device)."""
@@ -51,14 +54,16 @@ def choose_offload(requested: str, placement: Placement, all_weights: int, denoi
 def available_gpu_bytes(device: torch.device) -> int:
     """Free memory on the device, within this process's cap (`set_per_process_memory_fraction`) if set."""
     free, total = torch.cuda.mem_get_info(device)
-    fraction = torch.cuda.get_per_process_memory_fraction(device) if hasattr(
-        torch.cuda, "get_per_process_memory_fraction") else 1.0
+    fraction = (
+        torch.cuda.get_per_process_memory_fraction(device)
+        if hasattr(torch.cuda, "get_per_process_memory_fraction")
+        else 1.0
+    )
     return int(min(free, fraction * total - torch.cuda.memory_reserved(device)))
 
 
 def module_bytes(*modules: torch.nn.Module | None) -> int:
-    return sum(t.numel() * t.element_size() for m in modules if m is not None
-               for t in (*m.parameters(), *m.buffers()))
+    return sum(t.numel() * t.element_size() for m in modules if m is not None for t in (*m.parameters(), *m.buffers()))
 
 
 def enable(pipe, mode: str, device: torch.device) -> None:

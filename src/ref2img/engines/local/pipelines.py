@@ -23,8 +23,14 @@ from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement, dtype_name
 from ref2img.engines.local.hub import folder_of, locate
 from ref2img.engines.local.presets import ModelRef, Preset
-from ref2img.engines.local.speed import (Speedups, apply_inductor_tuning, compile_whole, fuse_attention_projections,
-                                         prepare_denoiser, skip_idle_controlnet)
+from ref2img.engines.local.speed import (
+    Speedups,
+    apply_inductor_tuning,
+    compile_whole,
+    fuse_attention_projections,
+    prepare_denoiser,
+    skip_idle_controlnet,
+)
 from ref2img.protocol import ControlType
 
 log = logging.getLogger("ref2img.engine")
@@ -50,8 +56,9 @@ _LOAD_ERRORS = (OSError, ValueError, KeyError)
 
 
 class PipelineSet:
-    def __init__(self, preset: Preset, placement: Placement, speedups: Speedups | None = None,
-                 offload_mode: str = "none"):
+    def __init__(
+        self, preset: Preset, placement: Placement, speedups: Speedups | None = None, offload_mode: str = "none"
+    ):
         self.preset = preset
         self.placement = placement
         self.speedups = speedups or Speedups()
@@ -77,8 +84,13 @@ class PipelineSet:
         started = time.perf_counter()
         try:
             loaded = loader(path)
-            log.info("loaded %s from %s in %.1f s (%s)", part, ref.source, time.perf_counter() - started,
-                     self.placement.dtype_name)
+            log.info(
+                "loaded %s from %s in %.1f s (%s)",
+                part,
+                ref.source,
+                time.perf_counter() - started,
+                self.placement.dtype_name,
+            )
             return loaded
         except _LOAD_ERRORS as exc:
             raise ModelMissingError(
@@ -91,13 +103,21 @@ class PipelineSet:
         preset, dtype = self.preset, self.placement.dtype
         extra: dict[str, Any] = {}
         if preset.vae is not None:
-            extra["vae"] = self._load("vae", preset.vae, lambda p: diffusers.AutoencoderKL.from_pretrained(
-                p, dtype=dtype, local_files_only=True, variant=preset.vae.variant))
+            extra["vae"] = self._load(
+                "vae",
+                preset.vae,
+                lambda p: diffusers.AutoencoderKL.from_pretrained(
+                    p, dtype=dtype, local_files_only=True, variant=preset.vae.variant
+                ),
+            )
         if preset.family == "sd15":
             extra.update(safety_checker=None, requires_safety_checker=False)
         cls = getattr(diffusers, _BASE_CLASS[preset.family])
-        pipe = self._load("base", preset.base, lambda p: cls.from_pretrained(
-            p, dtype=dtype, local_files_only=True, variant=preset.base.variant, **extra))
+        pipe = self._load(
+            "base",
+            preset.base,
+            lambda p: cls.from_pretrained(p, dtype=dtype, local_files_only=True, variant=preset.base.variant, **extra),
+        )
         if preset.lora is not None:
             lora_dir = folder_of(preset.lora, "lora", preset)
             pipe.load_lora_weights(str(lora_dir), weight_name=preset.lora.weight_name)
@@ -106,7 +126,8 @@ class PipelineSet:
             log.info("fused lora %s into the UNet", preset.lora.source)
         if preset.scheduler == "euler-trailing":
             pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(
-                pipe.scheduler.config, timestep_spacing="trailing")
+                pipe.scheduler.config, timestep_spacing="trailing"
+            )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -127,8 +148,13 @@ class PipelineSet:
     def _controlnet(self, key: str, ref: ModelRef):
         if key not in self._controlnets:
             cls = diffusers.ControlNetUnionModel if key == "union" else diffusers.ControlNetModel
-            net = self._load(f"controlnet.{key}", ref, lambda p: cls.from_pretrained(
-                p, dtype=self.placement.dtype, local_files_only=True, variant=ref.variant))
+            net = self._load(
+                f"controlnet.{key}",
+                ref,
+                lambda p: cls.from_pretrained(
+                    p, dtype=self.placement.dtype, local_files_only=True, variant=ref.variant
+                ),
+            )
             if self.offload == "none":
                 net.to(self.placement.device)
             prepare_denoiser(net, self.speedups, on_gpu=not self.placement.is_cpu)
@@ -145,17 +171,33 @@ class PipelineSet:
 
         preset = self.preset
         encoder_dir = folder_of(preset.image_encoder, "image_encoder", preset)
-        encoder = self._load("image_encoder", preset.image_encoder, lambda p: CLIPVisionModelWithProjection.from_pretrained(
-            p, dtype=self.placement.dtype, local_files_only=True))
-        processor = (CLIPImageProcessor.from_pretrained(encoder_dir)
-                     if (encoder_dir / "preprocessor_config.json").exists() else CLIPImageProcessor())
+        encoder = self._load(
+            "image_encoder",
+            preset.image_encoder,
+            lambda p: CLIPVisionModelWithProjection.from_pretrained(
+                p, dtype=self.placement.dtype, local_files_only=True
+            ),
+        )
+        processor = (
+            CLIPImageProcessor.from_pretrained(encoder_dir)
+            if (encoder_dir / "preprocessor_config.json").exists()
+            else CLIPImageProcessor()
+        )
         if self.offload == "none":
             encoder.to(self.placement.device)
         self.base.register_modules(image_encoder=encoder, feature_extractor=processor)
         weights = locate(preset.ip_adapter, "ip_adapter", preset)
-        self._load("ip_adapter", preset.ip_adapter, lambda p: self.base.load_ip_adapter(
-            str(weights.parent), subfolder="", weight_name=weights.name, image_encoder_folder=None,
-            local_files_only=True))
+        self._load(
+            "ip_adapter",
+            preset.ip_adapter,
+            lambda p: self.base.load_ip_adapter(
+                str(weights.parent),
+                subfolder="",
+                weight_name=weights.name,
+                image_encoder_folder=None,
+                local_files_only=True,
+            ),
+        )
         if self.speedups.fuse_qkv:
             # The adapter put its own processors on the cross-attentions and plain ones back on the rest.
             fuse_attention_projections(self.base.unet)

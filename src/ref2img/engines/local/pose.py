@@ -22,11 +22,45 @@ _STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
 # COCO-WholeBody index for each of the 18 OpenPose body points (-1: the neck, mean of the shoulders).
 _OPENPOSE_FROM_COCO = [0, -1, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3]
-_LIMBS = [(1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12),
-          (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17)]
-_COLORS = [(255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
-           (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
-           (170, 0, 255), (255, 0, 255), (255, 0, 85), (255, 0, 85)]
+_LIMBS = [
+    (1, 2),
+    (1, 5),
+    (2, 3),
+    (3, 4),
+    (5, 6),
+    (6, 7),
+    (1, 8),
+    (8, 9),
+    (9, 10),
+    (1, 11),
+    (11, 12),
+    (12, 13),
+    (1, 0),
+    (0, 14),
+    (14, 16),
+    (0, 15),
+    (15, 17),
+]
+_COLORS = [
+    (255, 0, 0),
+    (255, 85, 0),
+    (255, 170, 0),
+    (255, 255, 0),
+    (170, 255, 0),
+    (85, 255, 0),
+    (0, 255, 0),
+    (0, 255, 85),
+    (0, 255, 170),
+    (0, 255, 255),
+    (0, 170, 255),
+    (0, 85, 255),
+    (0, 0, 255),
+    (85, 0, 255),
+    (170, 0, 255),
+    (255, 0, 255),
+    (255, 0, 85),
+    (255, 0, 85),
+]
 
 
 class DWPose:
@@ -62,9 +96,9 @@ class DWPose:
             xs, ys = np.meshgrid(np.arange(w), np.arange(h))
             grids.append(np.stack((xs, ys), 2).reshape(-1, 2))
             strides.append(np.full((h * w, 1), stride))
-        grid, stride = np.concatenate(grids), np.concatenate(strides)
-        centers = (raw[:, :2] + grid) * stride
-        sizes = np.exp(np.clip(raw[:, 2:4], -10, 10)) * stride
+        grid, scale = np.concatenate(grids), np.concatenate(strides)
+        centers = (raw[:, :2] + grid) * scale
+        sizes = np.exp(np.clip(raw[:, 2:4], -10, 10)) * scale
         scores = raw[:, 4] * raw[:, 5]  # objectness × "person" class
         keep = scores > DETECTION_SCORE
         if not keep.any():
@@ -72,7 +106,9 @@ class DWPose:
         boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], axis=1)[keep] / ratio
         picked = cv2.dnn.NMSBoxes(
             [[float(x1), float(y1), float(x2 - x1), float(y2 - y1)] for x1, y1, x2, y2 in boxes],
-            scores[keep].astype(float).tolist(), DETECTION_SCORE, 0.45,
+            scores[keep].astype(float).tolist(),
+            DETECTION_SCORE,
+            0.45,
         )
         return [boxes[i] for i in np.array(picked).reshape(-1)[:MAX_PEOPLE]]
 
@@ -98,8 +134,10 @@ class DWPose:
         xs = simcc_x[0].argmax(-1) / split
         ys = simcc_y[0].argmax(-1) / split
         scores = np.minimum(simcc_x[0].max(-1), simcc_y[0].max(-1))
-        coco = np.stack([xs / in_w * scale[0] + center[0] - scale[0] / 2,
-                         ys / in_h * scale[1] + center[1] - scale[1] / 2, scores], axis=1)
+        coco = np.stack(
+            [xs / in_w * scale[0] + center[0] - scale[0] / 2, ys / in_h * scale[1] + center[1] - scale[1] / 2, scores],
+            axis=1,
+        )
         neck = (coco[5] + coco[6]) / 2
         neck[2] = min(coco[5, 2], coco[6, 2])
         return np.stack([neck if i < 0 else coco[i] for i in _OPENPOSE_FROM_COCO])
@@ -116,9 +154,10 @@ def draw_bodies(height: int, width: int, people: list[np.ndarray]) -> np.ndarray
             (x1, y1), (x2, y2) = points[a, :2], points[b, :2]
             length = math.hypot(x2 - x1, y2 - y1)
             angle = math.degrees(math.atan2(y2 - y1, x2 - x1))
-            polygon = cv2.ellipse2Poly((int((x1 + x2) / 2), int((y1 + y2) / 2)),
-                                       (int(length / 2), thickness), int(angle), 0, 360, 1)
-            cv2.fillConvexPoly(canvas, polygon, [int(c * 0.6) for c in color])
+            polygon = cv2.ellipse2Poly(
+                (int((x1 + x2) / 2), int((y1 + y2) / 2)), (int(length / 2), thickness), int(angle), 0, 360, 1
+            )
+            cv2.fillConvexPoly(canvas, np.asarray(polygon), [c * 0.6 for c in color])
         for (x, y, score), color in zip(points, _COLORS, strict=False):
             if score >= KEYPOINT_SCORE:
                 cv2.circle(canvas, (int(x), int(y)), thickness, color, thickness=-1)

@@ -109,7 +109,9 @@ _SDXL = Preset(
     description="SDXL base 1.0 + union ControlNet (edge/pose/depth) + IP-Adapter plus; best quality, ~10 GB GPU",
     base=_hub("stabilityai/stable-diffusion-xl-base-1.0", *_FP16_PIPELINE, variant="fp16"),
     vae=_hub("madebyollin/sdxl-vae-fp16-fix", "config.json", "diffusion_pytorch_model.safetensors"),
-    controlnets={"union": _hub("xinsir/controlnet-union-sdxl-1.0", "config.json", "diffusion_pytorch_model.safetensors")},
+    controlnets={
+        "union": _hub("xinsir/controlnet-union-sdxl-1.0", "config.json", "diffusion_pytorch_model.safetensors")
+    },
     ip_adapter=_hub(
         "h94/IP-Adapter",
         "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors",
@@ -132,8 +134,11 @@ PRESETS: dict[str, Preset] = {
         _SDXL,
         name="sdxl-fast",
         description="sdxl with the SDXL-Lightning 8-step LoRA: ~4x faster, prompts need no negative",
-        lora=_hub("ByteDance/SDXL-Lightning", "sdxl_lightning_8step_lora.safetensors",
-                  weight="sdxl_lightning_8step_lora.safetensors"),
+        lora=_hub(
+            "ByteDance/SDXL-Lightning",
+            "sdxl_lightning_8step_lora.safetensors",
+            weight="sdxl_lightning_8step_lora.safetensors",
+        ),
         scheduler="euler-trailing",
         steps=8,
         guidance_scale=1.0,
@@ -149,8 +154,10 @@ PRESETS: dict[str, Preset] = {
             "depth": _hub("lllyasviel/control_v11f1p_sd15_depth", "config.json", "diffusion_pytorch_model.safetensors"),
         },
         ip_adapter=_hub(
-            "h94/IP-Adapter", "models/ip-adapter-plus_sd15.safetensors",
-            subfolder="models", weight="ip-adapter-plus_sd15.safetensors",
+            "h94/IP-Adapter",
+            "models/ip-adapter-plus_sd15.safetensors",
+            subfolder="models",
+            weight="ip-adapter-plus_sd15.safetensors",
         ),
         image_encoder=_VIT_H_ENCODER,
         depth_estimator=_DEPTH,
@@ -162,8 +169,16 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-_SCALAR_FIELDS = {"steps": int, "guidance_scale": float, "max_pixels": int, "size_multiple": int,
-                  "controlnet_scale_max": float, "scheduler": str, "family": str, "description": str}
+_SCALAR_FIELDS = {
+    "steps": int,
+    "guidance_scale": float,
+    "max_pixels": int,
+    "size_multiple": int,
+    "controlnet_scale_max": float,
+    "scheduler": str,
+    "family": str,
+    "description": str,
+}
 
 
 def resolve_preset(model: str | Path | None, overrides: dict[str, str] | None = None) -> Preset:
@@ -192,8 +207,16 @@ def load_preset_file(path: Path) -> Preset:
         raise EngineOptionError(f"cannot read preset file {path}: {exc}") from None
     parent = PRESETS.get(spec.pop("extends", None) or "")
     if parent is None:
-        required = {"family", "base", "controlnets", "ip_adapter", "image_encoder",
-                    "depth_estimator", "pose_detector", "pose_estimator"}
+        required = {
+            "family",
+            "base",
+            "controlnets",
+            "ip_adapter",
+            "image_encoder",
+            "depth_estimator",
+            "pose_detector",
+            "pose_estimator",
+        }
         missing = sorted(required - spec.keys())
         if missing:
             raise EngineOptionError(f"preset file {path} lacks {', '.join(missing)} (or an `extends` preset)")
@@ -219,13 +242,22 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -
                 changes[key] = _SCALAR_FIELDS[key](value)
             except ValueError:
                 raise EngineOptionError(
-                    f"preset override {key}: {value!r} is not a {_SCALAR_FIELDS[key].__name__}") from None
+                    f"preset override {key}: {value!r} is not a {_SCALAR_FIELDS[key].__name__}"
+                ) from None
             if key == "steps" and not 1 <= changes[key] <= 500:  # schedulers know 1000 training steps
                 raise EngineOptionError(f"preset override steps: must be from 1 to 500 (got {changes[key]})")
         elif key.startswith("controlnet."):
             controlnets[key.removeprefix("controlnet.")] = _model_ref(value, base_dir)
-        elif key in {"base", "vae", "lora", "ip_adapter", "image_encoder", "depth_estimator",
-                     "pose_detector", "pose_estimator"}:
+        elif key in {
+            "base",
+            "vae",
+            "lora",
+            "ip_adapter",
+            "image_encoder",
+            "depth_estimator",
+            "pose_detector",
+            "pose_estimator",
+        }:
             changes[key] = None if value in (None, "", "none") else _model_ref(value, base_dir)
         else:
             raise EngineOptionError(f"unknown preset part {key!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -30,65 +31,142 @@ class Architecture:
     text_2: dict | None = None
 
 
-_DOWN_UP = dict(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+_DOWN_UP = dict(
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")
+)
 _TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)
-_TINY_ENCODER = dict(hidden_size=32, image_size=32, projection_dim=32, intermediate_size=37,
-                     num_attention_heads=4, num_hidden_layers=2, patch_size=8)
+_TINY_ENCODER = dict(
+    hidden_size=32,
+    image_size=32,
+    projection_dim=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    patch_size=8,
+)
 _TINY_PRESET = dict(steps=4, guidance_scale=5.0, max_pixels=TINY_SIZE * TINY_SIZE, size_multiple=8)
 _SDXL_TINY_UNET = dict(
-    block_out_channels=(32, 64), layers_per_block=2, sample_size=32, **_DOWN_UP,
-    attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-    addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-    projection_class_embeddings_input_dim=80, cross_attention_dim=64,  # 80 = 6·8 + 32 (pooled text)
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    sample_size=32,
+    **_DOWN_UP,
+    attention_head_dim=(2, 4),
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    transformer_layers_per_block=(1, 2),
+    projection_class_embeddings_input_dim=80,
+    cross_attention_dim=64,  # 80 = 6·8 + 32 (pooled text)
 )
-_FULL_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2,
-                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
-_CLIP_L = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-               hidden_act="quick_gelu", vocab_size=49408)
-_VIT_H = dict(hidden_size=1280, image_size=224, projection_dim=1024, intermediate_size=5120,
-              num_attention_heads=16, num_hidden_layers=32, patch_size=14)
+_FULL_VAE = dict(
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+)
+_CLIP_L = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    hidden_act="quick_gelu",
+    vocab_size=49408,
+)
+_VIT_H = dict(
+    hidden_size=1280,
+    image_size=224,
+    projection_dim=1024,
+    intermediate_size=5120,
+    num_attention_heads=16,
+    num_hidden_layers=32,
+    patch_size=14,
+)
 
 ARCHITECTURES: dict[tuple[str, str], Architecture] = {
     ("sd15", "tiny"): Architecture(
-        unet=dict(block_out_channels=(4, 8), layers_per_block=2, sample_size=32, **_DOWN_UP,
-                  cross_attention_dim=32, norm_num_groups=1),
-        vae=dict(block_out_channels=[4, 8], norm_num_groups=2, sample_size=TINY_SIZE,
-                 down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2),
-        text=_TINY_TEXT, encoder=_TINY_ENCODER, preset=_TINY_PRESET,
-        controlnet=dict(block_out_channels=(4, 8), layers_per_block=2, cross_attention_dim=32,
-                        down_block_types=_DOWN_UP["down_block_types"], norm_num_groups=1,
-                        conditioning_embedding_out_channels=(16, 32)),
+        unet=dict(
+            block_out_channels=(4, 8),
+            layers_per_block=2,
+            sample_size=32,
+            **_DOWN_UP,
+            cross_attention_dim=32,
+            norm_num_groups=1,
+        ),
+        vae=dict(
+            block_out_channels=[4, 8],
+            norm_num_groups=2,
+            sample_size=TINY_SIZE,
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+        ),
+        text=_TINY_TEXT,
+        encoder=_TINY_ENCODER,
+        preset=_TINY_PRESET,
+        controlnet=dict(
+            block_out_channels=(4, 8),
+            layers_per_block=2,
+            cross_attention_dim=32,
+            down_block_types=_DOWN_UP["down_block_types"],
+            norm_num_groups=1,
+            conditioning_embedding_out_channels=(16, 32),
+        ),
     ),
     ("sdxl", "tiny"): Architecture(
         unet=_SDXL_TINY_UNET,
-        vae=dict(block_out_channels=[32, 64], sample_size=TINY_SIZE,
-                 down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2),
-        text=dict(_TINY_TEXT, hidden_act="gelu", projection_dim=32), text_2={},
-        encoder=_TINY_ENCODER, preset=_TINY_PRESET,
-        controlnet=dict({k: v for k, v in _SDXL_TINY_UNET.items() if k not in ("up_block_types", "sample_size")},
-                        conditioning_embedding_out_channels=(16, 32), num_trans_channel=32, num_trans_head=2,
-                        num_proj_channel=32),
+        vae=dict(
+            block_out_channels=[32, 64],
+            sample_size=TINY_SIZE,
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+        ),
+        text=dict(_TINY_TEXT, hidden_act="gelu", projection_dim=32),
+        text_2={},
+        encoder=_TINY_ENCODER,
+        preset=_TINY_PRESET,
+        controlnet=dict(
+            {k: v for k, v in _SDXL_TINY_UNET.items() if k not in ("up_block_types", "sample_size")},
+            conditioning_embedding_out_channels=(16, 32),
+            num_trans_channel=32,
+            num_trans_head=2,
+            num_proj_channel=32,
+        ),
     ),
     ("sd15", "full"): Architecture(
         unet=dict(sample_size=64, cross_attention_dim=768),  # the rest are diffusers' (SD1.5) defaults
         vae=dict(_FULL_VAE, sample_size=512),
-        text=_CLIP_L, encoder=_VIT_H, controlnet=None,
+        text=_CLIP_L,
+        encoder=_VIT_H,
+        controlnet=None,
         preset=dict(steps=25, guidance_scale=7.5, max_pixels=768 * 768, size_multiple=64),
     ),
     ("sdxl", "full"): Architecture(
-        unet=dict(sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
-                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                  transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-                  use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-                  projection_class_embeddings_input_dim=2816, cross_attention_dim=2048),  # 2816 = 6·256 + 1280
+        unet=dict(
+            sample_size=128,
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            cross_attention_dim=2048,
+        ),  # 2816 = 6·256 + 1280
         vae=dict(_FULL_VAE, sample_size=1024, scaling_factor=0.13025),
-        text=_CLIP_L, encoder=_VIT_H, controlnet=None,
-        text_2=dict(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
-                    hidden_act="gelu", projection_dim=1280),
-        preset=dict(steps=30, guidance_scale=5.0, max_pixels=1536 * 1536, size_multiple=64,
-                    controlnet_scale_max=0.9),
+        text=_CLIP_L,
+        encoder=_VIT_H,
+        controlnet=None,
+        text_2=dict(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_attention_heads=20,
+            num_hidden_layers=32,
+            hidden_act="gelu",
+            projection_dim=1280,
+        ),
+        preset=dict(steps=30, guidance_scale=5.0, max_pixels=1536 * 1536, size_multiple=64, controlnet_scale_max=0.9),
     ),
 }
 
@@ -98,8 +176,9 @@ def build_tiny(directory: Path, family: str = "sd15") -> Path:
     return build_random(directory, family, "tiny")
 
 
-def build_random(directory: Path, family: str = "sd15", scale: str = "tiny",
-                 dtype: torch.dtype = torch.float32) -> Path:
+def build_random(
+    directory: Path, family: str = "sd15", scale: str = "tiny", dtype: torch.dtype = torch.float32
+) -> Path:
     if (family, scale) not in ARCHITECTURES:
         raise ValueError(f"family must be sd15 or sdxl and scale tiny or full (got {family!r}, {scale!r})")
     arch = ARCHITECTURES[(family, scale)]
@@ -186,20 +265,45 @@ def _unet(arch: Architecture):
 
 
 def _save_pipeline(folder: Path, family: str, arch: Architecture, unet, tokenizer, dtype: torch.dtype) -> None:
-    from diffusers import (AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline)
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **arch.vae)
     text = {"text_encoder": _text_model(arch, len(tokenizer)), "tokenizer": tokenizer}
+    scheduler: Any  # diffusers' lazy imports hide the classes' bases from type checkers
+    pipe: Any
     if family == "sd15":
-        scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                  clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-        pipe = StableDiffusionPipeline(unet=unet, vae=vae, scheduler=scheduler, safety_checker=None,
-                                       feature_extractor=None, image_encoder=None, requires_safety_checker=False,
-                                       **text)
+        scheduler = DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
+        pipe = StableDiffusionPipeline(
+            unet=unet,
+            vae=vae,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
+            **text,
+        )
     else:
-        scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
-                                           beta_schedule="scaled_linear", timestep_spacing="leading")
+        scheduler = EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            steps_offset=1,
+            beta_schedule="scaled_linear",
+            timestep_spacing="leading",
+        )
         text.update(text_encoder_2=_text_model(arch, len(tokenizer), second=True), tokenizer_2=tokenizer)
         pipe = StableDiffusionXLPipeline(unet=unet, vae=vae, scheduler=scheduler, **text)
     pipe.to(dtype).save_pretrained(folder)
@@ -254,8 +358,9 @@ def _save_lora(folder: Path, family: str, unet) -> None:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    )
     saver = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
     saver.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet))
 
@@ -271,7 +376,8 @@ def _hidden_size(unet, processor_name: str) -> int:
 def _save_image_encoder(folder: Path, config: dict, dtype: torch.dtype) -> None:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    CLIPVisionModelWithProjection(CLIPVisionConfig(num_channels=3, **config)).to(dtype).save_pretrained(folder)
+    encoder: Any = CLIPVisionModelWithProjection(CLIPVisionConfig(num_channels=3, **config))  # `to` is wrapped untyped
+    encoder.to(dtype).save_pretrained(folder)
     size = config["image_size"]
     CLIPImageProcessor(crop_size=size, size=size).save_pretrained(folder)
 
@@ -280,9 +386,18 @@ def _save_image_encoder(folder: Path, config: dict, dtype: torch.dtype) -> None:
 def _save_depth_estimator(folder: Path) -> None:
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
-    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37,
-                       image_size=TINY_SIZE, patch_size=16, backbone_out_indices=[0, 1, 2, 3],
-                       neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16, reassemble_factors=[4, 2, 1, 0.5])
+    config = DPTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=TINY_SIZE,
+        patch_size=16,
+        backbone_out_indices=[0, 1, 2, 3],
+        neck_hidden_sizes=[16, 16, 32, 32],
+        fusion_hidden_size=16,
+        reassemble_factors=[4, 2, 1, 0.5],
+    )
     DPTForDepthEstimation(config).save_pretrained(folder)
     DPTImageProcessor(size={"height": TINY_SIZE, "width": TINY_SIZE}).save_pretrained(folder)
 
@@ -298,8 +413,10 @@ def _save_pose_models(folder: Path) -> None:
     rng = np.random.default_rng(0)
 
     def linear_head(input_name, input_shape, outputs: dict[str, tuple[int, ...]], path: Path, bias=None, scale=1.0):
-        nodes = [helper.make_node("GlobalAveragePool", [input_name], ["pooled"]),
-                 helper.make_node("Flatten", ["pooled"], ["features"])]
+        nodes = [
+            helper.make_node("GlobalAveragePool", [input_name], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["features"]),
+        ]
         inits, graph_outputs = [], []
         for name, shape in outputs.items():
             size = int(np.prod(shape[1:]))
@@ -307,17 +424,31 @@ def _save_pose_models(folder: Path) -> None:
             b = bias if bias is not None else np.zeros(size, dtype=np.float32)
             inits.append(numpy_helper.from_array(np.resize(b, size).astype(np.float32), f"{name}_b"))
             inits.append(numpy_helper.from_array(np.array(shape, dtype=np.int64), f"{name}_shape"))
-            nodes += [helper.make_node("Gemm", ["features", f"{name}_w", f"{name}_b"], [f"{name}_flat"]),
-                      helper.make_node("Reshape", [f"{name}_flat", f"{name}_shape"], [name])]
+            nodes += [
+                helper.make_node("Gemm", ["features", f"{name}_w", f"{name}_b"], [f"{name}_flat"]),
+                helper.make_node("Reshape", [f"{name}_flat", f"{name}_shape"], [name]),
+            ]
             graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
-        graph = helper.make_graph(nodes, path.stem, [helper.make_tensor_value_info(
-            input_name, TensorProto.FLOAT, list(input_shape))], graph_outputs, inits)
+        graph = helper.make_graph(
+            nodes,
+            path.stem,
+            [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_shape))],
+            graph_outputs,
+            inits,
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
         model.ir_version = 8
         onnx.save(model, str(path))
 
     # Detector: objectness pushed negative, so nobody is found and the whole image is the box.
-    linear_head("images", (1, 3, 640, 640), {"output": (1, 8400, 85)}, folder / "detector.onnx",
-                bias=np.array([0, 0, 0, 0, -5.0] + [0.0] * 80, dtype=np.float32), scale=0.0)
-    linear_head("input", (1, 3, 384, 288), {"simcc_x": (1, 133, 576), "simcc_y": (1, 133, 768)},
-                folder / "estimator.onnx")
+    linear_head(
+        "images",
+        (1, 3, 640, 640),
+        {"output": (1, 8400, 85)},
+        folder / "detector.onnx",
+        bias=np.array([0, 0, 0, 0, -5.0] + [0.0] * 80, dtype=np.float32),
+        scale=0.0,
+    )
+    linear_head(
+        "input", (1, 3, 384, 288), {"simcc_x": (1, 133, 576), "simcc_y": (1, 133, 768)}, folder / "estimator.onnx"
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 from typing import Literal
 
 import torch
@@ -57,7 +58,7 @@ def prepare_denoiser(module: torch.nn.Module, speedups: Speedups, on_gpu: bool) 
     if speedups.fp8:
         quantize_fp8(module)
     if speedups.channels_last and on_gpu:
-        module.to(memory_format=torch.channels_last)
+        module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits it
     if speedups.compile == "regional":
         compile_blocks(module, speedups.compile_mode)
     return module
@@ -107,7 +108,7 @@ def fuse_attention_projections(module: torch.nn.Module) -> int:
         if isinstance(sub, Attention) and type(sub.processor) in (AttnProcessor2_0, FusedAttnProcessor2_0):
             if not getattr(sub, "fused_projections", False):
                 sub.fuse_projections(fuse=True)
-            sub.set_processor(FusedAttnProcessor2_0())
+            sub.set_processor(FusedAttnProcessor2_0())  # type: ignore[arg-type]  # diffusers' hint is too narrow
             fused += 1
     return fused
 
@@ -131,21 +132,22 @@ def skip_idle_controlnet(net: torch.nn.Module) -> torch.nn.Module:
     """
     if getattr(net, "_ref2img_skips_idle", False):
         return net
+    counted: Any = net  # nn.Module types its attributes as tensors or modules; these are plain counters
     forward = net.forward
 
     @functools.wraps(forward)
     def forward_unless_idle(*args, conditioning_scale=1.0, **kwargs):
         # The pipelines ask for a tuple (return_dict=False); anyone else gets the plain forward.
         if kwargs.get("return_dict") is False and _is_zero(conditioning_scale):
-            net.skipped_steps += 1
+            counted.skipped_steps += 1
             return None, None
-        net.run_steps += 1
+        counted.run_steps += 1
         return forward(*args, conditioning_scale=conditioning_scale, **kwargs)
 
-    net.forward = forward_unless_idle
-    net.skipped_steps = 0
-    net.run_steps = 0
-    net._ref2img_skips_idle = True
+    counted.forward = forward_unless_idle
+    counted.skipped_steps = 0
+    counted.run_steps = 0
+    counted._ref2img_skips_idle = True
     return net
 
 

@@ -12,8 +12,9 @@ import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Any, cast
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import CursorResult, Result, create_engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +43,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(12)}"
 
 
+def rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE touched (an UPDATE's result is a cursor result)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 class Database:
     def __init__(self, url: str):
         self.is_sqlite = url.startswith("sqlite")
@@ -65,8 +71,11 @@ class Database:
         """Several nodes (or stores in one process) may start at once: one migrates, the others wait
         for it and then find nothing to do. PostgreSQL: an advisory lock; SQLite: a lock file, held
         until the migration has committed."""
-        with (_MIGRATION_LOCK, _sqlite_file_lock(url) if self.is_sqlite else nullcontext(),
-              self.engine.begin() as connection):
+        with (
+            _MIGRATION_LOCK,
+            _sqlite_file_lock(url) if self.is_sqlite else nullcontext(),
+            self.engine.begin() as connection,
+        ):
             if not self.is_sqlite:
                 connection.execute(text("SELECT pg_advisory_xact_lock(7274201)"))
             upgrade(connection)
@@ -75,8 +84,11 @@ class Database:
     def session(self, write: bool = True) -> Iterator[Session]:
         """A transaction. SQLite allows one writer at a time and makes the others sleep and retry
         (up to 100 ms a nap), so this process's writers take turns on a lock instead."""
-        with _translated_errors(), self._write_turn() if write and self.is_sqlite else nullcontext(), \
-                self._sessions.begin() as session:
+        with (
+            _translated_errors(),
+            self._write_turn() if write and self.is_sqlite else nullcontext(),
+            self._sessions.begin() as session,
+        ):
             yield session
 
     @contextmanager

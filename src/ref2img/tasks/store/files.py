@@ -6,7 +6,7 @@ import secrets
 import time
 
 from ref2img.tasks.models import FileRow, SecretRow
-from ref2img.tasks.store.database import Database, StoreConflict
+from ref2img.tasks.store.database import Database, StoreBusy, StoreConflict
 
 
 class FileStore:
@@ -33,4 +33,7 @@ class FileStore:
         except StoreConflict:
             pass  # another node created it at the same moment
         with self._db.session(write=False) as session:
-            return session.get(SecretRow, name).value
+            row = session.get(SecretRow, name)
+        if row is None:  # created above, and secrets are never deleted
+            raise StoreBusy(f"the {name} secret could not be created")
+        return row.value

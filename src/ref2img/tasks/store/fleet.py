@@ -25,11 +25,22 @@ class Fleet:
 
     def task_done(self, worker_id: str, busy_s: float, steps: int, step_s: float) -> None:
         with self._db.session() as session:
-            session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(
-                tasks_done=WorkerRow.tasks_done + 1, busy_s=WorkerRow.busy_s + busy_s,
-                steps=WorkerRow.steps + steps, step_s=WorkerRow.step_s + step_s, heartbeat_at=time.time()))
+            session.execute(
+                update(WorkerRow)
+                .where(WorkerRow.id == worker_id)
+                .values(
+                    tasks_done=WorkerRow.tasks_done + 1,
+                    busy_s=WorkerRow.busy_s + busy_s,
+                    steps=WorkerRow.steps + steps,
+                    step_s=WorkerRow.step_s + step_s,
+                    heartbeat_at=time.time(),
+                )
+            )
 
     def alive(self, within_s: float) -> list[WorkerRow]:
         with self._db.session(write=False) as session:
-            return list(session.scalars(select(WorkerRow).where(WorkerRow.heartbeat_at >= time.time() - within_s)
-                                        .order_by(WorkerRow.id)))
+            return list(
+                session.scalars(
+                    select(WorkerRow).where(WorkerRow.heartbeat_at >= time.time() - within_s).order_by(WorkerRow.id)
+                )
+            )

@@ -7,7 +7,7 @@ import time
 from sqlalchemy import select, update
 
 from ref2img.tasks.models import AppKeyRow
-from ref2img.tasks.store.database import Database
+from ref2img.tasks.store.database import Database, rows_changed
 
 
 class KeyStore:
@@ -29,6 +29,13 @@ class KeyStore:
     def revoke(self, app_key: str) -> bool:
         """True when the key existed and was live."""
         with self._db.session() as session:
-            return session.execute(update(AppKeyRow).where(AppKeyRow.app_key == app_key,
-                                                           AppKeyRow.revoked_at.is_(None))
-                                   .values(revoked_at=time.time())).rowcount > 0
+            return (
+                rows_changed(
+                    session.execute(
+                        update(AppKeyRow)
+                        .where(AppKeyRow.app_key == app_key, AppKeyRow.revoked_at.is_(None))
+                        .values(revoked_at=time.time())
+                    )
+                )
+                > 0
+            )

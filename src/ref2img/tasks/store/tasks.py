@@ -18,7 +18,7 @@ from sqlalchemy import func, or_, select, update
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.events import ChangeFeed
 from ref2img.tasks.models import TaskRow
-from ref2img.tasks.store.database import Database, StoreConflict, new_id
+from ref2img.tasks.store.database import Database, StoreConflict, new_id, rows_changed
 from ref2img.tasks.store.outbox import Outbox
 
 MAX_ATTEMPTS = 3  # a task whose worker died this many times ends as failed, not retried forever
@@ -38,24 +38,49 @@ class TaskStore:
         self.queued = ChangeFeed()  # a task became claimable: idle workers wait on it
 
     # -- creating and reading tasks ----------------------------------------------------------------
-    def create(self, *, app_key: str, kind: str, request: dict, params: str | None, callback: str | None,
-                    idempotency_key: str | None, timeout_s: float, queue_limit: int) -> tuple[TaskRow, bool]:
+    def create(
+        self,
+        *,
+        app_key: str,
+        kind: str,
+        request: dict,
+        params: str | None,
+        callback: str | None,
+        idempotency_key: str | None,
+        timeout_s: float,
+        queue_limit: int,
+    ) -> tuple[TaskRow, bool]:
         """A new queued task, or the earlier one with the same idempotency key (created=False)."""
         now = time.time()
         with self._db.session() as session:
             if idempotency_key:
-                earlier = session.scalar(select(TaskRow).where(
-                    TaskRow.app_key == app_key, TaskRow.idempotency_key == idempotency_key))
+                earlier = session.scalar(
+                    select(TaskRow).where(TaskRow.app_key == app_key, TaskRow.idempotency_key == idempotency_key)
+                )
                 if earlier is not None:
                     return earlier, False
-            depth = session.scalar(select(func.count()).select_from(TaskRow).where(
-                TaskRow.status == TaskStatus.QUEUED))
+            depth = (
+                session.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.QUEUED))
+                or 0
+            )
             if depth >= queue_limit:
                 raise QueueFull(depth, retry_after=5)
-            task = TaskRow(id=new_id("t"), app_key=app_key, kind=kind, status=TaskStatus.QUEUED, progress=0,
-                           reason="", request=json.dumps(request), params=params, callback=callback,
-                           idempotency_key=idempotency_key, created_at=now, deadline=now + timeout_s,
-                           attempts=0, cancel_requested=False)
+            task = TaskRow(
+                id=new_id("t"),
+                app_key=app_key,
+                kind=kind,
+                status=TaskStatus.QUEUED,
+                progress=0,
+                reason="",
+                request=json.dumps(request),
+                params=params,
+                callback=callback,
+                idempotency_key=idempotency_key,
+                created_at=now,
+                deadline=now + timeout_s,
+                attempts=0,
+                cancel_requested=False,
+            )
             session.add(task)
         self.changes.notify()
         self.queued.notify()
@@ -81,8 +106,14 @@ class TaskStore:
         if task.status != TaskStatus.QUEUED:
             return -1
         with self._db.session(write=False) as session:
-            return session.scalar(select(func.count()).select_from(TaskRow).where(
-                TaskRow.status == TaskStatus.QUEUED, TaskRow.created_at < task.created_at))
+            return (
+                session.scalar(
+                    select(func.count())
+                    .select_from(TaskRow)
+                    .where(TaskRow.status == TaskStatus.QUEUED, TaskRow.created_at < task.created_at)
+                )
+                or 0
+            )
 
     def count_by_status(self) -> dict[int, int]:
         with self._db.session(write=False) as session:
@@ -94,8 +125,10 @@ class TaskStore:
             rows = session.execute(
                 select(TaskRow.started_at, TaskRow.finished_at)
                 .where(TaskRow.status == TaskStatus.SUCCEEDED, TaskRow.started_at.is_not(None))
-                .order_by(TaskRow.finished_at.desc()).limit(limit))
-            return [finished - started for started, finished in rows]
+                .order_by(TaskRow.finished_at.desc())
+                .limit(limit)
+            )
+            return [finished - started for started, finished in rows if started is not None and finished is not None]
 
     # -- the queue: leases ---------------------------------------------------------------------
     def claim_next(self, owner: str, lease_s: float) -> TaskRow | None:
@@ -103,13 +136,25 @@ class TaskStore:
         with self._db.session() as session:
             # SKIP LOCKED: concurrent claimers on PostgreSQL take different tasks instead of queueing
             # on one row (SQLite has a single writer and ignores it).
-            oldest = (select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED)
-                      .order_by(TaskRow.created_at).limit(1).with_for_update(skip_locked=True).scalar_subquery())
+            oldest = (
+                select(TaskRow.id)
+                .where(TaskRow.status == TaskStatus.QUEUED)
+                .order_by(TaskRow.created_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
             task = session.scalar(
                 update(TaskRow)
                 .where(TaskRow.id == oldest, TaskRow.status == TaskStatus.QUEUED)
-                .values(status=TaskStatus.PROCESSING, lease_owner=owner, lease_expires=now + lease_s,
-                        started_at=now, attempts=TaskRow.attempts + 1, progress=0)
+                .values(
+                    status=TaskStatus.PROCESSING,
+                    lease_owner=owner,
+                    lease_expires=now + lease_s,
+                    started_at=now,
+                    attempts=TaskRow.attempts + 1,
+                    progress=0,
+                )
                 .returning(TaskRow)
             )
         if task is not None:
@@ -123,12 +168,23 @@ class TaskStore:
         with self._db.session() as session:
             task = session.scalar(
                 update(TaskRow)
-                .where(TaskRow.id == task_id,
-                       or_(TaskRow.status == TaskStatus.QUEUED,
-                           (TaskRow.status == TaskStatus.PROCESSING) & (TaskRow.lease_expires < now)))
-                .values(status=TaskStatus.PROCESSING, lease_owner=owner, lease_expires=now + lease_s,
-                        started_at=now, attempts=TaskRow.attempts + 1, progress=0)
-                .returning(TaskRow))
+                .where(
+                    TaskRow.id == task_id,
+                    or_(
+                        TaskRow.status == TaskStatus.QUEUED,
+                        (TaskRow.status == TaskStatus.PROCESSING) & (TaskRow.lease_expires < now),
+                    ),
+                )
+                .values(
+                    status=TaskStatus.PROCESSING,
+                    lease_owner=owner,
+                    lease_expires=now + lease_s,
+                    started_at=now,
+                    attempts=TaskRow.attempts + 1,
+                    progress=0,
+                )
+                .returning(TaskRow)
+            )
         if task is not None:
             self.changes.notify()
         return task
@@ -142,39 +198,51 @@ class TaskStore:
         is older than `older_than_s` (pass a huge value to skip those: their message may still wait)."""
         cutoff = time.time() - older_than_s
         with self._db.session(write=False) as session:
-            return list(session.scalars(
-                select(TaskRow.id).where(TaskRow.status == TaskStatus.QUEUED,
-                                         or_(TaskRow.sent_at.is_(None), TaskRow.sent_at < cutoff))
-                .order_by(TaskRow.created_at).limit(limit)))
+            return list(
+                session.scalars(
+                    select(TaskRow.id)
+                    .where(
+                        TaskRow.status == TaskStatus.QUEUED, or_(TaskRow.sent_at.is_(None), TaskRow.sent_at < cutoff)
+                    )
+                    .order_by(TaskRow.created_at)
+                    .limit(limit)
+                )
+            )
 
     def extend_lease(self, task_ids: list[str], owner: str, lease_s: float) -> None:
         if not task_ids:
             return
         with self._db.session() as session:
-            session.execute(update(TaskRow).where(TaskRow.id.in_(task_ids), TaskRow.lease_owner == owner,
-                                                  TaskRow.status == TaskStatus.PROCESSING)
-                            .values(lease_expires=time.time() + lease_s))
+            session.execute(
+                update(TaskRow)
+                .where(TaskRow.id.in_(task_ids), TaskRow.lease_owner == owner, TaskRow.status == TaskStatus.PROCESSING)
+                .values(lease_expires=time.time() + lease_s)
+            )
 
     def set_progress(self, task_id: str, owner: str, progress: int) -> None:
         with self._db.session() as session:
-            session.execute(update(TaskRow).where(TaskRow.id == task_id, TaskRow.lease_owner == owner,
-                                                  TaskRow.status == TaskStatus.PROCESSING)
-                            .values(progress=progress))
+            session.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.lease_owner == owner, TaskRow.status == TaskStatus.PROCESSING)
+                .values(progress=progress)
+            )
         self.changes.notify()
 
     def should_stop(self, task_id: str, owner: str) -> TaskStatus | None:
         """CANCELLED when cancel was asked, TIMED_OUT past the deadline, else None."""
         with self._db.session(write=False) as session:
-            row = session.execute(select(TaskRow.cancel_requested, TaskRow.deadline, TaskRow.lease_owner)
-                                  .where(TaskRow.id == task_id)).one_or_none()
+            row = session.execute(
+                select(TaskRow.cancel_requested, TaskRow.deadline, TaskRow.lease_owner).where(TaskRow.id == task_id)
+            ).one_or_none()
         if row is None or row.lease_owner != owner or row.cancel_requested:
             return TaskStatus.CANCELLED
         if time.time() > row.deadline:
             return TaskStatus.TIMED_OUT
         return None
 
-    def finish(self, task_id: str, owner: str | None, status: TaskStatus, *, result: list[str] | None = None,
-               reason: str = "") -> bool:
+    def finish(
+        self, task_id: str, owner: str | None, status: TaskStatus, *, result: list[str] | None = None, reason: str = ""
+    ) -> bool:
         """End a task (only for its lease owner; owner None: a queued task) and queue its callback.
         Returns False when someone else already ended or re-leased it."""
         now = time.time()
@@ -218,9 +286,14 @@ class TaskStore:
         is not running any more (an embedded server restarting knows all old owners are dead)."""
         now = time.time()
         with self._db.session(write=False) as session:
-            rows = session.scalars(select(TaskRow).where(
-                or_(TaskRow.status == TaskStatus.PROCESSING,
-                    (TaskRow.status == TaskStatus.QUEUED) & (TaskRow.deadline < now)))).all()
+            rows = session.scalars(
+                select(TaskRow).where(
+                    or_(
+                        TaskRow.status == TaskStatus.PROCESSING,
+                        (TaskRow.status == TaskStatus.QUEUED) & (TaskRow.deadline < now),
+                    )
+                )
+            ).all()
         moved = 0
         for task in rows:
             if task.status == TaskStatus.QUEUED:
@@ -229,19 +302,28 @@ class TaskStore:
             if (task.lease_expires or 0) > now and owner_alive(task.lease_owner):
                 continue
             if now > task.deadline:
-                moved += self.finish(task.id, task.lease_owner, TaskStatus.TIMED_OUT,
-                                     reason="timed out: its worker stopped")
+                moved += self.finish(
+                    task.id, task.lease_owner, TaskStatus.TIMED_OUT, reason="timed out: its worker stopped"
+                )
             elif task.attempts >= MAX_ATTEMPTS:
-                moved += self.finish(task.id, task.lease_owner, TaskStatus.FAILED,
-                                     reason=f"its worker stopped {task.attempts} times")
+                moved += self.finish(
+                    task.id, task.lease_owner, TaskStatus.FAILED, reason=f"its worker stopped {task.attempts} times"
+                )
             else:
                 with self._db.session() as session:
-                    moved += session.execute(
-                        update(TaskRow).where(TaskRow.id == task.id, TaskRow.lease_owner == task.lease_owner,
-                                              TaskRow.status == TaskStatus.PROCESSING)
-                        .values(status=TaskStatus.QUEUED, lease_owner=None, lease_expires=None, progress=0,
-                                sent_at=None)
-                    ).rowcount
+                    moved += rows_changed(
+                        session.execute(
+                            update(TaskRow)
+                            .where(
+                                TaskRow.id == task.id,
+                                TaskRow.lease_owner == task.lease_owner,
+                                TaskRow.status == TaskStatus.PROCESSING,
+                            )
+                            .values(
+                                status=TaskStatus.QUEUED, lease_owner=None, lease_expires=None, progress=0, sent_at=None
+                            )
+                        )
+                    )
         if moved:
             self.changes.notify()
             self.queued.notify()

@@ -14,9 +14,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table("settings",
-                    sa.Column("name", sa.String(64), primary_key=True),
-                    sa.Column("value", sa.Text(), nullable=False))
+    op.create_table(
+        "settings", sa.Column("name", sa.String(64), primary_key=True), sa.Column("value", sa.Text(), nullable=False)
+    )
 
 
 def downgrade() -> None:

@@ -22,9 +22,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.create_table("settings",
-                    sa.Column("name", sa.String(64), primary_key=True),
-                    sa.Column("value", sa.Text(), nullable=False))
+    op.create_table(
+        "settings", sa.Column("name", sa.String(64), primary_key=True), sa.Column("value", sa.Text(), nullable=False)
+    )
     op.execute("UPDATE callback_outbox SET payload = '' WHERE payload IS NULL")
     with op.batch_alter_table("callback_outbox") as batch:
         batch.alter_column("payload", existing_type=sa.Text(), nullable=False)
