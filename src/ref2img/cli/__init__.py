@@ -6,6 +6,7 @@
     keys …, token           ref2img.cli.keys
     models …                ref2img.cli.models
     task …                  ref2img.cli.task
+    mcp                     ref2img.cli.mcp
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from ref2img.cli import generate, keys, models, serve, task
+from ref2img.cli import generate, keys, mcp, models, serve, task
 from ref2img.cli._common import UsageCommand, err
 
 app = typer.Typer(
@@ -43,7 +44,7 @@ def _main(
     """Images from a reference image and a prompt: edge, pose, subject or depth control."""
 
 
-for _command in (generate.generate, generate.recognize, serve.serve, serve.worker, keys.token):
+for _command in (generate.generate, generate.recognize, serve.serve, serve.worker, keys.token, mcp.mcp):
     app.command()(_command)
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")

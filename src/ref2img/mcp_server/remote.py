@@ -1,0 +1,86 @@
+"""The remote backends: a ref2img server or the Tomoviee cloud, through the SDK's `AsyncClient`.
+
+The task runs there; this side follows it (its place in the queue, then its progress), downloads
+the full-size images into the output folder, and cancels the task there when the client gives up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from pathlib import Path
+
+import anyio
+
+from ref2img.client import AsyncClient, Task, UnsupportedError
+from ref2img.mcp_server.results import Generated, Report, TaskState
+from ref2img.protocol import ControlType, CreateRequest, TaskStatus
+
+WAIT_S = 1800.0  # the longest a tool call follows one task
+
+
+class RemoteBackend:
+    def __init__(self, client: AsyncClient, out_dir: Path, name: str):
+        self._client = client
+        self.out_dir = out_dir
+        self.name = name  # "server" or "cloud"
+
+    async def generate(self, request: CreateRequest, report: Report) -> Generated:
+        # A seed is always sent, so that every image's seed is known and can be asked for again.
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        task_id = await self._client.create(
+            request.prompt,
+            request.reference_image,
+            request.control_type,
+            control_intensity=request.control_intensity,
+            width=request.width,
+            height=request.height,
+            batch_size=request.batch_size,
+            init_image=request.init_image,
+            seed=seed,
+            negative_prompt=request.negative_prompt,
+        )
+        task = await self._follow(task_id, report)
+        files = await self._client.download(task, self.out_dir)
+        return Generated(task_id, files, [seed + i for i in range(len(files))], task.images)
+
+    async def recognize(self, image: str, mode: ControlType, report: Report) -> Generated:
+        task = await self._client.recognize(image, mode, timeout=WAIT_S)
+        files = await self._client.download(task, self.out_dir)
+        return Generated(task.task_id, files, [], task.masks)
+
+    async def get_task(self, task_id: str) -> TaskState | None:
+        return _state(await self._client.get(task_id))
+
+    async def cancel_task(self, task_id: str) -> TaskState | None:
+        return _state(await self._client.cancel(task_id))
+
+    def close(self) -> None:
+        pass  # the client is closed by whoever opened it
+
+    async def _follow(self, task_id: str, report: Report) -> Task:
+        async def on_progress(task: Task) -> None:
+            if task.status == TaskStatus.QUEUED:
+                await report(0, 100, f"{task_id}: queued, {task.position or 0} ahead")
+            elif task.status == TaskStatus.PROCESSING:
+                await report(task.progress, 100, f"{task_id}: generating, {task.progress}%")
+
+        try:
+            return await self._client.wait(task_id, timeout=WAIT_S, on_progress=on_progress)
+        except anyio.get_cancelled_exc_class():
+            # The client gave up: so does the task there (the cloud cannot cancel: it is abandoned).
+            with anyio.CancelScope(shield=True), contextlib.suppress(UnsupportedError):
+                await self._client.cancel(task_id)
+            raise
+
+
+def _state(task: Task) -> TaskState:
+    return TaskState(
+        task.task_id,
+        int(task.status),
+        task.status.name.lower(),
+        task.progress,
+        task.position,
+        task.reason,
+        urls=task.images or task.masks,
+    )

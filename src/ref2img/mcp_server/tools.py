@@ -1,0 +1,221 @@
+"""The MCP tools: generate, recognize, get_task, cancel_task, list_models.
+
+Each tool's JSON schema carries the wire protocol's real ranges and enums (from `protocol.py`), so a
+client can check its arguments before it calls. Bad input still gets a tool error whose text names the
+field and its allowed range, never a traceback or a protocol error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from PIL import Image
+from pydantic import Field
+
+from ref2img import __version__
+from ref2img.engines.base import EngineError
+from ref2img.mcp_server.results import Generated, Report, TaskState
+from ref2img.protocol import (
+    BATCH_SIZE_RANGE,
+    INTENSITY_RANGE,
+    MAX_PROMPT_CHARS,
+    SEED_RANGE,
+    SIZE_RANGE,
+    ControlType,
+    CreateRequest,
+    ParameterError,
+    parse_create_request,
+)
+
+PREVIEW_PX = 512  # the longest side of the images shown in the chat; full-size files are in the result
+MODE_NAMES = [member.name.lower() for member in ControlType]
+
+
+class Backend(Protocol):
+    name: str
+    out_dir: Path
+
+    async def generate(self, request: CreateRequest, report: Report) -> Generated: ...
+    async def recognize(self, image: str, mode: ControlType, report: Report) -> Generated: ...
+    async def get_task(self, task_id: str) -> TaskState | None: ...
+    async def cancel_task(self, task_id: str) -> TaskState | None: ...
+    def close(self) -> None: ...
+
+
+Mode = Annotated[
+    Literal["edge", "pose", "subject", "depth"] | Annotated[int, Field(ge=0, le=3)],
+    Field(description="what of the reference to keep: edge (0), pose (1), subject (2) or depth (3)"),
+]
+ImageSource = Annotated[str, Field(min_length=1, description="a local file path, an http(s) URL or a data: URI")]
+
+INSTRUCTIONS = (
+    "ref2img makes new images from a reference image and a prompt, keeping the reference's edges (mode "
+    "edge), a person's pose (pose), a subject's identity (subject) or its depth (depth). Call `generate`; "
+    "`recognize` shows the edge, pose or depth map that a reference gives. Images come back small for the "
+    "chat; the result's structured content has the full-size files and each image's seed."
+)
+
+
+def build_server(backend: Backend, models: Any = None) -> MCPServer:
+    """The MCP server over `backend`; `models()` lists the presets for `list_models`."""
+    server: MCPServer = MCPServer("ref2img", instructions=INSTRUCTIONS, version=__version__)
+
+    @server.tool(
+        title="Generate images from a reference",
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True),
+    )
+    async def generate(
+        reference: Annotated[
+            str,
+            Field(min_length=1, description="the reference image: a local file path, an http(s) URL or a data: URI"),
+        ],
+        prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to make of it")],
+        ctx: Context,
+        mode: Mode = "edge",
+        intensity: Annotated[
+            float,
+            Field(ge=INTENSITY_RANGE[0], le=INTENSITY_RANGE[1], description="how closely to follow the reference"),
+        ] = 0.5,
+        width: Annotated[int, Field(ge=SIZE_RANGE[0], le=SIZE_RANGE[1], description="output width in pixels")] = 1024,
+        height: Annotated[int, Field(ge=SIZE_RANGE[0], le=SIZE_RANGE[1], description="output height in pixels")] = 1024,
+        batch_size: Annotated[
+            int, Field(ge=BATCH_SIZE_RANGE[0], le=BATCH_SIZE_RANGE[1], description="images to make")
+        ] = 1,
+        seed: Annotated[
+            int | None, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1], description="seed of image 1; image k uses seed+k-1")
+        ] = None,
+        negative_prompt: Annotated[str | None, Field(max_length=MAX_PROMPT_CHARS, description="what to avoid")] = None,
+        init_image: Annotated[
+            str | None, Field(min_length=1, description="an image to start from (img2img): path, URL or data: URI")
+        ] = None,
+    ) -> CallToolResult:
+        """Make 1 to 4 new images from a reference image and a prompt."""
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "reference_image": reference,
+            "control_type": _control_type(mode).value,
+            "control_intensity": float(intensity),
+            "width": width,
+            "height": height,
+            "batch_size": batch_size,
+            "seed": seed,
+            "negative_prompt": negative_prompt,
+            "init_image": init_image,
+        }
+        with _as_tool_errors():
+            request = parse_create_request({key: value for key, value in body.items() if value is not None})
+            made = await backend.generate(request, _reporter(ctx))
+        seeds = ", ".join(str(s) for s in made.seeds)
+        summary = f"{len(made.files)} image(s), seeds {seeds}, task {made.task_id}: " + ", ".join(map(str, made.files))
+        images = [
+            {"file": str(path), "url": made.urls[i] if i < len(made.urls) else None, "seed": made.seeds[i]}
+            for i, path in enumerate(made.files)
+        ]
+        return _with_previews(made.files, summary, {"task_id": made.task_id, "backend": backend.name, "images": images})
+
+    @server.tool(
+        title="Show a reference's control map",
+        annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True),
+    )
+    async def recognize(
+        image: Annotated[
+            str, Field(min_length=1, description="the image: a local file path, an http(s) URL or a data: URI")
+        ],
+        ctx: Context,
+        mode: Annotated[
+            Literal["edge", "pose", "depth"] | Literal[0, 1, 3],
+            Field(description="which map: edge (0), pose (1) or depth (3); subject mode (2) has none"),
+        ] = "edge",
+    ) -> CallToolResult:
+        """The edge, pose or depth map that `generate` would condition on."""
+        with _as_tool_errors():
+            made = await backend.recognize(image, _control_type(mode), _reporter(ctx))
+        [path] = made.files
+        return _with_previews(
+            made.files,
+            f"control map: {path}",
+            {
+                "task_id": made.task_id,
+                "backend": backend.name,
+                "file": str(path),
+                "url": made.urls[0] if made.urls else None,
+            },
+        )
+
+    @server.tool(title="A task's state", annotations=ToolAnnotations(read_only_hint=True))
+    async def get_task(task_id: Annotated[str, Field(min_length=1, max_length=100)]) -> dict[str, Any]:
+        """Status (1 queued, 2 running, 3 done, 4 failed, 5 cancelled, 6 timed out), progress and results."""
+        with _as_tool_errors():
+            return _known(task_id, await backend.get_task(task_id)).as_dict()
+
+    @server.tool(title="Cancel a task", annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True))
+    async def cancel_task(task_id: Annotated[str, Field(min_length=1, max_length=100)]) -> dict[str, Any]:
+        """Stop a queued or running task (a running one stops at its next step)."""
+        with _as_tool_errors():
+            return _known(task_id, await backend.cancel_task(task_id)).as_dict()
+
+    @server.tool(title="Models", annotations=ToolAnnotations(read_only_hint=True))
+    async def list_models() -> dict[str, Any]:
+        """The local engine's presets, which are on this machine, and which one this server uses."""
+        return {"backend": backend.name, "models": models() if models else []}
+
+    return server
+
+
+def _control_type(mode: str | int) -> ControlType:
+    try:
+        return ControlType.parse(mode)
+    except ValueError:
+        raise ToolError(f"mode: must be one of {', '.join(MODE_NAMES)} or 0 to 3") from None
+
+
+def _reporter(ctx: Context) -> Report:
+    async def report(done: float, total: float, message: str) -> None:
+        await ctx.report_progress(done, total, message)  # a no-op unless the client sent a progress token
+
+    return report
+
+
+def _known(task_id: str, state: TaskState | None) -> TaskState:
+    if state is None:
+        raise ToolError(f"task_id: no task {task_id!r}")
+    return state
+
+
+@contextlib.contextmanager
+def _as_tool_errors() -> Iterator[None]:
+    """Every failure the user can act on, as a tool error in one line (the field and its range first)."""
+    from ref2img.client import Ref2ImgError
+    from ref2img.images import ImageInputError
+
+    try:
+        yield
+    except (ParameterError, ImageInputError, Ref2ImgError, EngineError) as exc:
+        raise ToolError(str(exc)) from None
+
+
+def _with_previews(files: list[Path], summary: str, structured: dict[str, Any]) -> CallToolResult:
+    content: list[Any] = [_preview(path) for path in files]
+    content.append(TextContent(type="text", text=summary))
+    content.append(TextContent(type="text", text=json.dumps(structured)))  # for clients without structured content
+    return CallToolResult(content=content, structured_content=structured)
+
+
+def _preview(path: Path) -> ImageContent:
+    """A JPEG whose longest side is PREVIEW_PX: small enough for a chat window and a model's context."""
+    import base64
+
+    with Image.open(path) as image:
+        preview = image.convert("RGB")
+        preview.thumbnail((PREVIEW_PX, PREVIEW_PX))
+    buffer = io.BytesIO()
+    preview.save(buffer, format="JPEG", quality=85)
+    return ImageContent(type="image", data=base64.b64encode(buffer.getvalue()).decode(), mime_type="image/jpeg")

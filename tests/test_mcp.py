@@ -1,0 +1,255 @@
+"""`ref2img mcp`, driven by the MCP SDK's own client: over stdio (the server a subprocess, as desktop
+clients start it) and once over streamable HTTP; on the tiny model, and against a running server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from PIL import Image
+
+pytest.importorskip("mcp", reason="the mcp extra is not installed")
+
+from mcp import Client  # noqa: E402
+from mcp.client.stdio import StdioServerParameters  # noqa: E402
+from mcp.types import ImageContent  # noqa: E402
+
+from .server.conftest import Server, free_port  # noqa: E402
+
+STEPS = 6  # the tiny model's denoising steps in these tests: enough progress notifications to watch
+
+
+def stdio(*args: str) -> StdioServerParameters:
+    # The SDK starts the server with a minimal environment; the model must never be fetched.
+    return StdioServerParameters(command=sys.executable, args=["-m", "ref2img.cli", "mcp", *args],
+                                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": os.environ.get("HF_HOME", "/nonexistent")})
+
+
+def local_server(tiny_model: Path, out: Path, *extra: str) -> StdioServerParameters:
+    return stdio("--model", str(tiny_model), "--part", f"steps={STEPS}", "--device", "cpu", "--out", str(out), *extra)
+
+
+@pytest.fixture
+def reference(tmp_path, astronaut) -> str:
+    path = tmp_path / "reference.png"
+    astronaut.resize((256, 256)).save(path)
+    return str(path)
+
+
+def run(main):
+    return anyio.run(main)
+
+
+def text_of(result) -> str:
+    return "\n".join(block.text for block in result.content if getattr(block, "type", "") == "text")
+
+
+def test_tools_and_their_schemas_carry_the_real_ranges(tiny_sd15, tmp_path):
+    async def main():
+        async with Client(local_server(tiny_sd15, tmp_path)) as client:
+            return (await client.list_tools()).tools
+
+    tools = {tool.name: tool for tool in run(main)}
+    assert set(tools) == {"generate", "recognize", "get_task", "cancel_task", "list_models"}
+    schema = tools["generate"].input_schema
+    properties = schema["properties"]
+    assert set(schema["required"]) == {"reference", "prompt"}
+    assert (properties["width"]["minimum"], properties["width"]["maximum"]) == (512, 2048)
+    assert (properties["height"]["minimum"], properties["height"]["maximum"]) == (512, 2048)
+    assert (properties["batch_size"]["minimum"], properties["batch_size"]["maximum"]) == (1, 4)
+    assert (properties["intensity"]["minimum"], properties["intensity"]["maximum"]) == (0, 1)
+    names, numbers = properties["mode"]["anyOf"]
+    assert names["enum"] == ["edge", "pose", "subject", "depth"]
+    assert (numbers["minimum"], numbers["maximum"]) == (0, 3)
+    recognize_modes = tools["recognize"].input_schema["properties"]["mode"]["anyOf"]
+    assert [option["enum"] for option in recognize_modes] == [["edge", "pose", "depth"], [0, 1, 3]]
+    assert tools["get_task"].annotations.read_only_hint and tools["cancel_task"].annotations.destructive_hint
+
+
+def test_generate_on_the_tiny_model_returns_images_seeds_and_progress(tiny_sd15, tmp_path, reference):
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done, total, message):
+        progress.append((done, total, message))
+
+    async def main():
+        async with Client(local_server(tiny_sd15, tmp_path / "out")) as client:
+            result = await client.call_tool("generate", {"reference": reference, "prompt": "a statue", "mode": 0,
+                                                         "width": 512, "height": 640, "batch_size": 2, "seed": 41},
+                                            progress_callback=on_progress)
+            task = await client.call_tool("get_task", {"task_id": result.structured_content["task_id"]})
+            models = await client.call_tool("list_models", {})
+            return result, task, models
+
+    result, task, models = run(main)
+    assert not result.is_error, text_of(result)
+    previews = [block for block in result.content if isinstance(block, ImageContent)]
+    assert len(previews) == 2 and previews[0].mime_type == "image/jpeg"
+    preview = Image.open(io.BytesIO(base64.b64decode(previews[0].data)))
+    assert max(preview.size) == 512 and preview.size[0] < preview.size[1]  # sized for a chat, same aspect
+    images = result.structured_content["images"]
+    assert [image["seed"] for image in images] == [41, 42]
+    assert [Image.open(image["file"]).size for image in images] == [(512, 640)] * 2  # full size on disk
+    assert result.structured_content["backend"] == "local"
+
+    steps = [done for done, total, message in progress if total == STEPS]
+    assert steps and steps == sorted(steps) and steps[-1] <= STEPS, progress
+    assert all(message.startswith(result.structured_content["task_id"]) for _, _, message in progress)
+    assert task.structured_content["status"] == 3 and task.structured_content["files"] == [i["file"] for i in images]
+    [selected] = [model for model in models.structured_content["models"] if model["selected"]]
+    assert selected["ready"] and models.structured_content["backend"] == "local"
+
+
+def test_bad_input_is_a_tool_error_naming_the_field_and_its_range(tiny_sd15, tmp_path, reference):
+    calls = {
+        "width": {"reference": reference, "prompt": "p", "width": 4096},
+        "batch_size": {"reference": reference, "prompt": "p", "batch_size": 9},
+        "mode": {"reference": reference, "prompt": "p", "mode": "sketch"},
+        "reference_image": {"reference": str(tmp_path / "missing.png"), "prompt": "p"},
+        "prompt": {"reference": reference, "prompt": "   "},
+    }
+
+    async def main():
+        async with Client(local_server(tiny_sd15, tmp_path / "out")) as client:
+            answers = {field: await client.call_tool("generate", arguments) for field, arguments in calls.items()}
+            answers["task_id"] = await client.call_tool("get_task", {"task_id": "t_nope"})
+            answers["recognize"] = await client.call_tool("recognize", {"image": reference, "mode": "subject"})
+            return answers
+
+    answers = run(main)
+    assert all(answer.is_error for answer in answers.values())
+    texts = {field: text_of(answer) for field, answer in answers.items()}
+    assert "width" in texts["width"] and "2048" in texts["width"]
+    assert "batch_size" in texts["batch_size"] and "4" in texts["batch_size"]
+    assert "mode" in texts["mode"] and "edge" in texts["mode"]
+    # The SDK puts "Error executing tool NAME: " before the message.
+    assert "reference_image: no such file" in texts["reference_image"]
+    assert "prompt: must be a non-empty string" in texts["prompt"]
+    assert texts["task_id"].endswith("task_id: no task 't_nope'")
+    assert "mode" in texts["recognize"]
+    assert not any("Traceback" in text for text in texts.values())
+
+
+def test_a_missing_model_names_the_pull_command(tmp_path, reference):
+    async def main():
+        async with Client(stdio("--model", "sd15", "--device", "cpu", "--out", str(tmp_path))) as client:
+            return await client.call_tool("generate", {"reference": reference, "prompt": "p", "width": 512,
+                                                       "height": 512})
+
+    result = run(main)
+    assert result.is_error and "ref2img models pull" in text_of(result), text_of(result)
+
+
+def test_cancel_task_and_a_client_cancellation_both_stop_the_job(tiny_sd15, tmp_path, reference):
+    arguments = {"reference": reference, "prompt": "p", "width": 512, "height": 512}
+
+    async def main():
+        async with Client(local_server(tiny_sd15, tmp_path / "out", "--part", "steps=400")) as client:
+            # 1. cancel_task, while the generate call waits for its job
+            seen: list[str] = []
+
+            async def remember(done, total, message):
+                seen.append(message.split(":")[0])
+
+            outcome: dict = {}
+
+            async def call() -> None:
+                outcome["result"] = await client.call_tool("generate", arguments, progress_callback=remember)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(call)
+                while not seen:
+                    await anyio.sleep(0.05)
+                cancelled = await client.call_tool("cancel_task", {"task_id": seen[0]})
+            first = await client.call_tool("get_task", {"task_id": seen[0]})
+
+            # 2. the client gives up on its call (notifications/cancelled)
+            seen.clear()
+            with anyio.move_on_after(60):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(client.call_tool, "generate", arguments, None, remember)
+                    while not seen:
+                        await anyio.sleep(0.05)
+                    group.cancel_scope.cancel()
+            deadline = time.monotonic() + 30
+            while True:
+                second = await client.call_tool("get_task", {"task_id": seen[0]})
+                if second.structured_content["status"] != 2 or time.monotonic() > deadline:
+                    break
+                await anyio.sleep(0.2)
+            return outcome["result"], cancelled, first, second
+
+    result, cancelled, first, second = run(main)
+    assert result.is_error and "cancelled" in text_of(result)
+    assert not cancelled.is_error
+    assert first.structured_content["status"] == 5 and first.structured_content["progress"] < 100
+    assert second.structured_content["status"] == 5, second.structured_content
+    assert not list((tmp_path / "out").glob("*.png"))  # neither job finished
+
+
+def test_streamable_http(tiny_sd15, tmp_path, reference):
+    port = free_port()
+    log = open(tmp_path / "mcp-http.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", "ref2img.cli", "mcp", "--http", f"127.0.0.1:{port}",
+                                "--model", str(tiny_sd15), "--device", "cpu", "--out", str(tmp_path / "out")],
+                               stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+
+        async def main():
+            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+                tools = (await client.list_tools()).tools
+                control_map = await client.call_tool("recognize", {"image": reference, "mode": "edge"})
+                return tools, control_map
+
+        tools, control_map = run(main)
+    finally:
+        process.terminate()
+        process.wait(15)
+    assert len(tools) == 5
+    assert not control_map.is_error, text_of(control_map)
+    assert Image.open(control_map.structured_content["file"]).size == (256, 256)
+
+
+def test_the_server_backend_against_a_running_ref2img_serve(tiny_sd15, tmp_path, reference):
+    server = Server(tmp_path / "data", tiny_sd15).start()
+    try:
+        app_key, secret = server.new_key()
+        parameters = stdio("--server", server.url, "--out", str(tmp_path / "out"))
+        parameters.env.update(REF2IMG_APP_KEY=app_key, REF2IMG_APP_SECRET=secret)
+        progress: list = []
+
+        async def on_progress(done, total, message):
+            progress.append((done, total, message))
+
+        async def main():
+            async with Client(parameters) as client:
+                result = await client.call_tool("generate", {"reference": reference, "prompt": "p", "mode": "depth",
+                                                             "width": 512, "height": 512, "seed": 5},
+                                                progress_callback=on_progress)
+                task = await client.call_tool("get_task", {"task_id": result.structured_content["task_id"]})
+                return result, task
+
+        result, task = run(main)
+    finally:
+        server.stop()
+    assert not result.is_error, text_of(result)
+    [image] = result.structured_content["images"]
+    assert result.structured_content["backend"] == "server" and image["seed"] == 5
+    assert image["url"].startswith(server.url) and Image.open(image["file"]).size == (512, 512)
+    assert task.structured_content["status"] == 3 and task.structured_content["urls"] == [image["url"]]
+    assert progress and all(message.startswith(result.structured_content["task_id"]) for _, _, message in progress)
