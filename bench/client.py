@@ -37,7 +37,7 @@ CREATE = "/v1/open/capacity/application/tm_reference_img2img"
 class SleepEngine:
     ended: dict[str, float] = {}
 
-    def generate(self, job, on_progress=lambda d, t: None, should_cancel=lambda: False):
+    def generate(self, job, on_progress=lambda d, t: None, should_cancel=lambda: False, on_preview=None):
         from PIL import Image
 
         seconds = float(job.prompt.split()[0])

@@ -29,7 +29,7 @@ class SleepEngine:
     def __init__(self, seconds: float):
         self.seconds = seconds
 
-    def generate(self, job, on_progress=lambda d, t: None, should_cancel=lambda: False):
+    def generate(self, job, on_progress=lambda d, t: None, should_cancel=lambda: False, on_preview=None):
         from PIL import Image
 
         time.sleep(self.seconds)

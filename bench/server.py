@@ -34,7 +34,7 @@ import httpx
 class NoopEngine:
     """The benchmark's engine double: answers at once with blank images."""
 
-    def generate(self, job, on_progress=lambda d, t: None, should_cancel=lambda: False):
+    def generate(self, job, on_progress=lambda d, t: None, should_cancel=lambda: False, on_preview=None):
         from PIL import Image
 
         on_progress(1, 1)

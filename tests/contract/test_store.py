@@ -271,7 +271,7 @@ def test_nodes_starting_at_once_migrate_once(backend, tmp_path, request):
     try:
         assert errors == [] and len(stores) == 4
         with stores[0].db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         new_task(stores[1])
         assert stores[2].tasks.count_by_status() == {TaskStatus.QUEUED: 1}
     finally:
@@ -280,3 +280,21 @@ def test_nodes_starting_at_once_migrate_once(backend, tmp_path, request):
         if cleanup:
             with create_engine(postgres).begin() as connection:
                 connection.execute(text(f"DROP SCHEMA {cleanup} CASCADE"))
+
+
+def test_the_migrations_build_the_tables_the_models_describe(tmp_path):
+    """A fresh database runs every revision in order; the result must be what models.py declares, so a
+    revision that forgets a column (or adds one twice) fails here."""
+    from sqlalchemy import inspect
+
+    from ref2img.tasks.models import Base
+
+    store = Store(f"sqlite:///{tmp_path / 'fresh.db'}")
+    try:
+        found = inspect(store.db.engine)
+        for table in Base.metadata.sorted_tables:
+            columns = {column["name"]: column["nullable"] for column in found.get_columns(table.name)}
+            assert columns == {column.name: column.nullable for column in table.columns}, table.name
+        assert set(found.get_table_names()) - {"alembic_version"} == set(Base.metadata.tables)
+    finally:
+        store.close()

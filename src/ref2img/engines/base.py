@@ -107,6 +107,11 @@ def _ignore(done: int, total: int) -> None:
     return None
 
 
+# (done, total, render): called after each step when given; `render()` makes a small RGB preview of the
+# current latents (first image of the batch), so a caller pays for a preview only when it wants one.
+PreviewCallback = Callable[[int, int, Callable[[], "Image.Image"]], None]
+
+
 class Engine(Protocol):
     """What turns a job into images."""
 
@@ -115,6 +120,7 @@ class Engine(Protocol):
         job: Job,
         on_progress: ProgressCallback = _ignore,
         should_cancel: CancelCheck = _never,
+        on_preview: PreviewCallback | None = None,
     ) -> list[Image.Image]: ...
 
     def recognize(self, image: Image.Image, control_type: ControlType) -> Image.Image: ...

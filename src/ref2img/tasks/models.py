@@ -40,6 +40,7 @@ class TaskRow(Base):
     lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    preview: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the latest step preview (stored name)
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # scale-out: last queue message
 
 

@@ -29,6 +29,8 @@ from ref2img.tasks.store.tasks import TaskStore
 
 log = logging.getLogger("ref2img.runner")
 
+PREVIEW_INTERVAL_S = 0.5  # step previews: the studio shows the image forming, about twice a second
+
 
 @dataclass
 class RunContext:
@@ -60,6 +62,14 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> Outcome:
             last_progress[0] = percent
             ctx.tasks.set_progress(task.id, owner, percent)
 
+    last_preview = [-PREVIEW_INTERVAL_S]
+
+    def on_preview(done: int, total: int, render) -> None:
+        # At most one preview a PREVIEW_INTERVAL_S: each is a storage write and a store update.
+        if done < total and time.monotonic() - last_preview[0] >= PREVIEW_INTERVAL_S:
+            last_preview[0] = time.monotonic()
+            ctx.tasks.set_preview(task.id, owner, ctx.storage.save_preview(task.id, render()))
+
     def should_cancel() -> bool:
         verdict = ctx.tasks.should_stop(task.id, owner)
         if verdict is not None:
@@ -71,7 +81,11 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> Outcome:
         return Outcome(status)
 
     try:
-        names = _recognize(task, ctx) if task.kind == "img2mask" else _generate(task, ctx, on_progress, should_cancel)
+        names = (
+            _recognize(task, ctx)
+            if task.kind == "img2mask"
+            else _generate(task, ctx, on_progress, should_cancel, on_preview)
+        )
     except StoreError:
         raise  # the store failed (locked, disk full, unreachable), not the task: it runs again after its lease
     except JobCancelled:
@@ -107,10 +121,10 @@ def _incident(task: TaskRow) -> str:
     return f"internal error (incident {incident})"
 
 
-def _generate(task: TaskRow, ctx: RunContext, on_progress, should_cancel) -> list[str]:
+def _generate(task: TaskRow, ctx: RunContext, on_progress, should_cancel, on_preview) -> list[str]:
     request = CreateRequest.model_validate_json(task.request)
     job = Job.from_request(request, lambda source, field: ctx.fetch_image(source, field, task.app_key))
-    images = ctx.engine().generate(job, on_progress=on_progress, should_cancel=should_cancel)
+    images = ctx.engine().generate(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
     return [ctx.storage.save_result(task.id, index, image) for index, image in enumerate(images)]
 
 

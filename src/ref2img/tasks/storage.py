@@ -33,6 +33,14 @@ class Storage:
         self.write(name, buffer.getvalue())
         return name
 
+    def save_preview(self, task_id: str, image: Image.Image) -> str:
+        """A running task's latest step preview, a small JPEG (each one replaces the last)."""
+        name = f"previews/{task_id}.jpg"
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=80)
+        self.write(name, buffer.getvalue())
+        return name
+
     def save_upload(self, file_id: str, data: bytes, extension: str) -> str:
         name = f"uploads/{file_id}.{extension}"
         self.write(name, data)

@@ -25,7 +25,7 @@ log = logging.getLogger("ref2img.worker")
 
 class Worker:
     def __init__(self, tasks: TaskStore, fleet: Fleet, context: RunContext, *, kind: str, lease_s: float):
-        self.owner = f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.owner = f"{kind}-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"  # fits lease_owner
         self.lease_s = lease_s
         self._tasks = tasks
         self._fleet = fleet

@@ -10,7 +10,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ref2img.engines.base import EngineOutOfMemory, ImageInvalidError, Job, JobCancelled, ProgressCallback
+from ref2img.engines.base import (
+    EngineOutOfMemory,
+    ImageInvalidError,
+    Job,
+    JobCancelled,
+    PreviewCallback,
+    ProgressCallback,
+)
 from ref2img.engines.local.annotators import Annotators
 from ref2img.engines.local.chatter import quiet_libraries
 from ref2img.engines.local.compile_cache import use_compile_cache
@@ -19,6 +26,7 @@ from ref2img.engines.local.intensity import Knobs, knobs_for
 from ref2img.engines.local.offload import parse_offload
 from ref2img.engines.local.pipelines import PipelineSet, module_dtype
 from ref2img.engines.local.presets import UNION_CONTROL_MODE, Preset, resolve_preset
+from ref2img.engines.local.preview import latent_preview
 from ref2img.engines.local.sizing import fit, generation_size
 from ref2img.engines.local.speed import Speedups
 from ref2img.images import MAX_IMAGE_PIXELS  # the same cap as the decoder's, for images handed over in-process
@@ -93,6 +101,7 @@ class LocalEngine:
         job: Job,
         on_progress: ProgressCallback = lambda done, total: None,
         should_cancel=lambda: False,
+        on_preview: PreviewCallback | None = None,
     ) -> list[Image.Image]:
         _check_image(job.reference, "reference_image")
         if job.init_image is not None:
@@ -109,6 +118,9 @@ class LocalEngine:
             def on_step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
                 total = getattr(pipeline, "_num_timesteps", None) or steps
                 on_progress(min(step + 1, total), total)
+                if on_preview is not None and "latents" in tensors:
+                    latents = tensors["latents"]
+                    on_preview(min(step + 1, total), total, lambda: latent_preview(latents, preset.family))
                 if should_cancel():
                     raise JobCancelled(f"cancelled after step {step + 1} of {total}")
                 return tensors

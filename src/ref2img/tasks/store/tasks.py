@@ -154,6 +154,7 @@ class TaskStore:
                     started_at=now,
                     attempts=TaskRow.attempts + 1,
                     progress=0,
+                    preview=None,
                 )
                 .returning(TaskRow)
             )
@@ -182,6 +183,7 @@ class TaskStore:
                     started_at=now,
                     attempts=TaskRow.attempts + 1,
                     progress=0,
+                    preview=None,
                 )
                 .returning(TaskRow)
             )
@@ -218,6 +220,29 @@ class TaskStore:
                 .where(TaskRow.id.in_(task_ids), TaskRow.lease_owner == owner, TaskRow.status == TaskStatus.PROCESSING)
                 .values(lease_expires=time.time() + lease_s)
             )
+
+    def set_preview(self, task_id: str, owner: str, name: str) -> None:
+        """The running task's latest step preview (a stored file name); the query shows it at status 2."""
+        with self._db.session() as session:
+            session.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.lease_owner == owner, TaskRow.status == TaskStatus.PROCESSING)
+                .values(preview=name)
+            )
+        self.changes.notify()
+
+    def list_for_key(self, app_key: str, offset: int, limit: int) -> tuple[list[TaskRow], int]:
+        """One page of a key's tasks, newest first, and how many it has in all."""
+        with self._db.session(write=False) as session:
+            rows = session.scalars(
+                select(TaskRow)
+                .where(TaskRow.app_key == app_key)
+                .order_by(TaskRow.created_at.desc(), TaskRow.id)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            total = session.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.app_key == app_key)) or 0
+        return list(rows), total
 
     def set_progress(self, task_id: str, owner: str, progress: int) -> None:
         with self._db.session() as session:
