@@ -30,6 +30,7 @@ class ServerSettings:
     callback_retry_scale: float = 1.0
     max_body_bytes: int = 30 * 1024 * 1024
     auth_failure_limit: int = 20  # failed authentications per key and per client address per minute
+    studio_link: bool = False  # print the studio's sign-in link at start (`ref2img serve` does)
     engine_factory: Callable[[], Engine] | None = None  # default: the local diffusers engine
     db_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… for scale-out
     queue_url: str = "embedded"  # or redis://…: tasks go to `ref2img worker` processes

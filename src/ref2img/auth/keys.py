@@ -57,6 +57,7 @@ class KeyVerifier:
         self._store = store
         self._cache_s = cache_s
         self._verified: dict[str, tuple[bytes, float]] = {}
+        self._live: dict[str, float] = {}  # app key -> until when it is known live
         self._lock = threading.Lock()
 
     def verify_cached(self, app_key: str, secret: str) -> bool | None:
@@ -83,6 +84,23 @@ class KeyVerifier:
             return False
         with self._lock:
             self._verified[app_key] = (digest, now + self._cache_s)
+        return True
+
+    def is_live_cached(self, app_key: str) -> bool | None:
+        """From memory: True when the key was found live lately, None when the store must be asked."""
+        with self._lock:
+            until = self._live.get(app_key)
+        return True if until and until > time.monotonic() else None
+
+    def is_live(self, app_key: str) -> bool:
+        """The key exists and is not revoked (a studio session's key: the cookie vouches for the secret)."""
+        if self.is_live_cached(app_key):
+            return True
+        row = self._store.keys.get(app_key) if len(app_key) <= APP_KEY_WIDTH and text_problem(app_key) is None else None
+        if row is None or row.revoked_at is not None:
+            return False
+        with self._lock:
+            self._live[app_key] = time.monotonic() + self._cache_s
         return True
 
     def forget(self, app_key: str) -> None:

@@ -106,6 +106,7 @@ def serve(
         lease_s=lease,
         auth_failure_limit=auth_failure_limit,
         max_body_bytes=max_body_mb * 1024 * 1024,
+        studio_link=True,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
 

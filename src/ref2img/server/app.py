@@ -5,7 +5,9 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
+from ref2img.server import studio, task_feed
 from ref2img.server.errors import install_error_handlers
 from ref2img.server.limits import BodyLimit
 from ref2img.server.openapi import install_openapi
@@ -20,6 +22,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         services.start()
+        if settings.studio_link:
+            services.announce_studio()
         try:
             yield
         finally:
@@ -36,4 +40,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     install_openapi(app)
     app.include_router(router)
+    app.include_router(task_feed.router)
+    app.include_router(studio.router)
+    app.mount("/studio/static", StaticFiles(directory=str(studio.STATIC)), name="studio-static")
     return app

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ref2img.protocol import ErrorCode
 from ref2img.server.errors import ApiError
+from ref2img.server.sessions import Session
 
 
 def _unauthorized(why: str) -> ApiError:
@@ -48,7 +49,12 @@ def count_failure(request: Request, app_key: str) -> None:
 
 async def authenticate(request: Request) -> str:
     """FastAPI dependency: the verified app key (raises 140013 / HTTP 401 otherwise; 680005 / HTTP 429
-    after too many failures of this key or address)."""
+    after too many failures of this key or address). Clients send Basic credentials; the studio page
+    sends its session cookie instead (server/sessions.py)."""
+    if "authorization" not in request.headers:
+        session = request.app.state.services.sessions.read(request)
+        if session is not None:
+            return await _session_key(request, session)
     claimed_key = request.headers.get("x-app-key") or ""
     refuse_if_throttled(request, claimed_key)
     try:
@@ -56,6 +62,16 @@ async def authenticate(request: Request) -> str:
     except ApiError:
         count_failure(request, claimed_key)
         raise
+
+
+async def _session_key(request: Request, session: Session) -> str:
+    if not session.allows(request):
+        raise _unauthorized("the studio session needs its X-CSRF-Token header on this request")
+    verifier = request.app.state.services.verifier
+    live = verifier.is_live_cached(session.app_key) or await run_in_threadpool(verifier.is_live, session.app_key)
+    if not live:
+        raise _unauthorized("the session's app key was revoked; sign in again")
+    return session.app_key
 
 
 async def _verified_app_key(request: Request) -> str:

@@ -4,8 +4,12 @@ process also runs the worker threads; as an API node of a fleet, the housekeepin
 
 from __future__ import annotations
 
+import sys
+
 from ref2img.auth.keys import KeyVerifier
 from ref2img.server.callbacks import CallbackSender
+from ref2img.server.sessions import Sessions
+from ref2img.server.studio import SignInLink
 from ref2img.server.throttle import AuthThrottle
 from ref2img.server.views import task_data
 from ref2img.settings import ServerSettings
@@ -31,6 +35,10 @@ class Services:
         self.queue = self.backend.queue
         self.public_url = settings.public_url or LOCAL_URL
         self.verifier = KeyVerifier(self.store)
+        self.sessions = Sessions(
+            self.store.files.shared_secret("studio-session"), secure_cookie=self.public_url.startswith("https://")
+        )
+        self.studio = SignInLink(self.store)
         self.throttle = AuthThrottle(limit=settings.auth_failure_limit)
         self.callbacks = CallbackSender(
             self.store, self.http.post, self._callback_body, retry_scale=settings.callback_retry_scale
@@ -69,6 +77,11 @@ class Services:
         if task is None:
             raise StoreError(f"task {task_id} is gone")
         return self.task_data(task, self.public_url)
+
+    def announce_studio(self) -> None:
+        """Print the studio's sign-in link, as Jupyter prints its URL (stderr: the log, never a request)."""
+        self.studio.app_key()  # made now, so that the first sign-in is instant
+        print(f"ref2img studio: {self.studio.url(self.public_url)}", file=sys.stderr, flush=True)
 
     def start(self) -> None:
         self.housekeeper.start()

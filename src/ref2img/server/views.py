@@ -28,7 +28,7 @@ def task_data(
         result = json.dumps(
             {"mask_path": urls} if task.kind == "img2mask" else {"images_path": urls, "image_path": urls}
         )
-    return {
+    data = {
         "task_id": task.id,
         "status": int(status),
         "progress": task.progress,
@@ -38,4 +38,24 @@ def task_data(
         "wait_time": round(wait, 1),
         "params": task.params or "",
         "result": result,
+    }
+    if status == TaskStatus.PROCESSING and task.preview:  # our extension: the latest step preview
+        data["preview"] = storage.signed_url(base_url, task.preview)
+    return data
+
+
+def task_summary(task: TaskRow, data: dict) -> dict:
+    """A task in `GET /v1/tasks`: its query `data`, what it was, when, and the settings it was asked
+    with (images sent inline as data: URIs are left out: they can be megabytes each)."""
+    settings = {
+        field: (None if isinstance(value, str) and value.startswith("data:") else value)
+        for field, value in json.loads(task.request).items()
+        if field not in ("callback", "params")
+    }
+    return {
+        **data,
+        "kind": task.kind,
+        "created_at": task.created_at,
+        "finished_at": task.finished_at,
+        "settings": settings,
     }

@@ -68,7 +68,7 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> Outcome:
         # At most one preview a PREVIEW_INTERVAL_S: each is a storage write and a store update.
         if done < total and time.monotonic() - last_preview[0] >= PREVIEW_INTERVAL_S:
             last_preview[0] = time.monotonic()
-            ctx.tasks.set_preview(task.id, owner, ctx.storage.save_preview(task.id, render()))
+            ctx.tasks.set_preview(task.id, owner, ctx.storage.save_preview(task.id, done, render()))
 
     def should_cancel() -> bool:
         verdict = ctx.tasks.should_stop(task.id, owner)

@@ -33,9 +33,9 @@ class Storage:
         self.write(name, buffer.getvalue())
         return name
 
-    def save_preview(self, task_id: str, image: Image.Image) -> str:
-        """A running task's latest step preview, a small JPEG (each one replaces the last)."""
-        name = f"previews/{task_id}.jpg"
+    def save_preview(self, task_id: str, step: int, image: Image.Image) -> str:
+        """A running task's step preview, a small JPEG (one name a step: a URL never shows a stale one)."""
+        name = f"previews/{task_id}/{step}.jpg"
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="JPEG", quality=80)
         self.write(name, buffer.getvalue())

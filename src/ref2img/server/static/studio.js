@@ -1,0 +1,335 @@
+// ref2img studio. Plain JavaScript over the server's public API (the routes every client uses),
+// authenticated by the session cookie; state-changing requests carry the session's CSRF token.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const CREATE = "/v1/open/capacity/application/tm_reference_img2img";
+const RECOGNIZE = "/v1/open/capacity/application/tm_reference_img2mask";
+const MODES = { "0": "edges", "1": "pose", "2": "subject", "3": "depth" };
+const STATUS = { 1: "queued", 2: "running", 3: "done", 4: "failed", 5: "cancelled", 6: "timed out" };
+const HISTORY_PAGE = 10;
+
+const state = {
+  csrf: "",
+  reference: null,   // the URL a task is given (an upload of ours, or the user's URL)
+  init: null,
+  running: null,     // the task id being generated
+  mapTask: 0,        // a counter: only the newest control-map request may show its result
+  historyPage: 1,
+};
+
+// -- the API --------------------------------------------------------------------------------
+class ApiError extends Error {}
+
+async function api(path, { method = "GET", json, form } = {}) {
+  const headers = {};
+  let body;
+  if (method !== "GET") headers["X-CSRF-Token"] = state.csrf;
+  if (json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
+  if (form !== undefined) body = form;
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body, credentials: "same-origin" });
+  } catch (error) {
+    throw new ApiError("the server cannot be reached: " + error.message);
+  }
+  let envelope;
+  try { envelope = await response.json(); } catch { throw new ApiError(`the server answered HTTP ${response.status}`); }
+  if (envelope.code !== 0) throw new ApiError(envelope.msg || `error ${envelope.code}`);
+  return envelope.data;
+}
+
+function resultUrls(data) {
+  if (!data.result) return [];
+  const result = JSON.parse(data.result);
+  return result.images_path || result.mask_path || [];
+}
+
+// Follow a task with Server-Sent Events until it ends; `onData` sees every change.
+function watch(taskId, onData) {
+  return new Promise((resolve) => {
+    const events = new EventSource(`/v1/tasks/${encodeURIComponent(taskId)}/events`);
+    events.addEventListener("task", (event) => {
+      const data = JSON.parse(event.data);
+      onData(data);
+      if (data.status >= 3) { events.close(); resolve(data); }
+    });
+  });
+}
+
+function showError(id, error) { $(id).textContent = error ? String(error.message || error) : ""; }
+
+// -- signing in -------------------------------------------------------------------------------
+async function boot() {
+  applyTheme(localStorage.getItem("ref2img-theme") ||
+             (matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light"));
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (token) {
+    history.replaceState(null, "", location.pathname);  // the token leaves the address bar at once
+    try { await api("/studio/session", { method: "POST", json: { token } }); }
+    catch (error) { showSignIn(); showError("sign-in-error", error); return; }
+  }
+  const session = await api("/studio/session");
+  if (session.signed_in) showStudio(session); else showSignIn();
+}
+
+function showSignIn() {
+  $("loading").hidden = true; $("studio").hidden = true; $("who").hidden = true;
+  $("sign-in").hidden = false;
+  $("sign-in-key").focus();
+}
+
+function showStudio(session) {
+  state.csrf = session.csrf;
+  $("loading").hidden = true; $("sign-in").hidden = true;
+  $("who-key").textContent = session.app_key; $("who").hidden = false;
+  $("studio").hidden = false;
+  loadHistory(true);
+}
+
+$("sign-in-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError("sign-in-error", "");
+  try {
+    const session = await api("/studio/session", { method: "POST",
+      json: { app_key: $("sign-in-key").value.trim(), app_secret: $("sign-in-secret").value } });
+    $("sign-in-secret").value = "";
+    showStudio(session);
+  } catch (error) { showError("sign-in-error", error); }
+});
+
+$("sign-out").addEventListener("click", async () => {
+  await api("/studio/session", { method: "DELETE" }).catch(() => {});
+  state.csrf = "";
+  showSignIn();
+});
+
+// -- theme ------------------------------------------------------------------------------------
+function applyTheme(theme) {
+  document.documentElement.dataset.theme = theme;
+  $("theme").textContent = theme === "dark" ? "Light theme" : "Dark theme";
+  $("theme").setAttribute("aria-pressed", String(theme === "dark"));
+}
+$("theme").addEventListener("click", () => {
+  const theme = document.documentElement.dataset.theme === "dark" ? "light" : "dark";
+  localStorage.setItem("ref2img-theme", theme);
+  applyTheme(theme);
+});
+
+// -- the reference: drop, paste, pick or URL ---------------------------------------------------
+async function upload(file) {
+  const form = new FormData();
+  form.append("file", file, file.name || "pasted.png");
+  return (await api("/v1/files", { method: "POST", form })).url;
+}
+
+async function useReferenceFile(file) {
+  showError("reference-error", "");
+  try { setReference(await upload(file)); } catch (error) { showError("reference-error", error); }
+}
+
+function setReference(url) {
+  state.reference = url;
+  $("reference-preview").src = url;
+  $("reference-preview").hidden = false;
+  $("drop-help").hidden = true;
+  $("reference-url").value = url.includes("/v1/files/") ? "" : url;
+  refreshControlMap();
+}
+
+const drop = $("drop");
+drop.addEventListener("click", () => $("reference-file").click());
+drop.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("reference-file").click(); }
+});
+drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault(); drop.classList.remove("over");
+  const file = event.dataTransfer.files[0];
+  if (file) useReferenceFile(file);
+});
+$("reference-file").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  if (file) useReferenceFile(file);
+  event.target.value = "";
+});
+document.addEventListener("paste", (event) => {
+  if ($("studio").hidden) return;
+  const item = [...event.clipboardData.items].find((entry) => entry.type.startsWith("image/"));
+  if (item) { event.preventDefault(); useReferenceFile(item.getAsFile()); }
+});
+$("reference-url").addEventListener("change", (event) => {
+  const url = event.target.value.trim();
+  if (url) setReference(url);
+});
+
+// -- the control map, live --------------------------------------------------------------------
+function mode() { return document.querySelector('input[name="mode"]:checked').value; }
+document.querySelectorAll('input[name="mode"]').forEach((radio) => radio.addEventListener("change", refreshControlMap));
+
+async function refreshControlMap() {
+  const figure = $("control-map-figure");
+  const ticket = ++state.mapTask;
+  if (!state.reference || mode() === "2") { figure.hidden = true; return; }
+  figure.hidden = false;
+  $("control-map").removeAttribute("src");
+  $("control-map-caption").textContent = `finding the ${MODES[mode()]}…`;
+  try {
+    const created = await api(RECOGNIZE, { method: "POST", json: { init_image: state.reference, control_type: mode() } });
+    const done = await watch(created.task_id, () => {});
+    if (ticket !== state.mapTask) return;  // the reference or the mode changed meanwhile
+    if (done.status !== 3) throw new ApiError(done.reason || STATUS[done.status]);
+    $("control-map").src = resultUrls(done)[0];
+    $("control-map-caption").textContent = `${MODES[mode()]} map`;
+  } catch (error) {
+    if (ticket === state.mapTask) $("control-map-caption").textContent = "no control map: " + error.message;
+  }
+}
+
+// -- the knobs --------------------------------------------------------------------------------
+$("intensity").addEventListener("input", () => { $("intensity-value").textContent = Number($("intensity").value).toFixed(2); });
+$("seed-random").addEventListener("change", () => { $("seed").disabled = $("seed-random").checked; });
+document.querySelectorAll("[data-size]").forEach((button) => button.addEventListener("click", () => {
+  const [width, height] = button.dataset.size.split("x");
+  $("width").value = width; $("height").value = height;
+}));
+$("init-file").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  showError("init-error", "");
+  if (!file) return;
+  try { state.init = await upload(file); $("init-url").value = ""; } catch (error) { showError("init-error", error); }
+});
+$("init-url").addEventListener("change", (event) => { state.init = event.target.value.trim() || null; });
+$("init-clear").addEventListener("click", () => { state.init = null; $("init-url").value = ""; $("init-file").value = ""; });
+
+function settingsFromForm() {
+  const settings = {
+    prompt: $("prompt").value,
+    reference_image: state.reference || "",
+    control_type: mode(),
+    control_intensity: Number($("intensity").value),
+    width: Number($("width").value),
+    height: Number($("height").value),
+    batch_size: Number($("batch-size").value),
+  };
+  if ($("negative-prompt").value.trim()) settings.negative_prompt = $("negative-prompt").value;
+  if (!$("seed-random").checked && $("seed").value !== "") settings.seed = Number($("seed").value);
+  if (state.init) settings.init_image = state.init;
+  return settings;
+}
+
+function fillForm(settings) {
+  $("prompt").value = settings.prompt || "";
+  $("negative-prompt").value = settings.negative_prompt || "";
+  document.querySelector(`input[name="mode"][value="${settings.control_type}"]`).checked = true;
+  $("intensity").value = settings.control_intensity; $("intensity").dispatchEvent(new Event("input"));
+  $("width").value = settings.width; $("height").value = settings.height;
+  $("batch-size").value = String(settings.batch_size);
+  $("seed-random").checked = settings.seed == null;
+  $("seed").disabled = settings.seed == null;
+  $("seed").value = settings.seed == null ? "" : settings.seed;
+  state.init = settings.init_image || null;
+  $("init-url").value = state.init && !state.init.includes("/v1/files/") ? state.init : "";
+  if (settings.reference_image) setReference(settings.reference_image);
+}
+
+// -- generating ---------------------------------------------------------------------------------
+$("job").addEventListener("submit", (event) => { event.preventDefault(); generate(settingsFromForm()); });
+
+async function generate(settings) {
+  showError("job-error", "");
+  if (!settings.reference_image) { showError("job-error", "reference_image: give a reference image first"); return; }
+  if (settings.seed === undefined) settings.seed = Math.floor(Math.random() * 2 ** 31);  // each image shows its seed
+  $("generate").disabled = true;
+  try {
+    const created = await api(CREATE, { method: "POST", json: settings });
+    state.running = created.task_id;
+    $("cancel").hidden = false;
+    $("run-progress").hidden = false; $("run-progress").value = 0;
+    const done = await watch(created.task_id, showRun);
+    $("run-preview").hidden = true;
+    if (done.status === 3) showImages(done, settings);
+    else showError("job-error", `${STATUS[done.status]}: ${done.reason}`);
+    loadHistory(true);
+  } catch (error) {
+    showError("job-error", error);  // the form keeps everything the user typed
+  } finally {
+    state.running = null;
+    $("generate").disabled = false;
+    $("cancel").hidden = true;
+  }
+}
+
+function showRun(data) {
+  const words = data.status === 1 ? `queued: ${data.position} ahead of it, about ${Math.round(data.wait_time)} s`
+    : data.status === 2 ? `generating: ${data.progress}%` : `${STATUS[data.status]} (${data.progress}%)`;
+  $("run-status").textContent = words;
+  $("run-progress").value = data.progress;
+  if (data.preview) { $("run-preview").src = data.preview; $("run-preview").hidden = false; }
+}
+
+$("cancel").addEventListener("click", async () => {
+  if (!state.running) return;
+  try { await api("/v1/open/pub/task/cancel", { method: "POST", json: { task_id: state.running } }); }
+  catch (error) { showError("job-error", error); }
+});
+
+function showImages(data, settings) {
+  const gallery = $("gallery");
+  gallery.replaceChildren();
+  resultUrls(data).forEach((url, index) => {
+    const seed = settings.seed + index;
+    const item = document.createElement("li");
+    const image = document.createElement("img");
+    image.src = url; image.alt = `result ${index + 1}, seed ${seed}`;
+    const tools = document.createElement("div"); tools.className = "tools";
+    const download = document.createElement("a");
+    download.href = url; download.download = `ref2img-${data.task_id}-${index + 1}.png`;
+    download.textContent = "Download";
+    const again = document.createElement("button");
+    again.type = "button"; again.textContent = "Same settings again";
+    again.addEventListener("click", () => { fillForm(settings); generate({ ...settings, seed: undefined }); });
+    const reuse = document.createElement("button");
+    reuse.type = "button"; reuse.textContent = "Use as reference";
+    reuse.addEventListener("click", () => { setReference(url); $("drop").focus(); });
+    const caption = document.createElement("span"); caption.textContent = `seed ${seed}`;
+    tools.append(download, reuse, again, caption);
+    item.append(image, tools);
+    gallery.append(item);
+  });
+  $("run-status").textContent = `done: ${resultUrls(data).length} image(s)`;
+  $("run-progress").value = 100;
+}
+
+// -- history ------------------------------------------------------------------------------------
+async function loadHistory(fromStart) {
+  if (fromStart) { state.historyPage = 1; $("history").replaceChildren(); }
+  let page;
+  try { page = await api(`/v1/tasks?page=${state.historyPage}&page_size=${HISTORY_PAGE}`); }
+  catch (error) { return; }
+  for (const task of page.tasks.filter((entry) => entry.kind === "img2img")) $("history").append(historyItem(task));
+  $("history-more").hidden = state.historyPage * HISTORY_PAGE >= page.total;
+}
+$("history-more").addEventListener("click", () => { state.historyPage += 1; loadHistory(false); });
+
+function historyItem(task) {
+  const settings = task.settings;
+  const item = document.createElement("li");
+  const [first] = resultUrls(task);
+  if (first) { const image = document.createElement("img"); image.src = first; image.alt = ""; item.append(image); }
+  const about = document.createElement("div"); about.className = "about";
+  const prompt = document.createElement("p"); prompt.textContent = settings.prompt;
+  const meta = document.createElement("p"); meta.className = "meta";
+  const when = new Date(task.created_at * 1000).toLocaleString();
+  meta.textContent = `${STATUS[task.status]} · ${MODES[settings.control_type]} · ${settings.width}×${settings.height}` +
+    ` · ${settings.batch_size} image(s)${settings.seed != null ? ` · seed ${settings.seed}` : ""} · ${when}`;
+  about.append(prompt, meta);
+  const load = document.createElement("button");
+  load.type = "button"; load.textContent = "Load settings";
+  load.addEventListener("click", () => { fillForm(settings); $("prompt").focus(); });
+  item.append(about, load);
+  return item;
+}
+
+boot().catch((error) => { $("loading").textContent = "The studio could not start: " + error.message; });

@@ -1,0 +1,130 @@
+"""ref2img studio: the page at `/` and its sign-in. The page itself speaks the public API (the same
+routes as every client), authenticated by a session cookie instead of Basic credentials.
+
+Signing in, two ways:
+- the link `ref2img serve` prints at start (as Jupyter does): `http://HOST:PORT/#token=…`. The token
+  is in the fragment, which a browser never sends: the page posts it in a request body, and the server
+  answers with a session of this server's `studio` key;
+- an app key and secret, checked like Basic credentials.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ref2img.auth.keys import create_key
+from ref2img.protocol import ErrorCode
+from ref2img.server.auth import count_failure, refuse_if_throttled
+from ref2img.server.errors import ApiError, ok
+from ref2img.tasks.store import Store
+
+STATIC = resources.files("ref2img.server") / "static"
+STUDIO_KEY_NAME = "studio"
+
+router = APIRouter(include_in_schema=False)
+
+
+class SignInLink:
+    """The token of this process's sign-in link, and the key it signs browsers in to."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self.token = secrets.token_urlsafe(32)
+        self._app_key: str | None = None
+        self._lock = threading.Lock()
+
+    def url(self, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/#token={self.token}"
+
+    def matches(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.token.encode())
+
+    def app_key(self) -> str:
+        """The deployment's `studio` key (made on first use; its secret is never needed: the link vouches)."""
+        with self._lock:
+            if self._app_key is None:
+                live = [
+                    row for row in self._store.keys.list() if row.name == STUDIO_KEY_NAME and row.revoked_at is None
+                ]
+                self._app_key = live[0].app_key if live else create_key(self._store, STUDIO_KEY_NAME).app_key
+            return self._app_key
+
+
+def services(request: Request) -> Any:
+    return request.app.state.services
+
+
+@router.get("/")
+def page() -> FileResponse:
+    return FileResponse(str(STATIC / "index.html"), headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/studio/session")
+def who(request: Request) -> JSONResponse:
+    """The signed-in key and the session's CSRF token (readable by this origin's page only)."""
+    session = services(request).sessions.read(request)
+    if session is None or not services(request).verifier.is_live(session.app_key):
+        return JSONResponse(ok({"signed_in": False}))
+    return JSONResponse(ok({"signed_in": True, "app_key": session.app_key, "csrf": session.csrf}))
+
+
+async def sign_in_body(request: Request) -> dict[str, Any]:
+    # JSON only: a cross-site form cannot send it without a CORS preflight this server never grants.
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise ApiError(ErrorCode.INVALID_PARAMETER, "body: must be JSON (Content-Type: application/json)")
+    origin = request.headers.get("origin")
+    if origin is not None and origin.rstrip("/") != str(request.base_url).rstrip("/"):
+        raise ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: sign-in from another site", 403)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ApiError(ErrorCode.INVALID_PARAMETER, "body: must be a JSON object")
+    return body
+
+
+@router.post("/studio/session")
+async def sign_in(request: Request, body: Annotated[dict, Depends(sign_in_body)]) -> JSONResponse:
+    svc = services(request)
+    token, app_key, secret = body.get("token"), body.get("app_key"), body.get("app_secret")
+    if isinstance(token, str) and token:
+        refuse_if_throttled(request, "")
+        if not svc.studio.matches(token):
+            count_failure(request, "")
+            raise ApiError(
+                ErrorCode.UNAUTHORIZED,
+                "unauthorized: this sign-in link is not this server's (it changes at every start; "
+                "use the one it printed last)",
+                401,
+            )
+        app_key = await run_in_threadpool(svc.studio.app_key)
+    elif isinstance(app_key, str) and isinstance(secret, str) and app_key and secret:
+        refuse_if_throttled(request, app_key)
+        if not await run_in_threadpool(svc.verifier.verify, app_key, secret):
+            count_failure(request, app_key)
+            raise ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: unknown app key or wrong secret", 401)
+    else:
+        raise ApiError(ErrorCode.INVALID_PARAMETER, "body: give either token, or app_key and app_secret")
+    session = svc.sessions.new(app_key)
+    response = JSONResponse(ok({"signed_in": True, "app_key": app_key, "csrf": session.csrf}))
+    svc.sessions.start(response, session)
+    return response
+
+
+@router.delete("/studio/session")
+def sign_out(request: Request) -> JSONResponse:
+    session = services(request).sessions.read(request)
+    if session is not None and not session.allows(request):
+        raise ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: signing out needs the X-CSRF-Token header", 401)
+    response = JSONResponse(ok({"signed_in": False}))
+    services(request).sessions.end(response)
+    return response

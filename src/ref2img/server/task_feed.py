@@ -1,0 +1,107 @@
+"""Our extensions for people watching their tasks (the studio uses them; any client may):
+
+- `GET /v1/tasks`: the signed-in key's tasks, newest first, paged, with the settings each was asked with;
+- `GET /v1/tasks/{task_id}/events`: Server-Sent Events, one `task` event (the query's `data`) each time
+  the task changes, until it ends. The long-poll query keeps working as before.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from ref2img.protocol import MAX_TASK_ID_CHARS, ErrorCode, TaskStatus, text_problem
+from ref2img.server import openapi
+from ref2img.server.auth import authenticate
+from ref2img.server.errors import ApiError, ok
+from ref2img.server.routes import services, store_read
+from ref2img.server.views import task_summary
+
+router = APIRouter(tags=["extensions"])
+AppKey = Annotated[str, Depends(authenticate)]
+KEEPALIVE_S = 15.0  # an unchanged task is sent again this often, so that proxies keep the stream open
+MAX_PAGE_SIZE = 100
+
+
+@router.get("/v1/tasks", responses=openapi.ENVELOPE_RESPONSES)
+async def list_tasks(
+    request: Request,
+    app_key: AppKey,
+    page: Annotated[int, Query(ge=1, le=10**6, description="1 is the newest")] = 1,
+    page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
+) -> dict[str, Any]:
+    """This key's tasks, newest first: each one's query `data`, kind, times and settings."""
+    svc = services(request)
+    base_url = str(request.base_url)
+
+    def read() -> dict[str, Any]:
+        rows, total = svc.store.tasks.list_for_key(app_key, (page - 1) * page_size, page_size)
+        tasks = [task_summary(row, svc.task_data(row, base_url)) for row in rows]
+        return {"tasks": tasks, "page": page, "page_size": page_size, "total": total}
+
+    return ok(await store_read(svc, read))
+
+
+@router.get(
+    "/v1/tasks/{task_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "`text/event-stream`: a `task` event with the query's `data` at each change",
+            "content": {"text/event-stream": {}},
+        }
+    },
+)
+async def task_events(request: Request, task_id: str, app_key: AppKey) -> StreamingResponse:
+    """Status, progress, queue position and step preview of one task, as they change, until it ends."""
+    svc = services(request)
+    if not 0 < len(task_id) <= MAX_TASK_ID_CHARS or text_problem(task_id):
+        raise ApiError(
+            ErrorCode.INVALID_PARAMETER,
+            f"task_id: must be a non-empty string of at most {MAX_TASK_ID_CHARS} characters",
+        )
+    base_url = str(request.base_url)
+
+    def read() -> dict[str, Any] | None:
+        task = svc.store.tasks.get(task_id, app_key)
+        return svc.task_data(task, base_url) if task is not None else None
+
+    first = await store_read(svc, read)
+    if first is None:
+        raise ApiError(ErrorCode.TASK_NOT_FOUND, f"task_id: no task {task_id!r}", 404)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may hold the events back
+    return StreamingResponse(_changes(request, svc, read, first), media_type="text/event-stream", headers=headers)
+
+
+async def _changes(request: Request, svc: Any, read, data: dict[str, Any]) -> AsyncIterator[str]:
+    sent_at = time.monotonic()
+    yield _event(data)
+    while not TaskStatus(data["status"]).is_final and not await request.is_disconnected():
+        seen = svc.store.tasks.changes.version
+        await svc.store.tasks.changes.wait_async(seen, 1.0)  # local changes wake it; 1 s catches other nodes'
+        now = await store_read(svc, read)
+        if now is None:
+            return
+        if _changed(now, data) or time.monotonic() - sent_at > KEEPALIVE_S:
+            data, sent_at = now, time.monotonic()
+            yield _event(data)
+
+
+def _event(data: dict[str, Any]) -> str:
+    """One Server-Sent Event (the HTML standard's format): the task's `data` as JSON, on one line."""
+    return f"event: task\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _changed(now: dict[str, Any], before: dict[str, Any]) -> bool:
+    """Anything a watcher sees changed (a preview's signed URL differs at every read: its path is compared)."""
+    keys = ("status", "progress", "position", "reason")
+    return any(now[key] != before[key] for key in keys) or _path(now) != _path(before)
+
+
+def _path(data: dict[str, Any]) -> str:
+    return str(data.get("preview", "")).split("?")[0]
