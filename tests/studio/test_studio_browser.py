@@ -1,0 +1,218 @@
+"""ref2img studio in a real browser: Debian's Chromium, driven by Playwright, against `ref2img serve` on
+the tiny model. Screenshots of each flow are kept as test artifacts (`test-artifacts/studio/`, or
+$REF2IMG_TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ..server.conftest import Server
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
+
+ARTIFACTS = Path(os.environ.get("REF2IMG_TEST_ARTIFACTS", "test-artifacts")) / "studio"
+CHROMIUM = os.environ.get("REF2IMG_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("REF2IMG_REQUIRE_SERVICES"):
+            pytest.fail("no chromium on this machine (apt install chromium); CI must run the browser tests")
+        pytest.skip("no chromium on this machine (apt install chromium)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as driver:
+        instance = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def start_server(tmp_path_factory, tiny_model, steps: int) -> tuple[Server, str]:
+    server = Server(tmp_path_factory.mktemp("studio-browser") / "data", tiny_model, "--part", f"steps={steps}").start()
+    server.wait_engine()
+    deadline = time.monotonic() + 30
+    while not (found := re.search(r"ref2img studio: (\S+)", server.log())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert found, server.log()
+    return server, found.group(1)
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, tiny_sd15):
+    server, link = start_server(tmp_path_factory, tiny_sd15, steps=8)
+    yield server, link
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_studio(tmp_path_factory, tiny_sd15):
+    """Long enough tasks to cancel one while it runs."""
+    server, link = start_server(tmp_path_factory, tiny_sd15, steps=500)
+    yield server, link
+    server.stop()
+
+
+@pytest.fixture
+def reference(tmp_path, astronaut) -> Path:
+    path = tmp_path / "astronaut.png"
+    astronaut.resize((384, 384)).save(path)
+    return path
+
+
+def open_signed_in(browser, link: str, **context):
+    page = browser.new_context(accept_downloads=True, **context).new_page()
+    page.goto(link)
+    page.wait_for_selector("#studio:not([hidden])", timeout=20_000)
+    return page
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def fill_job(page, prompt: str = "an astronaut in a sunflower field") -> None:
+    page.fill("#prompt", prompt)
+    page.fill("#width", "512")
+    page.fill("#height", "512")
+
+
+def test_sign_in_through_the_printed_link(browser, studio):
+    server, link = studio
+    page = browser.new_page()
+    page.goto(link)
+    page.wait_for_selector("#studio:not([hidden])", timeout=20_000)
+    assert "token" not in page.url  # the link's token leaves the address bar at once
+    assert page.inner_text("#who-key").startswith("ak_")
+    shot(page, "signed-in")
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in:not([hidden])")
+    page.reload()
+    page.wait_for_selector("#sign-in:not([hidden])")  # signed out for good: the cookie is gone
+    page.close()
+
+
+def test_reference_control_map_generate_progress_and_download(browser, studio, reference):
+    _, link = studio
+    page = open_signed_in(browser, link)
+    page.set_input_files("#reference-file", str(reference))
+    page.wait_for_function("document.querySelector('#control-map').complete && "
+                           "document.querySelector('#control-map').naturalWidth > 0", timeout=30_000)
+    assert page.inner_text("#control-map-caption") == "edges map"
+    page.check('input[name="mode"][value="3"]')  # depth: a new map for the same reference
+    page.wait_for_function("document.querySelector('#control-map-caption').textContent === 'depth map'",
+                           timeout=30_000)
+    fill_job(page)
+    page.select_option("#batch-size", "2")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img", timeout=60_000)
+    assert page.eval_on_selector("#run-progress", "el => el.value") == 100
+    assert page.locator("#gallery li").count() == 2
+    seeds = page.locator("#gallery .tools span").all_inner_texts()
+    first = int(seeds[0].split()[1])
+    assert seeds == [f"seed {first}", f"seed {first + 1}"]  # each image shows its own seed
+    shot(page, "generated")
+    with page.expect_download() as caught:
+        page.locator("#gallery a", has_text="Download").first.click()
+    path = caught.value.path()
+    assert Image.open(path).size == (512, 512)
+
+    page.locator("#gallery button", has_text="Use as reference").first.click()
+    assert "/v1/files/results/" in page.get_attribute("#reference-preview", "src")
+    page.close()
+
+
+def test_a_file_that_is_not_an_image_gets_an_inline_error_and_keeps_the_form(browser, studio, tmp_path):
+    _, link = studio
+    page = open_signed_in(browser, link)
+    page.fill("#prompt", "keep me")
+    notes = tmp_path / "notes.png"
+    notes.write_text("this is not an image")
+    page.set_input_files("#reference-file", str(notes))
+    page.wait_for_function("document.querySelector('#reference-error').textContent.length > 0", timeout=15_000)
+    assert page.inner_text("#reference-error").startswith("file:")
+    assert page.input_value("#prompt") == "keep me"
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#job-error').textContent.length > 0")
+    assert page.inner_text("#job-error").startswith("reference_image:")  # no reference yet: said, not sent
+    shot(page, "error")
+    page.close()
+
+
+def test_the_servers_own_range_message_shows_inline(browser, studio, reference):
+    _, link = studio
+    page = open_signed_in(browser, link)
+    page.set_input_files("#reference-file", str(reference))
+    page.wait_for_selector("#reference-preview:not([hidden])")
+    fill_job(page)
+    page.fill("#width", "4096")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#job-error').textContent.length > 0", timeout=15_000)
+    assert "width" in page.inner_text("#job-error") and "2048" in page.inner_text("#job-error")
+    assert page.input_value("#width") == "4096" and page.input_value("#prompt").startswith("an astronaut")
+    page.close()
+
+
+def test_cancel_a_running_task(browser, slow_studio, reference):
+    _, link = slow_studio
+    page = open_signed_in(browser, link)
+    page.set_input_files("#reference-file", str(reference))
+    page.wait_for_selector("#reference-preview:not([hidden])")
+    page.check('input[name="mode"][value="2"]')  # subject: no control map to wait for
+    fill_job(page)
+    page.select_option("#batch-size", "4")  # 500 steps of 4 images: long enough to cancel halfway
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#run-status').textContent.startsWith('generating')",
+                           timeout=30_000)
+    page.wait_for_selector("#run-preview:not([hidden])", timeout=30_000)  # a step preview while it runs
+    shot(page, "running")
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#job-error').textContent.startsWith('cancelled')",
+                           timeout=30_000)
+    assert page.is_hidden("#cancel") and page.is_enabled("#generate")
+    page.close()
+
+
+def test_history_survives_a_reload_and_loads_settings(browser, studio, reference):
+    _, link = studio
+    page = open_signed_in(browser, link)
+    page.set_input_files("#reference-file", str(reference))
+    page.wait_for_selector("#reference-preview:not([hidden])")
+    fill_job(page, prompt="a history worth keeping")
+    page.uncheck("#seed-random")
+    page.fill("#seed", "4242")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img", timeout=60_000)
+    page.reload()
+    page.wait_for_selector("#studio:not([hidden])")
+    entry = page.locator("#history li", has_text="a history worth keeping").first
+    entry.wait_for(timeout=15_000)
+    assert "seed 4242" in entry.inner_text()
+    page.fill("#prompt", "")
+    entry.get_by_role("button", name="Load settings").click()
+    assert page.input_value("#prompt") == "a history worth keeping" and page.input_value("#seed") == "4242"
+    shot(page, "history")
+    page.close()
+
+
+def test_keyboard_phone_width_and_dark_theme(browser, studio):
+    _, link = studio
+    page = open_signed_in(browser, link, viewport={"width": 390, "height": 844}, color_scheme="dark")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"  # follows the system
+    assert page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")  # no sideways scroll
+    with page.expect_file_chooser() as chooser:
+        page.locator("#drop").press("Enter")  # the drop zone opens the file picker from the keyboard
+    assert chooser.value is not None
+    shot(page, "phone-dark")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.id || document.activeElement.name")
+    assert focused  # focus moves on to the next control
+    page.click("#theme")
+    assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    page.close()
