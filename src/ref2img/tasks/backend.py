@@ -46,8 +46,15 @@ class Backend:
         )
 
     def worker(self) -> Worker:
-        kind = "embedded" if self.settings.embedded else "worker"
-        return Worker(self.store.tasks, self.store.fleet, self.context, kind=kind, lease_s=self.settings.lease_s)
+        embedded = self.settings.embedded
+        return Worker(
+            self.store.tasks,
+            self.store.fleet,
+            self.context,
+            kind="embedded" if embedded else "worker",
+            lease_s=self.settings.lease_s,
+            record=not embedded,
+        )
 
     def close(self) -> None:
         self.queue.close()

@@ -24,9 +24,14 @@ log = logging.getLogger("ref2img.worker")
 
 
 class Worker:
-    def __init__(self, tasks: TaskStore, fleet: Fleet, context: RunContext, *, kind: str, lease_s: float):
+    def __init__(
+        self, tasks: TaskStore, fleet: Fleet, context: RunContext, *, kind: str, lease_s: float, record: bool = True
+    ):
+        """`record`: add each task's time to this worker's totals in the store (`/metrics` of a fleet);
+        the embedded server skips that write, as it has one worker and no per-worker metrics."""
         self.owner = f"{kind}-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"  # fits lease_owner
         self.lease_s = lease_s
+        self._record = record
         self._tasks = tasks
         self._fleet = fleet
         self._context = context
@@ -61,7 +66,7 @@ class Worker:
             self._running.add(task.id)
         try:
             outcome = run_task(task, self.owner, self._context)
-            if outcome.steps:
+            if self._record and outcome.steps:
                 self._fleet.task_done(self.owner, outcome.seconds, outcome.steps, outcome.step_seconds)
         except Exception:  # the store failed under the task (locked, disk full): the worker lives on,
             # and the task's lease runs out so it is claimed and run again.
