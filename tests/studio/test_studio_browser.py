@@ -73,6 +73,13 @@ def open_signed_in(browser, link: str, **context):
     return page
 
 
+def with_reference(page, reference: Path):
+    """Pick the reference through the page's file input, and wait until it shows."""
+    page.set_input_files("#reference-file", str(reference))
+    page.wait_for_selector("#reference-preview:not([hidden])")
+    return page
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
@@ -147,9 +154,7 @@ def test_a_file_that_is_not_an_image_gets_an_inline_error_and_keeps_the_form(bro
 
 def test_the_servers_own_range_message_shows_inline(browser, studio, reference):
     _, link = studio
-    page = open_signed_in(browser, link)
-    page.set_input_files("#reference-file", str(reference))
-    page.wait_for_selector("#reference-preview:not([hidden])")
+    page = with_reference(open_signed_in(browser, link), reference)
     fill_job(page)
     page.fill("#width", "4096")
     page.click("#generate")
@@ -161,9 +166,7 @@ def test_the_servers_own_range_message_shows_inline(browser, studio, reference):
 
 def test_cancel_a_running_task(browser, slow_studio, reference):
     _, link = slow_studio
-    page = open_signed_in(browser, link)
-    page.set_input_files("#reference-file", str(reference))
-    page.wait_for_selector("#reference-preview:not([hidden])")
+    page = with_reference(open_signed_in(browser, link), reference)
     page.check('input[name="mode"][value="2"]')  # subject: no control map to wait for
     fill_job(page)
     page.select_option("#batch-size", "4")  # 500 steps of 4 images: long enough to cancel halfway
@@ -181,9 +184,7 @@ def test_cancel_a_running_task(browser, slow_studio, reference):
 
 def test_history_survives_a_reload_and_loads_settings(browser, studio, reference):
     _, link = studio
-    page = open_signed_in(browser, link)
-    page.set_input_files("#reference-file", str(reference))
-    page.wait_for_selector("#reference-preview:not([hidden])")
+    page = with_reference(open_signed_in(browser, link), reference)
     fill_job(page, prompt="a history worth keeping")
     page.uncheck("#seed-random")
     page.fill("#seed", "4242")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import func, or_, select, update
 
@@ -132,50 +133,41 @@ class TaskStore:
 
     # -- the queue: leases ---------------------------------------------------------------------
     def claim_next(self, owner: str, lease_s: float) -> TaskRow | None:
-        now = time.time()
-        with self._db.session() as session:
-            # SKIP LOCKED: concurrent claimers on PostgreSQL take different tasks instead of queueing
-            # on one row (SQLite has a single writer and ignores it).
-            oldest = (
-                select(TaskRow.id)
-                .where(TaskRow.status == TaskStatus.QUEUED)
-                .order_by(TaskRow.created_at)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-                .scalar_subquery()
-            )
-            task = session.scalar(
-                update(TaskRow)
-                .where(TaskRow.id == oldest, TaskRow.status == TaskStatus.QUEUED)
-                .values(
-                    status=TaskStatus.PROCESSING,
-                    lease_owner=owner,
-                    lease_expires=now + lease_s,
-                    started_at=now,
-                    attempts=TaskRow.attempts + 1,
-                    progress=0,
-                    preview=None,
-                )
-                .returning(TaskRow)
-            )
-        if task is not None:
-            self.changes.notify()
-        return task
+        """Lease the oldest queued task (the embedded queue), or None when none waits."""
+        # SKIP LOCKED: concurrent claimers on PostgreSQL take different tasks instead of queueing
+        # on one row (SQLite has a single writer and ignores it).
+        oldest = (
+            select(TaskRow.id)
+            .where(TaskRow.status == TaskStatus.QUEUED)
+            .order_by(TaskRow.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        return self._lease(owner, lease_s, lambda now: (TaskRow.id == oldest, TaskRow.status == TaskStatus.QUEUED))
 
     def claim(self, task_id: str, owner: str, lease_s: float) -> TaskRow | None:
         """Lease one given task (a queue message names it): queued, or processing with an expired
         lease (its worker died). None when it is running elsewhere or finished: a duplicate message."""
+        return self._lease(
+            owner,
+            lease_s,
+            lambda now: (
+                TaskRow.id == task_id,
+                or_(
+                    TaskRow.status == TaskStatus.QUEUED,
+                    (TaskRow.status == TaskStatus.PROCESSING) & (TaskRow.lease_expires < now),
+                ),
+            ),
+        )
+
+    def _lease(self, owner: str, lease_s: float, which: Callable[[float], tuple[Any, ...]]) -> TaskRow | None:
+        """Move the task that `which(now)` selects to processing under `owner`'s lease, in one UPDATE."""
         now = time.time()
         with self._db.session() as session:
             task = session.scalar(
                 update(TaskRow)
-                .where(
-                    TaskRow.id == task_id,
-                    or_(
-                        TaskRow.status == TaskStatus.QUEUED,
-                        (TaskRow.status == TaskStatus.PROCESSING) & (TaskRow.lease_expires < now),
-                    ),
-                )
+                .where(*which(now))
                 .values(
                     status=TaskStatus.PROCESSING,
                     lease_owner=owner,
