@@ -90,6 +90,30 @@ def models_pull(
     err.print(f"preset {preset.name!r} is ready", highlight=False)
 
 
+@app.command("mirror")
+def models_mirror(
+    port: Annotated[int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="port to listen on")] = 8090,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "0.0.0.0",
+    cache: Annotated[
+        Path | None, typer.Option("--cache", metavar="DIR", help="a Hugging Face hub cache (default: this machine's)")
+    ] = None,
+) -> None:
+    """Serve this machine's Hugging Face cache to other machines, read-only, over the Hub's download API:
+    `HF_ENDPOINT=http://THIS-HOST:PORT ref2img models pull PRESET` on each worker."""
+    import uvicorn
+    from huggingface_hub import constants
+
+    from ref2img.engines.local.mirror import create_mirror
+
+    folder = (cache or Path(constants.HF_HUB_CACHE)).expanduser()
+    if not folder.is_dir():
+        fail(
+            f"--cache: {folder} is not a folder (pull a preset first, or point at a Hugging Face hub cache)", EXIT_USAGE
+        )
+    err.print(f"serving {folder} at http://{host}:{port} (HF_ENDPOINT for the workers)", highlight=False)
+    uvicorn.run(create_mirror(folder), host=host, port=port, log_level="warning")
+
+
 @app.command("tiny")
 def models_tiny(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="folder to build the tiny models in")],

@@ -97,17 +97,52 @@ def _hub(repo: str, *files: str, subfolder: str | None = None, weight: str | Non
     return ModelRef(repo, subfolder=subfolder, weight_name=weight, variant=variant, files=files or None)
 
 
-_FP16_PIPELINE = ("*.json", "*.txt", "*/*.fp16.safetensors")
-_DEPTH = _hub("depth-anything/Depth-Anything-V2-Small-hf", "*.json", "*.safetensors")
+# What each part's loader reads, file by file (docs/models.md has the repos' real layouts and sources).
+# Hub allow-patterns match "*" across "/", so they name folders: a broad "*/*.fp16.safetensors" also
+# fetched SD 1.5's safety checker (608 MB) that the loader never loads.
+_FP16_WEIGHTS = "diffusion_pytorch_model.fp16.safetensors"  # half the download of the fp32 file
+_SD15_BASE_FILES = (
+    "model_index.json",
+    "feature_extractor/preprocessor_config.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/*",
+    "text_encoder/config.json",
+    "text_encoder/model.fp16.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+)
+_SDXL_BASE_FILES = (  # its own VAE is replaced by madebyollin/sdxl-vae-fp16-fix: config only
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/*",
+    "tokenizer_2/*",
+    "text_encoder/config.json",
+    "text_encoder/model.fp16.safetensors",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.fp16.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",
+)
+_DEPTH = _hub(
+    "depth-anything/Depth-Anything-V2-Small-hf", "config.json", "preprocessor_config.json", "model.safetensors"
+)
 _POSE_DETECTOR = _hub("yzd-v/DWPose", "yolox_l.onnx", weight="yolox_l.onnx")
 _POSE_ESTIMATOR = _hub("yzd-v/DWPose", "dw-ll_ucoco_384.onnx", weight="dw-ll_ucoco_384.onnx")
-_VIT_H_ENCODER = _hub("h94/IP-Adapter", "models/image_encoder/*", subfolder="models/image_encoder")
+_VIT_H_ENCODER = _hub(  # not its pytorch_model.bin: the same 2.5 GB again, as a pickle
+    "h94/IP-Adapter",
+    "models/image_encoder/config.json",
+    "models/image_encoder/model.safetensors",
+    subfolder="models/image_encoder",
+)
 
 _SDXL = Preset(
     name="sdxl",
     family="sdxl",
     description="SDXL base 1.0 + union ControlNet (edge/pose/depth) + IP-Adapter plus; best quality, ~10 GB GPU",
-    base=_hub("stabilityai/stable-diffusion-xl-base-1.0", *_FP16_PIPELINE, variant="fp16"),
+    base=_hub("stabilityai/stable-diffusion-xl-base-1.0", *_SDXL_BASE_FILES, variant="fp16"),
     vae=_hub("madebyollin/sdxl-vae-fp16-fix", "config.json", "diffusion_pytorch_model.safetensors"),
     controlnets={
         "union": _hub("xinsir/controlnet-union-sdxl-1.0", "config.json", "diffusion_pytorch_model.safetensors")
@@ -147,11 +182,11 @@ PRESETS: dict[str, Preset] = {
         name="sd15",
         family="sd15",
         description="SD 1.5 + ControlNet v1.1 canny/openpose/depth + IP-Adapter plus; for small GPUs and CPUs",
-        base=_hub("stable-diffusion-v1-5/stable-diffusion-v1-5", *_FP16_PIPELINE, variant="fp16"),
+        base=_hub("stable-diffusion-v1-5/stable-diffusion-v1-5", *_SD15_BASE_FILES, variant="fp16"),
         controlnets={
-            "edge": _hub("lllyasviel/control_v11p_sd15_canny", "config.json", "diffusion_pytorch_model.safetensors"),
-            "pose": _hub("lllyasviel/control_v11p_sd15_openpose", "config.json", "diffusion_pytorch_model.safetensors"),
-            "depth": _hub("lllyasviel/control_v11f1p_sd15_depth", "config.json", "diffusion_pytorch_model.safetensors"),
+            "edge": _hub("lllyasviel/control_v11p_sd15_canny", "config.json", _FP16_WEIGHTS, variant="fp16"),
+            "pose": _hub("lllyasviel/control_v11p_sd15_openpose", "config.json", _FP16_WEIGHTS, variant="fp16"),
+            "depth": _hub("lllyasviel/control_v11f1p_sd15_depth", "config.json", _FP16_WEIGHTS, variant="fp16"),
         },
         ip_adapter=_hub(
             "h94/IP-Adapter",

@@ -1,0 +1,163 @@
+"""The real layouts of the Hub repos the sd15 preset names: every file, each repo with the public page
+its file list was read from. Sizes are those pages' (rounded as they show them), except the small
+text files and the h94/IP-Adapter adapters' own weights, which are estimates; the byte counts this
+gives are for planning, to within a few percent.
+The fixture hub (tests/test_models_mirror.py) serves these paths with tiny stand-in bytes, so that
+`ref2img models pull` is checked against what it would meet for real: what it fetches, what it leaves.
+
+MB = 10**6 bytes, as the Hub's pages count.
+"""
+
+from __future__ import annotations
+
+KB, MB, GB = 10**3, 10**6, 10**9
+
+LAYOUTS: dict[str, dict[str, int]] = {
+    # https://huggingface.co/pcuenq/stable-diffusion-v1-5/commit/63641623774da2998a288384bd73dffe1a02f004
+    # ("Duplicate from stable-diffusion-v1-5/stable-diffusion-v1-5": the file list); sizes from
+    # https://huggingface.co/runwayml/stable-diffusion-v1-5/discussions/106/files (LFS pointers).
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": {
+        ".gitattributes": 1_520,
+        "README.md": 14_460,
+        "feature_extractor/preprocessor_config.json": 342,
+        "model_index.json": 541,
+        "safety_checker/config.json": 4_720,
+        "safety_checker/model.fp16.safetensors": 608_018_440,
+        "safety_checker/model.safetensors": int(1.22 * GB),
+        "safety_checker/pytorch_model.bin": int(1.22 * GB),
+        "safety_checker/pytorch_model.fp16.bin": 608_103_564,
+        "scheduler/scheduler_config.json": 308,
+        "text_encoder/config.json": 617,
+        "text_encoder/model.fp16.safetensors": 246 * MB,
+        "text_encoder/model.safetensors": 492 * MB,
+        "text_encoder/pytorch_model.bin": 492 * MB,
+        "text_encoder/pytorch_model.fp16.bin": 246 * MB,
+        "tokenizer/merges.txt": 525 * KB,
+        "tokenizer/special_tokens_map.json": 472,
+        "tokenizer/tokenizer_config.json": 806,
+        "tokenizer/vocab.json": int(1.06 * MB),
+        "unet/config.json": 743,
+        "unet/diffusion_pytorch_model.bin": int(3.44 * GB),
+        "unet/diffusion_pytorch_model.fp16.bin": int(1.72 * GB),
+        "unet/diffusion_pytorch_model.fp16.safetensors": int(1.72 * GB),
+        "unet/diffusion_pytorch_model.non_ema.bin": int(3.44 * GB),
+        "unet/diffusion_pytorch_model.non_ema.safetensors": int(3.44 * GB),
+        "unet/diffusion_pytorch_model.safetensors": int(3.44 * GB),
+        "v1-5-pruned-emaonly.ckpt": int(4.27 * GB),
+        "v1-5-pruned-emaonly.safetensors": int(4.27 * GB),
+        "v1-5-pruned.ckpt": int(7.7 * GB),
+        "v1-5-pruned.safetensors": int(7.7 * GB),
+        "v1-inference.yaml": 1_870,
+        "vae/config.json": 547,
+        "vae/diffusion_pytorch_model.bin": 335 * MB,
+        "vae/diffusion_pytorch_model.fp16.bin": 167 * MB,
+        "vae/diffusion_pytorch_model.fp16.safetensors": 167 * MB,
+        "vae/diffusion_pytorch_model.safetensors": 335 * MB,
+    },
+    # https://huggingface.co/lllyasviel/control_v11p_sd15_canny/tree/main
+    "lllyasviel/control_v11p_sd15_canny": {
+        ".gitattributes": 1_580,
+        "README.md": 16_600,
+        "config.json": 996,
+        "control_net_canny.py": 1_380,
+        "diffusion_pytorch_model.bin": int(1.45 * GB),
+        "diffusion_pytorch_model.fp16.bin": 723 * MB,
+        "diffusion_pytorch_model.fp16.safetensors": 723 * MB,
+        "diffusion_pytorch_model.safetensors": int(1.45 * GB),
+        "images/control.png": 15 * KB,
+        "images/image_out.png": 800 * KB,
+        "images/input.png": 800 * KB,
+    },
+    # https://huggingface.co/lllyasviel/control_v11p_sd15_openpose/tree/main
+    "lllyasviel/control_v11p_sd15_openpose": {
+        ".gitattributes": 1_480,
+        "README.md": 15_700,
+        "config.json": 999,
+        "control_net_open_pose.py": 1_890,
+        "diffusion_pytorch_model.bin": int(1.45 * GB),
+        "diffusion_pytorch_model.fp16.bin": 723 * MB,
+        "diffusion_pytorch_model.fp16.safetensors": 723 * MB,
+        "diffusion_pytorch_model.safetensors": int(1.45 * GB),
+        "images/control.png": 20 * KB,
+        "images/input.png": 800 * KB,
+    },
+    # https://huggingface.co/lllyasviel/control_v11f1p_sd15_depth/tree/main
+    "lllyasviel/control_v11f1p_sd15_depth": {
+        ".gitattributes": 1_480,
+        "README.md": 17_000,
+        "config.json": 945,
+        "control_net_depth.py": 1_560,
+        "diffusion_pytorch_model.bin": int(1.45 * GB),
+        "diffusion_pytorch_model.fp16.bin": 723 * MB,
+        "diffusion_pytorch_model.fp16.safetensors": 723 * MB,
+        "diffusion_pytorch_model.safetensors": int(1.45 * GB),
+        "images/control.png": 145 * KB,
+        "images/image_out.png": 865 * KB,
+        "images/input.png": 890 * KB,
+    },
+    # https://huggingface.co/h94/IP-Adapter/tree/55964dca626aad0a3c7770d902c782a98806d795 (models/,
+    # sdxl_models/); models/image_encoder as copied from h94 at 0859e80 by
+    # https://huggingface.co/RyanJDick/ip_adapter_sd_image_encoder/tree/main; the sdxl_models list from
+    # https://huggingface.co/Charles-Elena/InstantStyle-SDXL-Lightning/blob/main/.gitignore
+    "h94/IP-Adapter": {
+        ".gitattributes": 1_520,
+        "README.md": 216,
+        "models/image_encoder/config.json": 560,
+        "models/image_encoder/model.safetensors": int(2.53 * GB),
+        "models/image_encoder/pytorch_model.bin": int(2.53 * GB),
+        "models/ip-adapter-plus_sd15.bin": 158 * MB,
+        "models/ip-adapter-plus_sd15.safetensors": 98 * MB,
+        "models/ip-adapter_sd15.bin": 44 * MB,
+        "models/ip-adapter_sd15.safetensors": 44 * MB,
+        "sdxl_models/image_encoder/config.json": 560,
+        "sdxl_models/image_encoder/model.safetensors": int(3.69 * GB),
+        "sdxl_models/image_encoder/pytorch_model.bin": int(3.69 * GB),
+        "sdxl_models/ip-adapter-plus_sdxl_vit-h.bin": 1_010 * MB,
+        "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors": 848 * MB,
+        "sdxl_models/ip-adapter_sdxl.safetensors": 703 * MB,
+        "sdxl_models/ip-adapter_sdxl_vit-h.safetensors": 698 * MB,
+    },
+    # https://huggingface.co/depth-anything/Depth-Anything-V2-Small-hf/tree/main
+    "depth-anything/Depth-Anything-V2-Small-hf": {
+        ".gitattributes": 1_520,
+        "README.md": 4_400,
+        "config.json": 950,
+        "model.safetensors": int(99.2 * MB),
+        "preprocessor_config.json": 775,
+    },
+    # https://huggingface.co/yzd-v/DWPose/commit/f7c16a3d45ad3783db41471848c80fbc281cabac (LFS pointers)
+    "yzd-v/DWPose": {
+        ".gitattributes": 1_520,
+        "dw-ll_ucoco.pth": 404_734_742,
+        "dw-ll_ucoco_384.onnx": 134_399_116,
+        "dw-ll_ucoco_384.pth": 406_878_486,
+        "dw-mm_ucoco.pth": 216_812_378,
+        "dw-ss_ucoco.pth": 102_933_707,
+        "dw-tt_ucoco.pth": 6_847_510,
+        "yolox_l.onnx": 217 * MB,
+    },
+}
+
+# What `ref2img models pull sd15` must fetch, and nothing else: the files its loaders read, written out
+# by hand (not derived from the preset's patterns, which are what is under test).
+SD15_NEEDS: dict[str, set[str]] = {
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": {
+        "model_index.json", "feature_extractor/preprocessor_config.json", "scheduler/scheduler_config.json",
+        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json", "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+        "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    },
+    "lllyasviel/control_v11p_sd15_canny": {"config.json", "diffusion_pytorch_model.fp16.safetensors"},
+    "lllyasviel/control_v11p_sd15_openpose": {"config.json", "diffusion_pytorch_model.fp16.safetensors"},
+    "lllyasviel/control_v11f1p_sd15_depth": {"config.json", "diffusion_pytorch_model.fp16.safetensors"},
+    "h94/IP-Adapter": {"models/image_encoder/config.json", "models/image_encoder/model.safetensors",
+                       "models/ip-adapter-plus_sd15.safetensors"},
+    "depth-anything/Depth-Anything-V2-Small-hf": {"config.json", "preprocessor_config.json", "model.safetensors"},
+    "yzd-v/DWPose": {"yolox_l.onnx", "dw-ll_ucoco_384.onnx"},
+}
+
+
+def real_bytes(needs: dict[str, set[str]]) -> int:
+    """What a pull of these files downloads from the real Hub."""
+    return sum(LAYOUTS[repo][path] for repo, paths in needs.items() for path in paths)
