@@ -114,6 +114,55 @@ def models_mirror(
     uvicorn.run(create_mirror(folder), host=host, port=port, log_level="warning")
 
 
+@app.command("bundle")
+def models_bundle(
+    preset_name: Annotated[str, typer.Argument(metavar="PRESET", help="a pulled preset (name or preset file)")],
+    target: Annotated[Path, typer.Argument(metavar="FILE", help="the bundle to write (a tar)")],
+) -> None:
+    """Put a pulled preset in one file, to carry to a machine with no network (`ref2img models import`)."""
+    from ref2img.engines.base import EngineError
+    from ref2img.engines.local.bundle import BundleError, bundle
+    from ref2img.engines.local.presets import resolve_preset
+
+    try:
+        preset = resolve_preset(preset_name)
+        files = bundle(preset, target, on_file=lambda f: err.print(f"{f.repo}/{f.path}", highlight=False))
+    except (EngineError, BundleError) as exc:
+        fail(str(exc))
+    err.print(
+        f"{target}: preset {preset.name!r}, {len(files)} files, {human_size(sum(f.size for f in files))}",
+        highlight=False,
+    )
+
+
+@app.command("import")
+def models_import(
+    source: Annotated[Path, typer.Argument(metavar="FILE", help="a bundle made by `ref2img models bundle`")],
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", metavar="DIR", help="the Hugging Face hub cache to fill (default: this machine's)"),
+    ] = None,
+) -> None:
+    """Check a bundle (sizes, hashes, preset version) and put its files in the model cache: the preset then
+    works with no network (HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import constants
+
+    from ref2img.engines.base import EngineError
+    from ref2img.engines.local.bundle import BundleError, import_bundle
+    from ref2img.engines.local.presets import resolve_preset
+
+    if not source.is_file():
+        fail(f"FILE: {source} does not exist", EXIT_USAGE)
+    folder = (cache or Path(constants.HF_HUB_CACHE)).expanduser()
+    try:
+        name, files = import_bundle(
+            source, resolve_preset, folder, on_file=lambda f: err.print(f"{f.repo}/{f.path}", highlight=False)
+        )
+    except (EngineError, BundleError) as exc:
+        fail(str(exc))
+    err.print(f"preset {name!r} is ready ({len(files)} files in {folder})", highlight=False)
+
+
 @app.command("tiny")
 def models_tiny(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="folder to build the tiny models in")],

@@ -32,6 +32,11 @@ def folder_of(ref: ModelRef, part: str, preset: Preset) -> Path:
     return path.parent if ref.weight_name else path
 
 
+def locate_snapshot(ref: ModelRef, part: str, preset: Preset) -> Path:
+    """The cache snapshot folder (the repo at its commit) that holds a hub part; ModelMissingError if absent."""
+    return _root(ref, part, preset)
+
+
 def _root(ref: ModelRef, part: str, preset: Preset) -> Path:
     if ref.is_local:
         return Path(ref.source).expanduser()
