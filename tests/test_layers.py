@@ -17,7 +17,8 @@ FORBIDDEN = {
     "engines": {"client", "server", "tasks", "auth", "cli"},
     "tasks": {"server", "cli", "client"},
     "auth": {"server", "cli", "client", "engines"},
-    "server": {"cli", "client"},
+    "server": {"cli", "client", "mcp_server"},
+    "mcp_server": {"server", "tasks", "cli", "auth"},
 }
 
 
