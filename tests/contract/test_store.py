@@ -271,7 +271,7 @@ def test_nodes_starting_at_once_migrate_once(backend, tmp_path, request):
     try:
         assert errors == [] and len(stores) == 4
         with stores[0].db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
         new_task(stores[1])
         assert stores[2].tasks.count_by_status() == {TaskStatus.QUEUED: 1}
     finally:

@@ -32,7 +32,9 @@ class NewKey:
     name: str
 
 
-def create_key(store: Store, name: str = "") -> NewKey:
+def create_key(
+    store: Store, name: str = "", max_concurrent: int | None = None, per_minute: int | None = None
+) -> NewKey:
     app_key = f"ak_{secrets.token_hex(12)}"
     secret = f"sk_{secrets.token_urlsafe(32)}"
     salt = secrets.token_bytes(16)
@@ -44,6 +46,8 @@ def create_key(store: Store, name: str = "") -> NewKey:
             secret_hash=_hash(secret, salt),
             webhook_key=signing_key(secret),
             created_at=time.time(),
+            max_concurrent=max_concurrent,
+            per_minute=per_minute,
         )
     )
     return NewKey(app_key, secret, name)

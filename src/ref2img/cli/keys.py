@@ -11,7 +11,19 @@ import typer
 
 from ref2img.cli._common import EXIT_USAGE, DataDirOption, DbOption, err, fail, new_group, out
 
-app = new_group("Create, list and revoke the server's app keys.")
+app = new_group("Create, list, limit and revoke the server's app keys.")
+
+MaxConcurrentOption = Annotated[
+    int | None,
+    typer.Option("--max-concurrent", metavar="N", min=0, help="tasks queued or running at once (0: no limit)"),
+]
+PerMinuteOption = Annotated[
+    int | None, typer.Option("--per-minute", metavar="N", min=0, help="tasks created a minute (0: no limit)")
+]
+
+
+def _limit(value: int | None) -> int | None:
+    return value or None  # 0 means no limit
 
 
 def open_store(data_dir: Path, db: str | None = None):
@@ -36,13 +48,15 @@ def keys_create(
             help='print `export REF2IMG_APP_KEY=… REF2IMG_APP_SECRET=…` lines: `eval "$(ref2img keys create --env)"`',
         ),
     ] = False,
+    max_concurrent: MaxConcurrentOption = None,
+    per_minute: PerMinuteOption = None,
 ) -> None:
     """Create an app key. The secret is shown this once; the server keeps only a salted hash."""
     import shlex
 
     from ref2img.auth.keys import create_key
 
-    key = create_key(open_store(data_dir, db), name)
+    key = create_key(open_store(data_dir, db), name, _limit(max_concurrent), _limit(per_minute))
     if as_json:
         print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name}))
         return
@@ -62,13 +76,15 @@ def keys_list(
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """App keys with their names and state (never their secrets)."""
+    """App keys with their names, state and quotas (never their secrets)."""
     rows = [
         {
             "app_key": row.app_key,
             "name": row.name,
             "created": datetime.fromtimestamp(row.created_at, UTC).isoformat(timespec="seconds"),
             "revoked": row.revoked_at is not None,
+            "max_concurrent": row.max_concurrent,
+            "per_minute": row.per_minute,
         }
         for row in open_store(data_dir, db).keys.list()
     ]
@@ -76,10 +92,37 @@ def keys_list(
         print(json.dumps(rows))
         return
     for row in rows:
+        limits = ", ".join(
+            f"{label} {row[field]}"
+            for field, label in (("max_concurrent", "at once"), ("per_minute", "a minute"))
+            if row[field]
+        )
         out.print(
-            f"{row['app_key']}  {row['created']}  {'revoked' if row['revoked'] else 'active'}  {row['name']}",
+            f"{row['app_key']}  {row['created']}  {'revoked' if row['revoked'] else 'active'}  {row['name']}"
+            + (f"  ({limits})" if limits else ""),
             highlight=False,
         )
+
+
+@app.command("update")
+def keys_update(
+    app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="the key to change")],
+    max_concurrent: MaxConcurrentOption = None,
+    per_minute: PerMinuteOption = None,
+    data_dir: DataDirOption = Path("ref2img-data"),
+    db: DbOption = None,
+) -> None:
+    """Change a key's quotas; past one, creates answer 680005 / HTTP 429 with Retry-After."""
+    limits = {
+        name: _limit(value)
+        for name, value in (("max_concurrent", max_concurrent), ("per_minute", per_minute))
+        if value is not None
+    }
+    if not limits:
+        fail("give --max-concurrent N and/or --per-minute N (0: no limit)", EXIT_USAGE)
+    if not open_store(data_dir, db).keys.set_limits(app_key, **limits):
+        fail(f"no key {app_key!r}", EXIT_USAGE)
+    out.print(f"updated {app_key}", highlight=False)
 
 
 @app.command("revoke")

@@ -32,7 +32,7 @@ from ref2img.server.auth import authenticate, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
 from ref2img.tasks.fetch import UrlRefused
 from ref2img.server.services import Services
-from ref2img.tasks.store import QueueFull, new_id
+from ref2img.tasks.store import QueueFull, Quota, QuotaExceeded, new_id
 
 router = APIRouter()
 AppKey = Annotated[str, Depends(authenticate)]
@@ -81,6 +81,13 @@ def _check_inputs(svc: Services, app_key: str, images: dict[str, str | None], ca
             raise ApiError(ErrorCode.INVALID_PARAMETER, f"callback: {exc}") from None
 
 
+def _quota(svc: Services, app_key: str) -> Quota | None:
+    row = svc.store.keys.get(app_key)
+    if row is None or (row.max_concurrent is None and row.per_minute is None):
+        return None
+    return Quota(max_concurrent=row.max_concurrent, per_minute=row.per_minute)
+
+
 def _enqueue(
     svc: Services, request: Request, app_key: str, kind: str, payload: dict, params: str | None, callback: str | None
 ) -> JSONResponse:
@@ -97,8 +104,9 @@ def _enqueue(
             idempotency_key=_idempotency_key(request),
             timeout_s=svc.settings.task_timeout_s,
             queue_limit=svc.settings.queue_limit,
+            quota=_quota(svc, app_key),
         )
-    except QueueFull as exc:
+    except (QueueFull, QuotaExceeded) as exc:
         raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
     if created:
         svc.queue.send(task.id)

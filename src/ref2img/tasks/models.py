@@ -54,6 +54,8 @@ class AppKeyRow(Base):
     webhook_key: Mapped[bytes] = mapped_column(LargeBinary)  # HMAC(secret, label): signs callbacks
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)  # queued + running; None: no limit
+    per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)  # tasks created in any 60 s
 
 
 class FileRow(Base):

@@ -26,6 +26,14 @@ class KeyStore:
         with self._db.session(write=False) as session:
             return list(session.scalars(select(AppKeyRow).order_by(AppKeyRow.created_at)))
 
+    def set_limits(self, app_key: str, **limits: int | None) -> bool:
+        """Set `max_concurrent` and/or `per_minute` (None: no limit); True when the key exists."""
+        with self._db.session() as session:
+            return (
+                rows_changed(session.execute(update(AppKeyRow).where(AppKeyRow.app_key == app_key).values(**limits)))
+                > 0
+            )
+
     def revoke(self, app_key: str) -> bool:
         """True when the key existed and was live."""
         with self._db.session() as session:

@@ -10,11 +10,14 @@ so a task never ends without its callback.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
 
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.events import ChangeFeed
@@ -28,6 +31,20 @@ MAX_ATTEMPTS = 3  # a task whose worker died this many times ends as failed, not
 class QueueFull(Exception):
     def __init__(self, depth: int, retry_after: int):
         super().__init__(f"the queue is full ({depth} tasks waiting); retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A key's limits (None: none). Checked in the transaction that creates the task."""
+
+    max_concurrent: int | None = None
+    per_minute: int | None = None
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(f"{message}; retry in {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -50,8 +67,10 @@ class TaskStore:
         idempotency_key: str | None,
         timeout_s: float,
         queue_limit: int,
+        quota: Quota | None = None,
     ) -> tuple[TaskRow, bool]:
-        """A new queued task, or the earlier one with the same idempotency key (created=False)."""
+        """A new queued task, or the earlier one with the same idempotency key (created=False).
+        QueueFull when the queue is full; QuotaExceeded when the key is at one of its limits."""
         now = time.time()
         with self._db.session() as session:
             if idempotency_key:
@@ -66,6 +85,8 @@ class TaskStore:
             )
             if depth >= queue_limit:
                 raise QueueFull(depth, retry_after=5)
+            if quota is not None:
+                _check_quota(session, app_key, quota, now)
             task = TaskRow(
                 id=new_id("t"),
                 app_key=app_key,
@@ -345,3 +366,29 @@ class TaskStore:
             self.changes.notify()
             self.queued.notify()
         return moved
+
+
+def _check_quota(session: Session, app_key: str, quota: Quota, now: float) -> None:
+    mine = select(func.count()).select_from(TaskRow).where(TaskRow.app_key == app_key)
+    if quota.max_concurrent is not None:
+        active = session.scalar(mine.where(TaskRow.status.in_((TaskStatus.QUEUED, TaskStatus.PROCESSING)))) or 0
+        if active >= quota.max_concurrent:
+            raise QuotaExceeded(
+                f"this key has {active} tasks queued or running, its limit ({quota.max_concurrent} at once)",
+                retry_after=5,
+            )
+    if quota.per_minute is not None:
+        window = now - 60
+        recent = session.scalar(mine.where(TaskRow.created_at > window)) or 0
+        if recent >= quota.per_minute:
+            # The window frees a slot when the oldest task in it turns 60 s old.
+            oldest = (
+                session.scalar(
+                    select(func.min(TaskRow.created_at)).where(TaskRow.app_key == app_key, TaskRow.created_at > window)
+                )
+                or now
+            )
+            raise QuotaExceeded(
+                f"this key created {recent} tasks in the last minute, its limit ({quota.per_minute} a minute)",
+                retry_after=max(1, math.ceil(oldest + 60 - now)),
+            )
