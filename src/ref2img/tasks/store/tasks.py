@@ -236,13 +236,7 @@ class TaskStore:
 
     def set_preview(self, task_id: str, owner: str, name: str) -> None:
         """The running task's latest step preview (a stored file name); the query shows it at status 2."""
-        with self._db.session() as session:
-            session.execute(
-                update(TaskRow)
-                .where(TaskRow.id == task_id, TaskRow.lease_owner == owner, TaskRow.status == TaskStatus.PROCESSING)
-                .values(preview=name)
-            )
-        self.changes.notify()
+        self._update_running(task_id, owner, preview=name)
 
     def list_for_key(self, app_key: str, offset: int, limit: int) -> tuple[list[TaskRow], int]:
         """One page of a key's tasks, newest first, and how many it has in all."""
@@ -258,11 +252,15 @@ class TaskStore:
         return list(rows), total
 
     def set_progress(self, task_id: str, owner: str, progress: int) -> None:
+        self._update_running(task_id, owner, progress=progress)
+
+    def _update_running(self, task_id: str, owner: str, **values: Any) -> None:
+        """Change a running task, only while `owner` holds its lease (a late worker changes nothing)."""
         with self._db.session() as session:
             session.execute(
                 update(TaskRow)
                 .where(TaskRow.id == task_id, TaskRow.lease_owner == owner, TaskRow.status == TaskStatus.PROCESSING)
-                .values(progress=progress)
+                .values(**values)
             )
         self.changes.notify()
 
