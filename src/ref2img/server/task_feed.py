@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
 from ref2img.protocol import MAX_TASK_ID_CHARS, ErrorCode, TaskStatus, text_problem
@@ -52,19 +52,27 @@ async def list_tasks(
     response_class=StreamingResponse,
     responses={
         200: {
-            "description": "`text/event-stream`: a `task` event with the query's `data` at each change",
-            "content": {"text/event-stream": {}},
-        }
+            "description": "`text/event-stream`: a `task` event with the query's `data` at each change; a "
+            "task_id of the wrong length is answered in the envelope (680001) as on every route",
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}},
+            },
+        },
+        400: {"description": "680001: the task_id holds a character no task id has", "model": openapi.Envelope},
+        404: {"description": "680004: no such task for this key", "model": openapi.Envelope},
+        **{status: openapi.ENVELOPE_RESPONSES[status] for status in (401, 429)},
     },
 )
-async def task_events(request: Request, task_id: str, app_key: AppKey) -> StreamingResponse:
+async def task_events(
+    request: Request,
+    task_id: Annotated[str, Path(min_length=1, max_length=MAX_TASK_ID_CHARS)],
+    app_key: AppKey,
+) -> StreamingResponse:
     """Status, progress, queue position and step preview of one task, as they change, until it ends."""
     svc = services(request)
-    if not 0 < len(task_id) <= MAX_TASK_ID_CHARS or text_problem(task_id):
-        raise ApiError(
-            ErrorCode.INVALID_PARAMETER,
-            f"task_id: must be a non-empty string of at most {MAX_TASK_ID_CHARS} characters",
-        )
+    if text_problem(task_id):
+        raise ApiError(ErrorCode.INVALID_PARAMETER, f"task_id: {text_problem(task_id)}", 400)
     base_url = str(request.base_url)
 
     def read() -> dict[str, Any] | None:
