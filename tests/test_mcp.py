@@ -148,6 +148,7 @@ def test_a_missing_model_names_the_pull_command(tmp_path, reference):
     assert result.is_error and "ref2img models pull" in text_of(result), text_of(result)
 
 
+@pytest.mark.slow
 def test_cancel_task_and_a_client_cancellation_both_stop_the_job(tiny_sd15, tmp_path, reference):
     arguments = {"reference": reference, "prompt": "p", "width": 512, "height": 512}
 
@@ -225,6 +226,7 @@ def test_streamable_http(tiny_sd15, tmp_path, reference):
     assert Image.open(control_map.structured_content["file"]).size == (256, 256)
 
 
+@pytest.mark.slow
 def test_the_server_backend_against_a_running_ref2img_serve(tiny_sd15, tmp_path, reference):
     server = Server(tmp_path / "data", tiny_sd15).start()
     try:

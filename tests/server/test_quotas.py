@@ -13,6 +13,9 @@ import pytest
 from .conftest import Cloud, Server, data_uri, img2img_body
 
 
+pytestmark = pytest.mark.slow  # a server of its own with 500-step tasks
+
+
 @pytest.fixture(scope="module")
 def slow_server(tiny_sd15, tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("quotas") / "data", tiny_sd15, "--part", "steps=500").start()

@@ -82,6 +82,7 @@ def test_a_session_changes_nothing_without_its_csrf_token(studio_server, astrona
     assert client.get("/v1/tasks").status_code == 401
 
 
+@pytest.mark.slow  # waits out the verifier's 30 s cache
 def test_signing_in_with_a_key_and_revoking_it(studio_server):
     from ref2img.tasks.store import Store
 

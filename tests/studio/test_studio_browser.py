@@ -17,6 +17,8 @@ from ..server.conftest import Server
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra)")
 
+pytestmark = pytest.mark.slow  # two servers and a browser: about a minute; CI runs it
+
 ARTIFACTS = Path(os.environ.get("REF2IMG_TEST_ARTIFACTS", "test-artifacts")) / "studio"
 CHROMIUM = os.environ.get("REF2IMG_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
