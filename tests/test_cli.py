@@ -152,7 +152,8 @@ def test_keys_create_list_revoke(tmp_path):
     key = json.loads(created.stdout)
     assert key["app_key"].startswith("ak_") and key["app_secret"].startswith("sk_")
     listed = json.loads(runner.invoke(app, ["keys", "list", "--data-dir", str(tmp_path), "--json"]).stdout)
-    assert listed == [{"app_key": key["app_key"], "name": "ci", "created": listed[0]["created"], "revoked": False}]
+    assert listed == [{"app_key": key["app_key"], "name": "ci", "created": listed[0]["created"], "revoked": False,
+                       "max_concurrent": None, "per_minute": None}]
     stored = b"".join(path.read_bytes() for path in tmp_path.iterdir() if path.is_file())  # db, -wal, -shm
     assert key["app_secret"].encode() not in stored and key["app_key"].encode() in stored  # only a hash
     assert runner.invoke(app, ["keys", "revoke", key["app_key"], "--data-dir", str(tmp_path)]).exit_code == 0
