@@ -1,4 +1,4 @@
-"""The real layouts of the Hub repos the sd15 preset names: every file, each repo with the public page
+"""The real layouts of the Hub repos the presets name: every file, each repo with the public page
 its file list was read from. Sizes are those pages' (rounded as they show them), except the small
 text files and the h94/IP-Adapter adapters' own weights, which are estimates; the byte counts this
 gives are for planning, to within a few percent.
@@ -136,6 +136,102 @@ LAYOUTS: dict[str, dict[str, int]] = {
         "dw-tt_ucoco.pth": 6_847_510,
         "yolox_l.onnx": 217 * MB,
     },
+    # Root: https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/tree/cd44addac4063479f4c3db4b80cb6006290b2b0e
+    # and /tree/7e9ccea7f3e23e85aef3a0e878c39f0a41bf9bdb (folders: flax weights added by #95, OpenVINO by
+    # #19, vae_1_0 by #30); unet, vae, text_encoder(_2): the folders' own tree pages at c468d0c, eef8a74,
+    # 43d0fa6, e13090c. The flax and OpenVINO file names inside the folders follow those commits' titles
+    # (the pages list them below what was read): stand-ins for "files no loader here reads".
+    "stabilityai/stable-diffusion-xl-base-1.0": {
+        ".gitattributes": 1_560,
+        "01.png": int(4.61 * MB),
+        "LICENSE.md": 14_100,
+        "README.md": 8_650,
+        "comparison.png": 130 * KB,
+        "model_index.json": 609,
+        "pipeline.png": 80_200,
+        "sd_xl_base_1.0.safetensors": int(6.94 * GB),
+        "sd_xl_base_1.0_0.9vae.safetensors": int(6.94 * GB),
+        "sd_xl_offset_example-lora_1.0.safetensors": int(49.6 * MB),
+        "scheduler/scheduler_config.json": 479,
+        "text_encoder/config.json": 565,
+        "text_encoder/model.fp16.safetensors": 246 * MB,
+        "text_encoder/model.safetensors": 492 * MB,
+        "text_encoder/flax_model.msgpack": 492 * MB,
+        "text_encoder/openvino_model.bin": 492 * MB,
+        "text_encoder/openvino_model.xml": 1 * MB,
+        "text_encoder_2/config.json": 575,
+        "text_encoder_2/model.fp16.safetensors": int(1.39 * GB),
+        "text_encoder_2/model.safetensors": int(2.78 * GB),
+        "text_encoder_2/flax_model.msgpack": int(2.78 * GB),
+        "text_encoder_2/openvino_model.bin": int(2.78 * GB),
+        "text_encoder_2/openvino_model.xml": 2 * MB,
+        "tokenizer/merges.txt": 525 * KB,
+        "tokenizer/special_tokens_map.json": 472,
+        "tokenizer/tokenizer_config.json": 737,
+        "tokenizer/vocab.json": int(1.06 * MB),
+        "tokenizer_2/merges.txt": 525 * KB,
+        "tokenizer_2/special_tokens_map.json": 460,
+        "tokenizer_2/tokenizer_config.json": 725,
+        "tokenizer_2/vocab.json": int(1.06 * MB),
+        "unet/config.json": 1_680,
+        "unet/diffusion_pytorch_model.fp16.safetensors": int(5.14 * GB),
+        "unet/diffusion_pytorch_model.safetensors": int(10.3 * GB),
+        "unet/diffusion_flax_model.msgpack": int(10.3 * GB),
+        "unet/openvino_model.bin": int(10.3 * GB),
+        "unet/openvino_model.xml": 5 * MB,
+        "vae/config.json": 607,
+        "vae/diffusion_pytorch_model.fp16.safetensors": 167 * MB,
+        "vae/diffusion_pytorch_model.safetensors": 335 * MB,
+        "vae/diffusion_flax_model.msgpack": 335 * MB,
+        "vae_1_0/config.json": 607,
+        "vae_1_0/diffusion_pytorch_model.fp16.safetensors": 167 * MB,
+        "vae_1_0/diffusion_pytorch_model.safetensors": 335 * MB,
+        "vae_decoder/config.json": 607,
+        "vae_decoder/openvino_model.bin": 99 * MB,
+        "vae_decoder/openvino_model.xml": 1 * MB,
+        "vae_encoder/config.json": 607,
+        "vae_encoder/openvino_model.bin": 68 * MB,
+        "vae_encoder/openvino_model.xml": 1 * MB,
+    },
+    # https://huggingface.co/madebyollin/sdxl-vae-fp16-fix (commit pages of config.json,
+    # diffusion_pytorch_model.bin and sdxl_vae.safetensors; the diffusers safetensors weights beside them)
+    "madebyollin/sdxl-vae-fp16-fix": {
+        ".gitattributes": 1_520,
+        "README.md": 3_500,
+        "config.json": 631,
+        "diffusion_pytorch_model.bin": 335 * MB,
+        "diffusion_pytorch_model.safetensors": 335 * MB,
+        "sdxl_vae.safetensors": 335 * MB,
+        "images/orig-fp16.png": 3_130,
+    },
+    # https://huggingface.co/xinsir/controlnet-union-sdxl-1.0/tree/801a4a3fa3d4c936f4feea95b98607bc6726f80c
+    "xinsir/controlnet-union-sdxl-1.0": {
+        ".gitattributes": 1_640,
+        "README.md": 9_860,
+        "config.json": 1_240,
+        "config_promax.json": 1_260,
+        "diffusion_pytorch_model.safetensors": int(2.51 * GB),
+        "diffusion_pytorch_model_promax.safetensors": int(2.51 * GB),
+        "images/000000_canny_concat.webp": 300 * KB,
+    },
+    # https://huggingface.co/ByteDance/SDXL-Lightning/tree/dd8c2216059e9d3096313bfcb53bdfff80f70c77
+    "ByteDance/SDXL-Lightning": {
+        ".gitattributes": 1_580,
+        "LICENSE.md": 14_100,
+        "README.md": 6_380,
+        "comfyui/sdxl_lightning_workflow_full.json": 10 * KB,
+        "sdxl_lightning_1step_unet_x0.safetensors": int(5.14 * GB),
+        "sdxl_lightning_1step_x0.safetensors": int(6.94 * GB),
+        "sdxl_lightning_2step.safetensors": int(6.94 * GB),
+        "sdxl_lightning_2step_lora.safetensors": 394 * MB,
+        "sdxl_lightning_2step_unet.safetensors": int(5.14 * GB),
+        "sdxl_lightning_4step.safetensors": int(6.94 * GB),
+        "sdxl_lightning_4step_lora.safetensors": 394 * MB,
+        "sdxl_lightning_4step_unet.safetensors": int(5.14 * GB),
+        "sdxl_lightning_8step.safetensors": int(6.94 * GB),
+        "sdxl_lightning_8step_lora.safetensors": 394 * MB,
+        "sdxl_lightning_8step_unet.safetensors": int(5.14 * GB),
+    },
 }
 
 # What `ref2img models pull sd15` must fetch, and nothing else: the files its loaders read, written out
@@ -161,3 +257,29 @@ SD15_NEEDS: dict[str, set[str]] = {
 def real_bytes(needs: dict[str, set[str]]) -> int:
     """What a pull of these files downloads from the real Hub."""
     return sum(LAYOUTS[repo][path] for repo, paths in needs.items() for path in paths)
+
+
+_SHARED = {  # what sd15 and sdxl both read from these repos
+    "depth-anything/Depth-Anything-V2-Small-hf": {"config.json", "preprocessor_config.json", "model.safetensors"},
+    "yzd-v/DWPose": {"yolox_l.onnx", "dw-ll_ucoco_384.onnx"},
+}
+
+SDXL_NEEDS: dict[str, set[str]] = {
+    "stabilityai/stable-diffusion-xl-base-1.0": {
+        "model_index.json", "scheduler/scheduler_config.json",
+        "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+        "tokenizer/vocab.json", "tokenizer_2/merges.txt", "tokenizer_2/special_tokens_map.json",
+        "tokenizer_2/tokenizer_config.json", "tokenizer_2/vocab.json",
+        "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+        "text_encoder_2/config.json", "text_encoder_2/model.fp16.safetensors",
+        "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors", "vae/config.json",
+    },
+    "madebyollin/sdxl-vae-fp16-fix": {"config.json", "diffusion_pytorch_model.safetensors"},
+    "xinsir/controlnet-union-sdxl-1.0": {"config.json", "diffusion_pytorch_model.safetensors"},
+    "h94/IP-Adapter": {"models/image_encoder/config.json", "models/image_encoder/model.safetensors",
+                       "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors"},
+    **_SHARED,
+}
+
+SDXL_FAST_NEEDS: dict[str, set[str]] = {**SDXL_NEEDS,
+                                         "ByteDance/SDXL-Lightning": {"sdxl_lightning_8step_lora.safetensors"}}

@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 
 from .hub_fixture import stand_in, write_repo
-from .hub_layouts import LAYOUTS, SD15_NEEDS, real_bytes
+from .hub_layouts import LAYOUTS, SD15_NEEDS, SDXL_FAST_NEEDS, SDXL_NEEDS, real_bytes
 from .server.conftest import free_port
 
 pytest.importorskip("huggingface_hub")
@@ -135,25 +135,31 @@ def test_a_cut_off_pull_resumes_with_what_is_missing(fixture_hub, tmp_path):
     assert (folder / "model.safetensors").read_bytes() == data
 
 
-def test_models_pull_sd15_through_the_mirror_fetches_what_the_loader_reads_and_nothing_more(fixture_hub, tmp_path):
+# (preset, the files its loaders read, what that pull downloads from the real Hub, in GB)
+PRESET_PULLS = [("sd15", SD15_NEEDS, 7.38), ("sdxl", SDXL_NEEDS, 13.45), ("sdxl-fast", SDXL_FAST_NEEDS, 13.85)]
+
+
+@pytest.mark.parametrize(("preset", "needs", "real_gb"), PRESET_PULLS, ids=[p[0] for p in PRESET_PULLS])
+def test_models_pull_through_the_mirror_fetches_what_the_loaders_read_and_nothing_more(
+    fixture_hub, tmp_path, preset, needs, real_gb
+):
     home = tmp_path / "hf-home"
     with Mirror(fixture_hub) as mirror:
         env = {**os.environ, "HF_ENDPOINT": mirror.url, "HF_HOME": str(home)}
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):  # online: to the mirror only
             env.pop(name, None)
-        pulled = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "pull", "sd15"], env=env,
+        pulled = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "pull", preset], env=env,
                                 capture_output=True, text=True, timeout=300)
         assert pulled.returncode == 0, pulled.stderr
-        listed = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "list", "sd15", "--json"],
+        listed = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "list", preset, "--json"],
                                 env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
     cache = home / "hub"
-    fetched = {repo: set(snapshot_files(cache, repo)) for repo in SD15_NEEDS}
-    assert fetched == SD15_NEEDS  # no safety checker, no .bin/.ckpt/.pth, no fp32 copies, no second encoder
+    fetched = {repo: set(snapshot_files(cache, repo)) for repo in needs}
+    assert fetched == needs  # no safety checker, .bin/.ckpt/.pth, fp32 twins, flax, OpenVINO or promax files
     [entry] = json.loads(listed.stdout)
     assert entry["ready"] and all(part["present"] for part in entry["parts"])
-    # What the same pull downloads from the real Hub (docs/models.md): about 7.4 GB, where the earlier
-    # patterns fetched 12.7 GB (the safety checker, fp32 ControlNets, the encoder's .bin twin).
-    assert 7.2e9 < real_bytes(SD15_NEEDS) < 7.6e9
+    # The bytes the same pull downloads from the real Hub (docs/models.md).
+    assert abs(real_bytes(needs) / 1e9 - real_gb) < 0.01
 
 
 def test_the_mirror_command(fixture_hub, tmp_path):
