@@ -178,11 +178,11 @@ class PipelineSet:
                 p, dtype=self.placement.dtype, local_files_only=True
             ),
         )
-        processor = (
-            CLIPImageProcessor.from_pretrained(encoder_dir)
-            if (encoder_dir / "preprocessor_config.json").exists()
-            else CLIPImageProcessor()
-        )
+        if (encoder_dir / "preprocessor_config.json").exists():
+            processor = CLIPImageProcessor.from_pretrained(encoder_dir)
+        else:  # h94/IP-Adapter's encoders ship none: CLIP's defaults, at the size the encoder was built for
+            side = encoder.config.image_size
+            processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
         if self.offload == "none":
             encoder.to(self.placement.device)
         self.base.register_modules(image_encoder=encoder, feature_extractor=processor)

@@ -1,0 +1,82 @@
+"""The last step of a real deployment, without the internet: `ref2img models pull sd15` through the
+mirror from a fixture hub whose repos have the real layouts (file names, folders, fp16 variants) and
+tiny random weights, then `ref2img generate` in every mode from that cache alone (HF_HUB_OFFLINE=1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .hub_fixture import write_repo
+from .test_models_mirror import Mirror
+
+pytestmark = pytest.mark.slow  # four generations, each loading the preset: about a minute
+
+
+def real_layout_of_tiny(tiny: Path) -> dict[str, dict[str, bytes]]:
+    """The tiny sd15 models under the sd15 preset's real repo paths (tests/hub_layouts.py)."""
+    read = lambda path: (tiny / path).read_bytes()  # noqa: E731
+    base = {
+        "model_index.json": read("base/model_index.json"),
+        "scheduler/scheduler_config.json": read("base/scheduler/scheduler_config.json"),
+        "text_encoder/config.json": read("base/text_encoder/config.json"),
+        "text_encoder/model.fp16.safetensors": read("base/text_encoder/model.safetensors"),
+        "unet/config.json": read("base/unet/config.json"),
+        "unet/diffusion_pytorch_model.fp16.safetensors": read("base/unet/diffusion_pytorch_model.safetensors"),
+        "vae/config.json": read("base/vae/config.json"),
+        "vae/diffusion_pytorch_model.fp16.safetensors": read("base/vae/diffusion_pytorch_model.safetensors"),
+    }
+    base.update({f"tokenizer/{p.name}": p.read_bytes() for p in (tiny / "base/tokenizer").iterdir()})
+    controlnet = lambda mode: {  # noqa: E731
+        "config.json": read(f"controlnet-{mode}/config.json"),
+        "diffusion_pytorch_model.fp16.safetensors": read(f"controlnet-{mode}/diffusion_pytorch_model.safetensors"),
+    }
+    return {
+        "stable-diffusion-v1-5/stable-diffusion-v1-5": base,
+        "lllyasviel/control_v11p_sd15_canny": controlnet("edge"),
+        "lllyasviel/control_v11p_sd15_openpose": controlnet("pose"),
+        "lllyasviel/control_v11f1p_sd15_depth": controlnet("depth"),
+        "h94/IP-Adapter": {  # as the real repo: no preprocessor_config.json beside the encoder
+            "models/ip-adapter-plus_sd15.safetensors": read("ip-adapter/ip-adapter.safetensors"),
+            "models/image_encoder/config.json": read("image-encoder/config.json"),
+            "models/image_encoder/model.safetensors": read("image-encoder/model.safetensors"),
+        },
+        "depth-anything/Depth-Anything-V2-Small-hf": {
+            name: read(f"depth/{name}") for name in ("config.json", "preprocessor_config.json", "model.safetensors")
+        },
+        "yzd-v/DWPose": {"yolox_l.onnx": read("pose/detector.onnx"), "dw-ll_ucoco_384.onnx": read("pose/estimator.onnx")},
+    }
+
+
+def test_pull_sd15_from_the_mirror_then_generate_every_mode_offline(tiny_sd15, tmp_path, astronaut):
+    source = tmp_path / "source-cache"
+    for repo, files in real_layout_of_tiny(tiny_sd15).items():
+        write_repo(source, repo, files)
+    home = tmp_path / "hf-home"
+    env = {**os.environ, "HF_HOME": str(home)}
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+        env.pop(name, None)
+    with Mirror(source) as mirror:
+        pulled = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "pull", "sd15"],
+                                env={**env, "HF_ENDPOINT": mirror.url}, capture_output=True, text=True, timeout=300)
+    assert pulled.returncode == 0, pulled.stderr
+    shutil.rmtree(source)  # from here on, the pulled cache is all there is
+
+    reference = tmp_path / "reference.png"
+    astronaut.resize((128, 128)).save(reference)
+    offline = {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for mode in ("edge", "pose", "subject", "depth"):
+        made = subprocess.run(
+            [sys.executable, "-m", "ref2img.cli", "generate", str(reference), "an astronaut", "--control", mode,
+             "--model", "sd15", "--part", "steps=2", "--device", "cpu", "--width", "512", "--height", "512",
+             "--out", str(tmp_path / "out"), "--json"],
+            env=offline, capture_output=True, text=True, timeout=300)
+        assert made.returncode == 0, f"{mode}: {made.stderr[-2000:]}"
+        record = json.loads(made.stdout)
+        assert record["preset"] == "sd15" and len(record["images"]) == 1 and Path(record["images"][0]).is_file()
