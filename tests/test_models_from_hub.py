@@ -1,4 +1,4 @@
-"""The last step of a real deployment, without the internet: `ref2img models pull sd15` through the
+"""The last step of a real deployment, without the internet: `ref2img models pull PRESET` through the
 mirror from a fixture hub whose repos have the real layouts (file names, folders, fp16 variants) and
 tiny random weights, then `ref2img generate` in every mode from that cache alone (HF_HUB_OFFLINE=1)."""
 
@@ -16,7 +16,51 @@ import pytest
 from .hub_fixture import write_repo
 from .test_models_mirror import Mirror
 
-pytestmark = pytest.mark.slow  # four generations, each loading the preset: about a minute
+pytestmark = pytest.mark.slow  # four generations a preset, each loading it: about a minute each
+
+
+def _annotators(read) -> dict[str, dict[str, bytes]]:
+    return {
+        "depth-anything/Depth-Anything-V2-Small-hf": {
+            name: read(f"depth/{name}") for name in ("config.json", "preprocessor_config.json", "model.safetensors")
+        },
+        "yzd-v/DWPose": {"yolox_l.onnx": read("pose/detector.onnx"), "dw-ll_ucoco_384.onnx": read("pose/estimator.onnx")},
+    }
+
+
+def _encoder(read) -> dict[str, bytes]:  # as the real repo: no preprocessor_config.json beside the encoder
+    return {"models/image_encoder/config.json": read("image-encoder/config.json"),
+            "models/image_encoder/model.safetensors": read("image-encoder/model.safetensors")}
+
+
+def real_layout_of_tiny_sdxl(tiny: Path) -> dict[str, dict[str, bytes]]:
+    """The tiny sdxl models under the sdxl and sdxl-fast presets' real repo paths (tests/hub_layouts.py)."""
+    read = lambda path: (tiny / path).read_bytes()  # noqa: E731
+    base = {"model_index.json": read("base/model_index.json"),
+            "scheduler/scheduler_config.json": read("base/scheduler/scheduler_config.json"),
+            "vae/config.json": read("base/vae/config.json"),
+            "unet/config.json": read("base/unet/config.json"),
+            "unet/diffusion_pytorch_model.fp16.safetensors": read("base/unet/diffusion_pytorch_model.safetensors")}
+    for encoder in ("text_encoder", "text_encoder_2"):
+        base[f"{encoder}/config.json"] = read(f"base/{encoder}/config.json")
+        base[f"{encoder}/model.fp16.safetensors"] = read(f"base/{encoder}/model.safetensors")
+    for tokenizer in ("tokenizer", "tokenizer_2"):
+        base.update({f"{tokenizer}/{p.name}": p.read_bytes() for p in (tiny / "base" / tokenizer).iterdir()})
+    return {
+        "stabilityai/stable-diffusion-xl-base-1.0": base,
+        "madebyollin/sdxl-vae-fp16-fix": {
+            "config.json": read("base/vae/config.json"),
+            "diffusion_pytorch_model.safetensors": read("base/vae/diffusion_pytorch_model.safetensors"),
+        },
+        "xinsir/controlnet-union-sdxl-1.0": {
+            "config.json": read("controlnet-union/config.json"),
+            "diffusion_pytorch_model.safetensors": read("controlnet-union/diffusion_pytorch_model.safetensors"),
+        },
+        "h94/IP-Adapter": {"sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors": read("ip-adapter/ip-adapter.safetensors"),
+                           **_encoder(read)},
+        "ByteDance/SDXL-Lightning": {"sdxl_lightning_8step_lora.safetensors": read("lora/pytorch_lora_weights.safetensors")},
+        **_annotators(read),
+    }
 
 
 def real_layout_of_tiny(tiny: Path) -> dict[str, dict[str, bytes]]:
@@ -42,28 +86,25 @@ def real_layout_of_tiny(tiny: Path) -> dict[str, dict[str, bytes]]:
         "lllyasviel/control_v11p_sd15_canny": controlnet("edge"),
         "lllyasviel/control_v11p_sd15_openpose": controlnet("pose"),
         "lllyasviel/control_v11f1p_sd15_depth": controlnet("depth"),
-        "h94/IP-Adapter": {  # as the real repo: no preprocessor_config.json beside the encoder
-            "models/ip-adapter-plus_sd15.safetensors": read("ip-adapter/ip-adapter.safetensors"),
-            "models/image_encoder/config.json": read("image-encoder/config.json"),
-            "models/image_encoder/model.safetensors": read("image-encoder/model.safetensors"),
-        },
-        "depth-anything/Depth-Anything-V2-Small-hf": {
-            name: read(f"depth/{name}") for name in ("config.json", "preprocessor_config.json", "model.safetensors")
-        },
-        "yzd-v/DWPose": {"yolox_l.onnx": read("pose/detector.onnx"), "dw-ll_ucoco_384.onnx": read("pose/estimator.onnx")},
+        "h94/IP-Adapter": {"models/ip-adapter-plus_sd15.safetensors": read("ip-adapter/ip-adapter.safetensors"),
+                           **_encoder(read)},
+        **_annotators(read),
     }
 
 
-def test_pull_sd15_from_the_mirror_then_generate_every_mode_offline(tiny_sd15, tmp_path, astronaut):
+@pytest.mark.parametrize(("preset", "family"), [("sd15", "sd15"), ("sdxl", "sdxl"), ("sdxl-fast", "sdxl")])
+def test_pull_from_the_mirror_then_generate_every_mode_offline(preset, family, request, tmp_path, astronaut):
+    tiny = request.getfixturevalue(f"tiny_{family}")
+    layout = real_layout_of_tiny(tiny) if family == "sd15" else real_layout_of_tiny_sdxl(tiny)
     source = tmp_path / "source-cache"
-    for repo, files in real_layout_of_tiny(tiny_sd15).items():
+    for repo, files in layout.items():
         write_repo(source, repo, files)
     home = tmp_path / "hf-home"
     env = {**os.environ, "HF_HOME": str(home)}
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
         env.pop(name, None)
     with Mirror(source) as mirror:
-        pulled = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "pull", "sd15"],
+        pulled = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "pull", preset],
                                 env={**env, "HF_ENDPOINT": mirror.url}, capture_output=True, text=True, timeout=300)
     assert pulled.returncode == 0, pulled.stderr
     shutil.rmtree(source)  # from here on, the pulled cache is all there is
@@ -71,12 +112,13 @@ def test_pull_sd15_from_the_mirror_then_generate_every_mode_offline(tiny_sd15, t
     reference = tmp_path / "reference.png"
     astronaut.resize((128, 128)).save(reference)
     offline = {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    for mode in ("edge", "pose", "subject", "depth"):
+    # sdxl-fast is sdxl plus its LoRA: one mode shows the LoRA loads and runs; sdxl has run every mode.
+    for mode in ("edge",) if preset == "sdxl-fast" else ("edge", "pose", "subject", "depth"):
         made = subprocess.run(
             [sys.executable, "-m", "ref2img.cli", "generate", str(reference), "an astronaut", "--control", mode,
-             "--model", "sd15", "--part", "steps=2", "--device", "cpu", "--width", "512", "--height", "512",
+             "--model", preset, "--part", "steps=2", "--device", "cpu", "--width", "512", "--height", "512",
              "--out", str(tmp_path / "out"), "--json"],
             env=offline, capture_output=True, text=True, timeout=300)
         assert made.returncode == 0, f"{mode}: {made.stderr[-2000:]}"
         record = json.loads(made.stdout)
-        assert record["preset"] == "sd15" and len(record["images"]) == 1 and Path(record["images"][0]).is_file()
+        assert record["preset"] == preset and len(record["images"]) == 1 and Path(record["images"][0]).is_file()
