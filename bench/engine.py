@@ -75,6 +75,9 @@ LEVERS: dict[str, Speedups] = {
     "inductor-tuning": replace(OFF, compile="regional", inductor_tuning=True),
     "fp8": replace(OFF, compile="regional", fp8=True),
     "all": Speedups(fuse_qkv=True, compile="regional"),
+    # `off` plus a step preview rendered after every step: the upper bound of what the studio's previews
+    # cost (the runner renders at most two a second).
+    "previews": OFF,
 }
 DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "channels-last", "fuse-qkv", "compile-regional",
                   "cuda-graphs", "inductor-tuning", "fp8", "all")
@@ -191,7 +194,8 @@ def run_row(spec: dict) -> dict:
                              compile_cache=spec["compile_cache"]).load()
         job = Job(prompt=PROMPT, control_type=ControlType.EDGE, reference=reference, seed=0, width=size, height=size,
                   batch_size=spec["batch"], steps=spec["steps"], control_intensity=spec["intensity"])
-        call, dtype = (lambda: engine.generate(job)), engine.placement.dtype_name
+        on_preview = (lambda done, total, render: render()) if spec["lever"] == "previews" else None
+        call, dtype = (lambda: engine.generate(job, on_preview=on_preview)), engine.placement.dtype_name
         extra = {"dtypes": None, "offload": engine.pipelines.offload}
     loaded = time.perf_counter()
     first_images = call()

@@ -31,11 +31,11 @@ MODELS=${MODELS:-/tmp/ref2img-bench-models}
 
 if [ "$SMOKE" = 1 ]; then
   SCALE=tiny; DEVICE=cpu; RUNS=1; BATCH=2; SDXL_ARCH=tiny-sdxl; SD15_ARCH=tiny; FAST_ARCH=tiny-sdxl
-  CORE_LEVERS=off,skip-idle-controlnet,fuse-qkv; EXTRA_LEVERS=channels-last; FAMILY_LEVERS=off,fuse-qkv
+  CORE_LEVERS=off,skip-idle-controlnet,fuse-qkv,previews; EXTRA_LEVERS=channels-last; FAMILY_LEVERS=off,fuse-qkv
   COLD_ARGS=(--size 512 --steps 2); CAP_ARGS=(); MODES_ARGS=(--dtype bfloat16)
 else
   SCALE=full; DEVICE=cuda; RUNS=2; BATCH=4; SDXL_ARCH=sdxl; SD15_ARCH=sd15; FAST_ARCH=sdxl-fast
-  CORE_LEVERS=off,skip-idle-controlnet,compile-regional,all
+  CORE_LEVERS=off,skip-idle-controlnet,compile-regional,all,previews
   EXTRA_LEVERS=channels-last,fuse-qkv,compile-full,cuda-graphs,inductor-tuning,fp8; FAMILY_LEVERS=off,all
   COLD_ARGS=(--size 1024); CAP_ARGS=(--memory-cap-gib 8); MODES_ARGS=()
 fi
