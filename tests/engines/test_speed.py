@@ -9,7 +9,7 @@ import torch
 from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import LocalEngine, Speedups
 from ref2img.engines.local.device import Placement
-from ref2img.engines.local.offload import ACTIVATION_HEADROOM_BYTES, choose_offload
+from ref2img.engines.local.offload import ACTIVATION_HEADROOM_BYTES, choose_offload, device_index
 from ref2img.protocol import ControlType
 
 from ..conftest import pixels
@@ -110,6 +110,12 @@ def test_offload_on_a_cpu_is_refused_by_name_and_auto_is_none():
         choose_offload("sequential", placement("cpu"), GiB, GiB)
     with pytest.raises(EngineOptionError, match=r"--offload: must be one of none, model, sequential, auto \(got 'x'\)"):
         choose_offload("x", placement("cuda"), GiB, GiB)
+
+
+def test_a_device_keeps_its_own_index():
+    # A bare "cuda" asks torch for the current device (GPU only); an explicit index is passed through.
+    assert device_index(torch.device("cuda", 3)) == 3
+    assert device_index(torch.device("cuda:1")) == 1
 
 
 def test_unknown_compile_kind_names_the_choices():

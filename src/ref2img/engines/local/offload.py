@@ -51,15 +51,22 @@ def choose_offload(
     return "model" if free >= denoiser_weights + ACTIVATION_HEADROOM_BYTES else "sequential"
 
 
+def device_index(device: torch.device) -> int:
+    """`device`'s index, the current device's for a bare "cuda": torch's per-process memory-fraction
+    calls refuse a device without one (found on an H200; no CPU test can see it)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def available_gpu_bytes(device: torch.device) -> int:
     """Free memory on the device, within this process's cap (`set_per_process_memory_fraction`) if set."""
-    free, total = torch.cuda.mem_get_info(device)
+    index = device_index(device)
+    free, total = torch.cuda.mem_get_info(index)
     fraction = (
-        torch.cuda.get_per_process_memory_fraction(device)
+        torch.cuda.get_per_process_memory_fraction(index)
         if hasattr(torch.cuda, "get_per_process_memory_fraction")
         else 1.0
     )
-    return int(min(free, fraction * total - torch.cuda.memory_reserved(device)))
+    return int(min(free, fraction * total - torch.cuda.memory_reserved(index)))
 
 
 def module_bytes(*modules: torch.nn.Module | None) -> int:
