@@ -35,7 +35,24 @@ class ServerSettings:
     db_url: str | None = None  # default: SQLite in the data dir; postgresql+psycopg://… for scale-out
     queue_url: str = "embedded"  # or redis://…: tasks go to `ref2img worker` processes
     storage: str | Path | None = None  # default: the data dir; scale-out: a shared directory or s3://bucket/prefix
+    # The Tomoviee cloud (docs/cloud.md): the only engine (engine="tomoviee"), or where the local queue's
+    # overflow goes (overflow="tomoviee": tasks that would wait over overflow_after_s).
+    engine: str = "local"  # local | tomoviee
+    overflow: str | None = None  # None | tomoviee
+    overflow_after_s: float = 60.0
+    cloud_url: str = "https://open-api.wondershare.cc"
+    cloud_credentials_file: str | None = None  # else REF2IMG_CLOUD_APP_KEY / REF2IMG_CLOUD_APP_SECRET
+    cloud_workers: int = 8  # cloud tasks followed at once (threads that mostly wait on HTTP)
+    cloud_reachable_url: str | None = None  # an explicit --public-url: the base of input URLs the cloud fetches
 
     @property
     def embedded(self) -> bool:
         return self.queue_url == "embedded"
+
+    @property
+    def cloud_only(self) -> bool:
+        return self.engine == "tomoviee"
+
+    @property
+    def uses_cloud(self) -> bool:
+        return self.cloud_only or self.overflow == "tomoviee"

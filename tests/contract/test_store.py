@@ -215,10 +215,50 @@ def test_claim_by_id_drops_duplicates_and_takes_over_dead_leases(store):
 def test_unsent_queued_tasks_are_found_for_resending(store):
     first, _ = new_task(store)
     second, _ = new_task(store)
+    third, _ = new_task(store, route="cloud")
     store.tasks.mark_sent([first.id])
-    assert store.tasks.unsent_queued(older_than_s=60) == [second.id]
+    assert store.tasks.unsent_queued(older_than_s=60) == [(second.id, "local"), (third.id, "cloud")]
     time.sleep(0.05)
-    assert set(store.tasks.unsent_queued(older_than_s=0.01)) == {first.id, second.id}
+    assert {task_id for task_id, _ in store.tasks.unsent_queued(older_than_s=0.01)} == {first.id, second.id, third.id}
+
+
+def test_each_route_has_its_own_queue(store):
+    local, _ = new_task(store)
+    cloud, _ = new_task(store, route="cloud")
+    later_cloud, _ = new_task(store, route="cloud")
+    assert store.tasks.position(store.tasks.get(later_cloud.id)) == 1  # behind the cloud task only
+    assert store.tasks.active_count("cloud") == (2, 0)
+    assert store.tasks.claim_next("gpu", lease_s=30).id == local.id
+    assert store.tasks.claim_next("gpu", lease_s=30) is None  # a GPU worker never takes a cloud task
+    assert store.tasks.claim_next("follower", lease_s=30, route="cloud").id == cloud.id
+    assert store.tasks.active_count("cloud") == (1, 1)
+
+
+def test_a_cloud_task_falls_back_to_the_local_queue_once(store):
+    task, _ = new_task(store, route="cloud")
+    store.tasks.claim_next("follower", lease_s=30, route="cloud")
+    assert not store.tasks.fall_back(task.id, "someone-else")  # only the lease owner moves it
+    assert store.tasks.fall_back(task.id, "follower")
+    assert not store.tasks.fall_back(task.id, "follower")  # already moved: never twice
+    moved = store.tasks.get(task.id)
+    assert (moved.status, moved.route, moved.lease_owner, moved.fallbacks) == (TaskStatus.QUEUED, "local", None, 1)
+    assert store.tasks.unsent_queued(older_than_s=float("inf")) == [(task.id, "local")]
+    assert store.tasks.claim_next("gpu", lease_s=30).id == task.id
+    assert store.tasks.route_counts() == ({"local": 1}, 1)
+
+
+def test_a_cloud_task_keeps_its_remote_id_through_a_dead_worker_and_cancels_at_once(store):
+    task, _ = new_task(store, route="cloud")
+    store.tasks.claim_next("follower", lease_s=0.05, route="cloud")
+    store.tasks.remember_remote(task.id, "follower", "tm-42")
+    store.tasks.remember_remote(task.id, "intruder", "tm-99")  # not the lease owner: changes nothing
+    time.sleep(0.1)
+    assert store.tasks.recover() == 1  # the follower died: back to the cloud queue
+    again = store.tasks.claim_next("follower-2", lease_s=30, route="cloud")
+    assert (again.id, again.remote_id) == (task.id, "tm-42")  # the same cloud task is followed again
+    cancelled = store.tasks.request_cancel(task.id, "ak_a")
+    assert cancelled.status == TaskStatus.CANCELLED  # nothing runs here: ended at once, not between steps
+    assert store.tasks.should_stop(task.id, "follower-2") == TaskStatus.CANCELLED
 
 
 def test_the_databases_own_errors_never_leave_the_store(store):
@@ -271,7 +311,7 @@ def test_nodes_starting_at_once_migrate_once(backend, tmp_path, request):
     try:
         assert errors == [] and len(stores) == 4
         with stores[0].db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
         new_task(stores[1])
         assert stores[2].tasks.count_by_status() == {TaskStatus.QUEUED: 1}
     finally:

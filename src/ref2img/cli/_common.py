@@ -85,6 +85,31 @@ CompileOption = Annotated[
         "$REF2IMG_COMPILE_CACHE (default ~/.cache/ref2img/torch-compile)",
     ),
 ]
+EngineOption = Annotated[
+    Literal["local", "tomoviee"],
+    typer.Option(
+        "--engine",
+        help="local: diffusers on this machine; tomoviee: forward every generation to the Tomoviee cloud with the "
+        "operator's key (REF2IMG_CLOUD_APP_KEY / REF2IMG_CLOUD_APP_SECRET; docs/cloud.md)",
+    ),
+]
+CloudUrlOption = Annotated[
+    str,
+    typer.Option("--cloud-url", metavar="URL", envvar="REF2IMG_CLOUD_URL", help="the Tomoviee cloud's base URL"),
+]
+CloudCredentialsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cloud-credentials",
+        metavar="FILE",
+        envvar="REF2IMG_CLOUD_CREDENTIALS_FILE",
+        help="a file with REF2IMG_CLOUD_APP_KEY=… and REF2IMG_CLOUD_APP_SECRET=… lines (else the environment)",
+    ),
+]
+CloudWorkersOption = Annotated[
+    int,
+    typer.Option("--cloud-workers", metavar="N", min=1, max=256, help="cloud tasks followed at once"),
+]
 ServerOption = Annotated[
     str | None,
     typer.Option(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from ref2img.cli._common import (
     EXIT_USAGE,
+    CloudCredentialsOption,
+    CloudUrlOption,
+    CloudWorkersOption,
+    EngineOption,
     CompileOption,
     DataDirOption,
     DbOption,
@@ -24,6 +28,7 @@ from ref2img.cli._common import (
     parse_parts,
     quiet_libraries,
 )
+from ref2img.client._core import DEFAULT_BASE_URL as DEFAULT_CLOUD_URL
 
 
 def serve(
@@ -76,15 +81,36 @@ def serve(
     queue: QueueOption = "embedded",
     storage: StorageOption = None,
     lease: LeaseOption = 30.0,
+    engine: EngineOption = "local",
+    overflow: Annotated[
+        Literal["tomoviee"] | None,
+        typer.Option("--overflow", help="send the tasks that would wait too long here to the Tomoviee cloud"),
+    ] = None,
+    overflow_after: Annotated[
+        float,
+        typer.Option(
+            "--overflow-after",
+            metavar="SECONDS",
+            min=0,
+            help="with --overflow: a task whose estimated wait on the local GPUs is over this goes to the cloud",
+        ),
+    ] = 60.0,
+    cloud_url: CloudUrlOption = DEFAULT_CLOUD_URL,
+    cloud_credentials: CloudCredentialsOption = None,
+    cloud_workers: CloudWorkersOption = 8,
 ) -> None:
     """Run the Tomoviee-compatible server: embedded (SQLite, workers in this process) or, with
-    --queue redis://… --db postgresql+psycopg://…, an API node of a fleet of `ref2img worker`s."""
+    --queue redis://… --db postgresql+psycopg://…, an API node of a fleet of `ref2img worker`s.
+    With --engine tomoviee it forwards every task to the Tomoviee cloud; with --overflow tomoviee, only
+    the tasks that would wait too long on the local GPUs."""
     import logging
 
     import uvicorn
 
     from ref2img.server import ServerSettings, create_app
 
+    if engine == "tomoviee" and overflow:
+        fail("--overflow: the engine is already the cloud (--engine tomoviee)", EXIT_USAGE)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServerSettings(
         data_dir=data_dir,
@@ -107,6 +133,13 @@ def serve(
         auth_failure_limit=auth_failure_limit,
         max_body_bytes=max_body_mb * 1024 * 1024,
         studio_link=True,
+        engine=engine,
+        overflow=overflow,
+        overflow_after_s=overflow_after,
+        cloud_url=cloud_url,
+        cloud_credentials_file=str(cloud_credentials) if cloud_credentials else None,
+        cloud_workers=cloud_workers,
+        cloud_reachable_url=public_url,
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
 
@@ -136,9 +169,22 @@ def worker(
     lease: LeaseOption = 30.0,
     data_dir: DataDirOption = Path("ref2img-worker"),
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    engine: EngineOption = "local",
+    cloud_url: CloudUrlOption = DEFAULT_CLOUD_URL,
+    cloud_credentials: CloudCredentialsOption = None,
+    cloud_workers: CloudWorkersOption = 8,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            "--public-url",
+            metavar="URL",
+            help="--engine tomoviee: the API nodes' public URL, the base of the signed input URLs the cloud fetches",
+        ),
+    ] = None,
 ) -> None:
-    """Run one GPU worker of a scale-out fleet: loads the engine once, then takes tasks from Redis.
-    The API nodes send the callbacks, so a worker needs no public URL."""
+    """Run one worker of a scale-out fleet: loads the engine once, then takes tasks from Redis. A GPU
+    worker takes the local queue (and needs no public URL: the API nodes send the callbacks); with
+    --engine tomoviee it follows the cloud queue's tasks instead."""
     import logging
 
     from ref2img.engines.base import EngineError
@@ -161,6 +207,11 @@ def worker(
         queue_url=queue,
         storage=storage,
         lease_s=lease,
+        engine=engine,
+        cloud_url=cloud_url,
+        cloud_credentials_file=str(cloud_credentials) if cloud_credentials else None,
+        cloud_workers=cloud_workers,
+        cloud_reachable_url=public_url,
     )
     try:
         run_worker_process(settings)

@@ -6,14 +6,16 @@ Exceptions::
     ├── ModelMissingError       a model part is not on this machine; says which and how to get it
     ├── ImageInvalidError       an input image cannot be used (wire code 680003)
     ├── EngineOptionError       an engine setting (dtype, offload, compile) is not one this machine can use
+    ├── RemoteUnavailable       the remote service (the cloud) did not take the job: nothing runs there
+    ├── RemoteTimedOut          the remote service gave up on the job (status 6)
     └── JobCancelled            should_cancel() said stop; raised between steps
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ref2img.protocol import ControlType, CreateRequest
@@ -49,6 +51,27 @@ class JobCancelled(EngineError):
     """The job was cancelled between two engine steps."""
 
 
+class RemoteUnavailable(EngineError):
+    """A remote engine's service did not accept the job (unreachable, 5xx, busy): nothing runs there, so
+    the job may safely run elsewhere."""
+
+
+class RemoteTimedOut(EngineError):
+    """The remote service timed the job out."""
+
+
+class Handoff(Protocol):
+    """Where an engine that forwards a job to another service keeps that service's task id, so that
+    a restarted worker follows the same remote task instead of starting a second one."""
+
+    remote_id: str | None
+
+    def remember(self, remote_id: str) -> None: ...
+
+    def report_wait(self, seconds: float) -> None:
+        """The remote service's own estimate of the time left (the query's `wait_time`)."""
+
+
 @dataclass(frozen=True)
 class Job:
     """One generation request, with images already fetched and decoded.
@@ -70,12 +93,17 @@ class Job:
     negative_prompt: str | None = None
     steps: int | None = None  # None: the preset's default
     guidance_scale: float | None = None
+    # For engines that forward the job (tomoviee): each image field's URL that the remote service can
+    # fetch, and where the remote task's id is kept. Local engines ignore both.
+    sources: Mapping[str, str] = field(default_factory=dict)
+    handoff: Handoff | None = None
 
     @classmethod
     def from_request(cls, request: CreateRequest, load_image: Callable[[str, str], Image.Image], **extra: Any) -> Job:
         """The job a validated create request asks for: `load_image(url_or_path, field)` fetches and
         decodes its images (the init image is the reference itself when they are the same, as subject
-        mode's default is). A request without a seed gets a random one. `extra`: `control_map`, `steps`."""
+        mode's default is). A request without a seed gets a random one. `extra`: `control_map`, `steps`,
+        `sources`, `handoff`."""
         reference = load_image(request.reference_image, "reference_image")
         init_source = request.resolved_init_image()
         init = (

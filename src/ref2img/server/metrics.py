@@ -22,6 +22,16 @@ class _TaskCollector:
         yield GaugeMetricFamily(
             "ref2img_queue_depth", "Tasks waiting for a worker", value=counts.get(TaskStatus.QUEUED, 0)
         )
+        routes, fallbacks = self._services.store.tasks.route_counts()
+        by_route = GaugeMetricFamily(
+            "ref2img_tasks_by_route", "Tasks in the store by route (local GPUs or the Tomoviee cloud)", labels=["route"]
+        )
+        for route in ("local", "cloud"):
+            by_route.add_metric([route], routes.get(route, 0))
+        yield by_route
+        yield CounterMetricFamily(
+            "ref2img_cloud_fallbacks", "Tasks the cloud never took, moved back to the local queue", value=fallbacks
+        )
         yield GaugeMetricFamily(
             "ref2img_task_seconds_estimate", "Moving average of task run time", value=self._services.estimate.seconds
         )

@@ -30,6 +30,7 @@ from ref2img.protocol import (
 from ref2img.server import openapi
 from ref2img.server.auth import authenticate, count_failure, refuse_if_throttled
 from ref2img.server.errors import ApiError, ok
+from ref2img.server.routing import route_generation, route_recognition
 from ref2img.tasks.fetch import UrlRefused
 from ref2img.server.services import Services
 from ref2img.tasks.store import QueueFull, Quota, QuotaExceeded, new_id
@@ -89,7 +90,14 @@ def _quota(svc: Services, app_key: str) -> Quota | None:
 
 
 def _enqueue(
-    svc: Services, request: Request, app_key: str, kind: str, payload: dict, params: str | None, callback: str | None
+    svc: Services,
+    request: Request,
+    app_key: str,
+    kind: str,
+    payload: dict,
+    params: str | None,
+    callback: str | None,
+    route: str,
 ) -> JSONResponse:
     if svc.settings.embedded and svc.engine.state.startswith("error"):
         svc.engine.preload()  # try again in the background: the model may have been fetched since
@@ -105,11 +113,12 @@ def _enqueue(
             timeout_s=svc.settings.task_timeout_s,
             queue_limit=svc.settings.queue_limit,
             quota=_quota(svc, app_key),
+            route=route,
         )
     except (QueueFull, QuotaExceeded) as exc:
         raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
     if created:
-        svc.queue.send(task.id)
+        svc.queue.send(task.id, task.route)
     return JSONResponse(ok({"task_id": task.id}))
 
 
@@ -122,10 +131,12 @@ def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depe
         create = parse_create_request(body)
     except ParameterError as exc:
         raise _parameter_error(exc) from None
-    _check_inputs(
-        svc, app_key, {"reference_image": create.reference_image, "init_image": create.init_image}, create.callback
+    images = {"reference_image": create.reference_image, "init_image": create.init_image}
+    _check_inputs(svc, app_key, images, create.callback)
+    route = route_generation(svc, app_key, images)
+    return _enqueue(
+        svc, request, app_key, "img2img", create.model_dump(mode="json"), create.params, create.callback, route
     )
-    return _enqueue(svc, request, app_key, "img2img", create.model_dump(mode="json"), create.params, create.callback)
 
 
 @router.post(
@@ -138,8 +149,16 @@ def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Dep
     except ParameterError as exc:
         raise _parameter_error(exc) from None
     _check_inputs(svc, app_key, {"init_image": recognize.init_image}, recognize.callback)
+    route = route_recognition(svc)
     return _enqueue(
-        svc, request, app_key, "img2mask", recognize.model_dump(mode="json"), recognize.params, recognize.callback
+        svc,
+        request,
+        app_key,
+        "img2mask",
+        recognize.model_dump(mode="json"),
+        recognize.params,
+        recognize.callback,
+        route,
     )
 
 

@@ -43,17 +43,18 @@ class Services:
         self.callbacks = CallbackSender(
             self.store, self.http.post, self._callback_body, retry_scale=settings.callback_retry_scale
         )
-        # Embedded: this process's worker threads; an earlier process's tasks are orphans at once.
-        # A fleet's API node runs no worker and trusts the leases.
-        self.worker = self.backend.worker() if settings.embedded else None
-        own = self.worker.owner if self.worker else None
+        # Embedded: this process's workers (one a route: local GPUs, cloud followers); an earlier
+        # process's tasks are orphans at once. A fleet's API node runs no worker and trusts the leases.
+        routes = self.backend.routes if settings.embedded else {}
+        self.workers = {route: self.backend.worker(route) for route in routes}
+        own = {worker.owner for worker in self.workers.values()}
         self.housekeeper = Housekeeper(
             self.store.tasks,
             self.queue,
             settings.lease_s,
-            owner_alive=(lambda owner: owner == own) if self.worker else (lambda owner: True),
+            owner_alive=(lambda owner: owner in own) if self.workers else (lambda owner: True),
         )
-        self._consumer: Consumer | None = None
+        self._consumers: list[Consumer] = []
 
     def worker_count(self) -> int:
         """Workers sharing the queue: this process's threads, or the fleet's live workers."""
@@ -85,17 +86,20 @@ class Services:
 
     def start(self) -> None:
         self.housekeeper.start()
-        if self.worker is not None:
+        if self.workers:
             self.engine.preload()
-            self.worker.start()
-            self._consumer = self.queue.consume(self.worker, threads=self.settings.workers)
+            if self.backend.cloud_engine is not None:
+                self.backend.cloud_engine.preload()
+        for route, worker in self.workers.items():
+            worker.start()
+            self._consumers.append(self.queue.consume(worker, threads=self.backend.routes[route]))
         self.callbacks.start()
 
     def stop(self) -> None:
-        if self._consumer is not None:
-            self._consumer.stop()
-        if self.worker is not None:
-            self.worker.stop()
+        for consumer in self._consumers:
+            consumer.stop()
+        for worker in self.workers.values():
+            worker.stop()
         self.housekeeper.stop()
         self.callbacks.stop()
         self.backend.close()

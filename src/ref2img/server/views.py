@@ -18,6 +18,8 @@ def task_data(
     position = tasks.position(task)
     if status == TaskStatus.QUEUED:
         wait = (position // max(workers, 1) + 1) * estimate.seconds
+    elif status == TaskStatus.PROCESSING and task.remote_wait_s is not None:
+        wait = task.remote_wait_s  # in the cloud: the cloud's own estimate
     elif status == TaskStatus.PROCESSING:
         wait = estimate.seconds * (100 - task.progress) / 100
     else:
@@ -38,6 +40,7 @@ def task_data(
         "wait_time": round(wait, 1),
         "params": task.params or "",
         "result": result,
+        "route": task.route,  # our extension: where it runs, "local" (our GPUs) or "cloud" (Tomoviee)
     }
     if status == TaskStatus.PROCESSING and task.preview:  # our extension: the latest step preview
         data["preview"] = storage.signed_url(base_url, task.preview)

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ref2img.settings import ServerSettings
-from ref2img.tasks.engine_provider import EngineProvider, local_engine_factory
+from ref2img.tasks.cloud_route import CloudRoute
+from ref2img.tasks.engine_provider import EngineProvider, cloud_engine_factory, local_engine_factory
 from ref2img.tasks.estimate import DurationEstimate
 from ref2img.tasks.fetch import SafeHttp
 from ref2img.tasks.inputs import ImageResolver
@@ -15,6 +16,7 @@ from ref2img.tasks.queue import EmbeddedQueue, TaskQueue
 from ref2img.tasks.runner import RunContext
 from ref2img.tasks.storage import open_storage
 from ref2img.tasks.store import Store
+from ref2img.tasks.store.tasks import CLOUD, LOCAL
 from ref2img.tasks.worker import Worker
 
 
@@ -29,7 +31,11 @@ class Backend:
         self.images = ImageResolver(self.store, self.storage, self.http)
         self.estimate = DurationEstimate()
         self.estimate.seed(self.store.tasks.recent_durations())
-        self.engine = EngineProvider(settings.engine_factory or local_engine_factory(settings))
+        local = EngineProvider(settings.engine_factory or local_engine_factory(settings))
+        self.cloud_engine = EngineProvider(cloud_engine_factory(settings, self.http)) if settings.uses_cloud else None
+        # This server's engine (health, create checks): the cloud's when it is the only one; no local
+        # model is ever loaded then.
+        self.engine = self.cloud_engine if settings.cloud_only and self.cloud_engine else local
         self.queue: TaskQueue
         if settings.embedded:
             self.queue = EmbeddedQueue(self.store.tasks)
@@ -43,17 +49,48 @@ class Backend:
             engine=self.engine,
             fetch_image=self.images.fetch,
             estimate=self.estimate,
+            cloud=self._cloud_route(),
         )
 
-    def worker(self) -> Worker:
+    def _cloud_route(self) -> CloudRoute | None:
+        if self.cloud_engine is None:
+            return None
+        settings = self.settings
+        input_ttl_s = int(settings.task_timeout_s) + 3600  # the cloud may fetch them late in the task's life
+
+        def forwardable(source: str, field: str, app_key: str, task_id: str) -> str:
+            return self.images.forwardable(source, field, app_key, task_id, settings.cloud_reachable_url, input_ttl_s)
+
+        return CloudRoute(
+            self.cloud_engine, forwardable, fall_back=None if settings.cloud_only else self._fall_back_to_local
+        )
+
+    def _fall_back_to_local(self, task_id: str, owner: str) -> bool:
+        if not self.store.tasks.fall_back(task_id, owner):
+            return False
+        self.queue.send(task_id, LOCAL)
+        return True
+
+    @property
+    def routes(self) -> dict[str, int]:
+        """The routes this deployment's workers take, with the threads each gets in one process."""
+        settings = self.settings
+        if settings.cloud_only:
+            return {CLOUD: settings.cloud_workers}
+        if settings.uses_cloud:
+            return {LOCAL: settings.workers, CLOUD: settings.cloud_workers}
+        return {LOCAL: settings.workers}
+
+    def worker(self, route: str = LOCAL) -> Worker:
         embedded = self.settings.embedded
         return Worker(
             self.store.tasks,
             self.store.fleet,
             self.context,
-            kind="embedded" if embedded else "worker",
+            kind=("embedded" if embedded else "worker") + ("-cloud" if route == CLOUD else ""),
             lease_s=self.settings.lease_s,
             record=not embedded,
+            route=route,
         )
 
     def close(self) -> None:

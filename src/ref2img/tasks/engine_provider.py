@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from ref2img.engines.base import Engine, EngineError
 from ref2img.settings import ServerSettings
+from ref2img.tasks.fetch import SafeHttp
 
 log = logging.getLogger("ref2img.engine")
 
@@ -64,5 +65,18 @@ def local_engine_factory(settings: ServerSettings) -> Callable[[], Engine]:
             offload=settings.offload,
             speedups=Speedups(compile=settings.compile),
         ).load()
+
+    return build
+
+
+def cloud_engine_factory(settings: ServerSettings, http: SafeHttp) -> Callable[[], Engine]:
+    """The tomoviee engine: results are downloaded through the guarded HTTP client (size and time caps)."""
+
+    def build() -> Engine:
+        from ref2img.engines.tomoviee import CloudCredentials, TomovieeEngine
+        from ref2img.images import decode_image
+
+        credentials = CloudCredentials.load(settings.cloud_credentials_file)
+        return TomovieeEngine(credentials, http.get, decode_image, base_url=settings.cloud_url)
 
     return build

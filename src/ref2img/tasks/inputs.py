@@ -46,6 +46,30 @@ class ImageResolver:
         except UrlRefused as exc:
             raise ImageInputError(field, str(exc), exc.code) from None
 
+    def needs_publishing(self, url: str, field: str, app_key: str) -> bool:
+        """True for what only this server can hand to another service (a data URI, our own file): those
+        reach the cloud as signed URLs of this server, so they need a public URL."""
+        return url.startswith("data:") or self._own_file(url, field, app_key) is not None
+
+    def forwardable(self, url: str, field: str, app_key: str, task_id: str, base_url: str | None, ttl_s: int) -> str:
+        """A URL another service (the Tomoviee cloud) can fetch the image from: a public URL as given; a
+        data URI (stored under the task) or one of our files as a signed, expiring URL of `base_url`."""
+        if url.startswith("data:"):
+            data = data_uri_bytes(url, field)
+            name = self.storage.save_input(task_id, field, data, (open_image(data, field).format or "png").lower())
+        else:
+            own = self._own_file(url, field, app_key)
+            if own is None:
+                return url
+            name = own
+        if base_url is None:
+            raise ImageInputError(
+                field,
+                "the cloud fetches images by URL, and this server has no --public-url for it to reach",
+                ErrorCode.INVALID_PARAMETER,
+            )
+        return self.storage.signed_url(base_url, name, ttl_s)
+
     def _own_file(self, url: str, field: str, app_key: str) -> str | None:
         """The storage name when `url` is a signed URL we issued to this key, else None."""
         parts = urlsplit(url)

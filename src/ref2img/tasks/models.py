@@ -42,6 +42,10 @@ class TaskRow(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     preview: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the latest step preview (stored name)
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # scale-out: last queue message
+    route: Mapped[str] = mapped_column(String(16), default="local", server_default="local")  # "local" | "cloud"
+    remote_id: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the cloud's task id, once created
+    remote_wait_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # the cloud's last wait_time
+    fallbacks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # cloud → local moves
 
 
 class AppKeyRow(Base):

@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Protocol
 
-from ref2img.tasks.store.tasks import TaskStore
+from ref2img.tasks.store.tasks import LOCAL, TaskStore
 from ref2img.tasks.worker import Worker
 
 log = logging.getLogger("ref2img.queue")
@@ -23,12 +23,12 @@ class Consumer(Protocol):
 
 
 class TaskQueue(Protocol):
-    def send(self, task_id: str) -> None:
-        """Tell the workers about a committed task. Never raises: a task the queue could not take waits
-        in the store, and `redeliver` sends it later (accepted means kept)."""
+    def send(self, task_id: str, route: str = LOCAL) -> None:
+        """Tell the workers of `route` about a committed task. Never raises: a task the queue could not
+        take waits in the store, and `redeliver` sends it later (accepted means kept)."""
 
     def consume(self, worker: Worker, threads: int) -> Consumer:
-        """Start handing tasks to `worker` on `threads` threads of this process."""
+        """Start handing tasks of `worker.route` to `worker` on `threads` threads of this process."""
 
     def redeliver(self, lease_s: float) -> int:
         """Send again what the queue lost (housekeeping); returns how many."""
@@ -44,7 +44,7 @@ class EmbeddedQueue:
         self.tasks = tasks
         self.idle_poll_s = idle_poll_s
 
-    def send(self, task_id: str) -> None:
+    def send(self, task_id: str, route: str = LOCAL) -> None:
         """Nothing to send: `TaskStore.create` already woke the idle workers."""
 
     def consume(self, worker: Worker, threads: int) -> _ClaimingThreads:

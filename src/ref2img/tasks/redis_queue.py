@@ -14,13 +14,15 @@ import logging
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from ref2img.tasks.store.tasks import TaskStore
+from ref2img.tasks.store.tasks import CLOUD, LOCAL, TaskStore
 from ref2img.tasks.worker import Worker
 
 log = logging.getLogger("ref2img.queue")
 
 ACTOR_NAME = "ref2img_run_task"
 QUEUE_NAME = "ref2img"
+# One queue a route: GPU workers take the local one; `ref2img worker --engine tomoviee` the cloud one.
+QUEUE_NAMES = {LOCAL: QUEUE_NAME, CLOUD: "ref2img-cloud"}
 
 
 class RedisQueue:
@@ -38,22 +40,25 @@ class RedisQueue:
         )
         self._time_limit_ms = int((task_timeout_s + 120) * 1000)
         self._worker: Worker | None = None
-        self._actor = dramatiq.actor(
-            broker=self.broker,
-            actor_name=ACTOR_NAME,
-            queue_name=QUEUE_NAME,
-            max_retries=0,
-            time_limit=self._time_limit_ms,
-        )(self._handle)
+        self._actors = {
+            route: dramatiq.actor(
+                broker=self.broker,
+                actor_name=ACTOR_NAME if route == LOCAL else f"{ACTOR_NAME}_{route}",
+                queue_name=queue_name,
+                max_retries=0,
+                time_limit=self._time_limit_ms,
+            )(self._handle)
+            for route, queue_name in QUEUE_NAMES.items()
+        }
 
     def _handle(self, task_id: str) -> None:
         if self._worker is None:  # an API node never consumes
             raise RuntimeError("this process has no worker")
         self._worker.run_by_id(task_id)
 
-    def send(self, task_id: str) -> None:
+    def send(self, task_id: str, route: str = LOCAL) -> None:
         try:
-            self._actor.send(task_id)
+            self._actors[route].send(task_id)
             self.tasks.mark_sent([task_id])
         except Exception:  # noqa: BLE001 - any broker failure: the store keeps the task
             log.warning("queue unreachable; task %s will be sent by the housekeeping", task_id)
@@ -63,10 +68,10 @@ class RedisQueue:
         # messages were lost (Redis restarted without persistence), so those are resent too.
         lost = self.depth() == 0
         stale = self.tasks.unsent_queued(older_than_s=2 * lease_s if lost else float("inf"))
-        for task_id in stale:
-            self._actor.send(task_id)
+        for task_id, route in stale:
+            self._actors[route].send(task_id)
         if stale:
-            self.tasks.mark_sent(stale)
+            self.tasks.mark_sent([task_id for task_id, _ in stale])
             log.info("resent %d queue messages", len(stale))
         return len(stale)
 
@@ -75,7 +80,8 @@ class RedisQueue:
         self._worker = worker
         # An idle consumer polls Redis with a backoff capped at worker_timeout: 50 ms keeps the
         # enqueue-to-start latency low at about 20 cheap Redis calls a second.
-        consumer = dramatiq.Worker(self.broker, queues={QUEUE_NAME}, worker_threads=threads, worker_timeout=50)
+        queues = {QUEUE_NAMES[worker.route]}
+        consumer = dramatiq.Worker(self.broker, queues=queues, worker_threads=threads, worker_timeout=50)
         # Dramatiq prefetches 2 messages a thread by default: a GPU worker would hold the next task
         # behind a long one while another worker idles. Take only what the threads can run.
         consumer.queue_prefetch = threads
@@ -84,7 +90,7 @@ class RedisQueue:
 
     def depth(self) -> int | None:
         try:
-            return self.broker.client.llen(f"{self.broker.namespace}:{QUEUE_NAME}")
+            return sum(self.broker.client.llen(f"{self.broker.namespace}:{name}") for name in QUEUE_NAMES.values())
         except Exception:  # noqa: BLE001 - metrics must not fail because Redis is away
             return None
 

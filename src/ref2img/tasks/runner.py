@@ -18,14 +18,15 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ref2img.engines.base import Engine, EngineError, Job, JobCancelled
+from ref2img.engines.base import Engine, EngineError, Job, JobCancelled, RemoteTimedOut, RemoteUnavailable
 from ref2img.images import ImageInputError
 from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, TaskStatus
+from ref2img.tasks.cloud_route import CloudRoute, TaskHandoff
 from ref2img.tasks.estimate import DurationEstimate
 from ref2img.tasks.models import TaskRow
 from ref2img.tasks.storage import Storage
 from ref2img.tasks.store import StoreError
-from ref2img.tasks.store.tasks import TaskStore
+from ref2img.tasks.store.tasks import CLOUD, TaskStore
 
 log = logging.getLogger("ref2img.runner")
 
@@ -39,6 +40,7 @@ class RunContext:
     engine: Callable[[], Engine]  # the loaded engine; EngineError when it cannot load
     fetch_image: Callable[[str, str, str], Image.Image]  # (url, field, app_key) -> image
     estimate: DurationEstimate
+    cloud: CloudRoute | None = None  # servers that forward tasks to the Tomoviee cloud
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> Outcome:
         names = (
             _recognize(task, ctx)
             if task.kind == "img2mask"
-            else _generate(task, ctx, on_progress, should_cancel, on_preview)
+            else _generate(task, owner, ctx, on_progress, should_cancel, on_preview)
         )
     except StoreError:
         raise  # the store failed (locked, disk full, unreachable), not the task: it runs again after its lease
@@ -94,6 +96,15 @@ def run_task(task: TaskRow, owner: str, ctx: RunContext) -> Outcome:
         return finish(verdict, reason)
     except ImageInputError as exc:
         return finish(TaskStatus.FAILED, str(exc))
+    except RemoteUnavailable as exc:
+        # The cloud never took the task: a hybrid server runs it here instead (once: only this lease
+        # owner can move it); a cloud-only server has nowhere else to run it.
+        if ctx.cloud is not None and ctx.cloud.fall_back is not None and ctx.cloud.fall_back(task.id, owner):
+            log.warning("task %s: %s; it runs on the local GPUs instead", task.id, exc)
+            return Outcome(TaskStatus.QUEUED)
+        return finish(TaskStatus.FAILED, str(exc))
+    except RemoteTimedOut as exc:
+        return finish(TaskStatus.TIMED_OUT, str(exc))
     except EngineError as exc:
         return finish(TaskStatus.FAILED, str(exc))
     except MemoryError:
@@ -121,10 +132,20 @@ def _incident(task: TaskRow) -> str:
     return f"internal error (incident {incident})"
 
 
-def _generate(task: TaskRow, ctx: RunContext, on_progress, should_cancel, on_preview) -> list[str]:
+def _generate(task: TaskRow, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> list[str]:
     request = CreateRequest.model_validate_json(task.request)
-    job = Job.from_request(request, lambda source, field: ctx.fetch_image(source, field, task.app_key))
-    images = ctx.engine().generate(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
+    load = lambda source, field: ctx.fetch_image(source, field, task.app_key)  # noqa: E731
+    if task.route == CLOUD:
+        if ctx.cloud is None:
+            raise EngineError("this task was routed to the Tomoviee cloud, and this worker has no cloud engine")
+        # The inputs are still fetched and checked here: a bad image fails before any cloud credit is spent.
+        job = Job.from_request(
+            request, load, sources=ctx.cloud.sources(task, request), handoff=TaskHandoff(ctx.tasks, task, owner)
+        )
+        engine = ctx.cloud.engine()
+    else:
+        job, engine = Job.from_request(request, load), ctx.engine()
+    images = engine.generate(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
     return [ctx.storage.save_result(task.id, index, image) for index, image in enumerate(images)]
 
 

@@ -18,17 +18,27 @@ from ref2img.engines.base import EngineError
 from ref2img.tasks.models import TaskRow
 from ref2img.tasks.runner import RunContext, run_task
 from ref2img.tasks.store.fleet import Fleet
-from ref2img.tasks.store.tasks import TaskStore
+from ref2img.tasks.store.tasks import CLOUD, LOCAL, TaskStore
 
 log = logging.getLogger("ref2img.worker")
 
 
 class Worker:
     def __init__(
-        self, tasks: TaskStore, fleet: Fleet, context: RunContext, *, kind: str, lease_s: float, record: bool = True
+        self,
+        tasks: TaskStore,
+        fleet: Fleet,
+        context: RunContext,
+        *,
+        kind: str,
+        lease_s: float,
+        record: bool = True,
+        route: str = LOCAL,
     ):
         """`record`: add each task's time to this worker's totals in the store (`/metrics` of a fleet);
-        the embedded server skips that write, as it has one worker and no per-worker metrics."""
+        the embedded server skips that write, as it has one worker and no per-worker metrics.
+        `route`: the tasks it takes, the local GPUs' or the cloud's (which it follows, GPU-free)."""
+        self.route = route
         self.owner = f"{kind}-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"  # fits lease_owner
         self.lease_s = lease_s
         self._record = record
@@ -44,12 +54,13 @@ class Worker:
         """Claim nothing until the engine has loaded: while it loads (seconds to minutes on the first
         start) tasks stay queued, status 1 with their position, rather than showing status 2 with no
         step run. A load that fails is reported by the runner, on each task, with its reason."""
+        cloud = self._context.cloud
         with contextlib.suppress(EngineError):
-            self._context.engine()
+            (cloud.engine if self.route == CLOUD and cloud is not None else self._context.engine)()
 
     def run_next(self) -> bool:
         """Claim the oldest queued task and run it; False when none waits."""
-        task = self._tasks.claim_next(self.owner, self.lease_s)
+        task = self._tasks.claim_next(self.owner, self.lease_s, self.route)
         if task is None:
             return False
         self._run(task)

@@ -24,14 +24,17 @@ def run_worker_process(settings: ServerSettings) -> None:
     if settings.embedded:
         raise ValueError("a worker needs --queue redis://… (embedded servers run their own workers)")
     backend = Backend(settings)
-    worker = backend.worker()
+    # One route a process: the local queue (a GPU worker, one task at a time) or, with --engine tomoviee,
+    # the cloud queue (a follower of many cloud tasks at once).
+    ((route, threads),) = backend.routes.items()
+    worker = backend.worker(route)
     # Leases say who is alive: a processing task is orphaned only once its lease has run out.
     housekeeper = Housekeeper(backend.store.tasks, backend.queue, settings.lease_s, owner_alive=lambda owner: True)
     try:
         backend.engine()  # load the model before taking work: one engine per process, loaded once
         worker.start()
         housekeeper.start()
-        consumer = backend.queue.consume(worker, threads=1)
+        consumer = backend.queue.consume(worker, threads=threads)
         log.info("worker %s consuming", worker.owner)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

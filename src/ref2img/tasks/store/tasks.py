@@ -25,6 +25,7 @@ from ref2img.tasks.models import TaskRow
 from ref2img.tasks.store.database import Database, StoreConflict, new_id, rows_changed
 from ref2img.tasks.store.outbox import Outbox
 
+LOCAL, CLOUD = "local", "cloud"  # a task's route: the local GPUs, or the Tomoviee cloud
 MAX_ATTEMPTS = 3  # a task whose worker died this many times ends as failed, not retried forever
 
 
@@ -68,9 +69,11 @@ class TaskStore:
         timeout_s: float,
         queue_limit: int,
         quota: Quota | None = None,
+        route: str = LOCAL,
     ) -> tuple[TaskRow, bool]:
         """A new queued task, or the earlier one with the same idempotency key (created=False).
-        QueueFull when the queue is full; QuotaExceeded when the key is at one of its limits."""
+        QueueFull when the queue is full; QuotaExceeded when the key is at one of its limits.
+        `route`: whose workers run it, the local GPUs' (LOCAL) or the cloud followers' (CLOUD)."""
         now = time.time()
         with self._db.session() as session:
             if idempotency_key:
@@ -102,6 +105,8 @@ class TaskStore:
                 deadline=now + timeout_s,
                 attempts=0,
                 cancel_requested=False,
+                route=route,
+                fallbacks=0,
             )
             session.add(task)
         self.changes.notify()
@@ -124,7 +129,7 @@ class TaskStore:
             return task
 
     def position(self, task: TaskRow) -> int:
-        """How many queued tasks are ahead of this one (-1 once it left the queue)."""
+        """How many queued tasks of its route are ahead of this one (-1 once it left the queue)."""
         if task.status != TaskStatus.QUEUED:
             return -1
         with self._db.session(write=False) as session:
@@ -132,10 +137,35 @@ class TaskStore:
                 session.scalar(
                     select(func.count())
                     .select_from(TaskRow)
-                    .where(TaskRow.status == TaskStatus.QUEUED, TaskRow.created_at < task.created_at)
+                    .where(
+                        TaskRow.status == TaskStatus.QUEUED,
+                        TaskRow.route == task.route,
+                        TaskRow.created_at < task.created_at,
+                    )
                 )
                 or 0
             )
+
+    def active_count(self, route: str) -> tuple[int, int]:
+        """(queued, running) tasks of a route."""
+        with self._db.session(write=False) as session:
+            rows = session.execute(
+                select(TaskRow.status, func.count())
+                .where(TaskRow.route == route, TaskRow.status.in_((TaskStatus.QUEUED, TaskStatus.PROCESSING)))
+                .group_by(TaskRow.status)
+            )
+            counts = {status: count for status, count in rows}
+        return counts.get(TaskStatus.QUEUED, 0), counts.get(TaskStatus.PROCESSING, 0)
+
+    def route_counts(self) -> tuple[dict[str, int], int]:
+        """Tasks by route (every status), and how many moved from the cloud back to the local queue."""
+        with self._db.session(write=False) as session:
+            by_route = {
+                route: count
+                for route, count in session.execute(select(TaskRow.route, func.count()).group_by(TaskRow.route))
+            }
+            fallbacks = session.scalar(select(func.coalesce(func.sum(TaskRow.fallbacks), 0))) or 0
+        return by_route, int(fallbacks)
 
     def count_by_status(self) -> dict[int, int]:
         with self._db.session(write=False) as session:
@@ -153,13 +183,13 @@ class TaskStore:
             return [finished - started for started, finished in rows if started is not None and finished is not None]
 
     # -- the queue: leases ---------------------------------------------------------------------
-    def claim_next(self, owner: str, lease_s: float) -> TaskRow | None:
-        """Lease the oldest queued task (the embedded queue), or None when none waits."""
+    def claim_next(self, owner: str, lease_s: float, route: str = LOCAL) -> TaskRow | None:
+        """Lease the oldest queued task of `route` (the embedded queue), or None when none waits."""
         # SKIP LOCKED: concurrent claimers on PostgreSQL take different tasks instead of queueing
         # on one row (SQLite has a single writer and ignores it).
         oldest = (
             select(TaskRow.id)
-            .where(TaskRow.status == TaskStatus.QUEUED)
+            .where(TaskRow.status == TaskStatus.QUEUED, TaskRow.route == route)
             .order_by(TaskRow.created_at)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -208,21 +238,19 @@ class TaskStore:
         with self._db.session() as session:
             session.execute(update(TaskRow).where(TaskRow.id.in_(task_ids)).values(sent_at=time.time()))
 
-    def unsent_queued(self, older_than_s: float, limit: int = 500) -> list[str]:
-        """Queued tasks with no queue message sent (requeued, or Redis was down), or whose last one
-        is older than `older_than_s` (pass a huge value to skip those: their message may still wait)."""
+    def unsent_queued(self, older_than_s: float, limit: int = 500) -> list[tuple[str, str]]:
+        """(task id, route) of queued tasks with no queue message sent (requeued, fallen back from the
+        cloud, or Redis was down), or whose last one is older than `older_than_s` (pass a huge value to
+        skip those: their message may still wait)."""
         cutoff = time.time() - older_than_s
         with self._db.session(write=False) as session:
-            return list(
-                session.scalars(
-                    select(TaskRow.id)
-                    .where(
-                        TaskRow.status == TaskStatus.QUEUED, or_(TaskRow.sent_at.is_(None), TaskRow.sent_at < cutoff)
-                    )
-                    .order_by(TaskRow.created_at)
-                    .limit(limit)
-                )
+            rows = session.execute(
+                select(TaskRow.id, TaskRow.route)
+                .where(TaskRow.status == TaskStatus.QUEUED, or_(TaskRow.sent_at.is_(None), TaskRow.sent_at < cutoff))
+                .order_by(TaskRow.created_at)
+                .limit(limit)
             )
+            return [(task_id, route) for task_id, route in rows]
 
     def extend_lease(self, task_ids: list[str], owner: str, lease_s: float) -> None:
         if not task_ids:
@@ -253,6 +281,47 @@ class TaskStore:
 
     def set_progress(self, task_id: str, owner: str, progress: int) -> None:
         self._update_running(task_id, owner, progress=progress)
+
+    # -- cloud-routed tasks ----------------------------------------------------------------------
+    def remember_remote(self, task_id: str, owner: str, remote_id: str) -> None:
+        """The cloud task this one follows, kept before anything else happens: a restarted worker
+        follows it instead of creating a second one."""
+        self._update_running(task_id, owner, remote_id=remote_id)
+
+    def set_remote_wait(self, task_id: str, owner: str, seconds: float) -> None:
+        self._update_running(task_id, owner, remote_wait_s=seconds)
+
+    def fall_back(self, task_id: str, owner: str) -> bool:
+        """Move a cloud-routed task that the cloud never accepted back to the local queue, as queued
+        with no message sent (the caller sends one; the housekeeping resends it if that is lost).
+        Only for the lease owner, so it happens once; False when the task is no longer ours."""
+        with self._db.session() as session:
+            moved = rows_changed(
+                session.execute(
+                    update(TaskRow)
+                    .where(
+                        TaskRow.id == task_id,
+                        TaskRow.lease_owner == owner,
+                        TaskRow.status == TaskStatus.PROCESSING,
+                        TaskRow.route == CLOUD,
+                    )
+                    .values(
+                        status=TaskStatus.QUEUED,
+                        route=LOCAL,
+                        lease_owner=None,
+                        lease_expires=None,
+                        progress=0,
+                        remote_id=None,
+                        remote_wait_s=None,
+                        sent_at=None,
+                        fallbacks=TaskRow.fallbacks + 1,
+                    )
+                )
+            )
+        if moved:
+            self.changes.notify()
+            self.queued.notify()
+        return bool(moved)
 
     def _update_running(self, task_id: str, owner: str, **values: Any) -> None:
         """Change a running task, only while `owner` holds its lease (a late worker changes nothing)."""
@@ -304,7 +373,9 @@ class TaskStore:
         return True
 
     def request_cancel(self, task_id: str, app_key: str) -> TaskRow | None:
-        """Queued: cancelled at once. Processing: flagged; the runner stops between steps."""
+        """Queued: cancelled at once. Processing: flagged; the runner stops between steps. A task in the
+        cloud holds no GPU here, so it ends at once too: its follower sees the lease gone and stops
+        polling, abandoning the cloud task (the cloud API has no cancel)."""
         task = self.get(task_id, app_key)
         if task is None:
             return None
@@ -313,6 +384,8 @@ class TaskStore:
         elif task.status == TaskStatus.PROCESSING:
             with self._db.session() as session:
                 session.execute(update(TaskRow).where(TaskRow.id == task_id).values(cancel_requested=True))
+            if task.route == CLOUD:
+                self.finish(task_id, task.lease_owner, TaskStatus.CANCELLED, reason="cancelled by the client")
         return self.get(task_id, app_key)
 
     def recover(self, owner_alive: Callable[[str | None], bool] = lambda owner: False) -> int:

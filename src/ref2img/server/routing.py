@@ -1,0 +1,56 @@
+"""Which workers take a new task: the local GPUs, or the Tomoviee cloud (docs/cloud.md).
+
+- `--engine tomoviee`: every generation goes to the cloud. Its images must be URLs the cloud can
+  fetch: public ones, or (with an explicit --public-url) signed URLs of this server for uploads and
+  data URIs; without --public-url those are refused here, before anything is queued.
+- `--overflow tomoviee --overflow-after S`: a generation goes to the cloud when its estimated wait on
+  the local GPUs is over S seconds (and the cloud can fetch its images); recognition stays local.
+"""
+
+from __future__ import annotations
+
+from ref2img.protocol import ErrorCode
+from ref2img.server.errors import ApiError
+from ref2img.server.services import Services
+from ref2img.tasks.store.tasks import CLOUD, LOCAL
+
+
+def route_generation(svc: Services, app_key: str, images: dict[str, str | None]) -> str:
+    settings = svc.settings
+    if not settings.uses_cloud:
+        return LOCAL
+    needs_url = [
+        field
+        for field, url in images.items()
+        if url is not None and settings.cloud_reachable_url is None and svc.images.needs_publishing(url, field, app_key)
+    ]
+    if settings.cloud_only:
+        if needs_url:
+            raise ApiError(
+                ErrorCode.INVALID_PARAMETER,
+                f"{needs_url[0]}: this server forwards tasks to the Tomoviee cloud, which fetches images by URL; "
+                "send a public http(s) URL, or start the server with --public-url (a URL the cloud can reach) "
+                "to forward uploads and data URIs",
+            )
+        return CLOUD
+    cloud = svc.backend.cloud_engine
+    if needs_url or cloud is None or cloud.state.startswith("error"):
+        return LOCAL
+    return CLOUD if local_wait_s(svc) > settings.overflow_after_s else LOCAL
+
+
+def route_recognition(svc: Services) -> str:
+    if svc.settings.cloud_only:
+        raise ApiError(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            "engine unavailable: control maps (tm_reference_img2mask) need a local engine, and this server "
+            "forwards generation to the Tomoviee cloud only",
+        )
+    return LOCAL
+
+
+def local_wait_s(svc: Services) -> float:
+    """A new task's wait on the local GPUs: the local tasks ahead of it, shared by the local workers,
+    at the moving average run time."""
+    queued, running = svc.store.tasks.active_count(LOCAL)
+    return (queued + running) / max(1, svc.worker_count()) * svc.estimate.seconds
