@@ -36,10 +36,11 @@ def free_port() -> int:
 class Server:
     """One `ref2img serve` subprocess; stop/kill/start again on the same data dir."""
 
-    def __init__(self, data_dir: Path, model: Path | str, *extra: str):
+    def __init__(self, data_dir: Path, model: Path | str, *extra: str, env: dict[str, str] | None = None):
         self.data_dir = Path(data_dir)
         self.model = str(model)
         self.extra = list(extra)
+        self.env = env or {}
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
@@ -52,7 +53,7 @@ class Server:
         command = [sys.executable, "-m", "ref2img.cli", "serve", "--port", str(self.port), "--data-dir",
                    str(self.data_dir), "--model", self.model, "--log-level", "warning", *self.extra]
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -60,7 +60,7 @@ class CloudCredentials:
     def load(cls, file: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> CloudCredentials:
         """From REF2IMG_CLOUD_APP_KEY / REF2IMG_CLOUD_APP_SECRET, else from `file` (lines `NAME=value`
         with those names, as systemd's EnvironmentFile reads them): never from a flag, which `ps` shows."""
-        values = dict(environ)
+        values = {name: value for name, value in environ.items() if value}  # set and not empty
         if file is not None:
             try:
                 lines = Path(file).read_text().splitlines()
