@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from ..contract.test_storage import s3_endpoint  # noqa: F401  (shared fixture)
+from ..server.conftest import image_host  # noqa: F401  (shared fixture)
 from ..server.conftest import Cloud, Server, data_uri, img2img_body
 
 pytestmark = pytest.mark.slow  # minutes long: CI runs it; `pytest -m "not slow"` leaves it out
@@ -23,7 +24,8 @@ pytestmark = pytest.mark.slow  # minutes long: CI runs it; `pytest -m "not slow"
 
 
 class Fleet:
-    def __init__(self, tmp_path, tiny_model, steps: int, postgres_url: str, redis_url: str):
+    def __init__(self, tmp_path, tiny_model, steps: int, postgres_url: str, redis_url: str, api_extra=(),
+                 env=None):
         self.postgres = postgres_url
         self.redis = redis_url
         self.schema = f"fleet_{secrets.token_hex(4)}"
@@ -37,16 +39,17 @@ class Fleet:
         # Private URLs allowed: the tests' callback receiver listens on loopback.
         common = ["--queue", redis_url, "--db", self.db, "--storage", str(self.storage), "--lease", "3",
                   "--allow-private-urls"]
-        self.api = Server(tmp_path / "api", tiny_model, *common).start()
+        self.api = Server(tmp_path / "api", tiny_model, *common, *api_extra, env=env).start()
         self.workers: list[subprocess.Popen] = []
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, *extra: str, env=None) -> subprocess.Popen:
         log = open(self.tmp_path / f"worker-{len(self.workers)}.log", "ab")
         command = [sys.executable, "-m", "ref2img.cli", "worker", "--queue", self.redis, "--db", self.db,
                    "--storage", str(self.storage), "--model", self.model,  # its public URL: from the store
                    "--part", f"steps={self.steps}", "--lease", "3", "--data-dir", str(self.tmp_path / "w"),
-                   "--log-level", "warning", "--allow-private-urls"]
-        process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                   "--log-level", "warning", "--allow-private-urls", *extra]
+        process = subprocess.Popen(command, stdout=log, stderr=log,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
         self.workers.append(process)
         return process
 
@@ -264,3 +267,29 @@ def test_a_worker_needs_no_public_url_and_callbacks_carry_the_api_nodes(fleet, a
         assert httpx.get(url).status_code == 200
     finally:
         receiver.close()
+
+
+def test_overflow_goes_through_the_cloud_queue_to_a_cloud_worker(tmp_path, tiny_sd15, postgres_url, redis_server,
+                                                                  image_host):
+    from ..cloud.fake_cloud import FakeCloud, Script
+    from ..cloud.test_cloud_engine import CLOUD_ENV
+
+    fake = FakeCloud()
+    fake.reset(Script(queued_s=0.1, run_s=0.5))
+    api_extra = ("--overflow", "tomoviee", "--overflow-after", "0", "--cloud-url", fake.url)
+    fleet = Fleet(tmp_path, tiny_sd15, 20, postgres_url, redis_server.url, api_extra=api_extra, env=CLOUD_ENV)
+    try:
+        fleet.start_worker()  # a GPU worker: the local queue
+        fleet.start_worker("--engine", "tomoviee", "--cloud-url", fake.url, env=CLOUD_ENV)  # the cloud queue's
+        cloud = cloud_for(fleet)
+        reference = image_host.url("/astronaut.png")  # public: the cloud fetches it as it is
+        first = cloud.create_id(img2img_body(reference))
+        second = cloud.create_id(img2img_body(reference))
+        done = [cloud.wait_final(task_id, timeout_s=120) for task_id in (first, second)]
+        assert [(d["status"], d["route"]) for d in done] == [(3, "local"), (3, "cloud")], done
+        assert len(fake.creates) == 1
+        (cloud_task,) = fake.tasks.values()
+        assert isinstance(cloud_task.inputs["reference_image"], bytes)
+    finally:
+        fleet.close()
+        fake.close()

@@ -13,7 +13,7 @@ from ref2img.server.studio import SignInLink
 from ref2img.server.throttle import AuthThrottle
 from ref2img.server.views import task_data
 from ref2img.settings import ServerSettings
-from ref2img.tasks.backend import Backend
+from ref2img.tasks.backend import CLOUD_WORKER_KIND, Backend
 from ref2img.tasks.housekeeping import Housekeeper
 from ref2img.tasks.models import TaskRow
 from ref2img.tasks.queue import Consumer
@@ -57,10 +57,12 @@ class Services:
         self._consumers: list[Consumer] = []
 
     def worker_count(self) -> int:
-        """Workers sharing the queue: this process's threads, or the fleet's live workers."""
+        """Workers sharing the local queue: this process's threads, or the fleet's live GPU workers
+        (cloud followers, `ref2img worker --engine tomoviee`, take only the cloud queue)."""
         if self.settings.embedded:
             return self.settings.workers
-        return max(1, len(self.store.fleet.alive(within_s=3 * self.settings.lease_s)))
+        alive = self.store.fleet.alive(within_s=3 * self.settings.lease_s)
+        return max(1, sum(1 for row in alive if not row.id.startswith(f"{CLOUD_WORKER_KIND}-")))
 
     def task_data(self, task: TaskRow, base_url: str) -> dict:
         workers = self.worker_count() if task.status == 1 else 1

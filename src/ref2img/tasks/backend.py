@@ -20,6 +20,9 @@ from ref2img.tasks.store.tasks import CLOUD, LOCAL
 from ref2img.tasks.worker import Worker
 
 
+CLOUD_WORKER_KIND = "worker-cloud"  # the owner-id prefix of a fleet's cloud followers
+
+
 class Backend:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
@@ -87,7 +90,9 @@ class Backend:
             self.store.tasks,
             self.store.fleet,
             self.context,
-            kind=("embedded" if embedded else "worker") + ("-cloud" if route == CLOUD else ""),
+            kind=("embedded-cloud" if embedded else CLOUD_WORKER_KIND)
+            if route == CLOUD
+            else ("embedded" if embedded else "worker"),
             lease_s=self.settings.lease_s,
             record=not embedded,
             route=route,
