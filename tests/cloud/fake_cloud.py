@@ -98,7 +98,7 @@ class FakeCloud:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}")
@@ -112,7 +112,7 @@ class FakeCloud:
                 status, payload = answer
                 self._send(status, json.dumps(payload).encode(), "application/json")
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 png = cloud.result_png(self.path)
                 if png is None:
                     self._send(404, b"404 page not found", "text/plain")  # as the cloud answers (§1.2)

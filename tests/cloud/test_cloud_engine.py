@@ -91,6 +91,20 @@ def test_a_task_runs_in_the_cloud_and_its_images_are_ours(fake, client, data_uri
     assert image.size == (640, 512)
 
 
+def test_an_upload_reaches_the_cloud_as_a_signed_url_of_ours(fake, client, astronaut):
+    fake.reset(Script(queued_s=0.1, run_s=0.3))
+    auth = {k: v for k, v in client.headers.items() if k != "Content-Type"}
+    upload = httpx.post(f"{client.base}/v1/files", files={"file": ("ref.png", png_bytes(astronaut), "image/png")},
+                        headers=auth).json()
+    assert upload["code"] == 0, upload
+    data = client.wait_final(client.create_id(img2img_body(upload["data"]["url"])), timeout_s=30)
+    assert data["status"] == 3, data
+    sent = fake.creates[0]["reference_image"]
+    assert sent.startswith(client.base) and sent != upload["data"]["url"]  # signed anew, for the cloud
+    (cloud_task,) = fake.tasks.values()
+    assert cloud_task.inputs["reference_image"] == png_bytes(astronaut)  # the very bytes uploaded
+
+
 @pytest.mark.parametrize(("cloud_status", "ours", "words"), [
     (4, 4, "the Tomoviee cloud failed the task: insufficient balance"),
     (5, 4, "the Tomoviee cloud closed the task: insufficient balance"),

@@ -123,6 +123,8 @@ class TomovieeEngine:
         else:
             log.info("following cloud task %s again", remote_id)
         task = self._follow(remote_id, job, on_progress, should_cancel)
+        if should_cancel():  # cancelled while the last answer was on its way: nothing to download
+            raise JobCancelled("cancelled while the task was in the cloud")
         return [self._fetch(url, index) for index, url in enumerate(task.images)]
 
     def recognize(self, image: Image.Image, control_type: ControlType) -> Image.Image:
