@@ -133,13 +133,9 @@ def serve(
         auth_failure_limit=auth_failure_limit,
         max_body_bytes=max_body_mb * 1024 * 1024,
         studio_link=True,
-        engine=engine,
         overflow=overflow,
         overflow_after_s=overflow_after,
-        cloud_url=cloud_url,
-        cloud_credentials_file=str(cloud_credentials) if cloud_credentials else None,
-        cloud_workers=cloud_workers,
-        cloud_reachable_url=public_url,
+        **_cloud_settings(engine, cloud_url, cloud_credentials, cloud_workers, public_url),
     )
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
 
@@ -207,11 +203,7 @@ def worker(
         queue_url=queue,
         storage=storage,
         lease_s=lease,
-        engine=engine,
-        cloud_url=cloud_url,
-        cloud_credentials_file=str(cloud_credentials) if cloud_credentials else None,
-        cloud_workers=cloud_workers,
-        cloud_reachable_url=public_url,
+        **_cloud_settings(engine, cloud_url, cloud_credentials, cloud_workers, public_url),
     )
     try:
         run_worker_process(settings)
@@ -219,3 +211,17 @@ def worker(
         fail(str(exc), EXIT_USAGE)
     except EngineError as exc:
         fail(str(exc))
+
+
+def _cloud_settings(
+    engine: str, cloud_url: str, credentials: Path | None, cloud_workers: int, public_url: str | None
+) -> dict:
+    """The Tomoviee cloud's settings, alike on `serve` and `worker`. Only an explicit --public-url is a
+    base the cloud can fetch input images from."""
+    return {
+        "engine": engine,
+        "cloud_url": cloud_url,
+        "cloud_credentials_file": str(credentials) if credentials else None,
+        "cloud_workers": cloud_workers,
+        "cloud_reachable_url": public_url,
+    }
