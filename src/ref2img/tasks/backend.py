@@ -20,7 +20,7 @@ from ref2img.tasks.store.tasks import CLOUD, LOCAL
 from ref2img.tasks.worker import Worker
 
 
-CLOUD_WORKER_KIND = "worker-cloud"  # the owner-id prefix of a fleet's cloud followers
+CLOUD_WORKER_KIND = "worker-cloud"  # the owner-id prefix of a fleet's cloud followers (see `worker`)
 
 
 class Backend:
@@ -90,9 +90,7 @@ class Backend:
             self.store.tasks,
             self.store.fleet,
             self.context,
-            kind=("embedded-cloud" if embedded else CLOUD_WORKER_KIND)
-            if route == CLOUD
-            else ("embedded" if embedded else "worker"),
+            kind=("embedded" if embedded else "worker") + ("-cloud" if route == CLOUD else ""),
             lease_s=self.settings.lease_s,
             record=not embedded,
             route=route,

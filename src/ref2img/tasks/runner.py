@@ -134,7 +134,10 @@ def _incident(task: TaskRow) -> str:
 
 def _generate(task: TaskRow, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> list[str]:
     request = CreateRequest.model_validate_json(task.request)
-    load = lambda source, field: ctx.fetch_image(source, field, task.app_key)  # noqa: E731
+
+    def load(source: str, field: str) -> Image.Image:
+        return ctx.fetch_image(source, field, task.app_key)
+
     if task.route == CLOUD:
         if ctx.cloud is None:
             raise EngineError("this task was routed to the Tomoviee cloud, and this worker has no cloud engine")
