@@ -32,10 +32,11 @@ def test_gpu_check_smoke(tmp_path):
         ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny", "1"),
         ("tiny-sdxl", "1")]
     rows = {(row["batch"], row["lever"]): row for row in runs[0]["rows"] + runs[1]["rows"]}
-    assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "fuse-qkv"),
+    assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "fuse-qkv"), (1, "previews"),
                          (2, "diffusers"), (2, "off"), (2, "fuse-qkv")}, log
     assert not [row for run in runs for row in run["rows"] if "error" in row], log
     assert rows[(1, "skip-idle-controlnet")]["drift"] == {"max": 0, "mean": 0.0}  # the exact lever
+    assert rows[(1, "previews")]["drift"] == {"max": 0, "mean": 0.0}  # rendering a preview changes no pixel
     assert rows[(1, "fuse-qkv")]["drift_within_tolerance"] is True
     assert all(row["vs_diffusers"] > 0 for row in rows.values())
     assert set(rows[(1, "off")]["dtypes"].values()) == {"float32"}

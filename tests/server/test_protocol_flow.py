@@ -8,7 +8,9 @@ from PIL import Image
 
 from .conftest import Cloud, data_uri, img2img_body, png_bytes
 
-QUERY_FIELDS = {"task_id", "status", "progress", "process", "reason", "position", "wait_time", "params", "result"}
+# The cloud's fields (§4.2), plus our `route` extension ("local" here; "cloud" behind --engine tomoviee).
+QUERY_FIELDS = {"task_id", "status", "progress", "process", "reason", "position", "wait_time", "params", "result",
+                "route"}
 
 
 @pytest.mark.slow
