@@ -54,21 +54,19 @@ class ImageResolver:
     def forwardable(self, url: str, field: str, app_key: str, task_id: str, base_url: str | None, ttl_s: int) -> str:
         """A URL another service (the Tomoviee cloud) can fetch the image from: a public URL as given; a
         data URI (stored under the task) or one of our files as a signed, expiring URL of `base_url`."""
-        if url.startswith("data:"):
-            data = data_uri_bytes(url, field)
-            name = self.storage.save_input(task_id, field, data, (open_image(data, field).format or "png").lower())
-        else:
-            own = self._own_file(url, field, app_key)
-            if own is None:
-                return url
-            name = own
+        own = None if url.startswith("data:") else self._own_file(url, field, app_key)
+        if own is None and not url.startswith("data:"):
+            return url
         if base_url is None:
             raise ImageInputError(
                 field,
                 "the cloud fetches images by URL, and this server has no --public-url for it to reach",
                 ErrorCode.INVALID_PARAMETER,
             )
-        return self.storage.signed_url(base_url, name, ttl_s)
+        if own is None:  # a data URI: kept as a file under the task, for the cloud to fetch
+            data = data_uri_bytes(url, field)
+            own = self.storage.save_input(task_id, field, data, (open_image(data, field).format or "png").lower())
+        return self.storage.signed_url(base_url, own, ttl_s)
 
     def _own_file(self, url: str, field: str, app_key: str) -> str | None:
         """The storage name when `url` is a signed URL we issued to this key, else None."""
