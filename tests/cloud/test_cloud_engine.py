@@ -203,3 +203,10 @@ def test_a_restarted_server_follows_the_same_cloud_task(fake, tmp_path, image_ho
         assert len(fake.query_ids) > polls_before and set(fake.query_ids) == {remote_id}
     finally:
         server.stop()
+
+
+def test_a_cloud_only_server_never_loads_torch(server, client, fake, image_host):
+    fake.reset(Script(queued_s=0.1, run_s=0.2))
+    assert client.wait_final(client.create_id(img2img_body(image_host.url("/astronaut.png"))))["status"] == 3
+    maps = open(f"/proc/{server.process.pid}/maps").read()  # the shared libraries the process has loaded
+    assert "libtorch" not in maps  # importing torch maps libtorch_cpu.so (or _cuda)
