@@ -89,8 +89,8 @@ class Services:
     def start(self) -> None:
         self.housekeeper.start()
         if self.workers:
-            self.engine.preload()
-            if self.backend.cloud_engine is not None:
+            self.engine.preload()  # the cloud's own when it is the only engine
+            if self.backend.cloud_engine not in (None, self.engine):
                 self.backend.cloud_engine.preload()
         for route, worker in self.workers.items():
             worker.start()
