@@ -22,7 +22,14 @@ from mcp import Client  # noqa: E402
 from mcp.client.stdio import StdioServerParameters  # noqa: E402
 from mcp.types import ImageContent  # noqa: E402
 
-from .server.conftest import Server, free_port  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client  # noqa: E402
+from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: E402
+
+from ref2img.images import ImageInputError  # noqa: E402
+from ref2img.mcp_server.inputs import InputGuard  # noqa: E402
+from ref2img.tasks.fetch import SafeHttp  # noqa: E402
+
+from .server.conftest import ImageHost, Server, free_port, png_bytes  # noqa: E402
 
 STEPS = 6  # the tiny model's denoising steps in these tests: enough progress notifications to watch
 
@@ -33,8 +40,10 @@ def stdio(*args: str) -> StdioServerParameters:
                                  env={"HF_HUB_OFFLINE": "1", "HF_HOME": os.environ.get("HF_HOME", "/nonexistent")})
 
 
-def local_server(tiny_model: Path, out: Path, *extra: str) -> StdioServerParameters:
-    return stdio("--model", str(tiny_model), "--part", f"steps={STEPS}", "--device", "cpu", "--out", str(out), *extra)
+def local_server(tiny_model: Path, out: Path, *extra: str, allow: Path | None = None) -> StdioServerParameters:
+    # The tools read files only under --allow-dir folders: the test's own temporary folder.
+    return stdio("--model", str(tiny_model), "--part", f"steps={STEPS}", "--device", "cpu", "--out", str(out),
+                 "--allow-dir", str(allow or out.parent), *extra)
 
 
 @pytest.fixture
@@ -196,23 +205,46 @@ def test_cancel_task_and_a_client_cancellation_both_stop_the_job(tiny_sd15, tmp_
     assert not list((tmp_path / "out").glob("*.png"))  # neither job finished
 
 
-def test_streamable_http(tiny_sd15, tmp_path, reference):
+def start_http_mcp(tiny_sd15, tmp_path, *extra: str, env: dict[str, str] | None = None):
     port = free_port()
     log = open(tmp_path / "mcp-http.log", "ab")
     process = subprocess.Popen([sys.executable, "-m", "ref2img.cli", "mcp", "--http", f"127.0.0.1:{port}",
-                                "--model", str(tiny_sd15), "--device", "cpu", "--out", str(tmp_path / "out")],
-                               stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                "--model", str(tiny_sd15), "--device", "cpu", "--out", str(tmp_path / "out"),
+                                "--allow-dir", str(tmp_path), *extra],
+                               stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+            return process, port
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError((tmp_path / "mcp-http.log").read_text())
+
+
+def with_token(url: str, token: str):
+    return streamable_http_client(url, http_client=create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}))
+
+
+def test_streamable_http_needs_its_token_and_checks_host_and_origin(tiny_sd15, tmp_path, reference):
+    token = "mcp_test_" + "x" * 30
+    process, port = start_http_mcp(tiny_sd15, tmp_path, env={"REF2IMG_MCP_TOKEN": token})
+    url = f"http://127.0.0.1:{port}/mcp"
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    plain = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        answers = {
+            "none": httpx.post(url, json=hello, headers=plain),
+            "wrong": httpx.post(url, json=hello, headers={**plain, "Authorization": "Bearer mcp_guess"}),
+            "rebound host": httpx.post(url, json=hello, headers={**plain, "Authorization": f"Bearer {token}",
+                                                                 "Host": f"evil.example:{port}"}),
+            "other origin": httpx.post(url, json=hello, headers={**plain, "Authorization": f"Bearer {token}",
+                                                                 "Origin": "http://evil.example"}),
+        }
 
         async def main():
-            async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            async with Client(with_token(url, token)) as client:
                 tools = (await client.list_tools()).tools
                 control_map = await client.call_tool("recognize", {"image": reference, "mode": "edge"})
                 return tools, control_map
@@ -221,9 +253,72 @@ def test_streamable_http(tiny_sd15, tmp_path, reference):
     finally:
         process.terminate()
         process.wait(15)
+    assert answers["none"].status_code == 401 and answers["wrong"].status_code == 401
+    assert answers["none"].headers["www-authenticate"].startswith("Bearer")
+    assert answers["rebound host"].status_code == 421 and answers["other origin"].status_code == 403
     assert len(tools) == 5
     assert not control_map.is_error, text_of(control_map)
     assert Image.open(control_map.structured_content["file"]).size == (256, 256)
+    assert token not in (tmp_path / "mcp-http.log").read_text()  # given, so never printed
+
+
+@pytest.mark.slow
+def test_a_generated_token_is_printed_once_and_other_binds_need_one_given(tiny_sd15, tmp_path):
+    process, port = start_http_mcp(tiny_sd15, tmp_path, env={"REF2IMG_MCP_TOKEN": ""})
+    process.terminate()
+    process.wait(15)
+    log = (tmp_path / "mcp-http.log").read_text()
+    assert log.count("Authorization: Bearer mcp_") == 1, log
+
+    refused = subprocess.run([sys.executable, "-m", "ref2img.cli", "mcp", "--http", f"0.0.0.0:{free_port()}",
+                              "--model", str(tiny_sd15)], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "REF2IMG_MCP_TOKEN": ""})
+    assert refused.returncode == 2
+    assert "--token-file" in refused.stderr and "REF2IMG_MCP_TOKEN" in refused.stderr, refused.stderr
+
+
+@pytest.mark.slow
+def test_tools_read_files_only_in_the_allowed_folders_and_urls_only_from_public_hosts(tiny_sd15, tmp_path,
+                                                                                      astronaut):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    astronaut.resize((64, 64)).save(allowed / "mine.png")
+    astronaut.resize((64, 64)).save(outside / "secret.png")
+    (allowed / "link.png").symlink_to(outside / "secret.png")
+    host = ImageHost({"/astronaut.png": (png_bytes(astronaut.resize((64, 64))), "image/png")})
+    sources = {
+        "allowed": str(allowed / "mine.png"),
+        "outside": str(outside / "secret.png"),
+        "missing": str(outside / "missing.png"),
+        "symlink": str(allowed / "link.png"),
+        "dotdot": str(allowed / ".." / "outside" / "secret.png"),
+        "loopback url": host.url("/astronaut.png"),
+        "metadata url": "http://169.254.169.254/latest/meta-data/",
+    }
+
+    async def main():
+        async with Client(local_server(tiny_sd15, tmp_path / "out", allow=allowed)) as client:
+            return {name: await client.call_tool("recognize", {"image": source, "mode": "edge"})
+                    for name, source in sources.items()}
+
+    try:
+        answers = run(main)
+        guard = InputGuard([allowed], SafeHttp(allow_private=True))  # what --allow-private-urls builds
+        fetched = guard.load(host.url("/astronaut.png"))
+    finally:
+        host.close()
+    assert not answers["allowed"].is_error, text_of(answers["allowed"])
+    refusals = {name: text_of(answer).replace(sources[name], "PATH") for name, answer in answers.items()
+                if name in ("outside", "missing", "symlink", "dotdot")}
+    assert all(answers[name].is_error for name in refusals)
+    assert len(set(refusals.values())) == 1, refusals  # a refusal reads exactly as a missing file
+    assert "no such file" in refusals["missing"]
+    for name in ("loopback url", "metadata url"):
+        assert answers[name].is_error and "loopback, private" in text_of(answers[name]), text_of(answers[name])
+    assert fetched.size == (64, 64)
+    with pytest.raises(ImageInputError, match="no such file"):
+        InputGuard([allowed], SafeHttp()).load("/dev/zero")
 
 
 @pytest.mark.slow
@@ -231,7 +326,7 @@ def test_the_server_backend_against_a_running_ref2img_serve(tiny_sd15, tmp_path,
     server = Server(tmp_path / "data", tiny_sd15).start()
     try:
         app_key, secret = server.new_key()
-        parameters = stdio("--server", server.url, "--out", str(tmp_path / "out"))
+        parameters = stdio("--server", server.url, "--out", str(tmp_path / "out"), "--allow-dir", str(tmp_path))
         parameters.env.update(REF2IMG_APP_KEY=app_key, REF2IMG_APP_SECRET=secret)
         progress: list = []
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ref2img.engines.base import Job, JobCancelled
-from ref2img.images import load_image
+from ref2img.mcp_server.inputs import InputGuard
 from ref2img.mcp_server.results import Generated, Report, TaskState
 from ref2img.protocol import ControlType, CreateRequest, TaskStatus
 
@@ -55,9 +55,11 @@ class _LocalJob:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, engine_factory: Any, out_dir: Path):
-        """`engine_factory()` builds the (unloaded) LocalEngine; it runs on the engine thread, once."""
+    def __init__(self, engine_factory: Any, out_dir: Path, inputs: InputGuard):
+        """`engine_factory()` builds the (unloaded) LocalEngine; it runs on the engine thread, once.
+        Images are read through `inputs` (the allowed folders, the SSRF-guarded fetcher)."""
         self._engine_factory = engine_factory
+        self._inputs = inputs
         self._engine: LocalEngine | None = None
         self.out_dir = out_dir
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ref2img-mcp-engine")
@@ -76,7 +78,7 @@ class LocalBackend:
 
         def run() -> list[str]:
             job.status = TaskStatus.PROCESSING
-            work = Job.from_request(request, load_image)  # bad images fail before the model loads
+            work = Job.from_request(request, self._inputs.load)  # bad images fail before the model loads
             engine = self._engine_now()
 
             def on_progress(done: int, total: int) -> None:
@@ -93,7 +95,7 @@ class LocalBackend:
 
         def run() -> list[str]:
             job.status = TaskStatus.PROCESSING
-            source = load_image(image, "image")
+            source = self._inputs.load(image, "image")
             control_map = self._engine_now().recognize(source, mode)
             return self._save(job.task_id, [control_map], suffix="control")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 
 from ref2img.client import AsyncClient, Task, UnsupportedError
+from ref2img.mcp_server.inputs import InputGuard
 from ref2img.mcp_server.results import Generated, Report, TaskState
 from ref2img.protocol import ControlType, CreateRequest, TaskStatus
 
@@ -20,23 +21,26 @@ WAIT_S = 1800.0  # the longest a tool call follows one task
 
 
 class RemoteBackend:
-    def __init__(self, client: AsyncClient, out_dir: Path, name: str):
+    def __init__(self, client: AsyncClient, out_dir: Path, name: str, inputs: InputGuard):
         self._client = client
+        self._inputs = inputs
         self.out_dir = out_dir
         self.name = name  # "server" or "cloud"
 
     async def generate(self, request: CreateRequest, report: Report) -> Generated:
         # A seed is always sent, so that every image's seed is known and can be asked for again.
         seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        reference = await self._local_bytes(request.reference_image, "reference_image")
+        init_image = await self._local_bytes(request.init_image, "init_image") if request.init_image else None
         task_id = await self._client.create(
             request.prompt,
-            request.reference_image,
+            reference,
             request.control_type,
             control_intensity=request.control_intensity,
             width=request.width,
             height=request.height,
             batch_size=request.batch_size,
-            init_image=request.init_image,
+            init_image=init_image,
             seed=seed,
             negative_prompt=request.negative_prompt,
         )
@@ -45,7 +49,7 @@ class RemoteBackend:
         return Generated(task_id, files, [seed + i for i in range(len(files))], task.images)
 
     async def recognize(self, image: str, mode: ControlType, report: Report) -> Generated:
-        task = await self._client.recognize(image, mode, timeout=WAIT_S)
+        task = await self._client.recognize(await self._local_bytes(image, "image"), mode, timeout=WAIT_S)
         files = await self._client.download(task, self.out_dir)
         return Generated(task.task_id, files, [], task.masks)
 
@@ -57,6 +61,13 @@ class RemoteBackend:
 
     def close(self) -> None:
         pass  # the client is closed by whoever opened it
+
+    async def _local_bytes(self, source: str, field: str) -> str | bytes:
+        """A local path becomes its bytes (read within the allowed folders), which the SDK uploads;
+        URLs and data URIs go as they are: the server or the cloud fetches them with its own guard."""
+        if not self._inputs.is_local_file(source):
+            return source
+        return await anyio.to_thread.run_sync(self._inputs.read, source, field)
 
     async def _follow(self, task_id: str, report: Report) -> Task:
         async def on_progress(task: Task) -> None:
