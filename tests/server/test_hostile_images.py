@@ -2,6 +2,9 @@
 
 import base64
 import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -81,3 +84,43 @@ def test_broken_images_fail_their_task_and_the_worker_goes_on(cloud, astronaut):
         final = cloud.wait_final(answer["data"]["task_id"])
         assert final["status"] == 4 and final["reason"].startswith("reference_image: "), (name, final)
     assert cloud.wait_final(cloud.create_id(img2img_body(data_uri(astronaut))))["status"] == 3
+
+
+def blank_rgba_png(width: int, height: int) -> bytes:
+    """A valid, fully transparent RGBA PNG, compressed row by row (8192x8192 is 255 KB, 256 MB decoded)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor, row = zlib.compressobj(9), b"\0" * (1 + width * 4)
+    pixels = b"".join([compressor.compress(row) for _ in range(height)] + [compressor.flush()])
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def memory_kb(pid: int, field: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def test_eight_huge_uploads_at_once_stay_under_600_mb(server, cloud):
+    """The figure in docs/reliability.md: the server's peak RSS above idle while eight 8192x8192 RGBA
+    PNG uploads (255 KB each) arrive at once. A full decode in the request thread cost ~1 GB each."""
+    png = blank_rgba_png(8192, 8192)
+    pid = server.process.pid
+    headers = {k: v for k, v in cloud.headers.items() if k != "Content-Type"}
+    with open(f"/proc/{pid}/clear_refs", "w") as handle:
+        handle.write("5")  # resets the peak (VmHWM) to the current RSS
+    idle = memory_kb(pid, "VmRSS")
+
+    def upload(index: int) -> dict:
+        return httpx.post(f"{cloud.base}/v1/files", files={"file": (f"big-{index}.png", png)}, headers=headers,
+                          timeout=60).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(upload, range(8)))
+    growth_mb = (memory_kb(pid, "VmHWM") - idle) / 1024
+    print(f"\n8 parallel 8192x8192 RGBA uploads of {len(png) // 1024} KB: peak RSS {growth_mb:.0f} MB above idle")
+    assert [answer["code"] for answer in answers] == [0] * 8, answers
+    assert growth_mb < 600

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -10,10 +9,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from ref2img.images import ImageInputError, decode_image
+from ref2img.images import ImageInputError, probe_image
 from ref2img.protocol import (
     MAX_TASK_ID_CHARS,
     MAX_WAIT_S,
@@ -238,12 +236,11 @@ def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, F
     svc = services(request)
     data = file.file.read(svc.settings.max_body_bytes + 1)
     try:
-        decode_image(data, "file")  # refuse what no task could use, now rather than later
+        # Refuse what no task could use now rather than later, in bounded memory (images.probe_image).
+        image_format = probe_image(data, "file")
     except ImageInputError as exc:
         raise ApiError(exc.code, str(exc)) from None
-    extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[
-        Image.open(io.BytesIO(data)).format or ""
-    ]
+    extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[image_format]
     file_id = new_id("f")
     name = svc.storage.save_upload(file_id, data, extension)
     svc.store.files.add(file_id, app_key, name)
