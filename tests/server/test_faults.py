@@ -20,7 +20,7 @@ from PIL import Image
 from ref2img.engines.local import LocalEngine
 from ref2img.server import ServerSettings, create_app
 
-from .conftest import Cloud, Server, data_uri, free_port, img2img_body
+from .conftest import Cloud, Server, data_uri, free_port, img2img_body, png_bytes
 
 FAULTS = {  # a prompt naming a fault makes the engine's pipeline raise it, as the real one would
     "fault:cuda-oom": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
@@ -155,6 +155,11 @@ def test_a_full_data_disk_answers_busy_and_recovers(tiny_sd15, small_disk, refer
             else:
                 refused += 1
                 assert body["code"] == 680005 and body["msg"].startswith("busy: the server's disk is full")
+        upload = httpx.post(f"{server.url}/v1/files", files={"file": ("r.png", png_bytes(Image.new("RGB", (64, 64), "red")))},
+                            headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"})
+        assert upload.status_code == 429
+        assert upload.json()["msg"].startswith("busy: the server's disk is full")
+        assert not list((small_disk / "data").rglob("*.part"))  # nothing half-written is left behind
         time.sleep(3)  # the worker meets the full disk while storing results
         filler.unlink()
         finals = [cloud.wait_final(task_id, timeout_s=120) for task_id in accepted]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from ref2img.protocol import (
 )
 from ref2img.server import openapi
 from ref2img.server.auth import authenticate, count_failure, refuse_if_throttled
-from ref2img.server.errors import ApiError, ok
+from ref2img.server.errors import STORE_RETRY_AFTER_S, ApiError, ok
 from ref2img.server.routing import route_generation, route_recognition
 from ref2img.tasks.fetch import UrlRefused
 from ref2img.server.services import Services
@@ -242,7 +243,17 @@ def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, F
         raise ApiError(exc.code, str(exc)) from None
     extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[image_format]
     file_id = new_id("f")
-    name = svc.storage.save_upload(file_id, data, extension)
+    try:
+        name = svc.storage.save_upload(file_id, data, extension)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ApiError(
+            ErrorCode.BUSY,
+            f"busy: the server's disk is full; retry in {STORE_RETRY_AFTER_S} s",
+            429,
+            {"Retry-After": str(STORE_RETRY_AFTER_S)},
+        ) from None
     svc.store.files.add(file_id, app_key, name)
     return ok({"file_id": file_id, "url": svc.storage.signed_url(str(request.base_url), name)})
 

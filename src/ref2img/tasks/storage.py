@@ -89,10 +89,14 @@ class DirectoryStorage(Storage):
 
     def write(self, name: str, data: bytes) -> None:
         path = self.path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(path.suffix + ".part")
-        temporary.write_bytes(data)
-        temporary.replace(path)  # readers never see half a file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(data)
+            temporary.replace(path)  # readers never see half a file
+        except OSError:
+            temporary.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
+            raise
 
     def read(self, name: str) -> bytes:
         return self.path(name).read_bytes()
