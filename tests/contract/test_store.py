@@ -11,7 +11,16 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from ref2img.protocol import TaskStatus
-from ref2img.tasks.store import MAX_ATTEMPTS, QueueFull, Store, StoreBusy, StoreConflict
+from ref2img.tasks.store import (
+    MAX_ATTEMPTS,
+    IdempotencyMismatch,
+    QueueFull,
+    Quota,
+    QuotaExceeded,
+    Store,
+    StoreBusy,
+    StoreConflict,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -55,6 +64,46 @@ def test_idempotency_key_is_per_app_key(store):
     again, created_again = new_task(store, idempotency_key="k1")
     other, _ = new_task(store, app_key="ak_b", idempotency_key="k1")
     assert created and not created_again and first.id == again.id != other.id
+
+
+def test_an_idempotency_key_with_another_body_is_refused(store):
+    new_task(store, idempotency_key="k1")
+    for changed in ({"request": {"prompt": "other"}}, {"params": "y"}, {"kind": "img2mask"},
+                    {"callback": "https://example.com/hook"}):
+        with pytest.raises(IdempotencyMismatch):
+            new_task(store, idempotency_key="k1", **changed)
+
+
+def parallel_creates(store: Store, count: int, **fields) -> list[str]:
+    """`count` creates released at the same instant, each on its own thread: what got through."""
+    barrier, outcomes = threading.Barrier(count), []
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            task, _ = new_task(store, **fields)
+            outcomes.append(task.id)
+        except (QueueFull, QuotaExceeded):
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcomes
+
+
+@pytest.mark.parametrize(("limit", "quota"), [
+    ("max_concurrent", Quota(max_concurrent=1)),
+    ("per_minute", Quota(per_minute=3)),
+    ("queue_limit", None),
+])
+def test_twenty_parallel_creates_respect_the_exact_limit(store, limit, quota):
+    allowed = {"max_concurrent": 1, "per_minute": 3, "queue_limit": 4}[limit]
+    outcomes = parallel_creates(store, 20, quota=quota, queue_limit=4 if limit == "queue_limit" else 100)
+    assert len(outcomes) == 20
+    assert sum(outcome != "refused" for outcome in outcomes) == allowed, outcomes
 
 
 def test_bounded_queue_drops_nothing(store):

@@ -156,6 +156,8 @@ def test_idempotency_key(cloud, image_host):
     again = cloud.create_id(body, **{"Idempotency-Key": "order-1"})
     other = cloud.create_id(body, **{"Idempotency-Key": "order-2"})
     assert first == again != other
+    changed = cloud.create({**body, "prompt": "another prompt"}, **{"Idempotency-Key": "order-1"}).json()
+    assert changed["code"] == 680001 and changed["msg"].startswith("Idempotency-Key: already used"), changed
 
 
 def test_recognition_task_with_template_wrapping(cloud, image_host):

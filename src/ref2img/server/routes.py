@@ -32,7 +32,7 @@ from ref2img.server.errors import STORE_RETRY_AFTER_S, ApiError, ok
 from ref2img.server.routing import route_generation, route_recognition
 from ref2img.tasks.fetch import UrlRefused
 from ref2img.server.services import Services
-from ref2img.tasks.store import QueueFull, Quota, QuotaExceeded, new_id
+from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, new_id
 
 router = APIRouter()
 AppKey = Annotated[str, Depends(authenticate)]
@@ -116,6 +116,11 @@ def _enqueue(
         )
     except (QueueFull, QuotaExceeded) as exc:
         raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
+    except IdempotencyMismatch:
+        raise ApiError(
+            ErrorCode.INVALID_PARAMETER,
+            "Idempotency-Key: already used with a different request body; send a new key for a new request",
+        ) from None
     if created:
         svc.queue.send(task.id, task.route)
     return JSONResponse(ok({"task_id": task.id}))

@@ -18,11 +18,12 @@ from ref2img.tasks.store.files import FileStore
 from ref2img.tasks.store.fleet import Fleet
 from ref2img.tasks.store.keys import KeyStore
 from ref2img.tasks.store.outbox import Outbox
-from ref2img.tasks.store.tasks import MAX_ATTEMPTS, QueueFull, Quota, QuotaExceeded, TaskStore
+from ref2img.tasks.store.tasks import MAX_ATTEMPTS, IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, TaskStore
 
 __all__ = [
     "BUSY_TIMEOUT_S",
     "MAX_ATTEMPTS",
+    "IdempotencyMismatch",
     "QueueFull",
     "Quota",
     "QuotaExceeded",

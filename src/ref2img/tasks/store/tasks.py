@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ref2img.protocol import TaskStatus
@@ -27,6 +27,10 @@ from ref2img.tasks.store.outbox import Outbox
 
 LOCAL, CLOUD = "local", "cloud"  # a task's route: the local GPUs, or the Tomoviee cloud
 MAX_ATTEMPTS = 3  # a task whose worker died this many times ends as failed, not retried forever
+# PostgreSQL: creates take this transaction-level advisory lock, so that "count, then insert" is one
+# step for the queue limit and the quotas (READ COMMITTED alone let 20 parallel creates through a
+# limit of 1 two to five times). SQLite's single writer already serialises them.
+CREATE_LOCK = 7274202
 
 
 class QueueFull(Exception):
@@ -41,6 +45,10 @@ class Quota:
 
     max_concurrent: int | None = None
     per_minute: int | None = None
+
+
+class IdempotencyMismatch(Exception):
+    """The idempotency key was used before with another body: a second, different request."""
 
 
 class QuotaExceeded(Exception):
@@ -71,16 +79,27 @@ class TaskStore:
         quota: Quota | None = None,
         route: str = LOCAL,
     ) -> tuple[TaskRow, bool]:
-        """A new queued task, or the earlier one with the same idempotency key (created=False).
-        QueueFull when the queue is full; QuotaExceeded when the key is at one of its limits.
-        `route`: whose workers run it, the local GPUs' (LOCAL) or the cloud followers' (CLOUD)."""
+        """A new queued task, or the earlier one with the same idempotency key and body (created=False;
+        IdempotencyMismatch for the same key with another body). QueueFull when the queue is full;
+        QuotaExceeded when the key is at one of its limits. `route`: whose workers run it, the local
+        GPUs' (LOCAL) or the cloud followers' (CLOUD)."""
         now = time.time()
+        body = json.dumps(request)
         with self._db.session() as session:
+            if not self._db.is_sqlite:
+                session.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": CREATE_LOCK})
             if idempotency_key:
                 earlier = session.scalar(
                     select(TaskRow).where(TaskRow.app_key == app_key, TaskRow.idempotency_key == idempotency_key)
                 )
                 if earlier is not None:
+                    if (earlier.kind, earlier.request, earlier.params, earlier.callback) != (
+                        kind,
+                        body,
+                        params,
+                        callback,
+                    ):
+                        raise IdempotencyMismatch(idempotency_key)
                     return earlier, False
             depth = (
                 session.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.QUEUED))
@@ -97,7 +116,7 @@ class TaskStore:
                 status=TaskStatus.QUEUED,
                 progress=0,
                 reason="",
-                request=json.dumps(request),
+                request=body,
                 params=params,
                 callback=callback,
                 idempotency_key=idempotency_key,
