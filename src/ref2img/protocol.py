@@ -18,6 +18,7 @@ __all__ = [
     "ALLOWED",
     "BATCH_SIZE_RANGE",
     "INTENSITY_RANGE",
+    "MAX_PARAMS_CHARS",
     "MAX_PROMPT_CHARS",
     "MAX_TASK_ID_CHARS",
     "MAX_WAIT_S",
@@ -40,6 +41,7 @@ SIZE_RANGE = (512, 2048)
 BATCH_SIZE_RANGE = (1, 4)
 INTENSITY_RANGE = (0.0, 1.0)
 MAX_PROMPT_CHARS = 2000
+MAX_PARAMS_CHARS = 8192  # passthrough data (an order id, a JSON blob); echoed by every query, event and callback
 SEED_RANGE = (0, 2**32 - 1)
 MAX_TASK_ID_CHARS = 100  # ours are 25; room for the cloud's and for proxies that prefix them
 MAX_WAIT_S = 30.0  # the longest long poll of a task query
@@ -131,7 +133,7 @@ ALLOWED: dict[str, str] = {
     "batch_size": f"an integer from {BATCH_SIZE_RANGE[0]} to {BATCH_SIZE_RANGE[1]}",
     "seed": f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
     "callback": "an http or https URL",
-    "params": "a string (passed through untouched)",
+    "params": f"a string of at most {MAX_PARAMS_CHARS} characters (passed through untouched)",
 }
 
 MAX_URL_CHARS = 30 * 1024 * 1024  # data: URIs carry whole images
@@ -192,7 +194,7 @@ class CreateRequest(BaseModel):
     )
     init_image: Text | None = Field(default=None, min_length=1, max_length=MAX_URL_CHARS)
     callback: Text | None = Field(default=None, max_length=2048)
-    params: Text | None = None
+    params: Text | None = Field(default=None, max_length=MAX_PARAMS_CHARS)
     # Our extensions; a Tomoviee client never needs them.
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], strict=True)
     negative_prompt: Text | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
@@ -237,7 +239,7 @@ class RecognizeRequest(BaseModel):
     control_type: ControlType
     init_image: Text = Field(min_length=1, max_length=MAX_URL_CHARS)
     callback: Text | None = Field(default=None, max_length=2048)
-    params: Text | None = None
+    params: Text | None = Field(default=None, max_length=MAX_PARAMS_CHARS)
 
     _control_type = field_validator("control_type", mode="before")(_wire_control_type)
 

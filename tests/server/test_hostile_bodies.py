@@ -64,6 +64,8 @@ REFUSED = [  # (changes to a good body, the field the message must name)
     ({"seed": 2**64}, "seed"),
     ({"control_intensity": 1.0000001}, "control_intensity"),
     ({"prompt": "x" * 10_000}, "prompt"),
+    ({"negative_prompt": "x" * 2001}, "negative_prompt"),
+    ({"params": "x" * 8193}, "params"),  # echoed by every query, event, list page and callback
     ({"prompt": "a\x00b"}, "prompt"),
     ({"negative_prompt": "\x00"}, "negative_prompt"),
     ({"params": "p\x00"}, "params"),

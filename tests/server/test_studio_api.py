@@ -124,6 +124,7 @@ def test_the_task_list_is_the_keys_own_newest_first_and_paged(studio_server, ast
     assert theirs["total"] == 1
 
     too_big = httpx.get(f"{studio_server.url}/v1/tasks", params={"page_size": 1000}, headers=mine.headers).json()
+    assert first["next_offset"] == 2
     assert too_big["code"] == 680001 and "page_size" in too_big["msg"]
     assert httpx.get(f"{studio_server.url}/v1/tasks").status_code == 401
 
@@ -158,3 +159,24 @@ def test_the_page_and_its_files_are_served_offline(studio_server):
     for asset in re.findall(r'(?:src|href)="(/studio/static/[^"]+)"', page.text):
         assert httpx.get(f"{studio_server.url}{asset}").status_code == 200
     assert not re.search(r'(?:src|href)="https?://', page.text)  # no CDN, no external font
+
+
+@pytest.mark.slow  # 50 creates with the largest texts
+def test_a_task_list_page_is_bounded_in_bytes_and_pages_on_without_a_gap(studio_server, astronaut):
+    cloud = Cloud(studio_server.url, *studio_server.new_key())
+    reference = data_uri(astronaut.resize((64, 64)))
+    emoji = "\U0001f600"  # 4 bytes of UTF-8: the largest texts allowed make 48 KB in every summary
+    big = {"params": emoji * 8192, "prompt": emoji * 2000, "negative_prompt": emoji * 2000}
+    ids = [cloud.create_id(img2img_body(reference, seed=i, **big)) for i in range(50)]
+    for task_id in ids:
+        cloud.cancel(task_id)
+    pages, offset = [], 0
+    while offset < len(ids):
+        answer = httpx.get(f"{studio_server.url}/v1/tasks", params={"page_size": 100, "offset": offset},
+                           headers=cloud.headers)
+        assert len(answer.content) <= 2 * 1024 * 1024
+        data = answer.json()["data"]
+        pages.append([task["task_id"] for task in data["tasks"]])
+        offset = data["next_offset"]
+    assert len(pages) == 2 and len(pages[0]) < 50  # the first page stopped at the byte bound
+    assert [task_id for page in pages for task_id in page] == ids[::-1]  # every task once, in order

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,8 +285,9 @@ class TaskStore:
         """The running task's latest step preview (a stored file name); the query shows it at status 2."""
         self._update_running(task_id, owner, preview=name)
 
-    def list_for_key(self, app_key: str, offset: int, limit: int) -> tuple[list[TaskRow], int]:
-        """One page of a key's tasks, newest first, and how many it has in all."""
+    def each_for_key(self, app_key: str, offset: int, limit: int) -> Iterator[TaskRow]:
+        """One page of a key's tasks, newest first, read a few rows at a time: a caller that stops early
+        (a page bounded in bytes) never holds the rest, which can carry megabytes of data: URIs each."""
         with self._db.session(write=False) as session:
             rows = session.scalars(
                 select(TaskRow)
@@ -294,9 +295,15 @@ class TaskStore:
                 .order_by(TaskRow.created_at.desc(), TaskRow.id)
                 .offset(offset)
                 .limit(limit)
-            ).all()
-            total = session.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.app_key == app_key)) or 0
-        return list(rows), total
+                .execution_options(yield_per=4)
+            )
+            for row in rows:
+                yield row
+                session.expunge(row)  # let it go once the caller has it
+
+    def count_for_key(self, app_key: str) -> int:
+        with self._db.session(write=False) as session:
+            return session.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.app_key == app_key)) or 0
 
     def set_progress(self, task_id: str, owner: str, progress: int) -> None:
         self._update_running(task_id, owner, progress=progress)
