@@ -27,7 +27,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: E402
 
 from ref2img.images import ImageInputError  # noqa: E402
 from ref2img.mcp_server.inputs import InputGuard  # noqa: E402
-from ref2img.tasks.fetch import SafeHttp  # noqa: E402
+from ref2img.safe_http import SafeHttp  # noqa: E402
 
 from .server.conftest import ImageHost, Server, free_port, png_bytes  # noqa: E402
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ref2img.tasks.fetch import SafeHttp, UrlRefused
+from ref2img.safe_http import SafeHttp, UrlRefused
 from ref2img.webhooks import verify
 
 from .conftest import Cloud, Receiver, Server, data_uri, free_port, img2img_body

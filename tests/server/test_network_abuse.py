@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import pytest
 
-from ref2img.tasks.fetch import SafeHttp, UrlRefused, is_public
+from ref2img.safe_http import SafeHttp, UrlRefused, is_public
 
 from .conftest import Cloud, data_uri, img2img_body, png_bytes, running
 

@@ -137,6 +137,22 @@ def keys_revoke(
     out.print(f"revoked {app_key}", highlight=False)
 
 
+@app.command("studio-link")
+def keys_studio_link(
+    url: Annotated[
+        str, typer.Option("--url", metavar="URL", help="the server's address, as a browser reaches it")
+    ] = "http://127.0.0.1:8080",
+    data_dir: DataDirOption = Path("ref2img-data"),
+    db: DbOption = None,
+) -> None:
+    """A fresh sign-in link to the studio of the server on this data dir (or --db): it works once, within
+    10 minutes, and signs the browser in to the server's `studio` key."""
+    from ref2img.server.studio import sign_in_url
+
+    print(sign_in_url(open_store(data_dir, db), url))
+    err.print("The link works once, for 10 minutes; anyone who opens it first is signed in.")
+
+
 def token(
     app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="app key")],
     app_secret: Annotated[str, typer.Argument(metavar="APP_SECRET", help="app secret")],

@@ -79,7 +79,7 @@ def mcp(
     try:
         from ref2img.mcp_server import build_server
         from ref2img.mcp_server.inputs import InputGuard
-        from ref2img.tasks.fetch import SafeHttp
+        from ref2img.safe_http import SafeHttp
     except ImportError:
         fail("the MCP server needs the mcp extra: pip install 'ref2img[mcp]'", EXIT_USAGE)
     if server and cloud:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ref2img.images import MAX_IMAGE_BYTES, ImageInputError, data_uri_bytes, decode_image
 from ref2img.protocol import ErrorCode
-from ref2img.tasks.fetch import SafeHttp, UrlRefused
+from ref2img.safe_http import SafeHttp, UrlRefused
 
 
 class InputGuard:

@@ -67,6 +67,8 @@ async def authenticate(request: Request) -> str:
 async def _session_key(request: Request, session: Session) -> str:
     if not session.allows(request):
         raise _unauthorized("the studio session needs its X-CSRF-Token header on this request")
+    if not await run_in_threadpool(request.app.state.services.sessions.is_live, session):
+        raise _unauthorized("the studio session has ended (signed out or expired); sign in again")
     verifier = request.app.state.services.verifier
     live = verifier.is_live_cached(session.app_key) or await run_in_threadpool(verifier.is_live, session.app_key)
     if not live:

@@ -30,7 +30,7 @@ from ref2img.server import openapi
 from ref2img.server.auth import authenticate, count_failure, refuse_if_throttled
 from ref2img.server.errors import STORE_RETRY_AFTER_S, ApiError, ok
 from ref2img.server.routing import route_generation, route_recognition
-from ref2img.tasks.fetch import UrlRefused
+from ref2img.safe_http import UrlRefused
 from ref2img.server.services import Services
 from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, new_id
 

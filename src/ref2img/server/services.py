@@ -36,7 +36,9 @@ class Services:
         self.public_url = settings.public_url or LOCAL_URL
         self.verifier = KeyVerifier(self.store)
         self.sessions = Sessions(
-            self.store.files.shared_secret("studio-session"), secure_cookie=self.public_url.startswith("https://")
+            self.store.files.shared_secret("studio-session"),
+            secure_cookie=self.public_url.startswith("https://"),
+            store=self.store.studio,
         )
         self.studio = SignInLink(self.store)
         self.throttle = AuthThrottle(limit=settings.auth_failure_limit)
@@ -82,7 +84,8 @@ class Services:
         return self.task_data(task, self.public_url)
 
     def announce_studio(self) -> None:
-        """Print the studio's sign-in link, as Jupyter prints its URL (stderr: the log, never a request)."""
+        """Print a studio sign-in link, as Jupyter prints its URL (stderr: the log, never a request). It
+        works once, within 10 minutes; `ref2img keys studio-link` prints a fresh one."""
         self.studio.app_key()  # made now, so that the first sign-in is instant
         print(f"ref2img studio: {self.studio.url(self.public_url)}", file=sys.stderr, flush=True)
 

@@ -1,10 +1,12 @@
-"""Studio sessions: a signed cookie (itsdangerous) that holds an app key and the session's CSRF token.
+"""Studio sessions: a signed cookie (itsdangerous) that names a session row in the store, its app key
+and its CSRF token.
 
 The browser never holds the app secret. The cookie is HttpOnly and SameSite=Strict; every request that
 changes something must also carry the CSRF token in `X-CSRF-Token` (the page reads it from
 `GET /studio/session`, which another site cannot read). The signing key is a deployment secret in the
-store, so a session works on every API node and survives restarts. Signing out clears the cookie;
-revoking the key ends its sessions within the verifier's cache time.
+store, so a session works on every API node and survives restarts. Signing out ends the session's row,
+so a copy of the cookie taken before stops working on every node at once; revoking the key ends its
+sessions within the verifier's cache time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ref2img.tasks.store.studio import StudioStore
+
 COOKIE = "ref2img_session"
 CSRF_HEADER = "x-csrf-token"
 MAX_AGE_S = 7 * 24 * 3600
@@ -25,6 +29,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 @dataclass(frozen=True)
 class Session:
+    id: str
     app_key: str
     csrf: str
 
@@ -36,17 +41,22 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, secret: bytes, secure_cookie: bool):
+    def __init__(self, secret: bytes, secure_cookie: bool, store: StudioStore):
         self._serializer = URLSafeTimedSerializer(secret, salt="ref2img-studio-session")
         self._secure = secure_cookie
+        self._store = store
 
-    @staticmethod
-    def new(app_key: str) -> Session:
-        return Session(app_key, secrets.token_urlsafe(24))
+    def new(self, app_key: str) -> Session:
+        """A session recorded in the store (a write: call it off the event loop)."""
+        return Session(self._store.open_session(app_key, MAX_AGE_S), app_key, secrets.token_urlsafe(24))
+
+    def is_live(self, session: Session) -> bool:
+        """Not signed out nor expired (a store read: call it off the event loop)."""
+        return self._store.session_live(session.id, session.app_key)
 
     def start(self, response: Response, session: Session) -> None:
         """Set the session's cookie on `response`."""
-        cookie = self._serializer.dumps({"k": session.app_key, "c": session.csrf})
+        cookie = self._serializer.dumps({"s": session.id, "k": session.app_key, "c": session.csrf})
         response.set_cookie(
             COOKIE, cookie, max_age=MAX_AGE_S, httponly=True, samesite="strict", secure=self._secure, path="/"
         )
@@ -59,7 +69,12 @@ class Sessions:
             fields = self._serializer.loads(cookie, max_age=MAX_AGE_S)
         except BadSignature:  # tampered, from another deployment, or expired
             return None
-        return Session(str(fields["k"]), str(fields["c"]))
+        if not isinstance(fields, dict) or "s" not in fields:  # a cookie of an earlier version: sign in again
+            return None
+        return Session(str(fields["s"]), str(fields["k"]), str(fields["c"]))
 
-    def end(self, response: Response) -> None:
+    def end(self, response: Response, session: Session | None) -> None:
+        """End the session in the store (a write: call it off the event loop) and clear its cookie."""
+        if session is not None:
+            self._store.end_session(session.id)
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=self._secure)

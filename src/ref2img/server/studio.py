@@ -2,16 +2,16 @@
 routes as every client), authenticated by a session cookie instead of Basic credentials.
 
 Signing in, two ways:
-- the link `ref2img serve` prints at start (as Jupyter does): `http://HOST:PORT/#token=…`. The token
-  is in the fragment, which a browser never sends: the page posts it in a request body, and the server
-  answers with a session of this server's `studio` key;
+- the link `ref2img serve` prints at start (as Jupyter does), or `ref2img keys studio-link` prints
+  later: `http://HOST:PORT/#token=…`. The token is in the fragment, which a browser never sends: the
+  page posts it in a request body, and the server answers with a session of this server's `studio`
+  key. Each token works once and for 10 minutes (store/studio.py), so a link left in a browser's
+  history or a terminal's scrollback is worth nothing;
 - an app key and secret, checked like Basic credentials.
 """
 
 from __future__ import annotations
 
-import hmac
-import secrets
 import threading
 from importlib import resources
 from typing import Annotated, Any
@@ -32,20 +32,25 @@ STUDIO_KEY_NAME = "studio"
 router = APIRouter(include_in_schema=False)
 
 
+def sign_in_url(store: Store, base_url: str) -> str:
+    """A fresh single-use sign-in link (valid 10 minutes), for `serve` at start and `keys studio-link`."""
+    return f"{base_url.rstrip('/')}/#token={store.studio.issue_link()}"
+
+
 class SignInLink:
-    """The token of this process's sign-in link, and the key it signs browsers in to."""
+    """Sign-in links and the key they sign browsers in to."""
 
     def __init__(self, store: Store):
         self._store = store
-        self.token = secrets.token_urlsafe(32)
         self._app_key: str | None = None
         self._lock = threading.Lock()
 
     def url(self, base_url: str) -> str:
-        return f"{base_url.rstrip('/')}/#token={self.token}"
+        return sign_in_url(self._store, base_url)
 
-    def matches(self, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self.token.encode())
+    def redeem(self, token: str) -> bool:
+        """True once for a link issued in the last 10 minutes (a store write: off the event loop)."""
+        return self._store.studio.redeem_link(token)
 
     def app_key(self) -> str:
         """The deployment's `studio` key (made on first use; its secret is never needed: the link vouches)."""
@@ -70,8 +75,9 @@ def page() -> FileResponse:
 @router.get("/studio/session")
 def who(request: Request) -> JSONResponse:
     """The signed-in key and the session's CSRF token (readable by this origin's page only)."""
-    session = services(request).sessions.read(request)
-    if session is None or not services(request).verifier.is_live(session.app_key):
+    svc = services(request)
+    session = svc.sessions.read(request)
+    if session is None or not svc.sessions.is_live(session) or not svc.verifier.is_live(session.app_key):
         return JSONResponse(ok({"signed_in": False}))
     return JSONResponse(ok({"signed_in": True, "app_key": session.app_key, "csrf": session.csrf}))
 
@@ -98,12 +104,12 @@ async def sign_in(request: Request, body: Annotated[dict, Depends(sign_in_body)]
     token, app_key, secret = body.get("token"), body.get("app_key"), body.get("app_secret")
     if isinstance(token, str) and token:
         refuse_if_throttled(request, "")
-        if not svc.studio.matches(token):
+        if not await run_in_threadpool(svc.studio.redeem, token):
             count_failure(request, "")
             raise ApiError(
                 ErrorCode.UNAUTHORIZED,
-                "unauthorized: this sign-in link is not this server's (it changes at every start; "
-                "use the one it printed last)",
+                "unauthorized: this sign-in link was used already, is over 10 minutes old or is not this "
+                "server's; print a fresh one with `ref2img keys studio-link --data-dir DIR`",
                 401,
             )
         app_key = await run_in_threadpool(svc.studio.app_key)
@@ -114,7 +120,7 @@ async def sign_in(request: Request, body: Annotated[dict, Depends(sign_in_body)]
             raise ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: unknown app key or wrong secret", 401)
     else:
         raise ApiError(ErrorCode.INVALID_PARAMETER, "body: give either token, or app_key and app_secret")
-    session = svc.sessions.new(app_key)
+    session = await run_in_threadpool(svc.sessions.new, app_key)
     response = JSONResponse(ok({"signed_in": True, "app_key": app_key, "csrf": session.csrf}))
     svc.sessions.start(response, session)
     return response
@@ -126,5 +132,5 @@ def sign_out(request: Request) -> JSONResponse:
     if session is not None and not session.allows(request):
         raise ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: signing out needs the X-CSRF-Token header", 401)
     response = JSONResponse(ok({"signed_in": False}))
-    services(request).sessions.end(response)
+    services(request).sessions.end(response, session)
     return response

@@ -10,7 +10,7 @@ from ref2img.settings import ServerSettings
 from ref2img.tasks.cloud_route import CloudRoute
 from ref2img.tasks.engine_provider import EngineProvider, cloud_engine_factory, local_engine_factory
 from ref2img.tasks.estimate import DurationEstimate
-from ref2img.tasks.fetch import SafeHttp
+from ref2img.safe_http import SafeHttp
 from ref2img.tasks.inputs import ImageResolver
 from ref2img.tasks.queue import EmbeddedQueue, TaskQueue
 from ref2img.tasks.runner import RunContext

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from ref2img.engines.base import Engine, EngineError
 from ref2img.settings import ServerSettings
-from ref2img.tasks.fetch import SafeHttp
+from ref2img.safe_http import SafeHttp
 
 log = logging.getLogger("ref2img.engine")
 

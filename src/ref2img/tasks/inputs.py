@@ -9,7 +9,7 @@ from PIL import Image
 
 from ref2img.images import ImageInputError, data_uri_bytes, decode_data_uri, decode_image, open_image
 from ref2img.protocol import ErrorCode
-from ref2img.tasks.fetch import SafeHttp, UrlRefused
+from ref2img.safe_http import SafeHttp, UrlRefused
 from ref2img.tasks.storage import Storage
 from ref2img.tasks.store import Store
 

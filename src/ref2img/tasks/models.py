@@ -108,3 +108,27 @@ class SecretRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SignInLinkRow(Base):
+    """A studio sign-in link's token (as its SHA-256: the store never holds a usable one): single use,
+    short-lived."""
+
+    __tablename__ = "sign_in_links"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class StudioSessionRow(Base):
+    """A signed-in browser: the cookie names this row, so that signing out ends it on every node."""
+
+    __tablename__ = "studio_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)

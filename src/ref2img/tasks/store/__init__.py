@@ -6,6 +6,7 @@
     store.keys      app keys                                        keys.py
     store.files     uploads and the deployment's signing secrets    files.py
     store.fleet     worker heartbeats and totals                    fleet.py
+    store.studio    the studio's sign-in links and sessions         studio.py
 
 The parts share one engine and session factory (`database.py`), and raise only the store's own
 exceptions: `StoreBusy`, `StoreConflict`.
@@ -18,6 +19,7 @@ from ref2img.tasks.store.files import FileStore
 from ref2img.tasks.store.fleet import Fleet
 from ref2img.tasks.store.keys import KeyStore
 from ref2img.tasks.store.outbox import Outbox
+from ref2img.tasks.store.studio import StudioStore
 from ref2img.tasks.store.tasks import MAX_ATTEMPTS, IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, TaskStore
 
 __all__ = [
@@ -43,6 +45,7 @@ class Store:
         self.keys = KeyStore(self.db)
         self.files = FileStore(self.db)
         self.fleet = Fleet(self.db)
+        self.studio = StudioStore(self.db)
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,4 +1,5 @@
-"""Outbound HTTP that cannot be turned against the server's own network (SSRF).
+"""Outbound HTTP that cannot be turned against the server's own network (SSRF): the server's fetches
+(images, callbacks) and the MCP tools' URLs go through it alike.
 
 Each hop is resolved once, every address it resolves to must be public (not loopback, private,
 link-local, CGNAT, multicast, reserved, metadata, or an IPv4-mapped, NAT64, 6to4 or IPv4-compatible
