@@ -360,7 +360,7 @@ def test_nodes_starting_at_once_migrate_once(backend, tmp_path, request):
     try:
         assert errors == [] and len(stores) == 4
         with stores[0].db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
         new_task(stores[1])
         assert stores[2].tasks.count_by_status() == {TaskStatus.QUEUED: 1}
     finally:
@@ -387,3 +387,22 @@ def test_the_migrations_build_the_tables_the_models_describe(tmp_path):
         assert set(found.get_table_names()) - {"alembic_version"} == set(Base.metadata.tables)
     finally:
         store.close()
+
+
+def test_a_sign_in_link_works_once_and_only_while_fresh(store):
+    token = store.studio.issue_link()
+    assert store.studio.redeem_link(token) and not store.studio.redeem_link(token)
+    assert not store.studio.redeem_link("made-up")
+    stale = store.studio.issue_link(ttl_s=0.05)
+    time.sleep(0.1)
+    assert not store.studio.redeem_link(stale)
+
+
+def test_a_studio_session_ends_for_good(store):
+    session_id = store.studio.open_session("ak_a", ttl_s=600)
+    assert store.studio.session_live(session_id, "ak_a") and not store.studio.session_live(session_id, "ak_b")
+    store.studio.end_session(session_id)
+    assert not store.studio.session_live(session_id, "ak_a")
+    expired = store.studio.open_session("ak_a", ttl_s=0.05)
+    time.sleep(0.1)
+    assert not store.studio.session_live(expired, "ak_a")

@@ -88,15 +88,28 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def new_key(self) -> tuple[str, str]:
-        db = self.extra[self.extra.index("--db") + 1] if "--db" in self.extra else \
+    @property
+    def db_url(self) -> str:
+        return self.extra[self.extra.index("--db") + 1] if "--db" in self.extra else \
             f"sqlite:///{self.data_dir / 'ref2img.db'}"
-        store = Store(db)
+
+    def new_key(self) -> tuple[str, str]:
+        store = Store(self.db_url)
         try:
             key = create_key(store)
         finally:
             store.close()
         return key.app_key, key.app_secret
+
+    def studio_link(self) -> str:
+        """A fresh single-use sign-in link, as `ref2img keys studio-link` prints it."""
+        from ref2img.server.studio import sign_in_url
+
+        store = Store(self.db_url)
+        try:
+            return sign_in_url(store, self.url)
+        finally:
+            store.close()
 
 
 @dataclass

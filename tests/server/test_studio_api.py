@@ -34,8 +34,8 @@ def sign_in_link(server: Server) -> str:
 
 
 def signed_in(server: Server) -> tuple[httpx.Client, str]:
-    """A browser-like client signed in through the printed link: the session cookie and its CSRF token."""
-    token = sign_in_link(server).split("#token=", 1)[1]
+    """A browser-like client signed in through a fresh link: the session cookie and its CSRF token."""
+    token = server.studio_link().split("#token=", 1)[1]
     client = httpx.Client(base_url=server.url)
     answer = client.post("/studio/session", json={"token": token}).json()
     assert answer["code"] == 0 and answer["data"]["signed_in"], answer
@@ -46,14 +46,32 @@ def test_the_sign_in_link_keeps_its_token_out_of_requests_and_logs(studio_server
     link = sign_in_link(studio_server)
     assert link.startswith(f"{studio_server.url}/#token=")  # a fragment: browsers never send it
     token = link.split("#token=", 1)[1]
-    client, csrf = signed_in(studio_server)
+    client = httpx.Client(base_url=studio_server.url)
+    csrf = client.post("/studio/session", json={"token": token}).json()["data"]["csrf"]
     cookie = next(c for c in client.cookies.jar if c.name == "ref2img_session")
     assert cookie.has_nonstandard_attr("HttpOnly") and token not in cookie.value and csrf not in cookie.value
     assert client.get("/studio/session").json()["data"]["signed_in"]
 
+    again = httpx.post(f"{studio_server.url}/studio/session", json={"token": token})  # the link works once
     wrong = httpx.post(f"{studio_server.url}/studio/session", json={"token": "nope"})
-    assert wrong.status_code == 401 and "sign-in link" in wrong.json()["msg"]
+    for refused in (again, wrong):
+        assert refused.status_code == 401 and "studio-link" in refused.json()["msg"], refused.json()
     assert studio_server.log().count(token) == 1  # printed once, at start; never logged again
+
+
+def test_keys_studio_link_prints_a_fresh_link_for_a_running_server(studio_server):
+    import subprocess
+    import sys
+
+    printed = subprocess.run([sys.executable, "-m", "ref2img.cli", "keys", "studio-link", "--data-dir",
+                              str(studio_server.data_dir), "--url", studio_server.url],
+                             capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    link = printed.stdout.strip()
+    assert link.startswith(f"{studio_server.url}/#token=") and "10 minutes" in printed.stderr
+    client = httpx.Client(base_url=studio_server.url)
+    assert client.post("/studio/session", json={"token": link.split("#token=")[1]}).json()["code"] == 0
+    assert client.get("/v1/tasks").json()["code"] == 0
 
 
 def test_a_session_changes_nothing_without_its_csrf_token(studio_server, astronaut):
@@ -77,9 +95,16 @@ def test_a_session_changes_nothing_without_its_csrf_token(studio_server, astrona
     assert form.json()["code"] == 680001 and "JSON" in form.json()["msg"]
 
     assert client.delete("/studio/session").status_code == 401  # signing out needs the token too
+    captured = httpx.Client(base_url=studio_server.url, cookies=dict(client.cookies))  # a copy taken before
+    assert captured.get("/v1/tasks").json()["code"] == 0
     assert client.delete("/studio/session", headers={"X-CSRF-Token": csrf}).json()["data"] == {"signed_in": False}
     assert not client.get("/studio/session").json()["data"]["signed_in"]
     assert client.get("/v1/tasks").status_code == 401
+    # Signing out ended the session itself: the copied cookie lists and creates nothing any more.
+    assert captured.get("/v1/tasks").status_code == 401
+    assert captured.post("/v1/open/capacity/application/tm_reference_img2img", json=body,
+                         headers={"X-CSRF-Token": csrf}).status_code == 401
+    assert not captured.get("/studio/session").json()["data"]["signed_in"]
 
 
 @pytest.mark.slow  # waits out the verifier's 30 s cache

@@ -68,9 +68,10 @@ def reference(tmp_path, astronaut) -> Path:
     return path
 
 
-def open_signed_in(browser, link: str, **context):
+def open_signed_in(browser, server: Server, **context):
+    """A new browser signed in through a fresh link (each link works once)."""
     page = browser.new_context(accept_downloads=True, **context).new_page()
-    page.goto(link)
+    page.goto(server.studio_link())
     page.wait_for_selector("#studio:not([hidden])", timeout=20_000)
     return page
 
@@ -104,12 +105,14 @@ def test_sign_in_through_the_printed_link(browser, studio):
     page.wait_for_selector("#sign-in:not([hidden])")
     page.reload()
     page.wait_for_selector("#sign-in:not([hidden])")  # signed out for good: the cookie is gone
+    page.goto(link)  # the printed link worked once: a second visit is not signed in
+    page.wait_for_selector("#sign-in:not([hidden])")
     page.close()
 
 
 def test_reference_control_map_generate_progress_and_download(browser, studio, reference):
-    _, link = studio
-    page = open_signed_in(browser, link)
+    server, _ = studio
+    page = open_signed_in(browser, server)
     page.set_input_files("#reference-file", str(reference))
     page.wait_for_function("document.querySelector('#control-map').complete && "
                            "document.querySelector('#control-map').naturalWidth > 0", timeout=30_000)
@@ -138,8 +141,8 @@ def test_reference_control_map_generate_progress_and_download(browser, studio, r
 
 
 def test_a_file_that_is_not_an_image_gets_an_inline_error_and_keeps_the_form(browser, studio, tmp_path):
-    _, link = studio
-    page = open_signed_in(browser, link)
+    server, _ = studio
+    page = open_signed_in(browser, server)
     page.fill("#prompt", "keep me")
     notes = tmp_path / "notes.png"
     notes.write_text("this is not an image")
@@ -155,8 +158,8 @@ def test_a_file_that_is_not_an_image_gets_an_inline_error_and_keeps_the_form(bro
 
 
 def test_the_servers_own_range_message_shows_inline(browser, studio, reference):
-    _, link = studio
-    page = with_reference(open_signed_in(browser, link), reference)
+    server, _ = studio
+    page = with_reference(open_signed_in(browser, server), reference)
     fill_job(page)
     page.fill("#width", "4096")
     page.click("#generate")
@@ -167,8 +170,8 @@ def test_the_servers_own_range_message_shows_inline(browser, studio, reference):
 
 
 def test_cancel_a_running_task(browser, slow_studio, reference):
-    _, link = slow_studio
-    page = with_reference(open_signed_in(browser, link), reference)
+    server, _ = slow_studio
+    page = with_reference(open_signed_in(browser, server), reference)
     page.check('input[name="mode"][value="2"]')  # subject: no control map to wait for
     fill_job(page)
     page.select_option("#batch-size", "4")  # 500 steps of 4 images: long enough to cancel halfway
@@ -185,8 +188,8 @@ def test_cancel_a_running_task(browser, slow_studio, reference):
 
 
 def test_history_survives_a_reload_and_loads_settings(browser, studio, reference):
-    _, link = studio
-    page = with_reference(open_signed_in(browser, link), reference)
+    server, _ = studio
+    page = with_reference(open_signed_in(browser, server), reference)
     fill_job(page, prompt="a history worth keeping")
     page.uncheck("#seed-random")
     page.fill("#seed", "4242")
@@ -205,8 +208,8 @@ def test_history_survives_a_reload_and_loads_settings(browser, studio, reference
 
 
 def test_keyboard_phone_width_and_dark_theme(browser, studio):
-    _, link = studio
-    page = open_signed_in(browser, link, viewport={"width": 390, "height": 844}, color_scheme="dark")
+    server, _ = studio
+    page = open_signed_in(browser, server, viewport={"width": 390, "height": 844}, color_scheme="dark")
     assert page.evaluate("document.documentElement.dataset.theme") == "dark"  # follows the system
     assert page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")  # no sideways scroll
     with page.expect_file_chooser() as chooser:
