@@ -37,7 +37,7 @@ PRIVATE_HOSTS = [
 @pytest.fixture(scope="module")
 def strict(tiny_sd15, tmp_path_factory):
     """A server that refuses private URLs, as deployed (the shared `server` fixture allows them)."""
-    with running(tmp_path_factory, "strict", tiny_sd15, "--max-body-mb", "4") as server:
+    with running(tmp_path_factory, "strict", tiny_sd15, "--max-body-mb", "4", "--header-timeout", "1") as server:
         yield server
 
 
@@ -214,3 +214,26 @@ def test_uploads_over_the_cap_are_refused_before_they_are_stored(strict, strict_
     uploads = strict.data_dir / "uploads"
     assert not uploads.exists() or not any(uploads.iterdir())
     assert upload(strict_cloud, b"not an image").json()["code"] == 680003  # under the cap: read and judged
+
+
+def test_connections_dripping_their_headers_are_closed_at_the_header_deadline(strict):
+    """Slow loris against the server itself: 50 connections that never finish their headers are all
+    closed once --header-timeout (1 s here; 10 s by default) passes, and the server answers meanwhile."""
+    drips = []
+    for _ in range(50):
+        sock = socket.create_connection(("127.0.0.1", strict.port))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # and never the rest
+        sock.settimeout(5)
+        drips.append(sock)
+    assert httpx.get(f"{strict.url}/healthz", timeout=5).json()["code"] == 0
+    time.sleep(1.5)
+    closed = 0
+    for sock in drips:
+        try:
+            closed += sock.recv(1024) == b""  # the server hung up
+        except (TimeoutError, ConnectionResetError):
+            pass
+        sock.close()
+    assert closed == 50
+    with httpx.Client(base_url=strict.url) as kept_alive:  # a kept-alive client is not cut between requests
+        assert [kept_alive.get("/healthz").status_code for _ in range(3)] == [200] * 3

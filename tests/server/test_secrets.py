@@ -61,24 +61,26 @@ def test_secret_never_reaches_logs_store_metrics_or_messages(chatty, astronaut):
             assert secret not in text, f"the secret shows in {name}"
 
 
-def test_failed_auth_is_limited_per_key(chatty):
+def test_failed_auth_is_limited_per_key_and_address_and_a_good_secret_always_works(chatty):
     victim = Cloud(chatty.url, *chatty.new_key())
-    bystander = Cloud(chatty.url, *chatty.new_key())
     wrong = Cloud(chatty.url, victim.app_key, "sk_guess").headers
     query = f"{chatty.url}/v1/open/pub/task"
-    for i in range(LIMIT):  # each guess from another address: only the key's own count can stop them
-        with from_address(f"127.0.1.{i + 1}") as client:
-            assert client.post(query, json={"task_id": "t"}, headers=wrong).status_code == 401
-    with from_address("127.0.1.100") as client:
-        refused = client.post(query, json={"task_id": "t"}, headers=wrong)
+    with from_address("127.0.1.1") as attacker:
+        for _ in range(LIMIT):
+            assert attacker.post(query, json={"task_id": "t"}, headers=wrong).status_code == 401
+        refused = attacker.post(query, json={"task_id": "t"}, headers=wrong)
         assert refused.status_code == 429 and refused.json()["code"] == 680005
-        assert 0 < int(refused.headers["Retry-After"]) <= 60
-        assert "authentication" in refused.json()["msg"]
-        token = client.get(f"{chatty.url}/v1/open/capacity/get/token",
-                           params={"access_key": victim.app_key, "secret": "sk_guess"})
+        assert 0 < int(refused.headers["Retry-After"]) <= 60 and "authentication" in refused.json()["msg"]
+        token = attacker.get(f"{chatty.url}/v1/open/capacity/get/token",
+                             params={"access_key": victim.app_key, "secret": "sk_guess"})
         assert token.status_code == 429  # the token route shares the count
-        # The address itself is not blocked: another key from it is served.
-        assert client.post(query, json={"task_id": "t"}, headers=bystander.headers).json()["code"] == 680004
+        # Even from the throttled address, the right secret is served: it is checked, never refused.
+        assert attacker.post(query, json={"task_id": "t"}, headers=victim.headers).json()["code"] == 680004
+    # Knowing the key is not enough to lock its owner out: from elsewhere it works, and so do guesses'
+    # counts start afresh (each (key, address) pair has its own).
+    with from_address("127.0.1.2") as owner:
+        assert owner.post(query, json={"task_id": "t"}, headers=victim.headers).json()["code"] == 680004
+        assert owner.post(query, json={"task_id": "t"}, headers=wrong).status_code == 401
 
 
 @pytest.mark.slow
@@ -89,10 +91,23 @@ def test_failed_auth_is_limited_per_address(chatty):
         for i in range(LIMIT):  # a different made-up key each time: only the address's count can stop them
             made_up = Cloud(chatty.url, f"ak_made_up_{i}", "sk_x").headers
             assert client.post(query, json={"task_id": "t"}, headers=made_up).status_code == 401
-        refused = client.post(query, json={"task_id": "t"}, headers=honest.headers)
-        assert refused.status_code == 429 and refused.json()["code"] == 680005
-    with from_address("127.0.2.2") as client:
+        another = Cloud(chatty.url, "ak_made_up_next", "sk_x").headers
+        assert client.post(query, json={"task_id": "t"}, headers=another).status_code == 429
         assert client.post(query, json={"task_id": "t"}, headers=honest.headers).json()["code"] == 680004
+    with from_address("127.0.2.2") as client:
+        assert client.post(query, json={"task_id": "t"}, headers=another).status_code == 401
+
+
+def test_x_forwarded_for_is_not_believed_without_a_trusted_proxy(chatty):
+    query = f"{chatty.url}/v1/open/pub/task"
+    with from_address("127.0.3.1") as client:
+        for i in range(LIMIT):  # a local client rotating the header it would be counted by
+            made_up = Cloud(chatty.url, f"ak_rotating_{i}", "sk_x").headers
+            answer = client.post(query, json={"task_id": "t"}, headers={**made_up, "X-Forwarded-For": f"203.0.113.{i}"})
+            assert answer.status_code == 401
+        last = Cloud(chatty.url, "ak_rotating_last", "sk_x").headers
+        answer = client.post(query, json={"task_id": "t"}, headers={**last, "X-Forwarded-For": "203.0.113.99"})
+        assert answer.status_code == 429  # counted by the connection's own address all along
 
 
 @pytest.mark.slow

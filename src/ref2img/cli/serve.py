@@ -77,6 +77,26 @@ def serve(
         ),
     ] = 30,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            metavar="IP",
+            help="a reverse proxy whose X-Forwarded-For names the client (repeatable; default: none is believed)",
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout", metavar="SECONDS", min=0.1, help="a request's headers must arrive within this"
+        ),
+    ] = 10.0,
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            "--max-connections", metavar="N", min=1, help="open connections and requests at once; past it, HTTP 503"
+        ),
+    ] = 1000,
     db: DbOption = None,
     queue: QueueOption = "embedded",
     storage: StorageOption = None,
@@ -108,6 +128,7 @@ def serve(
     import uvicorn
 
     from ref2img.server import ServerSettings, create_app
+    from ref2img.server.http_protocol import with_header_timeout
 
     if engine == "tomoviee" and overflow:
         fail("--overflow: the engine is already the cloud (--engine tomoviee)", EXIT_USAGE)
@@ -137,7 +158,19 @@ def serve(
         overflow_after_s=overflow_after,
         **_cloud_settings(engine, cloud_url, cloud_credentials, cloud_workers, public_url),
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        http=with_header_timeout(header_timeout),
+        limit_concurrency=max_connections,
+        # The client address comes from X-Forwarded-For only when a named proxy sent it: uvicorn
+        # believes loopback by default, which let any local client pick the address it was counted as.
+        proxy_headers=bool(trusted_proxy),
+        forwarded_allow_ips=",".join(trusted_proxy) if trusted_proxy else "",
+    )
 
 
 def worker(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -11,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from ref2img.protocol import ErrorCode
 from ref2img.server.errors import ApiError
 from ref2img.server.sessions import Session
+from ref2img.server.throttle import LaneBusy
 
 
 def _unauthorized(why: str) -> ApiError:
@@ -31,37 +33,60 @@ def parse_basic(header: str | None) -> tuple[str, str]:
 
 
 def client_address(request: Request) -> str:
+    """The connection's address (uvicorn rewrites it from X-Forwarded-For only for --trusted-proxy)."""
     return request.client.host if request.client else ""
 
 
-def refuse_if_throttled(request: Request, app_key: str) -> None:
-    """680005 / HTTP 429 while this key or client address has failed too often (server/throttle.py)."""
-    wait = request.app.state.services.throttle.retry_after(app_key, client_address(request))
-    if wait:
-        raise ApiError(
-            ErrorCode.BUSY, f"busy: too many failed authentications; retry in {wait} s", 429, {"Retry-After": str(wait)}
-        )
+def _busy(wait: int) -> ApiError:
+    return ApiError(
+        ErrorCode.BUSY, f"busy: too many failed authentications; retry in {wait} s", 429, {"Retry-After": str(wait)}
+    )
 
 
-def count_failure(request: Request, app_key: str) -> None:
-    request.app.state.services.throttle.failed(app_key, client_address(request))
+def refused(request: Request, app_key: str, unauthorized: ApiError) -> ApiError:
+    """Count a failed authentication; the error to raise: 401, or 429 while this key from this address
+    (or this address) is throttled (server/throttle.py)."""
+    throttle = request.app.state.services.throttle
+    wait = throttle.retry_after(app_key, client_address(request))
+    throttle.failed(app_key, client_address(request))
+    return _busy(wait) if wait else unauthorized
+
+
+async def check_secret(request: Request, app_key: str, verify: Callable[[], bool], unauthorized: ApiError) -> None:
+    """Run `verify` off the event loop (one at a time while throttled: never refused when it holds);
+    raise `refused(...)` when it does not."""
+    throttle = request.app.state.services.throttle
+    if throttle.retry_after(app_key, client_address(request)):
+        try:
+            verified = await run_in_threadpool(throttle.one_at_a_time, verify)
+        except LaneBusy:
+            verified = False
+    else:
+        verified = await run_in_threadpool(verify)
+    if not verified:
+        raise refused(request, app_key, unauthorized)
 
 
 async def authenticate(request: Request) -> str:
     """FastAPI dependency: the verified app key (raises 140013 / HTTP 401 otherwise; 680005 / HTTP 429
-    after too many failures of this key or address). Clients send Basic credentials; the studio page
-    sends its session cookie instead (server/sessions.py)."""
+    for failures while throttled). Clients send Basic credentials; the studio page sends its session
+    cookie instead (server/sessions.py)."""
     if "authorization" not in request.headers:
         session = request.app.state.services.sessions.read(request)
         if session is not None:
             return await _session_key(request, session)
     claimed_key = request.headers.get("x-app-key") or ""
-    refuse_if_throttled(request, claimed_key)
     try:
-        return await _verified_app_key(request)
-    except ApiError:
-        count_failure(request, claimed_key)
-        raise
+        app_key, secret = _claimed_pair(request)
+    except ApiError as exc:
+        raise refused(request, claimed_key, exc) from None
+    verifier = request.app.state.services.verifier
+    if verifier.verify_cached(app_key, secret):  # the common case: no store, no scrypt, no thread hop
+        return app_key
+    await check_secret(
+        request, app_key, lambda: verifier.verify(app_key, secret), _unauthorized("unknown app key or wrong secret")
+    )
+    return app_key
 
 
 async def _session_key(request: Request, session: Session) -> str:
@@ -76,17 +101,11 @@ async def _session_key(request: Request, session: Session) -> str:
     return session.app_key
 
 
-async def _verified_app_key(request: Request) -> str:
+def _claimed_pair(request: Request) -> tuple[str, str]:
     app_key, secret = parse_basic(request.headers.get("authorization"))
     header_key = request.headers.get("x-app-key")
     if header_key is None:
         raise _unauthorized("the X-App-Key header is missing")
     if header_key != app_key:
         raise _unauthorized("X-App-Key does not match the Authorization credentials")
-    verifier = request.app.state.services.verifier
-    verified = verifier.verify_cached(app_key, secret)
-    if verified is None:  # scrypt and a store read: off the event loop
-        verified = await run_in_threadpool(verifier.verify, app_key, secret)
-    if not verified:
-        raise _unauthorized("unknown app key or wrong secret")
-    return app_key
+    return app_key, secret

@@ -27,7 +27,7 @@ from ref2img.protocol import (
     text_problem,
 )
 from ref2img.server import openapi
-from ref2img.server.auth import authenticate, count_failure, refuse_if_throttled
+from ref2img.server.auth import authenticate, check_secret
 from ref2img.server.errors import STORE_RETRY_AFTER_S, ApiError, ok
 from ref2img.server.routing import route_generation, route_recognition
 from ref2img.safe_http import UrlRefused
@@ -227,13 +227,18 @@ def cancel_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends
 
 
 @router.get("/v1/open/capacity/get/token", **WIRE)
-def get_token(request: Request, access_key: Annotated[str, Query()] = "", secret: Annotated[str, Query()] = "") -> dict:
+async def get_token(
+    request: Request, access_key: Annotated[str, Query()] = "", secret: Annotated[str, Query()] = ""
+) -> dict:
     if not access_key or not secret:
         raise ApiError(ErrorCode.INVALID_PARAMETER, "access_key and secret: both are required query parameters")
-    refuse_if_throttled(request, access_key)
-    if not services(request).verifier.verify(access_key, secret):
-        count_failure(request, access_key)
-        raise ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: unknown app key or wrong secret", 401)
+    verifier = services(request).verifier
+    await check_secret(
+        request,
+        access_key,
+        lambda: verifier.verify(access_key, secret),
+        ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: unknown app key or wrong secret", 401),
+    )
     return ok({"access_token": basic_token(access_key, secret)})
 
 

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ref2img.auth.keys import create_key
 from ref2img.protocol import ErrorCode
-from ref2img.server.auth import count_failure, refuse_if_throttled
+from ref2img.server.auth import check_secret
 from ref2img.server.errors import ApiError, ok
 from ref2img.tasks.store import Store
 
@@ -103,21 +103,25 @@ async def sign_in(request: Request, body: Annotated[dict, Depends(sign_in_body)]
     svc = services(request)
     token, app_key, secret = body.get("token"), body.get("app_key"), body.get("app_secret")
     if isinstance(token, str) and token:
-        refuse_if_throttled(request, "")
-        if not await run_in_threadpool(svc.studio.redeem, token):
-            count_failure(request, "")
-            raise ApiError(
+        await check_secret(
+            request,
+            "",
+            lambda: svc.studio.redeem(token),
+            ApiError(
                 ErrorCode.UNAUTHORIZED,
                 "unauthorized: this sign-in link was used already, is over 10 minutes old or is not this "
                 "server's; print a fresh one with `ref2img keys studio-link --data-dir DIR`",
                 401,
-            )
+            ),
+        )
         app_key = await run_in_threadpool(svc.studio.app_key)
     elif isinstance(app_key, str) and isinstance(secret, str) and app_key and secret:
-        refuse_if_throttled(request, app_key)
-        if not await run_in_threadpool(svc.verifier.verify, app_key, secret):
-            count_failure(request, app_key)
-            raise ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: unknown app key or wrong secret", 401)
+        await check_secret(
+            request,
+            app_key,
+            lambda: svc.verifier.verify(app_key, secret),
+            ApiError(ErrorCode.UNAUTHORIZED, "unauthorized: unknown app key or wrong secret", 401),
+        )
     else:
         raise ApiError(ErrorCode.INVALID_PARAMETER, "body: give either token, or app_key and app_secret")
     session = await run_in_threadpool(svc.sessions.new, app_key)

@@ -1,9 +1,15 @@
-"""Failed-authentication rate limiting, per app key and per client address.
+"""Failed-authentication rate limiting, per (app key, client address) and per client address.
 
-Each failure is remembered for `window_s`; once `limit` failures of one key or one address fall
-inside the window, further attempts from it are refused with 680005 / HTTP 429 + Retry-After
-*before* any secret is checked, so guessing costs the server nothing (scrypt is slow on purpose).
-Counters live in this process: each API node of a fleet limits on its own.
+Each failure is remembered for `window_s`; once `limit` failures of one key from one address, or of
+one address with any keys, fall inside the window, that pair or address is *throttled*: its requests
+are still verified, but one at a time in the whole process (`one_at_a_time`, scrypt is slow on
+purpose), and those that fail are answered 680005 / HTTP 429 + Retry-After rather than 401.
+
+What this gives, as the big identity providers do it: a request whose secret verifies is never
+refused; knowing an app key (not its secret) does not let anyone lock its owner out from elsewhere,
+since failures count per (key, address); and a flood of guesses costs at most one core's scrypt.
+Counters live in this process: each API node of a fleet limits on its own. The client address is the
+connection's, unless `ref2img serve --trusted-proxy` names the proxy whose X-Forwarded-For to believe.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 
 class FailureWindow:
@@ -52,22 +59,41 @@ class FailureWindow:
         self._failures.move_to_end(name)
 
 
+class LaneBusy(Exception):
+    """A throttled verification waited too long for its turn."""
+
+
 class AuthThrottle:
+    LANE_WAIT_S = 10.0  # a throttled request waits this long at most for its turn to be verified
+
     def __init__(self, limit: int = 20, window_s: float = 60.0):
-        self._by_key = FailureWindow(limit, window_s)
+        self._by_pair = FailureWindow(limit, window_s)
         self._by_address = FailureWindow(limit, window_s)
         self._lock = threading.Lock()
+        self._lane = threading.BoundedSemaphore(1)
 
     def retry_after(self, app_key: str, address: str) -> int:
-        """Whole seconds to wait before this key or address may try again; 0 when it may now."""
+        """Whole seconds until this key from this address, and this address, are out of the throttle;
+        0 when neither is throttled."""
         now = time.monotonic()
         with self._lock:
-            wait = max(self._by_key.retry_after(app_key, now), self._by_address.retry_after(address, now))
+            wait = max(
+                self._by_pair.retry_after(f"{app_key}\n{address}", now), self._by_address.retry_after(address, now)
+            )
         return math.ceil(wait) if wait > 0 else 0
 
     def failed(self, app_key: str, address: str) -> None:
         now = time.monotonic()
         with self._lock:
             if app_key:
-                self._by_key.add(app_key, now)
+                self._by_pair.add(f"{app_key}\n{address}", now)
             self._by_address.add(address, now)
+
+    def one_at_a_time(self, verify: Callable[[], bool]) -> bool:
+        """Run a throttled request's verification in the single lane (LaneBusy after LANE_WAIT_S)."""
+        if not self._lane.acquire(timeout=self.LANE_WAIT_S):
+            raise LaneBusy
+        try:
+            return verify()
+        finally:
+            self._lane.release()
