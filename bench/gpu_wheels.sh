@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 PY=${PY:-.venv/bin/python}
 packages=(diffusers pydantic pydantic-core annotated-types typing-inspection importlib-metadata
-          fastapi starlette uvicorn sqlalchemy alembic mako python-multipart itsdangerous opentelemetry-api torchao)
+          fastapi starlette uvicorn sqlalchemy alembic mako python-multipart itsdangerous swagger-ui-bundle opentelemetry-api torchao)
 pins=()
 for name in "${packages[@]}"; do
   version=$("$PY" -m pip show "$name" 2>/dev/null | awk '/^Version:/ {print $2}' || true)

@@ -204,6 +204,24 @@ def test_service_routes(server):
     assert health["code"] == 0 and health["data"]["status"] == "ok"
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "ref2img_queue_depth" in metrics and 'ref2img_tasks{status="succeeded"}' in metrics
-    assert httpx.get(f"{server.url}/docs").status_code == 200
     assert "/v1/open/pub/task" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
     assert httpx.get(f"{server.url}/no/such/route").status_code == 404
+
+
+def test_docs_are_served_from_the_package_and_every_page_sends_security_headers(server):
+    import re
+
+    docs = httpx.get(f"{server.url}/docs")
+    assert docs.status_code == 200
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", docs.text)
+    assert assets and all(asset.startswith("/") for asset in assets), assets  # no CDN, works offline
+    for asset in assets:
+        if asset.endswith((".js", ".css")):
+            assert httpx.get(f"{server.url}{asset}").status_code == 200, asset
+    for path, script in (("/", "script-src 'self';"), ("/docs", "script-src 'self' 'unsafe-inline'"),
+                         ("/healthz", "default-src 'none'")):
+        headers = httpx.get(f"{server.url}{path}").headers
+        assert script in headers["content-security-policy"] and "frame-ancestors 'none'" in headers[
+            "content-security-policy"], (path, headers)
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+        assert headers["referrer-policy"] == "no-referrer"
