@@ -1,5 +1,6 @@
 """Retries and polling against small real HTTP servers scripted by each test."""
 
+import json
 import time
 
 import pytest
@@ -155,3 +156,30 @@ def test_final_statuses_raise_their_error_with_the_task(scripted, status, error)
             client.wait("t1")
     assert caught.value.reason == "why it ended" and caught.value.task.progress == 40
     assert isinstance(caught.value, sdk_errors.TaskError)
+
+
+def test_download_names_never_leave_the_folder_whatever_task_id_a_server_sends(tmp_path):
+    import anyio
+
+    from ref2img import AsyncClient
+    from ref2img.client import Task
+
+    server = Scripted(lambda path, body, headers: (200, {"image": "bytes"}, {}))
+    out = tmp_path / "out"
+    try:
+        for hostile in ("../../escaped", "/tmp/absolute", "..", "a/../../b", "nul\x00byte"):
+            task = Task.from_data({"task_id": hostile, "status": 3,
+                                   "result": json.dumps({"images_path": [f"{server.url}/x.png"]})})
+            with Client("ak", "sk", base_url=server.url) as client:
+                [saved] = client.download(task, out)
+
+            async def download_async(task=task):
+                async with AsyncClient("ak", "sk", base_url=server.url) as client:
+                    return await client.download(task, out)
+
+            [saved_async] = anyio.run(download_async)
+            for path in (saved, saved_async):
+                assert path.resolve().parent == out.resolve() and path.exists(), (hostile, path)
+    finally:
+        server.server.shutdown()
+    assert not (tmp_path / "escaped-1.png").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

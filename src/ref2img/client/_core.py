@@ -4,6 +4,7 @@ decision and the wait loop's decisions. The two clients only add the I/O (blocki
 from __future__ import annotations
 
 import io
+import re
 import os
 import time
 import uuid
@@ -310,6 +311,16 @@ class WaitLoop:
             # A server that ignores `wait` answers at once with nothing new: pace it like the cloud.
             return 0.0 if changed or took_s >= asked_wait / 2 else min(self.plan.min_interval, remaining)
         return min(self.plan.next_delay(task), remaining)
+
+
+def download_path(directory: Path, task_id: str, index: int, url: str) -> Path:
+    """Where image `index` of a task is saved: a name made of the task id's safe characters only, so
+    that a hostile server's task id (`../../.bashrc`, `/etc/x`) cannot write outside `directory`."""
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", task_id)[:100] or "task"
+    path = directory / f"{stem}-{index + 1}{suffix_of(url)}"
+    if path.resolve().parent != directory.resolve():  # a last check: the name above has no separator
+        raise APIError(0, f"refusing to save {path}: outside {directory}", None)
+    return path
 
 
 def suffix_of(url: str) -> str:

@@ -211,7 +211,7 @@ class Client:
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for index, url in enumerate(task.images or task.masks):
-            path = directory / f"{task.task_id}-{index + 1}{core.suffix_of(url)}"
+            path = core.download_path(directory, task.task_id, index, url)
             try:
                 with self._http.stream("GET", url, timeout=self._config.timeout) as response:
                     response.raise_for_status()
