@@ -1,7 +1,8 @@
 """Server throughput on loopback: create and query requests/s and p50/p99 latency at 1, 16 and 64
 concurrent clients, against a bare Starlette JSON endpoint in the same run (the framework's ceiling),
-plus end-to-end tasks/s through store + queue + runner. The engine is a no-op double that lives in
-this script only, so the figures are the server's, not a model's.
+plus end-to-end tasks/s through store + queue + runner, and `/healthz` latency with and without
+`--streams` Server-Sent-Event streams open (the studio's; each reads the store once a second). The
+engine is a no-op double that lives in this script only, so the figures are the server's, not a model's.
 
     python bench/server.py                 # about 2 minutes on a 2-core machine
     python bench/server.py --seconds 3 --json
@@ -30,6 +31,9 @@ from pathlib import Path
 import httpx
 
 
+HOLD = "hold"  # a prompt the engine double holds until the task is cancelled
+
+
 # -- the two servers under test (run as subprocesses of this script) --------------------------------
 class NoopEngine:
     """The benchmark's engine double: answers at once with blank images."""
@@ -37,6 +41,8 @@ class NoopEngine:
     def generate(self, job, on_progress=lambda d, t: None, should_cancel=lambda: False, on_preview=None):
         from PIL import Image
 
+        while job.prompt == HOLD and not should_cancel():  # held until cancelled: keeps the others queued
+            time.sleep(0.05)
         on_progress(1, 1)
         return [Image.new("RGB", (8, 8)) for _ in range(job.batch_size)]
 
@@ -133,6 +139,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--tasks", type=int, default=1000, help="tasks for the end-to-end figure")
     parser.add_argument("--workers", type=int, default=4, help="worker threads of the ref2img server")
+    parser.add_argument("--streams", type=int, default=50, help="SSE streams open for the /healthz figure")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -164,6 +171,7 @@ def main() -> None:
                 args.seconds))
             _drain(base)
         results["end_to_end"] = asyncio.run(end_to_end(base, create_body, headers, args.tasks))
+        results["healthz"] = asyncio.run(healthz_under_streams(base, create_body, headers, args))
     finally:
         for process in (ours, bare):
             process.terminate()
@@ -204,6 +212,43 @@ async def end_to_end(base: str, body: dict, headers: dict, tasks: int) -> dict:
     return {"tasks": tasks, "seconds": round(elapsed, 2), "tasks_per_s": round(tasks / elapsed, 1)}
 
 
+async def healthz_under_streams(base: str, body: dict, headers: dict, args) -> dict:
+    """`/healthz` latency alone, then with `args.streams` SSE streams open on queued tasks (the workers
+    are held by tasks the engine double never ends), in the same run."""
+    create = f"{base}/v1/open/capacity/application/tm_reference_img2img"
+    async with httpx.AsyncClient(timeout=60) as client:
+        alone = await sample(client, f"{base}/healthz", args.seconds)
+        held = [(await client.post(create, json={**body, "prompt": HOLD}, headers=headers)).json()["data"]["task_id"]
+                for _ in range(args.workers + args.streams)]
+        streams = [asyncio.create_task(follow(client, f"{base}/v1/tasks/{task_id}/events", headers))
+                   for task_id in held[args.workers:]]
+        await asyncio.sleep(1.5)  # every stream open and reading
+        crowded = await sample(client, f"{base}/healthz", args.seconds)
+        for task_id in held:
+            await client.post(f"{base}/v1/open/pub/task/cancel", json={"task_id": task_id}, headers=headers)
+        await asyncio.wait_for(asyncio.gather(*streams, return_exceptions=True), 30)
+    return {"streams": args.streams, "alone": alone, "with_streams": crowded}
+
+
+async def follow(client: httpx.AsyncClient, url: str, headers: dict) -> None:
+    async with client.stream("GET", url, headers=headers) as response:
+        async for _ in response.aiter_lines():
+            pass
+
+
+async def sample(client: httpx.AsyncClient, url: str, seconds: float) -> dict:
+    latencies = []
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        started = time.perf_counter()
+        await client.get(url)
+        latencies.append(time.perf_counter() - started)
+        await asyncio.sleep(0.02)
+    latencies.sort()
+    return {"p50_ms": round(1000 * statistics.median(latencies), 2),
+            "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2)}
+
+
 def report(results: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(results))
@@ -218,6 +263,10 @@ def report(results: dict, as_json: bool) -> None:
     e2e = results["end_to_end"]
     print(f"end to end: {e2e['tasks']} tasks in {e2e['seconds']} s = {e2e['tasks_per_s']} tasks/s "
           f"({results['setup']['workers']} workers, no-op engine)")
+    health = results["healthz"]
+    print(f"/healthz p50/p99: {health['alone']['p50_ms']}/{health['alone']['p99_ms']} ms alone, "
+          f"{health['with_streams']['p50_ms']}/{health['with_streams']['p99_ms']} ms with {health['streams']} "
+          f"SSE streams open")
 
 
 if __name__ == "__main__":

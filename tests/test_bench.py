@@ -73,7 +73,9 @@ def test_scale_bench_smoke(postgres_url):
 
 def test_server_bench_smoke():
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "server.py"), "--seconds", "0.5", "--concurrency", "1",
-                          "4", "--tasks", "20", "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          "4", "--tasks", "20", "--streams", "5", "--json"], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     assert figures, run.stdout
+    assert figures["healthz"]["streams"] == 5 and figures["healthz"]["with_streams"]["p99_ms"] > 0

@@ -61,6 +61,7 @@ def text_of(result) -> str:
     return "\n".join(block.text for block in result.content if getattr(block, "type", "") == "text")
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_tools_and_their_schemas_carry_the_real_ranges(tiny_sd15, tmp_path):
     async def main():
         async with Client(local_server(tiny_sd15, tmp_path)) as client:
@@ -83,6 +84,7 @@ def test_tools_and_their_schemas_carry_the_real_ranges(tiny_sd15, tmp_path):
     assert tools["get_task"].annotations.read_only_hint and tools["cancel_task"].annotations.destructive_hint
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_generate_on_the_tiny_model_returns_images_seeds_and_progress(tiny_sd15, tmp_path, reference):
     progress: list[tuple[float, float | None, str | None]] = []
 
@@ -117,6 +119,7 @@ def test_generate_on_the_tiny_model_returns_images_seeds_and_progress(tiny_sd15,
     assert selected["ready"] and models.structured_content["backend"] == "local"
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_bad_input_is_a_tool_error_naming_the_field_and_its_range(tiny_sd15, tmp_path, reference):
     calls = {
         "width": {"reference": reference, "prompt": "p", "width": 4096},
@@ -147,6 +150,7 @@ def test_bad_input_is_a_tool_error_naming_the_field_and_its_range(tiny_sd15, tmp
     assert not any("Traceback" in text for text in texts.values())
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_a_missing_model_names_the_pull_command(tmp_path, reference):
     async def main():
         async with Client(stdio("--model", "sd15", "--device", "cpu", "--out", str(tmp_path))) as client:
@@ -227,6 +231,7 @@ def with_token(url: str, token: str):
     return streamable_http_client(url, http_client=create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}))
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_streamable_http_needs_its_token_and_checks_host_and_origin(tiny_sd15, tmp_path, reference):
     token = "mcp_test_" + "x" * 30
     process, port = start_http_mcp(tiny_sd15, tmp_path, env={"REF2IMG_MCP_TOKEN": token})
@@ -352,3 +357,26 @@ def test_the_server_backend_against_a_running_ref2img_serve(tiny_sd15, tmp_path,
     # The same file (each reading signs its URL afresh, with its own expiry).
     assert [url.split("?")[0] for url in task.structured_content["urls"]] == [image["url"].split("?")[0]]
     assert progress and all(message.startswith(result.structured_content["task_id"]) for _, _, message in progress)
+
+
+def test_the_input_guard_reads_only_allowed_files_and_public_urls(tmp_path, astronaut):
+    """The rules of `--allow-dir` and the URL guard, in process (the slow test above runs them through
+    a real MCP client)."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    astronaut.resize((32, 32)).save(allowed / "mine.png")
+    astronaut.resize((32, 32)).save(outside / "secret.png")
+    (allowed / "link.png").symlink_to(outside / "secret.png")
+    guard = InputGuard([allowed], SafeHttp())
+    assert guard.load(str(allowed / "mine.png")).size == (32, 32)
+    messages = set()
+    for source in (outside / "secret.png", outside / "missing.png", allowed / "link.png", allowed / "nope.png",
+                   allowed / ".." / "outside" / "secret.png", allowed, "/dev/zero"):
+        with pytest.raises(ImageInputError) as refused:
+            guard.load(str(source))
+        messages.add(str(refused.value).replace(str(source), "PATH"))
+    assert len(messages) == 1 and "no such file" in messages.pop()
+    for url in ("http://127.0.0.1:22/", "http://169.254.169.254/latest/meta-data/", "http://[::1]/x.png"):
+        with pytest.raises(ImageInputError, match="loopback, private"):
+            guard.load(url)

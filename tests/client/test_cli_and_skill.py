@@ -116,6 +116,7 @@ assert TomovieeClient is TomovieeImg2ImgClient
     assert result.stdout.strip().startswith(server.url + "/v1/files/results/")
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_skill_failure_is_an_exception_with_the_reason(server, credentials):
     code = f"""
 from scripts.tomoviee_img2img_client import TomovieeClient

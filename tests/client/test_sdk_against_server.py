@@ -38,6 +38,7 @@ def test_create_get_wait_with_files_and_urls(client, astronaut, coffee, tmp_path
     assert client.generate("p", url, "depth").succeeded
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_recognize_and_token(client, astronaut, credentials):
     task = client.recognize(astronaut, "edge")
     assert len(task.masks) == 1 and httpx.get(task.masks[0]).status_code == 200

@@ -182,6 +182,7 @@ def test_without_cloud_credentials_the_engine_is_unavailable_with_the_reason(fak
         server.stop()
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_a_restarted_server_follows_the_same_cloud_task(fake, tmp_path, image_host):
     # The credentials come from a file this time (an EnvironmentFile), not the environment.
     secrets_file = tmp_path / "cloud.env"

@@ -36,6 +36,7 @@ def plain_engines(tiny_sd15, tiny_sdxl):
             for family, path in (("sd15", tiny_sd15), ("sdxl", tiny_sdxl))}
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_skipping_the_idle_controlnet_changes_no_pixel(family, plain_engines, tiny_sd15, tiny_sdxl, astronaut):
     engine = LocalEngine(str(tiny_sd15 if family == "sd15" else tiny_sdxl), device="cpu")

@@ -139,6 +139,7 @@ def test_bad_uploads_are_680003(cloud, payload, message):
     assert answer["code"] == 680003 and message in answer["msg"]
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_unreachable_image_fails_with_fetch_reason(cloud):
     data = cloud.wait_final(cloud.create_id(img2img_body("http://127.0.0.1:9/nothing.png")))
     assert data["status"] == 4 and "could not fetch" in data["reason"]

@@ -10,13 +10,14 @@ from ref2img.server.throttle import FailureWindow
 from .conftest import Cloud, Receiver, Server, data_uri, img2img_body
 
 LIMIT = 5
+TRUSTED_PROXY = "127.0.5.1"
 
 
 @pytest.fixture(scope="module")
 def chatty(tiny_sd15, tmp_path_factory):
     """Debug logging (the most a log ever says) and a low failed-auth limit."""
     server = Server(tmp_path_factory.mktemp("secrets") / "data", tiny_sd15, "--allow-private-urls",
-                    "--auth-failure-limit", str(LIMIT), "--log-level", "debug")
+                    "--auth-failure-limit", str(LIMIT), "--log-level", "debug", "--trusted-proxy", TRUSTED_PROXY)
     server.start()
     yield server
     server.stop()
@@ -108,6 +109,18 @@ def test_x_forwarded_for_is_not_believed_without_a_trusted_proxy(chatty):
         last = Cloud(chatty.url, "ak_rotating_last", "sk_x").headers
         answer = client.post(query, json={"task_id": "t"}, headers={**last, "X-Forwarded-For": "203.0.113.99"})
         assert answer.status_code == 429  # counted by the connection's own address all along
+
+
+def test_x_forwarded_for_from_a_trusted_proxy_names_the_client(chatty):
+    query = f"{chatty.url}/v1/open/pub/task"
+    with from_address(TRUSTED_PROXY) as proxy:
+        def attempt(client_ip: str, i: int) -> int:
+            made_up = Cloud(chatty.url, f"ak_proxied_{client_ip}_{i}", "sk_x").headers
+            return proxy.post(query, json={"task_id": "t"}, headers={**made_up, "X-Forwarded-For": client_ip}).status_code
+
+        assert [attempt("203.0.113.7", i) for i in range(LIMIT)] == [401] * LIMIT
+        assert attempt("203.0.113.7", LIMIT) == 429  # that client is throttled...
+        assert attempt("203.0.113.8", 0) == 401  # ...not the proxy's other clients
 
 
 @pytest.mark.slow

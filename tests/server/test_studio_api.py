@@ -154,6 +154,7 @@ def test_the_task_list_is_the_keys_own_newest_first_and_paged(studio_server, ast
     assert httpx.get(f"{studio_server.url}/v1/tasks").status_code == 401
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
 def test_events_stream_progress_and_step_previews_until_the_end(studio_server, astronaut):
     cloud = Cloud(studio_server.url, *studio_server.new_key())
     task_id = cloud.create_id(img2img_body(data_uri(astronaut.resize((64, 64)))))

@@ -59,9 +59,10 @@ class InputGuard:
             descriptor = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             raise refused from None
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise refused  # a folder, or a FIFO or device that would block or never end
         with os.fdopen(descriptor, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise refused  # a FIFO or device would block or never end
             data = handle.read(MAX_IMAGE_BYTES + 1)
         if len(data) > MAX_IMAGE_BYTES:
             raise ImageInputError(field, f"the file is over {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
