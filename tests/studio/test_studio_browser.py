@@ -76,6 +76,17 @@ def open_signed_in(browser, server: Server, **context):
     return page
 
 
+def wait_until(page, expression: str, timeout: float = 30_000) -> None:
+    """`page.wait_for_function`, polled from here: Playwright's own polling evaluates its predicate with
+    `eval`, which the studio's Content-Security-Policy (no 'unsafe-eval') rightly refuses; a plain
+    `page.evaluate` goes through the DevTools protocol, which CSP does not govern."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout / 1000:.0f} s: {expression}")
+        time.sleep(0.1)
+
+
 def with_reference(page, reference: Path):
     """Pick the reference through the page's file input, and wait until it shows."""
     page.set_input_files("#reference-file", str(reference))
@@ -113,12 +124,15 @@ def test_sign_in_through_the_printed_link(browser, studio):
 def test_reference_control_map_generate_progress_and_download(browser, studio, reference):
     server, _ = studio
     page = open_signed_in(browser, server)
+    refused = []  # the page's own code under its Content-Security-Policy: nothing may be blocked
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
+            else None)
     page.set_input_files("#reference-file", str(reference))
-    page.wait_for_function("document.querySelector('#control-map').complete && "
+    wait_until(page, "document.querySelector('#control-map').complete && "
                            "document.querySelector('#control-map').naturalWidth > 0", timeout=30_000)
     assert page.inner_text("#control-map-caption") == "edges map"
     page.check('input[name="mode"][value="3"]')  # depth: a new map for the same reference
-    page.wait_for_function("document.querySelector('#control-map-caption').textContent === 'depth map'",
+    wait_until(page, "document.querySelector('#control-map-caption').textContent === 'depth map'",
                            timeout=30_000)
     fill_job(page)
     page.select_option("#batch-size", "2")
@@ -137,6 +151,7 @@ def test_reference_control_map_generate_progress_and_download(browser, studio, r
 
     page.locator("#gallery button", has_text="Use as reference").first.click()
     assert "/v1/files/results/" in page.get_attribute("#reference-preview", "src")
+    assert refused == [], refused
     page.close()
 
 
@@ -147,11 +162,11 @@ def test_a_file_that_is_not_an_image_gets_an_inline_error_and_keeps_the_form(bro
     notes = tmp_path / "notes.png"
     notes.write_text("this is not an image")
     page.set_input_files("#reference-file", str(notes))
-    page.wait_for_function("document.querySelector('#reference-error').textContent.length > 0", timeout=15_000)
+    wait_until(page, "document.querySelector('#reference-error').textContent.length > 0", timeout=15_000)
     assert page.inner_text("#reference-error").startswith("file:")
     assert page.input_value("#prompt") == "keep me"
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#job-error').textContent.length > 0")
+    wait_until(page, "document.querySelector('#job-error').textContent.length > 0")
     assert page.inner_text("#job-error").startswith("reference_image:")  # no reference yet: said, not sent
     shot(page, "error")
     page.close()
@@ -163,7 +178,7 @@ def test_the_servers_own_range_message_shows_inline(browser, studio, reference):
     fill_job(page)
     page.fill("#width", "4096")
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#job-error').textContent.length > 0", timeout=15_000)
+    wait_until(page, "document.querySelector('#job-error').textContent.length > 0", timeout=15_000)
     assert "width" in page.inner_text("#job-error") and "2048" in page.inner_text("#job-error")
     assert page.input_value("#width") == "4096" and page.input_value("#prompt").startswith("an astronaut")
     page.close()
@@ -176,12 +191,12 @@ def test_cancel_a_running_task(browser, slow_studio, reference):
     fill_job(page)
     page.select_option("#batch-size", "4")  # 500 steps of 4 images: long enough to cancel halfway
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#run-status').textContent.startsWith('generating')",
+    wait_until(page, "document.querySelector('#run-status').textContent.startsWith('generating')",
                            timeout=30_000)
     page.wait_for_selector("#run-preview:not([hidden])", timeout=30_000)  # a step preview while it runs
     shot(page, "running")
     page.click("#cancel")
-    page.wait_for_function("document.querySelector('#job-error').textContent.startsWith('cancelled')",
+    wait_until(page, "document.querySelector('#job-error').textContent.startsWith('cancelled')",
                            timeout=30_000)
     assert page.is_hidden("#cancel") and page.is_enabled("#generate")
     page.close()
