@@ -226,8 +226,10 @@ async def healthz_under_streams(base: str, body: dict, headers: dict, args) -> d
         crowded = await sample(client, f"{base}/healthz", args.seconds)
         for task_id in held:
             await client.post(f"{base}/v1/open/pub/task/cancel", json={"task_id": task_id}, headers=headers)
-        await asyncio.wait_for(asyncio.gather(*streams, return_exceptions=True), 30)
-    return {"streams": args.streams, "alone": alone, "with_streams": crowded}
+        _, still_open = await asyncio.wait(streams, timeout=30)  # each ends with its task's final event
+        for stream in still_open:
+            stream.cancel()
+    return {"streams": args.streams, "alone": alone, "with_streams": crowded, "not_ended": len(still_open)}
 
 
 async def follow(client: httpx.AsyncClient, url: str, headers: dict) -> None:

@@ -406,3 +406,20 @@ def test_a_studio_session_ends_for_good(store):
     expired = store.studio.open_session("ak_a", ttl_s=0.05)
     time.sleep(0.1)
     assert not store.studio.session_live(expired, "ak_a")
+
+
+def test_a_cancel_that_meets_a_claim_still_stops_the_task(store):
+    """The task is queued when cancel reads it, and a worker claims it just after: the cancel must
+    not be lost (it was: `finish` found it running and changed nothing)."""
+    task, _ = new_task(store)
+    read = store.tasks.get
+
+    def read_then_claimed(task_id, app_key=None):
+        row = read(task_id, app_key)
+        store.tasks.get = read  # once
+        assert store.tasks.claim(task_id, "worker-1", 30) is not None  # the worker wins the race
+        return row
+
+    store.tasks.get = read_then_claimed
+    store.tasks.request_cancel(task.id, "ak_a")
+    assert store.tasks.should_stop(task.id, "worker-1") == TaskStatus.CANCELLED

@@ -405,13 +405,18 @@ class TaskStore:
         task = self.get(task_id, app_key)
         if task is None:
             return None
-        if task.status == TaskStatus.QUEUED:
-            self.finish(task_id, None, TaskStatus.CANCELLED, reason="cancelled by the client")
-        elif task.status == TaskStatus.PROCESSING:
+        if task.status in (TaskStatus.QUEUED, TaskStatus.PROCESSING):
+            # The flag first: a worker that claims the task after this read still sees it and stops
+            # (a queued task claimed between the read and `finish` lost its cancel before).
             with self._db.session() as session:
                 session.execute(update(TaskRow).where(TaskRow.id == task_id).values(cancel_requested=True))
-            if task.route == CLOUD:
-                self.finish(task_id, task.lease_owner, TaskStatus.CANCELLED, reason="cancelled by the client")
+            if not (
+                task.status == TaskStatus.QUEUED
+                and self.finish(task_id, None, TaskStatus.CANCELLED, reason="cancelled by the client")
+            ):
+                task = self.get(task_id, app_key)
+                if task is not None and task.status == TaskStatus.PROCESSING and task.route == CLOUD:
+                    self.finish(task_id, task.lease_owner, TaskStatus.CANCELLED, reason="cancelled by the client")
         return self.get(task_id, app_key)
 
     def recover(self, owner_alive: Callable[[str | None], bool] = lambda owner: False) -> int:
