@@ -53,6 +53,18 @@ def reference(tmp_path, astronaut) -> str:
     return str(path)
 
 
+@pytest.fixture
+def folders(tmp_path, astronaut) -> tuple[Path, Path]:
+    """An allowed folder with an image and a symlink to the image in the folder beside it, which is not."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    astronaut.resize((64, 64)).save(allowed / "mine.png")
+    astronaut.resize((64, 64)).save(outside / "secret.png")
+    (allowed / "link.png").symlink_to(outside / "secret.png")
+    return allowed, outside
+
+
 def run(main):
     return anyio.run(main)
 
@@ -284,13 +296,8 @@ def test_a_generated_token_is_printed_once_and_other_binds_need_one_given(tiny_s
 
 @pytest.mark.slow
 def test_tools_read_files_only_in_the_allowed_folders_and_urls_only_from_public_hosts(tiny_sd15, tmp_path,
-                                                                                      astronaut):
-    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
-    allowed.mkdir()
-    outside.mkdir()
-    astronaut.resize((64, 64)).save(allowed / "mine.png")
-    astronaut.resize((64, 64)).save(outside / "secret.png")
-    (allowed / "link.png").symlink_to(outside / "secret.png")
+                                                                                      astronaut, folders):
+    allowed, outside = folders
     host = ImageHost({"/astronaut.png": (png_bytes(astronaut.resize((64, 64))), "image/png")})
     sources = {
         "allowed": str(allowed / "mine.png"),
@@ -359,17 +366,12 @@ def test_the_server_backend_against_a_running_ref2img_serve(tiny_sd15, tmp_path,
     assert progress and all(message.startswith(result.structured_content["task_id"]) for _, _, message in progress)
 
 
-def test_the_input_guard_reads_only_allowed_files_and_public_urls(tmp_path, astronaut):
+def test_the_input_guard_reads_only_allowed_files_and_public_urls(folders):
     """The rules of `--allow-dir` and the URL guard, in process (the slow test above runs them through
     a real MCP client)."""
-    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
-    allowed.mkdir()
-    outside.mkdir()
-    astronaut.resize((32, 32)).save(allowed / "mine.png")
-    astronaut.resize((32, 32)).save(outside / "secret.png")
-    (allowed / "link.png").symlink_to(outside / "secret.png")
+    allowed, outside = folders
     guard = InputGuard([allowed], SafeHttp())
-    assert guard.load(str(allowed / "mine.png")).size == (32, 32)
+    assert guard.load(str(allowed / "mine.png")).size == (64, 64)
     messages = set()
     for source in (outside / "secret.png", outside / "missing.png", allowed / "link.png", allowed / "nope.png",
                    allowed / ".." / "outside" / "secret.png", allowed, "/dev/zero"):
