@@ -206,3 +206,27 @@ def test_a_task_list_page_is_bounded_in_bytes_and_pages_on_without_a_gap(studio_
         offset = data["next_offset"]
     assert len(pages) == 2 and len(pages[0]) < 50  # the first page stopped at the byte bound
     assert [task_id for page in pages for task_id in page] == ids[::-1]  # every task once, in order
+
+
+def test_a_cookie_of_the_earlier_format_signs_in_again(tmp_path):
+    """Cookies made before sessions were rows (no session id) are read as no session, not as a crash
+    or a session that can never be ended."""
+    from itsdangerous import URLSafeTimedSerializer
+    from starlette.requests import Request
+
+    from ref2img.server.sessions import COOKIE, Sessions
+    from ref2img.tasks.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    sessions = Sessions(b"k" * 32, secure_cookie=False, store=store.studio)
+
+    def read(value: str):
+        return sessions.read(Request({"type": "http", "headers": [(b"cookie", f"{COOKIE}={value}".encode())]}))
+
+    old = URLSafeTimedSerializer(b"k" * 32, salt="ref2img-studio-session").dumps({"k": "ak_a", "c": "csrf"})
+    assert read(old) is None
+    current = sessions.new("ak_a")
+    cookie = URLSafeTimedSerializer(b"k" * 32, salt="ref2img-studio-session").dumps(
+        {"s": current.id, "k": "ak_a", "c": current.csrf})
+    assert read(cookie) == current and sessions.is_live(current)
+    store.close()

@@ -46,9 +46,9 @@ def _busy(wait: int) -> ApiError:
 def refused(request: Request, app_key: str, unauthorized: ApiError) -> ApiError:
     """Count a failed authentication; the error to raise: 401, or 429 while this key from this address
     (or this address) is throttled (server/throttle.py)."""
-    throttle = request.app.state.services.throttle
-    wait = throttle.retry_after(app_key, client_address(request))
-    throttle.failed(app_key, client_address(request))
+    throttle, address = request.app.state.services.throttle, client_address(request)
+    wait = throttle.retry_after(app_key, address)  # as it stood when the request came
+    throttle.failed(app_key, address)
     return _busy(wait) if wait else unauthorized
 
 

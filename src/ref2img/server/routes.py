@@ -28,11 +28,11 @@ from ref2img.protocol import (
 )
 from ref2img.server import openapi
 from ref2img.server.auth import authenticate, check_secret
-from ref2img.server.errors import STORE_RETRY_AFTER_S, ApiError, ok
+from ref2img.server.errors import ApiError, ok
 from ref2img.server.routing import route_generation, route_recognition
 from ref2img.safe_http import UrlRefused
 from ref2img.server.services import Services
-from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, new_id
+from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, StoreBusy, new_id
 
 router = APIRouter()
 AppKey = Annotated[str, Depends(authenticate)]
@@ -258,12 +258,7 @@ def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, F
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise ApiError(
-            ErrorCode.BUSY,
-            f"busy: the server's disk is full; retry in {STORE_RETRY_AFTER_S} s",
-            429,
-            {"Retry-After": str(STORE_RETRY_AFTER_S)},
-        ) from None
+        raise StoreBusy("the server's disk is full") from exc  # 680005 / 429, as a full database answers
     svc.store.files.add(file_id, app_key, name)
     return ok({"file_id": file_id, "url": svc.storage.signed_url(str(request.base_url), name)})
 
