@@ -48,7 +48,7 @@ def settings(db: str | None, queue: str, storage: str, task_ms: float):
 
 
 def run_worker(db: str, redis_url: str, storage: str, task_ms: float) -> None:
-    from ref2img.tasks.worker_process import run_worker_process
+    from ref2img.tasks.execution.worker_process import run_worker_process
 
     run_worker_process(settings(db, redis_url, storage, task_ms))
 

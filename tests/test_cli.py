@@ -192,7 +192,7 @@ def test_serve_and_worker_take_the_engine_flags(command):
 
 def test_server_settings_reach_the_engine(tiny_sd15, tmp_path):
     from ref2img.settings import ServerSettings
-    from ref2img.tasks.engine_provider import local_engine_factory
+    from ref2img.tasks.execution.engine_provider import local_engine_factory
 
     engine = local_engine_factory(ServerSettings(data_dir=tmp_path, model=str(tiny_sd15), device="cpu",
                                                  dtype="bfloat16"))()

@@ -3,8 +3,7 @@
 Importing this package never imports torch, FastAPI or SQLAlchemy.
 """
 
-__version__ = "0.1.0"
-
+from ref2img._version import __version__
 from ref2img.client import (
     APIConnectionError,
     APIError,

@@ -47,7 +47,7 @@ class ServerSettings:
 
     @property
     def embedded(self) -> bool:
-        return self.queue_url == "embedded"
+        return self.queue_url.lower() in ("embedded", "embedded://")  # tasks/queue: the registry's key
 
     @property
     def cloud_only(self) -> bool:

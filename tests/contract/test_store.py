@@ -311,7 +311,7 @@ def test_a_cloud_task_keeps_its_remote_id_through_a_dead_worker_and_cancels_at_o
 
 
 def test_the_databases_own_errors_never_leave_the_store(store):
-    from ref2img.tasks.models import AppKeyRow
+    from ref2img.tasks.store.models import AppKeyRow
 
     row = dict(app_key="ak_twice", name="", salt=b"s", secret_hash=b"h", webhook_key=b"w", created_at=0.0)
     store.keys.add(AppKeyRow(**row))
@@ -376,7 +376,7 @@ def test_the_migrations_build_the_tables_the_models_describe(tmp_path):
     revision that forgets a column (or adds one twice) fails here."""
     from sqlalchemy import inspect
 
-    from ref2img.tasks.models import Base
+    from ref2img.tasks.store.models import Base
 
     store = Store(f"sqlite:///{tmp_path / 'fresh.db'}")
     try:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from ref2img.protocol import text_problem
-from ref2img.tasks.models import APP_KEY_WIDTH, AppKeyRow
+from ref2img.tasks.store.models import APP_KEY_WIDTH, AppKeyRow
 from ref2img.tasks.store import Store
 from ref2img.webhooks import signing_key
 

@@ -29,7 +29,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from ref2img import __version__
+        from ref2img._version import __version__
 
         print(f"ref2img {__version__}")
         raise typer.Exit()

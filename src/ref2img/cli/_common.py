@@ -205,7 +205,7 @@ def read_image(source: str, field: str):
 
 def sdk_client(server: str | None, cloud: bool, app_key: str | None, app_secret: str | None):
     from ref2img.client import Client, Ref2ImgError
-    from ref2img.client._core import DEFAULT_BASE_URL
+    from ref2img.client import DEFAULT_BASE_URL
 
     try:
         return Client(app_key, app_secret, base_url=DEFAULT_BASE_URL if cloud else server)

@@ -147,7 +147,7 @@ def _address(http: str) -> tuple[str, int]:
 
 def _remote(server: str | None, cloud: bool, app_key: str | None, app_secret: str | None, out_dir: Path, inputs):
     from ref2img.client import AsyncClient, Ref2ImgError
-    from ref2img.client._core import DEFAULT_BASE_URL
+    from ref2img.client import DEFAULT_BASE_URL
     from ref2img.mcp_server.remote import RemoteBackend
 
     try:

@@ -28,7 +28,7 @@ from ref2img.cli._common import (
     parse_parts,
     quiet_libraries,
 )
-from ref2img.client._core import DEFAULT_BASE_URL as DEFAULT_CLOUD_URL
+from ref2img.client import DEFAULT_BASE_URL as DEFAULT_CLOUD_URL
 
 
 def serve(
@@ -218,7 +218,7 @@ def worker(
 
     from ref2img.engines.base import EngineError
     from ref2img.settings import ServerSettings
-    from ref2img.tasks.worker_process import run_worker_process
+    from ref2img.tasks.execution.worker_process import run_worker_process
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()

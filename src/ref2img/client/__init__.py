@@ -20,6 +20,7 @@ from ref2img.client._exceptions import (
     WaitTimeoutError,
 )
 from ref2img.client._models import Task
+from ref2img.client._policy import PollPlan, retry_delay
 from ref2img.client._sync import Client
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "EngineUnavailableError",
     "ImageFetchError",
     "InvalidRequestError",
+    "PollPlan",
     "RateLimitError",
     "Ref2ImgError",
     "Task",
@@ -42,4 +44,5 @@ __all__ = [
     "TaskTimedOutError",
     "UnsupportedError",
     "WaitTimeoutError",
+    "retry_delay",
 ]

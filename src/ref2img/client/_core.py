@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ref2img import __version__
+from ref2img._version import __version__
 from ref2img.client._exceptions import (
     APIError,
     InvalidRequestError,

@@ -24,10 +24,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ref2img.client import Client
-from ref2img.client._core import DEFAULT_BASE_URL as DEFAULT_CLOUD_URL
-from ref2img.client._exceptions import APIConnectionError, APIError, AuthenticationError, RateLimitError
-from ref2img.client._models import Task
-from ref2img.client._policy import PollPlan, retry_delay
+from ref2img.client import (
+    DEFAULT_BASE_URL as DEFAULT_CLOUD_URL,
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    PollPlan,
+    RateLimitError,
+    Task,
+    retry_delay,
+)
 from ref2img.engines.base import (
     CancelCheck,
     EngineError,

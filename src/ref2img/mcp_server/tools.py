@@ -20,7 +20,7 @@ from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from PIL import Image
 from pydantic import Field
 
-from ref2img import __version__
+from ref2img._version import __version__
 from ref2img.engines.base import EngineError
 from ref2img.mcp_server.results import Generated, Report, TaskState
 from ref2img.protocol import (

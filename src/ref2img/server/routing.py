@@ -12,7 +12,7 @@ from __future__ import annotations
 from ref2img.protocol import ErrorCode
 from ref2img.server.errors import ApiError
 from ref2img.server.services import Services
-from ref2img.tasks.store.tasks import CLOUD, LOCAL
+from ref2img.lifecycle import CLOUD, LOCAL
 
 
 def route_generation(svc: Services, app_key: str, images: dict[str, str | None]) -> str:

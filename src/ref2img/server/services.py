@@ -14,8 +14,8 @@ from ref2img.server.throttle import AuthThrottle
 from ref2img.server.views import task_data
 from ref2img.settings import ServerSettings
 from ref2img.tasks.backend import CLOUD_WORKER_KIND, Backend
-from ref2img.tasks.housekeeping import Housekeeper
-from ref2img.tasks.models import TaskRow
+from ref2img.tasks.execution.housekeeping import Housekeeper
+from ref2img.tasks.store.models import TaskRow
 from ref2img.tasks.queue import Consumer
 from ref2img.tasks.store import StoreError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from ref2img.protocol import TaskStatus
-from ref2img.tasks.models import TaskRow
-from ref2img.tasks.estimate import DurationEstimate
+from ref2img.tasks.store.models import TaskRow
+from ref2img.tasks.execution.estimate import DurationEstimate
 from ref2img.tasks.storage import Storage
 from ref2img.tasks.store.tasks import TaskStore
 

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ref2img.settings import ServerSettings
-from ref2img.tasks.cloud_route import CloudRoute
-from ref2img.tasks.engine_provider import EngineProvider, cloud_engine_factory, local_engine_factory
-from ref2img.tasks.estimate import DurationEstimate
+from ref2img.lifecycle import CLOUD, LOCAL, RunContext
 from ref2img.safe_http import SafeHttp
+from ref2img.settings import ServerSettings
+from ref2img.tasks.execution.cloud_route import CloudRoute
+from ref2img.tasks.execution.engine_provider import EngineProvider, cloud_engine_factory, local_engine_factory
+from ref2img.tasks.execution.estimate import DurationEstimate
+from ref2img.tasks.execution.worker import Worker
 from ref2img.tasks.inputs import ImageResolver
-from ref2img.tasks.queue import EmbeddedQueue, TaskQueue
-from ref2img.tasks.runner import RunContext
+from ref2img.tasks.queue import TaskQueue, open_queue
 from ref2img.tasks.storage import open_storage
 from ref2img.tasks.store import Store
-from ref2img.tasks.store.tasks import CLOUD, LOCAL
-from ref2img.tasks.worker import Worker
 
 
 CLOUD_WORKER_KIND = "worker-cloud"  # the owner-id prefix of a fleet's cloud followers (see `worker`)
@@ -39,20 +38,15 @@ class Backend:
         # This server's engine (health, create checks): the cloud's when it is the only one; no local
         # model is ever loaded then.
         self.engine = self.cloud_engine if settings.cloud_only and self.cloud_engine else local
-        self.queue: TaskQueue
-        if settings.embedded:
-            self.queue = EmbeddedQueue(self.store.tasks)
-        else:
-            from ref2img.tasks.redis_queue import RedisQueue  # dramatiq: the scale extra
-
-            self.queue = RedisQueue(settings.queue_url, settings.task_timeout_s, self.store.tasks)
+        self.queue: TaskQueue = open_queue(settings.queue_url, self.store.tasks, settings.task_timeout_s)
+        cloud = self._cloud_route()
         self.context = RunContext(
-            tasks=self.store.tasks,
-            storage=self.storage,
+            ledger=self.store.tasks,
+            outputs=self.storage,
             engine=self.engine,
-            fetch_image=self.images.fetch,
-            estimate=self.estimate,
-            cloud=self._cloud_route(),
+            load_image=self.images.fetch,
+            remote_routes={CLOUD: cloud} if cloud is not None else {},
+            on_success=self.estimate.add,
         )
 
     def _cloud_route(self) -> CloudRoute | None:
@@ -65,7 +59,10 @@ class Backend:
             return self.images.forwardable(source, field, app_key, task_id, settings.cloud_reachable_url, input_ttl_s)
 
         return CloudRoute(
-            self.cloud_engine, forwardable, fall_back=None if settings.cloud_only else self._fall_back_to_local
+            self.cloud_engine,
+            self.store.tasks,
+            forwardable,
+            back_to_local=None if settings.cloud_only else self._fall_back_to_local,
         )
 
     def _fall_back_to_local(self, task_id: str, owner: str) -> bool:

@@ -18,7 +18,8 @@ from sqlalchemy import CursorResult, Result, create_engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ref2img.tasks.migrations import upgrade
+from ref2img.tasks.store.migrations import upgrade
+from ref2img.lifecycle import LedgerError
 
 # How long a write waits for a lock another process holds before it gives up: the API then answers
 # 680005 busy rather than holding the client past its own timeout.
@@ -27,7 +28,7 @@ BUSY_TIMEOUT_S = 10
 _MIGRATION_LOCK = threading.Lock()  # Alembic's script loading is not thread-safe
 
 
-class StoreError(Exception):
+class StoreError(LedgerError):
     """The store could not do what was asked; the message is fit for a user (no URL, no SQL)."""
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from ref2img.tasks.models import FileRow, SecretRow
+from ref2img.tasks.store.models import FileRow, SecretRow
 from ref2img.tasks.store.database import Database, StoreBusy, StoreConflict
 
 

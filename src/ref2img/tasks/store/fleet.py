@@ -6,7 +6,7 @@ import time
 
 from sqlalchemy import select, update
 
-from ref2img.tasks.models import WorkerRow
+from ref2img.tasks.store.models import WorkerRow
 from ref2img.tasks.store.database import Database
 
 

@@ -6,7 +6,7 @@ import time
 
 from sqlalchemy import select, update
 
-from ref2img.tasks.models import AppKeyRow
+from ref2img.tasks.store.models import AppKeyRow
 from ref2img.tasks.store.database import Database, rows_changed
 
 

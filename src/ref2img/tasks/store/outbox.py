@@ -11,8 +11,8 @@ import time
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ref2img.tasks.events import ChangeFeed
-from ref2img.tasks.models import OutboxRow, TaskRow
+from ref2img.tasks.store.events import ChangeFeed
+from ref2img.tasks.store.models import OutboxRow, TaskRow
 from ref2img.tasks.store.database import Database
 
 

@@ -13,7 +13,7 @@ import time
 
 from sqlalchemy import delete, or_, select, update
 
-from ref2img.tasks.models import SignInLinkRow, StudioSessionRow
+from ref2img.tasks.store.models import SignInLinkRow, StudioSessionRow
 from ref2img.tasks.store.database import Database, rows_changed
 
 LINK_TTL_S = 600.0

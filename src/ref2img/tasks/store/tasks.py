@@ -19,13 +19,13 @@ from typing import Any
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from ref2img.lifecycle import CLOUD, LOCAL
 from ref2img.protocol import TaskStatus
-from ref2img.tasks.events import ChangeFeed
-from ref2img.tasks.models import TaskRow
+from ref2img.tasks.store.events import ChangeFeed
+from ref2img.tasks.store.models import TaskRow
 from ref2img.tasks.store.database import Database, StoreConflict, new_id, rows_changed
 from ref2img.tasks.store.outbox import Outbox
 
-LOCAL, CLOUD = "local", "cloud"  # a task's route: the local GPUs, or the Tomoviee cloud
 MAX_ATTEMPTS = 3  # a task whose worker died this many times ends as failed, not retried forever
 # PostgreSQL: creates take this transaction-level advisory lock, so that "count, then insert" is one
 # step for the queue limit and the quotas (READ COMMITTED alone let 20 parallel creates through a

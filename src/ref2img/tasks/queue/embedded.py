@@ -1,42 +1,19 @@
-"""Where accepted tasks wait for a worker: the `TaskQueue` interface and its embedded implementation.
-
-Two queues, one contract. `EmbeddedQueue`: the store is the queue; worker threads in the server's
-own process claim the oldest queued row. `RedisQueue` (redis_queue.py): Dramatiq messages carry task
-ids to `ref2img worker` processes. Either way the store stays the source of truth, and a `Worker`
-claims a task in the store before it runs it.
-"""
+"""The embedded queue: the store is the queue. Worker threads in the server's own process wait for
+the engine, then claim the oldest queued row of their route, one task at a time each."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from ref2img.tasks.store.tasks import LOCAL, TaskStore
-from ref2img.tasks.worker import Worker
+from ref2img.lifecycle import LOCAL
+from ref2img.tasks.store.tasks import TaskStore
+
+if TYPE_CHECKING:
+    from ref2img.tasks.queue import TaskRunner
 
 log = logging.getLogger("ref2img.queue")
-
-
-class Consumer(Protocol):
-    def stop(self) -> None: ...
-
-
-class TaskQueue(Protocol):
-    def send(self, task_id: str, route: str = LOCAL) -> None:
-        """Tell the workers of `route` about a committed task. Never raises: a task the queue could not
-        take waits in the store, and `redeliver` sends it later (accepted means kept)."""
-
-    def consume(self, worker: Worker, threads: int) -> Consumer:
-        """Start handing tasks of `worker.route` to `worker` on `threads` threads of this process."""
-
-    def redeliver(self, lease_s: float) -> int:
-        """Send again what the queue lost (housekeeping); returns how many."""
-
-    def depth(self) -> int | None:
-        """Messages waiting in the broker, or None when there is no broker (or it is away)."""
-
-    def close(self) -> None: ...
 
 
 class EmbeddedQueue:
@@ -47,7 +24,7 @@ class EmbeddedQueue:
     def send(self, task_id: str, route: str = LOCAL) -> None:
         """Nothing to send: `TaskStore.create` already woke the idle workers."""
 
-    def consume(self, worker: Worker, threads: int) -> _ClaimingThreads:
+    def consume(self, worker: TaskRunner, threads: int) -> _ClaimingThreads:
         return _ClaimingThreads(self.tasks, worker, threads, self.idle_poll_s)
 
     def redeliver(self, lease_s: float) -> int:
@@ -63,7 +40,7 @@ class EmbeddedQueue:
 class _ClaimingThreads:
     """Threads that wait for the engine, then claim and run the oldest queued task, one at a time each."""
 
-    def __init__(self, tasks: TaskStore, worker: Worker, threads: int, idle_poll_s: float):
+    def __init__(self, tasks: TaskStore, worker: TaskRunner, threads: int, idle_poll_s: float):
         self._tasks = tasks
         self._worker = worker
         self._idle_poll_s = idle_poll_s

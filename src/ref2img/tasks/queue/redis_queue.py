@@ -14,15 +14,16 @@ import logging
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
-from ref2img.tasks.store.tasks import CLOUD, LOCAL, TaskStore
-from ref2img.tasks.worker import Worker
+from ref2img.lifecycle import LOCAL, ROUTES
+from ref2img.tasks.queue import TaskRunner
+from ref2img.tasks.store.tasks import TaskStore
 
 log = logging.getLogger("ref2img.queue")
 
 ACTOR_NAME = "ref2img_run_task"
 QUEUE_NAME = "ref2img"
 # One queue a route: GPU workers take the local one; `ref2img worker --engine tomoviee` the cloud one.
-QUEUE_NAMES = {LOCAL: QUEUE_NAME, CLOUD: "ref2img-cloud"}
+QUEUE_NAMES = {route: QUEUE_NAME if route == LOCAL else f"{QUEUE_NAME}-{route}" for route in ROUTES}
 
 
 class RedisQueue:
@@ -39,7 +40,7 @@ class RedisQueue:
             url=url, heartbeat_timeout=heartbeat_timeout_ms, maintenance_chance=maintenance_chance
         )
         self._time_limit_ms = int((task_timeout_s + 120) * 1000)
-        self._worker: Worker | None = None
+        self._worker: TaskRunner | None = None
         self._actors = {
             route: dramatiq.actor(
                 broker=self.broker,
@@ -75,7 +76,7 @@ class RedisQueue:
             log.info("resent %d queue messages", len(stale))
         return len(stale)
 
-    def consume(self, worker: Worker, threads: int = 1) -> dramatiq.Worker:
+    def consume(self, worker: TaskRunner, threads: int = 1) -> dramatiq.Worker:
         """Start consuming in this process; returns the Dramatiq worker (call `.stop()` to end)."""
         self._worker = worker
         # An idle consumer polls Redis with a backoff capped at worker_timeout: 50 ms keeps the

@@ -14,7 +14,7 @@ import threading
 
 from ref2img.settings import ServerSettings
 from ref2img.tasks.backend import Backend
-from ref2img.tasks.housekeeping import Housekeeper
+from ref2img.tasks.execution.housekeeping import Housekeeper
 
 log = logging.getLogger("ref2img.worker")
 

@@ -15,10 +15,10 @@ import socket
 import threading
 
 from ref2img.engines.base import EngineError
-from ref2img.tasks.models import TaskRow
-from ref2img.tasks.runner import RunContext, run_task
+from ref2img.lifecycle import LOCAL, RunContext, run_task
 from ref2img.tasks.store.fleet import Fleet
-from ref2img.tasks.store.tasks import CLOUD, LOCAL, TaskStore
+from ref2img.tasks.store.models import TaskRow
+from ref2img.tasks.store.tasks import TaskStore
 
 log = logging.getLogger("ref2img.worker")
 
@@ -54,9 +54,9 @@ class Worker:
         """Claim nothing until the engine has loaded: while it loads (seconds to minutes on the first
         start) tasks stay queued, status 1 with their position, rather than showing status 2 with no
         step run. A load that fails is reported by the runner, on each task, with its reason."""
-        cloud = self._context.cloud
+        remote = self._context.remote_routes.get(self.route)
         with contextlib.suppress(EngineError):
-            (cloud.engine if self.route == CLOUD and cloud is not None else self._context.engine)()
+            (remote.engine if remote is not None else self._context.engine)()
 
     def run_next(self) -> bool:
         """Claim the oldest queued task and run it; False when none waits."""

@@ -1,0 +1,175 @@
+"""The task runner: one function for every task, wherever it runs (a server's worker, `ref2img
+generate`, `ref2img mcp`).
+
+task → fetch inputs → run the engine (progress, previews, cancel and deadline between steps) → store
+outputs → finish (one ledger call: the status, and on a server the callback's outbox row). Every
+failure ends the task with a reason a user can act on; none escapes as a traceback. The one
+exception is the ledger failing under the task (`LedgerError`): that is raised, and a server runs the
+task again once its lease expires.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from ref2img.engines.base import (
+    Engine,
+    EngineError,
+    Job,
+    JobCancelled,
+    ProgressCallback,
+    RemoteTimedOut,
+    RemoteUnavailable,
+)
+from ref2img.images import ImageInputError
+from ref2img.lifecycle.task import LOCAL, RECOGNIZE, Ledger, LedgerError, Outputs, RemoteRoute, TaskView
+from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, TaskStatus
+
+log = logging.getLogger("ref2img.runner")
+
+PREVIEW_INTERVAL_S = 0.5  # step previews: the studio shows the image forming, about twice a second
+
+
+@dataclass
+class RunContext:
+    ledger: Ledger
+    outputs: Outputs
+    engine: Callable[[], Engine]  # the loaded engine; EngineError when it cannot load
+    load_image: Callable[[str, str, str], Image.Image]  # (url or path, field, app_key) -> image
+    remote_routes: Mapping[str, RemoteRoute] = field(default_factory=dict)  # route name -> how it runs
+    on_success: Callable[[float], None] | None = None  # the run's seconds (a server's duration estimate)
+    previews: bool = True  # step previews to the outputs (in-process runs have no one to show them to)
+    on_step: ProgressCallback | None = None  # each engine step, for an observer in this process
+    shape_job: Callable[[Job, Engine], Job] | None = None  # in-process options the wire has not (steps, a map)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: TaskStatus
+    seconds: float = 0.0  # the whole run, for a success
+    steps: int = 0  # engine steps run
+    step_seconds: float = 0.0  # from the first step to the last: the worker's step time
+    result: list[str] = field(default_factory=list)  # the stored names, for a success
+    reason: str = ""
+
+
+def run_task(task: TaskView, owner: str, ctx: RunContext) -> Outcome:
+    started = time.monotonic()
+    stop: list[TaskStatus] = []
+    last_progress = [-1]
+    step_times: list[float] = []
+
+    def on_progress(done: int, total: int) -> None:
+        step_times.append(time.monotonic())
+        if ctx.on_step is not None:
+            ctx.on_step(done, total)
+        percent = min(99, int(100 * done / max(total, 1)))  # 100 only once the images are stored
+        if percent != last_progress[0]:
+            last_progress[0] = percent
+            ctx.ledger.set_progress(task.id, owner, percent)
+
+    last_preview = [-PREVIEW_INTERVAL_S]
+
+    def on_preview(done: int, total: int, render) -> None:
+        # At most one preview a PREVIEW_INTERVAL_S: each is an outputs write and a ledger update.
+        if done < total and time.monotonic() - last_preview[0] >= PREVIEW_INTERVAL_S:
+            last_preview[0] = time.monotonic()
+            ctx.ledger.set_preview(task.id, owner, ctx.outputs.save_preview(task.id, done, render()))
+
+    def should_cancel() -> bool:
+        verdict = ctx.ledger.should_stop(task.id, owner)
+        if verdict is not None:
+            stop.append(verdict)
+        return verdict is not None
+
+    def finish(status: TaskStatus, reason: str = "", result: list[str] | None = None) -> Outcome:
+        ctx.ledger.finish(task.id, owner, status, result=result, reason=reason)
+        return Outcome(status, reason=reason)
+
+    try:
+        names = (
+            _recognize(task, ctx)
+            if task.kind == RECOGNIZE
+            else _generate(task, owner, ctx, on_progress, should_cancel, on_preview if ctx.previews else None)
+        )
+    except LedgerError:
+        raise  # the ledger failed (locked, disk full, unreachable), not the task: it runs again after its lease
+    except JobCancelled:
+        verdict = stop[-1] if stop else TaskStatus.CANCELLED
+        reason = "cancelled by the client" if verdict == TaskStatus.CANCELLED else "timed out while running"
+        return finish(verdict, reason)
+    except ImageInputError as exc:
+        return finish(TaskStatus.FAILED, str(exc))
+    except RemoteUnavailable as exc:
+        # The remote service never took the task: a hybrid server runs it here instead (once: only this
+        # lease owner can move it); a cloud-only server has nowhere else to run it.
+        route = ctx.remote_routes.get(task.route)
+        if route is not None and route.fall_back(task.id, owner):
+            log.warning("task %s: %s; it runs on the local GPUs instead", task.id, exc)
+            return Outcome(TaskStatus.QUEUED)
+        return finish(TaskStatus.FAILED, str(exc))
+    except RemoteTimedOut as exc:
+        return finish(TaskStatus.TIMED_OUT, str(exc))
+    except EngineError as exc:
+        return finish(TaskStatus.FAILED, str(exc))
+    except MemoryError:
+        return finish(TaskStatus.FAILED, "the engine ran out of memory; try a smaller size or batch")
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            return finish(TaskStatus.FAILED, "the disk is full: the results could not be stored; try again later")
+        return finish(TaskStatus.FAILED, _incident(task))
+    except Exception:  # noqa: BLE001 - the task must end; the traceback goes to the log, not the user
+        return finish(TaskStatus.FAILED, _incident(task))
+    elapsed = time.monotonic() - started
+    if ctx.on_success is not None:
+        ctx.on_success(elapsed)
+    finish(TaskStatus.SUCCEEDED, result=names)
+    return Outcome(
+        TaskStatus.SUCCEEDED,
+        elapsed,
+        len(step_times),
+        step_times[-1] - step_times[0] if step_times else 0.0,
+        result=names,
+    )
+
+
+def _incident(task: TaskView) -> str:
+    """Log the exception being handled under a short id, and give the user that id."""
+    incident = secrets.token_hex(4)
+    log.exception("task %s failed (incident %s)", task.id, incident)
+    return f"internal error (incident {incident})"
+
+
+def _generate(task: TaskView, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> list[str]:
+    request = CreateRequest.model_validate_json(task.request)
+
+    def load(source: str, field: str) -> Image.Image:
+        return ctx.load_image(source, field, task.app_key)
+
+    remote = ctx.remote_routes.get(task.route)
+    if remote is None and task.route != LOCAL:
+        raise EngineError(f"this task was routed to {task.route!r}, and this worker has no engine for that route")
+    if remote is not None:
+        # The inputs are still fetched and checked here: a bad image fails before the remote service is paid.
+        job, engine = remote.job(task, owner, request, load), remote.engine()
+    else:
+        job, engine = Job.from_request(request, load), ctx.engine()
+        if ctx.shape_job is not None:
+            job = ctx.shape_job(job, engine)
+    images = engine.generate(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
+    return [ctx.outputs.save_result(task.id, index, image) for index, image in enumerate(images)]
+
+
+def _recognize(task: TaskView, ctx: RunContext) -> list[str]:
+    request = RecognizeRequest.model_validate(json.loads(task.request))
+    image = ctx.load_image(request.init_image, "init_image", task.app_key)
+    control_map = ctx.engine().recognize(image, ControlType(request.control_type))
+    return [ctx.outputs.save_result(task.id, 0, control_map)]
