@@ -194,7 +194,7 @@ def run_row(spec: dict) -> dict:
     else:
         engine = LocalEngine(preset, device=spec["device"], offload=spec["offload"], speedups=LEVERS[spec["lever"]],
                              compile_cache=spec["compile_cache"]).load()
-        job = Job(prompt=PROMPT, control_type=ControlType.EDGE, reference=reference, seed=0, width=size, height=size,
+        job = Job.for_images(prompt=PROMPT, control_type=ControlType.EDGE, reference=reference, seed=0, width=size, height=size,
                   batch_size=spec["batch"], steps=spec["steps"], control_intensity=spec["intensity"])
         on_preview = (lambda done, total, render: render()) if spec["lever"] == "previews" else None
         call, dtype = (lambda: engine.generate(job, on_preview=on_preview)), engine.placement.dtype_name

@@ -59,7 +59,7 @@ def main() -> None:
 
 
 def run_job(engine: LocalEngine, model: str, chosen: str, mode: ControlType, reference, init, args) -> dict:
-    job = Job(prompt="an astronaut on mars", control_type=mode, reference=reference, seed=5, width=WIDTH,
+    job = Job.for_images(prompt="an astronaut on mars", control_type=mode, reference=reference, seed=5, width=WIDTH,
               height=HEIGHT, batch_size=2, init_image=init, steps=args.steps)
     entry = {"model": model, "mode": mode.name.lower(), "init_image": init is not None}
     started = time.perf_counter()

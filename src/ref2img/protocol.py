@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 import math
-from typing import Annotated, Any
+import secrets
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,6 +36,7 @@ __all__ = [
     "basic_token",
     "parse_create_request",
     "parse_recognize_request",
+    "random_seed",
     "text_problem",
 ]
 
@@ -68,6 +71,11 @@ class ControlType(str, enum.Enum):
                 return member
         raise ValueError(f"unknown control type {value!r}")
 
+    @property
+    def label(self) -> str:
+        """What the mode keeps, in a user's words (the studio's captions)."""
+        return {"EDGE": "edges"}.get(self.name, self.name.lower())
+
 
 class TaskStatus(enum.IntEnum):
     QUEUED = 1
@@ -80,6 +88,13 @@ class TaskStatus(enum.IntEnum):
     @property
     def is_final(self) -> bool:
         return self >= TaskStatus.SUCCEEDED
+
+    @property
+    def label(self) -> str:
+        """The status in a user's words (the studio's)."""
+        return {"PROCESSING": "running", "SUCCEEDED": "done", "TIMED_OUT": "timed out"}.get(
+            self.name, self.name.lower()
+        )
 
 
 class ErrorCode(enum.IntEnum):
@@ -172,10 +187,27 @@ def _strict_int(value: Any) -> Any:
     return value
 
 
+def random_seed(derived_from: str | None = None) -> int:
+    """The seed of a request that names none: random, or (for a request that may be resent, such as one
+    with an idempotency key) derived from `derived_from`, so that the resend asks for the same images."""
+    if derived_from is None:
+        return secrets.randbelow(2**31)
+    return int.from_bytes(hashlib.sha256(derived_from.encode()).digest()[:4], "big") >> 1
+
+
 class CreateRequest(BaseModel):
-    """Body of `POST /v1/open/capacity/application/tm_reference_img2img` (flat JSON)."""
+    """Body of `POST /v1/open/capacity/application/tm_reference_img2img` (flat JSON).
+
+    The one request model: the server parses it, the SDK, CLI, MCP and studio build it, the runner
+    turns it into the engine's `Job`, and the cloud engine forwards it. A new field is added here, and
+    read by the engine that uses it; every other boundary carries it as it is.
+    """
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    # What the Tomoviee cloud is not sent when a server forwards a task there: our extensions, which it
+    # does not know, and the delivery fields, which the forwarding server handles itself.
+    NOT_FORWARDED: ClassVar[frozenset[str]] = frozenset({"seed", "negative_prompt", "callback", "params"})
 
     prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     reference_image: Text = Field(
@@ -229,6 +261,15 @@ class CreateRequest(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """The flat JSON body, with `control_type` as its string and unset extensions left out."""
         return self.model_dump(mode="json", exclude_none=True)
+
+    def with_seed(self, derived_from: str | None = None) -> CreateRequest:
+        """This request with its seed decided (see `random_seed`): the only place a default seed is chosen."""
+        return self if self.seed is not None else self.model_copy(update={"seed": random_seed(derived_from)})
+
+    def forwarded(self, sources: dict[str, str]) -> CreateRequest:
+        """The request a server sends on to the Tomoviee cloud: the images as the URLs in `sources`
+        (field -> URL the cloud can fetch), without the fields in NOT_FORWARDED."""
+        return self.model_copy(update={**dict.fromkeys(self.NOT_FORWARDED), **sources})
 
 
 class RecognizeRequest(BaseModel):

@@ -41,7 +41,7 @@ def off_dtype_tensors(engine: LocalEngine, dtype: torch.dtype) -> list[str]:
 def test_every_module_stays_in_the_forced_dtype(family, tiny_sd15, tiny_sdxl, astronaut, coffee):
     engine = LocalEngine(str(tiny_sd15 if family == "sd15" else tiny_sdxl), device="cpu", dtype="bfloat16")
     for mode, with_init in JOBS:
-        job = Job(prompt="an astronaut", control_type=mode, reference=astronaut, seed=3, width=512, height=512,
+        job = Job.for_images(prompt="an astronaut", control_type=mode, reference=astronaut, seed=3, width=512, height=512,
                   init_image=coffee if with_init else None, steps=2)
         images = engine.generate(job)
         assert [image.size for image in images] == [(512, 512)]
@@ -59,7 +59,7 @@ def test_every_module_stays_in_the_forced_dtype(family, tiny_sd15, tiny_sdxl, as
 def test_the_guard_sees_a_cast(tiny_sd15, astronaut):
     """The check above can fail: one stray module in float32 is reported by name."""
     engine = LocalEngine(str(tiny_sd15), device="cpu", dtype="bfloat16")
-    engine.generate(Job(prompt="x", control_type=ControlType.EDGE, reference=astronaut, seed=1, width=512,
+    engine.generate(Job.for_images(prompt="x", control_type=ControlType.EDGE, reference=astronaut, seed=1, width=512,
                         height=512, steps=1))
     engine.pipelines.base.vae.to(torch.float32)
     found = off_dtype_tensors(engine, torch.bfloat16)

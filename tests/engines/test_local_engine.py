@@ -15,7 +15,7 @@ def job(reference, **changes) -> Job:
     fields = dict(prompt="an astronaut on a red planet", control_type=ControlType.EDGE, reference=reference,
                   seed=1234, width=512, height=512, batch_size=1)
     fields.update(changes)
-    return Job(**fields)
+    return Job.for_images(**fields)
 
 
 def differ(a, b) -> float:

@@ -21,7 +21,7 @@ def edge_job(reference, **changes) -> Job:
     fields = dict(prompt="an astronaut on a red planet", control_type=ControlType.EDGE, reference=reference,
                   seed=42, width=512, height=512, steps=10, control_intensity=0.5)
     fields.update(changes)
-    return Job(**fields)
+    return Job.for_images(**fields)
 
 
 def max_difference(a, b) -> int:

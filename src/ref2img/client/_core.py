@@ -34,6 +34,7 @@ from ref2img.protocol import (
     MAX_WAIT_S,
     RECOGNIZE_CONTROL_TYPES,
     ControlType,
+    CreateRequest,
     ParameterError,
     TaskStatus,
     basic_token,
@@ -104,63 +105,45 @@ def client_repr(name: str, config: ClientConfig) -> str:
     return f"{name}(base_url={config.base_url!r}, app_key={config.app_key!r}, app_secret='***')"
 
 
+IMAGE_FIELDS = ("reference_image", "init_image")  # the create fields that hold images
+
+
 # -- request bodies -----------------------------------------------------------------------------
 def is_url(value: ImageInput) -> bool:
     """Strings with a scheme go to the server as they are (it judges them); anything else is uploaded."""
     return isinstance(value, str) and ("://" in value or value.startswith("data:"))
 
 
-def create_body(
-    prompt: str,
-    reference_image: ImageInput,
-    control_type: str | int | ControlType,
-    *,
-    control_intensity: float,
-    width: int,
-    height: int,
-    batch_size: int,
-    init_image: ImageInput | None,
-    callback: str | None,
-    params: str | None,
-    seed: int | None,
-    negative_prompt: str | None,
-) -> dict[str, Any]:
-    """The create body, validated by `ref2img.protocol` before anything is sent. Non-URL images stand
-    as placeholders until they are uploaded (see `upload_needed`)."""
+PLACEHOLDER_URL = "https://placeholder.invalid/x.png"  # stands for an image that is uploaded before sending
+
+
+def create_request(
+    prompt: str, reference_image: ImageInput, control_type: str | int | ControlType, fields: dict[str, Any]
+) -> tuple[CreateRequest, dict[str, ImageInput]]:
+    """The create request of `Client.create`'s arguments, validated by `ref2img.protocol` before anything
+    is sent, and the images that are no strings (PIL images, bytes, paths), to upload first: they stand
+    as placeholders in the request until then."""
     try:
         kind = ControlType.parse(control_type)
     except ValueError:
         raise _invalid("control_type", f"must be {ALLOWED['control_type']} (got {control_type!r})") from None
-    body: dict[str, Any] = {
-        "prompt": prompt,
-        "reference_image": reference_image,
-        "control_type": kind.value,
-        "control_intensity": control_intensity,
-        "width": width,
-        "height": height,
-        "batch_size": batch_size,
-    }
-    optional = {
-        "init_image": init_image,
-        "callback": callback,
-        "params": params,
-        "seed": seed,
-        "negative_prompt": negative_prompt,
-    }
-    body.update({key: value for key, value in optional.items() if value is not None})
-    check = {
-        key: (
-            "https://placeholder.invalid/x.png"
-            if key in ("reference_image", "init_image") and not isinstance(value, str)
-            else value
-        )
-        for key, value in body.items()
-    }
+    given = {"prompt": prompt, "reference_image": reference_image, "control_type": kind.value, **fields}
+    body = {key: value for key, value in given.items() if value is not None}
+    uploads = {key: body[key] for key in IMAGE_FIELDS if key in body and not isinstance(body[key], str)}
     try:
-        parse_create_request(check)
+        request = parse_create_request({**body, **dict.fromkeys(uploads, PLACEHOLDER_URL)})
     except ParameterError as exc:
         raise _invalid(exc.field, exc.message) from None
-    return body
+    return request, uploads
+
+
+def submit_body(
+    request: CreateRequest, uploads: dict[str, ImageInput] | None, config: ClientConfig
+) -> tuple[dict[str, Any], dict[str, ImageInput]]:
+    """The body to send for `request`, and the image fields still to upload into it: those of
+    `uploads`, and those whose value is a local file path."""
+    body = {**request.to_wire(), **(uploads or {})}
+    return body, upload_needed(body, config)
 
 
 def recognize_body(image: ImageInput, control_type: str | int | ControlType) -> dict[str, Any]:
@@ -178,9 +161,7 @@ def _invalid(field: str, message: str) -> InvalidRequestError:
 
 def upload_needed(body: dict[str, Any], config: ClientConfig) -> dict[str, ImageInput]:
     """The image fields whose values must be uploaded first (files, PIL images, bytes)."""
-    pending: dict[str, Any] = {
-        key: body[key] for key in ("reference_image", "init_image") if key in body and not is_url(body[key])
-    }
+    pending: dict[str, Any] = {key: body[key] for key in IMAGE_FIELDS if key in body and not is_url(body[key])}
     for key, value in pending.items():
         if isinstance(value, (str, Path)) and not Path(value).expanduser().is_file():
             raise _invalid(key, f"no such file: {value} (give an http(s) URL, a data: URI or a local file)")

@@ -12,7 +12,7 @@ import httpx
 from ref2img.client import _core as core
 from ref2img.client._exceptions import APIConnectionError, UnsupportedError
 from ref2img.client._models import Task
-from ref2img.protocol import ControlType
+from ref2img.protocol import ControlType, CreateRequest
 
 
 class Client:
@@ -115,21 +115,35 @@ class Client:
         max_retries: int | None = None,
     ) -> str:
         """Create a task; returns its id. Local files and PIL images are uploaded first (ref2img servers)."""
-        body = core.create_body(
-            prompt,
-            reference_image,
-            control_type,
-            control_intensity=control_intensity,
-            width=width,
-            height=height,
-            batch_size=batch_size,
-            init_image=init_image,
-            callback=callback,
-            params=params,
-            seed=seed,
-            negative_prompt=negative_prompt,
+        fields = {
+            "control_intensity": control_intensity,
+            "width": width,
+            "height": height,
+            "batch_size": batch_size,
+            "init_image": init_image,
+            "callback": callback,
+            "params": params,
+            "seed": seed,
+            "negative_prompt": negative_prompt,
+        }
+        request, uploads = core.create_request(prompt, reference_image, control_type, fields)
+        return self.submit(
+            request, uploads=uploads, idempotency_key=idempotency_key, timeout=timeout, max_retries=max_retries
         )
-        for field, value in core.upload_needed(body, self._config).items():
+
+    def submit(
+        self,
+        request: CreateRequest,
+        *,
+        uploads: dict[str, core.ImageInput] | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> str:
+        """Create a task from a ready request (`ref2img.CreateRequest`, every wire field); returns its id.
+        Image fields that hold a local file path, or are given in `uploads`, are uploaded first."""
+        body, pending = core.submit_body(request, uploads, self._config)
+        for field, value in pending.items():
             body[field] = self.upload(value)
         return self._create(core.CREATE_PATH, body, idempotency_key, timeout, max_retries)
 

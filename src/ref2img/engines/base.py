@@ -13,7 +13,6 @@ Exceptions::
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,25 +71,22 @@ class Handoff(Protocol):
         """The remote service's own estimate of the time left (the query's `wait_time`)."""
 
 
+IN_MEMORY = "memory:"  # the image "URL" of a job built from images already decoded (tests, benches)
+
+
 @dataclass(frozen=True)
 class Job:
-    """One generation request, with images already fetched and decoded.
+    """One generation request, with its images already fetched and decoded.
 
-    `control_map` is a ready edge/pose/depth map: when given, the annotator is skipped.
-    `seed` is the seed of image 0; image i of the batch uses `seed + i`.
+    `request` holds the wire fields (validated, seed decided); the engine reads them through it, and
+    the properties below name the ones every engine reads. `control_map` is a ready edge/pose/depth
+    map: when given, the annotator is skipped. Image i of the batch uses `seed + i`.
     """
 
-    prompt: str
-    control_type: ControlType
+    request: CreateRequest
     reference: Image.Image
-    seed: int
-    control_intensity: float = 0.5
-    width: int = 1024
-    height: int = 1024
-    batch_size: int = 1
     init_image: Image.Image | None = None
     control_map: Image.Image | None = None
-    negative_prompt: str | None = None
     steps: int | None = None  # None: the preset's default
     guidance_scale: float | None = None
     # For engines that forward the job (tomoviee): each image field's URL that the remote service can
@@ -98,12 +94,49 @@ class Job:
     sources: Mapping[str, str] = field(default_factory=dict)
     handoff: Handoff | None = None
 
+    def __post_init__(self) -> None:
+        if self.request.seed is None:
+            raise ValueError("a job's request has its seed decided: use request.with_seed()")
+
+    @property
+    def seed(self) -> int:
+        assert self.request.seed is not None  # __post_init__
+        return self.request.seed
+
+    @property
+    def prompt(self) -> str:
+        return self.request.prompt
+
+    @property
+    def negative_prompt(self) -> str | None:
+        return self.request.negative_prompt
+
+    @property
+    def control_type(self) -> ControlType:
+        return self.request.control_type
+
+    @property
+    def control_intensity(self) -> float:
+        return self.request.control_intensity
+
+    @property
+    def width(self) -> int:
+        return self.request.width
+
+    @property
+    def height(self) -> int:
+        return self.request.height
+
+    @property
+    def batch_size(self) -> int:
+        return self.request.batch_size
+
     @classmethod
     def from_request(cls, request: CreateRequest, load_image: Callable[[str, str], Image.Image], **extra: Any) -> Job:
         """The job a validated create request asks for: `load_image(url_or_path, field)` fetches and
         decodes its images (the init image is the reference itself when they are the same, as subject
-        mode's default is). A request without a seed gets a random one. `extra`: `control_map`, `steps`,
-        `sources`, `handoff`."""
+        mode's default is). A request without a seed gets one (`CreateRequest.with_seed`). `extra`:
+        `control_map`, `steps`, `sources`, `handoff`."""
         reference = load_image(request.reference_image, "reference_image")
         init_source = request.resolved_init_image()
         init = (
@@ -111,20 +144,23 @@ class Job:
             if init_source == request.reference_image
             else (load_image(init_source, "init_image") if init_source else None)
         )
-        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        return cls(
-            prompt=request.prompt,
-            control_type=request.control_type,
-            reference=reference,
-            seed=seed,
-            control_intensity=request.control_intensity,
-            width=request.width,
-            height=request.height,
-            batch_size=request.batch_size,
-            init_image=init,
-            negative_prompt=request.negative_prompt,
-            **extra,
-        )
+        return cls(request=request.with_seed(), reference=reference, init_image=init, **extra)
+
+    @classmethod
+    def for_images(
+        cls,
+        reference: Image.Image,
+        *,
+        init_image: Image.Image | None = None,
+        control_map: Image.Image | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        **wire_fields: Any,
+    ) -> Job:
+        """A job from images in memory and the wire fields (`prompt`, `control_type`, `seed` …), checked
+        by the protocol as a request would be; for tests and benches that have no URLs."""
+        request = CreateRequest.model_validate({"reference_image": IN_MEMORY, **wire_fields}).with_seed()
+        return cls(request, reference, init_image, control_map, steps, guidance_scale)
 
 
 def _never() -> bool:

@@ -138,16 +138,7 @@ class TomovieeEngine:
 
     def _create(self, job: Job) -> str:
         try:
-            return self._client.create(
-                job.prompt,
-                job.sources["reference_image"],
-                job.control_type,
-                control_intensity=job.control_intensity,
-                width=job.width,
-                height=job.height,
-                batch_size=job.batch_size,
-                init_image=job.sources.get("init_image"),
-            )
+            return self._client.submit(job.request.forwarded(dict(job.sources)))
         except APIConnectionError as exc:
             raise RemoteUnavailable(f"the Tomoviee cloud could not be reached: {exc}") from None
         except RateLimitError as exc:

@@ -60,7 +60,7 @@ class _TaskCollector:
         yield GaugeMetricFamily(
             "ref2img_engine_loaded",
             "1 once the engine is loaded",
-            value=1 if self._services.engine.state == "loaded" else 0,
+            value=1 if self._services.engine.state.loaded else 0,
         )
 
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.images import ImageInputError, probe_image
+from ref2img.lifecycle import GENERATE, RECOGNIZE
 from ref2img.protocol import (
     MAX_TASK_ID_CHARS,
     MAX_WAIT_S,
@@ -97,10 +98,12 @@ def _enqueue(
     params: str | None,
     callback: str | None,
     route: str,
+    answer: dict | None = None,
 ) -> JSONResponse:
-    if svc.settings.embedded and svc.engine.state.startswith("error"):
+    engine = svc.engine.state
+    if svc.settings.embedded and engine.failed:
         svc.engine.preload()  # try again in the background: the model may have been fetched since
-        raise ApiError(ErrorCode.ENGINE_UNAVAILABLE, f"engine unavailable: {svc.engine.state.removeprefix('error: ')}")
+        raise ApiError(ErrorCode.ENGINE_UNAVAILABLE, f"engine unavailable: {engine.error}")
     try:
         task, created = svc.store.tasks.create_idempotent(
             app_key=app_key,
@@ -123,7 +126,7 @@ def _enqueue(
         ) from None
     if created:
         svc.queue.send(task.id, task.route)
-    return JSONResponse(ok({"task_id": task.id}))
+    return JSONResponse(ok({"task_id": task.id, **(answer or {})}))
 
 
 @router.post(
@@ -138,9 +141,13 @@ def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depe
     images = {"reference_image": create.reference_image, "init_image": create.init_image}
     _check_inputs(svc, app_key, images, create.callback)
     route = route_generation(svc, app_key, images)
-    return _enqueue(
-        svc, request, app_key, "img2img", create.model_dump(mode="json"), create.params, create.callback, route
-    )
+    # The seed is decided here and stored with the task: a rerun after a crash makes the same images, and
+    # a resend under the same Idempotency-Key asks for the same seed, so it matches the first body.
+    key = _idempotency_key(request)
+    create = create.with_seed(derived_from=f"{app_key}\n{key}" if key else None)
+    payload = create.model_dump(mode="json")
+    answer = {"seed": create.seed}  # our extension: the seed of image 1 (image k: seed + k - 1)
+    return _enqueue(svc, request, app_key, GENERATE, payload, create.params, create.callback, route, answer)
 
 
 @router.post(
@@ -158,7 +165,7 @@ def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Dep
         svc,
         request,
         app_key,
-        "img2mask",
+        RECOGNIZE,
         recognize.model_dump(mode="json"),
         recognize.params,
         recognize.callback,
@@ -283,7 +290,7 @@ def get_file(request: Request, name: str, expires: str = "", sig: str = "") -> R
 def healthz(request: Request) -> dict:
     svc = services(request)
     counts = svc.store.tasks.count_by_status()
-    engine = svc.engine.state if svc.settings.embedded else "workers"
+    engine = str(svc.engine.state) if svc.settings.embedded else "workers"
     return ok(
         {
             "status": "ok",

@@ -34,7 +34,7 @@ def route_generation(svc: Services, app_key: str, images: dict[str, str | None])
             )
         return CLOUD
     cloud = svc.backend.cloud_engine
-    if needs_url or cloud is None or cloud.state.startswith("error"):
+    if needs_url or cloud is None or cloud.state.failed:
         return LOCAL
     return CLOUD if local_wait_s(svc) > settings.overflow_after_s else LOCAL
 

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.auth.keys import create_key
-from ref2img.protocol import ErrorCode
+from ref2img.protocol import ControlType, ErrorCode, TaskStatus
 from ref2img.server.auth import check_secret
 from ref2img.server.errors import ApiError, ok
 from ref2img.tasks.store import Store
@@ -74,12 +74,17 @@ def page() -> FileResponse:
 
 @router.get("/studio/session")
 def who(request: Request) -> JSONResponse:
-    """The signed-in key and the session's CSRF token (readable by this origin's page only)."""
+    """The signed-in key and the session's CSRF token (readable by this origin's page only), and the
+    protocol's modes and statuses in the words the page shows (so the page spells neither)."""
     svc = services(request)
     session = svc.sessions.read(request)
+    words = {
+        "modes": {mode.value: mode.label for mode in ControlType},
+        "statuses": {str(int(status)): status.label for status in TaskStatus},
+    }
     if session is None or not svc.sessions.is_live(session) or not svc.verifier.is_live(session.app_key):
-        return JSONResponse(ok({"signed_in": False}))
-    return JSONResponse(ok({"signed_in": True, "app_key": session.app_key, "csrf": session.csrf}))
+        return JSONResponse(ok({"signed_in": False, **words}))
+    return JSONResponse(ok({"signed_in": True, "app_key": session.app_key, "csrf": session.csrf, **words}))
 
 
 async def sign_in_body(request: Request) -> dict[str, Any]:

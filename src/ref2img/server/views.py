@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ref2img.lifecycle import RECOGNIZE
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.store.models import TaskRow
 from ref2img.tasks.execution.estimate import DurationEstimate
@@ -28,7 +29,7 @@ def task_data(
     if status == TaskStatus.SUCCEEDED:
         urls = [storage.signed_url(base_url, name) for name in json.loads(task.result or "[]")]
         result = json.dumps(
-            {"mask_path": urls} if task.kind == "img2mask" else {"images_path": urls, "image_path": urls}
+            {"mask_path": urls} if task.kind == RECOGNIZE else {"images_path": urls, "image_path": urls}
         )
     data = {
         "task_id": task.id,

@@ -5,8 +5,9 @@
 const $ = (id) => document.getElementById(id);
 const CREATE = "/v1/open/capacity/application/tm_reference_img2img";
 const RECOGNIZE = "/v1/open/capacity/application/tm_reference_img2mask";
-const MODES = { "0": "edges", "1": "pose", "2": "subject", "3": "depth" };
-const STATUS = { 1: "queued", 2: "running", 3: "done", 4: "failed", 5: "cancelled", 6: "timed out" };
+// The protocol's modes and statuses in words, as the server spells them (GET /studio/session).
+let MODES = {};
+let STATUS = {};
 const HISTORY_PAGE = 10;
 
 const state = {
@@ -70,6 +71,7 @@ async function boot() {
     catch (error) { showSignIn(); showError("sign-in-error", error); return; }
   }
   const session = await api("/studio/session");
+  MODES = session.modes; STATUS = session.statuses;
   if (session.signed_in) showStudio(session); else showSignIn();
 }
 
@@ -240,10 +242,10 @@ $("job").addEventListener("submit", (event) => { event.preventDefault(); generat
 async function generate(settings) {
   showError("job-error", "");
   if (!settings.reference_image) { showError("job-error", "reference_image: give a reference image first"); return; }
-  if (settings.seed === undefined) settings.seed = Math.floor(Math.random() * 2 ** 31);  // each image shows its seed
   $("generate").disabled = true;
   try {
     const created = await api(CREATE, { method: "POST", json: settings });
+    settings.seed = created.seed;  // the server decides a seed the form left open; each image shows its own
     state.running = created.task_id;
     $("cancel").hidden = false;
     $("run-progress").hidden = false; $("run-progress").value = 0;

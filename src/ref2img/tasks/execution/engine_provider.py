@@ -5,12 +5,28 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ref2img.engines.base import Engine, EngineError
 from ref2img.settings import ServerSettings
 from ref2img.safe_http import SafeHttp
 
 log = logging.getLogger("ref2img.engine")
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """Where the engine of this process is: `loading`, `loaded`, or `failed` with the reason."""
+
+    loaded: bool = False
+    error: str | None = None  # the last load's failure, until a load succeeds
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def __str__(self) -> str:  # /healthz's words
+        return "loaded" if self.loaded else (f"error: {self.error}" if self.failed else "loading")
 
 
 class EngineProvider:
@@ -24,8 +40,8 @@ class EngineProvider:
         self._loader: threading.Thread | None = None
 
     @property
-    def state(self) -> str:
-        return "loaded" if self._engine else ("error: " + self._error if self._error else "loading")
+    def state(self) -> EngineState:
+        return EngineState(loaded=self._engine is not None, error=None if self._engine else self._error)
 
     def __call__(self) -> Engine:
         with self._lock:
