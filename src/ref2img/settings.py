@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ref2img.engines.base import Engine
+    from ref2img.engines.local.options import LocalOptions
 
 
 @dataclass
@@ -48,6 +49,18 @@ class ServerSettings:
     @property
     def embedded(self) -> bool:
         return self.queue_url.lower() in ("embedded", "embedded://")  # tasks/queue: the registry's key
+
+    def local_options(self) -> LocalOptions:
+        from ref2img.engines.local.options import LocalOptions
+
+        return LocalOptions(
+            self.model,
+            device=self.device,
+            dtype=self.dtype,
+            offload=self.offload,
+            compile=self.compile,
+            overrides=dict(self.model_overrides or {}),
+        )
 
     @property
     def cloud_only(self) -> bool:

@@ -179,12 +179,10 @@ def load_engine(
     preset, device: str | None, dtype: str | None = None, offload: str = "none", compile_kind: str = "none"
 ):
     from ref2img.engines.base import EngineError, EngineOptionError
-    from ref2img.engines.local import LocalEngine, Speedups
+    from ref2img.engines.local import LocalOptions
 
     try:
-        engine = LocalEngine(
-            preset, device=device, dtype=dtype, offload=offload, speedups=Speedups(compile=compile_kind)
-        )
+        engine = LocalOptions(preset, device=device, dtype=dtype, offload=offload, compile=compile_kind).build()
     except EngineOptionError as exc:
         fail(str(exc), EXIT_USAGE)
     except EngineError as exc:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import secrets
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,7 +37,7 @@ from ref2img.cli._common import (
     sdk_call,
     sdk_client,
 )
-from ref2img.protocol import ControlType, ParameterError, parse_create_request
+from ref2img.protocol import ControlType, CreateRequest, ParameterError, parse_create_request
 
 
 def generate(
@@ -80,102 +82,121 @@ def generate(
 ) -> None:
     """Generate images: in-process with the local engine, or through a server (--server) or the cloud (--cloud)."""
     mode = parse_control(control)
-    if server or cloud:
-        if control_map:
-            fail("--control-map: only in-process runs take a ready control map", EXIT_USAGE)
-        client = sdk_client(server, cloud, app_key, app_secret)
-        create = {
-            "control_intensity": intensity,
-            "width": width,
-            "height": height,
-            "batch_size": batch,
-            "init_image": init,
-            "seed": seed,
-            "negative_prompt": negative,
-        }
-        generate_remote(client, prompt, reference, mode, create, out_dir, as_json)
-        return
-    started = time.perf_counter()
-    body = {
-        "prompt": prompt,
-        "reference_image": reference,
-        "control_type": mode.value,
+    options = {
         "control_intensity": intensity,
         "width": width,
         "height": height,
         "batch_size": batch,
+        "init_image": init,
+        "seed": seed,
+        "negative_prompt": negative,
     }
-    body.update(
-        {k: v for k, v in {"init_image": init, "seed": seed, "negative_prompt": negative}.items() if v is not None}
-    )
-    try:
-        request = parse_create_request(body)
-    except ParameterError as exc:
-        fail(str(exc), EXIT_USAGE)
-    preset = resolve_model(model, part)
-
+    request = build_request(prompt, reference, mode, options)
+    if server or cloud:
+        if control_map:
+            fail("--control-map: only in-process runs take a ready control map", EXIT_USAGE)
+        generate_remote(sdk_client(server, cloud, app_key, app_secret), request, out_dir, as_json)
+        return
     if control_map and mode is ControlType.SUBJECT:
         fail("--control-map: subject mode uses the reference itself, not a control map", EXIT_USAGE)
-    from ref2img.engines.base import EngineError, Job
+    run = InProcessRun(request.with_seed(), control_map, steps, compile_kind)
+    run.execute(resolve_model(model, part), device, dtype, offload, out_dir, as_json)
 
-    job = Job.from_request(
-        request, read_image, steps=steps, control_map=read_image(control_map, "control_map") if control_map else None
-    )
-    first_seed = job.seed
 
-    engine = load_engine(preset, device, dtype, offload, compile_kind)
-    loaded = time.perf_counter()
+def build_request(prompt: str, reference: str, mode: ControlType, options: dict[str, Any]) -> CreateRequest:
+    """The command line as the one request model; a bad value is bad input (exit 2), named as the server would."""
+    body = {"prompt": prompt, "reference_image": reference, "control_type": mode.value, **options}
     try:
-        # The map the engine conditions on, made once here so that the user can see what it caught.
-        used_map = engine.control_map_for(job)
-        images = run_with_progress(engine, dataclasses.replace(job, control_map=used_map), quiet=as_json)
-    except EngineError as exc:
-        fail(str(exc))
-    finished = time.perf_counter()
+        return parse_create_request({key: value for key, value in body.items() if value is not None})
+    except ParameterError as exc:
+        fail(str(exc), EXIT_USAGE)
 
-    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: list[str] = []
-    for index, image in enumerate(images):
-        image_path = out_dir / f"{run_id}-{index + 1}.png"
-        image.save(image_path)
-        paths.append(str(image_path))
-    map_path = None
-    if used_map is not None:
-        map_path = str(out_dir / f"{run_id}-control.png")
-        used_map.save(map_path)
-    record = {
-        "run_id": run_id,
-        "images": paths,
-        "seeds": [first_seed + i for i in range(len(images))],
-        "request": request.model_dump(mode="json", exclude_none=True),
-        "control_map": map_path,  # the map the images were conditioned on (None in subject mode)
-        "control_map_input": control_map,
-        "steps": steps or engine.preset.steps,
-        "preset": engine.preset.name,
-        "device": str(engine.placement.device),
-        "dtype": engine.placement.dtype_name,
-        "dtypes": engine.component_dtypes(),  # read from the modules after the job: a stray cast shows here
-        "offload": engine.pipelines.offload,
-        "compile": compile_kind,
-        "timings_s": {
-            "load": round(loaded - started, 3),
-            "generate": round(finished - loaded, 3),
-            "total": round(finished - started, 3),
-        },
-    }
-    (out_dir / f"{run_id}.json").write_text(json.dumps(record, indent=2) + "\n")
+
+class InProcessRun:
+    """One `ref2img generate` on the local engine: the server's runner (`ref2img.lifecycle`) over an
+    in-memory ledger, the PNGs and the run's JSON record in the output folder."""
+
+    def __init__(self, request: CreateRequest, control_map: str | None, steps: int | None, compile_kind: str):
+        self.request = request
+        self.control_map_input = control_map
+        self.steps = steps
+        self.compile_kind = compile_kind
+        self.run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+        self.used_map = None  # the map the engine conditioned on, saved so that the user can see what it caught
+
+    def execute(self, preset, device, dtype, offload: str, out_dir: Path, as_json: bool) -> None:
+        from ref2img.lifecycle import FolderOutputs, MemoryLedger, RunContext, run_task
+        from ref2img.protocol import TaskStatus
+
+        started = time.perf_counter()
+        # The images are read and checked before the model loads: bad input exits 2 at once.
+        images = {self.request.reference_image: read_image(self.request.reference_image, "reference_image")}
+        if self.request.init_image:
+            images.setdefault(self.request.init_image, read_image(self.request.init_image, "init_image"))
+        given_map = read_image(self.control_map_input, "control_map") if self.control_map_input else None
+        engine = load_engine(preset, device, dtype, offload, self.compile_kind)
+        loaded = time.perf_counter()
+
+        def shape_job(job, engine):
+            self.used_map = engine.control_map_for(dataclasses.replace(job, control_map=given_map))
+            return dataclasses.replace(job, control_map=self.used_map, steps=self.steps)
+
+        ledger = MemoryLedger()
+        task = ledger.add(self.request, task_id=self.run_id)
+        ledger.claim(task.id)
+        with step_progress(f"{self.request.control_type.name.lower()} x{self.request.batch_size}", as_json) as on_step:
+            context = RunContext(
+                ledger=ledger,
+                outputs=FolderOutputs(out_dir),
+                engine=lambda: engine,
+                load_image=lambda source, field, app_key: images[source],
+                previews=False,
+                on_step=on_step,
+                shape_job=shape_job,
+            )
+            outcome = run_task(task, "cli", context)
+        if outcome.status != TaskStatus.SUCCEEDED:
+            fail(outcome.reason)
+        finished = time.perf_counter()
+        timings = {"load": loaded - started, "generate": finished - loaded, "total": finished - started}
+        self.write_record(engine, outcome.result, out_dir, timings, as_json)
+
+    def write_record(self, engine, paths: list[str], out_dir: Path, timings: dict[str, float], as_json: bool) -> None:
+        map_path = None
+        if self.used_map is not None:
+            map_path = str(out_dir / f"{self.run_id}-control.png")
+            self.used_map.save(map_path)
+        seed = self.request.seed or 0
+        record = {
+            "run_id": self.run_id,
+            "images": paths,
+            "seeds": [seed + i for i in range(len(paths))],
+            "request": self.request.model_dump(mode="json", exclude_none=True),
+            "control_map": map_path,  # the map the images were conditioned on (None in subject mode)
+            "control_map_input": self.control_map_input,
+            "steps": self.steps or engine.preset.steps,
+            "preset": engine.preset.name,
+            "device": str(engine.placement.device),
+            "dtype": engine.placement.dtype_name,
+            "dtypes": engine.component_dtypes(),  # read from the modules after the job: a stray cast shows here
+            "offload": engine.pipelines.offload,
+            "compile": self.compile_kind,
+            "timings_s": {name: round(seconds, 3) for name, seconds in timings.items()},
+        }
+        (out_dir / f"{self.run_id}.json").write_text(json.dumps(record, indent=2) + "\n")
+        print_result(record, paths, as_json)
+
+
+def print_result(record: dict, paths: list, as_json: bool) -> None:
     if as_json:
         print(json.dumps(record))
     else:
         for path in paths:
-            out.print(path, highlight=False)
+            out.print(str(path), highlight=False)
 
 
-def generate_remote(
-    client, prompt: str, reference: str, mode: ControlType, create: dict, out_dir: Path, as_json: bool
-) -> None:
-    """The same job through the SDK: a progress bar while it waits, then the images downloaded."""
+def generate_remote(client, request: CreateRequest, out_dir: Path, as_json: bool) -> None:
+    """The same request through the SDK: a progress bar while it waits, then the images downloaded."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     started = time.perf_counter()
@@ -197,10 +218,10 @@ def generate_remote(
             label = {1: f"queued (position {task.position})", 2: "generating"}.get(int(task.status), "done")
             progress.update(bar, completed=task.progress, description=label)
 
-        task_id = sdk_call(client.create, prompt, reference, mode, **create)
+        task_id = sdk_call(client.submit, request)
         task = sdk_call(client.wait, task_id, on_progress=on_progress)
         paths = sdk_call(client.download, task, out_dir)
-    seed = create["seed"]
+    seed = request.seed
     record = {
         "run_id": task.task_id,
         "task_id": task.task_id,
@@ -208,23 +229,16 @@ def generate_remote(
         "images": [str(path) for path in paths],
         "urls": task.images,
         "seeds": [seed + i for i in range(len(paths))] if seed is not None else None,
-        "request": {
-            "prompt": prompt,
-            "reference_image": reference,
-            "control_type": mode.value,
-            **{k: v for k, v in create.items() if v is not None},
-        },
+        "request": request.to_wire(),
         "timings_s": {"total": round(time.perf_counter() - started, 3)},
     }
     Path(out_dir, f"{task.task_id}.json").write_text(json.dumps(record, indent=2) + "\n")
-    if as_json:
-        print(json.dumps(record))
-    else:
-        for path in paths:
-            out.print(str(path), highlight=False)
+    print_result(record, paths, as_json)
 
 
-def run_with_progress(engine, job, quiet: bool):
+@contextlib.contextmanager
+def step_progress(label: str, quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A bar of the engine's steps on stderr; yields the runner's `on_step`."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -236,12 +250,8 @@ def run_with_progress(engine, job, quiet: bool):
         disable=quiet,
         transient=True,
     ) as progress:
-        task = progress.add_task(f"{job.control_type.name.lower()} x{job.batch_size}", total=None)
-
-        def on_progress(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        return engine.generate(job, on_progress=on_progress)
+        bar = progress.add_task(label, total=None)
+        yield lambda task_id, done, total: progress.update(bar, completed=done, total=total)
 
 
 def recognize(

@@ -165,9 +165,9 @@ def _local(model: str, part: list[str] | None, device, dtype, offload: str, out_
     preset = resolve_model(model, part)  # a bad name exits 2 now, before any model loads
 
     def build_engine():
-        from ref2img.engines.local import LocalEngine
+        from ref2img.engines.local import LocalOptions
 
-        return LocalEngine(preset, device=device, dtype=dtype, offload=offload)
+        return LocalOptions(preset, device=device, dtype=dtype, offload=offload).build()
 
     def models() -> list[dict]:
         listed = {name: candidate for name, candidate in PRESETS.items()}

@@ -29,6 +29,7 @@ class MemoryTask:
     route: str = LOCAL
     status: TaskStatus = TaskStatus.QUEUED
     progress: int = 0
+    steps: tuple[int, int] = (0, 0)  # engine steps (done, in all), for observers that show steps
     reason: str = ""
     result: list[str] = field(default_factory=list)
     preview: str | None = None
@@ -43,8 +44,9 @@ class MemoryLedger:
         self._tasks: dict[str, MemoryTask] = {}
         self._lock = threading.Lock()
 
-    def add(self, request: BaseModel, kind: str = GENERATE) -> MemoryTask:
-        task = MemoryTask(id=f"{self._prefix}-{secrets.token_hex(8)}", request=request.model_dump_json(), kind=kind)
+    def add(self, request: BaseModel, kind: str = GENERATE, task_id: str | None = None) -> MemoryTask:
+        task_id = task_id or f"{self._prefix}-{secrets.token_hex(8)}"
+        task = MemoryTask(id=task_id, request=request.model_dump_json(), kind=kind)
         with self._lock:
             self._tasks[task.id] = task
         return task
@@ -77,6 +79,10 @@ class MemoryLedger:
             if task.status == TaskStatus.QUEUED:
                 task.status, task.reason = TaskStatus.CANCELLED, "cancelled by the client"
             return task
+
+    def set_steps(self, task_id: str, done: int, total: int) -> None:
+        """`RunContext.on_step`: the engine's steps, finer than the percent the ledger keeps."""
+        self._tasks[task_id].steps = (done, total)
 
     def cancel_all(self) -> None:
         for task_id in list(self._tasks):

@@ -25,7 +25,6 @@ from ref2img.engines.base import (
     EngineError,
     Job,
     JobCancelled,
-    ProgressCallback,
     RemoteTimedOut,
     RemoteUnavailable,
 )
@@ -47,7 +46,7 @@ class RunContext:
     remote_routes: Mapping[str, RemoteRoute] = field(default_factory=dict)  # route name -> how it runs
     on_success: Callable[[float], None] | None = None  # the run's seconds (a server's duration estimate)
     previews: bool = True  # step previews to the outputs (in-process runs have no one to show them to)
-    on_step: ProgressCallback | None = None  # each engine step, for an observer in this process
+    on_step: Callable[[str, int, int], None] | None = None  # (task id, steps done, in all): an observer here
     shape_job: Callable[[Job, Engine], Job] | None = None  # in-process options the wire has not (steps, a map)
 
 
@@ -70,7 +69,7 @@ def run_task(task: TaskView, owner: str, ctx: RunContext) -> Outcome:
     def on_progress(done: int, total: int) -> None:
         step_times.append(time.monotonic())
         if ctx.on_step is not None:
-            ctx.on_step(done, total)
+            ctx.on_step(task.id, done, total)
         percent = min(99, int(100 * done / max(total, 1)))  # 100 only once the images are stored
         if percent != last_progress[0]:
             last_progress[0] = percent

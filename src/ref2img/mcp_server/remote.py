@@ -7,7 +7,6 @@ the full-size images into the output folder, and cancels the task there when the
 from __future__ import annotations
 
 import contextlib
-import secrets
 from pathlib import Path
 
 import anyio
@@ -29,23 +28,16 @@ class RemoteBackend:
 
     async def generate(self, request: CreateRequest, report: Report) -> Generated:
         # A seed is always sent, so that every image's seed is known and can be asked for again.
-        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        reference = await self._local_bytes(request.reference_image, "reference_image")
-        init_image = await self._local_bytes(request.init_image, "init_image") if request.init_image else None
-        task_id = await self._client.create(
-            request.prompt,
-            reference,
-            request.control_type,
-            control_intensity=request.control_intensity,
-            width=request.width,
-            height=request.height,
-            batch_size=request.batch_size,
-            init_image=init_image,
-            seed=seed,
-            negative_prompt=request.negative_prompt,
-        )
+        request = request.with_seed()
+        uploads = {
+            field: await self._local_bytes(source, field)
+            for field, source in (("reference_image", request.reference_image), ("init_image", request.init_image))
+            if source is not None and self._inputs.is_local_file(source)
+        }
+        task_id = await self._client.submit(request, uploads=uploads)
         task = await self._follow(task_id, report)
         files = await self._client.download(task, self.out_dir)
+        seed = request.seed or 0
         return Generated(task_id, files, [seed + i for i in range(len(files))], task.images)
 
     async def recognize(self, image: str, mode: ControlType, report: Report) -> Generated:

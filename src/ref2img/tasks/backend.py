@@ -10,7 +10,7 @@ from ref2img.lifecycle import CLOUD, LOCAL, RunContext
 from ref2img.safe_http import SafeHttp
 from ref2img.settings import ServerSettings
 from ref2img.tasks.execution.cloud_route import CloudRoute
-from ref2img.tasks.execution.engine_provider import EngineProvider, cloud_engine_factory, local_engine_factory
+from ref2img.tasks.execution.engine_provider import ENGINES, EngineProvider
 from ref2img.tasks.execution.estimate import DurationEstimate
 from ref2img.tasks.execution.worker import Worker
 from ref2img.tasks.inputs import ImageResolver
@@ -33,8 +33,8 @@ class Backend:
         self.images = ImageResolver(self.store, self.storage, self.http)
         self.estimate = DurationEstimate()
         self.estimate.seed(self.store.tasks.recent_durations())
-        local = EngineProvider(settings.engine_factory or local_engine_factory(settings))
-        self.cloud_engine = EngineProvider(cloud_engine_factory(settings, self.http)) if settings.uses_cloud else None
+        local = EngineProvider(settings.engine_factory or ENGINES["local"](settings, self.http))
+        self.cloud_engine = EngineProvider(ENGINES["tomoviee"](settings, self.http)) if settings.uses_cloud else None
         # This server's engine (health, create checks): the cloud's when it is the only one; no local
         # model is ever loaded then.
         self.engine = self.cloud_engine if settings.cloud_only and self.cloud_engine else local

@@ -5,9 +5,10 @@
 at once, before torch loads.
 """
 
+from ref2img.engines.local.options import LocalOptions
 from ref2img.engines.local.presets import PRESETS, ModelRef, Preset, resolve_preset
 
-__all__ = ["PRESETS", "LocalEngine", "ModelRef", "Preset", "Speedups", "resolve_preset"]
+__all__ = ["PRESETS", "LocalEngine", "LocalOptions", "ModelRef", "Preset", "Speedups", "resolve_preset"]
 
 
 def __getattr__(name: str):

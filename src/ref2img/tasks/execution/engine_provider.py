@@ -71,16 +71,7 @@ class EngineProvider:
 
 def local_engine_factory(settings: ServerSettings) -> Callable[[], Engine]:
     def build() -> Engine:
-        from ref2img.engines.local import LocalEngine, Speedups  # torch: only in the worker side
-
-        return LocalEngine(
-            settings.model,
-            device=settings.device,
-            overrides=settings.model_overrides,
-            dtype=settings.dtype,
-            offload=settings.offload,
-            speedups=Speedups(compile=settings.compile),
-        ).load()
+        return settings.local_options().build().load()  # torch: imported here, only in the worker side
 
     return build
 
@@ -96,3 +87,10 @@ def cloud_engine_factory(settings: ServerSettings, http: SafeHttp) -> Callable[[
         return TomovieeEngine(credentials, http.get, decode_image, base_url=settings.cloud_url)
 
     return build
+
+
+# Engines by name (`--engine`, `--overflow`): the one table a new engine is added to.
+ENGINES: dict[str, Callable[[ServerSettings, SafeHttp], Callable[[], Engine]]] = {
+    "local": lambda settings, http: local_engine_factory(settings),
+    "tomoviee": cloud_engine_factory,
+}
