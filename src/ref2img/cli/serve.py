@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -127,36 +127,32 @@ def serve(
 
     import uvicorn
 
-    from ref2img.server import ServerSettings, create_app
+    from ref2img.server import create_app
     from ref2img.server.http_protocol import with_header_timeout
 
     if engine == "tomoviee" and overflow:
         fail("--overflow: the engine is already the cloud (--engine tomoviee)", EXIT_USAGE)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = ServerSettings(
+    settings = node_settings(
         data_dir=data_dir,
-        model=model,
-        model_overrides=parse_parts(part),
-        device=device,
-        dtype=dtype,
-        offload=offload,
-        compile=compile_kind,
-        workers=workers,
+        engine_options=(model, part, device, dtype, offload, compile_kind),
         allow_private_urls=allow_private_urls,
-        queue_limit=queue_limit,
         task_timeout_s=task_timeout,
-        public_url=public_url or f"http://{host}:{port}",
-        callback_retry_scale=callback_retry_scale,
         db_url=db,
         queue_url=queue,
         storage=storage,
         lease_s=lease,
+        cloud=(engine, cloud_url, cloud_credentials, cloud_workers, public_url),
+        # only an API node's:
+        workers=workers,
+        queue_limit=queue_limit,
+        public_url=public_url or f"http://{host}:{port}",
+        callback_retry_scale=callback_retry_scale,
         auth_failure_limit=auth_failure_limit,
         max_body_bytes=max_body_mb * 1024 * 1024,
         studio_link=True,
         overflow=overflow,
         overflow_after_s=overflow_after,
-        **_cloud_settings(engine, cloud_url, cloud_credentials, cloud_workers, public_url),
     )
     uvicorn.run(
         create_app(settings),
@@ -217,26 +213,20 @@ def worker(
     import logging
 
     from ref2img.engines.base import EngineError
-    from ref2img.settings import ServerSettings
     from ref2img.tasks.execution.worker_process import run_worker_process
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
-    settings = ServerSettings(
+    settings = node_settings(
         data_dir=data_dir,
-        model=model,
-        model_overrides=parse_parts(part),
-        device=device,
-        dtype=dtype,
-        offload=offload,
-        compile=compile_kind,
+        engine_options=(model, part, device, dtype, offload, compile_kind),
         allow_private_urls=allow_private_urls,
         task_timeout_s=task_timeout,
         db_url=db,
         queue_url=queue,
         storage=storage,
         lease_s=lease,
-        **_cloud_settings(engine, cloud_url, cloud_credentials, cloud_workers, public_url),
+        cloud=(engine, cloud_url, cloud_credentials, cloud_workers, public_url),
     )
     try:
         run_worker_process(settings)
@@ -246,15 +236,36 @@ def worker(
         fail(str(exc))
 
 
-def _cloud_settings(
-    engine: str, cloud_url: str, credentials: Path | None, cloud_workers: int, public_url: str | None
-) -> dict:
-    """The Tomoviee cloud's settings, alike on `serve` and `worker`. Only an explicit --public-url is a
-    base the cloud can fetch input images from."""
-    return {
-        "engine": engine,
-        "cloud_url": cloud_url,
-        "cloud_credentials_file": str(credentials) if credentials else None,
-        "cloud_workers": cloud_workers,
-        "cloud_reachable_url": public_url,
-    }
+def node_settings(
+    *,
+    engine_options: tuple[str, list[str] | None, str | None, str | None, str, str],
+    cloud: tuple[str, str, Path | None, int, str | None],
+    queue_url: str,
+    **fields: Any,
+):
+    """The settings of one node, built alike by `serve` and `worker`: the engine's flags (model, parts,
+    device, dtype, offload, compile), the Tomoviee cloud's (engine, URL, credentials, followers, the
+    explicit --public-url: the only base the cloud can fetch input images from), the queue (checked
+    against the registry here: an unknown one is bad input), and the rest as ServerSettings fields."""
+    from ref2img.settings import ServerSettings
+    from ref2img.tasks.queue import QUEUES, queue_scheme
+
+    if queue_scheme(queue_url) not in QUEUES:
+        fail(f"--queue: unknown queue {queue_url!r}; one of embedded, redis://…, rediss://…", EXIT_USAGE)
+    model, part, device, dtype, offload, compile_kind = engine_options
+    engine, cloud_url, credentials, cloud_workers, reachable_url = cloud
+    return ServerSettings(
+        model=model,
+        model_overrides=parse_parts(part),
+        device=device,
+        dtype=dtype,
+        offload=offload,
+        compile=compile_kind,
+        queue_url=queue_url,
+        engine=engine,
+        cloud_url=cloud_url,
+        cloud_credentials_file=str(credentials) if credentials else None,
+        cloud_workers=cloud_workers,
+        cloud_reachable_url=reachable_url,
+        **fields,
+    )

@@ -6,7 +6,9 @@ import base64
 import binascii
 from collections.abc import Callable
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.protocol import ErrorCode
@@ -109,3 +111,7 @@ def _claimed_pair(request: Request) -> tuple[str, str]:
     if header_key != app_key:
         raise _unauthorized("X-App-Key does not match the Authorization credentials")
     return app_key, secret
+
+
+# A route's parameter `app_key: AppKey` is the authenticated key (every way in, one dependency).
+AppKey = Annotated[str, Depends(authenticate)]

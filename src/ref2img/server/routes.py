@@ -28,7 +28,7 @@ from ref2img.protocol import (
     text_problem,
 )
 from ref2img.server import openapi
-from ref2img.server.auth import authenticate, check_secret
+from ref2img.server.auth import AppKey, check_secret
 from ref2img.server.errors import ApiError, ok
 from ref2img.server.routing import route_generation, route_recognition
 from ref2img.safe_http import UrlRefused
@@ -36,7 +36,6 @@ from ref2img.server.services import Services
 from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, StoreBusy, new_id
 
 router = APIRouter()
-AppKey = Annotated[str, Depends(authenticate)]
 WIRE: dict[str, Any] = {"responses": openapi.ENVELOPE_RESPONSES, "response_model": None}  # see openapi.py
 
 

@@ -12,19 +12,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.protocol import MAX_TASK_ID_CHARS, ErrorCode, TaskStatus, text_problem
 from ref2img.server import openapi
-from ref2img.server.auth import authenticate
+from ref2img.server.auth import AppKey
 from ref2img.server.errors import ApiError, ok
 from ref2img.server.routes import services, store_read
 from ref2img.server.views import task_summary
 
 router = APIRouter(tags=["extensions"])
-AppKey = Annotated[str, Depends(authenticate)]
 KEEPALIVE_S = 15.0  # an unchanged task is sent again this often, so that proxies keep the stream open
 MAX_PAGE_SIZE = 100
 MAX_PAGE_BYTES = 2 * 1024 * 1024  # a page stops before this many bytes of JSON (at least one task)

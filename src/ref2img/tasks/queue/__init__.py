@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ref2img.lifecycle import LOCAL
-from ref2img.tasks.store.tasks import TaskStore
+
+if TYPE_CHECKING:
+    from ref2img.tasks.store.tasks import TaskStore
 
 
 class TaskRunner(Protocol):

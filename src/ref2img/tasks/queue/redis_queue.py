@@ -11,6 +11,9 @@ is taken over. A lost message (Redis restarted) is resent from the store by `red
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
@@ -40,7 +43,7 @@ class RedisQueue:
             url=url, heartbeat_timeout=heartbeat_timeout_ms, maintenance_chance=maintenance_chance
         )
         self._time_limit_ms = int((task_timeout_s + 120) * 1000)
-        self._worker: TaskRunner | None = None
+        self._runners: dict[str, TaskRunner] = {}  # route -> who runs its tasks in this process
         self._actors = {
             route: dramatiq.actor(
                 broker=self.broker,
@@ -48,14 +51,19 @@ class RedisQueue:
                 queue_name=queue_name,
                 max_retries=0,
                 time_limit=self._time_limit_ms,
-            )(self._handle)
+            )(self._handler(route))
             for route, queue_name in QUEUE_NAMES.items()
         }
 
-    def _handle(self, task_id: str) -> None:
-        if self._worker is None:  # an API node never consumes
-            raise RuntimeError("this process has no worker")
-        self._worker.run_by_id(task_id)
+    def _handler(self, route: str):
+        def handle(task_id: str) -> None:
+            runner = self._runners.get(route)
+            if runner is None:  # an API node never consumes
+                raise RuntimeError(f"this process runs no {route} tasks")
+            runner.run_by_id(task_id)
+
+        handle.__name__ = f"run_{route}_task"
+        return handle
 
     def send(self, task_id: str, route: str = LOCAL) -> None:
         try:
@@ -76,18 +84,24 @@ class RedisQueue:
             log.info("resent %d queue messages", len(stale))
         return len(stale)
 
-    def consume(self, worker: TaskRunner, threads: int = 1) -> dramatiq.Worker:
-        """Start consuming in this process; returns the Dramatiq worker (call `.stop()` to end)."""
-        self._worker = worker
-        # An idle consumer polls Redis with a backoff capped at worker_timeout: 50 ms keeps the
-        # enqueue-to-start latency low at about 20 cheap Redis calls a second.
-        queues = {QUEUE_NAMES[worker.route]}
-        consumer = dramatiq.Worker(self.broker, queues=queues, worker_threads=threads, worker_timeout=50)
-        # Dramatiq prefetches 2 messages a thread by default: a GPU worker would hold the next task
-        # behind a long one while another worker idles. Take only what the threads can run.
-        consumer.queue_prefetch = threads
-        consumer.start()
-        return consumer
+    def consume(self, worker: TaskRunner, threads: int = 1) -> _ConsumerAfterEngine:
+        """Start consuming in this process once the runner's engine has loaded (a message is never
+        taken before); returns the consumer (call `.stop()` to end)."""
+        self._runners[worker.route] = worker
+
+        def start() -> dramatiq.Worker:
+            # An idle consumer polls Redis with a backoff capped at worker_timeout: 50 ms keeps the
+            # enqueue-to-start latency low at about 20 cheap Redis calls a second.
+            consumer = dramatiq.Worker(
+                self.broker, queues={QUEUE_NAMES[worker.route]}, worker_threads=threads, worker_timeout=50
+            )
+            # Dramatiq prefetches 2 messages a thread by default: a GPU worker would hold the next task
+            # behind a long one while another worker idles. Take only what the threads can run.
+            consumer.queue_prefetch = threads
+            consumer.start()
+            return consumer
+
+        return _ConsumerAfterEngine(worker.wait_for_engine, start)
 
     def depth(self) -> int | None:
         try:
@@ -97,3 +111,28 @@ class RedisQueue:
 
     def close(self) -> None:
         self.broker.close()
+
+
+class _ConsumerAfterEngine:
+    """A Dramatiq worker started in the background once `wait_for_engine()` returns."""
+
+    def __init__(self, wait_for_engine: Callable[[], None], start: Callable[[], dramatiq.Worker]):
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._consumer: dramatiq.Worker | None = None
+
+        def begin() -> None:
+            wait_for_engine()
+            with self._lock:
+                if not self._stopped:
+                    self._consumer = start()
+
+        self._starter = threading.Thread(target=begin, name="ref2img-queue-start", daemon=True)
+        self._starter.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            consumer = self._consumer
+        if consumer is not None:
+            consumer.stop()
