@@ -140,7 +140,7 @@ def test_control_map_is_refused_in_subject_mode(tiny_sd15, photo):
 
 
 def test_sdk_imports_without_torch():
-    code = ("import sys, ref2img, ref2img.cli, ref2img.images; "
+    code = ("import sys, ref2img, ref2img.cli, ref2img.images, ref2img.lifecycle, ref2img.mcp_server.local; "
             "print([m for m in ('torch', 'diffusers', 'fastapi', 'sqlalchemy') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr

@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "mcp_server": {"protocol", "client", "engines", "lifecycle", "images", "safe_http", "_version"},
     "cli": {
         "protocol", "client", "engines", "lifecycle", "images", "safe_http", "settings", "tasks", "auth",
-        "server", "mcp_server", "_version",
+        "server", "mcp_server", "webhooks", "_version",
     },
 }
 ROOT_MAY_IMPORT = {"_version", "client", "protocol", "webhooks"}

@@ -161,6 +161,19 @@ def test_idempotency_key(cloud, image_host):
     assert changed["code"] == 680001 and changed["msg"].startswith("Idempotency-Key: already used"), changed
 
 
+def test_the_server_decides_the_seed_at_create_and_a_resend_gets_the_same(cloud, image_host):
+    body = img2img_body(image_host.url("/astronaut.png"))
+    body.pop("seed", None)
+    first = cloud.create(body, **{"Idempotency-Key": "seeded-1"}).json()["data"]
+    again = cloud.create(body, **{"Idempotency-Key": "seeded-1"}).json()["data"]
+    other = cloud.create(body, **{"Idempotency-Key": "seeded-2"}).json()["data"]
+    assert first == again and isinstance(first["seed"], int) and other["seed"] != first["seed"]
+    unkeyed = [cloud.create(body).json()["data"]["seed"] for _ in range(2)]
+    assert unkeyed[0] != unkeyed[1]  # random without a key (2**31 choices)
+    given = cloud.create({**body, "seed": 77}).json()["data"]
+    assert given["seed"] == 77
+
+
 def test_recognition_task_with_template_wrapping(cloud, image_host):
     body = {"wsid": 1, "template_info": [{"template_id": "tm_reference_img2mask_template_spatial",
                                           "input_params": {"control_type": "3",
