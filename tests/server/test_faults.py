@@ -33,8 +33,8 @@ FAULTS = {  # a prompt naming a fault makes the engine's pipeline raise it, as t
 class FaultyEngine(LocalEngine):
     """The real engine, whose pipeline raises the fault a prompt names (the call itself is diffusers')."""
 
-    def _prepare(self, job, knobs, gen_w, gen_h):
-        pipe, kwargs = super()._prepare(job, knobs, gen_w, gen_h)
+    def _prepare(self, job, gen_w, gen_h):
+        pipe, kwargs = super()._prepare(job, gen_w, gen_h)
         if job.prompt in FAULTS:
             def pipe(**_kwargs):  # noqa: F811 - the faulty stand-in for this call only
                 raise FAULTS[job.prompt]()

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ref2img.engines.local.families import family_named, family_names
+
 from ref2img.cli._common import EXIT_USAGE, err, fail, new_group, out, quiet_libraries
 
 app = new_group("List, download and build the local engine's models.")
@@ -168,14 +170,14 @@ def models_tiny(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="folder to build the tiny models in")],
     family: Annotated[
         str,
-        typer.Option("--family", metavar="sd15|sdxl", help="sd15 (per-mode ControlNets) or sdxl (union ControlNet)"),
+        typer.Option("--family", metavar="NAME", help="the model family: " + ", ".join(family_names())),
     ] = "sd15",
 ) -> None:
     """Build every part of the random-weight `tiny` preset offline (for tests and plumbing checks)."""
-    if family not in ("sd15", "sdxl"):
-        fail(f"--family: must be sd15 or sdxl (got {family!r})", EXIT_USAGE)
+    if family not in family_names():
+        fail(f"--family: must be one of {', '.join(family_names())} (got {family!r})", EXIT_USAGE)
     quiet_libraries()
-    from ref2img.engines.local.random_models import build_tiny
+    import torch
 
-    build_tiny(directory, family)
+    family_named(family).build_random(directory, "tiny", torch.float32)
     out.print(f"built tiny {family} models in {directory}; use them with --model {directory}", highlight=False)

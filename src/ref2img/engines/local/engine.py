@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from typing import Any
 
@@ -22,11 +21,10 @@ from ref2img.engines.local.annotators import Annotators
 from ref2img.engines.local.chatter import quiet_libraries
 from ref2img.engines.local.compile_cache import use_compile_cache
 from ref2img.engines.local.device import Placement, choose_placement
-from ref2img.engines.local.intensity import Knobs, knobs_for
+from ref2img.engines.local.families import FamilyPipelines
 from ref2img.engines.local.offload import parse_offload
-from ref2img.engines.local.pipelines import PipelineSet, module_dtype
-from ref2img.engines.local.presets import UNION_CONTROL_MODE, Preset, resolve_preset
-from ref2img.engines.local.preview import latent_preview
+from ref2img.engines.local.pipelines import component_dtypes, load_pipelines, module_dtype
+from ref2img.engines.local.presets import Preset, resolve_preset
 from ref2img.engines.local.sizing import fit, generation_size
 from ref2img.engines.local.speed import Speedups
 from ref2img.images import MAX_IMAGE_PIXELS  # the same cap as the decoder's, for images handed over in-process
@@ -71,18 +69,18 @@ class LocalEngine:
         if self.speedups.compiles:
             use_compile_cache(compile_cache)
         self.annotators = Annotators(self.preset, self.placement)
-        self._pipelines: PipelineSet | None = None
+        self._pipelines: FamilyPipelines | None = None
         self._lock = threading.Lock()
 
     @property
-    def pipelines(self) -> PipelineSet:
+    def pipelines(self) -> Any:  # the family's FamilyPipelines (its own attributes are the family's)
         if self._pipelines is None:
-            self._pipelines = PipelineSet(self.preset, self.placement, self.speedups, self.offload_requested)
+            self._pipelines = load_pipelines(self.preset, self.placement, self.speedups, self.offload_requested)
         return self._pipelines
 
     def component_dtypes(self) -> dict[str, str]:
         """Every loaded model (and annotator) → the dtype its weights are in, read from the modules."""
-        dtypes = self.pipelines.component_dtypes() if self._pipelines is not None else {}
+        dtypes = component_dtypes(self._pipelines) if self._pipelines is not None else {}
         dtypes.update({name: module_dtype(module) for name, module in self.annotators.modules().items()})
         return dtypes
 
@@ -108,11 +106,8 @@ class LocalEngine:
             _check_image(job.init_image, "init_image")
         preset = self.preset
         gen_w, gen_h = generation_size(job.width, job.height, preset.max_pixels, preset.size_multiple)
-        knobs = knobs_for(
-            job.control_type, job.control_intensity, job.init_image is not None, preset.controlnet_scale_max
-        )
         with self._lock:
-            pipe, kwargs = self._prepare(job, knobs, gen_w, gen_h)
+            pipe, kwargs = self._prepare(job, gen_w, gen_h)
             steps = kwargs["num_inference_steps"]
 
             def on_step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
@@ -120,7 +115,7 @@ class LocalEngine:
                 on_progress(min(step + 1, total), total)
                 if on_preview is not None and "latents" in tensors:
                     latents = tensors["latents"]
-                    on_preview(min(step + 1, total), total, lambda: latent_preview(latents, preset.family))
+                    on_preview(min(step + 1, total), total, lambda: self.pipelines.preview(latents))
                 if should_cancel():
                     raise JobCancelled(f"cancelled after step {step + 1} of {total}")
                 return tensors
@@ -167,57 +162,9 @@ class LocalEngine:
             torch.cuda.empty_cache()
 
     # -- building the call -------------------------------------------------------------------
-    def _prepare(self, job: Job, knobs: Knobs, gen_w: int, gen_h: int) -> tuple[Any, dict[str, Any]]:
-        preset, pipelines = self.preset, self.pipelines
-        img2img = job.init_image is not None
-        reference = fit(job.reference, gen_w, gen_h)
-        steps = job.steps or preset.steps
-        if knobs.strength is not None and int(steps * knobs.strength) < 1:
-            steps = math.ceil(1 / knobs.strength)  # img2img runs steps×strength steps: keep at least one
-        kwargs: dict[str, Any] = {
-            "prompt": job.prompt,
-            "negative_prompt": job.negative_prompt,
-            "num_inference_steps": steps,
-            "guidance_scale": preset.guidance_scale if job.guidance_scale is None else job.guidance_scale,
-            "num_images_per_prompt": job.batch_size,
-            # Image i of a batch uses seed + i, so any one image can be reproduced alone.
-            "generator": [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.batch_size)],
-        }
-        if job.control_type is ControlType.SUBJECT:
-            pipelines.ensure_ip_adapter()
-        if pipelines.has_ip_adapter:
-            # Once loaded, the UNet wants image embeds on every call; scale 0 skips the adapter.
-            pipelines.base.set_ip_adapter_scale(knobs.ip_adapter_scale)
-            kwargs["ip_adapter_image"] = reference
-        pipe = pipelines.pipeline_for(job.control_type, img2img)
-
-        if job.init_image is not None:
-            kwargs["image"] = fit(job.init_image, gen_w, gen_h)
-            kwargs["strength"] = knobs.strength
-        else:
-            kwargs.update(width=gen_w, height=gen_h)
-        if job.control_type is not ControlType.SUBJECT:
-            control = self.control_map_for(job)
-            if preset.uses_union_controlnet:
-                kwargs["control_image"] = [control]
-                kwargs["control_mode"] = [UNION_CONTROL_MODE[job.control_type]]
-            else:
-                kwargs["control_image" if img2img else "image"] = control
-            kwargs["controlnet_conditioning_scale"] = knobs.controlnet_scale
-            kwargs["control_guidance_end"] = knobs.control_guidance_end
-        self._set_memory_savers(pipe, gen_w * gen_h, job.batch_size)
-        return pipe, kwargs
-
-    def _set_memory_savers(self, pipe, pixels: int, batch_size: int) -> None:
-        vae = pipe.vae
-        if pixels > 1024 * 1024:
-            vae.enable_tiling()
-        else:
-            vae.disable_tiling()
-        if self.placement.is_cpu or batch_size > 1:
-            vae.enable_slicing()
-        else:
-            vae.disable_slicing()
+    def _prepare(self, job: Job, gen_w: int, gen_h: int) -> tuple[Any, dict[str, Any]]:
+        """The family's pipeline and call for the job (the control map made here, family-agnostic)."""
+        return self.pipelines.prepare(job, gen_w, gen_h, self.control_map_for(job))
 
 
 def _check_image(image: Image.Image, field: str) -> None:

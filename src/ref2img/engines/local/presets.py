@@ -13,9 +13,10 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ref2img.engines.base import EngineError, EngineOptionError
+from ref2img.engines.local.families import FAMILY_MODULES
 from ref2img.protocol import ControlType
 
 PRESET_FILE_NAME = "ref2img-preset.json"
@@ -43,7 +44,7 @@ class ModelRef:
 @dataclass(frozen=True)
 class Preset:
     name: str
-    family: Literal["sd15", "sdxl"]
+    family: str  # a family plug-in (engines/local/families/FAMILY_MODULES)
     description: str
     base: ModelRef
     # Either {"union": ref} (one net for edge/pose/depth) or {"edge": ref, "pose": ref, "depth": ref}.
@@ -279,6 +280,10 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -
                 raise EngineOptionError(
                     f"preset override {key}: {value!r} is not a {_SCALAR_FIELDS[key].__name__}"
                 ) from None
+            if key == "family" and changes[key] not in FAMILY_MODULES:
+                raise EngineOptionError(
+                    f"preset family: {changes[key]!r} is not a model family; one of {', '.join(FAMILY_MODULES)}"
+                )
             if key == "steps" and not 1 <= changes[key] <= 500:  # schedulers know 1000 training steps
                 raise EngineOptionError(f"preset override steps: must be from 1 to 500 (got {changes[key]})")
         elif key.startswith("controlnet."):

@@ -1,0 +1,73 @@
+"""Model families as plug-ins. A family is one module here that owns everything the engine must know of
+a kind of model: its diffusers classes and how they load, how `control_intensity` maps onto its knobs,
+its latent-to-RGB preview factors, which speed levers apply to its denoiser, the sizes `--offload auto`
+weighs, and the builder of its tiny random-weight models.
+
+`LocalEngine` and `load_pipelines` know families only through the `Family` protocol. Adding a family
+is its module, its line in `FAMILY_MODULES`, and a preset. The registry holds module names, not the
+modules: presets and the CLI read it without importing torch or diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from ref2img.engines.base import Job
+    from ref2img.engines.local.device import Placement
+    from ref2img.engines.local.presets import Preset
+    from ref2img.engines.local.speed import Speedups
+
+# family name -> the module that defines it (as its `FAMILY`)
+FAMILY_MODULES: dict[str, str] = {
+    "sd15": "ref2img.engines.local.families.sd15",
+    "sdxl": "ref2img.engines.local.families.sdxl",
+}
+
+
+class FamilyPipelines(Protocol):
+    """A family's loaded model(s), serving every mode without reloading."""
+
+    offload: str  # the offload mode in force ("none", "model", "sequential")
+
+    def prepare(self, job: Job, gen_w: int, gen_h: int, control_map: Image.Image | None) -> tuple[Any, dict[str, Any]]:
+        """The diffusers pipeline for `job` and the keyword arguments of its call (`num_inference_steps`
+        among them; the engine adds `callback_on_step_end`). `control_map`: at the model's size, None in
+        subject mode."""
+
+    def preview(self, latents: torch.Tensor) -> Image.Image:
+        """The current latents of a step as a small RGB image."""
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Every loaded model by name (the dtype guard and the run record read them)."""
+
+    def cached_pipelines(self) -> list[Any]: ...
+
+
+class Family(Protocol):
+    name: str
+    description: str
+
+    def load(self, preset: Preset, placement: Placement, speedups: Speedups, offload_mode: str) -> FamilyPipelines:
+        """Load the preset's base model (the per-mode parts load on first use)."""
+
+    def build_random(self, directory: Path, scale: str, dtype: torch.dtype) -> Path:
+        """Random-weight models with this family's real layout (`tiny` for tests, `full` for the GPU
+        benches), and a preset.json naming them; returns the directory."""
+
+
+def family_names() -> list[str]:
+    return list(FAMILY_MODULES)
+
+
+def family_named(name: str) -> Family:
+    """The family plug-in called `name`; ValueError naming the known ones otherwise."""
+    module = FAMILY_MODULES.get(name)
+    if module is None:
+        raise ValueError(f"unknown model family {name!r}; one of {', '.join(FAMILY_MODULES)}")
+    return importlib.import_module(module).FAMILY
