@@ -41,6 +41,15 @@ def tiny_sdxl(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_zimage(tmp_path_factory):
+    import torch
+
+    from ref2img.engines.local.families import family_named
+
+    return family_named("zimage").build_random(tmp_path_factory.mktemp("tiny-zimage"), "tiny", torch.float32)
+
+
+@pytest.fixture(scope="session")
 def engine(tiny_sd15):
     from ref2img.engines.local import LocalEngine
 

@@ -49,11 +49,11 @@ class Preset:
     base: ModelRef
     # Either {"union": ref} (one net for edge/pose/depth) or {"edge": ref, "pose": ref, "depth": ref}.
     controlnets: dict[str, ModelRef]
-    ip_adapter: ModelRef
-    image_encoder: ModelRef
     depth_estimator: ModelRef
     pose_detector: ModelRef
     pose_estimator: ModelRef
+    ip_adapter: ModelRef | None = None  # the UNet families' subject mode
+    image_encoder: ModelRef | None = None
     vae: ModelRef | None = None
     lora: ModelRef | None = None
     scheduler: str | None = None  # "euler-trailing" for distilled few-step LoRAs
@@ -62,6 +62,9 @@ class Preset:
     max_pixels: int = 1024 * 1024  # larger requests are generated at this area, then resized
     size_multiple: int = 64
     controlnet_scale_max: float = 1.0
+    # Parts only a family knows (`extra.<name>` in overrides and `ref2img models list`), e.g. the diffusers
+    # config of a ControlNet shipped as one file.
+    extra: dict[str, ModelRef] = field(default_factory=dict)
     source_file: str | None = field(default=None, compare=False)
 
     @property
@@ -87,6 +90,7 @@ class Preset:
             "pose_estimator": self.pose_estimator,
         }
         named.update({f"controlnet.{key}": ref for key, ref in self.controlnets.items()})
+        named.update({f"extra.{key}": ref for key, ref in self.extra.items()})
         return {key: ref for key, ref in named.items() if ref is not None}
 
     @property
@@ -164,6 +168,46 @@ _SDXL = Preset(
     controlnet_scale_max=0.9,
 )
 
+# Tongyi-MAI/Z-Image-Turbo's layout (its model page, "Files and versions"); the text encoder and the
+# transformer are three shards each, named by their index files.
+_ZIMAGE_BASE_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/*",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors.index.json",
+    "text_encoder/model-*-of-*.safetensors",
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors.index.json",
+    "transformer/diffusion_pytorch_model-*-of-*.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+_ZIMAGE_TURBO = Preset(
+    name="zimage-turbo",
+    family="zimage",
+    description="Z-Image-Turbo 6B + Fun ControlNet Union (edge/pose/depth), 8 steps, no CFG; no subject mode yet",
+    base=_hub("Tongyi-MAI/Z-Image-Turbo", *_ZIMAGE_BASE_FILES),
+    controlnets={
+        "union": _hub(
+            "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union",
+            "Z-Image-Turbo-Fun-Controlnet-Union.safetensors",
+            weight="Z-Image-Turbo-Fun-Controlnet-Union.safetensors",
+        )
+    },
+    # The ControlNet is one file in the original layout; its diffusers config is the one diffusers'
+    # single-file loader itself points at.
+    extra={"controlnet_config": _hub("hlky/Z-Image-Turbo-Fun-Controlnet-Union", "config.json")},
+    depth_estimator=_DEPTH,
+    pose_detector=_POSE_DETECTOR,
+    pose_estimator=_POSE_ESTIMATOR,
+    steps=8,
+    guidance_scale=0.0,
+    max_pixels=1536 * 1536,
+    size_multiple=16,
+    controlnet_scale_max=0.8,
+)
+
 PRESETS: dict[str, Preset] = {
     "sdxl": _SDXL,
     "sdxl-fast": dataclasses.replace(
@@ -203,6 +247,7 @@ PRESETS: dict[str, Preset] = {
         guidance_scale=7.5,
         max_pixels=768 * 768,
     ),
+    "zimage-turbo": _ZIMAGE_TURBO,
 }
 
 _SCALAR_FIELDS = {
@@ -247,8 +292,6 @@ def load_preset_file(path: Path) -> Preset:
             "family",
             "base",
             "controlnets",
-            "ip_adapter",
-            "image_encoder",
             "depth_estimator",
             "pose_detector",
             "pose_estimator",
@@ -256,19 +299,25 @@ def load_preset_file(path: Path) -> Preset:
         missing = sorted(required - spec.keys())
         if missing:
             raise EngineOptionError(f"preset file {path} lacks {', '.join(missing)} (or an `extends` preset)")
-        parent = _SDXL
+        # No optional part is inherited from a preset the file does not name: only the scalar defaults.
+        parent = dataclasses.replace(_SDXL, vae=None, lora=None, scheduler=None, ip_adapter=None, image_encoder=None)
     name = spec.pop("name", str(path.parent.name if path.name == PRESET_FILE_NAME else path.stem))
-    preset = dataclasses.replace(parent, name=name, source_file=str(path), controlnets=dict(parent.controlnets))
+    preset = dataclasses.replace(
+        parent, name=name, source_file=str(path), controlnets=dict(parent.controlnets), extra=dict(parent.extra)
+    )
     if "controlnets" in spec:
         preset = dataclasses.replace(preset, controlnets={})
         for key, value in spec.pop("controlnets").items():
             spec[f"controlnet.{key}"] = value
+    for key, value in spec.pop("extra", {}).items():
+        spec[f"extra.{key}"] = value
     return apply_overrides(preset, spec, base_dir=path.parent)
 
 
 def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -> Preset:
     changes: dict[str, Any] = {}
     controlnets = dict(preset.controlnets)
+    extra = dict(preset.extra)
     for key, value in overrides.items():
         if key in _SCALAR_FIELDS:
             if value is None:
@@ -288,6 +337,8 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -
                 raise EngineOptionError(f"preset override steps: must be from 1 to 500 (got {changes[key]})")
         elif key.startswith("controlnet."):
             controlnets[key.removeprefix("controlnet.")] = _model_ref(value, base_dir)
+        elif key.startswith("extra."):
+            extra[key.removeprefix("extra.")] = _model_ref(value, base_dir)
         elif key in {
             "base",
             "vae",
@@ -305,7 +356,7 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -
         # A union net given explicitly replaces per-mode nets, and the other way round.
         explicit = {k.removeprefix("controlnet.") for k in overrides if k.startswith("controlnet.")}
         controlnets = {k: v for k, v in controlnets.items() if k in explicit} or controlnets
-    return dataclasses.replace(preset, controlnets=controlnets, **changes)
+    return dataclasses.replace(preset, controlnets=controlnets, extra=extra, **changes)
 
 
 def _model_ref(value: Any, base_dir: Path) -> ModelRef:

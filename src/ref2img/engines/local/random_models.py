@@ -198,8 +198,8 @@ def build_random(
         del net
     _save_ip_adapter(directory / "ip-adapter", unet, arch.encoder["projection_dim"])
     _save_image_encoder(directory / "image-encoder", arch.encoder, dtype)
-    _save_depth_estimator(directory / "depth")
-    _save_pose_models(directory / "pose")
+    save_depth_estimator(directory / "depth")
+    save_pose_models(directory / "pose")
     if scale == "tiny":
         _save_lora(directory / "lora", family, unet)  # not in the preset; tests switch it on like sdxl-fast's
     name = ("tiny" if family == "sd15" else "tiny-sdxl") if scale == "tiny" else f"random-{family}"
@@ -229,14 +229,14 @@ def _tokenizer():
     """A CLIP tokenizer with a byte-level vocabulary and no merges: no hub download needed."""
     from transformers import CLIPTokenizer
 
-    chars = _byte_level_chars()
+    chars = byte_level_chars()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for token in chars + [c + "</w>" for c in chars]:
         vocab.setdefault(token, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def _byte_level_chars() -> list[str]:
+def byte_level_chars() -> list[str]:
     """GPT-2/CLIP's byte-to-unicode table: printable bytes stand for themselves, the rest shift past 255."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = [], 0
@@ -383,7 +383,7 @@ def _save_image_encoder(folder: Path, config: dict, dtype: torch.dtype) -> None:
 
 
 # -- annotators --------------------------------------------------------------------------------
-def _save_depth_estimator(folder: Path) -> None:
+def save_depth_estimator(folder: Path) -> None:
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
     config = DPTConfig(
@@ -402,7 +402,7 @@ def _save_depth_estimator(folder: Path) -> None:
     DPTImageProcessor(size={"height": TINY_SIZE, "width": TINY_SIZE}).save_pretrained(folder)
 
 
-def _save_pose_models(folder: Path) -> None:
+def save_pose_models(folder: Path) -> None:
     """ONNX graphs with DWPose's signatures: YOLOX `images` (1,3,640,640) -> (1,8400,85), and
     RTMPose `input` (1,3,384,288) -> simcc_x (1,133,576), simcc_y (1,133,768)."""
     import numpy as np

@@ -69,10 +69,10 @@ def compile_whole(module: torch.nn.Module, mode: str | None) -> None:
     module.compile(fullgraph=True, mode=mode)
 
 
-def compile_blocks(module: torch.nn.Module, mode: str | None) -> int:
+def compile_blocks(module: torch.nn.Module, mode: str | None, block_names: tuple[str, ...] = REPEATED_BLOCKS) -> int:
     """Regional compilation: each repeated block compiles in place; equal blocks share one graph."""
     _configure_dynamo()
-    blocks = [sub for sub in module.modules() if type(sub).__name__ in REPEATED_BLOCKS]
+    blocks = [sub for sub in module.modules() if type(sub).__name__ in block_names]
     for block in blocks:
         block.compile(fullgraph=True, mode=mode)
     return len(blocks)

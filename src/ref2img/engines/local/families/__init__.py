@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 FAMILY_MODULES: dict[str, str] = {
     "sd15": "ref2img.engines.local.families.sd15",
     "sdxl": "ref2img.engines.local.families.sdxl",
+    "zimage": "ref2img.engines.local.families.zimage",
 }
 
 

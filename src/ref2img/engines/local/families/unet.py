@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import diffusers
 import torch
 
-from ref2img.engines.base import Job, ModelMissingError
+from ref2img.engines.base import EngineOptionError, Job, ModelMissingError
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
 from ref2img.engines.local.families.preview import LatentFactors, latent_preview
@@ -195,6 +195,8 @@ class UNetPipelines:
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
         preset = self.preset
+        if preset.ip_adapter is None or preset.image_encoder is None:
+            raise EngineOptionError(f"subject mode: preset {preset.name!r} names no ip_adapter and image_encoder")
         encoder_dir = folder_of(preset.image_encoder, "image_encoder", preset)
         encoder = self._load(
             "image_encoder",

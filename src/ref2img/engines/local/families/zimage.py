@@ -1,0 +1,242 @@
+"""Z-Image (Tongyi-MAI, Apache-2.0): a 6B single-stream diffusion transformer with a Qwen3 text
+encoder and the FLUX.1 VAE (16 latent channels). Edge, pose and depth through the Fun ControlNet
+Union (alibaba-pai), which takes any of those maps as its control image.
+
+How `control_intensity` maps onto its knobs (README's table has the row):
+
+| mode | knob | at 0 | at 1 |
+|---|---|---|---|
+| edge/pose/depth | `controlnet_conditioning_scale` = max·i | 0 | preset max (0.8: the card's 0.65–0.80) |
+
+Not in this family yet, each refused with a clear message rather than ignored: subject mode (no
+reference-image model here; the sdxl presets have one) and an init image (diffusers has no Z-Image
+ControlNet img2img pipeline). The turbo preset runs without CFG (guidance 0), so a negative prompt
+has no effect there; the run's log says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import diffusers
+import torch
+
+from ref2img.engines.base import EngineOptionError, Job, ModelMissingError
+from ref2img.engines.local import offload
+from ref2img.engines.local.device import Placement
+from ref2img.engines.local.families.preview import latent_preview
+from ref2img.engines.local.hub import folder_of, locate
+from ref2img.engines.local.presets import ModelRef, Preset
+from ref2img.engines.local.speed import Speedups, compile_blocks, compile_whole, quantize_fp8
+from ref2img.protocol import ControlType
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger("ref2img.engine")
+
+# ComfyUI's factors for the FLUX.1 VAE's 16 channels (comfy/latent_formats.py, class Flux).
+LATENT_RGB = (
+    (-0.0346, 0.0244, 0.0681),
+    (0.0034, 0.0210, 0.0687),
+    (0.0275, -0.0668, -0.0433),
+    (-0.0174, 0.0160, 0.0617),
+    (0.0859, 0.0721, 0.0329),
+    (0.0004, 0.0383, 0.0115),
+    (0.0405, 0.0861, 0.0915),
+    (-0.0236, -0.0185, -0.0259),
+    (-0.0245, 0.0250, 0.1180),
+    (0.1008, 0.0755, -0.0421),
+    (-0.0515, 0.0201, 0.0011),
+    (0.0428, -0.0012, -0.0036),
+    (0.0817, 0.0765, 0.0749),
+    (-0.1264, -0.0522, -0.1103),
+    (-0.0280, -0.0881, -0.0499),
+    (-0.1262, -0.0982, -0.0778),
+)
+TRANSFORMER_BLOCKS = ("ZImageTransformerBlock", "ZImageControlTransformerBlock")  # regional compile
+CONTROLNET_CONFIG = "controlnet_config"  # the preset's `extra` part: the diffusers config of a one-file ControlNet
+_LOAD_ERRORS = (OSError, ValueError, KeyError)
+
+
+class ZImageFamily:
+    name = "zimage"
+    description = "Z-Image (diffusion transformer): the Fun ControlNet Union for edge, pose and depth"
+
+    def load(self, preset: Preset, placement: Placement, speedups: Speedups, offload_mode: str) -> ZImagePipelines:
+        return ZImagePipelines(preset, placement, speedups, offload_mode)
+
+    def build_random(self, directory: Path, scale: str, dtype: torch.dtype) -> Path:
+        from ref2img.engines.local.families.zimage_models import build_random
+
+        return build_random(directory, scale, dtype)
+
+
+FAMILY = ZImageFamily()
+
+
+def control_scale(intensity: float, scale_max: float) -> float:
+    if not 0.0 <= intensity <= 1.0:
+        raise ValueError(f"control_intensity must be from 0 to 1 (got {intensity})")
+    return scale_max * intensity
+
+
+class ZImagePipelines:
+    def __init__(self, preset: Preset, placement: Placement, speedups: Speedups, offload_mode: str):
+        self.preset = preset
+        self.placement = placement
+        self.speedups = speedups
+        self._controlnet: Any = None
+        self._pipeline: Any = None
+        self._offloaded = False
+        self._lock = threading.Lock()
+        self.base = self._load(
+            "base",
+            preset.base,
+            lambda p: diffusers.ZImagePipeline.from_pretrained(
+                p, dtype=placement.dtype, local_files_only=True, variant=preset.base.variant
+            ),
+        )
+        self.base.set_progress_bar_config(disable=True)
+        self.offload = self._choose_offload(offload_mode)
+        if self.offload == "none":
+            self.base.to(placement.device)
+        self._speed_up(self.base.transformer)
+        if speedups.compile == "full":
+            compile_whole(self.base.transformer, speedups.compile_mode)
+
+    # -- loading --------------------------------------------------------------------------------
+    def _load(self, part: str, ref: ModelRef, loader):
+        path = locate(ref, part, self.preset) if ref.weight_name else folder_of(ref, part, self.preset)
+        started = time.perf_counter()
+        try:
+            loaded = loader(path)
+        except _LOAD_ERRORS as exc:
+            raise ModelMissingError(
+                f"The {part} model of preset {self.preset.name!r} at {path} could not be loaded "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                f"fetch it again with `ref2img models pull {self.preset.pull_target}`."
+            ) from None
+        log.info(
+            "loaded %s from %s in %.1f s (%s)",
+            part,
+            ref.source,
+            time.perf_counter() - started,
+            self.placement.dtype_name,
+        )
+        return loaded
+
+    def _speed_up(self, module: torch.nn.Module) -> None:
+        """The levers that apply to a diffusion transformer: fp8 Linear layers, regional compile of its
+        blocks (channels_last and fused q/k/v are the UNet's: no convolutions, its own attention)."""
+        if self.speedups.fp8:
+            quantize_fp8(module)
+        if self.speedups.compile == "regional":
+            compile_blocks(module, self.speedups.compile_mode, TRANSFORMER_BLOCKS)
+
+    def _choose_offload(self, requested: str) -> str:
+        transformer = offload.module_bytes(self.base.transformer)
+        # The Fun ControlNet Union adds 6 control blocks beside the 30 of the transformer: a fifth.
+        controlnet = transformer // 5
+        modules = [m for m in self.base.components.values() if isinstance(m, torch.nn.Module)]
+        mode = offload.choose_offload(
+            requested, self.placement, offload.module_bytes(*modules) + controlnet, transformer + controlnet
+        )
+        if mode != requested:
+            log.info("offload auto: %s", mode)
+        return mode
+
+    def _union_controlnet(self):
+        if self._controlnet is None:
+            _, ref = self.preset.controlnet_for(ControlType.EDGE)  # the union net: every mode's
+            config_ref = self.preset.extra.get(CONTROLNET_CONFIG)
+            dtype = self.placement.dtype
+            if ref.weight_name:  # one file, as alibaba-pai ships it: its diffusers config is another part
+                if config_ref is None:
+                    raise EngineOptionError(
+                        f"preset {self.preset.name!r}: a one-file ControlNet needs `extra.{CONTROLNET_CONFIG}`"
+                    )
+                config = str(folder_of(config_ref, f"extra.{CONTROLNET_CONFIG}", self.preset))
+                net = self._load(
+                    "controlnet.union",
+                    ref,
+                    lambda p: diffusers.ZImageControlNetModel.from_single_file(
+                        str(p), config=config, dtype=dtype, local_files_only=True
+                    ),
+                )
+            else:
+                net = self._load(
+                    "controlnet.union",
+                    ref,
+                    lambda p: diffusers.ZImageControlNetModel.from_pretrained(p, dtype=dtype, local_files_only=True),
+                )
+            if self.offload == "none":
+                net.to(self.placement.device)
+            self._speed_up(net)
+            self._controlnet = net
+        return self._controlnet
+
+    def pipeline_for(self, mode: ControlType):
+        with self._lock:
+            if self._pipeline is None:
+                pipe = diffusers.ZImageControlNetPipeline.from_pipe(
+                    self.base, controlnet=self._union_controlnet(), dtype=self.placement.dtype
+                )
+                pipe.set_progress_bar_config(disable=True)
+                self._pipeline = pipe
+            if self.offload != "none" and not self._offloaded:
+                offload.enable(self._pipeline, self.offload, self.placement.device)
+                self._offloaded = True
+            return self._pipeline
+
+    # -- one call -----------------------------------------------------------------------------------
+    def prepare(self, job: Job, gen_w: int, gen_h: int, control_map: Image.Image | None) -> tuple[Any, dict[str, Any]]:
+        preset = self.preset
+        if job.control_type is ControlType.SUBJECT:
+            raise EngineOptionError(
+                f"subject mode: preset {preset.name!r} (Z-Image) has no reference-image model yet; "
+                "use an sdxl or sd15 preset for subject mode"
+            )
+        if job.init_image is not None:
+            raise EngineOptionError(
+                f"init_image: preset {preset.name!r} (Z-Image) cannot start from an init image with a control map "
+                "yet; leave init_image out, or use an sdxl or sd15 preset"
+            )
+        guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
+        if job.negative_prompt and guidance <= 1.0:
+            log.info("negative_prompt ignored: preset %s runs without CFG (guidance %.1f)", preset.name, guidance)
+        kwargs: dict[str, Any] = {
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "num_inference_steps": job.steps or preset.steps,
+            "guidance_scale": guidance,
+            "num_images_per_prompt": job.batch_size,
+            "generator": [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.batch_size)],
+            "width": gen_w,
+            "height": gen_h,
+            "control_image": control_map,
+            "controlnet_conditioning_scale": control_scale(job.control_intensity, preset.controlnet_scale_max),
+        }
+        pipe = self.pipeline_for(job.control_type)
+        if gen_w * gen_h > 1024 * 1024:
+            pipe.vae.enable_tiling()
+        else:
+            pipe.vae.disable_tiling()
+        return pipe, kwargs
+
+    def preview(self, latents: torch.Tensor) -> Image.Image:
+        return latent_preview(latents, LATENT_RGB)
+
+    # -- what is loaded -----------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        named = {name: m for name, m in self.base.components.items() if isinstance(m, torch.nn.Module)}
+        if self._controlnet is not None:
+            named["controlnet.union"] = self._controlnet
+        return named
+
+    def cached_pipelines(self) -> list[Any]:
+        return [self.base, *([self._pipeline] if self._pipeline is not None else [])]

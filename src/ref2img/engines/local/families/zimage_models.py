@@ -1,0 +1,180 @@
+"""Random-weight Z-Image models in the real repos' layouts, built offline in about a second.
+
+- `base/`: a `ZImagePipeline` folder as Tongyi-MAI/Z-Image-Turbo lays it out (model_index.json,
+  scheduler, text_encoder = Qwen3Model, tokenizer = a Qwen2 tokenizer, transformer, vae).
+- `controlnet/Z-Image-Turbo-Fun-Controlnet-Union.safetensors`: one file, as alibaba-pai ships it (its
+  keys are diffusers' own: the single-file loader maps them one to one), and `controlnet-config/`:
+  its diffusers config, as hlky/Z-Image-Turbo-Fun-Controlnet-Union holds it.
+- the annotators' models (depth, DWPose-shaped ONNX), as the UNet families' tiny presets have them.
+
+The tokenizer is built in code (a byte-level BPE with no merges and the chat template the pipeline
+applies): diffusers' own tests fetch theirs from the hub, which no test here can.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ref2img.engines.local.presets import PRESET_FILE_NAME
+
+CONTROLNET_FILE = "Z-Image-Turbo-Fun-Controlnet-Union.safetensors"
+TINY_SIZE = 64  # the tiny preset generates at about this size, then resizes
+_TINY_TRANSFORMER = dict(
+    all_patch_size=(2,),
+    all_f_patch_size=(1,),
+    in_channels=16,
+    dim=32,
+    n_layers=2,
+    n_refiner_layers=1,
+    n_heads=2,
+    n_kv_heads=2,
+    norm_eps=1e-5,
+    qk_norm=True,
+    cap_feat_dim=16,
+    rope_theta=256.0,
+    t_scale=1000.0,
+    axes_dims=[8, 4, 4],
+    axes_lens=[256, 32, 32],
+)
+# The Fun ControlNet Union's shape (its config.json: control blocks at every 5th of 30 layers, no
+# noise refiner of its own), scaled to the tiny transformer.
+_TINY_CONTROLNET = dict(
+    control_layers_places=[0, 1],
+    control_refiner_layers_places=None,
+    control_in_dim=16,
+    add_control_noise_refiner=None,
+    all_patch_size=(2,),
+    all_f_patch_size=(1,),
+    dim=32,
+    n_refiner_layers=1,
+    n_heads=2,
+    n_kv_heads=2,
+    norm_eps=1e-5,
+    qk_norm=True,
+)
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_random(directory: Path, scale: str = "tiny", dtype: torch.dtype = torch.float32) -> Path:
+    if scale != "tiny":
+        raise ValueError(f"the zimage family builds scale 'tiny' only so far (got {scale!r})")
+    from ref2img.engines.local.random_models import save_depth_estimator, save_pose_models
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    pipe = _pipeline()
+    if dtype != torch.float32:
+        pipe.to(dtype)
+    pipe.save_pretrained(directory / "base")
+    _save_controlnet(directory, dtype)
+    save_depth_estimator(directory / "depth")
+    save_pose_models(directory / "pose")
+    preset = {
+        "name": "tiny-zimage",
+        "family": "zimage",
+        "description": "random-weight Z-Image (tiny scale) built by ref2img (tests, plumbing)",
+        "base": "base",
+        "controlnets": {"union": {"source": "controlnet", "weight_name": CONTROLNET_FILE}},
+        "extra": {"controlnet_config": "controlnet-config"},
+        "depth_estimator": "depth",
+        "pose_detector": {"source": "pose", "weight_name": "detector.onnx"},
+        "pose_estimator": {"source": "pose", "weight_name": "estimator.onnx"},
+        "steps": 2,
+        "guidance_scale": 0.0,
+        "max_pixels": TINY_SIZE * TINY_SIZE,
+        "size_multiple": 16,
+        "controlnet_scale_max": 0.8,
+    }
+    (directory / PRESET_FILE_NAME).write_text(json.dumps(preset, indent=2) + "\n")
+    return directory
+
+
+def _pipeline():
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    transformer = ZImageTransformer2DModel(**_TINY_TRANSFORMER)
+    with torch.no_grad():  # created with torch.empty: fixed, so no run starts from NaNs
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    vae = AutoencoderKL(  # the FLUX.1 VAE's shape: 16 latent channels, 8× down, its scale and shift
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 16, 32, 32],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=TINY_SIZE,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+    )
+    tokenizer = _tokenizer()
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            hidden_size=16,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=1024,
+        )
+    )
+    return ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+    )
+
+
+def _tokenizer():
+    """A Qwen2 tokenizer over a byte-level vocabulary with no merges, and the chat markers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    from ref2img.engines.local.random_models import byte_level_chars
+
+    vocab = {char: index for index, char in enumerate(byte_level_chars())}
+    for special in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        vocab[special] = len(vocab)
+    model = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    model.decoder = decoders.ByteLevel()
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=model, eos_token="<|im_end|>", pad_token="<|endoftext|>", model_max_length=1024
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tokenizer.chat_template = _CHAT_TEMPLATE
+    return tokenizer
+
+
+def _save_controlnet(directory: Path, dtype: torch.dtype) -> None:
+    from diffusers import ZImageControlNetModel
+    from safetensors.torch import save_file
+
+    net: Any = ZImageControlNetModel(**_TINY_CONTROLNET)  # diffusers' ModelMixin types no torch methods
+    with torch.no_grad():  # the real net's zero-initialised output layers would make the control a no-op
+        for name, parameter in net.named_parameters():
+            if "after_proj" in name or "before_proj" in name:
+                parameter.normal_(0.0, 0.02)
+    if dtype != torch.float32:
+        net.to(dtype)
+    (directory / "controlnet").mkdir(parents=True, exist_ok=True)
+    save_file(
+        {key: value.contiguous() for key, value in net.state_dict().items()},
+        str(directory / "controlnet" / CONTROLNET_FILE),
+    )
+    net.save_config(directory / "controlnet-config")

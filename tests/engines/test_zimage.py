@@ -1,0 +1,99 @@
+"""The Z-Image family on its tiny random-weight models: every control mode, exact sizes, batches with
+one seed per image, progress, previews, cancel, the dtype guard, and what it refuses (for now)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ref2img.engines.base import EngineOptionError, Job, JobCancelled
+from ref2img.engines.local import LocalEngine, resolve_preset
+from ref2img.engines.local.presets import PRESET_FILE_NAME, PRESETS
+from ref2img.protocol import ControlType
+
+from .test_dtypes import off_dtype_tensors
+
+CONTROL_MODES = [ControlType.EDGE, ControlType.POSE, ControlType.DEPTH]
+
+
+@pytest.fixture(scope="module")
+def zimage(tiny_zimage):
+    return LocalEngine(str(tiny_zimage), device="cpu").load()
+
+
+def job(reference, **fields):
+    values = dict(prompt="a lighthouse", control_type=ControlType.EDGE, seed=7, width=640, height=512)
+    values.update(fields)
+    return Job.for_images(reference, **values)
+
+
+@pytest.mark.parametrize("mode", CONTROL_MODES, ids=lambda mode: mode.name.lower())
+def test_every_control_mode_makes_images_of_the_exact_size(zimage, astronaut, mode):
+    progress = []
+    images = zimage.generate(job(astronaut, control_type=mode, batch_size=2, width=600, height=520),
+                             on_progress=lambda done, total: progress.append((done, total)))
+    assert [image.size for image in images] == [(600, 520), (600, 520)]
+    assert progress == [(1, 2), (2, 2)]
+
+
+def test_image_k_of_a_batch_is_the_single_image_of_seed_plus_k(zimage, astronaut):
+    batch = zimage.generate(job(astronaut, batch_size=2, seed=20))
+    alone = zimage.generate(job(astronaut, batch_size=1, seed=21))
+    again = zimage.generate(job(astronaut, batch_size=1, seed=21))
+    assert np.array_equal(np.asarray(alone[0]), np.asarray(again[0]))
+    assert np.abs(np.asarray(batch[1], dtype=np.int16) - np.asarray(alone[0], dtype=np.int16)).max() <= 2
+    assert not np.array_equal(np.asarray(batch[0]), np.asarray(batch[1]))
+
+
+def test_the_control_map_reaches_the_model(zimage, astronaut, coffee):
+    a = zimage.generate(job(astronaut, control_intensity=1.0))[0]
+    b = zimage.generate(job(coffee, control_intensity=1.0))[0]
+    none = [zimage.generate(job(reference, control_intensity=0.0))[0] for reference in (astronaut, coffee)]
+    assert not np.array_equal(np.asarray(a), np.asarray(b)), "a different map changes the image at intensity 1"
+    assert np.array_equal(np.asarray(none[0]), np.asarray(none[1])), "at intensity 0 the map has no weight"
+
+
+def test_previews_and_cancel_between_steps(zimage, astronaut):
+    previews = []
+    zimage.generate(job(astronaut), on_preview=lambda done, total, render: previews.append(render()))
+    assert previews and all(image.mode == "RGB" and image.size == (8, 8) for image in previews)  # 1/8 of 64²
+    checks: list[int] = []
+
+    def cancel_after_the_first_step() -> bool:  # asked once before the first step, then after each
+        checks.append(1)
+        return len(checks) > 1
+
+    with pytest.raises(JobCancelled, match="after step 1 of 2"):
+        zimage.generate(job(astronaut), should_cancel=cancel_after_the_first_step)
+
+
+def test_subject_mode_and_an_init_image_are_refused_clearly(zimage, astronaut, coffee):
+    with pytest.raises(EngineOptionError, match="subject mode: preset 'tiny-zimage' .* use an sdxl or sd15 preset"):
+        zimage.generate(job(astronaut, control_type=ControlType.SUBJECT))
+    with pytest.raises(EngineOptionError, match="init_image: preset 'tiny-zimage'"):
+        zimage.generate(job(astronaut, init_image=coffee))
+
+
+def test_every_module_stays_in_bfloat16(tiny_zimage, astronaut):
+    engine = LocalEngine(str(tiny_zimage), device="cpu", dtype="bfloat16")
+    for mode in CONTROL_MODES:
+        assert [image.size for image in engine.generate(job(astronaut, control_type=mode))] == [(640, 512)]
+    assert len(engine.pipelines.cached_pipelines()) == 2  # the base and the ControlNet pipeline
+    assert off_dtype_tensors(engine, torch.bfloat16) == []
+
+
+def test_the_tiny_preset_has_the_real_layout(tiny_zimage):
+    spec = json.loads((tiny_zimage / PRESET_FILE_NAME).read_text())
+    real = PRESETS["zimage-turbo"]
+    assert spec["family"] == real.family == "zimage"
+    assert spec["controlnets"]["union"]["weight_name"] == real.controlnets["union"].weight_name
+    assert set(spec["extra"]) == set(real.extra)
+    index = json.loads((tiny_zimage / "base" / "model_index.json").read_text())
+    assert {name: value[1] for name, value in index.items() if isinstance(value, list)} == {
+        "scheduler": "FlowMatchEulerDiscreteScheduler", "text_encoder": "Qwen3Model", "tokenizer": "Qwen2Tokenizer",
+        "transformer": "ZImageTransformer2DModel", "vae": "AutoencoderKL"}  # as Tongyi-MAI/Z-Image-Turbo's
+    preset = resolve_preset(str(tiny_zimage))
+    assert set(preset.parts()) == set(real.parts())
