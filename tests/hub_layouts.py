@@ -232,6 +232,50 @@ LAYOUTS: dict[str, dict[str, int]] = {
         "sdxl_lightning_8step_lora.safetensors": 394 * MB,
         "sdxl_lightning_8step_unet.safetensors": int(5.14 * GB),
     },
+    # https://huggingface.co/Tongyi-MAI/Z-Image-Turbo/tree/main/text_encoder and .../tree/main/tokenizer (file
+    # names and sizes); the rest of the file list from a conversion's commit that lists every file
+    # (https://huggingface.co/andrevp/Z-Image-Turbo-MLX-4bit/commit/ae92f5fd135443d55c8ea044b0d8b8d3cd325aba).
+    # Estimates: the transformer's three shards (12.3 GB in all, as Comfy-Org's one bf16 file of it) and
+    # the VAE (168 MB, as Tongyi-MAI/Z-Image's vae folder).
+    "Tongyi-MAI/Z-Image-Turbo": {
+        ".gitattributes": 1_600,
+        "README.md": 9_000,
+        "model_index.json": 467,
+        "scheduler/scheduler_config.json": 180,
+        "text_encoder/config.json": 726,
+        "text_encoder/generation_config.json": 239,
+        "text_encoder/model-00001-of-00003.safetensors": int(3.96 * GB),
+        "text_encoder/model-00002-of-00003.safetensors": int(3.99 * GB),
+        "text_encoder/model-00003-of-00003.safetensors": int(99.6 * MB),
+        "text_encoder/model.safetensors.index.json": int(32.8 * KB),
+        "tokenizer/merges.txt": int(1.67 * MB),
+        "tokenizer/tokenizer.json": int(11.4 * MB),
+        "tokenizer/tokenizer_config.json": int(9.73 * KB),
+        "tokenizer/vocab.json": int(2.78 * MB),
+        "transformer/config.json": 500,
+        "transformer/diffusion_pytorch_model-00001-of-00003.safetensors": int(4.99 * GB),
+        "transformer/diffusion_pytorch_model-00002-of-00003.safetensors": int(4.99 * GB),
+        "transformer/diffusion_pytorch_model-00003-of-00003.safetensors": int(2.32 * GB),
+        "transformer/diffusion_pytorch_model.safetensors.index.json": 60 * KB,
+        "vae/config.json": 800,
+        "vae/diffusion_pytorch_model.safetensors": 168 * MB,
+    },
+    # https://huggingface.co/alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union (its card names the one file and
+    # the asset/ images). Estimate: the file's size (6 control blocks and 2 refiner blocks of dim 3840, bf16).
+    "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union": {
+        ".gitattributes": 1_600,
+        "README.md": 6_000,
+        "Z-Image-Turbo-Fun-Controlnet-Union.safetensors": int(3.1 * GB),
+        "asset/pose.jpg": 200 * KB,
+        "asset/canny.jpg": 200 * KB,
+        "asset/depth.jpg": 200 * KB,
+    },
+    # https://huggingface.co/hlky/Z-Image-Turbo-Fun-Controlnet-Union/blob/main/config.json: the diffusers config
+    # that diffusers' single-file loader reads for that file.
+    "hlky/Z-Image-Turbo-Fun-Controlnet-Union": {
+        ".gitattributes": 1_500,
+        "config.json": 420,
+    },
 }
 
 # What `ref2img models pull sd15` must fetch, and nothing else: the files its loaders read, written out
@@ -283,3 +327,21 @@ SDXL_NEEDS: dict[str, set[str]] = {
 
 SDXL_FAST_NEEDS: dict[str, set[str]] = {**SDXL_NEEDS,
                                          "ByteDance/SDXL-Lightning": {"sdxl_lightning_8step_lora.safetensors"}}
+
+ZIMAGE_TURBO_NEEDS: dict[str, set[str]] = {
+    "Tongyi-MAI/Z-Image-Turbo": {
+        "model_index.json", "scheduler/scheduler_config.json",
+        "tokenizer/merges.txt", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json",
+        "text_encoder/config.json", "text_encoder/model.safetensors.index.json",
+        "text_encoder/model-00001-of-00003.safetensors", "text_encoder/model-00002-of-00003.safetensors",
+        "text_encoder/model-00003-of-00003.safetensors",
+        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors.index.json",
+        "transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+        "transformer/diffusion_pytorch_model-00002-of-00003.safetensors",
+        "transformer/diffusion_pytorch_model-00003-of-00003.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    },  # not the README, nor text_encoder/generation_config.json (text generation only)
+    "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union": {"Z-Image-Turbo-Fun-Controlnet-Union.safetensors"},
+    "hlky/Z-Image-Turbo-Fun-Controlnet-Union": {"config.json"},
+    **_SHARED,
+}

@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 
 from .hub_fixture import stand_in, write_repo
-from .hub_layouts import LAYOUTS, SD15_NEEDS, SDXL_FAST_NEEDS, SDXL_NEEDS, real_bytes
+from .hub_layouts import LAYOUTS, SD15_NEEDS, SDXL_FAST_NEEDS, SDXL_NEEDS, ZIMAGE_TURBO_NEEDS, real_bytes
 from .server.conftest import free_port
 
 pytest.importorskip("huggingface_hub")
@@ -136,7 +136,8 @@ def test_a_cut_off_pull_resumes_with_what_is_missing(fixture_hub, tmp_path):
 
 
 # (preset, the files its loaders read, what that pull downloads from the real Hub, in GB)
-PRESET_PULLS = [("sd15", SD15_NEEDS, 7.38), ("sdxl", SDXL_NEEDS, 13.45), ("sdxl-fast", SDXL_FAST_NEEDS, 13.85)]
+PRESET_PULLS = [("sd15", SD15_NEEDS, 7.38), ("sdxl", SDXL_NEEDS, 13.45), ("sdxl-fast", SDXL_FAST_NEEDS, 13.85),
+                ("zimage-turbo", ZIMAGE_TURBO_NEEDS, 24.08)]
 
 
 @pytest.mark.parametrize(("preset", "needs", "real_gb"), PRESET_PULLS, ids=[p[0] for p in PRESET_PULLS])
