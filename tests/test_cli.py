@@ -59,6 +59,23 @@ def test_models_tiny_then_list(tmp_path):
     assert {p["part"] for p in entry["parts"]} >= {"base", "controlnet.union", "ip_adapter", "pose_estimator"}
 
 
+def test_models_tiny_for_every_family_and_an_unknown_one(tmp_path, photo):
+    built = runner.invoke(app, ["models", "tiny", str(tmp_path / "z"), "--family", "zimage"])
+    assert built.exit_code == 0, built.output
+    [entry] = json.loads(runner.invoke(app, ["models", "list", str(tmp_path / "z"), "--json"]).stdout)
+    assert entry["family"] == "zimage" and entry["ready"] is True
+    assert {p["part"] for p in entry["parts"]} == {"base", "controlnet.union", "extra.controlnet_config",
+                                                   "depth_estimator", "pose_detector", "pose_estimator"}
+    made = runner.invoke(app, ["generate", str(photo), "a lighthouse", "--model", str(tmp_path / "z"), "-c", "depth",
+                               "-W", "512", "-H", "640", "-n", "2", "--seed", "5", "--out", str(tmp_path / "out"),
+                               "--json"])
+    assert made.exit_code == 0, made.output
+    record = json.loads(made.stdout)
+    assert record["preset"] == "tiny-zimage" and record["seeds"] == [5, 6] and len(record["images"]) == 2
+    unknown = runner.invoke(app, ["models", "tiny", str(tmp_path / "x"), "--family", "flux9"])
+    assert unknown.exit_code == 2 and "--family: must be one of sd15, sdxl, zimage (got 'flux9')" in unknown.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
