@@ -46,7 +46,7 @@ from ref2img.engines.local.annotators import canny_map
 from ref2img.engines.local.intensity import knobs_for
 from ref2img.engines.local.offload import device_index
 from ref2img.engines.local.presets import resolve_preset
-from ref2img.engines.local.random_models import build_random
+from ref2img.engines.local.families import family_named
 from ref2img.engines.local.sizing import fit, generation_size
 from ref2img.protocol import ControlType
 
@@ -62,6 +62,9 @@ ARCHES = {
     "sdxl": ("sdxl", "full", 1024, {}),
     # sdxl-fast's shape: 8 steps of trailing Euler, no classifier-free guidance (its LoRA is fused at load).
     "sdxl-fast": ("sdxl", "full", 1024, {"steps": "8", "guidance_scale": "1.0", "scheduler": "euler-trailing"}),
+    # Z-Image-Turbo's shape (8 steps, no CFG) with the Fun ControlNet Union: the diffusion transformer family.
+    "tiny-zimage": ("zimage", "tiny", 512, {}),
+    "zimage": ("zimage", "full", 1024, {}),
 }
 
 OFF = Speedups(skip_idle_controlnet=False, channels_last=False)
@@ -219,6 +222,9 @@ def baseline_call(preset, device: torch.device, reference: Image.Image, spec: di
 
     from ref2img.engines.local.hub import folder_of
 
+    if preset.family == "zimage":
+        return zimage_baseline_call(preset, device, reference, spec)
+
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     key, ref = preset.controlnet_for(ControlType.EDGE)
     union = key == "union"
@@ -250,6 +256,34 @@ def baseline_call(preset, device: torch.device, reference: Image.Image, spec: di
     return call, str(dtype).removeprefix("torch.")
 
 
+def zimage_baseline_call(preset, device: torch.device, reference: Image.Image, spec: dict):
+    """ZImageControlNetPipeline as diffusers' own example writes it: the one-file ControlNet through
+    `from_single_file`, bf16 on a GPU, 8 steps without CFG."""
+    import diffusers
+
+    from ref2img.engines.local.hub import folder_of, locate
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    _, ref = preset.controlnet_for(ControlType.EDGE)
+    config = str(folder_of(preset.extra["controlnet_config"], "extra.controlnet_config", preset))
+    controlnet = diffusers.ZImageControlNetModel.from_single_file(str(locate(ref, "controlnet", preset)),
+                                                                  config=config, dtype=dtype)
+    pipe = diffusers.ZImageControlNetPipeline.from_pretrained(folder_of(preset.base, "base", preset),
+                                                              controlnet=controlnet, dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    width, height = generation_size(spec["size"], spec["size"], preset.max_pixels, preset.size_multiple)
+    control = canny_map(fit(reference, width, height))
+    batch = spec["batch"]
+
+    def call():
+        return pipe(PROMPT, control_image=control, num_inference_steps=spec["steps"], num_images_per_prompt=batch,
+                    width=width, height=height, guidance_scale=preset.guidance_scale,
+                    controlnet_conditioning_scale=preset.controlnet_scale_max * spec["intensity"],
+                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)]).images
+
+    return call, str(dtype).removeprefix("torch.")
+
+
 def timed_runs(call, runs: int, device: torch.device) -> tuple[list[float], float]:
     """`runs` timed calls after the caller's warm-up; peak memory over them (GPU) or of the process."""
     if device.type == "cuda":
@@ -272,7 +306,8 @@ def ensure_models(models_dir: Path, family: str, scale: str, device: str) -> Pat
     folder = models_dir / f"{family}-{scale}"
     if not (folder / "ref2img-preset.json").exists():
         started = time.perf_counter()
-        build_random(folder, family, scale, dtype=torch.float16 if device.startswith("cuda") else torch.float32)
+        dtype = (torch.bfloat16 if family == "zimage" else torch.float16) if device.startswith("cuda") else torch.float32
+        family_named(family).build_random(folder, scale, dtype)
         print(f"built random {family} ({scale}) models in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return folder
 

@@ -9,6 +9,7 @@
 #   bash bench/gpu_wheels.sh                                 # here, once: the wheels the device lacks
 #   device run (carry .whl):  bash bench/gpu_check.sh        # every phase the budget allows
 #   PHASES="build offload families levers" bash bench/gpu_check.sh   # a second call: what was skipped
+# The zimage phases come first: the diffusion-transformer family is the one with no GPU figure yet.
 #   bash bench/gpu_check.sh --smoke                          # the same plumbing on the CPU, tiny models
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1
 OUT=${OUT:-out/gpu-check}
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-570}
-PHASES=${PHASES:-"build modes coldstart speed speed4 offload families levers"}
+PHASES=${PHASES:-"build zimage-modes zimage-speed zimage-offload modes coldstart speed speed4 offload families levers"}
 PY=${PY:-python3}
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
@@ -30,17 +31,20 @@ export REF2IMG_COMPILE_CACHE=${REF2IMG_COMPILE_CACHE:-/tmp/ref2img-compile-cache
 MODELS=${MODELS:-/tmp/ref2img-bench-models}
 
 if [ "$SMOKE" = 1 ]; then
-  SCALE=tiny; DEVICE=cpu; RUNS=1; BATCH=2; SDXL_ARCH=tiny-sdxl; SD15_ARCH=tiny; FAST_ARCH=tiny-sdxl
+  SCALE=tiny; DEVICE=cpu; RUNS=1; BATCH=2; SDXL_ARCH=tiny-sdxl; SD15_ARCH=tiny; FAST_ARCH=tiny-sdxl; ZIMAGE_ARCH=tiny-zimage
+  ZIMAGE_LEVERS=off; ZIMAGE_CAP=()
   CORE_LEVERS=off,skip-idle-controlnet,fuse-qkv,previews; EXTRA_LEVERS=channels-last; FAMILY_LEVERS=off,fuse-qkv
   COLD_ARGS=(--size 512 --steps 2); CAP_ARGS=(); MODES_ARGS=(--dtype bfloat16)
 else
-  SCALE=full; DEVICE=cuda; RUNS=2; BATCH=4; SDXL_ARCH=sdxl; SD15_ARCH=sd15; FAST_ARCH=sdxl-fast
+  SCALE=full; DEVICE=cuda; RUNS=2; BATCH=4; SDXL_ARCH=sdxl; SD15_ARCH=sd15; FAST_ARCH=sdxl-fast; ZIMAGE_ARCH=zimage
+  ZIMAGE_LEVERS=off,compile-regional,fp8; ZIMAGE_CAP=(--memory-cap-gib 24)  # the issue's 24 GB card
   CORE_LEVERS=off,skip-idle-controlnet,compile-regional,all,previews
   EXTRA_LEVERS=channels-last,fuse-qkv,compile-full,cuda-graphs,inductor-tuning,fp8; FAMILY_LEVERS=off,all
   COLD_ARGS=(--size 1024); CAP_ARGS=(--memory-cap-gib 8); MODES_ARGS=()
 fi
 SD15_DIR=$MODELS/sd15-$SCALE
 SDXL_DIR=$MODELS/sdxl-$SCALE
+ZIMAGE_DIR=$MODELS/zimage-$SCALE
 
 started=$SECONDS
 # phase NAME MIN_SECONDS COMMAND...: run it if asked for and if at least MIN_SECONDS remain; the
@@ -65,19 +69,28 @@ EOF
 phase build 60 "$PY" -c "
 import sys, time, torch
 from pathlib import Path
-from ref2img.engines.local.random_models import build_random
-dtype = torch.float16 if '$DEVICE' == 'cuda' else torch.float32
-for family, folder in (('sd15', '$SD15_DIR'), ('sdxl', '$SDXL_DIR')):
+from ref2img.engines.local.families import family_named
+cuda = '$DEVICE' == 'cuda'
+for family, folder in (('zimage', '$ZIMAGE_DIR'), ('sd15', '$SD15_DIR'), ('sdxl', '$SDXL_DIR')):
+    dtype = (torch.bfloat16 if family == 'zimage' else torch.float16) if cuda else torch.float32
     if not (Path(folder) / 'ref2img-preset.json').exists():
-        t = time.perf_counter(); build_random(Path(folder), family, '$SCALE', dtype=dtype)
+        t = time.perf_counter(); family_named(family).build_random(Path(folder), '$SCALE', dtype)
         print(f'built {family} ($SCALE) in {time.perf_counter() - t:.0f} s', flush=True)
 "
+# Every speed run adds itself to speed.json (one file: the device tool brings back 8 at most).
+BENCH=("$PY" bench/engine.py --device "$DEVICE" --runs "$RUNS" --models-dir "$MODELS" --json "$OUT/speed.json")
+# zimage: every mode at 1000x600 (subject and init images are refused by name: reported, not failed), then
+# s/image and peak memory against plain ZImageControlNetPipeline at 1024², then under a 24 GB cap.
+phase zimage-modes 60 "$PY" bench/modes.py --model "$ZIMAGE_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
+  --json "$OUT/zimage-modes.json"
+phase zimage-speed 150 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --batches 1 --levers "$ZIMAGE_LEVERS" --row-timeout 300
+phase zimage-offload 90 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --no-baseline --levers off --runs 1 --offload auto \
+  "${ZIMAGE_CAP[@]}" --row-timeout 300
+
 phase modes 45 "$PY" bench/modes.py --model "$SD15_DIR" --model "$SDXL_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
   --json "$OUT/modes.json"
 phase coldstart 120 "$PY" bench/cold_start.py --model "$SDXL_DIR" --device "$DEVICE" --compile regional \
   "${COLD_ARGS[@]}" --timeout 300 --json "$OUT/cold-start.json"
-# Every speed run adds itself to speed.json (one file: the device tool brings back 8 at most).
-BENCH=("$PY" bench/engine.py --device "$DEVICE" --runs "$RUNS" --models-dir "$MODELS" --json "$OUT/speed.json")
 phase speed 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches 1 --levers "$CORE_LEVERS" --row-timeout 240
 phase speed4 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches "$BATCH" --levers "$FAMILY_LEVERS" --row-timeout 240
 phase offload 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --levers off --runs 1 --offload auto "${CAP_ARGS[@]}" \

@@ -56,6 +56,53 @@ _TINY_CONTROLNET = dict(
     norm_eps=1e-5,
     qk_norm=True,
 )
+# Full scale (GPU benches): the real shapes, each from a public config. The transformer's: Tongyi-MAI's
+# transformer/config.json as fal/Z-Image-Turbo-Control-FlashPack quotes it; the ControlNet's:
+# hlky/Z-Image-Turbo-Fun-Controlnet-Union/config.json; the text encoder's: Qwen3-4B, the 726-byte
+# text_encoder/config.json of a copy of Tongyi-MAI/Z-Image-Turbo; the VAE: FLUX.1's.
+_FULL_TRANSFORMER = dict(
+    _TINY_TRANSFORMER,
+    dim=3840,
+    n_layers=30,
+    n_refiner_layers=2,
+    n_heads=30,
+    n_kv_heads=30,
+    cap_feat_dim=2560,
+    axes_dims=[32, 48, 48],
+    axes_lens=[1536, 512, 512],
+)
+_FULL_CONTROLNET = dict(
+    _TINY_CONTROLNET,
+    control_layers_places=[0, 5, 10, 15, 20, 25],
+    dim=3840,
+    n_refiner_layers=2,
+    n_heads=30,
+    n_kv_heads=30,
+)
+_FULL_TEXT = dict(
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    max_position_embeddings=40960,
+    rms_norm_eps=1e-6,
+    rope_theta=1_000_000,
+    tie_word_embeddings=True,
+)
+_TINY_TEXT = dict(
+    hidden_size=16,
+    intermediate_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=1024,
+)
+_FULL_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, sample_size=1024)
+_TINY_VAE = dict(block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=8, sample_size=TINY_SIZE)
 _CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -63,33 +110,40 @@ _CHAT_TEMPLATE = (
 
 
 def build_random(directory: Path, scale: str = "tiny", dtype: torch.dtype = torch.float32) -> Path:
-    if scale != "tiny":
-        raise ValueError(f"the zimage family builds scale 'tiny' only so far (got {scale!r})")
+    """`tiny` (CPU tests, about a second) or `full` (the real shapes, 10B parameters: built on the GPU
+    when there is one, then written in `dtype`)."""
+    if scale not in ("tiny", "full"):
+        raise ValueError(f"scale must be tiny or full (got {scale!r})")
     from ref2img.engines.local.random_models import save_depth_estimator, save_pose_models
 
+    full = scale == "full"
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    pipe = _pipeline()
+    device = "cuda" if full and torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        pipe = _pipeline(full)
     if dtype != torch.float32:
         pipe.to(dtype)
     pipe.save_pretrained(directory / "base")
-    _save_controlnet(directory, dtype)
+    del pipe
+    with torch.device(device):
+        _save_controlnet(directory, dtype, _FULL_CONTROLNET if full else _TINY_CONTROLNET)
     save_depth_estimator(directory / "depth")
     save_pose_models(directory / "pose")
     preset = {
-        "name": "tiny-zimage",
+        "name": "tiny-zimage" if not full else "random-zimage",
         "family": "zimage",
-        "description": "random-weight Z-Image (tiny scale) built by ref2img (tests, plumbing)",
+        "description": f"random-weight Z-Image ({scale} scale) built by ref2img (tests, plumbing, benchmarks)",
         "base": "base",
         "controlnets": {"union": {"source": "controlnet", "weight_name": CONTROLNET_FILE}},
         "extra": {"controlnet_config": "controlnet-config"},
         "depth_estimator": "depth",
         "pose_detector": {"source": "pose", "weight_name": "detector.onnx"},
         "pose_estimator": {"source": "pose", "weight_name": "estimator.onnx"},
-        "steps": 2,
+        "steps": 8 if full else 2,
         "guidance_scale": 0.0,
-        "max_pixels": TINY_SIZE * TINY_SIZE,
+        "max_pixels": 1536 * 1536 if full else TINY_SIZE * TINY_SIZE,
         "size_multiple": 16,
         "controlnet_scale_max": 0.8,
     }
@@ -97,11 +151,11 @@ def build_random(directory: Path, scale: str = "tiny", dtype: torch.dtype = torc
     return directory
 
 
-def _pipeline():
+def _pipeline(full: bool = False):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    transformer = ZImageTransformer2DModel(**_TINY_TRANSFORMER)
+    transformer: Any = ZImageTransformer2DModel(**(_FULL_TRANSFORMER if full else _TINY_TRANSFORMER))
     with torch.no_grad():  # created with torch.empty: fixed, so no run starts from NaNs
         transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
         transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
@@ -110,27 +164,13 @@ def _pipeline():
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 16, 32, 32],
-        layers_per_block=1,
         latent_channels=16,
-        norm_num_groups=8,
-        sample_size=TINY_SIZE,
+        **(_FULL_VAE if full else _TINY_VAE),
         scaling_factor=0.3611,
         shift_factor=0.1159,
     )
     tokenizer = _tokenizer()
-    text_encoder = Qwen3Model(
-        Qwen3Config(
-            hidden_size=16,
-            intermediate_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=8,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=1024,
-        )
-    )
+    text_encoder = Qwen3Model(Qwen3Config(**(_FULL_TEXT if full else {**_TINY_TEXT, "vocab_size": len(tokenizer)})))
     return ZImagePipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=vae,
@@ -161,11 +201,11 @@ def _tokenizer():
     return tokenizer
 
 
-def _save_controlnet(directory: Path, dtype: torch.dtype) -> None:
+def _save_controlnet(directory: Path, dtype: torch.dtype, config: dict[str, Any]) -> None:
     from diffusers import ZImageControlNetModel
     from safetensors.torch import save_file
 
-    net: Any = ZImageControlNetModel(**_TINY_CONTROLNET)  # diffusers' ModelMixin types no torch methods
+    net: Any = ZImageControlNetModel(**config)  # diffusers' ModelMixin types no torch methods
     with torch.no_grad():  # the real net's zero-initialised output layers would make the control a no-op
         for name, parameter in net.named_parameters():
             if "after_proj" in name or "before_proj" in name:
