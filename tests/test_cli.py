@@ -65,7 +65,8 @@ def test_models_tiny_for_every_family_and_an_unknown_one(tmp_path, photo):
     [entry] = json.loads(runner.invoke(app, ["models", "list", str(tmp_path / "z"), "--json"]).stdout)
     assert entry["family"] == "zimage" and entry["ready"] is True
     assert {p["part"] for p in entry["parts"]} == {"base", "controlnet.union", "extra.controlnet_config",
-                                                   "depth_estimator", "pose_detector", "pose_estimator"}
+                                                   "extra.subject_base", "depth_estimator", "pose_detector",
+                                                   "pose_estimator"}
     made = runner.invoke(app, ["generate", str(photo), "a lighthouse", "--model", str(tmp_path / "z"), "-c", "depth",
                                "-W", "512", "-H", "640", "-n", "2", "--seed", "5", "--out", str(tmp_path / "out"),
                                "--json"])

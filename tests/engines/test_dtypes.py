@@ -16,6 +16,9 @@ from ref2img.protocol import ControlType
 # and not checked. The depth annotator is not part of any pipeline: transformers' depth-estimation
 # pipeline hands its output to numpy, which has no bfloat16, so it runs in float32 (25M parameters).
 EXEMPT_MODULES = {"annotator.depth_estimator": torch.float32}
+# transformers keeps a rotary embedding's frequency table in float32 on purpose (RoPE loses precision in
+# half types); it is a small buffer derived from the config, not weights. The Qwen3 text encoders have it.
+EXEMPT_BUFFERS = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")
 
 # Subject first: loading the IP-Adapter rebuilds the pipelines, and the check should see them all.
 JOBS = [(mode, with_init) for mode in (ControlType.SUBJECT, ControlType.EDGE, ControlType.POSE, ControlType.DEPTH)
@@ -32,6 +35,8 @@ def off_dtype_tensors(engine: LocalEngine, dtype: torch.dtype) -> list[str]:
     for owner, module in modules.items():
         expected = EXEMPT_MODULES.get(owner, dtype)
         for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+            if name.endswith(EXEMPT_BUFFERS):
+                continue
             if tensor.is_floating_point() and tensor.dtype != expected:
                 found.append(f"{owner}: {name} is {tensor.dtype}")
     return found

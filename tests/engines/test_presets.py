@@ -8,19 +8,16 @@ from ref2img.engines.local.presets import PRESETS, ModelRef, resolve_preset
 from ref2img.protocol import ControlType
 
 
-# Subject mode is the UNet families' IP-Adapter; the zimage family has no subject model yet, and refuses
-# subject jobs by name (tests/engines/test_zimage.py).
-WITHOUT_SUBJECT_MODE = {"zimage-turbo"}
-
-
 def test_builtin_presets_cover_every_mode():
     for preset in PRESETS.values():
         for mode in (ControlType.EDGE, ControlType.POSE, ControlType.DEPTH):
             key, ref = preset.controlnet_for(mode)
             assert ref.source
-        if preset.name not in WITHOUT_SUBJECT_MODE:
+        # Subject mode: the UNet families' IP-Adapter, or a model that takes reference images (zimage's).
+        if preset.family == "zimage":
+            assert preset.extra["subject_base"].source == "black-forest-labs/FLUX.2-klein-4B"
+        else:
             assert preset.ip_adapter.weight_name and preset.image_encoder.source
-    assert "no subject mode" in PRESETS["zimage-turbo"].description
     assert PRESETS["sdxl"].uses_union_controlnet and not PRESETS["sd15"].uses_union_controlnet
     assert PRESETS["sdxl-fast"].steps <= 8 and PRESETS["sdxl-fast"].lora is not None
 

@@ -1,5 +1,5 @@
-"""The Z-Image family on its tiny random-weight models: every control mode, exact sizes, batches with
-one seed per image, progress, previews, cancel, the dtype guard, and what it refuses (for now)."""
+"""The Z-Image family on its tiny random-weight models: every mode (subject through FLUX.2 klein), exact
+sizes, batches with one seed per image, progress, previews, cancel, the dtype guard, and what it refuses."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ref2img.protocol import ControlType
 from .test_dtypes import off_dtype_tensors
 
 CONTROL_MODES = [ControlType.EDGE, ControlType.POSE, ControlType.DEPTH]
+EVERY_MODE = [ControlType.SUBJECT, *CONTROL_MODES]
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +31,25 @@ def job(reference, **fields):
     return Job.for_images(reference, **values)
 
 
-@pytest.mark.parametrize("mode", CONTROL_MODES, ids=lambda mode: mode.name.lower())
-def test_every_control_mode_makes_images_of_the_exact_size(zimage, astronaut, mode):
+@pytest.mark.parametrize("mode", EVERY_MODE, ids=lambda mode: mode.name.lower())
+def test_every_mode_makes_images_of_the_exact_size(zimage, astronaut, mode):
     progress = []
-    images = zimage.generate(job(astronaut, control_type=mode, batch_size=2, width=600, height=520),
+    images = zimage.generate(job(astronaut, control_type=mode, batch_size=2, width=600, height=520, steps=2),
                              on_progress=lambda done, total: progress.append((done, total)))
     assert [image.size for image in images] == [(600, 520), (600, 520)]
     assert progress == [(1, 2), (2, 2)]
+
+
+def test_subject_mode_keeps_the_reference_and_takes_a_distinct_init_image(zimage, astronaut, coffee):
+    def subject(reference, **fields):
+        return np.asarray(zimage.generate(job(reference, control_type=ControlType.SUBJECT, steps=2, **fields))[0])
+
+    assert not np.array_equal(subject(astronaut), subject(coffee)), "the reference reaches the subject model"
+    assert not np.array_equal(subject(astronaut), subject(astronaut, init_image=coffee)), "so does an init image"
+    previews = []
+    zimage.generate(job(astronaut, control_type=ControlType.SUBJECT, steps=2),
+                    on_preview=lambda done, total, render: previews.append(render()))
+    assert len(previews) == 2 and all(image.mode == "RGB" for image in previews)  # FLUX.2's 32-channel factors
 
 
 def test_image_k_of_a_batch_is_the_single_image_of_seed_plus_k(zimage, astronaut):
@@ -70,18 +83,19 @@ def test_previews_and_cancel_between_steps(zimage, astronaut):
         zimage.generate(job(astronaut), should_cancel=cancel_after_the_first_step)
 
 
-def test_subject_mode_and_an_init_image_are_refused_clearly(zimage, astronaut, coffee):
-    with pytest.raises(EngineOptionError, match="subject mode: preset 'tiny-zimage' .* use an sdxl or sd15 preset"):
-        zimage.generate(job(astronaut, control_type=ControlType.SUBJECT))
+def test_what_the_family_refuses_is_refused_by_name(zimage, tiny_zimage, astronaut, coffee):
     with pytest.raises(EngineOptionError, match="init_image: preset 'tiny-zimage'"):
         zimage.generate(job(astronaut, init_image=coffee))
+    without = LocalEngine(resolve_preset(str(tiny_zimage), {"extra.subject_base": "none"}), device="cpu")
+    with pytest.raises(EngineOptionError, match=r"subject mode: preset 'tiny-zimage' \(Z-Image\) names no subject model"):
+        without.generate(job(astronaut, control_type=ControlType.SUBJECT))
 
 
 def test_every_module_stays_in_bfloat16(tiny_zimage, astronaut):
     engine = LocalEngine(str(tiny_zimage), device="cpu", dtype="bfloat16")
-    for mode in CONTROL_MODES:
-        assert [image.size for image in engine.generate(job(astronaut, control_type=mode))] == [(640, 512)]
-    assert len(engine.pipelines.cached_pipelines()) == 2  # the base and the ControlNet pipeline
+    for mode in EVERY_MODE:
+        assert [image.size for image in engine.generate(job(astronaut, control_type=mode, steps=2))] == [(640, 512)]
+    assert len(engine.pipelines.cached_pipelines()) == 3  # the base, the ControlNet pipeline, the subject model
     assert off_dtype_tensors(engine, torch.bfloat16) == []
 
 

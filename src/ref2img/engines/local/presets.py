@@ -183,10 +183,24 @@ _ZIMAGE_BASE_FILES = (
     "vae/config.json",
     "vae/diffusion_pytorch_model.safetensors",
 )
+# black-forest-labs/FLUX.2-klein-4B in diffusers' layout (its text_encoder page; the rest by the same
+# pattern): not the root's one-file checkpoint (flux-2-klein-4b.safetensors, 7.75 GB), which no loader here reads.
+_KLEIN_4B_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/*",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors.index.json",
+    "text_encoder/model-*-of-*.safetensors",
+    "transformer/*.json",
+    "transformer/diffusion_pytorch_model*.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
 _ZIMAGE_TURBO = Preset(
     name="zimage-turbo",
     family="zimage",
-    description="Z-Image-Turbo 6B + Fun ControlNet Union (edge/pose/depth), 8 steps, no CFG; no subject mode yet",
+    description="Z-Image-Turbo 6B + Fun ControlNet Union (edge/pose/depth, 8 steps, no CFG), FLUX.2 klein 4B (subject)",
     base=_hub("Tongyi-MAI/Z-Image-Turbo", *_ZIMAGE_BASE_FILES),
     controlnets={
         "union": _hub(
@@ -197,7 +211,10 @@ _ZIMAGE_TURBO = Preset(
     },
     # The ControlNet is one file in the original layout; its diffusers config is the one diffusers'
     # single-file loader itself points at.
-    extra={"controlnet_config": _hub("hlky/Z-Image-Turbo-Fun-Controlnet-Union", "config.json")},
+    extra={
+        "controlnet_config": _hub("hlky/Z-Image-Turbo-Fun-Controlnet-Union", "config.json"),
+        "subject_base": _hub("black-forest-labs/FLUX.2-klein-4B", *_KLEIN_4B_FILES),
+    },
     depth_estimator=_DEPTH,
     pose_detector=_POSE_DETECTOR,
     pose_estimator=_POSE_ESTIMATOR,
@@ -338,7 +355,10 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -
         elif key.startswith("controlnet."):
             controlnets[key.removeprefix("controlnet.")] = _model_ref(value, base_dir)
         elif key.startswith("extra."):
-            extra[key.removeprefix("extra.")] = _model_ref(value, base_dir)
+            if value in (None, "", "none"):
+                extra.pop(key.removeprefix("extra."), None)
+            else:
+                extra[key.removeprefix("extra.")] = _model_ref(value, base_dir)
         elif key in {
             "base",
             "vae",

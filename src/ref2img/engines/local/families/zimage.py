@@ -8,10 +8,10 @@ How `control_intensity` maps onto its knobs (README's table has the row):
 |---|---|---|---|
 | edge/pose/depth | `controlnet_conditioning_scale` = max·i | 0 | preset max (0.8: the card's 0.65–0.80) |
 
-Not in this family yet, each refused with a clear message rather than ignored: subject mode (no
-reference-image model here; the sdxl presets have one) and an init image (diffusers has no Z-Image
-ControlNet img2img pipeline). The turbo preset runs without CFG (guidance 0), so a negative prompt
-has no effect there; the run's log says so.
+Subject mode is FLUX.2 [klein] 4B, which takes the reference as a reference image (families/klein.py),
+named by the preset as `extra.subject_base`; a preset without it refuses subject jobs by name. An init
+image with a control map is refused too (diffusers has no Z-Image ControlNet img2img pipeline). The
+turbo preset runs without CFG (guidance 0), so a negative prompt has no effect there; the log says so.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 from ref2img.engines.base import EngineOptionError, Job, ModelMissingError
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
+from ref2img.engines.local.families.klein import KleinSubject
 from ref2img.engines.local.families.preview import latent_preview
 from ref2img.engines.local.hub import folder_of, locate
 from ref2img.engines.local.presets import ModelRef, Preset
@@ -60,12 +61,15 @@ LATENT_RGB = (
 )
 TRANSFORMER_BLOCKS = ("ZImageTransformerBlock", "ZImageControlTransformerBlock")  # regional compile
 CONTROLNET_CONFIG = "controlnet_config"  # the preset's `extra` part: the diffusers config of a one-file ControlNet
+SUBJECT_BASE = "subject_base"  # the preset's `extra` part: the subject model (FLUX.2 klein)
 _LOAD_ERRORS = (OSError, ValueError, KeyError)
 
 
 class ZImageFamily:
     name = "zimage"
-    description = "Z-Image (diffusion transformer): the Fun ControlNet Union for edge, pose and depth"
+    description = (
+        "Z-Image (diffusion transformer): the Fun ControlNet Union for edge, pose and depth, FLUX.2 klein for subjects"
+    )
 
     def load(self, preset: Preset, placement: Placement, speedups: Speedups, offload_mode: str) -> ZImagePipelines:
         return ZImagePipelines(preset, placement, speedups, offload_mode)
@@ -92,6 +96,7 @@ class ZImagePipelines:
         self.speedups = speedups
         self._controlnet: Any = None
         self._pipeline: Any = None
+        self._preview = self._control_preview  # the current call's: the ControlNet's or the subject model's
         self._offloaded = False
         self._lock = threading.Lock()
         self.base = self._load(
@@ -108,6 +113,8 @@ class ZImagePipelines:
         self._speed_up(self.base.transformer)
         if speedups.compile == "full":
             compile_whole(self.base.transformer, speedups.compile_mode)
+        subject = preset.extra.get(SUBJECT_BASE)
+        self._subject = KleinSubject(subject, preset, placement, self.offload) if subject is not None else None
 
     # -- loading --------------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
@@ -197,10 +204,15 @@ class ZImagePipelines:
     def prepare(self, job: Job, gen_w: int, gen_h: int, control_map: Image.Image | None) -> tuple[Any, dict[str, Any]]:
         preset = self.preset
         if job.control_type is ControlType.SUBJECT:
-            raise EngineOptionError(
-                f"subject mode: preset {preset.name!r} (Z-Image) has no reference-image model yet; "
-                "use an sdxl or sd15 preset for subject mode"
-            )
+            if self._subject is None:
+                raise EngineOptionError(
+                    f"subject mode: preset {preset.name!r} (Z-Image) names no subject model (`extra.{SUBJECT_BASE}`); "
+                    "use zimage-turbo, or an sdxl or sd15 preset"
+                )
+            subject_pipe, subject_kwargs = self._subject.prepare(job, gen_w, gen_h)
+            self._preview = self._subject.preview
+            self._set_tiling(subject_pipe, gen_w * gen_h)
+            return subject_pipe, subject_kwargs
         if job.init_image is not None:
             raise EngineOptionError(
                 f"init_image: preset {preset.name!r} (Z-Image) cannot start from an init image with a control map "
@@ -222,13 +234,22 @@ class ZImagePipelines:
             "controlnet_conditioning_scale": control_scale(job.control_intensity, preset.controlnet_scale_max),
         }
         pipe = self.pipeline_for(job.control_type)
-        if gen_w * gen_h > 1024 * 1024:
+        self._preview = self._control_preview
+        self._set_tiling(pipe, gen_w * gen_h)
+        return pipe, kwargs
+
+    @staticmethod
+    def _set_tiling(pipe, pixels: int) -> None:
+        if pixels > 1024 * 1024:
             pipe.vae.enable_tiling()
         else:
             pipe.vae.disable_tiling()
-        return pipe, kwargs
 
     def preview(self, latents: torch.Tensor) -> Image.Image:
+        return self._preview(latents)
+
+    @staticmethod
+    def _control_preview(latents: torch.Tensor) -> Image.Image:
         return latent_preview(latents, LATENT_RGB)
 
     # -- what is loaded -----------------------------------------------------------------------------
@@ -236,7 +257,12 @@ class ZImagePipelines:
         named = {name: m for name, m in self.base.components.items() if isinstance(m, torch.nn.Module)}
         if self._controlnet is not None:
             named["controlnet.union"] = self._controlnet
+        if self._subject is not None:
+            named.update(self._subject.modules())
         return named
 
     def cached_pipelines(self) -> list[Any]:
-        return [self.base, *([self._pipeline] if self._pipeline is not None else [])]
+        extra = [self._pipeline] if self._pipeline is not None else []
+        if self._subject is not None and self._subject.modules():
+            extra.append(self._subject.pipe)
+        return [self.base, *extra]

@@ -5,6 +5,8 @@
 - `controlnet/Z-Image-Turbo-Fun-Controlnet-Union.safetensors`: one file, as alibaba-pai ships it (its
   keys are diffusers' own: the single-file loader maps them one to one), and `controlnet-config/`:
   its diffusers config, as hlky/Z-Image-Turbo-Fun-Controlnet-Union holds it.
+- `subject/` (tiny scale): a `Flux2KleinPipeline` folder as black-forest-labs/FLUX.2-klein-4B lays it out,
+  the subject model (32 VAE latent channels, as the real FLUX.2 VAE has).
 - the annotators' models (depth, DWPose-shaped ONNX), as the UNet families' tiny presets have them.
 
 The tokenizer is built in code (a byte-level BPE with no merges and the chat template the pipeline
@@ -92,7 +94,7 @@ _FULL_TEXT = dict(
     rope_theta=1_000_000,
     tie_word_embeddings=True,
 )
-_TINY_TEXT = dict(
+_TINY_TEXT: dict[str, Any] = dict(
     hidden_size=16,
     intermediate_size=16,
     num_hidden_layers=2,
@@ -129,15 +131,18 @@ def build_random(directory: Path, scale: str = "tiny", dtype: torch.dtype = torc
     del pipe
     with torch.device(device):
         _save_controlnet(directory, dtype, _FULL_CONTROLNET if full else _TINY_CONTROLNET)
+    if not full:  # the full-scale subject model is not built yet: its config is not among the pages read
+        _save_subject(directory / "subject", dtype)
     save_depth_estimator(directory / "depth")
     save_pose_models(directory / "pose")
+    extra = {"controlnet_config": "controlnet-config", **({} if full else {"subject_base": "subject"})}
     preset = {
         "name": "tiny-zimage" if not full else "random-zimage",
         "family": "zimage",
         "description": f"random-weight Z-Image ({scale} scale) built by ref2img (tests, plumbing, benchmarks)",
         "base": "base",
         "controlnets": {"union": {"source": "controlnet", "weight_name": CONTROLNET_FILE}},
-        "extra": {"controlnet_config": "controlnet-config"},
+        "extra": extra,
         "depth_estimator": "depth",
         "pose_detector": {"source": "pose", "weight_name": "detector.onnx"},
         "pose_estimator": {"source": "pose", "weight_name": "estimator.onnx"},
@@ -218,3 +223,55 @@ def _save_controlnet(directory: Path, dtype: torch.dtype, config: dict[str, Any]
         str(directory / "controlnet" / CONTROLNET_FILE),
     )
     net.save_config(directory / "controlnet-config")
+
+
+def _save_subject(folder: Path, dtype: torch.dtype) -> None:
+    """A tiny FLUX.2 [klein]: its transformer reads the text encoder's states of one layer (joint
+    attention width = hidden size), its VAE has the real 32 latent channels (so previews use the real
+    factors), 8× down as the real one."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = _tokenizer()
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=128,  # 32 latent channels, 2×2 to a token
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=False,
+    )
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(**{**_TINY_TEXT, "vocab_size": len(tokenizer)}))
+    vae = AutoencoderKLFlux2(
+        sample_size=TINY_SIZE,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=32,
+        norm_num_groups=8,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    pipe: Any = Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=True,
+    )
+    if dtype != torch.float32:
+        pipe.to(dtype)
+    pipe.save_pretrained(folder)

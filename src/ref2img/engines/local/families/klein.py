@@ -1,0 +1,154 @@
+"""Subject mode on FLUX.2 [klein] 4B (Black Forest Labs, Apache-2.0): a 4B flow transformer that takes
+reference images natively (multi-reference editing), so a subject is kept without IP-Adapter. A
+family whose own model has no reference input (zimage) names it as the preset part
+`extra.subject_base` and hands it its subject jobs.
+
+| mode | knob | at 0 | at 1 |
+|---|---|---|---|
+| subject | none: the model takes the reference as it is; `control_intensity` is ignored (logged) | – | – |
+| subject + a distinct init image | both go in as reference images, the reference first | – | – |
+
+Its previews use ComfyUI's FLUX.2 factors (comfy/latent_formats.py, class Flux2: 32 VAE channels,
+each token 2×2 of them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import diffusers
+import torch
+
+from ref2img.engines.base import Job, ModelMissingError
+from ref2img.engines.local import offload
+from ref2img.engines.local.device import Placement
+from ref2img.engines.local.families.preview import latent_preview
+from ref2img.engines.local.hub import folder_of
+from ref2img.engines.local.presets import ModelRef, Preset
+from ref2img.engines.local.sizing import fit
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger("ref2img.engine")
+
+STEPS = 4  # the distilled 4B's steps (its model card; diffusers' integration test runs 4 at guidance 1.0)
+GUIDANCE = 1.0
+PART = "extra.subject_base"
+LATENT_RGB = (
+    (0.0058, 0.0113, 0.0073),
+    (0.0495, 0.0443, 0.0836),
+    (-0.0099, 0.0096, 0.0644),
+    (0.2144, 0.3009, 0.3652),
+    (0.0166, -0.0039, -0.0054),
+    (0.0157, 0.0103, -0.0160),
+    (-0.0398, 0.0902, -0.0235),
+    (-0.0052, 0.0095, 0.0109),
+    (-0.3527, -0.2712, -0.1666),
+    (-0.0301, -0.0356, -0.0180),
+    (-0.0107, 0.0078, 0.0013),
+    (0.0746, 0.0090, -0.0941),
+    (0.0156, 0.0169, 0.0070),
+    (-0.0034, -0.0040, -0.0114),
+    (0.0032, 0.0181, 0.0080),
+    (-0.0939, -0.0008, 0.0186),
+    (0.0018, 0.0043, 0.0104),
+    (0.0284, 0.0056, -0.0127),
+    (-0.0024, -0.0022, -0.0030),
+    (0.1207, -0.0026, 0.0065),
+    (0.0128, 0.0101, 0.0142),
+    (0.0137, -0.0072, -0.0007),
+    (0.0095, 0.0092, -0.0059),
+    (0.0000, -0.0077, -0.0049),
+    (-0.0465, -0.0204, -0.0312),
+    (0.0095, 0.0012, -0.0066),
+    (0.0290, -0.0034, 0.0025),
+    (0.0220, 0.0169, -0.0048),
+    (-0.0332, -0.0457, -0.0468),
+    (-0.0085, 0.0389, 0.0609),
+    (-0.0076, 0.0003, -0.0043),
+    (-0.0111, -0.0460, -0.0614),
+)
+
+
+class KleinSubject:
+    """FLUX.2 [klein] loaded on first use, as another family's subject model."""
+
+    def __init__(self, ref: ModelRef, preset: Preset, placement: Placement, offload_mode: str):
+        self.ref = ref
+        self.preset = preset
+        self.placement = placement
+        self.offload = offload_mode
+        self._pipe: Any = None
+        self._latent_hw = (0, 0)  # the packed latent grid of the current call, for its previews
+
+    @property
+    def pipe(self):
+        if self._pipe is None:
+            path = folder_of(self.ref, PART, self.preset)
+            started = time.perf_counter()
+            try:
+                pipe = diffusers.Flux2KleinPipeline.from_pretrained(
+                    path, dtype=self.placement.dtype, local_files_only=True
+                )
+            except (OSError, ValueError, KeyError) as exc:
+                raise ModelMissingError(
+                    f"The {PART} model of preset {self.preset.name!r} at {path} could not be loaded "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                    f"fetch it again with `ref2img models pull {self.preset.pull_target}`."
+                ) from None
+            log.info("loaded %s from %s in %.1f s", PART, self.ref.source, time.perf_counter() - started)
+            pipe.set_progress_bar_config(disable=True)
+            if self.offload == "none":
+                pipe.to(self.placement.device)
+            else:
+                offload.enable(pipe, self.offload, self.placement.device)
+            self._pipe = pipe
+        return self._pipe
+
+    def prepare(self, job: Job, gen_w: int, gen_h: int) -> tuple[Any, dict[str, Any]]:
+        pipe = self.pipe
+        references = [fit(job.reference, gen_w, gen_h)]
+        if job.init_image is not None and job.init_image is not job.reference:
+            references.append(fit(job.init_image, gen_w, gen_h))
+        log.info(
+            "subject mode (FLUX.2 klein): control_intensity %.2f has no knob here and is ignored", job.control_intensity
+        )
+        scale = pipe.vae_scale_factor * 2  # the transformer's tokens are 2×2 VAE latents
+        self._latent_hw = (gen_h // scale, gen_w // scale)
+        kwargs = {
+            "image": references,
+            "prompt": job.prompt,
+            "num_inference_steps": job.steps or STEPS,
+            "guidance_scale": GUIDANCE if job.guidance_scale is None else job.guidance_scale,
+            "num_images_per_prompt": job.batch_size,
+            "generator": [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.batch_size)],
+            "width": gen_w,
+            "height": gen_h,
+            "text_encoder_out_layers": text_encoder_layers(pipe),
+        }
+        return pipe, kwargs
+
+    def preview(self, latents: torch.Tensor) -> Image.Image:
+        """Packed tokens (batch, h·w, 4·C) back to C channels at 2h × 2w, then ComfyUI's projection."""
+        height, width = self._latent_hw
+        batch, _tokens, packed = latents.shape
+        grid = latents.reshape(batch, height, width, packed).permute(0, 3, 1, 2)  # (batch, 4C, h, w)
+        channels = packed // 4
+        unpacked = grid.reshape(batch, channels, 2, 2, height, width).permute(0, 1, 4, 2, 5, 3)
+        return latent_preview(unpacked.reshape(batch, channels, height * 2, width * 2), LATENT_RGB)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        if self._pipe is None:
+            return {}
+        return {f"subject.{name}": m for name, m in self._pipe.components.items() if isinstance(m, torch.nn.Module)}
+
+
+def text_encoder_layers(pipe) -> tuple[int, ...]:
+    """The text encoder layers whose states the transformer reads, as many as its joint attention width
+    holds, evenly spaced: (9, 18, 27) for the real 36-layer encoder (diffusers' default), (1,) for a tiny one."""
+    count = max(1, pipe.transformer.config.joint_attention_dim // pipe.text_encoder.config.hidden_size)
+    layers = pipe.text_encoder.config.num_hidden_layers
+    return tuple(round((index + 1) * layers / (count + 1)) for index in range(count))
