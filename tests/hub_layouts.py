@@ -276,6 +276,31 @@ LAYOUTS: dict[str, dict[str, int]] = {
         ".gitattributes": 1_500,
         "config.json": 420,
     },
+    # https://huggingface.co/black-forest-labs/FLUX.2-klein-4B/tree/main/text_encoder (names and sizes), its
+    # model_index.json page, and .../blob/main/flux-2-klein-4b.safetensors (the one-file checkpoint at the
+    # root, 7.75 GB: not read here). Estimates: the transformer (as one file of the same size), the VAE,
+    # the tokenizer's files other than vocab.json (2.78 MB on a mirror's page) and the small configs.
+    "black-forest-labs/FLUX.2-klein-4B": {
+        ".gitattributes": 1_600,
+        "README.md": 9_000,
+        "LICENSE.md": 11_000,
+        "flux-2-klein-4b.safetensors": int(7.75 * GB),
+        "model_index.json": 480,
+        "scheduler/scheduler_config.json": 500,
+        "text_encoder/config.json": int(1.54 * KB),
+        "text_encoder/generation_config.json": 214,
+        "text_encoder/model-00001-of-00002.safetensors": int(4.97 * GB),
+        "text_encoder/model-00002-of-00002.safetensors": int(3.08 * GB),
+        "text_encoder/model.safetensors.index.json": int(32.9 * KB),
+        "tokenizer/merges.txt": int(1.67 * MB),
+        "tokenizer/tokenizer.json": int(11.4 * MB),
+        "tokenizer/tokenizer_config.json": int(9.7 * KB),
+        "tokenizer/vocab.json": int(2.78 * MB),
+        "transformer/config.json": 600,
+        "transformer/diffusion_pytorch_model.safetensors": int(7.75 * GB),
+        "vae/config.json": 900,
+        "vae/diffusion_pytorch_model.safetensors": 168 * MB,
+    },
 }
 
 # What `ref2img models pull sd15` must fetch, and nothing else: the files its loaders read, written out
@@ -343,5 +368,13 @@ ZIMAGE_TURBO_NEEDS: dict[str, set[str]] = {
     },  # not the README, nor text_encoder/generation_config.json (text generation only)
     "alibaba-pai/Z-Image-Turbo-Fun-Controlnet-Union": {"Z-Image-Turbo-Fun-Controlnet-Union.safetensors"},
     "hlky/Z-Image-Turbo-Fun-Controlnet-Union": {"config.json"},
+    "black-forest-labs/FLUX.2-klein-4B": {
+        "model_index.json", "scheduler/scheduler_config.json",
+        "tokenizer/merges.txt", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json",
+        "text_encoder/config.json", "text_encoder/model.safetensors.index.json",
+        "text_encoder/model-00001-of-00002.safetensors", "text_encoder/model-00002-of-00002.safetensors",
+        "transformer/config.json", "transformer/diffusion_pytorch_model.safetensors",
+        "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    },  # not the root's one-file checkpoint, nor the licence and readme
     **_SHARED,
 }
