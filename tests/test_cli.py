@@ -73,6 +73,7 @@ def test_models_tiny_for_every_family_and_an_unknown_one(tmp_path, photo):
     assert made.exit_code == 0, made.output
     record = json.loads(made.stdout)
     assert record["preset"] == "tiny-zimage" and record["seeds"] == [5, 6] and len(record["images"]) == 2
+    assert record["ignored"] == []  # depth at guidance 0 with no negative prompt: nothing left unused
     unknown = runner.invoke(app, ["models", "tiny", str(tmp_path / "x"), "--family", "flux9"])
     assert unknown.exit_code == 2 and "--family: must be one of sd15, sdxl, zimage (got 'flux9')" in unknown.stderr
 

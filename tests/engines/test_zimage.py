@@ -111,3 +111,12 @@ def test_the_tiny_preset_has_the_real_layout(tiny_zimage):
         "transformer": "ZImageTransformer2DModel", "vae": "AutoencoderKL"}  # as Tongyi-MAI/Z-Image-Turbo's
     preset = resolve_preset(str(tiny_zimage))
     assert set(preset.parts()) == set(real.parts())
+
+
+def test_what_a_model_has_no_knob_for_is_named(zimage, astronaut):
+    zimage.generate(job(astronaut, negative_prompt="blurry"))
+    assert zimage.last_ignored == ["negative_prompt (guidance 0: no CFG)"]
+    zimage.generate(job(astronaut))
+    assert zimage.last_ignored == []
+    zimage.generate(job(astronaut, control_type=ControlType.SUBJECT, steps=2))
+    assert zimage.last_ignored == ["control_intensity (FLUX.2 klein takes the reference as it is)"]

@@ -181,6 +181,7 @@ class InProcessRun:
             "dtypes": engine.component_dtypes(),  # read from the modules after the job: a stray cast shows here
             "offload": engine.pipelines.offload,
             "compile": self.compile_kind,
+            "ignored": engine.last_ignored,  # what of the request this model has no knob for
             "timings_s": {name: round(seconds, 3) for name, seconds in timings.items()},
         }
         (out_dir / f"{self.run_id}.json").write_text(json.dumps(record, indent=2) + "\n")

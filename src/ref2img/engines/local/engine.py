@@ -71,6 +71,7 @@ class LocalEngine:
         self.annotators = Annotators(self.preset, self.placement)
         self._pipelines: FamilyPipelines | None = None
         self._lock = threading.Lock()
+        self.last_ignored: list[str] = []  # what of the last job the model had no knob for (run records)
 
     @property
     def pipelines(self) -> Any:  # the family's FamilyPipelines (its own attributes are the family's)
@@ -108,6 +109,7 @@ class LocalEngine:
         gen_w, gen_h = generation_size(job.width, job.height, preset.max_pixels, preset.size_multiple)
         with self._lock:
             pipe, kwargs = self._prepare(job, gen_w, gen_h)
+            self.last_ignored = list(self.pipelines.ignored)
             steps = kwargs["num_inference_steps"]
 
             def on_step_end(pipeline, step: int, timestep, tensors: dict) -> dict:

@@ -35,6 +35,7 @@ class FamilyPipelines(Protocol):
     """A family's loaded model(s), serving every mode without reloading."""
 
     offload: str  # the offload mode in force ("none", "model", "sequential")
+    ignored: list[str]  # what of the last job's request this family has no knob for (the run record shows it)
 
     def prepare(self, job: Job, gen_w: int, gen_h: int, control_map: Image.Image | None) -> tuple[Any, dict[str, Any]]:
         """The diffusers pipeline for `job` and the keyword arguments of its call (`num_inference_steps`

@@ -82,6 +82,7 @@ class KleinSubject:
         self.placement = placement
         self.offload = offload_mode
         self._pipe: Any = None
+        self.ignored: list[str] = []
         self._latent_hw = (0, 0)  # the packed latent grid of the current call, for its previews
 
     @property
@@ -113,16 +114,18 @@ class KleinSubject:
         references = [fit(job.reference, gen_w, gen_h)]
         if job.init_image is not None and job.init_image is not job.reference:
             references.append(fit(job.init_image, gen_w, gen_h))
-        log.info(
-            "subject mode (FLUX.2 klein): control_intensity %.2f has no knob here and is ignored", job.control_intensity
-        )
+        guidance = GUIDANCE if job.guidance_scale is None else job.guidance_scale
+        self.ignored = ["control_intensity (FLUX.2 klein takes the reference as it is)"]
+        if job.negative_prompt:
+            self.ignored.append("negative_prompt (FLUX.2 klein [distilled] has no negative prompt)")
+        log.info("subject mode (FLUX.2 klein) ignores %s", ", ".join(self.ignored))
         scale = pipe.vae_scale_factor * 2  # the transformer's tokens are 2×2 VAE latents
         self._latent_hw = (gen_h // scale, gen_w // scale)
         kwargs = {
             "image": references,
             "prompt": job.prompt,
             "num_inference_steps": job.steps or STEPS,
-            "guidance_scale": GUIDANCE if job.guidance_scale is None else job.guidance_scale,
+            "guidance_scale": guidance,
             "num_images_per_prompt": job.batch_size,
             "generator": [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.batch_size)],
             "width": gen_w,

@@ -85,6 +85,7 @@ class UNetPipelines:
         offload_mode: str = "none",
     ):
         self.family = family
+        self.ignored: list[str] = []
         self.preset = preset
         self.placement = placement
         self.speedups = speedups or Speedups()
@@ -262,6 +263,10 @@ class UNetPipelines:
     def prepare(self, job: Job, gen_w: int, gen_h: int, control_map: Image.Image | None) -> tuple[Any, dict[str, Any]]:
         preset = self.preset
         img2img = job.init_image is not None
+        guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
+        self.ignored = (
+            [f"negative_prompt (guidance {guidance:g}: no CFG)"] if job.negative_prompt and guidance <= 1 else []
+        )
         knobs = knobs_for(job.control_type, job.control_intensity, img2img, preset.controlnet_scale_max)
         reference = fit(job.reference, gen_w, gen_h)
         steps = job.steps or preset.steps
@@ -271,7 +276,7 @@ class UNetPipelines:
             "prompt": job.prompt,
             "negative_prompt": job.negative_prompt,
             "num_inference_steps": steps,
-            "guidance_scale": preset.guidance_scale if job.guidance_scale is None else job.guidance_scale,
+            "guidance_scale": guidance,
             "num_images_per_prompt": job.batch_size,
             # Image i of a batch uses seed + i, so any one image can be reproduced alone.
             "generator": [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.batch_size)],

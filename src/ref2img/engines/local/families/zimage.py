@@ -94,6 +94,7 @@ class ZImagePipelines:
         self.preset = preset
         self.placement = placement
         self.speedups = speedups
+        self.ignored: list[str] = []
         self._controlnet: Any = None
         self._pipeline: Any = None
         self._preview = self._control_preview  # the current call's: the ControlNet's or the subject model's
@@ -210,6 +211,7 @@ class ZImagePipelines:
                     "use zimage-turbo, or an sdxl or sd15 preset"
                 )
             subject_pipe, subject_kwargs = self._subject.prepare(job, gen_w, gen_h)
+            self.ignored = self._subject.ignored
             self._preview = self._subject.preview
             self._set_tiling(subject_pipe, gen_w * gen_h)
             return subject_pipe, subject_kwargs
@@ -219,8 +221,11 @@ class ZImagePipelines:
                 "yet; leave init_image out, or use an sdxl or sd15 preset"
             )
         guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
-        if job.negative_prompt and guidance <= 1.0:
-            log.info("negative_prompt ignored: preset %s runs without CFG (guidance %.1f)", preset.name, guidance)
+        self.ignored = (
+            [f"negative_prompt (guidance {guidance:g}: no CFG)"] if job.negative_prompt and guidance <= 1 else []
+        )
+        if self.ignored:
+            log.info("preset %s ignores %s", preset.name, ", ".join(self.ignored))
         kwargs: dict[str, Any] = {
             "prompt": job.prompt,
             "negative_prompt": job.negative_prompt,
