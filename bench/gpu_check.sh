@@ -79,7 +79,7 @@ for family, folder in (('zimage', '$ZIMAGE_DIR'), ('sd15', '$SD15_DIR'), ('sdxl'
 "
 # Every speed run adds itself to speed.json (one file: the device tool brings back 8 at most).
 BENCH=("$PY" bench/engine.py --device "$DEVICE" --runs "$RUNS" --models-dir "$MODELS" --json "$OUT/speed.json")
-# zimage: every mode at 1000x600 (subject and init images are refused by name: reported, not failed), then
+# zimage: every mode at 1000x600 (the full-scale build has no subject model yet: refused by name, reported), then
 # s/image and peak memory against plain ZImageControlNetPipeline at 1024², then under a 24 GB cap.
 phase zimage-modes 60 "$PY" bench/modes.py --model "$ZIMAGE_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
   --json "$OUT/zimage-modes.json"

@@ -20,17 +20,23 @@ def test_gpu_check_smoke(tmp_path):
                          timeout=1200, cwd=ROOT, env=env)
     log = run.stdout[-4000:] + run.stderr[-2000:]
     assert run.returncode == 0, log
-    assert sorted(path.name for path in out.iterdir()) == ["cold-start.json", "log.txt", "modes.json", "speed.json"]
+    assert sorted(path.name for path in out.iterdir()) == ["cold-start.json", "log.txt", "modes.json", "speed.json",
+                                                           "zimage-modes.json"]
     assert "skipped" not in log
 
     modes = json.loads((out / "modes.json").read_text())
     assert modes["ok"] and len(modes["jobs"]) == 16, log
+    zimage = json.loads((out / "zimage-modes.json").read_text())
+    assert zimage["ok"] and len(zimage["jobs"]) == 8 and not [job for job in zimage["jobs"] if "refused" in job], log
 
     runs = json.loads((out / "speed.json").read_text())["runs"]
-    # speed, speed4, offload, families (2), levers
+    # zimage-speed, zimage-offload, then speed, speed4, offload, families (2), levers
     assert [(run["setup"]["arch"], run["setup"]["batches"]) for run in runs] == [
-        ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny", "1"),
-        ("tiny-sdxl", "1")]
+        ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "1"), ("tiny", "1"), ("tiny-sdxl", "1")]
+    zimage_rows = {row["lever"]: row for row in runs[0]["rows"]}
+    assert set(zimage_rows) == {"diffusers", "off"} and zimage_rows["off"]["drift"] == {"max": 0, "mean": 0.0}, log
+    runs = runs[2:]
     rows = {(row["batch"], row["lever"]): row for row in runs[0]["rows"] + runs[1]["rows"]}
     assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "fuse-qkv"), (1, "previews"),
                          (2, "diffusers"), (2, "off"), (2, "fuse-qkv")}, log

@@ -10,15 +10,15 @@ import torch
 from ref2img.engines.base import EngineError, Job
 from ref2img.engines.local import LocalEngine
 from ref2img.engines.local.device import choose_placement, parse_dtype
+from ref2img.engines.local.pipelines import FLOAT32_BY_DESIGN
 from ref2img.protocol import ControlType
 
 # Kept out of the chosen dtype on purpose. Integer buffers (token position ids) are not floating point
 # and not checked. The depth annotator is not part of any pipeline: transformers' depth-estimation
 # pipeline hands its output to numpy, which has no bfloat16, so it runs in float32 (25M parameters).
 EXEMPT_MODULES = {"annotator.depth_estimator": torch.float32}
-# transformers keeps a rotary embedding's frequency table in float32 on purpose (RoPE loses precision in
-# half types); it is a small buffer derived from the config, not weights. The Qwen3 text encoders have it.
-EXEMPT_BUFFERS = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")
+# transformers keeps a rotary embedding's frequency table in float32 on purpose (pipelines.py says why).
+EXEMPT_BUFFERS = FLOAT32_BY_DESIGN
 
 # Subject first: loading the IP-Adapter rebuilds the pipelines, and the check should see them all.
 JOBS = [(mode, with_init) for mode in (ControlType.SUBJECT, ControlType.EDGE, ControlType.POSE, ControlType.DEPTH)

@@ -83,9 +83,21 @@ def test_previews_and_cancel_between_steps(zimage, astronaut):
         zimage.generate(job(astronaut), should_cancel=cancel_after_the_first_step)
 
 
-def test_what_the_family_refuses_is_refused_by_name(zimage, tiny_zimage, astronaut, coffee):
-    with pytest.raises(EngineOptionError, match="init_image: preset 'tiny-zimage'"):
-        zimage.generate(job(astronaut, init_image=coffee))
+def test_an_init_image_with_a_control_map_is_img2img(zimage, astronaut, coffee):
+    progress = []
+    from_coffee = zimage.generate(job(astronaut, init_image=coffee, batch_size=2, steps=8),
+                                  on_progress=lambda done, total: progress.append((done, total)))
+    assert [image.size for image in from_coffee] == [(640, 512), (640, 512)]
+    assert progress[-1] == (6, 6)  # strength 0.75: the last 6 of 8 steps run
+    from_other = zimage.generate(job(astronaut, init_image=astronaut.rotate(90), batch_size=1, steps=8))[0]
+    without = zimage.generate(job(astronaut, batch_size=1, steps=8))[0]
+    assert not np.array_equal(np.asarray(from_coffee[0]), np.asarray(from_other))
+    assert not np.array_equal(np.asarray(from_coffee[0]), np.asarray(without))
+    second_alone = zimage.generate(job(astronaut, init_image=coffee, batch_size=1, steps=8, seed=8))[0]
+    assert np.abs(np.asarray(from_coffee[1], dtype=np.int16) - np.asarray(second_alone, dtype=np.int16)).max() <= 2
+
+
+def test_a_preset_without_a_subject_model_refuses_subject_jobs_by_name(tiny_zimage, astronaut):
     without = LocalEngine(resolve_preset(str(tiny_zimage), {"extra.subject_base": "none"}), device="cpu")
     with pytest.raises(EngineOptionError, match=r"subject mode: preset 'tiny-zimage' \(Z-Image\) names no subject model"):
         without.generate(job(astronaut, control_type=ControlType.SUBJECT))

@@ -22,6 +22,14 @@ def component_dtypes(pipelines: FamilyPipelines) -> dict[str, str]:
     return {name: module_dtype(module) for name, module in pipelines.modules().items()}
 
 
+# transformers keeps a rotary embedding's frequency table in float32 on purpose (RoPE loses precision in
+# half types): a small buffer derived from the config, not weights (the Qwen3 text encoders have it).
+FLOAT32_BY_DESIGN = ("rotary_emb.inv_freq", "rotary_emb.original_inv_freq")
+
+
 def module_dtype(module: torch.nn.Module) -> str:
-    found = sorted({dtype_name(t.dtype) for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()})
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    found = sorted(
+        {dtype_name(t.dtype) for name, t in tensors if t.is_floating_point() and not name.endswith(FLOAT32_BY_DESIGN)}
+    )
     return "+".join(found) or "none"

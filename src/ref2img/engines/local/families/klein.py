@@ -27,13 +27,13 @@ from ref2img.engines.local.device import Placement
 from ref2img.engines.local.families.preview import latent_preview
 from ref2img.engines.local.hub import folder_of
 from ref2img.engines.local.presets import ModelRef, Preset
-from ref2img.engines.local.sizing import fit
 
 if TYPE_CHECKING:
     from PIL import Image
 
 log = logging.getLogger("ref2img.engine")
 
+MIN_REFERENCE_PX = 64  # Flux2ImageProcessor.check_image_input's floor
 STEPS = 4  # the distilled 4B's steps (its model card; diffusers' integration test runs 4 at guidance 1.0)
 GUIDANCE = 1.0
 PART = "extra.subject_base"
@@ -111,9 +111,10 @@ class KleinSubject:
 
     def prepare(self, job: Job, gen_w: int, gen_h: int) -> tuple[Any, dict[str, Any]]:
         pipe = self.pipe
-        references = [fit(job.reference, gen_w, gen_h)]
+        # As given: the pipeline sizes its references itself (and refuses any side under 64 px).
+        references = [at_least(job.reference, MIN_REFERENCE_PX)]
         if job.init_image is not None and job.init_image is not job.reference:
-            references.append(fit(job.init_image, gen_w, gen_h))
+            references.append(at_least(job.init_image, MIN_REFERENCE_PX))
         guidance = GUIDANCE if job.guidance_scale is None else job.guidance_scale
         self.ignored = ["control_intensity (FLUX.2 klein takes the reference as it is)"]
         if job.negative_prompt:
@@ -147,6 +148,15 @@ class KleinSubject:
         if self._pipe is None:
             return {}
         return {f"subject.{name}": m for name, m in self._pipe.components.items() if isinstance(m, torch.nn.Module)}
+
+
+def at_least(image: Image.Image, side: int) -> Image.Image:
+    """The image, enlarged (aspect kept) when a side is under `side` pixels."""
+    short = min(image.size)
+    if short >= side:
+        return image
+    scale = side / short
+    return image.resize((max(side, round(image.width * scale)), max(side, round(image.height * scale))))
 
 
 def text_encoder_layers(pipe) -> tuple[int, ...]:

@@ -7,15 +7,19 @@ How `control_intensity` maps onto its knobs (README's table has the row):
 | mode | knob | at 0 | at 1 |
 |---|---|---|---|
 | edge/pose/depth | `controlnet_conditioning_scale` = max·i | 0 | preset max (0.8: the card's 0.65–0.80) |
+| edge/pose/depth + init image | img2img strength (the init's latents noised to that point of the schedule) | 0.75 | 0.75 |
 
 Subject mode is FLUX.2 [klein] 4B, which takes the reference as a reference image (families/klein.py),
 named by the preset as `extra.subject_base`; a preset without it refuses subject jobs by name. An init
-image with a control map is refused too (diffusers has no Z-Image ControlNet img2img pipeline). The
-turbo preset runs without CFG (guidance 0), so a negative prompt has no effect there; the log says so.
+image with a control map is img2img done by hand, as diffusers' Z-Image img2img pipeline does it (which
+has no ControlNet): the init image's latents are noised to the schedule's sigma at `strength` and the
+ControlNet pipeline runs the rest of the schedule from there. The turbo preset runs without CFG
+(guidance 0), so a negative prompt has no effect there; the run record says so.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -31,7 +35,9 @@ from ref2img.engines.local.device import Placement
 from ref2img.engines.local.families.klein import KleinSubject
 from ref2img.engines.local.families.preview import latent_preview
 from ref2img.engines.local.hub import folder_of, locate
+from ref2img.engines.local.intensity import INIT_STRENGTH_WITH_CONTROL
 from ref2img.engines.local.presets import ModelRef, Preset
+from ref2img.engines.local.sizing import fit
 from ref2img.engines.local.speed import Speedups, compile_blocks, compile_whole, quantize_fp8
 from ref2img.protocol import ControlType
 
@@ -215,11 +221,6 @@ class ZImagePipelines:
             self._preview = self._subject.preview
             self._set_tiling(subject_pipe, gen_w * gen_h)
             return subject_pipe, subject_kwargs
-        if job.init_image is not None:
-            raise EngineOptionError(
-                f"init_image: preset {preset.name!r} (Z-Image) cannot start from an init image with a control map "
-                "yet; leave init_image out, or use an sdxl or sd15 preset"
-            )
         guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
         self.ignored = (
             [f"negative_prompt (guidance {guidance:g}: no CFG)"] if job.negative_prompt and guidance <= 1 else []
@@ -239,9 +240,51 @@ class ZImagePipelines:
             "controlnet_conditioning_scale": control_scale(job.control_intensity, preset.controlnet_scale_max),
         }
         pipe = self.pipeline_for(job.control_type)
+        if job.init_image is not None:
+            latents, sigmas = self._from_init_image(pipe, job, gen_w, gen_h, kwargs["num_inference_steps"])
+            kwargs.update(latents=latents, sigmas=sigmas, num_inference_steps=len(sigmas))
         self._preview = self._control_preview
         self._set_tiling(pipe, gen_w * gen_h)
         return pipe, kwargs
+
+    def _from_init_image(self, pipe, job: Job, gen_w: int, gen_h: int, steps: int) -> tuple[torch.Tensor, list[float]]:
+        """img2img for a flow-matching schedule: the init image's latents x0 and noise e at the sigma s where
+        `strength` of the schedule is left, x = s·e + (1 − s)·x0 (the scheduler's `scale_noise`), and the
+        sigmas from there on. The pipeline shifts those sigmas as it shifts the whole schedule, so the
+        point matches the one computed here."""
+        from diffusers.pipelines.z_image.pipeline_z_image_controlnet import (
+            calculate_shift,
+            get_default_z_image_sigmas,
+        )
+
+        keep = max(1, int(steps * INIT_STRENGTH_WITH_CONTROL))  # at least one step runs
+        full = get_default_z_image_sigmas(steps)
+        scale = pipe.vae_scale_factor * 2
+        config = pipe.scheduler.config
+        mu = calculate_shift(
+            (gen_h // scale) * (gen_w // scale),
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        scheduler = copy.deepcopy(pipe.scheduler)  # the pipeline's own sets its schedule again in the call
+        scheduler.set_timesteps(sigmas=full, mu=mu)
+        sigma = float(scheduler.sigmas[steps - keep])
+        vae = pipe.vae
+        assert job.init_image is not None
+        pixels = pipe.image_processor.preprocess(fit(job.init_image, gen_w, gen_h), height=gen_h, width=gen_w)
+        with torch.inference_mode():
+            encoded = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+        x0 = ((encoded - vae.config.shift_factor) * vae.config.scaling_factor).float()
+        noise = torch.cat(
+            [
+                torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(job.seed + i)).to(x0.device)
+                for i in range(job.batch_size)
+            ]
+        )
+        latents = sigma * noise + (1.0 - sigma) * x0.expand_as(noise)
+        return latents, full[steps - keep :]
 
     @staticmethod
     def _set_tiling(pipe, pixels: int) -> None:
