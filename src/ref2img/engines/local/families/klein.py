@@ -15,17 +15,16 @@ each token 2×2 of them).
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 import diffusers
 import torch
 
-from ref2img.engines.base import Job, ModelMissingError
+from ref2img.engines.base import Job
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
+from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
-from ref2img.engines.local.hub import folder_of
 from ref2img.engines.local.presets import ModelRef, Preset
 
 if TYPE_CHECKING:
@@ -88,19 +87,14 @@ class KleinSubject:
     @property
     def pipe(self):
         if self._pipe is None:
-            path = folder_of(self.ref, PART, self.preset)
-            started = time.perf_counter()
-            try:
-                pipe = diffusers.Flux2KleinPipeline.from_pretrained(
-                    path, dtype=self.placement.dtype, local_files_only=True
-                )
-            except (OSError, ValueError, KeyError) as exc:
-                raise ModelMissingError(
-                    f"The {PART} model of preset {self.preset.name!r} at {path} could not be loaded "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                    f"fetch it again with `ref2img models pull {self.preset.pull_target}`."
-                ) from None
-            log.info("loaded %s from %s in %.1f s", PART, self.ref.source, time.perf_counter() - started)
+            dtype = self.placement.dtype
+            pipe = load_part(
+                self.preset,
+                PART,
+                self.ref,
+                lambda path: diffusers.Flux2KleinPipeline.from_pretrained(path, dtype=dtype, local_files_only=True),
+                self.placement.dtype_name,
+            )
             pipe.set_progress_bar_config(disable=True)
             if self.offload == "none":
                 pipe.to(self.placement.device)

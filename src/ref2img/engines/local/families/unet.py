@@ -13,10 +13,10 @@ is told the dtype, which once made the GPU engine 0.57× a plain pipeline with 1
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 import diffusers
 import torch
 
-from ref2img.engines.base import EngineOptionError, Job, ModelMissingError
+from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
+from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import LatentFactors, latent_preview
 from ref2img.engines.local.hub import folder_of, locate
 from ref2img.engines.local.intensity import knobs_for
@@ -71,10 +72,6 @@ class UNetFamily:
         return build_random(directory, self.name, scale, dtype)
 
 
-# What a missing or half-downloaded model raises from `from_pretrained`.
-_LOAD_ERRORS = (OSError, ValueError, KeyError)
-
-
 class UNetPipelines:
     def __init__(
         self,
@@ -106,25 +103,10 @@ class UNetPipelines:
 
     # -- loading --------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
-        """Load one model part; the one log line per part that an operator sees."""
-        path = folder_of(ref, part, self.preset)
-        started = time.perf_counter()
-        try:
-            loaded = loader(path)
-            log.info(
-                "loaded %s from %s in %.1f s (%s)",
-                part,
-                ref.source,
-                time.perf_counter() - started,
-                self.placement.dtype_name,
-            )
-            return loaded
-        except _LOAD_ERRORS as exc:
-            raise ModelMissingError(
-                f"The {part} model of preset {self.preset.name!r} at {path} could not be loaded "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                f"fetch it again with `ref2img models pull {self.preset.pull_target}`."
-            ) from None
+        """Load one model part (the folder: a UNet part's `weight_name` names a file its loader picks)."""
+        return load_part(
+            self.preset, part, dataclasses.replace(ref, weight_name=None), loader, self.placement.dtype_name
+        )
 
     def _load_base(self):
         preset, dtype = self.preset, self.placement.dtype

@@ -22,19 +22,19 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import diffusers
 import torch
 
-from ref2img.engines.base import EngineOptionError, Job, ModelMissingError
+from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
 from ref2img.engines.local.families.klein import KleinSubject
+from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
-from ref2img.engines.local.hub import folder_of, locate
+from ref2img.engines.local.hub import folder_of
 from ref2img.engines.local.intensity import INIT_STRENGTH_WITH_CONTROL
 from ref2img.engines.local.presets import ModelRef, Preset
 from ref2img.engines.local.sizing import fit
@@ -68,7 +68,6 @@ LATENT_RGB = (
 TRANSFORMER_BLOCKS = ("ZImageTransformerBlock", "ZImageControlTransformerBlock")  # regional compile
 CONTROLNET_CONFIG = "controlnet_config"  # the preset's `extra` part: the diffusers config of a one-file ControlNet
 SUBJECT_BASE = "subject_base"  # the preset's `extra` part: the subject model (FLUX.2 klein)
-_LOAD_ERRORS = (OSError, ValueError, KeyError)
 
 
 class ZImageFamily:
@@ -125,24 +124,7 @@ class ZImagePipelines:
 
     # -- loading --------------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
-        path = locate(ref, part, self.preset) if ref.weight_name else folder_of(ref, part, self.preset)
-        started = time.perf_counter()
-        try:
-            loaded = loader(path)
-        except _LOAD_ERRORS as exc:
-            raise ModelMissingError(
-                f"The {part} model of preset {self.preset.name!r} at {path} could not be loaded "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                f"fetch it again with `ref2img models pull {self.preset.pull_target}`."
-            ) from None
-        log.info(
-            "loaded %s from %s in %.1f s (%s)",
-            part,
-            ref.source,
-            time.perf_counter() - started,
-            self.placement.dtype_name,
-        )
-        return loaded
+        return load_part(self.preset, part, ref, loader, self.placement.dtype_name)
 
     def _speed_up(self, module: torch.nn.Module) -> None:
         """The levers that apply to a diffusion transformer: fp8 Linear layers, regional compile of its
