@@ -44,7 +44,7 @@ def test_a_new_family_plugs_in_with_its_module_and_a_preset(monkeypatch, tiny_sd
                          height=512, steps=2)
     images = engine.generate(job, on_preview=lambda done, total, render: previews.append(render()))
     assert plugin_family.LOADS == ["plugin"] and [image.size for image in images] == [(512, 512)]
-    assert previews, "the plug-in's preview factors were used"
+    assert previews and previews[0].mode == "RGB"  # rendered through the plug-in's pipelines
 
 
 def test_preview_factors_must_match_the_latent_channels():

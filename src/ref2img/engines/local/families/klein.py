@@ -23,6 +23,7 @@ import torch
 from ref2img.engines.base import Job
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
+from ref2img.engines.local.families.calls import image_generators, torch_modules
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
 from ref2img.engines.local.presets import ModelRef, Preset
@@ -85,6 +86,10 @@ class KleinSubject:
         self._latent_hw = (0, 0)  # the packed latent grid of the current call, for its previews
 
     @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    @property
     def pipe(self):
         if self._pipe is None:
             dtype = self.placement.dtype
@@ -122,7 +127,7 @@ class KleinSubject:
             "num_inference_steps": job.steps or STEPS,
             "guidance_scale": guidance,
             "num_images_per_prompt": job.batch_size,
-            "generator": [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.batch_size)],
+            "generator": image_generators(job),
             "width": gen_w,
             "height": gen_h,
             "text_encoder_out_layers": text_encoder_layers(pipe),
@@ -141,7 +146,7 @@ class KleinSubject:
     def modules(self) -> dict[str, torch.nn.Module]:
         if self._pipe is None:
             return {}
-        return {f"subject.{name}": m for name, m in self._pipe.components.items() if isinstance(m, torch.nn.Module)}
+        return {f"subject.{name}": module for name, module in torch_modules(self._pipe).items()}
 
 
 def at_least(image: Image.Image, side: int) -> Image.Image:

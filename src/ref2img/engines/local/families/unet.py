@@ -13,7 +13,6 @@ is told the dtype, which once made the GPU engine 0.57× a plain pipeline with 1
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import threading
@@ -28,6 +27,7 @@ import torch
 from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
+from ref2img.engines.local.families.calls import ignored_without_cfg, image_generators, torch_modules
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import LatentFactors, latent_preview
 from ref2img.engines.local.hub import folder_of, locate
@@ -103,10 +103,7 @@ class UNetPipelines:
 
     # -- loading --------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
-        """Load one model part (the folder: a UNet part's `weight_name` names a file its loader picks)."""
-        return load_part(
-            self.preset, part, dataclasses.replace(ref, weight_name=None), loader, self.placement.dtype_name
-        )
+        return load_part(self.preset, part, ref, loader, self.placement.dtype_name)
 
     def _load_base(self):
         preset, dtype = self.preset, self.placement.dtype
@@ -151,7 +148,7 @@ class UNetPipelines:
         return mode
 
     def _base_modules(self) -> dict[str, torch.nn.Module]:
-        return {name: module for name, module in self.base.components.items() if isinstance(module, torch.nn.Module)}
+        return torch_modules(self.base)
 
     def _controlnet(self, key: str, ref: ModelRef):
         if key not in self._controlnets:
@@ -246,9 +243,7 @@ class UNetPipelines:
         preset = self.preset
         img2img = job.init_image is not None
         guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
-        self.ignored = (
-            [f"negative_prompt (guidance {guidance:g}: no CFG)"] if job.negative_prompt and guidance <= 1 else []
-        )
+        self.ignored = ignored_without_cfg(job, guidance)
         knobs = knobs_for(job.control_type, job.control_intensity, img2img, preset.controlnet_scale_max)
         reference = fit(job.reference, gen_w, gen_h)
         steps = job.steps or preset.steps
@@ -261,7 +256,7 @@ class UNetPipelines:
             "guidance_scale": guidance,
             "num_images_per_prompt": job.batch_size,
             # Image i of a batch uses seed + i, so any one image can be reproduced alone.
-            "generator": [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.batch_size)],
+            "generator": image_generators(job),
         }
         if job.control_type is ControlType.SUBJECT:
             self.ensure_ip_adapter()

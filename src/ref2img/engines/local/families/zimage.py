@@ -31,6 +31,7 @@ import torch
 from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
+from ref2img.engines.local.families.calls import ignored_without_cfg, image_generators, torch_modules
 from ref2img.engines.local.families.klein import KleinSubject
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
@@ -88,12 +89,6 @@ class ZImageFamily:
 FAMILY = ZImageFamily()
 
 
-def control_scale(intensity: float, scale_max: float) -> float:
-    if not 0.0 <= intensity <= 1.0:
-        raise ValueError(f"control_intensity must be from 0 to 1 (got {intensity})")
-    return scale_max * intensity
-
-
 class ZImagePipelines:
     def __init__(self, preset: Preset, placement: Placement, speedups: Speedups, offload_mode: str):
         self.preset = preset
@@ -138,10 +133,8 @@ class ZImagePipelines:
         transformer = offload.module_bytes(self.base.transformer)
         # The Fun ControlNet Union adds 6 control blocks beside the 30 of the transformer: a fifth.
         controlnet = transformer // 5
-        modules = [m for m in self.base.components.values() if isinstance(m, torch.nn.Module)]
-        mode = offload.choose_offload(
-            requested, self.placement, offload.module_bytes(*modules) + controlnet, transformer + controlnet
-        )
+        everything = offload.module_bytes(*torch_modules(self.base).values()) + controlnet
+        mode = offload.choose_offload(requested, self.placement, everything, transformer + controlnet)
         if mode != requested:
             log.info("offload auto: %s", mode)
         return mode
@@ -176,7 +169,8 @@ class ZImagePipelines:
             self._controlnet = net
         return self._controlnet
 
-    def pipeline_for(self, mode: ControlType):
+    def controlnet_pipeline(self):
+        """The ControlNet pipeline on the loaded base: one for edge, pose and depth (the union net)."""
         with self._lock:
             if self._pipeline is None:
                 pipe = diffusers.ZImageControlNetPipeline.from_pipe(
@@ -204,9 +198,7 @@ class ZImagePipelines:
             self._set_tiling(subject_pipe, gen_w * gen_h)
             return subject_pipe, subject_kwargs
         guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
-        self.ignored = (
-            [f"negative_prompt (guidance {guidance:g}: no CFG)"] if job.negative_prompt and guidance <= 1 else []
-        )
+        self.ignored = ignored_without_cfg(job, guidance)
         if self.ignored:
             log.info("preset %s ignores %s", preset.name, ", ".join(self.ignored))
         kwargs: dict[str, Any] = {
@@ -215,13 +207,13 @@ class ZImagePipelines:
             "num_inference_steps": job.steps or preset.steps,
             "guidance_scale": guidance,
             "num_images_per_prompt": job.batch_size,
-            "generator": [torch.Generator("cpu").manual_seed(job.seed + i) for i in range(job.batch_size)],
+            "generator": image_generators(job),
             "width": gen_w,
             "height": gen_h,
             "control_image": control_map,
-            "controlnet_conditioning_scale": control_scale(job.control_intensity, preset.controlnet_scale_max),
+            "controlnet_conditioning_scale": preset.controlnet_scale_max * job.control_intensity,
         }
-        pipe = self.pipeline_for(job.control_type)
+        pipe = self.controlnet_pipeline()
         if job.init_image is not None:
             latents, sigmas = self._from_init_image(pipe, job, gen_w, gen_h, kwargs["num_inference_steps"])
             kwargs.update(latents=latents, sigmas=sigmas, num_inference_steps=len(sigmas))
@@ -259,12 +251,8 @@ class ZImagePipelines:
         with torch.inference_mode():
             encoded = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
         x0 = ((encoded - vae.config.shift_factor) * vae.config.scaling_factor).float()
-        noise = torch.cat(
-            [
-                torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(job.seed + i)).to(x0.device)
-                for i in range(job.batch_size)
-            ]
-        )
+        noise = torch.cat([torch.randn(x0.shape, generator=generator) for generator in image_generators(job)])
+        noise = noise.to(x0.device)
         latents = sigma * noise + (1.0 - sigma) * x0.expand_as(noise)
         return latents, full[steps - keep :]
 
@@ -284,7 +272,7 @@ class ZImagePipelines:
 
     # -- what is loaded -----------------------------------------------------------------------------
     def modules(self) -> dict[str, torch.nn.Module]:
-        named = {name: m for name, m in self.base.components.items() if isinstance(m, torch.nn.Module)}
+        named = torch_modules(self.base)
         if self._controlnet is not None:
             named["controlnet.union"] = self._controlnet
         if self._subject is not None:
@@ -293,6 +281,6 @@ class ZImagePipelines:
 
     def cached_pipelines(self) -> list[Any]:
         extra = [self._pipeline] if self._pipeline is not None else []
-        if self._subject is not None and self._subject.modules():
+        if self._subject is not None and self._subject.loaded:
             extra.append(self._subject.pipe)
         return [self.base, *extra]
