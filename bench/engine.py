@@ -51,7 +51,7 @@ from ref2img.engines.local.sizing import fit, generation_size
 from ref2img.protocol import ControlType
 
 PROMPT = "an astronaut riding a horse on mars, detailed, film photo"
-# Mean absolute difference from `off`, in 8-bit levels, under which a lever counts as not drifting.
+# Mean absolute difference from `off`, in 8-bit levels, under which a numerics-only lever passes.
 DRIFT_TOLERANCE_MEAN = 2.0
 
 # arch → (family, scale, default size, preset overrides)
@@ -67,24 +67,52 @@ ARCHES = {
     "zimage": ("zimage", "full", 1024, {}),
 }
 
-OFF = Speedups(skip_idle_controlnet=False, channels_last=False)
+# Every lever off, the exact ones too: the reference the others' drift is measured from.
+OFF = Speedups(skip_idle_controlnet=False, channels_last=False, cache_condition=False, cache_prompts=False,
+               decode_on_device=False)
+ALL = Speedups(fuse_qkv=True, compile="regional", compile_convs=True)  # the engine's defaults + compile + fusion
 LEVERS: dict[str, Speedups] = {
     "off": OFF,
     "skip-idle-controlnet": replace(OFF, skip_idle_controlnet=True),
+    "cache-condition": replace(OFF, cache_condition=True),
+    "cache-prompts": replace(OFF, cache_prompts=True),
+    "decode-on-device": replace(OFF, decode_on_device=True),
+    "exact": Speedups(channels_last=False),  # every exact lever together (the engine's defaults less channels-last)
     "channels-last": replace(OFF, channels_last=True),
     "fuse-qkv": replace(OFF, fuse_qkv=True),
     "compile-regional": replace(OFF, compile="regional"),
-    "compile-full": replace(OFF, compile="full"),
+    "compile-convs": replace(OFF, compile="regional", compile_convs=True),
+    "compile-full": replace(OFF, compile="full"),  # the whole UNet and the whole ControlNet
     "cuda-graphs": replace(OFF, compile="full", compile_mode="reduce-overhead"),
     "inductor-tuning": replace(OFF, compile="regional", inductor_tuning=True),
     "fp8": replace(OFF, compile="regional", fp8=True),
-    "all": Speedups(fuse_qkv=True, compile="regional"),
+    "all": ALL,
+    "all-fp8": replace(ALL, fp8=True),
+    "all-graphs": replace(ALL, compile="full", compile_mode="reduce-overhead", compile_convs=False),
+    # The output-changing levers (--approximate), each alone on top of the exact ones they need.
+    "controlnet-cond-only": replace(OFF, approximate=frozenset({"controlnet-cond-only"})),
+    "cfg-cut": replace(OFF, skip_idle_controlnet=True, approximate=frozenset({"cfg-cut"})),
     # `off` plus a step preview rendered after every step: the upper bound of what the studio's previews
     # cost (the runner renders at most two a second).
     "previews": OFF,
 }
-DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "channels-last", "fuse-qkv", "compile-regional",
-                  "cuda-graphs", "inductor-tuning", "fp8", "all")
+DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "exact",
+                  "channels-last", "fuse-qkv", "compile-regional", "compile-convs", "cuda-graphs", "inductor-tuning",
+                  "fp8", "all", "all-fp8", "controlnet-cond-only", "cfg-cut")
+# What a lever may do to the images (issue 24's three classes): "exact" must give 0/0; "numerics" (other
+# kernels, other rounding) mean ≤ 2 levels and PSNR ≥ 38 dB; "output-changing" is reported, never a default.
+EXACT = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "exact", "previews")
+OUTPUT_CHANGING = ("controlnet-cond-only", "cfg-cut")
+NUMERICS_PSNR_MIN = 38.0
+# Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOPS), for each row's share of the peak;
+# --peak-tflops names another device's.
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0}
+
+
+def drift_class(lever: str) -> str:
+    if lever in EXACT:
+        return "exact"
+    return "output-changing" if lever in OUTPUT_CHANGING else "numerics"
 
 
 def main() -> None:
@@ -105,6 +133,13 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/ref2img-bench-models"))
     parser.add_argument("--json", type=Path, default=None,
                         help="add this run's figures to FILE (a list of runs, one per invocation)")
+    parser.add_argument("--profile", default="",
+                        help="comma-separated rows to trace with torch.profiler (one timed call each), e.g. all")
+    parser.add_argument("--profile-dir", type=Path, default=None,
+                        help="where the traces go (default: beside --json; summaries are always in the JSON)")
+    parser.add_argument("--no-flops", action="store_true", help="skip counting the job's FLOPs")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense bf16 peak (default: known for H100/H200)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row in this process
     args = parser.parse_args()
     if args.row:
@@ -121,6 +156,7 @@ def main() -> None:
              "steps": args.steps or preset.steps, "intensity": args.intensity, "runs": args.runs,
              "offload": args.offload, "memory_cap_gib": args.memory_cap_gib, "device": device_name(device),
              "torch": torch.__version__, "drift_tolerance_mean": DRIFT_TOLERANCE_MEAN,
+             "numerics_psnr_min": NUMERICS_PSNR_MIN, "peak_tflops": args.peak_tflops or peak_tflops(device),
              "batches": args.batches, "run_id": f"{time.time():.6f}"}
     batches = [int(b) for b in args.batches.split(",")]
     levers = [name.strip() for name in args.levers.split(",") if name.strip()]
@@ -128,19 +164,28 @@ def main() -> None:
     if unknown:
         parser.error(f"--levers: unknown {sorted(unknown)}; choose from {', '.join(LEVERS)}")
 
-    report = {"setup": setup, "rows": []}
+    profiled = {name.strip() for name in args.profile.split(",") if name.strip()}
+    profile_dir = args.profile_dir or (args.json.parent / "traces" if args.json else None)
+    report = {"setup": setup, "rows": [], "flops": {}}
     with tempfile.TemporaryDirectory(prefix="ref2img-bench-") as scratch:
         for index, batch in enumerate(batches):
             names = levers if index == 0 else [name for name in ("off", "all") if name in levers] or levers
-            rows = [] if args.no_baseline else [("diffusers", "diffusers")]
+            rows = [] if args.no_flops else [("flops", "flops")]
+            rows += [] if args.no_baseline else [("diffusers", "diffusers")]
             rows += [("ref2img", name) for name in names]
             for kind, name in rows:
                 spec = {"kind": kind, "lever": name, "batch": batch, "folder": str(folder), "overrides": overrides,
                         "size": size, "steps": setup["steps"], "intensity": args.intensity, "runs": args.runs,
                         "device": device, "offload": args.offload, "memory_cap_gib": args.memory_cap_gib,
                         "images": str(Path(scratch) / f"b{batch}-{name}"),
-                        "compile_cache": str(Path(scratch) / f"cache-{batch}-{name}")}
+                        "compile_cache": str(Path(scratch) / f"cache-{batch}-{name}"),
+                        "profile": str(profile_dir / f"b{batch}-{name}") if name in profiled and profile_dir else None}
                 row = run_in_subprocess(spec, args.row_timeout)
+                if kind == "flops":
+                    report["flops"][str(batch)] = row
+                    print(f"  b{batch} flops: {row.get('tflop_engine', row.get('error'))} TFLOP (engine), "
+                          f"{row.get('tflop_plain', '')} TFLOP (every ControlNet step)", file=sys.stderr, flush=True)
+                    continue
                 report["rows"].append(row)
                 print(f"  {row_line(row)}", file=sys.stderr, flush=True)
                 add_ratios(report)  # drift reads the images, which live as long as `scratch`
@@ -153,6 +198,7 @@ def write_json(report: dict, path: Path) -> None:
     """Write this run into `path` as one entry of its "runs": several invocations share one file
     (the device tool brings back 8 files at most)."""
     public = {**report, "rows": [{k: v for k, v in row.items() if k != "images"} for row in report["rows"]]}
+    path.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(path.read_text())["runs"] if path.exists() else []
     runs = [run for run in runs if run["setup"]["run_id"] != report["setup"]["run_id"]] + [public]
     path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
@@ -191,14 +237,15 @@ def run_row(spec: dict) -> dict:
     preset = resolve_preset(spec["folder"], spec["overrides"])
     size = spec["size"]
     reference = fit(photo(), size, size)
+    if spec["kind"] == "flops":
+        return count_flops(preset, reference, spec)
     if spec["kind"] == "diffusers":
         call, dtype = baseline_call(preset, device, reference, spec)
         extra = {}
     else:
         engine = LocalEngine(preset, device=spec["device"], offload=spec["offload"], speedups=LEVERS[spec["lever"]],
                              compile_cache=spec["compile_cache"]).load()
-        job = Job.for_images(prompt=PROMPT, control_type=ControlType.EDGE, reference=reference, seed=0, width=size, height=size,
-                  batch_size=spec["batch"], steps=spec["steps"], control_intensity=spec["intensity"])
+        job = engine_job(reference, spec)
         on_preview = (lambda done, total, render: render()) if spec["lever"] == "previews" else None
         call, dtype = (lambda: engine.generate(job, on_preview=on_preview)), engine.placement.dtype_name
         extra = {"dtypes": None, "offload": engine.pipelines.offload}
@@ -208,6 +255,9 @@ def run_row(spec: dict) -> dict:
     times, peak = timed_runs(call, spec["runs"], device)
     if spec["kind"] == "ref2img":
         extra["dtypes"] = engine.component_dtypes()
+        extra["ignored"] = engine.last_ignored
+    if spec.get("profile"):
+        extra["profile"] = profile_call(call, device, Path(spec["profile"]), spec["steps"])
     save_images(first_images, Path(spec["images"]))
     median = statistics.median(times)
     return {**_row_name(spec), "dtype": dtype, "load_s": round(loaded - started, 2),
@@ -284,6 +334,64 @@ def zimage_baseline_call(preset, device: torch.device, reference: Image.Image, s
     return call, str(dtype).removeprefix("torch.")
 
 
+def engine_job(reference: Image.Image, spec: dict) -> Job:
+    return Job.for_images(prompt=PROMPT, control_type=ControlType.EDGE, reference=reference, seed=0,
+                          width=spec["size"], height=spec["size"], batch_size=spec["batch"], steps=spec["steps"],
+                          control_intensity=spec["intensity"])
+
+
+def count_flops(preset, reference: Image.Image, spec: dict) -> dict:
+    """The job's FLOPs, counted by torch's FlopCounterMode over one real call (2 per multiply-add):
+    `engine` as the engine runs it (the idle ControlNet skipped), `plain` with the ControlNet on every
+    step as diffusers runs it; per top-level model too."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counted = {}
+    for name, speedups in (("engine", Speedups(channels_last=False)), ("plain", OFF)):
+        engine = LocalEngine(preset, device=spec["device"], offload=spec["offload"], speedups=speedups).load()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            engine.generate(engine_job(reference, spec))
+        models = {module: sum(ops.values()) for module, ops in counter.get_flop_counts().items()
+                  if "." not in module and module != "Global"}
+        counted[f"tflop_{name}"] = round(counter.get_total_flops() / 1e12, 4)
+        counted[f"tflop_{name}_by_model"] = {module: round(flops / 1e12, 4) for module, flops in models.items()}
+        del engine
+    return {"kind": "flops", "lever": "flops", "batch": spec["batch"], **counted}
+
+
+def profile_call(call, device: torch.device, folder: Path, steps: int) -> dict:
+    """One call under torch.profiler: its trace (gzipped Chrome JSON) in `folder`, and a summary: the
+    top kernels by device time, the device's idle share of the call, and host (CPU) time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    folder.mkdir(parents=True, exist_ok=True)
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    trace = folder / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    subprocess.run(["gzip", "-f", str(trace)], check=False)
+    events = prof.key_averages()
+    kernels = [e for e in events if getattr(e, "self_device_time_total", 0) > 0]
+    busy_us = sum(e.self_device_time_total for e in kernels)
+    host_us = sum(e.self_cpu_time_total for e in events)
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:15]
+    return {
+        "wall_s": round(wall, 4),
+        "device_busy_s": round(busy_us / 1e6, 4),
+        "device_idle_share": round(max(0.0, 1 - busy_us / 1e6 / wall), 3) if kernels else None,
+        "host_s_per_step": round(host_us / 1e6 / steps, 4),
+        "top_kernels": [{"name": e.key[:120], "calls": e.count, "device_ms": round(e.self_device_time_total / 1e3, 2),
+                         "share": round(e.self_device_time_total / busy_us, 3)} for e in top],
+        "trace": str(trace) + ".gz",
+    }
+
+
 def timed_runs(call, runs: int, device: torch.device) -> tuple[list[float], float]:
     """`runs` timed calls after the caller's warm-up; peak memory over them (GPU) or of the process."""
     if device.type == "cuda":
@@ -325,33 +433,76 @@ def save_images(images: list[Image.Image], folder: Path) -> None:
 
 
 def drift(row: dict, reference_row: dict) -> dict | None:
-    """Max and mean absolute pixel difference (8-bit levels) from the reference row's images."""
+    """Max and mean absolute pixel difference (8-bit levels) from the reference row's images, and
+    scikit-image's PSNR (dB; None where identical) and SSIM, the worst image of the batch."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
     ours, theirs = sorted(Path(row["images"]).glob("*.png")), sorted(Path(reference_row["images"]).glob("*.png"))
     if not ours or len(ours) != len(theirs):
         return None
-    diffs = [np.abs(np.asarray(Image.open(a).convert("RGB"), dtype=np.int16)
-                    - np.asarray(Image.open(b).convert("RGB"), dtype=np.int16)) for a, b in zip(ours, theirs)]
-    return {"max": int(max(d.max() for d in diffs)), "mean": round(float(np.mean([d.mean() for d in diffs])), 3)}
+    pairs = [(np.asarray(Image.open(a).convert("RGB")), np.asarray(Image.open(b).convert("RGB")))
+             for a, b in zip(ours, theirs)]
+    diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in pairs]
+    same = all(not d.any() for d in diffs)
+    psnr = None if same else min(float(peak_signal_noise_ratio(b, a, data_range=255)) for a, b in pairs
+                                  if not np.array_equal(a, b))
+    ssim = min(float(structural_similarity(b, a, channel_axis=2, data_range=255)) for a, b in pairs)
+    return {"max": int(max(d.max() for d in diffs)), "mean": round(float(np.mean([d.mean() for d in diffs])), 3),
+            "psnr_db": None if psnr is None else round(psnr, 2), "ssim": round(ssim, 4)}
+
+
+def drift_passes(lever: str, measured: dict) -> bool | None:
+    """Whether a row's drift is within its class's promise; None for output-changing levers (reported)."""
+    kind = drift_class(lever)
+    if kind == "exact":
+        return measured["max"] == 0
+    if kind == "numerics":
+        return measured["mean"] <= DRIFT_TOLERANCE_MEAN and (measured["psnr_db"] is None
+                                                              or measured["psnr_db"] >= NUMERICS_PSNR_MIN)
+    return None
 
 
 def add_ratios(report: dict) -> dict:
-    """Speed-up over `diffusers` and over `off`, and drift from `off`, for every row of the same batch."""
+    """Speed-up over `diffusers` and over `off`, drift from `off` with its class's verdict, and the
+    share of the device's peak, for every row of the same batch."""
     by_batch: dict[int, dict[str, dict]] = {}
     for row in report["rows"]:
         by_batch.setdefault(row["batch"], {})[row["lever"]] = row
-    for rows in by_batch.values():
+    for batch, rows in by_batch.items():
         baseline, off = rows.get("diffusers"), rows.get("off")
+        flops = report.get("flops", {}).get(str(batch), {})
         for row in rows.values():
             if "error" in row:
                 continue
+            share = peak_share(row, flops, report["setup"].get("peak_tflops"))
+            if share is not None:
+                row["peak_share"] = share
             if baseline and "error" not in baseline:
                 row["vs_diffusers"] = round(row["images_per_s"] / baseline["images_per_s"], 3)
             if off and "error" not in off and row["kind"] == "ref2img":
                 row["vs_off"] = round(row["images_per_s"] / off["images_per_s"], 3)
                 row["drift"] = drift(row, off)
+                row["drift_class"] = drift_class(row["lever"])
                 if row["drift"] is not None:
-                    row["drift_within_tolerance"] = row["drift"]["mean"] <= DRIFT_TOLERANCE_MEAN
+                    row["drift_within_tolerance"] = drift_passes(row["lever"], row["drift"])
     return report
+
+
+def peak_share(row: dict, flops: dict, peak: float | None) -> float | None:
+    """The row's useful work per second over the device's peak: the plain job's FLOPs for the rows that
+    run the ControlNet on every step (`diffusers`, levers without the skip), the engine's for the rest."""
+    if not peak or "error" in flops or not flops:
+        return None
+    plain = row["kind"] == "diffusers" or not LEVERS[row["lever"]].skip_idle_controlnet
+    tflop = flops["tflop_plain" if plain else "tflop_engine"]
+    return round(tflop / row["s_per_call"] / peak, 3)
+
+
+def peak_tflops(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
 def device_name(device: str) -> str:
@@ -371,17 +522,25 @@ def print_table(report: dict) -> None:
     setup = report["setup"]
     print(f"{setup['arch']} {setup['size']}² (model {setup['model_size'][0]}x{setup['model_size'][1]}) "
           f"steps={setup['steps']} intensity={setup['intensity']} on {setup['device']}, torch {setup['torch']}")
+    for batch, flops in report.get("flops", {}).items():
+        if "error" not in flops:
+            print(f"batch {batch}: {flops['tflop_engine']} TFLOP a call as the engine runs it, "
+                  f"{flops['tflop_plain']} with the ControlNet on every step; by model {flops['tflop_engine_by_model']}")
     print(f"{'batch':>5} {'row':22} {'dtype':9} {'s/image':>8} {'img/s':>8} {'×diffusers':>10} {'×off':>6} "
-          f"{'peak GiB':>8} {'first s':>8} {'drift max/mean':>15}")
+          f"{'peak%':>6} {'peak GiB':>8} {'first s':>8} {'drift max/mean':>15} {'PSNR':>6} {'SSIM':>6} {'class ok':>16}")
     for row in report["rows"]:
         if "error" in row:
             print(f"{row['batch']:>5} {row['lever']:22} error: {row['error']}")
             continue
         drifted = row.get("drift")
         drift_text = f"{drifted['max']}/{drifted['mean']}" if drifted else ""
+        psnr = "" if not drifted else ("same" if drifted["psnr_db"] is None else drifted["psnr_db"])
+        ssim = drifted["ssim"] if drifted else ""
+        verdict = "" if "drift_class" not in row else f"{row['drift_class']} {row.get('drift_within_tolerance')}"
+        share = f"{row['peak_share'] * 100:.0f}%" if "peak_share" in row else ""
         print(f"{row['batch']:>5} {row['lever']:22} {row['dtype']:9} {row['s_per_image']:>8} {row['images_per_s']:>8} "
-              f"{row.get('vs_diffusers', ''):>10} {row.get('vs_off', ''):>6} {row['peak_memory_gib']:>8} "
-              f"{row['first_call_s']:>8} {drift_text:>15}")
+              f"{row.get('vs_diffusers', ''):>10} {row.get('vs_off', ''):>6} {share:>6} {row['peak_memory_gib']:>8} "
+              f"{row['first_call_s']:>8} {drift_text:>15} {psnr:>6} {ssim:>6} {verdict:>16}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ from ref2img.engines.base import (
     ProgressCallback,
 )
 from ref2img.engines.local.annotators import Annotators
+from ref2img.engines.local.caches import end_call
 from ref2img.engines.local.chatter import quiet_libraries
 from ref2img.engines.local.compile_cache import use_compile_cache
+from ref2img.engines.local.decode import output_kwargs, to_pil
 from ref2img.engines.local.device import Placement, choose_placement
 from ref2img.engines.local.families import FamilyPipelines
 from ref2img.engines.local.offload import parse_offload
@@ -111,6 +113,8 @@ class LocalEngine:
             pipe, kwargs = self._prepare(job, gen_w, gen_h)
             self.last_ignored = list(self.pipelines.ignored)
             steps = kwargs["num_inference_steps"]
+            hooks = list(self.pipelines.step_hooks)
+            mark_step = self.speedups.marks_steps
 
             def on_step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
                 total = getattr(pipeline, "_num_timesteps", None) or steps
@@ -120,7 +124,13 @@ class LocalEngine:
                     on_preview(min(step + 1, total), total, lambda: self.pipelines.preview(latents))
                 if should_cancel():
                     raise JobCancelled(f"cancelled after step {step + 1} of {total}")
+                for hook in hooks:
+                    tensors = hook(pipeline, step, timestep, tensors)
+                if mark_step:  # CUDA graphs: the next step may reuse this step's graph memory
+                    torch.compiler.cudagraph_mark_step_begin()
                 return tensors
+
+            tensor_inputs = ["latents", *(name for hook in hooks for name in hook.tensor_inputs(pipe))]
 
             if should_cancel():
                 raise JobCancelled("cancelled before the first step")
@@ -137,7 +147,15 @@ class LocalEngine:
             )
             try:
                 with torch.inference_mode():
-                    images = pipe(**kwargs, callback_on_step_end=on_step_end).images
+                    if mark_step:
+                        torch.compiler.cudagraph_mark_step_begin()
+                    output = pipe(
+                        **kwargs,
+                        **output_kwargs(self.speedups.decode_on_device),
+                        callback_on_step_end=on_step_end,
+                        callback_on_step_end_tensor_inputs=tensor_inputs,
+                    )
+                    images = to_pil(output.images)
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -146,6 +164,8 @@ class LocalEngine:
                     f"out of memory on {self.placement.device.type} generating {job.batch_size} image(s) at "
                     f"{gen_w}x{gen_h}; try a smaller width/height or batch_size"
                 ) from None
+            finally:
+                end_call(self.pipelines.modules())
         return [fit(image, job.width, job.height) for image in images]
 
     def control_map_for(self, job: Job) -> Image.Image | None:

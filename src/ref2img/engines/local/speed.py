@@ -7,11 +7,20 @@
 - `fuse_qkv`: one matmul for q, k and v (self-attention) or k and v (cross-attention).
 - `compile`: `torch.compile` of the transformer blocks of the UNet and the ControlNet ("regional": each
   distinct block compiles once and is reused, so the compile ends in bounded time), or of the whole
-  UNet ("full"). `compile_mode` is inductor's mode: None (default), "max-autotune-no-cudagraphs" or
-  "reduce-overhead" (CUDA graphs).
+  UNet and the whole ControlNet ("full"). `compile_mode` is inductor's mode: None (default),
+  "max-autotune-no-cudagraphs" or "reduce-overhead" (CUDA graphs over each step: `steps.py` marks
+  where a step begins, which diffusers does only for `OptimizedModule`s).
+- `compile_convs`: regional compile also of the convolution blocks (`ResnetBlock2D`, `Downsample2D`,
+  `Upsample2D`) and of the VAE decoder.
 - `inductor_tuning`: the inductor settings of PyTorch's "Diffusion, fast" recipe (1×1 convolutions as
   matmuls, coordinate-descent tuning).
-- `fp8`: float8 weights and activations for the Linear layers (torchao, Hopper and newer).
+- `fp8`: float8 weights and activations (torchao, per-row scales, Ada/Hopper) for the Linear layers
+  inside the compiled blocks only, never the cross-attention k/v over the text tokens nor the small
+  embedding MLPs; it needs `compile` (eager fp8 is slower than bf16).
+- `cache_condition`, `cache_prompts`, `decode_on_device`: exact levers (`caches.py`, `decode.py`): the
+  ControlNet's condition embedding once per call, a prompt's text-encoder output once per prompt, the
+  images turned to 8 bits on the device.
+- `approximate`: the output-changing levers (`approximations.py`), off unless named.
 """
 
 from __future__ import annotations
@@ -30,6 +39,14 @@ COMPILE_KINDS: tuple[str, ...] = ("none", "regional", "full")
 # The block classes the UNet repeats (diffusers' `UNet2DConditionModel._repeated_blocks`); the
 # ControlNets are built of the same blocks but do not declare them.
 REPEATED_BLOCKS = ("BasicTransformerBlock",)
+# The convolution blocks `compile_convs` adds (the UNet's, the ControlNet's and the VAE decoder's).
+CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+# Output-changing levers: each changes the images, so none is on unless named (`--approximate`).
+APPROXIMATIONS: dict[str, str] = {
+    "controlnet-cond-only": "the ControlNet runs on the conditional half of the CFG batch; both halves get its residuals",
+    "cfg-cut": "classifier-free guidance stops where the ControlNet does (control_guidance_end): one UNet "
+    "batch instead of two for the rest of the steps",
+}
 
 
 @dataclass(frozen=True)
@@ -39,16 +56,43 @@ class Speedups:
     fuse_qkv: bool = False
     compile: CompileKind = "none"
     compile_mode: str | None = None
+    compile_convs: bool = False
     inductor_tuning: bool = False
     fp8: bool = False
+    cache_condition: bool = True
+    cache_prompts: bool = True
+    decode_on_device: bool = True
+    approximate: frozenset[str] = frozenset()
 
     def __post_init__(self):
         if self.compile not in COMPILE_KINDS:
             raise EngineOptionError(f"--compile: must be one of {', '.join(COMPILE_KINDS)} (got {self.compile!r})")
+        unknown = sorted(set(self.approximate) - set(APPROXIMATIONS))
+        if unknown:
+            raise EngineOptionError(
+                f"--approximate: unknown {', '.join(unknown)}; choose from {', '.join(APPROXIMATIONS)}"
+            )
+        if "cfg-cut" in self.approximate and not self.skip_idle_controlnet:
+            raise EngineOptionError("--approximate cfg-cut needs the idle ControlNet skipped (skip_idle_controlnet)")
+        if self.fp8 and not self.compiles:
+            raise EngineOptionError("fp8 needs --compile: eager float8 is slower than bfloat16")
 
     @property
     def compiles(self) -> bool:
         return self.compile != "none"
+
+    @property
+    def marks_steps(self) -> bool:
+        """CUDA graphs (inductor's "reduce-overhead") must be told where each denoising step begins."""
+        return self.compiles and self.compile_mode == "reduce-overhead"
+
+    def compiled_blocks(self) -> tuple[str, ...]:
+        return REPEATED_BLOCKS + (CONV_BLOCKS if self.compile_convs else ())
+
+
+def parse_approximations(words: str | None) -> frozenset[str]:
+    """`--approximate cfg-cut,controlnet-cond-only` → the set (checked by `Speedups`)."""
+    return frozenset(word.strip() for word in (words or "").split(",") if word.strip())
 
 
 def prepare_denoiser(module: torch.nn.Module, speedups: Speedups, on_gpu: bool) -> torch.nn.Module:
@@ -56,12 +100,21 @@ def prepare_denoiser(module: torch.nn.Module, speedups: Speedups, on_gpu: bool) 
     if speedups.fuse_qkv:  # before fp8: the fused projections are quantized as one
         fuse_attention_projections(module)
     if speedups.fp8:
-        quantize_fp8(module)
+        quantize_fp8(module, REPEATED_BLOCKS)
     if speedups.channels_last and on_gpu:
         module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub omits it
     if speedups.compile == "regional":
-        compile_blocks(module, speedups.compile_mode)
+        compile_blocks(module, speedups.compile_mode, speedups.compiled_blocks())
+    elif speedups.compile == "full":
+        compile_whole(module, speedups.compile_mode)
     return module
+
+
+def prepare_decoder(vae: torch.nn.Module, speedups: Speedups) -> None:
+    """`compile_convs`: the VAE decoder compiles as a whole (it runs once per call, on one shape a size)."""
+    if speedups.compile_convs and speedups.compiles:
+        _configure_dynamo()
+        vae.decoder.compile(fullgraph=True, mode=speedups.compile_mode)  # type: ignore[union-attr, operator]
 
 
 def compile_whole(module: torch.nn.Module, mode: str | None) -> None:
@@ -113,15 +166,40 @@ def fuse_attention_projections(module: torch.nn.Module) -> int:
     return fused
 
 
-def quantize_fp8(module: torch.nn.Module) -> None:
-    """float8 dynamic activations × float8 weights on the Linear layers (torchao)."""
+# Linears left in bf16 under fp8: the cross-attention k/v see only the 77 (or so) text tokens, a
+# matmul too small for fp8's scaling to pay; fused, they are one `to_kv`.
+FP8_SKIPPED_NAMES = ("attn2.to_k", "attn2.to_v", "attn2.to_kv")
+
+
+def fp8_targets(module: torch.nn.Module, block_names: tuple[str, ...]) -> list[str]:
+    """The Linear layers fp8 converts: those inside a compiled block (`block_names`), less the
+    cross-attention k/v. Embedding MLPs (time, text, control type) sit outside the blocks: left out."""
+    inside: set[str] = set()
+    for name, sub in module.named_modules():
+        if type(sub).__name__ in block_names:
+            inside.update(f"{name}.{child}" for child, _ in sub.named_modules() if child)
+    return [
+        name
+        for name, sub in module.named_modules()
+        if isinstance(sub, torch.nn.Linear) and name in inside and not name.endswith(FP8_SKIPPED_NAMES)
+    ]
+
+
+def quantize_fp8(module: torch.nn.Module, block_names: tuple[str, ...]) -> int:
+    """float8 dynamic activations × float8 weights with per-row scales (torchao) on `fp8_targets`."""
     if not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)):
         raise EngineOptionError("fp8 needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper)")
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError:
         raise EngineOptionError("fp8 needs torchao: pip install torchao") from None
-    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    targets = set(fp8_targets(module, block_names))
+    quantize_(
+        module,
+        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+        filter_fn=lambda sub, name: name in targets,
+    )
+    return len(targets)
 
 
 def skip_idle_controlnet(net: torch.nn.Module) -> torch.nn.Module:

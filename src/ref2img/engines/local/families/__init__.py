@@ -36,6 +36,9 @@ class FamilyPipelines(Protocol):
 
     offload: str  # the offload mode in force ("none", "model", "sequential")
     ignored: list[str]  # what of the last job's request this family has no knob for (the run record shows it)
+    # Callables (pipeline, step, timestep, tensors) -> tensors the engine runs after each step of the last
+    # prepared call, after its own; each may name more `tensor_inputs(pipe)` than the latents.
+    step_hooks: list[Any]
 
     def prepare(self, job: Job, gen_w: int, gen_h: int, control_map: Image.Image | None) -> tuple[Any, dict[str, Any]]:
         """The diffusers pipeline for `job` and the keyword arguments of its call (`num_inference_steps`

@@ -1,5 +1,5 @@
 """What every family's call shares: one generator a batch image (image i uses seed + i, so any one
-image can be made again alone), the models a pipeline holds, and the one knob every family can lack."""
+image can be made again alone), the models a pipeline holds, the one knob every family can lack, and the levers a family may not have."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ref2img.engines.base import Job
+from ref2img.engines.local.speed import Speedups
 
 
 def image_generators(job: Job) -> list[torch.Generator]:
@@ -22,3 +23,8 @@ def torch_modules(pipe: Any) -> dict[str, torch.nn.Module]:
 def ignored_without_cfg(job: Job, guidance: float) -> list[str]:
     """A negative prompt has no effect at guidance ≤ 1 (no classifier-free guidance): say so."""
     return [f"negative_prompt (guidance {guidance:g}: no CFG)"] if job.negative_prompt and guidance <= 1 else []
+
+
+def unapplied_approximations(speedups: Speedups) -> list[str]:
+    """For a family without the output-changing levers: each one asked for, as the run record says it."""
+    return [f"{name} (not for this model family)" for name in sorted(speedups.approximate)]

@@ -27,6 +27,8 @@ import torch
 from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
+from ref2img.engines.local.approximations import CfgCut, controlnet_on_cond_half
+from ref2img.engines.local.caches import cache_condition_embedding, cache_text_encoders
 from ref2img.engines.local.families.calls import ignored_without_cfg, image_generators, torch_modules
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import LatentFactors, latent_preview
@@ -37,8 +39,8 @@ from ref2img.engines.local.sizing import fit
 from ref2img.engines.local.speed import (
     Speedups,
     apply_inductor_tuning,
-    compile_whole,
     fuse_attention_projections,
+    prepare_decoder,
     prepare_denoiser,
     skip_idle_controlnet,
 )
@@ -83,6 +85,7 @@ class UNetPipelines:
     ):
         self.family = family
         self.ignored: list[str] = []
+        self.step_hooks: list[Any] = []
         self.preset = preset
         self.placement = placement
         self.speedups = speedups or Speedups()
@@ -98,8 +101,9 @@ class UNetPipelines:
         if self.offload == "none":
             self.base.to(self.placement.device)  # before the levers: fp8 quantizes on the device
         prepare_denoiser(self.base.unet, self.speedups, on_gpu=not self.placement.is_cpu)
-        if self.speedups.compile == "full":
-            compile_whole(self.base.unet, self.speedups.compile_mode)
+        prepare_decoder(self.base.vae, self.speedups)
+        if self.speedups.cache_prompts:
+            cache_text_encoders(self.base)
 
     # -- loading --------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
@@ -163,7 +167,11 @@ class UNetPipelines:
             if self.offload == "none":
                 net.to(self.placement.device)
             prepare_denoiser(net, self.speedups, on_gpu=not self.placement.is_cpu)
-            if self.speedups.skip_idle_controlnet:
+            if self.speedups.cache_condition:
+                cache_condition_embedding(net)
+            if "controlnet-cond-only" in self.speedups.approximate:
+                controlnet_on_cond_half(net)
+            if self.speedups.skip_idle_controlnet:  # outermost: an idle step runs none of the above
                 skip_idle_controlnet(net)
             self._controlnets[key] = net
         return self._controlnets[key]
@@ -279,8 +287,28 @@ class UNetPipelines:
                 kwargs["control_image" if img2img else "image"] = control_map
             kwargs["controlnet_conditioning_scale"] = knobs.controlnet_scale
             kwargs["control_guidance_end"] = knobs.control_guidance_end
+        self._approximate(pipe, kwargs, guidance, job.batch_size)
         self._set_memory_savers(pipe, gen_w * gen_h, job.batch_size)
         return pipe, kwargs
+
+    def _approximate(self, pipe, kwargs: dict[str, Any], guidance: float, batch_size: int) -> None:
+        """The opt-in output-changing levers for this call (approximations.py); where one cannot apply,
+        the run record says why."""
+        chosen = self.speedups.approximate
+        self.step_hooks = []
+        controlnet = getattr(pipe, "controlnet", None)
+        if controlnet is not None and hasattr(controlnet, "ref2img_cfg_batch"):
+            controlnet.ref2img_cfg_batch = 2 * batch_size if guidance > 1 else None
+        if "cfg-cut" not in chosen:
+            return
+        if guidance <= 1:
+            self.ignored.append(f"cfg-cut (guidance {guidance:g}: no CFG)")
+        elif "control_guidance_end" not in kwargs:
+            self.ignored.append("cfg-cut (no ControlNet in this mode)")
+        elif self.has_ip_adapter:  # its image embeds are a CFG pair no step callback can reach
+            self.ignored.append("cfg-cut (the IP-Adapter is loaded)")
+        else:
+            self.step_hooks.append(CfgCut(kwargs["control_guidance_end"]))
 
     def _set_memory_savers(self, pipe, pixels: int, batch_size: int) -> None:
         vae = pipe.vae

@@ -31,7 +31,8 @@ import torch
 from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
-from ref2img.engines.local.families.calls import ignored_without_cfg, image_generators, torch_modules
+from ref2img.engines.local.caches import cache_text_encoders
+from ref2img.engines.local.families.calls import unapplied_approximations, ignored_without_cfg, image_generators, torch_modules
 from ref2img.engines.local.families.klein import KleinSubject
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
@@ -95,6 +96,7 @@ class ZImagePipelines:
         self.placement = placement
         self.speedups = speedups
         self.ignored: list[str] = []
+        self.step_hooks: list[Any] = []  # no approximation applies to Z-Image: it runs without CFG
         self._controlnet: Any = None
         self._pipeline: Any = None
         self._preview = self._control_preview  # the current call's: the ControlNet's or the subject model's
@@ -108,12 +110,12 @@ class ZImagePipelines:
             ),
         )
         self.base.set_progress_bar_config(disable=True)
+        if speedups.cache_prompts:
+            cache_text_encoders(self.base)
         self.offload = self._choose_offload(offload_mode)
         if self.offload == "none":
             self.base.to(placement.device)
         self._speed_up(self.base.transformer)
-        if speedups.compile == "full":
-            compile_whole(self.base.transformer, speedups.compile_mode)
         subject = preset.extra.get(SUBJECT_BASE)
         self._subject = KleinSubject(subject, preset, placement, self.offload) if subject is not None else None
 
@@ -123,11 +125,13 @@ class ZImagePipelines:
 
     def _speed_up(self, module: torch.nn.Module) -> None:
         """The levers that apply to a diffusion transformer: fp8 Linear layers, regional compile of its
-        blocks (channels_last and fused q/k/v are the UNet's: no convolutions, its own attention)."""
+        blocks, or of the whole transformer and ControlNet (channels_last and fused q/k/v are the UNet's: no convolutions, its own attention)."""
         if self.speedups.fp8:
-            quantize_fp8(module)
+            quantize_fp8(module, TRANSFORMER_BLOCKS)
         if self.speedups.compile == "regional":
             compile_blocks(module, self.speedups.compile_mode, TRANSFORMER_BLOCKS)
+        elif self.speedups.compile == "full":
+            compile_whole(module, self.speedups.compile_mode)
 
     def _choose_offload(self, requested: str) -> str:
         transformer = offload.module_bytes(self.base.transformer)
@@ -193,12 +197,12 @@ class ZImagePipelines:
                     "use zimage-turbo, or an sdxl or sd15 preset"
                 )
             subject_pipe, subject_kwargs = self._subject.prepare(job, gen_w, gen_h)
-            self.ignored = self._subject.ignored
+            self.ignored = self._subject.ignored + unapplied_approximations(self.speedups)
             self._preview = self._subject.preview
             self._set_tiling(subject_pipe, gen_w * gen_h)
             return subject_pipe, subject_kwargs
         guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
-        self.ignored = ignored_without_cfg(job, guidance)
+        self.ignored = ignored_without_cfg(job, guidance) + unapplied_approximations(self.speedups)
         if self.ignored:
             log.info("preset %s ignores %s", preset.name, ", ".join(self.ignored))
         kwargs: dict[str, Any] = {
