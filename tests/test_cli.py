@@ -74,6 +74,7 @@ def test_models_tiny_for_every_family_and_an_unknown_one(tmp_path, photo):
     record = json.loads(made.stdout)
     assert record["preset"] == "tiny-zimage" and record["seeds"] == [5, 6] and len(record["images"]) == 2
     assert record["ignored"] == []  # depth at guidance 0 with no negative prompt: nothing left unused
+    assert record["approximate"] == []  # no output-changing lever unless asked for
     unknown = runner.invoke(app, ["models", "tiny", str(tmp_path / "x"), "--family", "flux9"])
     assert unknown.exit_code == 2 and "--family: must be one of sd15, sdxl, zimage (got 'flux9')" in unknown.stderr
 
@@ -85,6 +86,7 @@ def test_models_tiny_for_every_family_and_an_unknown_one(tmp_path, photo):
         (["--batch", "9"], "batch_size: must be an integer from 1 to 4"),
         (["--intensity", "2"], "control_intensity: must be a number from 0 to 1"),
         (["-c", "9"], "--control: must be edge, pose, subject, depth or 0..3"),
+        (["--approximate", "turbo"], "--approximate: unknown turbo; choose from controlnet-cond-only, cfg-cut"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(tiny_sd15, photo, args, message):

@@ -22,6 +22,8 @@ class ServerSettings:
     dtype: str | None = None  # float32 | float16 | bfloat16; default per device
     offload: str = "none"  # none | model | sequential | auto
     compile: str = "none"  # none | regional | full (torch.compile, kernels cached on disk)
+    compile_after: int = 1  # --compile-after: calls of a shape before one compiles for it
+    approximate: str = ""  # --approximate: output-changing speed levers, none by default
     workers: int = 1
     allow_private_urls: bool = False
     queue_limit: int = 100
@@ -59,6 +61,8 @@ class ServerSettings:
             dtype=self.dtype,
             offload=self.offload,
             compile=self.compile,
+            compile_after=self.compile_after,
+            approximate=self.approximate,
             overrides=dict(self.model_overrides or {}),
         )
 

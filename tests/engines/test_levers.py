@@ -7,6 +7,7 @@ import pytest
 
 from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import LocalEngine, Speedups
+from ref2img.engines.local.compile_policy import CompilePolicy
 from ref2img.engines.local.speed import APPROXIMATIONS, fp8_targets, parse_approximations
 from ref2img.protocol import ControlType
 
@@ -146,3 +147,24 @@ def test_fp8_converts_only_the_linears_inside_the_compiled_blocks(exact_off):
     assert not any(name.endswith(("attn2.to_k", "attn2.to_v")) for name in targets)
     assert any(name.endswith("attn2.to_q") for name in targets) and any(name.endswith("attn1.to_k") for name in targets)
     assert not any(name.startswith(("time_embedding", "add_embedding")) for name in targets)
+
+
+def test_the_compile_policy_keeps_a_shape_eager_until_its_nth_call():
+    policy = CompilePolicy(compile_after=2)
+    assert policy.stance("1024x1024") == "force_eager"  # nothing compiled yet: eager_on_recompile would compile
+    assert policy.stance("1024x1024") == "default"  # its second call compiles
+    assert policy.stance("768x1344") == "eager_on_recompile"  # new: eager, reusing whatever graphs fit
+    assert policy.stance("1024x1024") == "default"
+    assert CompilePolicy(compile_after=1).stance("any") == "default"  # torch.compile's own behaviour
+    with pytest.raises(EngineOptionError, match="--compile-after: must be at least 1"):
+        Speedups(compile="regional", compile_after=0)
+
+
+def test_a_first_call_under_compile_after_runs_eagerly(tiny_sd15, astronaut, tmp_path):
+    from torch._dynamo.utils import counters
+
+    engine = LocalEngine(str(tiny_sd15), device="cpu", compile_cache=str(tmp_path / "cache"),
+                         speedups=Speedups(compile="regional", compile_after=3))
+    before = counters["stats"]["unique_graphs"]
+    assert engine.generate(edge_job(astronaut, steps=2))[0].size == (512, 512)
+    assert counters["stats"]["unique_graphs"] == before, "a first call compiled"

@@ -85,6 +85,26 @@ CompileOption = Annotated[
         "$REF2IMG_COMPILE_CACHE (default ~/.cache/ref2img/torch-compile)",
     ),
 ]
+CompileAfterOption = Annotated[
+    int,
+    typer.Option(
+        "--compile-after",
+        metavar="N",
+        min=1,
+        max=100,
+        help="with --compile: a size/batch/mode compiles on its N-th request; earlier ones run eagerly, so a "
+        "one-off size never waits for a compile (1: at once)",
+    ),
+]
+ApproximateOption = Annotated[
+    str,
+    typer.Option(
+        "--approximate",
+        metavar="LEVERS",
+        help="output-changing speed levers, comma-separated: controlnet-cond-only (the ControlNet on the "
+        "conditional half of CFG), cfg-cut (no CFG once the ControlNet stops); none by default (docs/speed.md)",
+    ),
+]
 EngineOption = Annotated[
     Literal["local", "tomoviee"],
     typer.Option(
@@ -176,13 +196,27 @@ def resolve_model(model: str, parts: list[str] | None):
 
 
 def load_engine(
-    preset, device: str | None, dtype: str | None = None, offload: str = "none", compile_kind: str = "none"
+    preset,
+    device: str | None,
+    dtype: str | None = None,
+    offload: str = "none",
+    compile_kind: str = "none",
+    approximate: str = "",
+    compile_after: int = 1,
 ):
     from ref2img.engines.base import EngineError, EngineOptionError
     from ref2img.engines.local import LocalOptions
 
     try:
-        engine = LocalOptions(preset, device=device, dtype=dtype, offload=offload, compile=compile_kind).build()
+        engine = LocalOptions(
+            preset,
+            device=device,
+            dtype=dtype,
+            offload=offload,
+            compile=compile_kind,
+            compile_after=compile_after,
+            approximate=approximate,
+        ).build()
     except EngineOptionError as exc:
         fail(str(exc), EXIT_USAGE)
     except EngineError as exc:

@@ -19,6 +19,8 @@ from ref2img.cli._common import (
     AppKeyOption,
     AppSecretOption,
     CloudOption,
+    ApproximateOption,
+    CompileAfterOption,
     CompileOption,
     ControlOption,
     DeviceOption,
@@ -71,6 +73,8 @@ def generate(
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
     compile_kind: CompileOption = "none",
+    compile_after: CompileAfterOption = 1,
+    approximate: ApproximateOption = "",
     out_dir: Annotated[
         Path, typer.Option("--out", "-o", metavar="DIR", help="folder for the PNGs and the run's JSON")
     ] = Path("out"),
@@ -99,7 +103,7 @@ def generate(
         return
     if control_map and mode is ControlType.SUBJECT:
         fail("--control-map: subject mode uses the reference itself, not a control map", EXIT_USAGE)
-    run = InProcessRun(request.with_seed(), control_map, steps, compile_kind)
+    run = InProcessRun(request.with_seed(), control_map, steps, (compile_kind, compile_after, approximate))
     run.execute(resolve_model(model, part), device, dtype, offload, out_dir, as_json)
 
 
@@ -116,11 +120,11 @@ class InProcessRun:
     """One `ref2img generate` on the local engine: the server's runner (`ref2img.lifecycle`) over an
     in-memory ledger, the PNGs and the run's JSON record in the output folder."""
 
-    def __init__(self, request: CreateRequest, control_map: str | None, steps: int | None, compile_kind: str):
+    def __init__(self, request: CreateRequest, control_map: str | None, steps: int | None, speed: tuple[str, int, str]):
         self.request = request
         self.control_map_input = control_map
         self.steps = steps
-        self.compile_kind = compile_kind
+        self.compile_kind, self.compile_after, self.approximate = speed  # --compile, --compile-after, --approximate
         self.run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.used_map = None  # the map the engine conditioned on, saved so that the user can see what it caught
 
@@ -134,7 +138,7 @@ class InProcessRun:
         if self.request.init_image:
             images.setdefault(self.request.init_image, read_image(self.request.init_image, "init_image"))
         given_map = read_image(self.control_map_input, "control_map") if self.control_map_input else None
-        engine = load_engine(preset, device, dtype, offload, self.compile_kind)
+        engine = load_engine(preset, device, dtype, offload, self.compile_kind, self.approximate, self.compile_after)
         loaded = time.perf_counter()
 
         def shape_job(job, engine):
@@ -181,6 +185,7 @@ class InProcessRun:
             "dtypes": engine.component_dtypes(),  # read from the modules after the job: a stray cast shows here
             "offload": engine.pipelines.offload,
             "compile": self.compile_kind,
+            "approximate": sorted(engine.speedups.approximate),  # output-changing levers asked for
             "ignored": engine.last_ignored,  # what of the request this model has no knob for
             "timings_s": {name: round(seconds, 3) for name, seconds in timings.items()},
         }

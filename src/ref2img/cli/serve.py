@@ -13,6 +13,8 @@ from ref2img.cli._common import (
     CloudUrlOption,
     CloudWorkersOption,
     EngineOption,
+    ApproximateOption,
+    CompileAfterOption,
     CompileOption,
     DataDirOption,
     DbOption,
@@ -41,6 +43,8 @@ def serve(
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
     compile_kind: CompileOption = "none",
+    compile_after: CompileAfterOption = 1,
+    approximate: ApproximateOption = "",
     workers: Annotated[
         int, typer.Option("--workers", metavar="N", min=1, max=64, help="worker threads (one engine, shared)")
     ] = 1,
@@ -135,7 +139,7 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = node_settings(
         data_dir=data_dir,
-        engine_options=(model, part, device, dtype, offload, compile_kind),
+        engine_options=(model, part, device, dtype, offload, compile_kind, compile_after, approximate),
         allow_private_urls=allow_private_urls,
         task_timeout_s=task_timeout,
         db_url=db,
@@ -189,6 +193,8 @@ def worker(
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
     compile_kind: CompileOption = "none",
+    compile_after: CompileAfterOption = 1,
+    approximate: ApproximateOption = "",
     allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls")] = False,
     task_timeout: Annotated[float, typer.Option("--task-timeout", metavar="SECONDS", min=1)] = 1800.0,
     lease: LeaseOption = 30.0,
@@ -219,7 +225,7 @@ def worker(
     quiet_libraries()
     settings = node_settings(
         data_dir=data_dir,
-        engine_options=(model, part, device, dtype, offload, compile_kind),
+        engine_options=(model, part, device, dtype, offload, compile_kind, compile_after, approximate),
         allow_private_urls=allow_private_urls,
         task_timeout_s=task_timeout,
         db_url=db,
@@ -238,13 +244,13 @@ def worker(
 
 def node_settings(
     *,
-    engine_options: tuple[str, list[str] | None, str | None, str | None, str, str],
+    engine_options: tuple[str, list[str] | None, str | None, str | None, str, str, int, str],
     cloud: tuple[str, str, Path | None, int, str | None],
     queue_url: str,
     **fields: Any,
 ):
     """The settings of one node, built alike by `serve` and `worker`: the engine's flags (model, parts,
-    device, dtype, offload, compile), the Tomoviee cloud's (engine, URL, credentials, followers, the
+    device, dtype, offload, compile, compile-after, approximate), the Tomoviee cloud's (engine, URL, credentials, followers, the
     explicit --public-url: the only base the cloud can fetch input images from), the queue (checked
     against the registry here: an unknown one is bad input), and the rest as ServerSettings fields."""
     from ref2img.settings import ServerSettings
@@ -252,7 +258,7 @@ def node_settings(
 
     if queue_scheme(queue_url) not in QUEUES:
         fail(f"--queue: unknown queue {queue_url!r}; one of embedded, redis://…, rediss://…", EXIT_USAGE)
-    model, part, device, dtype, offload, compile_kind = engine_options
+    model, part, device, dtype, offload, compile_kind, compile_after, approximate = engine_options
     engine, cloud_url, credentials, cloud_workers, reachable_url = cloud
     return ServerSettings(
         model=model,
@@ -261,6 +267,8 @@ def node_settings(
         dtype=dtype,
         offload=offload,
         compile=compile_kind,
+        compile_after=compile_after,
+        approximate=approximate,
         queue_url=queue_url,
         engine=engine,
         cloud_url=cloud_url,

@@ -103,7 +103,7 @@ def _value_key(value) -> Any:
         return ("tensor", tuple(value.shape), str(value.device), tuple(value.flatten().tolist()))
     if isinstance(value, (list, tuple)):
         keys = [_value_key(item) for item in value]
-        return None if any(k is None and item is not None for k, item in zip(keys, value)) else tuple(keys)
+        return None if any(k is None and item is not None for k, item in zip(keys, value, strict=True)) else tuple(keys)
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return None
@@ -122,5 +122,6 @@ def end_call(modules: dict[str, torch.nn.Module]) -> None:
     """Drop what only one call may reuse (the condition embeddings): between calls it is memory."""
     for module in modules.values():
         for sub in module.modules():
-            if getattr(sub, "ref2img_per_call", False):
-                sub.ref2img_memo.clear()
+            memo: Any = getattr(sub, "ref2img_memo", None)
+            if memo is not None and getattr(sub, "ref2img_per_call", False):
+                memo.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -21,6 +22,7 @@ from ref2img.engines.local.annotators import Annotators
 from ref2img.engines.local.caches import end_call
 from ref2img.engines.local.chatter import quiet_libraries
 from ref2img.engines.local.compile_cache import use_compile_cache
+from ref2img.engines.local.compile_policy import CompilePolicy
 from ref2img.engines.local.decode import output_kwargs, to_pil
 from ref2img.engines.local.device import Placement, choose_placement
 from ref2img.engines.local.families import FamilyPipelines
@@ -70,6 +72,7 @@ class LocalEngine:
         self.speedups = speedups or Speedups()
         if self.speedups.compiles:
             use_compile_cache(compile_cache)
+        self.compile_policy = CompilePolicy(self.speedups.compile_after)
         self.annotators = Annotators(self.preset, self.placement)
         self._pipelines: FamilyPipelines | None = None
         self._lock = threading.Lock()
@@ -145,8 +148,11 @@ class LocalEngine:
                 steps,
                 job.seed,
             )
+            # what a compiled graph is specialised on: one count per distinct call shape
+            shape = (gen_w, gen_h, job.batch_size, job.control_type, job.init_image is not None)
+            stance = self.compile_policy.applied(shape) if self.speedups.compiles else contextlib.nullcontext()
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), stance:
                     if mark_step:
                         torch.compiler.cudagraph_mark_step_begin()
                     output = pipe(

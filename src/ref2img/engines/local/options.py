@@ -18,6 +18,8 @@ class LocalOptions:
     dtype: str | None = None  # float32 | float16 | bfloat16; default per device
     offload: str = "none"  # none | model | sequential | auto
     compile: str = "none"  # none | regional | full
+    compile_after: int = 1  # calls of a shape before one compiles for it
+    approximate: str = ""  # output-changing levers, comma-separated (speed.APPROXIMATIONS); none by default
     overrides: dict[str, str] = field(default_factory=dict)  # --part KEY=VALUE
     compile_cache: str | None = None
 
@@ -25,7 +27,7 @@ class LocalOptions:
         """The engine, not loaded yet (`.load()` reads the weights). EngineOptionError for a setting this
         machine cannot use, at once."""
         from ref2img.engines.local.engine import LocalEngine
-        from ref2img.engines.local.speed import CompileKind, Speedups
+        from ref2img.engines.local.speed import CompileKind, Speedups, parse_approximations
 
         return LocalEngine(
             self.model,
@@ -33,6 +35,11 @@ class LocalOptions:
             overrides=self.overrides or None,
             dtype=self.dtype,
             offload=self.offload,
-            speedups=Speedups(compile=cast(CompileKind, self.compile)),  # Speedups checks the word
+            # Speedups checks the words
+            speedups=Speedups(
+                compile=cast(CompileKind, self.compile),
+                compile_after=self.compile_after,
+                approximate=parse_approximations(self.approximate),
+            ),
             compile_cache=self.compile_cache,
         )

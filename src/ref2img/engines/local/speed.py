@@ -10,6 +10,8 @@
   UNet and the whole ControlNet ("full"). `compile_mode` is inductor's mode: None (default),
   "max-autotune-no-cudagraphs" or "reduce-overhead" (CUDA graphs over each step: `steps.py` marks
   where a step begins, which diffusers does only for `OptimizedModule`s).
+- `compile_after`: a shape compiles the N-th time it is seen, earlier calls run eagerly
+  (`compile_policy.py`).
 - `compile_convs`: regional compile also of the convolution blocks (`ResnetBlock2D`, `Downsample2D`,
   `Upsample2D`) and of the VAE decoder.
 - `inductor_tuning`: the inductor settings of PyTorch's "Diffusion, fast" recipe (1×1 convolutions as
@@ -56,6 +58,7 @@ class Speedups:
     fuse_qkv: bool = False
     compile: CompileKind = "none"
     compile_mode: str | None = None
+    compile_after: int = 1  # calls of a shape before one compiles for it (compile_policy.py)
     compile_convs: bool = False
     inductor_tuning: bool = False
     fp8: bool = False
@@ -74,6 +77,8 @@ class Speedups:
             )
         if "cfg-cut" in self.approximate and not self.skip_idle_controlnet:
             raise EngineOptionError("--approximate cfg-cut needs the idle ControlNet skipped (skip_idle_controlnet)")
+        if self.compile_after < 1:
+            raise EngineOptionError(f"--compile-after: must be at least 1 (got {self.compile_after})")
         if self.fp8 and not self.compiles:
             raise EngineOptionError("fp8 needs --compile: eager float8 is slower than bfloat16")
 
@@ -114,7 +119,7 @@ def prepare_decoder(vae: torch.nn.Module, speedups: Speedups) -> None:
     """`compile_convs`: the VAE decoder compiles as a whole (it runs once per call, on one shape a size)."""
     if speedups.compile_convs and speedups.compiles:
         _configure_dynamo()
-        vae.decoder.compile(fullgraph=True, mode=speedups.compile_mode)  # type: ignore[union-attr, operator]
+        vae.decoder.compile(fullgraph=True, mode=speedups.compile_mode)  # type: ignore[union-attr]
 
 
 def compile_whole(module: torch.nn.Module, mode: str | None) -> None:

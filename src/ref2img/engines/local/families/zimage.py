@@ -32,7 +32,12 @@ from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
 from ref2img.engines.local.caches import cache_text_encoders
-from ref2img.engines.local.families.calls import unapplied_approximations, ignored_without_cfg, image_generators, torch_modules
+from ref2img.engines.local.families.calls import (
+    unapplied_approximations,
+    ignored_without_cfg,
+    image_generators,
+    torch_modules,
+)
 from ref2img.engines.local.families.klein import KleinSubject
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
