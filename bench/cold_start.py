@@ -5,8 +5,10 @@
 
 The first life starts with an empty compile cache (its own temp folder, as on a new machine); the
 restart reuses it, as a restarted server or worker does ($REF2IMG_COMPILE_CACHE). Each life: start the
-server process, wait for /healthz, create one edge-mode task through the SDK, wait for it to end, stop
-the server. Prints a table; --json FILE writes the figures. Not a test: it passes or fails nothing.
+server process, wait for /healthz, create one edge-mode task through the SDK, wait for it to end; then
+three tasks at another size (--new-size), timed each: what a request of a size never seen before waits
+(a compile, or none under --compile-after) against that size's steady time; stop the server. Prints a
+table; --json FILE writes the figures. Not a test: it passes or fails nothing.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--compile-after", type=int, default=1, help="the server's --compile-after")
+    parser.add_argument("--new-size", default="768x1344", help="WxH of the later tasks (a shape not seen yet)")
     parser.add_argument("--lives", type=int, default=2, help="server starts: the first cold, the rest warm")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a life may take")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    report = {"setup": {"model": args.model, "compile": args.compile, "size": args.size, "steps": args.steps,
+    report = {"setup": {"model": args.model, "compile": args.compile, "compile_after": args.compile_after,
+                        "size": args.size, "new_size": args.new_size, "steps": args.steps,
                         "device": args.device or "default"}, "lives": []}
     with tempfile.TemporaryDirectory(prefix="ref2img-cold-") as scratch:
         data_dir, cache = Path(scratch) / "data", Path(scratch) / "compile-cache"
@@ -51,11 +56,12 @@ def main() -> None:
             print(f"  {figures['life']}: {figures}", file=sys.stderr, flush=True)
             if args.json:
                 args.json.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"cold start of `ref2img serve --compile {args.compile}` ({args.model}, {args.size}², "
-          f"steps {args.steps or 'preset'})")
+    print(f"cold start of `ref2img serve --compile {args.compile} --compile-after {args.compile_after}` "
+          f"({args.model}, {args.size}², then {args.new_size}; steps {args.steps or 'preset'})")
     for figures in report["lives"]:
         print(f"{figures['life']:12} up {figures.get('server_up_s')} s, first image "
-              f"{figures.get('first_image_s', figures.get('error'))} s, compile cache "
+              f"{figures.get('first_image_s', figures.get('error'))} s, {args.new_size}: "
+              f"{figures.get('new_size_s')} s (worst {figures.get('worst_vs_steady')}× steady), compile cache "
               f"{figures.get('cache_mib_after')} MiB")
 
 
@@ -78,7 +84,7 @@ def one_life(args, data_dir: Path, cache: Path, app_key: str, app_secret: str) -
 
     port = free_port()
     command = cli("serve", "--model", args.model, "--data-dir", str(data_dir), "--port", str(port),
-                  "--compile", args.compile, "--log-level", "warning")
+                  "--compile", args.compile, "--compile-after", str(args.compile_after), "--log-level", "warning")
     if args.device:
         command += ["--device", args.device]
     if args.steps:
@@ -96,8 +102,16 @@ def one_life(args, data_dir: Path, cache: Path, app_key: str, app_secret: str) -
         with Client(app_key, app_secret, base_url=base_url) as client:
             task = client.generate("an astronaut on mars", reference, "edge", width=args.size, height=args.size,
                                    seed=1, timeout=args.timeout)
-        figures["first_image_s"] = round(time.perf_counter() - started, 2)
-        figures["images"] = len(task.images)
+            figures["first_image_s"] = round(time.perf_counter() - started, 2)
+            figures["images"] = len(task.images)
+            width, height = (int(side) for side in args.new_size.lower().split("x"))
+            figures["new_size_s"] = []
+            for _ in range(3):  # unseen, seen once, steady
+                began = time.perf_counter()
+                client.generate("an astronaut on mars", reference, "edge", width=width, height=height, seed=2,
+                                timeout=args.timeout)
+                figures["new_size_s"].append(round(time.perf_counter() - began, 2))
+            figures["worst_vs_steady"] = round(max(figures["new_size_s"][:2]) / figures["new_size_s"][2], 2)
     except Exception as exc:  # noqa: BLE001 - a failed life is a figure too
         figures["error"] = f"{type(exc).__name__}: {exc}"[:300]
     finally:

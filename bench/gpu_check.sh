@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# The GPU check, in device calls of at most 10 minutes: build the random full-shape models, run every
-# mode of both families on CUDA (no error, exact sizes, dtypes as chosen), the cold start, the speed
-# table (batch 1, then 4), the small-GPU figure, sdxl-fast and SD1.5, the remaining levers: in that
-# order, as far as BUDGET_S allows; the log names every phase it skipped. Each phase writes its JSON
-# into $OUT as it goes: log.txt, modes.json, cold-start.json, speed.json (the device tool brings back
-# 8 files at most).
+# The GPU check, in device calls of at most 10 minutes: build the random full-shape models, the SDXL
+# speed table (batch 1, then 4, with FLOPs, peak shares and profiler summaries), the zimage family (every
+# mode, speed, a 24 GB cap), each lever alone, the approximations, intensity 1.0, the small-GPU figure,
+# the cold start and compile policy, every mode of the UNet families, sdxl-fast and SD1.5: in that order,
+# as far as BUDGET_S allows; the log names every phase it skipped. Each phase writes its JSON into $OUT
+# as it goes: log.txt, speed.json, zimage-modes.json, cold-start.json, modes.json (the device tool
+# brings back 8 files at most).
 #
 #   bash bench/gpu_wheels.sh                                 # here, once: the wheels the device lacks
-#   device run (carry .whl):  bash bench/gpu_check.sh        # every phase the budget allows
-#   PHASES="build offload families levers" bash bench/gpu_check.sh   # a second call: what was skipped
-# The zimage phases come first: the diffusion-transformer family is the one with no GPU figure yet.
+#   device run (carry .whl):  PHASES="$CALL1" bash bench/gpu_check.sh   # the first call (under 10 minutes)
+#   PHASES="$CALL2" bash bench/gpu_check.sh                              # the second call: the rest
+# with CALL1="build speed speed4 zimage-modes zimage-speed zimage-offload" and
+#      CALL2="build levers approximations intensity1 offload coldstart modes families".
+# The engine-speed figures (issue 24) come first, then the zimage family's (issue 23): neither is measured yet.
 #   bash bench/gpu_check.sh --smoke                          # the same plumbing on the CPU, tiny models
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1
 OUT=${OUT:-out/gpu-check}
 mkdir -p "$OUT"
-BUDGET_S=${BUDGET_S:-570}
-PHASES=${PHASES:-"build zimage-modes zimage-speed zimage-offload modes coldstart speed speed4 offload families levers"}
+BUDGET_S=${BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 1500 || echo 570)}  # the smoke runs every phase
+PHASES=${PHASES:-"build speed speed4 zimage-modes zimage-speed zimage-offload levers approximations intensity1 offload coldstart modes families"}
 PY=${PY:-python3}
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
@@ -33,14 +36,20 @@ MODELS=${MODELS:-/tmp/ref2img-bench-models}
 if [ "$SMOKE" = 1 ]; then
   SCALE=tiny; DEVICE=cpu; RUNS=1; BATCH=2; SDXL_ARCH=tiny-sdxl; SD15_ARCH=tiny; FAST_ARCH=tiny-sdxl; ZIMAGE_ARCH=tiny-zimage
   ZIMAGE_LEVERS=off; ZIMAGE_CAP=()
-  CORE_LEVERS=off,skip-idle-controlnet,fuse-qkv,previews; EXTRA_LEVERS=channels-last; FAMILY_LEVERS=off,fuse-qkv
-  COLD_ARGS=(--size 512 --steps 2); CAP_ARGS=(); MODES_ARGS=(--dtype bfloat16)
+  CORE_LEVERS=off,skip-idle-controlnet,exact,fuse-qkv,previews; SPEED4_LEVERS=off,fuse-qkv; PROFILED=exact
+  EXTRA_LEVERS=channels-last,cache-condition; FAMILY_LEVERS=off,fuse-qkv; APPROX_LEVERS=off,controlnet-cond-only,cfg-cut
+  COLD_ARGS=(--size 512 --steps 2 --new-size 512x640); CAP_ARGS=(); MODES_ARGS=(--dtype bfloat16)
+  STEPS_ARGS=(--steps 3); INTENSITY1_ARGS=(--no-flops --no-baseline)  # the plumbing, not the figures
 else
   SCALE=full; DEVICE=cuda; RUNS=2; BATCH=4; SDXL_ARCH=sdxl; SD15_ARCH=sd15; FAST_ARCH=sdxl-fast; ZIMAGE_ARCH=zimage
   ZIMAGE_LEVERS=off,compile-regional,fp8; ZIMAGE_CAP=(--memory-cap-gib 24)  # the issue's 24 GB card
-  CORE_LEVERS=off,skip-idle-controlnet,compile-regional,all,previews
-  EXTRA_LEVERS=channels-last,fuse-qkv,compile-full,cuda-graphs,inductor-tuning,fp8; FAMILY_LEVERS=off,all
-  COLD_ARGS=(--size 1024); CAP_ARGS=(--memory-cap-gib 8); MODES_ARGS=()
+  # The issue's targets are `all` against `diffusers` at batch 1 and 4; exact, all-fp8 and all-graphs beside.
+  CORE_LEVERS=off,exact,compile-regional,all,all-fp8,all-graphs,previews; SPEED4_LEVERS=off,exact,all,all-fp8
+  PROFILED=all
+  EXTRA_LEVERS=skip-idle-controlnet,cache-condition,cache-prompts,decode-on-device,channels-last,fuse-qkv
+  EXTRA_LEVERS=$EXTRA_LEVERS,compile-convs,compile-full,cuda-graphs,inductor-tuning,fp8
+  FAMILY_LEVERS=off,all; APPROX_LEVERS=off,all,controlnet-cond-only,cfg-cut
+  COLD_ARGS=(--size 1024 --compile-after 2); CAP_ARGS=(--memory-cap-gib 8); MODES_ARGS=(); STEPS_ARGS=(); INTENSITY1_ARGS=()
 fi
 SD15_DIR=$MODELS/sd15-$SCALE
 SDXL_DIR=$MODELS/sdxl-$SCALE
@@ -77,25 +86,37 @@ for family, folder in (('zimage', '$ZIMAGE_DIR'), ('sd15', '$SD15_DIR'), ('sdxl'
         t = time.perf_counter(); family_named(family).build_random(Path(folder), '$SCALE', dtype)
         print(f'built {family} ($SCALE) in {time.perf_counter() - t:.0f} s', flush=True)
 "
-# Every speed run adds itself to speed.json (one file: the device tool brings back 8 at most).
-BENCH=("$PY" bench/engine.py --device "$DEVICE" --runs "$RUNS" --models-dir "$MODELS" --json "$OUT/speed.json")
+# Every speed run adds itself to speed.json (one file: the device tool brings back 8 at most); the
+# profiled rows' traces stay in /tmp (too large to bring back), their summaries are in speed.json.
+BENCH=("$PY" bench/engine.py --device "$DEVICE" --runs "$RUNS" --models-dir "$MODELS" --json "$OUT/speed.json"
+       --profile-dir /tmp/ref2img-traces "${STEPS_ARGS[@]}")
+# SDXL + union ControlNet at 1024², 30 steps, edge at 0.5: every row against plain diffusers, the job's
+# FLOPs and each row's share of the peak; `all` traced with torch.profiler at batch 1 and at batch 4.
+phase speed 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches 1 --levers "$CORE_LEVERS" --profile "$PROFILED" \
+  --row-timeout 240
+phase speed4 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches "$BATCH" --levers "$SPEED4_LEVERS" --profile "$PROFILED" \
+  --row-timeout 240
 # zimage: every mode at 1000x600 (the full-scale build has no subject model yet: refused by name, reported), then
 # s/image and peak memory against plain ZImageControlNetPipeline at 1024², then under a 24 GB cap.
 phase zimage-modes 60 "$PY" bench/modes.py --model "$ZIMAGE_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
   --json "$OUT/zimage-modes.json"
 phase zimage-speed 150 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --batches 1 --levers "$ZIMAGE_LEVERS" --row-timeout 300
-phase zimage-offload 90 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --no-baseline --levers off --runs 1 --offload auto \
-  "${ZIMAGE_CAP[@]}" --row-timeout 300
-
-phase modes 45 "$PY" bench/modes.py --model "$SD15_DIR" --model "$SDXL_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
-  --json "$OUT/modes.json"
+phase zimage-offload 90 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --no-baseline --no-flops --levers off --runs 1 \
+  --offload auto "${ZIMAGE_CAP[@]}" --row-timeout 300
+# Each lever alone on top of `off`; the output-changing ones (--approximate) with their drift; intensity 1.0,
+# where the ControlNet never idles; SDXL under an 8 GiB cap.
+phase levers 120 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --levers "off,$EXTRA_LEVERS" \
+  --row-timeout 240
+phase approximations 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --levers "$APPROX_LEVERS" --row-timeout 240
+phase intensity1 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --intensity 1.0 --levers "$FAMILY_LEVERS" \
+  "${INTENSITY1_ARGS[@]}" --row-timeout 240
+phase offload 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --levers off --runs 1 --offload auto \
+  "${CAP_ARGS[@]}" --row-timeout 300
+# First start, restart, and a size never seen (with --compile-after 2 on the GPU): the compile policy's figures.
 phase coldstart 120 "$PY" bench/cold_start.py --model "$SDXL_DIR" --device "$DEVICE" --compile regional \
   "${COLD_ARGS[@]}" --timeout 300 --json "$OUT/cold-start.json"
-phase speed 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches 1 --levers "$CORE_LEVERS" --row-timeout 240
-phase speed4 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches "$BATCH" --levers "$FAMILY_LEVERS" --row-timeout 240
-phase offload 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --levers off --runs 1 --offload auto "${CAP_ARGS[@]}" \
-  --row-timeout 300
-phase families 90 "${BENCH[@]}" --arch "$FAST_ARCH" --levers "$FAMILY_LEVERS" --row-timeout 200
-phase families 60 "${BENCH[@]}" --arch "$SD15_ARCH" --levers "$FAMILY_LEVERS" --row-timeout 200
-phase levers 120 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --levers "off,$EXTRA_LEVERS" --row-timeout 240
+phase modes 45 "$PY" bench/modes.py --model "$SD15_DIR" --model "$SDXL_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
+  --json "$OUT/modes.json"
+phase families 90 "${BENCH[@]}" --arch "$FAST_ARCH" --no-flops --levers "$FAMILY_LEVERS" --row-timeout 200
+phase families 60 "${BENCH[@]}" --arch "$SD15_ARCH" --no-flops --levers "$FAMILY_LEVERS" --row-timeout 200
 echo "== done in $((SECONDS - started))s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

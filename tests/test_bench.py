@@ -30,27 +30,42 @@ def test_gpu_check_smoke(tmp_path):
     assert zimage["ok"] and len(zimage["jobs"]) == 8 and not [job for job in zimage["jobs"] if "refused" in job], log
 
     runs = json.loads((out / "speed.json").read_text())["runs"]
-    # zimage-speed, zimage-offload, then speed, speed4, offload, families (2), levers
+    # speed, speed4, zimage-speed, zimage-offload, levers, approximations, intensity1, offload, families (2)
     assert [(run["setup"]["arch"], run["setup"]["batches"]) for run in runs] == [
-        ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-sdxl", "1"),
-        ("tiny-sdxl", "1"), ("tiny", "1"), ("tiny-sdxl", "1")]
-    zimage_rows = {row["lever"]: row for row in runs[0]["rows"]}
-    assert set(zimage_rows) == {"diffusers", "off"} and zimage_rows["off"]["drift"] == {"max": 0, "mean": 0.0}, log
-    runs = runs[2:]
-    rows = {(row["batch"], row["lever"]): row for row in runs[0]["rows"] + runs[1]["rows"]}
-    assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "fuse-qkv"), (1, "previews"),
-                         (2, "diffusers"), (2, "off"), (2, "fuse-qkv")}, log
+        ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny", "1")]
     assert not [row for run in runs for row in run["rows"] if "error" in row], log
-    assert rows[(1, "skip-idle-controlnet")]["drift"] == {"max": 0, "mean": 0.0}  # the exact lever
-    assert rows[(1, "previews")]["drift"] == {"max": 0, "mean": 0.0}  # rendering a preview changes no pixel
-    assert rows[(1, "fuse-qkv")]["drift_within_tolerance"] is True
+    speed, speed4, zimage_speed, _, levers, approximations, intensity1, offload = runs[:8]
+    rows = {(row["batch"], row["lever"]): row for row in speed["rows"] + speed4["rows"]}
+    assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "exact"), (1, "fuse-qkv"),
+                         (1, "previews"), (2, "diffusers"), (2, "off"), (2, "fuse-qkv")}, log
+    for lever in ("skip-idle-controlnet", "exact", "previews"):  # exact levers; a preview changes no pixel
+        assert rows[(1, lever)]["drift"]["max"] == 0 and rows[(1, lever)]["drift_class"] == "exact", lever
+        assert rows[(1, lever)]["drift_within_tolerance"] is True
+    assert rows[(1, "fuse-qkv")]["drift_class"] == "numerics" and rows[(1, "fuse-qkv")]["drift_within_tolerance"]
     assert all(row["vs_diffusers"] > 0 for row in rows.values())
     assert set(rows[(1, "off")]["dtypes"].values()) == {"float32"}
-    assert runs[2]["rows"][0]["offload"] == "none"  # auto on a CPU
+    # The job's FLOPs, counted: less work with the idle ControlNet skipped; and one profiled row.
+    flops = speed["flops"]["1"]
+    assert 0 < flops["tflop_engine"] < flops["tflop_plain"], flops
+    assert flops["tflop_engine_by_model"]["UNet2DConditionModel"] > 0
+    profile = rows[(1, "exact")]["profile"]
+    assert profile["host_s_per_step"] > 0 and profile["trace"].endswith(".json.gz")
+    zimage_rows = {row["lever"]: row for row in zimage_speed["rows"]}
+    assert set(zimage_rows) == {"diffusers", "off"} and zimage_rows["off"]["drift"]["max"] == 0, log
+    assert {row["lever"] for row in levers["rows"]} == {"off", "channels-last", "cache-condition"}
+    approximated = {row["lever"]: row for row in approximations["rows"]}
+    for lever in ("controlnet-cond-only", "cfg-cut"):
+        assert approximated[lever]["drift_class"] == "output-changing"
+        assert approximated[lever]["drift_within_tolerance"] is None  # reported, not judged
+        assert approximated[lever]["drift"]["ssim"] <= 1.0
+    assert intensity1["setup"]["intensity"] == 1.0
+    assert offload["rows"][0]["offload"] == "none"  # auto on a CPU
 
     cold = json.loads((out / "cold-start.json").read_text())
     first, restart = cold["lives"]
     assert first["images"] == restart["images"] == 1, cold
+    assert len(first["new_size_s"]) == 3 and first["worst_vs_steady"] > 0, cold  # a size not seen before
     assert restart["cache_mib_after"] > 0, cold  # the compile cache survived the restart
 
 
