@@ -42,7 +42,7 @@ def off_dtype_tensors(engine: LocalEngine, dtype: torch.dtype) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", ["sd15", pytest.param("sdxl", marks=pytest.mark.slow)])  # sdxl: 25 s here
 def test_every_module_stays_in_the_forced_dtype(family, tiny_sd15, tiny_sdxl, astronaut, coffee):
     engine = LocalEngine(str(tiny_sd15 if family == "sd15" else tiny_sdxl), device="cpu", dtype="bfloat16")
     for mode, with_init in JOBS:
