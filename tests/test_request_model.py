@@ -16,7 +16,7 @@ from PIL import Image
 from ref2img.client import _core as core
 from ref2img.engines.base import Job
 from ref2img.lifecycle import FolderOutputs, MemoryLedger, RunContext, run_task
-from ref2img.protocol import ControlType, CreateRequest, TaskStatus, random_seed
+from ref2img.protocol import ControlType, CreateRequest, ParameterError, TaskStatus, parse_create_request, random_seed
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ref2img"
 
@@ -111,3 +111,39 @@ def test_one_place_decides_a_default_seed():
     places = sorted(str(path.relative_to(SRC)) for path in SRC.rglob("*") if path.suffix in (".py", ".js")
                     and pattern.search(path.read_text()))
     assert places == ["protocol.py"], places
+
+
+@pytest.mark.parametrize(
+    ("resolution", "aspect_ratio", "size"),
+    [
+        ("1024*1024", None, (1024, 1024)),
+        ("768x1344", None, (768, 1344)),
+        ("1024*1024", "16:9", (1368, 768)),  # the area kept, at the ratio, in multiples of 8
+        ("512*512", "16:9", (912, 512)),  # 680x384 scaled up until the short side is 512
+        (None, "3:4", (888, 1184)),  # the default resolution is our default size, 1024*1024
+        ("2048*2048", "4:1", (2048, 512)),
+    ],
+)
+def test_legacy_size_fields(resolution, aspect_ratio, size):
+    from ref2img.protocol import legacy_size
+
+    assert legacy_size(resolution, aspect_ratio) == size
+    body = {"prompt": "p", "reference_image": "https://x.example/a.png", "control_type": "0",
+            **({"resolution": resolution} if resolution else {}), **({"aspect_ratio": aspect_ratio} if aspect_ratio else {})}
+    request = parse_create_request(body)
+    assert (request.width, request.height) == size
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"resolution": "big"}, 'resolution: must be "W*H"'),
+        ({"resolution": "100*100"}, "resolution: width must be from 512 to 2048"),
+        ({"aspect_ratio": "9:1"}, "aspect_ratio: must be at most 4:1"),
+        ({"resolution": "1024*1024", "height": 768}, "resolution: give either width and height"),
+    ],
+)
+def test_legacy_size_fields_refused_by_name(fields, message):
+    body = {"prompt": "p", "reference_image": "https://x.example/a.png", "control_type": "0", **fields}
+    with pytest.raises(ParameterError, match=f"^{re.escape(message)}"):
+        parse_create_request(body)

@@ -127,6 +127,11 @@ def _wire_control_type(value: Any) -> ControlType:
     return ControlType.parse(value)
 
 
+def _no_callback_if_empty(value: Any) -> Any:
+    # The docs' examples send `"callback": ""` for "no callback" (the field is optional).
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def basic_token(app_key: str, app_secret: str) -> str:
     """The `Authorization` header value of every call: `Basic base64(app_key:app_secret)`."""
     return "Basic " + base64.b64encode(f"{app_key}:{app_secret}".encode()).decode()
@@ -239,6 +244,7 @@ class CreateRequest(BaseModel):
         return value
 
     _control_type = field_validator("control_type", mode="before")(_wire_control_type)
+    _callback = field_validator("callback", mode="before")(_no_callback_if_empty)
 
     @field_validator("width", "height", "batch_size", "seed", mode="before")
     @classmethod
@@ -283,12 +289,21 @@ class RecognizeRequest(BaseModel):
     params: Text | None = Field(default=None, max_length=MAX_PARAMS_CHARS)
 
     _control_type = field_validator("control_type", mode="before")(_wire_control_type)
+    _callback = field_validator("callback", mode="before")(_no_callback_if_empty)
+
+
+# The recognition page's fixed template id (D3, D4a, D4b: `template_info[].template_id`).
+RECOGNIZE_TEMPLATE_ID = "tm_reference_img2mask_template_spatial"
+STORAGE_INFO_FORM = '{"input": {"oss": {"type": 0}}, "output": {"url": {"expire_time": N}}} (either part optional)'
 
 
 def parse_recognize_request(body: Any) -> RecognizeRequest:
-    """Validate a recognition body, flat or in the documented `template_info[0].input_params` wrapping."""
+    """Validate a recognition body, flat or in the documented `template_info[0].input_params` wrapping.
+    The page's other fields (`wsid`, `storage_info`, `template_info[].template_id`) are checked as it
+    describes them, when sent; the published skill sends none of them, so none is required."""
     if not isinstance(body, dict):
         raise ParameterError("body", "must be a JSON object")
+    _check_recognize_extras(body)
     template = body.get("template_info")
     if isinstance(template, list) and template and isinstance(template[0], dict):
         inner = template[0].get("input_params")
@@ -303,10 +318,106 @@ def parse_recognize_request(body: Any) -> RecognizeRequest:
     return request
 
 
+def _check_recognize_extras(body: dict[str, Any]) -> None:
+    wsid = body.get("wsid")
+    if wsid is not None and (isinstance(wsid, bool) or not isinstance(wsid, int) or wsid < 0):
+        raise ParameterError("wsid", f"must be a non-negative integer (the caller's user id; got {wsid!r})")
+    template = body.get("template_info")
+    if template is not None:
+        if not isinstance(template, list) or not template or not all(isinstance(t, dict) for t in template):
+            raise ParameterError("template_info", "must be a non-empty list of objects")
+        for entry in template:
+            if entry.get("template_id", RECOGNIZE_TEMPLATE_ID) != RECOGNIZE_TEMPLATE_ID:
+                raise ParameterError(
+                    "template_info[].template_id",
+                    f"must be {RECOGNIZE_TEMPLATE_ID!r} (got {entry['template_id']!r})",
+                )
+    storage = body.get("storage_info")
+    if storage is not None and not _documented_storage_info(storage):
+        # The docs describe only this form (the cloud's own storage, a signed URL that expires); they
+        # name no bucket, endpoint or credentials, so results cannot go to the caller's own storage.
+        raise ParameterError(
+            "storage_info",
+            f"must be {STORAGE_INFO_FORM}: results are served from this server's storage as URLs; "
+            "writing them to your own object storage is not supported (the docs name no bucket or credentials)",
+        )
+
+
+def _documented_storage_info(storage: Any) -> bool:
+    if not isinstance(storage, dict) or set(storage) - {"input", "output"}:
+        return False
+    given_input, given_output = storage.get("input"), storage.get("output")
+    if given_input is not None and given_input != {"oss": {"type": 0}}:
+        return False
+    if given_output is None:
+        return True
+    expire = given_output.get("url", {}).get("expire_time") if isinstance(given_output, dict) else None
+    return (
+        set(given_output) == {"url"}
+        and set(given_output["url"]) == {"expire_time"}
+        and isinstance(expire, int)
+        and not isinstance(expire, bool)
+        and expire >= 1
+    )
+
+
+# The older skill docs' size fields (S11): `resolution` "1024*1024" and `aspect_ratio` "16:9".
+LEGACY_SIZE_FIELDS = ("resolution", "aspect_ratio")
+DEFAULT_RESOLUTION = "1024*1024"  # our default width × height
+
+
+def legacy_size(resolution: Any, aspect_ratio: Any) -> tuple[int, int]:
+    """Width and height from the legacy fields: `resolution` "W*H" alone is the size; with
+    `aspect_ratio` "a:b" it gives the pixel area, kept at that ratio, then scaled into 512..2048 per
+    side if it falls outside (the legacy default "512*512" at 16:9 would be 680×384), and rounded to
+    multiples of 8."""
+    text = DEFAULT_RESOLUTION if resolution is None else resolution
+    parts = text.replace("x", "*").replace("X", "*").split("*") if isinstance(text, str) else []
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ParameterError("resolution", f'must be "W*H" with positive integers, e.g. "1024*1024" (got {text!r})')
+    width, height = (int(p) for p in parts)
+    if aspect_ratio is None:
+        for name, side in (("width", width), ("height", height)):
+            if not SIZE_RANGE[0] <= side <= SIZE_RANGE[1]:
+                raise ParameterError(
+                    "resolution", f"{name} must be from {SIZE_RANGE[0]} to {SIZE_RANGE[1]} (got {text!r})"
+                )
+        return width, height
+    ratio = aspect_ratio.split(":") if isinstance(aspect_ratio, str) else []
+    if len(ratio) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in ratio):
+        raise ParameterError(
+            "aspect_ratio", f'must be "a:b" with positive integers, e.g. "16:9" (got {aspect_ratio!r})'
+        )
+    a, b = (int(p) for p in ratio)
+    if max(a, b) / min(a, b) > SIZE_RANGE[1] / SIZE_RANGE[0]:
+        raise ParameterError("aspect_ratio", f"must be at most 4:1 either way (got {aspect_ratio!r})")
+    wide = math.sqrt(width * height * a / b)
+    tall = wide * b / a
+    scale = max(SIZE_RANGE[0] / min(wide, tall), 1.0)
+    scale = min(scale, SIZE_RANGE[1] / max(wide, tall))
+    return _multiple_of_8(wide * scale), _multiple_of_8(tall * scale)
+
+
+def _multiple_of_8(side: float) -> int:
+    return min(SIZE_RANGE[1], max(SIZE_RANGE[0], round(side / 8) * 8))
+
+
+def _with_legacy_size(body: dict[str, Any]) -> dict[str, Any]:
+    if not any(name in body for name in LEGACY_SIZE_FIELDS):
+        return body
+    if "width" in body or "height" in body:
+        raise ParameterError("resolution", "give either width and height or resolution/aspect_ratio, not both")
+    width, height = legacy_size(body.get("resolution"), body.get("aspect_ratio"))
+    rest = {key: value for key, value in body.items() if key not in LEGACY_SIZE_FIELDS}
+    return {**rest, "width": width, "height": height}
+
+
 def parse_create_request(body: Any) -> CreateRequest:
-    """Validate a create body; raise :class:`ParameterError` for the first bad field."""
+    """Validate a create body; raise :class:`ParameterError` for the first bad field. The legacy size
+    fields (`resolution`, `aspect_ratio`) become width and height, as `image` and `image_num` are aliases."""
     if not isinstance(body, dict):
         raise ParameterError("body", "must be a JSON object")
+    body = _with_legacy_size(body)
     try:
         return CreateRequest.model_validate(body)
     except ValidationError as exc:

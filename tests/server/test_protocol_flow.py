@@ -191,6 +191,49 @@ def test_recognition_task_with_template_wrapping(cloud, image_host):
     assert subject["msg"].startswith("control_type: ") and "subject mode (2) has no control map" in subject["msg"]
 
 
+def test_the_recognition_pages_full_body_is_accepted_and_checked(cloud, image_host):
+    """The EN page's body (D3/D4a: `wsid`, `storage_info`, `template_info` with its template id), as given;
+    then each documented field wrong, refused naming it."""
+    route = f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask"
+    documented = {
+        "wsid": 123,
+        "callback": "",
+        "params": "",
+        "template_info": [{"template_id": "tm_reference_img2mask_template_spatial",
+                           "input_params": {"control_type": "0", "init_image": image_host.url("/astronaut.jpg")}}],
+        "storage_info": {"input": {"oss": {"type": 0}}, "output": {"url": {"expire_time": 1}}},
+    }
+    answer = httpx.post(route, json=documented, headers=cloud.headers).json()
+    assert answer["code"] == 0, answer
+    assert json.loads(cloud.wait_final(answer["data"]["task_id"])["result"])["mask_path"]
+    wrong = {
+        "wsid": ({"wsid": "me"}, "wsid: must be a non-negative integer"),
+        "template_id": ({"template_info": [{**documented["template_info"][0], "template_id": "tm_other"}]},
+                        "template_info[].template_id: must be 'tm_reference_img2mask_template_spatial'"),
+        "own bucket": ({"storage_info": {"output": {"oss": {"bucket": "mine", "key": "k"}}}},
+                       "storage_info: must be {\"input\": {\"oss\": {\"type\": 0}}"),
+    }
+    for name, (change, message) in wrong.items():
+        refused = httpx.post(route, json={**documented, **change}, headers=cloud.headers).json()
+        assert refused["code"] == 680001 and refused["msg"].startswith(message), (name, refused)
+    assert "not supported" in httpx.post(route, json={**documented, **wrong["own bucket"][0]},
+                                         headers=cloud.headers).json()["msg"]
+
+
+def test_the_legacy_size_fields_make_width_and_height(cloud, image_host):
+    """The older skill docs' body (S11): `image`, `resolution`, `aspect_ratio`, `image_num`."""
+    legacy = {"prompt": "a lighthouse", "image": image_host.url("/astronaut.jpg"), "control_type": "0",
+              "resolution": "1024*1024", "aspect_ratio": "16:9", "image_num": 1}
+    answer = cloud.create(legacy).json()
+    assert answer["code"] == 0, answer
+    data = cloud.wait_final(answer["data"]["task_id"])
+    assert data["status"] == 3
+    conflict = cloud.create({**legacy, "width": 512}).json()
+    assert conflict["code"] == 680001 and conflict["msg"].startswith("resolution: give either width and height")
+    bad = cloud.create({**legacy, "aspect_ratio": "wide"}).json()
+    assert bad["code"] == 680001 and bad["msg"].startswith('aspect_ratio: must be "a:b"')
+
+
 def test_token_endpoint(cloud):
     answer = httpx.get(f"{cloud.base}/v1/open/capacity/get/token",
                        params={"access_key": cloud.app_key, "secret": cloud.app_secret}).json()
