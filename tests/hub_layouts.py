@@ -136,6 +136,16 @@ LAYOUTS: dict[str, dict[str, int]] = {
         "dw-tt_ucoco.pth": 6_847_510,
         "yolox_l.onnx": 217 * MB,
     },
+    # https://huggingface.co/onnx-community/BiRefNet_lite-ONNX/tree/main and
+    # https://huggingface.co/onnx-community/BiRefNet_lite/tree/main/onnx
+    "onnx-community/BiRefNet_lite-ONNX": {
+        ".gitattributes": 1_520,
+        "README.md": 4_290,
+        "config.json": 81,
+        "preprocessor_config.json": 391,
+        "onnx/model.onnx": 224 * MB,
+        "onnx/model_fp16.onnx": 115 * MB,
+    },
     # Root: https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/tree/cd44addac4063479f4c3db4b80cb6006290b2b0e
     # and /tree/7e9ccea7f3e23e85aef3a0e878c39f0a41bf9bdb (folders: flax weights added by #95, OpenVINO by
     # #19, vae_1_0 by #30); unet, vae, text_encoder(_2): the folders' own tree pages at c468d0c, eef8a74,
@@ -320,6 +330,7 @@ SD15_NEEDS: dict[str, set[str]] = {
                        "models/ip-adapter-plus_sd15.safetensors"},
     "depth-anything/Depth-Anything-V2-Small-hf": {"config.json", "preprocessor_config.json", "model.safetensors"},
     "yzd-v/DWPose": {"yolox_l.onnx", "dw-ll_ucoco_384.onnx"},
+    "onnx-community/BiRefNet_lite-ONNX": {"onnx/model.onnx"},
 }
 
 
@@ -331,6 +342,7 @@ def real_bytes(needs: dict[str, set[str]]) -> int:
 _SHARED = {  # what sd15 and sdxl both read from these repos
     "depth-anything/Depth-Anything-V2-Small-hf": {"config.json", "preprocessor_config.json", "model.safetensors"},
     "yzd-v/DWPose": {"yolox_l.onnx", "dw-ll_ucoco_384.onnx"},
+    "onnx-community/BiRefNet_lite-ONNX": {"onnx/model.onnx"},
 }
 
 SDXL_NEEDS: dict[str, set[str]] = {

@@ -66,7 +66,7 @@ def test_models_tiny_for_every_family_and_an_unknown_one(tmp_path, photo):
     assert entry["family"] == "zimage" and entry["ready"] is True
     assert {p["part"] for p in entry["parts"]} == {"base", "controlnet.union", "extra.controlnet_config",
                                                    "extra.subject_base", "depth_estimator", "pose_detector",
-                                                   "pose_estimator"}
+                                                   "pose_estimator", "subject_segmenter"}
     made = runner.invoke(app, ["generate", str(photo), "a lighthouse", "--model", str(tmp_path / "z"), "-c", "depth",
                                "-W", "512", "-H", "640", "-n", "2", "--seed", "5", "--out", str(tmp_path / "out"),
                                "--json"])
@@ -128,6 +128,11 @@ def test_recognize_writes_the_map(tiny_sd15, photo, tmp_path):
                                  "--out", str(target)])
     assert result.exit_code == 0, result.output
     assert Image.open(target).size == (512, 512)
+    mask = tmp_path / "maps" / "subject.png"  # the subject's mask, at the photo's size
+    result = runner.invoke(app, ["recognize", str(photo), "--control", "subject", "--model", str(tiny_sd15),
+                                 "--out", str(mask)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(mask).size == Image.open(photo).size
 
 
 def test_control_map_and_init_from_an_http_url(tiny_sd15, photo, tmp_path, coffee):

@@ -92,7 +92,7 @@ def test_tools_and_their_schemas_carry_the_real_ranges(tiny_sd15, tmp_path):
     assert names["enum"] == ["edge", "pose", "subject", "depth"]
     assert (numbers["minimum"], numbers["maximum"]) == (0, 3)
     recognize_modes = tools["recognize"].input_schema["properties"]["mode"]["anyOf"]
-    assert [option["enum"] for option in recognize_modes] == [["edge", "pose", "depth"], [0, 1, 3]]
+    assert [option["enum"] for option in recognize_modes] == [["edge", "pose", "subject", "depth"], [0, 1, 2, 3]]
     assert tools["get_task"].annotations.read_only_hint and tools["cancel_task"].annotations.destructive_hint
 
 
@@ -145,10 +145,12 @@ def test_bad_input_is_a_tool_error_naming_the_field_and_its_range(tiny_sd15, tmp
         async with Client(local_server(tiny_sd15, tmp_path / "out")) as client:
             answers = {field: await client.call_tool("generate", arguments) for field, arguments in calls.items()}
             answers["task_id"] = await client.call_tool("get_task", {"task_id": "t_nope"})
-            answers["recognize"] = await client.call_tool("recognize", {"image": reference, "mode": "subject"})
-            return answers
+            answers["recognize"] = await client.call_tool("recognize", {"image": reference, "mode": "sideways"})
+            subject = await client.call_tool("recognize", {"image": reference, "mode": "subject"})
+            return answers, subject
 
-    answers = run(main)
+    answers, subject = run(main)
+    assert not subject.is_error and Image.open(subject.structured_content["file"]).size == Image.open(reference).size
     assert all(answer.is_error for answer in answers.values())
     texts = {field: text_of(answer) for field, answer in answers.items()}
     assert "width" in texts["width"] and "2048" in texts["width"]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from .hub_fixture import write_repo
 from .test_models_mirror import Mirror
@@ -25,6 +26,7 @@ def _annotators(read) -> dict[str, dict[str, bytes]]:
             name: read(f"depth/{name}") for name in ("config.json", "preprocessor_config.json", "model.safetensors")
         },
         "yzd-v/DWPose": {"yolox_l.onnx": read("pose/detector.onnx"), "dw-ll_ucoco_384.onnx": read("pose/estimator.onnx")},
+        "onnx-community/BiRefNet_lite-ONNX": {"onnx/model.onnx": read("segmenter/model.onnx")},
     }
 
 
@@ -177,3 +179,9 @@ def test_pull_from_the_mirror_then_generate_every_mode_offline(preset, family, r
         assert made.returncode == 0, f"{mode}: {made.stderr[-2000:]}"
         record = json.loads(made.stdout)
         assert record["preset"] == preset and len(record["images"]) == 1 and Path(record["images"][0]).is_file()
+    mask = tmp_path / "subject-mask.png"  # recognition's subject mask, from the pulled segmenter
+    recognized = subprocess.run(
+        [sys.executable, "-m", "ref2img.cli", "recognize", str(reference), "--control", "subject", "--model", preset,
+         "--device", "cpu", "--out", str(mask)], env=offline, capture_output=True, text=True, timeout=300)
+    assert recognized.returncode == 0, recognized.stderr[-2000:]
+    assert Image.open(mask).size == (128, 128)

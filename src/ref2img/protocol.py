@@ -138,7 +138,7 @@ def basic_token(app_key: str, app_secret: str) -> str:
 
 
 # The control types recognition takes, in the words of its error messages (server and SDK alike).
-RECOGNIZE_CONTROL_TYPES = 'one of "0" (edge), "1" (pose) or "3" (depth); subject mode (2) has no control map'
+RECOGNIZE_CONTROL_TYPES = 'one of "0" (edge), "1" (pose), "2" (the subject\'s mask) or "3" (depth)'
 
 # What each field allows, in the words used by error messages and docs.
 ALLOWED: dict[str, str] = {
@@ -279,7 +279,8 @@ class CreateRequest(BaseModel):
 
 
 class RecognizeRequest(BaseModel):
-    """Body of `POST /v1/open/capacity/application/tm_reference_img2mask` (control map only)."""
+    """Body of `POST /v1/open/capacity/application/tm_reference_img2mask`: the control map of types 0, 1
+    and 3, or the subject's foreground mask (type 2), white on black at the input's size."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
@@ -310,12 +311,9 @@ def parse_recognize_request(body: Any) -> RecognizeRequest:
         if isinstance(inner, dict):
             body = {**{k: v for k, v in body.items() if k != "template_info"}, **inner}
     try:
-        request = RecognizeRequest.model_validate(body)
+        return RecognizeRequest.model_validate(body)
     except ValidationError as exc:
         raise _first_parameter_error(exc, body) from None
-    if request.control_type is ControlType.SUBJECT:
-        raise ParameterError("control_type", f"must be {RECOGNIZE_CONTROL_TYPES}")
-    return request
 
 
 def _check_recognize_extras(body: dict[str, Any]) -> None:

@@ -42,6 +42,8 @@ def test_create_get_wait_with_files_and_urls(client, astronaut, coffee, tmp_path
 def test_recognize_and_token(client, astronaut, credentials):
     task = client.recognize(astronaut, "edge")
     assert len(task.masks) == 1 and httpx.get(task.masks[0]).status_code == 200
+    subject = client.recognize(astronaut, "subject")  # type 2: the subject's mask
+    assert len(subject.masks) == 1 and httpx.get(subject.masks[0]).status_code == 200
     assert client.token() == Cloud("", *credentials).headers["Authorization"]
 
 
@@ -93,9 +95,9 @@ def test_client_side_validation_sends_nothing(astronaut):
             client.create("p", "https://x/y.png", "sideways")
         with pytest.raises(InvalidRequestError, match="no such file"):
             client.create("p", "/no/such/file.png")
-        for subject in ("subject", 2, "2"):  # no control map: refused before anything is sent
-            with pytest.raises(InvalidRequestError, match=r"subject mode \(2\) has no control map") as caught:
-                client.recognize(astronaut, subject)
+        for unknown in ("sideways", 9, "9"):  # not a recognition type: refused before anything is sent
+            with pytest.raises(InvalidRequestError, match=r'"2" \(the subject\'s mask\)') as caught:
+                client.recognize(astronaut, unknown)
             assert caught.value.field == "control_type"
         with pytest.raises(APIConnectionError):
             client.get("t1")

@@ -43,6 +43,12 @@ def test_pose_runs_detector_and_estimator(engine, astronaut):
     assert pose.shape == (512, 512, 3) and pose.any()
 
 
-def test_subject_mode_has_no_control_map(engine, astronaut):
-    with pytest.raises(EngineError, match="subject mode"):
-        engine.recognize(astronaut, ControlType.SUBJECT)
+def test_subject_mode_gives_the_presets_segmenter_mask_at_the_inputs_size(engine, astronaut):
+    """Recognition's type 2 runs the tiny preset's segmenter (the real ONNX loading code), not a control map."""
+    picture = astronaut.resize((96, 72))
+    mask = np.asarray(engine.recognize(picture, ControlType.SUBJECT))
+    assert mask.shape == (72, 96, 3)
+    assert (mask[..., 0] == mask[..., 1]).all() and (mask[..., 1] == mask[..., 2]).all()
+    assert engine.annotators._segmenter is not None  # loaded from the preset, not the GrabCut fallback
+    with pytest.raises(EngineError, match="no control map"):
+        engine.annotators.control_map(picture, ControlType.SUBJECT)

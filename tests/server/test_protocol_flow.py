@@ -1,5 +1,6 @@
 """The cloud flow, every route and error code, auth and tenant isolation — against `ref2img serve`."""
 
+import io
 import json
 
 import httpx
@@ -187,8 +188,15 @@ def test_recognition_task_with_template_wrapping(cloud, image_host):
     subject = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask",
                          json={"control_type": "2", "init_image": image_host.url("/astronaut.jpg")},
                          headers=cloud.headers).json()
-    assert subject["code"] == 680001
-    assert subject["msg"].startswith("control_type: ") and "subject mode (2) has no control map" in subject["msg"]
+    assert subject["code"] == 0  # type 2: the subject's mask, one URL like the other maps
+    data = cloud.wait_final(subject["data"]["task_id"])
+    [mask_url] = json.loads(data["result"])["mask_path"]
+    mask = Image.open(io.BytesIO(httpx.get(mask_url).content))
+    assert mask.size == Image.open(io.BytesIO(httpx.get(image_host.url("/astronaut.jpg")).content)).size
+    unknown = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask",
+                         json={"control_type": "7", "init_image": image_host.url("/astronaut.jpg")},
+                         headers=cloud.headers).json()
+    assert unknown["code"] == 680001 and unknown["msg"].startswith("control_type: ")
 
 
 def test_the_recognition_pages_full_body_is_accepted_and_checked(cloud, image_host):

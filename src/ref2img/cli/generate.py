@@ -264,13 +264,14 @@ def recognize(
     image: Annotated[str, typer.Argument(metavar="IMAGE", help="photo: a path or an http(s) URL")],
     control: ControlOption = "edge",
     out_file: Annotated[
-        Path, typer.Option("--out", "-o", metavar="FILE", help="where to write the control map (PNG)")
+        Path, typer.Option("--out", "-o", metavar="FILE", help="where to write the control map or mask (PNG)")
     ] = Path("control-map.png"),
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
 ) -> None:
-    """Write the control map (edges, pose skeleton or depth) the engine would use for IMAGE."""
+    """Write the control map (edges, pose skeleton or depth) the engine would use for IMAGE, or with
+    `--control subject` the mask of its main subject (white on black, at its size)."""
     mode = parse_control(control)
     picture = read_image(image, "image")
     from ref2img.engines.base import EngineError

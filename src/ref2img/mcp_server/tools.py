@@ -59,7 +59,7 @@ ImageSource = Annotated[str, Field(min_length=1, description="a local file path,
 INSTRUCTIONS = (
     "ref2img makes new images from a reference image and a prompt, keeping the reference's edges (mode "
     "edge), a person's pose (pose), a subject's identity (subject) or its depth (depth). Call `generate`; "
-    "`recognize` shows the edge, pose or depth map that a reference gives. Images come back small for the "
+    "`recognize` shows the edge, pose or depth map that a reference gives, or its subject's mask. Images come back small for the "
     "chat; the result's structured content has the full-size files and each image's seed."
 )
 
@@ -122,7 +122,7 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
         return _with_previews(made.files, summary, {"task_id": made.task_id, "backend": backend.name, "images": images})
 
     @server.tool(
-        title="Show a reference's control map",
+        title="Show a reference's control map or subject mask",
         annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True),
     )
     async def recognize(
@@ -131,11 +131,11 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
         ],
         ctx: Context,
         mode: Annotated[
-            Literal["edge", "pose", "depth"] | Literal[0, 1, 3],
-            Field(description="which map: edge (0), pose (1) or depth (3); subject mode (2) has none"),
+            Literal["edge", "pose", "subject", "depth"] | Literal[0, 1, 2, 3],
+            Field(description="which map: edge (0), pose (1), the subject's mask (2) or depth (3)"),
         ] = "edge",
     ) -> CallToolResult:
-        """The edge, pose or depth map that `generate` would condition on."""
+        """The edge, pose or depth map that `generate` would condition on, or the subject's foreground mask."""
         with _as_tool_errors():
             made = await backend.recognize(image, _control_type(mode), _reporter(ctx))
         [path] = made.files

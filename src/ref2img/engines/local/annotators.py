@@ -1,5 +1,6 @@
 """Control maps from photos: Canny edges (OpenCV, no weights), depth (transformers
-`depth-estimation`, e.g. Depth-Anything-V2-Small), pose (DWPose). Models load on first use."""
+`depth-estimation`, e.g. Depth-Anything-V2-Small), pose (DWPose), the subject's mask (a salient-object
+model, or GrabCut without one; `subject_mask.py`). Models load on first use."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from transformers import DepthEstimationPipeline
 
     from ref2img.engines.local.pose import DWPose
+    from ref2img.engines.local.subject_mask import SalientObjectModel
 
 log = logging.getLogger("ref2img.engine")
 
@@ -39,6 +41,7 @@ class Annotators:
         self._use_cuda = placement.device.type == "cuda"
         self._depth: DepthEstimationPipeline | None = None
         self._pose: DWPose | None = None
+        self._segmenter: SalientObjectModel | None = None
         self._lock = threading.Lock()
 
     def control_map(self, image: Image.Image, mode: ControlType) -> Image.Image:
@@ -48,9 +51,26 @@ class Annotators:
             return self._depth_map(image)
         if mode is ControlType.POSE:
             return self._pose_map(image)
-        raise EngineError(
-            "subject mode (2) has no control map: the reference itself conditions the output through IP-Adapter"
-        )
+        raise EngineError(f"no control map for mode {mode!r}")
+
+    def recognize(self, image: Image.Image, mode: ControlType) -> Image.Image:
+        """What recognition returns: the control map, or in subject mode (2) the subject's mask."""
+        return self.subject_mask(image) if mode is ControlType.SUBJECT else self.control_map(image, mode)
+
+    def subject_mask(self, image: Image.Image) -> Image.Image:
+        if self._preset.subject_segmenter is None:
+            from ref2img.engines.local.subject_mask import grabcut_mask
+
+            return grabcut_mask(image)
+        with self._lock:
+            if self._segmenter is None:
+                from ref2img.engines.local.subject_mask import SalientObjectModel
+
+                path = locate(self._preset.subject_segmenter, "subject_segmenter", self._preset)
+                self._segmenter = SalientObjectModel(path, use_cuda=self._use_cuda)
+                log.info("loaded subject_segmenter from %s (onnxruntime)", path)
+            segmenter = self._segmenter
+        return segmenter(image)
 
     def _depth_map(self, image: Image.Image) -> Image.Image:
         with self._lock:

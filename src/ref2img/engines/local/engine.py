@@ -98,7 +98,7 @@ class LocalEngine:
     # -- Engine interface ------------------------------------------------------------------
     def recognize(self, image: Image.Image, control_type: ControlType) -> Image.Image:
         _check_image(image, "image")
-        return self.annotators.control_map(image.convert("RGB"), control_type)
+        return self.annotators.recognize(image.convert("RGB"), control_type)
 
     def generate(
         self,

@@ -52,6 +52,7 @@ class Preset:
     depth_estimator: ModelRef
     pose_detector: ModelRef
     pose_estimator: ModelRef
+    subject_segmenter: ModelRef | None = None  # recognition's subject mask; GrabCut without one
     ip_adapter: ModelRef | None = None  # the UNet families' subject mode
     image_encoder: ModelRef | None = None
     vae: ModelRef | None = None
@@ -88,6 +89,7 @@ class Preset:
             "depth_estimator": self.depth_estimator,
             "pose_detector": self.pose_detector,
             "pose_estimator": self.pose_estimator,
+            "subject_segmenter": self.subject_segmenter,
         }
         named.update({f"controlnet.{key}": ref for key, ref in self.controlnets.items()})
         named.update({f"extra.{key}": ref for key, ref in self.extra.items()})
@@ -136,6 +138,8 @@ _DEPTH = _hub(
 )
 _POSE_DETECTOR = _hub("yzd-v/DWPose", "yolox_l.onnx", weight="yolox_l.onnx")
 _POSE_ESTIMATOR = _hub("yzd-v/DWPose", "dw-ll_ucoco_384.onnx", weight="dw-ll_ucoco_384.onnx")
+# BiRefNet-lite (MIT; ZhengPeng7/BiRefNet_lite), the ONNX export its model card points transformers.js at.
+_SEGMENTER = _hub("onnx-community/BiRefNet_lite-ONNX", "onnx/model.onnx", subfolder="onnx", weight="model.onnx")
 _VIT_H_ENCODER = _hub(  # not its pytorch_model.bin: the same 2.5 GB again, as a pickle
     "h94/IP-Adapter",
     "models/image_encoder/config.json",
@@ -162,6 +166,7 @@ _SDXL = Preset(
     depth_estimator=_DEPTH,
     pose_detector=_POSE_DETECTOR,
     pose_estimator=_POSE_ESTIMATOR,
+    subject_segmenter=_SEGMENTER,
     steps=30,
     guidance_scale=5.0,
     max_pixels=1536 * 1536,
@@ -218,6 +223,7 @@ _ZIMAGE_TURBO = Preset(
     depth_estimator=_DEPTH,
     pose_detector=_POSE_DETECTOR,
     pose_estimator=_POSE_ESTIMATOR,
+    subject_segmenter=_SEGMENTER,
     steps=8,
     guidance_scale=0.0,
     max_pixels=1536 * 1536,
@@ -260,6 +266,7 @@ PRESETS: dict[str, Preset] = {
         depth_estimator=_DEPTH,
         pose_detector=_POSE_DETECTOR,
         pose_estimator=_POSE_ESTIMATOR,
+        subject_segmenter=_SEGMENTER,
         steps=25,
         guidance_scale=7.5,
         max_pixels=768 * 768,
@@ -317,7 +324,9 @@ def load_preset_file(path: Path) -> Preset:
         if missing:
             raise EngineOptionError(f"preset file {path} lacks {', '.join(missing)} (or an `extends` preset)")
         # No optional part is inherited from a preset the file does not name: only the scalar defaults.
-        parent = dataclasses.replace(_SDXL, vae=None, lora=None, scheduler=None, ip_adapter=None, image_encoder=None)
+        parent = dataclasses.replace(
+            _SDXL, vae=None, lora=None, scheduler=None, ip_adapter=None, image_encoder=None, subject_segmenter=None
+        )
     name = spec.pop("name", str(path.parent.name if path.name == PRESET_FILE_NAME else path.stem))
     preset = dataclasses.replace(
         parent, name=name, source_file=str(path), controlnets=dict(parent.controlnets), extra=dict(parent.extra)
@@ -368,6 +377,7 @@ def apply_overrides(preset: Preset, overrides: dict[str, Any], base_dir: Path) -
             "depth_estimator",
             "pose_detector",
             "pose_estimator",
+            "subject_segmenter",
         }:
             changes[key] = None if value in (None, "", "none") else _model_ref(value, base_dir)
         else:

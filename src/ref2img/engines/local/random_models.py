@@ -200,6 +200,7 @@ def build_random(
     _save_image_encoder(directory / "image-encoder", arch.encoder, dtype)
     save_depth_estimator(directory / "depth")
     save_pose_models(directory / "pose")
+    save_subject_segmenter(directory / "segmenter")
     if scale == "tiny":
         _save_lora(directory / "lora", family, unet)  # not in the preset; tests switch it on like sdxl-fast's
     name = ("tiny" if family == "sd15" else "tiny-sdxl") if scale == "tiny" else f"random-{family}"
@@ -217,6 +218,7 @@ def build_random(
         "depth_estimator": "depth",
         "pose_detector": {"source": "pose", "weight_name": "detector.onnx"},
         "pose_estimator": {"source": "pose", "weight_name": "estimator.onnx"},
+        "subject_segmenter": {"source": "segmenter", "weight_name": SEGMENTER_FILE},
         "controlnet_scale_max": 1.0,
         **arch.preset,
     }
@@ -452,3 +454,27 @@ def save_pose_models(folder: Path) -> None:
     linear_head(
         "input", (1, 3, 384, 288), {"simcc_x": (1, 133, 576), "simcc_y": (1, 133, 768)}, folder / "estimator.onnx"
     )
+
+
+SEGMENTER_FILE = "model.onnx"
+
+
+def save_subject_segmenter(folder: Path, side: int = 64) -> None:
+    """An ONNX graph with BiRefNet's signature: `input_image` (1,3,side,side) -> `output_image`
+    (1,1,side,side) logits, from one random 3x3 convolution."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weight = np.random.default_rng(0).normal(0, 1, (1, 3, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input_image", "weight"], ["output_image"], pads=[1, 1, 1, 1])],
+        "segmenter",
+        [helper.make_tensor_value_info("input_image", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("output_image", TensorProto.FLOAT, [1, 1, side, side])],
+        [numpy_helper.from_array(weight, "weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(folder / SEGMENTER_FILE))

@@ -15,7 +15,7 @@ const state = {
   reference: null,   // the URL a task is given (an upload of ours, or the user's URL)
   init: null,
   running: null,     // the task id being generated
-  mapTask: 0,        // a counter: only the newest control-map request may show its result
+  mapTask: 0,        // a counter: only the newest control-map (or subject-mask) request may show its result
   historyPage: 1,
 };
 
@@ -173,7 +173,7 @@ document.querySelectorAll('input[name="mode"]').forEach((radio) => radio.addEven
 async function refreshControlMap() {
   const figure = $("control-map-figure");
   const ticket = ++state.mapTask;
-  if (!state.reference || mode() === "2") { figure.hidden = true; return; }
+  if (!state.reference) { figure.hidden = true; return; }
   figure.hidden = false;
   $("control-map").removeAttribute("src");
   $("control-map-caption").textContent = `finding the ${MODES[mode()]}…`;
@@ -183,7 +183,7 @@ async function refreshControlMap() {
     if (ticket !== state.mapTask) return;  // the reference or the mode changed meanwhile
     if (done.status !== 3) throw new ApiError(done.reason || STATUS[done.status]);
     $("control-map").src = resultUrls(done)[0];
-    $("control-map-caption").textContent = `${MODES[mode()]} map`;
+    $("control-map-caption").textContent = `${MODES[mode()]} ${mode() === "2" ? "mask" : "map"}`;
   } catch (error) {
     if (ticket === state.mapTask) $("control-map-caption").textContent = "no control map: " + error.message;
   }

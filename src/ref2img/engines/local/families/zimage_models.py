@@ -116,7 +116,12 @@ def build_random(directory: Path, scale: str = "tiny", dtype: torch.dtype = torc
     when there is one, then written in `dtype`)."""
     if scale not in ("tiny", "full"):
         raise ValueError(f"scale must be tiny or full (got {scale!r})")
-    from ref2img.engines.local.random_models import save_depth_estimator, save_pose_models
+    from ref2img.engines.local.random_models import (
+        SEGMENTER_FILE,
+        save_depth_estimator,
+        save_pose_models,
+        save_subject_segmenter,
+    )
 
     full = scale == "full"
     directory = Path(directory)
@@ -135,6 +140,7 @@ def build_random(directory: Path, scale: str = "tiny", dtype: torch.dtype = torc
         _save_subject(directory / "subject", dtype)
     save_depth_estimator(directory / "depth")
     save_pose_models(directory / "pose")
+    save_subject_segmenter(directory / "segmenter")
     extra = {"controlnet_config": "controlnet-config", **({} if full else {"subject_base": "subject"})}
     preset = {
         "name": "tiny-zimage" if not full else "random-zimage",
@@ -146,6 +152,7 @@ def build_random(directory: Path, scale: str = "tiny", dtype: torch.dtype = torc
         "depth_estimator": "depth",
         "pose_detector": {"source": "pose", "weight_name": "detector.onnx"},
         "pose_estimator": {"source": "pose", "weight_name": "estimator.onnx"},
+        "subject_segmenter": {"source": "segmenter", "weight_name": SEGMENTER_FILE},
         "steps": 8 if full else 2,
         "guidance_scale": 0.0,
         "max_pixels": 1536 * 1536 if full else TINY_SIZE * TINY_SIZE,
