@@ -21,7 +21,8 @@ from ref2img.protocol import ErrorCode
 
 # MPO: the multi-picture JPEGs phones write; GIF: its first frame, as for animated WebP.
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "MPO", "GIF"}
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_IMAGE_MB = 20  # `--max-image-mb`: one version of the skill's docs allows 200 MB
+MAX_IMAGE_MB_RANGE = (1, 1024)
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 MIN_IMAGE_SIDE = 16  # below this there are no edges, pose or depth to keep
 MAX_ASPECT_RATIO = 10  # the output (at most 4:1) is cropped from the middle: a 100:1 strip would keep 1/25 of it
@@ -31,6 +32,25 @@ FETCH_TIMEOUT_S = 20.0
 FULL_PROBE_PIXELS = 16 * 1024 * 1024
 PROBES_AT_ONCE = 2  # request threads probing at once: the others wait their turn, memory stays bounded
 _probes = threading.BoundedSemaphore(PROBES_AT_ONCE)
+_max_image_bytes = DEFAULT_MAX_IMAGE_MB * 1024 * 1024
+
+
+def max_image_bytes() -> int:
+    """The largest input image file this process takes (every way in: fetch, upload, path, data URI)."""
+    return _max_image_bytes
+
+
+def set_max_image_mb(megabytes: int) -> None:
+    """The process's cap, from a node's settings (`--max-image-mb`); the pixel cap stays as it is."""
+    global _max_image_bytes
+    low, high = MAX_IMAGE_MB_RANGE
+    if not low <= megabytes <= high:
+        raise ValueError(f"max_image_mb: must be an integer from {low} to {high} (got {megabytes})")
+    _max_image_bytes = megabytes * 1024 * 1024
+
+
+def _over_cap(what: str) -> str:
+    return f"{what} is over {_max_image_bytes // (1024 * 1024)} MB (the server's --max-image-mb)"
 
 
 class ImageInputError(ValueError):
@@ -48,8 +68,8 @@ def open_image(data: bytes, field: str = "image") -> Image.Image:
     pixels: cheap enough for the request path. `decode_image` then finds truncation and corruption."""
     if not data:
         raise ImageInputError(field, "the file is empty (0 bytes)")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ImageInputError(field, f"the file is over {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+    if len(data) > _max_image_bytes:
+        raise ImageInputError(field, _over_cap("the file"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -152,8 +172,8 @@ def load_image(source: str | Path, field: str = "image") -> Image.Image:
     path = Path(text).expanduser()
     if not path.is_file():
         raise ImageInputError(field, f"no such file: {path}", ErrorCode.IMAGE_FETCH_FAILED)
-    if path.stat().st_size > MAX_IMAGE_BYTES:
-        raise ImageInputError(field, f"the file is over {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+    if path.stat().st_size > _max_image_bytes:
+        raise ImageInputError(field, _over_cap("the file"))
     return decode_image(path.read_bytes(), field)
 
 
@@ -169,8 +189,8 @@ def _download(url: str, field: str) -> bytes:
             chunks, size = [], 0
             for chunk in response.iter_bytes():
                 size += len(chunk)
-                if size > MAX_IMAGE_BYTES:
-                    raise ImageInputError(field, f"the download is over {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+                if size > _max_image_bytes:
+                    raise ImageInputError(field, _over_cap("the download"))
                 chunks.append(chunk)
             return b"".join(chunks)
     except httpx.HTTPError as exc:

@@ -17,7 +17,7 @@ import socket
 
 import httpx
 
-from ref2img.images import MAX_IMAGE_BYTES
+from ref2img.images import max_image_bytes
 from ref2img.protocol import ErrorCode
 
 MAX_REDIRECTS = 5
@@ -62,13 +62,17 @@ class SafeHttp:
         self,
         allow_private: bool = False,
         timeout_s: float = 20.0,
-        max_bytes: int = MAX_IMAGE_BYTES,
+        max_bytes: int | None = None,  # default: the process's image cap (`--max-image-mb`)
         address_allowed=is_public,
     ):
         self.allow_private = allow_private
         self.address_allowed = address_allowed
         self.timeout_s = timeout_s
-        self.max_bytes = max_bytes
+        self._max_bytes = max_bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes if self._max_bytes is not None else max_image_bytes()
 
     def check(self, url: str) -> None:
         """Refuse a URL that could never be fetched (scheme, credentials, private address)."""
@@ -119,14 +123,15 @@ class SafeHttp:
         raise UrlRefused(f"{_shown(_parse(url))} redirected more than {MAX_REDIRECTS} times")
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
-        too_big = UrlRefused(f"the image is over {self.max_bytes // (1024 * 1024)} MB", ErrorCode.IMAGE_INVALID)
+        cap = self.max_bytes
+        too_big = UrlRefused(f"the image is over {cap // (1024 * 1024)} MB", ErrorCode.IMAGE_INVALID)
         declared = response.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared and declared.isdigit() and int(declared) > cap:
             raise too_big
         chunks, size = [], 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
-            if size > self.max_bytes:  # an endless or lying body stops at the cap
+            if size > cap:  # an endless or lying body stops at the cap
                 raise too_big
             chunks.append(chunk)
         return b"".join(chunks)

@@ -32,6 +32,7 @@ class ServerSettings:
     lease_s: float = 30.0
     callback_retry_scale: float = 1.0
     max_body_bytes: int = 30 * 1024 * 1024
+    max_image_mb: int = 20  # --max-image-mb: the largest input image file, however it comes
     auth_failure_limit: int = 20  # failed authentications per key and per client address per minute
     studio_link: bool = False  # print the studio's sign-in link at start (`ref2img serve` does)
     engine_factory: Callable[[], Engine] | None = None  # default: the local diffusers engine

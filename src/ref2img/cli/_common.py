@@ -9,7 +9,7 @@ from typing import Annotated, Literal, NoReturn
 import typer
 from rich.console import Console
 
-from ref2img.images import ImageInputError, load_image
+from ref2img.images import DEFAULT_MAX_IMAGE_MB, MAX_IMAGE_MB_RANGE, ImageInputError, load_image
 from ref2img.protocol import ControlType
 
 err = Console(stderr=True)
@@ -57,6 +57,16 @@ StorageOption = Annotated[
         metavar="DIR|s3://…",
         envvar="REF2IMG_STORAGE",
         help="image directory (default: the data dir; scale-out: shared) or s3://bucket/prefix",
+    ),
+]
+MaxImageOption = Annotated[
+    int,
+    typer.Option(
+        "--max-image-mb",
+        metavar="MB",
+        min=MAX_IMAGE_MB_RANGE[0],
+        max=MAX_IMAGE_MB_RANGE[1],
+        help=f"largest input image file in MB, fetched, uploaded or inline (default {DEFAULT_MAX_IMAGE_MB})",
     ),
 ]
 LeaseOption = Annotated[

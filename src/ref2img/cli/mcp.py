@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ref2img.images import DEFAULT_MAX_IMAGE_MB, set_max_image_mb
 from ref2img.cli._common import (
     EXIT_USAGE,
     AppKeyOption,
@@ -18,6 +19,7 @@ from ref2img.cli._common import (
     DtypeOption,
     ModelOption,
     OffloadOption,
+    MaxImageOption,
     PartOption,
     ServerOption,
     fail,
@@ -56,6 +58,7 @@ def mcp(
     allow_private_urls: Annotated[
         bool, typer.Option("--allow-private-urls", help="let image URLs reach loopback/private addresses")
     ] = False,
+    max_image_mb: MaxImageOption = DEFAULT_MAX_IMAGE_MB,
     token_file: Annotated[
         Path | None,
         typer.Option(
@@ -87,6 +90,7 @@ def mcp(
     address = _address(http) if http else None
     token = _token(address, token_file) if address else None
     quiet_libraries()
+    set_max_image_mb(max_image_mb)
     out_dir = out_dir.expanduser().resolve()
     inputs = InputGuard(allow_dir or [Path.cwd(), out_dir], SafeHttp(allow_private=allow_private_urls))
     if server or cloud:

@@ -21,6 +21,7 @@ from ref2img.cli._common import (
     DeviceOption,
     DtypeOption,
     LeaseOption,
+    MaxImageOption,
     ModelOption,
     OffloadOption,
     PartOption,
@@ -31,6 +32,7 @@ from ref2img.cli._common import (
     quiet_libraries,
 )
 from ref2img.client import DEFAULT_BASE_URL as DEFAULT_CLOUD_URL
+from ref2img.images import DEFAULT_MAX_IMAGE_MB
 
 
 def serve(
@@ -80,6 +82,7 @@ def serve(
             "--max-body-mb", metavar="MB", min=1, max=1024, help="largest request body (JSON or upload) in MB"
         ),
     ] = 30,
+    max_image_mb: MaxImageOption = DEFAULT_MAX_IMAGE_MB,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     trusted_proxy: Annotated[
         list[str] | None,
@@ -153,7 +156,9 @@ def serve(
         public_url=public_url or f"http://{host}:{port}",
         callback_retry_scale=callback_retry_scale,
         auth_failure_limit=auth_failure_limit,
-        max_body_bytes=max_body_mb * 1024 * 1024,
+        # an upload of the largest image allowed must fit, whatever --max-body-mb says
+        max_body_bytes=max(max_body_mb, max_image_mb + 1) * 1024 * 1024,
+        max_image_mb=max_image_mb,
         studio_link=True,
         overflow=overflow,
         overflow_after_s=overflow_after,
@@ -198,6 +203,7 @@ def worker(
     allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls")] = False,
     task_timeout: Annotated[float, typer.Option("--task-timeout", metavar="SECONDS", min=1)] = 1800.0,
     lease: LeaseOption = 30.0,
+    max_image_mb: MaxImageOption = DEFAULT_MAX_IMAGE_MB,
     data_dir: DataDirOption = Path("ref2img-worker"),
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     engine: EngineOption = "local",
@@ -232,6 +238,7 @@ def worker(
         queue_url=queue,
         storage=storage,
         lease_s=lease,
+        max_image_mb=max_image_mb,
         cloud=(engine, cloud_url, cloud_credentials, cloud_workers, public_url),
     )
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ref2img.images import MAX_IMAGE_BYTES, ImageInputError, data_uri_bytes, decode_image
+from ref2img.images import ImageInputError, data_uri_bytes, decode_image, max_image_bytes
 from ref2img.protocol import ErrorCode
 from ref2img.safe_http import SafeHttp, UrlRefused
 
@@ -63,7 +63,7 @@ class InputGuard:
             os.close(descriptor)
             raise refused  # a folder, or a FIFO or device that would block or never end
         with os.fdopen(descriptor, "rb") as handle:
-            data = handle.read(MAX_IMAGE_BYTES + 1)
-        if len(data) > MAX_IMAGE_BYTES:
-            raise ImageInputError(field, f"the file is over {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+            data = handle.read(max_image_bytes() + 1)
+        if len(data) > max_image_bytes():
+            raise ImageInputError(field, f"the file is over {max_image_bytes() // (1024 * 1024)} MB")
         return data

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ref2img.images import set_max_image_mb
 from ref2img.lifecycle import CLOUD, LOCAL, RunContext
 from ref2img.safe_http import SafeHttp
 from ref2img.settings import ServerSettings
@@ -25,6 +26,7 @@ CLOUD_WORKER_KIND = "worker-cloud"  # the owner-id prefix of a fleet's cloud fol
 class Backend:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
+        set_max_image_mb(settings.max_image_mb)  # one cap per process: fetches, uploads, decodes
         data_dir = Path(settings.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.db_url or f"sqlite:///{data_dir / 'ref2img.db'}")
