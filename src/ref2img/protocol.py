@@ -32,10 +32,13 @@ __all__ = [
     "ErrorCode",
     "ParameterError",
     "RecognizeRequest",
+    "RepaintRequest",
     "TaskStatus",
     "basic_token",
+    "check_repaint_images",
     "parse_create_request",
     "parse_recognize_request",
+    "parse_repaint_request",
     "random_seed",
     "text_problem",
 ]
@@ -153,6 +156,7 @@ ALLOWED: dict[str, str] = {
     "batch_size": f"an integer from {BATCH_SIZE_RANGE[0]} to {BATCH_SIZE_RANGE[1]}",
     "seed": f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
     "callback": "an http or https URL",
+    "mask_url": "an image URL (http, https or data:image/...) or an uploaded file URL; white = redraw",
     "params": f"a string of at most {MAX_PARAMS_CHARS} characters (passed through untouched)",
 }
 
@@ -293,6 +297,72 @@ class RecognizeRequest(BaseModel):
     _callback = field_validator("callback", mode="before")(_no_callback_if_empty)
 
 
+class RepaintRequest(BaseModel):
+    """Body of `POST /v1/open/capacity/application/tm_redrawing` (Image Repaint, S8/S9): `prompt`,
+    `init_image`, an optional `mask_url` (white = redraw; none: the whole image is redrawn from the
+    prompt), `callback`, `params`. The old client arguments `image` and `mask` are aliases. The images'
+    own limits (sides, ratio, the mask's size) are checked once they are fetched (`check_repaint_images`)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    NOT_FORWARDED: ClassVar[frozenset[str]] = CreateRequest.NOT_FORWARDED
+
+    prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    init_image: Text = Field(
+        min_length=1, max_length=MAX_URL_CHARS, validation_alias=AliasChoices("init_image", "image")
+    )
+    mask_url: Text | None = Field(
+        default=None, min_length=1, max_length=MAX_URL_CHARS, validation_alias=AliasChoices("mask_url", "mask")
+    )
+    callback: Text | None = Field(default=None, max_length=2048)
+    params: Text | None = Field(default=None, max_length=MAX_PARAMS_CHARS)
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], strict=True)
+    negative_prompt: Text | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+
+    _prompt_has_text = field_validator("prompt")(CreateRequest._prompt_has_text.__func__)  # type: ignore[attr-defined]
+    _callback = field_validator("callback", mode="before")(_no_callback_if_empty)
+    _empty_mask = field_validator("mask_url", mode="before")(_no_callback_if_empty)  # "" = no mask, as for callback
+    _integers = field_validator("seed", mode="before")(_strict_int)
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def with_seed(self, derived_from: str | None = None) -> RepaintRequest:
+        return self if self.seed is not None else self.model_copy(update={"seed": random_seed(derived_from)})
+
+    def forwarded(self, sources: dict[str, str]) -> RepaintRequest:
+        return self.model_copy(update={**dict.fromkeys(self.NOT_FORWARDED), **sources})
+
+
+# Image Repaint's input limits (S8): jpg/png, sides between 512 and 2048, ratio under 3, the mask at the
+# image's resolution. The page's "> 512 and < 2048" is read as this project's own size range, ends included.
+REPAINT_MAX_RATIO = 3.0
+
+
+def check_repaint_images(image_size: tuple[int, int], mask_size: tuple[int, int] | None) -> None:
+    """ParameterError-like ValueError naming the field when the fetched images break the page's limits."""
+    width, height = image_size
+    low, high = SIZE_RANGE
+    if not (low <= width <= high and low <= height <= high):
+        raise ValueError(f"init_image: {width}x{height}: each side must be from {low} to {high} pixels")
+    if max(width, height) >= REPAINT_MAX_RATIO * min(width, height):
+        raise ValueError(
+            f"init_image: {width}x{height}: the long side must be under {REPAINT_MAX_RATIO:g} times the short"
+        )
+    if mask_size is not None and mask_size != image_size:
+        raise ValueError(f"mask_url: {mask_size[0]}x{mask_size[1]} must be the image's resolution, {width}x{height}")
+
+
+def parse_repaint_request(body: Any) -> RepaintRequest:
+    """Validate an Image Repaint body; raise :class:`ParameterError` for the first bad field."""
+    if not isinstance(body, dict):
+        raise ParameterError("body", "must be a JSON object")
+    try:
+        return RepaintRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _first_parameter_error(exc, body, _REPAINT_ALIASES) from None
+
+
 # The recognition page's fixed template id (D3, D4a, D4b: `template_info[].template_id`).
 RECOGNIZE_TEMPLATE_ID = "tm_reference_img2mask_template_spatial"
 STORAGE_INFO_FORM = '{"input": {"oss": {"type": 0}}, "output": {"url": {"expire_time": N}}} (either part optional)'
@@ -422,10 +492,16 @@ def parse_create_request(body: Any) -> CreateRequest:
         raise _first_parameter_error(exc, body) from None
 
 
-def _first_parameter_error(exc: ValidationError, body: dict[str, Any]) -> ParameterError:
+_CREATE_ALIASES = {"image": "reference_image", "image_num": "batch_size"}
+_REPAINT_ALIASES = {"image": "init_image", "mask": "mask_url"}
+
+
+def _first_parameter_error(
+    exc: ValidationError, body: dict[str, Any], aliases: dict[str, str] = _CREATE_ALIASES
+) -> ParameterError:
     error = exc.errors(include_url=False)[0]
     field = str(error["loc"][0]) if error["loc"] else "body"
-    field = {"image": "reference_image", "image_num": "batch_size"}.get(field, field)
+    field = aliases.get(field, field)
     allowed = ALLOWED.get(field, "a valid value")
     if error["type"] == "missing":
         return ParameterError(field, f"is required; must be {allowed}")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ref2img.protocol import ControlType, CreateRequest
+from ref2img.protocol import ControlType, CreateRequest, RepaintRequest
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -163,6 +163,53 @@ class Job:
         return cls(request, reference, init_image, control_map, steps, guidance_scale)
 
 
+@dataclass(frozen=True)
+class RepaintJob:
+    """One Image Repaint request (inpainting), its images fetched and decoded: `mask` white where the
+    image is redrawn, at the image's size; None redraws the whole image. The output is one image at the
+    image's size, identical to it wherever the mask is black."""
+
+    request: RepaintRequest
+    image: Image.Image
+    mask: Image.Image | None = None
+    steps: int | None = None  # None: the preset's default
+    sources: Mapping[str, str] = field(default_factory=dict)  # as Job's: for engines that forward it
+    handoff: Handoff | None = None
+
+    def __post_init__(self) -> None:
+        if self.request.seed is None:
+            raise ValueError("a job's request has its seed decided: use request.with_seed()")
+
+    @property
+    def seed(self) -> int:
+        assert self.request.seed is not None  # __post_init__
+        return self.request.seed
+
+    @classmethod
+    def from_request(
+        cls, request: RepaintRequest, load_image: Callable[[str, str], Image.Image], **extra: Any
+    ) -> RepaintJob:
+        """The job a validated repaint request asks for, its images fetched and checked against the page's
+        limits (ImageInvalidError naming the field)."""
+        from ref2img.protocol import check_repaint_images
+
+        image = load_image(request.init_image, "init_image")
+        mask = load_image(request.mask_url, "mask_url") if request.mask_url else None
+        try:
+            check_repaint_images(image.size, mask.size if mask is not None else None)
+        except ValueError as exc:
+            raise ImageInvalidError(str(exc)) from None
+        return cls(request=request.with_seed(), image=image, mask=mask, **extra)
+
+    @classmethod
+    def for_images(
+        cls, image: Image.Image, mask: Image.Image | None = None, *, steps: int | None = None, **wire_fields: Any
+    ) -> RepaintJob:
+        """A job from images in memory (tests, benches): the wire fields checked as a request's would be."""
+        request = RepaintRequest.model_validate({"init_image": IN_MEMORY, **wire_fields}).with_seed()
+        return cls(request, image, mask, steps)
+
+
 def _never() -> bool:
     return False
 
@@ -188,3 +235,11 @@ class Engine(Protocol):
     ) -> list[Image.Image]: ...
 
     def recognize(self, image: Image.Image, control_type: ControlType) -> Image.Image: ...
+
+    def repaint(
+        self,
+        job: RepaintJob,
+        on_progress: ProgressCallback = _ignore,
+        should_cancel: CancelCheck = _never,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]: ...

@@ -17,6 +17,7 @@ from ref2img.engines.base import (
     JobCancelled,
     PreviewCallback,
     ProgressCallback,
+    RepaintJob,
 )
 from ref2img.engines.local.annotators import Annotators
 from ref2img.engines.local.caches import end_call
@@ -29,6 +30,7 @@ from ref2img.engines.local.families import FamilyPipelines
 from ref2img.engines.local.offload import parse_offload
 from ref2img.engines.local.pipelines import component_dtypes, load_pipelines, module_dtype
 from ref2img.engines.local.presets import Preset, resolve_preset
+from ref2img.engines.local.repaint import compose, model_mask, redraw_area
 from ref2img.engines.local.sizing import fit, generation_size
 from ref2img.engines.local.speed import Speedups
 from ref2img.images import MAX_IMAGE_PIXELS  # the same cap as the decoder's, for images handed over in-process
@@ -110,33 +112,9 @@ class LocalEngine:
         _check_image(job.reference, "reference_image")
         if job.init_image is not None:
             _check_image(job.init_image, "init_image")
-        preset = self.preset
-        gen_w, gen_h = generation_size(job.width, job.height, preset.max_pixels, preset.size_multiple)
+        gen_w, gen_h = generation_size(job.width, job.height, self.preset.max_pixels, self.preset.size_multiple)
         with self._lock:
             pipe, kwargs = self._prepare(job, gen_w, gen_h)
-            self.last_ignored = list(self.pipelines.ignored)
-            steps = kwargs["num_inference_steps"]
-            hooks = list(self.pipelines.step_hooks)
-            mark_step = self.speedups.marks_steps
-
-            def on_step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
-                total = getattr(pipeline, "_num_timesteps", None) or steps
-                on_progress(min(step + 1, total), total)
-                if on_preview is not None and "latents" in tensors:
-                    latents = tensors["latents"]
-                    on_preview(min(step + 1, total), total, lambda: self.pipelines.preview(latents))
-                if should_cancel():
-                    raise JobCancelled(f"cancelled after step {step + 1} of {total}")
-                for hook in hooks:
-                    tensors = hook(pipeline, step, timestep, tensors)
-                if mark_step:  # CUDA graphs: the next step may reuse this step's graph memory
-                    torch.compiler.cudagraph_mark_step_begin()
-                return tensors
-
-            tensor_inputs = ["latents", *(name for hook in hooks for name in hook.tensor_inputs(pipe))]
-
-            if should_cancel():
-                raise JobCancelled("cancelled before the first step")
             log.info(
                 "generate mode=%s size=%dx%d (model %dx%d) batch=%d steps=%d seed=%d",
                 job.control_type.name.lower(),
@@ -145,34 +123,94 @@ class LocalEngine:
                 gen_w,
                 gen_h,
                 job.batch_size,
-                steps,
+                kwargs["num_inference_steps"],
                 job.seed,
             )
             # what a compiled graph is specialised on: one count per distinct call shape
             shape = (gen_w, gen_h, job.batch_size, job.control_type, job.init_image is not None)
-            stance = self.compile_policy.applied(shape) if self.speedups.compiles else contextlib.nullcontext()
-            try:
-                with torch.inference_mode(), stance:
-                    if mark_step:
-                        torch.compiler.cudagraph_mark_step_begin()
-                    output = pipe(
-                        **kwargs,
-                        **output_kwargs(self.speedups.decode_on_device),
-                        callback_on_step_end=on_step_end,
-                        callback_on_step_end_tensor_inputs=tensor_inputs,
-                    )
-                    images = to_pil(output.images)
-            except (RuntimeError, MemoryError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                self._release_memory()
-                raise EngineOutOfMemory(
-                    f"out of memory on {self.placement.device.type} generating {job.batch_size} image(s) at "
-                    f"{gen_w}x{gen_h}; try a smaller width/height or batch_size"
-                ) from None
-            finally:
-                end_call(self.pipelines.modules())
+            size = f"{job.batch_size} image(s) at {gen_w}x{gen_h}"
+            images = self._call(pipe, kwargs, shape, size, on_progress, should_cancel, on_preview)
         return [fit(image, job.width, job.height) for image in images]
+
+    def repaint(
+        self,
+        job: RepaintJob,
+        on_progress: ProgressCallback = lambda done, total: None,
+        should_cancel=lambda: False,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]:
+        """Image Repaint: the masked area redrawn from the prompt (the whole image without a mask), at the
+        image's size; every pixel outside the mask comes back as it was (repaint.py)."""
+        _check_image(job.image, "init_image")
+        original = job.image.convert("RGB")
+        gen_w, gen_h = generation_size(*original.size, self.preset.max_pixels, self.preset.size_multiple)
+        area = redraw_area(job.mask, original.size)
+        if not area.any():
+            return [original]  # nothing to redraw: the image as it is
+        with self._lock:
+            pipe, kwargs = self.pipelines.prepare_repaint(job, gen_w, gen_h, model_mask(area, (gen_w, gen_h)))
+            log.info(
+                "repaint size=%dx%d (model %dx%d) masked=%.0f%% steps=%d seed=%d",
+                *original.size,
+                gen_w,
+                gen_h,
+                100 * area.mean(),
+                kwargs["num_inference_steps"],
+                job.seed,
+            )
+            shape = (gen_w, gen_h, 1, "repaint")
+            [image] = self._call(
+                pipe, kwargs, shape, f"1 image at {gen_w}x{gen_h}", on_progress, should_cancel, on_preview
+            )
+        return [compose(original, image, area)]
+
+    def _call(self, pipe, kwargs, shape, size: str, on_progress, should_cancel, on_preview) -> list[Image.Image]:
+        """One pipeline call with the engine's step machinery: progress, previews, cancel, the family's
+        step hooks, CUDA-graph step marks, the compile policy, and out-of-memory as a clear error."""
+        self.last_ignored = list(self.pipelines.ignored)
+        steps = kwargs["num_inference_steps"]
+        hooks = list(self.pipelines.step_hooks)
+        mark_step = self.speedups.marks_steps
+
+        def on_step_end(pipeline, step: int, timestep, tensors: dict) -> dict:
+            total = getattr(pipeline, "_num_timesteps", None) or steps
+            on_progress(min(step + 1, total), total)
+            if on_preview is not None and "latents" in tensors:
+                latents = tensors["latents"]
+                on_preview(min(step + 1, total), total, lambda: self.pipelines.preview(latents))
+            if should_cancel():
+                raise JobCancelled(f"cancelled after step {step + 1} of {total}")
+            for hook in hooks:
+                tensors = hook(pipeline, step, timestep, tensors)
+            if mark_step:  # CUDA graphs: the next step may reuse this step's graph memory
+                torch.compiler.cudagraph_mark_step_begin()
+            return tensors
+
+        tensor_inputs = ["latents", *(name for hook in hooks for name in hook.tensor_inputs(pipe))]
+        if should_cancel():
+            raise JobCancelled("cancelled before the first step")
+        stance = self.compile_policy.applied(shape) if self.speedups.compiles else contextlib.nullcontext()
+        try:
+            with torch.inference_mode(), stance:
+                if mark_step:
+                    torch.compiler.cudagraph_mark_step_begin()
+                output = pipe(
+                    **kwargs,
+                    **output_kwargs(self.speedups.decode_on_device),
+                    callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=tensor_inputs,
+                )
+                return to_pil(output.images)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            self._release_memory()
+            raise EngineOutOfMemory(
+                f"out of memory on {self.placement.device.type} generating {size}; "
+                "try a smaller width/height or batch_size"
+            ) from None
+        finally:
+            end_call(self.pipelines.modules())
 
     def control_map_for(self, job: Job) -> Image.Image | None:
         """The control map `generate` conditions `job` on, at the size the model runs at (None in subject

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from ref2img.engines.base import Job
+    from ref2img.engines.base import Job, RepaintJob
     from ref2img.engines.local.device import Placement
     from ref2img.engines.local.presets import Preset
     from ref2img.engines.local.speed import Speedups
@@ -44,6 +44,10 @@ class FamilyPipelines(Protocol):
         """The diffusers pipeline for `job` and the keyword arguments of its call (`num_inference_steps`
         among them; the engine adds `callback_on_step_end`). `control_map`: at the model's size, None in
         subject mode."""
+
+    def prepare_repaint(self, job: RepaintJob, gen_w: int, gen_h: int, mask: Image.Image) -> tuple[Any, dict[str, Any]]:
+        """Image Repaint: the family's inpainting pipeline and its call; `mask` at the model's size, white
+        = redraw. EngineError for a family that has no inpainting pipeline."""
 
     def preview(self, latents: torch.Tensor) -> Image.Image:
         """The current latents of a step as a small RGB image."""

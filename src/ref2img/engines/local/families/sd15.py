@@ -12,6 +12,7 @@ FAMILY = UNetFamily(
         ("plain", False): "StableDiffusionPipeline",
         ("plain", True): "StableDiffusionImg2ImgPipeline",
     },
+    inpaint_class="StableDiffusionInpaintPipeline",
     # ComfyUI's SD1.5 factors (comfy/latent_formats.py)
     latent_rgb=(
         (0.3512, 0.2297, 0.3227),

@@ -14,6 +14,7 @@ FAMILY = UNetFamily(
         ("plain", False): "StableDiffusionXLPipeline",
         ("plain", True): "StableDiffusionXLImg2ImgPipeline",
     },
+    inpaint_class="StableDiffusionXLInpaintPipeline",
     # ComfyUI's SDXL factors (comfy/latent_formats.py)
     latent_rgb=(
         (0.3920, 0.4054, 0.4549),

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import diffusers
 import torch
 
-from ref2img.engines.base import EngineOptionError, Job
+from ref2img.engines.base import EngineOptionError, Job, RepaintJob
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
 from ref2img.engines.local.approximations import CfgCut, controlnet_on_cond_half
@@ -62,6 +62,7 @@ class UNetFamily:
     # (conditioning, img2img) -> pipeline class name; conditioning: "plain", "controlnet", "union"
     pipeline_classes: Mapping[tuple[str, bool], str]
     latent_rgb: LatentFactors  # step previews (families/preview.py)
+    inpaint_class: str  # Image Repaint's pipeline, on the same base
     base_extra: Mapping[str, Any] = field(default_factory=dict)  # more from_pretrained arguments of the base
     builder: Callable[[Path, str, torch.dtype], Path] | None = None  # its random-weight models
 
@@ -289,6 +290,47 @@ class UNetPipelines:
             kwargs["control_guidance_end"] = knobs.control_guidance_end
         self._approximate(pipe, kwargs, guidance, job.batch_size)
         self._set_memory_savers(pipe, gen_w * gen_h, job.batch_size)
+        return pipe, kwargs
+
+    def inpaint_pipeline(self):
+        """The inpainting pipeline on the loaded base (cached); a preset's own inpainting checkpoint would
+        be its base, loaded the same way."""
+        with self._lock:
+            key = ("inpaint", "", False)
+            if key not in self._pipelines:
+                cls = getattr(diffusers, self.family.inpaint_class)
+                pipe = cls.from_pipe(self.base, dtype=self.placement.dtype)
+                pipe.set_progress_bar_config(disable=True)
+                self._pipelines[key] = pipe
+            pipe = self._pipelines[key]
+            if self.offload != "none" and self._offloaded_pipe is not pipe:
+                offload.enable(pipe, self.offload, self.placement.device)
+                self._offloaded_pipe = pipe
+            return pipe
+
+    def prepare_repaint(self, job: RepaintJob, gen_w: int, gen_h: int, mask: Image.Image) -> tuple[Any, dict[str, Any]]:
+        preset = self.preset
+        guidance = preset.guidance_scale
+        self.ignored = ["negative_prompt (guidance 1: no CFG)"] if job.request.negative_prompt and guidance <= 1 else []
+        self.step_hooks = []
+        kwargs: dict[str, Any] = {
+            "prompt": job.request.prompt,
+            "negative_prompt": job.request.negative_prompt,
+            "image": fit(job.image, gen_w, gen_h),
+            "mask_image": mask,
+            "width": gen_w,
+            "height": gen_h,
+            "strength": 1.0,  # the masked area is drawn anew from the prompt; the rest is kept by the compose
+            "num_inference_steps": job.steps or preset.steps,
+            "guidance_scale": guidance,
+            "num_images_per_prompt": 1,
+            "generator": [torch.Generator("cpu").manual_seed(job.seed)],
+        }
+        if self.has_ip_adapter:  # once loaded, the UNet wants image embeds on every call; scale 0 skips it
+            self.base.set_ip_adapter_scale(0.0)
+            kwargs["ip_adapter_image"] = kwargs["image"]
+        pipe = self.inpaint_pipeline()
+        self._set_memory_savers(pipe, gen_w * gen_h, 1)
         return pipe, kwargs
 
     def _approximate(self, pipe, kwargs: dict[str, Any], guidance: float, batch_size: int) -> None:

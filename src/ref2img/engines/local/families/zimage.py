@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import diffusers
 import torch
 
-from ref2img.engines.base import EngineOptionError, Job
+from ref2img.engines.base import EngineOptionError, Job, RepaintJob
 from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
 from ref2img.engines.local.caches import cache_text_encoders
@@ -105,7 +105,8 @@ class ZImagePipelines:
         self._controlnet: Any = None
         self._pipeline: Any = None
         self._preview = self._control_preview  # the current call's: the ControlNet's or the subject model's
-        self._offloaded = False
+        self._offloaded_pipe: Any = None  # the pipeline whose offload hooks are installed
+        self._inpaint: Any = None
         self._lock = threading.Lock()
         self.base = self._load(
             "base",
@@ -187,10 +188,43 @@ class ZImagePipelines:
                 )
                 pipe.set_progress_bar_config(disable=True)
                 self._pipeline = pipe
-            if self.offload != "none" and not self._offloaded:
-                offload.enable(self._pipeline, self.offload, self.placement.device)
-                self._offloaded = True
-            return self._pipeline
+            return self._offloaded_as(self._pipeline)
+
+    def inpaint_pipeline(self):
+        """Image Repaint's pipeline on the loaded base (diffusers' ZImageInpaintPipeline)."""
+        with self._lock:
+            if self._inpaint is None:
+                self._inpaint = diffusers.ZImageInpaintPipeline.from_pipe(self.base, dtype=self.placement.dtype)
+                self._inpaint.set_progress_bar_config(disable=True)
+            return self._offloaded_as(self._inpaint)
+
+    def _offloaded_as(self, pipe):
+        if self.offload != "none" and self._offloaded_pipe is not pipe:
+            offload.enable(pipe, self.offload, self.placement.device)
+            self._offloaded_pipe = pipe
+        return pipe
+
+    def prepare_repaint(self, job: RepaintJob, gen_w: int, gen_h: int, mask: Image.Image) -> tuple[Any, dict[str, Any]]:
+        preset = self.preset
+        guidance = preset.guidance_scale
+        self.ignored = ["negative_prompt (guidance 0: no CFG)"] if job.request.negative_prompt and guidance <= 1 else []
+        self.ignored += unapplied_approximations(self.speedups)
+        pipe = self.inpaint_pipeline()
+        self._preview = self._control_preview
+        self._set_tiling(pipe, gen_w * gen_h)
+        return pipe, {
+            "prompt": job.request.prompt,
+            "negative_prompt": job.request.negative_prompt,
+            "image": fit(job.image, gen_w, gen_h),
+            "mask_image": mask,
+            "width": gen_w,
+            "height": gen_h,
+            "strength": 1.0,
+            "num_inference_steps": job.steps or preset.steps,
+            "guidance_scale": guidance,
+            "num_images_per_prompt": 1,
+            "generator": [torch.Generator("cpu").manual_seed(job.seed)],
+        }
 
     # -- one call -----------------------------------------------------------------------------------
     def prepare(self, job: Job, gen_w: int, gen_h: int, control_map: Image.Image | None) -> tuple[Any, dict[str, Any]]:
