@@ -21,7 +21,14 @@ from ref2img.client import (
     TaskTimedOutError,
     WaitTimeoutError,
 )
-from ref2img.protocol import ControlType, CreateRequest, ParameterError, TaskStatus, parse_create_request
+from ref2img.protocol import (
+    ControlType,
+    CreateRequest,
+    ParameterError,
+    RepaintRequest,
+    TaskStatus,
+    parse_create_request,
+)
 from ref2img import webhooks  # `ref2img.webhooks.verify(...)` after a plain `import ref2img`
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "ParameterError",
     "RateLimitError",
     "Ref2ImgError",
+    "RepaintRequest",
     "Task",
     "TaskCancelledError",
     "TaskError",

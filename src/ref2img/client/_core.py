@@ -36,10 +36,12 @@ from ref2img.protocol import (
     ControlType,
     CreateRequest,
     ParameterError,
+    RepaintRequest,
     TaskStatus,
     basic_token,
     parse_create_request,
     parse_recognize_request,
+    parse_repaint_request,
 )
 
 DEFAULT_BASE_URL = "https://open-api.wondershare.cc"
@@ -50,6 +52,7 @@ PROGRESS_POLL_S = 2.0  # long-polls end on a status change; with a progress call
 
 CREATE_PATH = "/v1/open/capacity/application/tm_reference_img2img"
 RECOGNIZE_PATH = "/v1/open/capacity/application/tm_reference_img2mask"
+REPAINT_PATH = "/v1/open/capacity/application/tm_redrawing"
 QUERY_PATH = "/v1/open/pub/task"
 CANCEL_PATH = "/v1/open/pub/task/cancel"
 TOKEN_PATH = "/v1/open/capacity/get/token"
@@ -105,7 +108,7 @@ def client_repr(name: str, config: ClientConfig) -> str:
     return f"{name}(base_url={config.base_url!r}, app_key={config.app_key!r}, app_secret='***')"
 
 
-IMAGE_FIELDS = ("reference_image", "init_image")  # the create fields that hold images
+IMAGE_FIELDS = ("reference_image", "init_image", "mask_url")  # the request fields that hold images
 
 
 # -- request bodies -----------------------------------------------------------------------------
@@ -137,8 +140,23 @@ def create_request(
     return request, uploads
 
 
+def repaint_request(
+    prompt: str, image: ImageInput, mask: ImageInput | None, fields: dict[str, Any]
+) -> tuple[RepaintRequest, dict[str, ImageInput]]:
+    """The Image Repaint request of `Client.repaint`'s arguments, validated before anything is sent, and
+    the images to upload first (as `create_request`)."""
+    given = {"prompt": prompt, "init_image": image, "mask_url": mask, **fields}
+    body = {key: value for key, value in given.items() if value is not None}
+    uploads = {key: body[key] for key in IMAGE_FIELDS if key in body and not isinstance(body[key], str)}
+    try:
+        request = parse_repaint_request({**body, **dict.fromkeys(uploads, PLACEHOLDER_URL)})
+    except ParameterError as exc:
+        raise _invalid(exc.field, exc.message) from None
+    return request, uploads
+
+
 def submit_body(
-    request: CreateRequest, uploads: dict[str, ImageInput] | None, config: ClientConfig
+    request: CreateRequest | RepaintRequest, uploads: dict[str, ImageInput] | None, config: ClientConfig
 ) -> tuple[dict[str, Any], dict[str, ImageInput]]:
     """The body to send for `request`, and the image fields still to upload into it: those of
     `uploads`, and those whose value is a local file path."""

@@ -44,6 +44,7 @@ from ref2img.engines.base import (
     ProgressCallback,
     RemoteTimedOut,
     RemoteUnavailable,
+    RepaintJob,
 )
 from ref2img.protocol import ControlType, TaskStatus
 
@@ -117,13 +118,39 @@ class TomovieeEngine:
         should_cancel: CancelCheck = lambda: False,
         on_preview: PreviewCallback | None = None,  # the cloud shows no intermediate images
     ) -> list[Image.Image]:
-        if job.handoff is None or "reference_image" not in job.sources:
+        if "reference_image" not in job.sources:
             raise EngineError("the tomoviee engine forwards tasks by URL; this job came without its image URLs")
+        return self._forward(
+            job, lambda: self._client.submit(job.request.forwarded(dict(job.sources))), on_progress, should_cancel
+        )
+
+    def repaint(
+        self,
+        job: RepaintJob,
+        on_progress: ProgressCallback = lambda done, total: None,
+        should_cancel: CancelCheck = lambda: False,
+        on_preview: PreviewCallback | None = None,
+    ) -> list[Image.Image]:
+        """Image Repaint, forwarded to the cloud's own `tm_redrawing`."""
+        if "init_image" not in job.sources:
+            raise EngineError("the tomoviee engine forwards tasks by URL; this job came without its image URLs")
+        request = job.request.forwarded(dict(job.sources))
+        return self._forward(job, lambda: self._client.submit_repaint(request), on_progress, should_cancel)
+
+    def _forward(
+        self,
+        job: Job | RepaintJob,
+        create: Callable[[], str],
+        on_progress: ProgressCallback,
+        should_cancel: CancelCheck,
+    ) -> list[Image.Image]:
+        if job.handoff is None:
+            raise EngineError("the tomoviee engine forwards tasks by URL; this job came without its handoff")
         remote_id = job.handoff.remote_id
         if remote_id is None:
             if should_cancel():
                 raise JobCancelled("cancelled before the task went to the cloud")
-            remote_id = self._create(job)
+            remote_id = self._create(create)
             job.handoff.remember(remote_id)
             log.info("cloud task %s created", remote_id)
         else:
@@ -136,9 +163,9 @@ class TomovieeEngine:
     def recognize(self, image: Image.Image, control_type: ControlType) -> Image.Image:
         raise EngineError("control maps are made by a local engine; the tomoviee engine forwards generation only")
 
-    def _create(self, job: Job) -> str:
+    def _create(self, create: Callable[[], str]) -> str:
         try:
-            return self._client.submit(job.request.forwarded(dict(job.sources)))
+            return create()
         except APIConnectionError as exc:
             raise RemoteUnavailable(f"the Tomoviee cloud could not be reached: {exc}") from None
         except RateLimitError as exc:
@@ -150,7 +177,9 @@ class TomovieeEngine:
                 raise RemoteUnavailable(f"the Tomoviee cloud failed (HTTP {exc.http_status}): {exc.msg}") from None
             raise EngineError(f"the Tomoviee cloud refused the task ({exc.code}): {exc.msg}") from None
 
-    def _follow(self, remote_id: str, job: Job, on_progress: ProgressCallback, should_cancel: CancelCheck) -> Task:
+    def _follow(
+        self, remote_id: str, job: Job | RepaintJob, on_progress: ProgressCallback, should_cancel: CancelCheck
+    ) -> Task:
         assert job.handoff is not None
         plan = self._poll_plan()
         failures = 0

@@ -27,10 +27,11 @@ from ref2img.engines.base import (
     JobCancelled,
     RemoteTimedOut,
     RemoteUnavailable,
+    RepaintJob,
 )
 from ref2img.images import ImageInputError
-from ref2img.lifecycle.task import LOCAL, RECOGNIZE, Ledger, LedgerError, Outputs, RemoteRoute, TaskView
-from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, TaskStatus
+from ref2img.lifecycle.task import LOCAL, RECOGNIZE, REPAINT, Ledger, LedgerError, Outputs, RemoteRoute, TaskView
+from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, RepaintRequest, TaskStatus
 
 log = logging.getLogger("ref2img.runner")
 
@@ -94,11 +95,13 @@ def run_task(task: TaskView, owner: str, ctx: RunContext) -> Outcome:
         return Outcome(status, reason=reason)
 
     try:
-        names = (
-            _recognize(task, ctx)
-            if task.kind == RECOGNIZE
-            else _generate(task, owner, ctx, on_progress, should_cancel, on_preview if ctx.previews else None)
-        )
+        previews = on_preview if ctx.previews else None
+        if task.kind == RECOGNIZE:
+            names = _recognize(task, ctx)
+        elif task.kind == REPAINT:
+            names = _repaint(task, owner, ctx, on_progress, should_cancel, previews)
+        else:
+            names = _generate(task, owner, ctx, on_progress, should_cancel, previews)
     except LedgerError:
         raise  # the ledger failed (locked, disk full, unreachable), not the task: it runs again after its lease
     except JobCancelled:
@@ -153,9 +156,7 @@ def _generate(task: TaskView, owner: str, ctx: RunContext, on_progress, should_c
     def load(source: str, field: str) -> Image.Image:
         return ctx.load_image(source, field, task.app_key)
 
-    remote = ctx.remote_routes.get(task.route)
-    if remote is None and task.route != LOCAL:
-        raise EngineError(f"this task was routed to {task.route!r}, and this worker has no engine for that route")
+    remote = _remote_route(task, ctx)
     if remote is not None:
         # The inputs are still fetched and checked here: a bad image fails before the remote service is paid.
         job, engine = remote.job(task, owner, request, load), remote.engine()
@@ -165,6 +166,28 @@ def _generate(task: TaskView, owner: str, ctx: RunContext, on_progress, should_c
             job = ctx.shape_job(job, engine)
     images = engine.generate(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
     return [ctx.outputs.save_result(task.id, index, image) for index, image in enumerate(images)]
+
+
+def _repaint(task: TaskView, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> list[str]:
+    request = RepaintRequest.model_validate_json(task.request)
+
+    def load(source: str, field: str) -> Image.Image:
+        return ctx.load_image(source, field, task.app_key)
+
+    remote = _remote_route(task, ctx)
+    if remote is not None:
+        job, engine = remote.repaint_job(task, owner, request, load), remote.engine()
+    else:
+        job, engine = RepaintJob.from_request(request, load), ctx.engine()
+    images = engine.repaint(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
+    return [ctx.outputs.save_result(task.id, index, image) for index, image in enumerate(images)]
+
+
+def _remote_route(task: TaskView, ctx: RunContext) -> RemoteRoute | None:
+    remote = ctx.remote_routes.get(task.route)
+    if remote is None and task.route != LOCAL:
+        raise EngineError(f"this task was routed to {task.route!r}, and this worker has no engine for that route")
+    return remote
 
 
 def _recognize(task: TaskView, ctx: RunContext) -> list[str]:

@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from ref2img.protocol import CreateRequest, TaskStatus
+from ref2img.protocol import CreateRequest, RepaintRequest, TaskStatus
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ref2img.engines.base import Engine, Job
+    from ref2img.engines.base import Engine, Job, RepaintJob
 
-GENERATE, RECOGNIZE = "img2img", "img2mask"  # a task's kind: the two endpoints of the wire protocol
+# A task's kind: the three endpoints of the wire protocol (tm_reference_img2img, tm_reference_img2mask,
+# tm_redrawing).
+GENERATE, RECOGNIZE, REPAINT = "img2img", "img2mask", "redrawing"
 LOCAL, CLOUD = "local", "cloud"  # a task's route: the local GPUs, or the Tomoviee cloud
 ROUTES = (LOCAL, CLOUD)
 
@@ -29,7 +31,7 @@ class TaskView(Protocol):
     @property
     def id(self) -> str: ...
     @property
-    def kind(self) -> str: ...  # GENERATE | RECOGNIZE
+    def kind(self) -> str: ...  # GENERATE | RECOGNIZE | REPAINT
     @property
     def request(self) -> str: ...  # the validated request, JSON
     @property
@@ -69,6 +71,10 @@ class RemoteRoute(Protocol):
     def job(
         self, task: TaskView, owner: str, request: CreateRequest, load: Callable[[str, str], Image.Image]
     ) -> Job: ...
+
+    def repaint_job(
+        self, task: TaskView, owner: str, request: RepaintRequest, load: Callable[[str, str], Image.Image]
+    ) -> RepaintJob: ...
 
     def fall_back(self, task_id: str, owner: str) -> bool:
         """Moved back to the local queue (True), or there is no local queue to go back to (False)."""

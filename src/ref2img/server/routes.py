@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.images import ImageInputError, probe_image
-from ref2img.lifecycle import GENERATE, RECOGNIZE
+from ref2img.lifecycle import GENERATE, RECOGNIZE, REPAINT
 from ref2img.protocol import (
     MAX_TASK_ID_CHARS,
     MAX_WAIT_S,
@@ -21,10 +21,12 @@ from ref2img.protocol import (
     ErrorCode,
     ParameterError,
     RecognizeRequest,
+    RepaintRequest,
     TaskStatus,
     basic_token,
     parse_create_request,
     parse_recognize_request,
+    parse_repaint_request,
     text_problem,
 )
 from ref2img.server import openapi
@@ -169,6 +171,25 @@ def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Dep
         recognize.params,
         recognize.callback,
         route,
+    )
+
+
+@router.post("/v1/open/capacity/application/tm_redrawing", openapi_extra=openapi.json_body(RepaintRequest), **WIRE)
+def create_redrawing(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
+    """Image Repaint (inpainting): the masked area of `init_image` redrawn from `prompt`."""
+    svc = services(request)
+    try:
+        repaint = parse_repaint_request(body)
+    except ParameterError as exc:
+        raise _parameter_error(exc) from None
+    images = {"init_image": repaint.init_image, "mask_url": repaint.mask_url}
+    _check_inputs(svc, app_key, images, repaint.callback)
+    route = route_generation(svc, app_key, images)
+    key = _idempotency_key(request)
+    repaint = repaint.with_seed(derived_from=f"{app_key}\n{key}" if key else None)
+    answer = {"seed": repaint.seed}
+    return _enqueue(
+        svc, request, app_key, REPAINT, repaint.model_dump(mode="json"), repaint.params, repaint.callback, route, answer
     )
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from ref2img.engines.base import Engine, Job
+from ref2img.engines.base import Engine, Job, RepaintJob
 from ref2img.lifecycle import TaskView
-from ref2img.protocol import CreateRequest
+from ref2img.protocol import CreateRequest, RepaintRequest
 from ref2img.tasks.store.tasks import TaskStore
 
 
@@ -29,6 +29,15 @@ class CloudRoute:
     def job(self, task: TaskView, owner: str, request: CreateRequest, load: Callable[[str, str], Image.Image]) -> Job:
         handoff = TaskHandoff(self.tasks, task.id, owner)
         return Job.from_request(request, load, sources=self.sources(task, request), handoff=handoff)
+
+    def repaint_job(
+        self, task: TaskView, owner: str, request: RepaintRequest, load: Callable[[str, str], Image.Image]
+    ) -> RepaintJob:
+        fields = {"init_image": request.init_image, "mask_url": request.mask_url}
+        sources = {
+            field: self.forwardable(source, field, task.app_key, task.id) for field, source in fields.items() if source
+        }
+        return RepaintJob.from_request(request, load, sources=sources, handoff=TaskHandoff(self.tasks, task.id, owner))
 
     def fall_back(self, task_id: str, owner: str) -> bool:
         return self.back_to_local is not None and self.back_to_local(task_id, owner)
