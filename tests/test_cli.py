@@ -135,6 +135,27 @@ def test_recognize_writes_the_map(tiny_sd15, photo, tmp_path):
     assert Image.open(mask).size == Image.open(photo).size
 
 
+def test_repaint_in_process_keeps_the_unmasked_pixels_and_checks_the_mask(tiny_sd15, astronaut, tmp_path):
+    import numpy as np
+    from PIL import ImageDraw
+
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    astronaut.resize((512, 512)).save(image)
+    painted = Image.new("L", (512, 512), 0)
+    ImageDraw.Draw(painted).ellipse((150, 100, 350, 300), fill=255)
+    painted.save(mask)
+    made = runner.invoke(app, ["repaint", str(image), "a golden helmet", "--mask", str(mask), "--model",
+                               str(tiny_sd15), "--part", "steps=2", "--out", str(tmp_path / "out"), "--json"])
+    assert made.exit_code == 0, made.output
+    record = json.loads(made.stdout)
+    outside = np.asarray(painted) <= 127
+    out = np.asarray(Image.open(record["images"][0]).convert("RGB"))
+    assert (out[outside] == np.asarray(Image.open(image))[outside]).all()
+    painted.resize((256, 256)).save(mask)
+    wrong = runner.invoke(app, ["repaint", str(image), "p", "--mask", str(mask), "--model", str(tiny_sd15)])
+    assert wrong.exit_code == 2 and "mask_url: 256x256 must be the image's resolution, 512x512" in wrong.output
+
+
 def test_control_map_and_init_from_an_http_url(tiny_sd15, photo, tmp_path, coffee):
     """REFERENCE and --init may be http(s) URLs; --control-map takes a ready map."""
     (tmp_path / "www").mkdir()

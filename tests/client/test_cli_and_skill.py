@@ -34,6 +34,34 @@ def test_generate_through_a_server(server, credentials, astronaut, tmp_path):
     assert (tmp_path / "out" / f"{record['task_id']}.json").exists()
 
 
+def masked_pair(astronaut, tmp_path) -> tuple[Path, Path]:
+    from PIL import ImageDraw
+
+    image, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    astronaut.resize((512, 512)).save(image)
+    painted = Image.new("L", (512, 512), 0)
+    ImageDraw.Draw(painted).rectangle((100, 100, 300, 260), fill=255)
+    painted.save(mask)
+    return image, mask
+
+
+@pytest.mark.slow
+def test_repaint_through_a_server_uploads_the_files_and_keeps_the_unmasked_pixels(server, credentials, astronaut,
+                                                                                  tmp_path):
+    import numpy as np
+
+    image, mask = masked_pair(astronaut, tmp_path)
+    result = runner.invoke(app, ["repaint", str(image), "a golden visor", "--mask", str(mask), "--seed", "9",
+                                 "--server", server.url, "--out", str(tmp_path / "out"), "--json"],
+                           env=env_for(server, credentials))
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["seeds"] == [9] and len(record["images"]) == 1
+    outside = np.asarray(Image.open(mask)) <= 127
+    assert (np.asarray(Image.open(record["images"][0]).convert("RGB"))[outside]
+            == np.asarray(Image.open(image))[outside]).all()
+
+
 @pytest.mark.slow
 def test_task_commands(server, credentials, astronaut, tmp_path):
     from ref2img import Client

@@ -103,6 +103,18 @@ def test_client_side_validation_sends_nothing(astronaut):
             client.get("t1")
 
 
+@pytest.mark.slow  # over 5 s on the 2-core machine
+def test_repaint_uploads_the_image_and_mask_and_returns_one_image(client, astronaut):
+    image = astronaut.resize((512, 512))
+    mask = Image.new("L", (512, 512), 0)
+    mask.paste(255, (128, 128, 384, 384))
+    task = client.repaint("a golden visor", image, mask, seed=4, params="p-1")
+    assert task.succeeded and len(task.images) == 1 and task.params == "p-1"
+    with pytest.raises(InvalidRequestError) as caught:  # checked before anything is sent
+        client.create_repaint("   ", image)
+    assert caught.value.field == "prompt"
+
+
 def test_cloud_refuses_local_files_and_cancel(astronaut):
     with Client("ak", "sk", base_url="https://open-api.wondershare.cc") as cloud:
         with pytest.raises(UnsupportedError, match="public image URL"):
@@ -129,6 +141,8 @@ def test_async_parity(server, credentials, astronaut, tmp_path):
             assert all(task.succeeded for task in tasks)
             paths = await client.download(tasks[0], tmp_path)
             mask = await client.recognize(astronaut, "pose")
+            repainted = await client.repaint("a visor", astronaut.resize((512, 512)), Image.new("L", (512, 512), 255))
+            assert repainted.succeeded and len(repainted.images) == 1
             task_id = await client.create("p", data_uri(astronaut), 0)
             cancelled = await client.cancel(task_id)
             with pytest.raises(TaskNotFoundError):

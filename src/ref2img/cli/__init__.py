@@ -2,6 +2,7 @@
 `--help` stays instant and bad input is refused before any model loads.
 
     generate, recognize     ref2img.cli.generate
+    repaint                 ref2img.cli.repaint
     serve, worker           ref2img.cli.serve
     keys …, token           ref2img.cli.keys
     models …                ref2img.cli.models
@@ -16,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from ref2img.cli import generate, keys, mcp, models, serve, task
+from ref2img.cli import generate, keys, mcp, models, repaint, serve, task
 from ref2img.cli._common import UsageCommand, err
 
 app = typer.Typer(
@@ -44,7 +45,15 @@ def _main(
     """Images from a reference image and a prompt: edge, pose, subject or depth control."""
 
 
-for _command in (generate.generate, generate.recognize, serve.serve, serve.worker, keys.token, mcp.mcp):
+for _command in (
+    generate.generate,
+    generate.recognize,
+    repaint.repaint,
+    serve.serve,
+    serve.worker,
+    keys.token,
+    mcp.mcp,
+):
     app.command()(_command)
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")

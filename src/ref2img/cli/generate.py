@@ -201,8 +201,9 @@ def print_result(record: dict, paths: list, as_json: bool) -> None:
             out.print(str(path), highlight=False)
 
 
-def generate_remote(client, request: CreateRequest, out_dir: Path, as_json: bool) -> None:
-    """The same request through the SDK: a progress bar while it waits, then the images downloaded."""
+def generate_remote(client, request, out_dir: Path, as_json: bool, submit: Callable | None = None) -> None:
+    """The same request through the SDK (`submit`: the client's method that creates its task; default
+    `client.submit`): a progress bar while it waits, then the images downloaded."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     started = time.perf_counter()
@@ -224,7 +225,7 @@ def generate_remote(client, request: CreateRequest, out_dir: Path, as_json: bool
             label = {1: f"queued (position {task.position})", 2: "generating"}.get(int(task.status), "done")
             progress.update(bar, completed=task.progress, description=label)
 
-        task_id = sdk_call(client.submit, request)
+        task_id = sdk_call(submit or client.submit, request)
         task = sdk_call(client.wait, task_id, on_progress=on_progress)
         paths = sdk_call(client.download, task, out_dir)
     seed = request.seed
