@@ -80,7 +80,7 @@ def test_tools_and_their_schemas_carry_the_real_ranges(tiny_sd15, tmp_path):
             return (await client.list_tools()).tools
 
     tools = {tool.name: tool for tool in run(main)}
-    assert set(tools) == {"generate", "recognize", "get_task", "cancel_task", "list_models"}
+    assert set(tools) == {"generate", "recognize", "repaint", "get_task", "cancel_task", "list_models"}
     schema = tools["generate"].input_schema
     properties = schema["properties"]
     assert set(schema["required"]) == {"reference", "prompt"}
@@ -129,6 +129,35 @@ def test_generate_on_the_tiny_model_returns_images_seeds_and_progress(tiny_sd15,
     assert task.structured_content["status"] == 3 and task.structured_content["files"] == [i["file"] for i in images]
     [selected] = [model for model in models.structured_content["models"] if model["selected"]]
     assert selected["ready"] and models.structured_content["backend"] == "local"
+
+
+@pytest.mark.slow  # over 5 s on the 2-core machine
+def test_repaint_keeps_the_unmasked_pixels_and_reads_only_allowed_files(tiny_sd15, tmp_path, astronaut, folders):
+    import numpy as np
+
+    allowed, outside = folders
+    image, mask = allowed / "image.png", allowed / "mask.png"
+    astronaut.resize((512, 512)).save(image)
+    painted = Image.new("L", (512, 512), 0)
+    painted.paste(255, (100, 100, 300, 300))
+    painted.save(mask)
+    Image.new("L", (512, 512), 255).save(outside / "mask.png")
+
+    async def main():
+        async with Client(local_server(tiny_sd15, tmp_path / "out", allow=allowed)) as client:
+            made = await client.call_tool("repaint", {"image": str(image), "prompt": "a visor", "mask": str(mask),
+                                                      "seed": 5})
+            refused = await client.call_tool("repaint", {"image": str(image), "prompt": "a visor",
+                                                         "mask": str(outside / "mask.png")})
+            return made, refused
+
+    made, refused = run(main)
+    assert not made.is_error, text_of(made)
+    assert made.structured_content["seed"] == 5
+    out = np.asarray(Image.open(made.structured_content["file"]).convert("RGB"))
+    kept = np.asarray(painted) <= 127
+    assert (out[kept] == np.asarray(Image.open(image))[kept]).all()
+    assert refused.is_error and "mask_url" in text_of(refused)
 
 
 @pytest.mark.slow  # over 5 s on the 2-core machine
@@ -275,7 +304,7 @@ def test_streamable_http_needs_its_token_and_checks_host_and_origin(tiny_sd15, t
     assert answers["none"].status_code == 401 and answers["wrong"].status_code == 401
     assert answers["none"].headers["www-authenticate"].startswith("Bearer")
     assert answers["rebound host"].status_code == 421 and answers["other origin"].status_code == 403
-    assert len(tools) == 5
+    assert len(tools) == 6
     assert not control_map.is_error, text_of(control_map)
     assert Image.open(control_map.structured_content["file"]).size == (256, 256)
     assert token not in (tmp_path / "mcp-http.log").read_text()  # given, so never printed

@@ -18,6 +18,7 @@ from ref2img.engines.base import EngineError
 from ref2img.lifecycle import (
     GENERATE,
     RECOGNIZE,
+    REPAINT,
     FolderOutputs,
     MemoryLedger,
     MemoryTask,
@@ -27,7 +28,7 @@ from ref2img.lifecycle import (
 )
 from ref2img.mcp_server.inputs import InputGuard
 from ref2img.mcp_server.results import Generated, Report, TaskState
-from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, TaskStatus
+from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, RepaintRequest, TaskStatus
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -72,6 +73,11 @@ class LocalBackend:
     async def recognize(self, image: str, mode: ControlType, report: Report) -> Generated:
         task = await self._run(RecognizeRequest(control_type=mode, init_image=image), report, RECOGNIZE)
         return Generated(task.id, [Path(name) for name in task.result], [])
+
+    async def repaint(self, request: RepaintRequest, report: Report) -> Generated:
+        request = request.with_seed()
+        task = await self._run(request, report, REPAINT)
+        return Generated(task.id, [Path(name) for name in task.result], [request.seed or 0])
 
     async def get_task(self, task_id: str) -> TaskState | None:
         task = self._ledger.get(task_id)

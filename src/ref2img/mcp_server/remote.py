@@ -14,7 +14,7 @@ import anyio
 from ref2img.client import AsyncClient, Task, UnsupportedError
 from ref2img.mcp_server.inputs import InputGuard
 from ref2img.mcp_server.results import Generated, Report, TaskState
-from ref2img.protocol import ControlType, CreateRequest, TaskStatus
+from ref2img.protocol import ControlType, CreateRequest, RepaintRequest, TaskStatus
 
 WAIT_S = 1800.0  # the longest a tool call follows one task
 
@@ -44,6 +44,18 @@ class RemoteBackend:
         task = await self._client.recognize(await self._local_bytes(image, "image"), mode, timeout=WAIT_S)
         files = await self._client.download(task, self.out_dir)
         return Generated(task.task_id, files, [], task.masks)
+
+    async def repaint(self, request: RepaintRequest, report: Report) -> Generated:
+        request = request.with_seed()
+        uploads = {
+            field: await self._local_bytes(source, field)
+            for field, source in (("init_image", request.init_image), ("mask_url", request.mask_url))
+            if source is not None and self._inputs.is_local_file(source)
+        }
+        task_id = await self._client.submit_repaint(request, uploads=uploads)
+        task = await self._follow(task_id, report)
+        files = await self._client.download(task, self.out_dir)
+        return Generated(task_id, files, [request.seed or 0], task.images)
 
     async def get_task(self, task_id: str) -> TaskState | None:
         return _state(await self._client.get(task_id))

@@ -1,4 +1,4 @@
-"""The MCP tools: generate, recognize, get_task, cancel_task, list_models.
+"""The MCP tools: generate, recognize, repaint, get_task, cancel_task, list_models.
 
 Each tool's JSON schema carries the wire protocol's real ranges and enums (from `protocol.py`), so a
 client can check its arguments before it calls. Bad input still gets a tool error whose text names the
@@ -32,7 +32,9 @@ from ref2img.protocol import (
     ControlType,
     CreateRequest,
     ParameterError,
+    RepaintRequest,
     parse_create_request,
+    parse_repaint_request,
 )
 
 PREVIEW_PX = 512  # the longest side of the images shown in the chat; full-size files are in the result
@@ -45,6 +47,7 @@ class Backend(Protocol):
 
     async def generate(self, request: CreateRequest, report: Report) -> Generated: ...
     async def recognize(self, image: str, mode: ControlType, report: Report) -> Generated: ...
+    async def repaint(self, request: RepaintRequest, report: Report) -> Generated: ...
     async def get_task(self, task_id: str) -> TaskState | None: ...
     async def cancel_task(self, task_id: str) -> TaskState | None: ...
     def close(self) -> None: ...
@@ -59,7 +62,8 @@ ImageSource = Annotated[str, Field(min_length=1, description="a local file path,
 INSTRUCTIONS = (
     "ref2img makes new images from a reference image and a prompt, keeping the reference's edges (mode "
     "edge), a person's pose (pose), a subject's identity (subject) or its depth (depth). Call `generate`; "
-    "`recognize` shows the edge, pose or depth map that a reference gives, or its subject's mask. Images come back small for the "
+    "`recognize` shows the edge, pose or depth map that a reference gives, or its subject's mask; `repaint` "
+    "redraws the masked area of an image from a prompt. Images come back small for the "
     "chat; the result's structured content has the full-size files and each image's seed."
 )
 
@@ -148,6 +152,48 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
                 "file": str(path),
                 "url": made.urls[0] if made.urls else None,
             },
+        )
+
+    @server.tool(title="Repaint part of an image", annotations=ToolAnnotations(open_world_hint=True))
+    async def repaint(
+        image: Annotated[
+            str, Field(min_length=1, description="the image to repaint: a path, an http(s) URL or a data: URI")
+        ],
+        prompt: Annotated[
+            str, Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what to paint in the masked area")
+        ],
+        ctx: Context,
+        mask: Annotated[
+            str | None,
+            Field(
+                min_length=1,
+                description="white where the image is redrawn, at its size (path, URL or data: URI); none: all of it",
+            ),
+        ] = None,
+        seed: Annotated[int | None, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1], description="seed")] = None,
+        negative_prompt: Annotated[str | None, Field(max_length=MAX_PROMPT_CHARS, description="what to avoid")] = None,
+    ) -> CallToolResult:
+        """Image Repaint (inpainting): the masked area redrawn from the prompt; every other pixel is kept."""
+        body = {
+            "prompt": prompt,
+            "init_image": image,
+            "mask_url": mask,
+            "seed": seed,
+            "negative_prompt": negative_prompt,
+        }
+        with _as_tool_errors():
+            request = parse_repaint_request({key: value for key, value in body.items() if value is not None})
+            made = await backend.repaint(request, _reporter(ctx))
+        [path] = made.files
+        structured = {
+            "task_id": made.task_id,
+            "backend": backend.name,
+            "file": str(path),
+            "url": made.urls[0] if made.urls else None,
+            "seed": made.seeds[0] if made.seeds else None,
+        }
+        return _with_previews(
+            made.files, f"repainted, seed {structured['seed']}, task {made.task_id}: {path}", structured
         )
 
     @server.tool(title="A task's state", annotations=ToolAnnotations(read_only_hint=True))
