@@ -7,6 +7,8 @@ What it does as the docs say the cloud does:
 - query `POST /v1/open/pub/task` (§4): status 1 while queued, 2 with `progress` while running, then the
   scripted end; `wait_time`, `position`, `params`, and on success `result` as a JSON *string* with
   `images_path` (§4.3), URLs of PNGs this fake serves;
+- Image Repaint `POST /v1/open/capacity/application/tm_redrawing` (S8/S9): `prompt` and `init_image`
+  required, `mask_url` optional, both URLs; one result image at the init image's size;
 - like the cloud, it fetches the input images by URL itself (so a URL it cannot reach fails the task).
 
 What a test scripts (`FakeCloud.script`, taken by each create): how long the task queues and runs, how
@@ -29,6 +31,7 @@ import httpx
 from PIL import Image
 
 CREATE_PATH = "/v1/open/capacity/application/tm_reference_img2img"
+REPAINT_PATH = "/v1/open/capacity/application/tm_redrawing"
 QUERY_PATH = "/v1/open/pub/task"
 RANGES = {"control_intensity": (0, 1), "width": (512, 2048), "height": (512, 2048), "batch_size": (1, 4)}  # §2.1
 
@@ -68,7 +71,8 @@ class CloudTask:
             status, reason = 4, failed_input
         result = ""
         if status == 3:
-            urls = [f"{base_url}/results/{self.task_id}/{n + 1}.png" for n in range(int(self.body["batch_size"]))]
+            count = int(self.body.get("batch_size", 1))  # a repaint makes one image
+            urls = [f"{base_url}/results/{self.task_id}/{n + 1}.png" for n in range(count)]
             result = json.dumps({"images_path": urls, "model_version": "fake"})
         return {
             "task_id": self.task_id,
@@ -155,6 +159,8 @@ class FakeCloud:
             return 200, _error(680001, "body: must be a JSON object")
         if path == CREATE_PATH:
             return self._create(body)
+        if path == REPAINT_PATH:
+            return self._create(body, repaint=True)
         if path == QUERY_PATH:
             return self._query(body)
         return 404, _error(404, "404 page not found")
@@ -163,17 +169,18 @@ class FakeCloud:
         token = base64.b64encode(f"{self.app_key}:{self.app_secret}".encode()).decode()
         return headers.get("X-App-Key") == self.app_key and headers.get("Authorization") == f"Basic {token}"
 
-    def _create(self, body: dict) -> tuple[int, dict]:
+    def _create(self, body: dict, repaint: bool = False) -> tuple[int, dict]:
         with self._lock:
             self.creates.append(body)
             script = self.script
         if script.create_http_status is not None:
             return script.create_http_status, _error(script.create_http_status, "upstream unavailable")
-        problem = _invalid(body)
+        problem = _invalid_repaint(body) if repaint else _invalid(body)
         if problem:
             return 200, _error(680001, problem)
-        task = CloudTask(f"tm_reference_img2img-0-{time.strftime('%Y%m%d%H')}{secrets.token_hex(6)}", body, script)
-        for name in ("reference_image", "init_image"):
+        capability = "tm_redrawing" if repaint else "tm_reference_img2img"
+        task = CloudTask(f"{capability}-0-{time.strftime('%Y%m%d%H')}{secrets.token_hex(6)}", body, script)
+        for name in ("reference_image", "init_image", "mask_url"):
             if body.get(name):
                 task.inputs[name] = _fetch(body[name], name)
         with self._lock:
@@ -197,7 +204,11 @@ class FakeCloud:
         if len(parts) != 3 or parts[0] != "results" or parts[1] not in self.tasks:
             return None
         task = self.tasks[parts[1]]
-        image = Image.new("RGB", (int(task.body["width"]), int(task.body["height"])), (40, 90, 200))
+        if "width" in task.body:
+            size = (int(task.body["width"]), int(task.body["height"]))
+        else:  # a repaint: the init image's size
+            size = Image.open(io.BytesIO(task.inputs["init_image"])).size  # type: ignore[arg-type]
+        image = Image.new("RGB", size, (40, 90, 200))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return buffer.getvalue()
@@ -219,6 +230,17 @@ def _invalid(body: dict) -> str | None:
         value = body.get(name)
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             return f"{name}: must be from {low} to {high}"
+    return None
+
+
+def _invalid_repaint(body: dict) -> str | None:
+    """Image Repaint's body rules (S8)."""
+    if not isinstance(body.get("prompt"), str) or not body["prompt"]:
+        return "prompt: required"
+    for name in ("init_image", "mask_url"):
+        value = body.get(name)
+        if (name == "init_image" or value is not None) and not (isinstance(value, str) and value.startswith("http")):
+            return f"{name}: must be an http(s) URL"
     return None
 
 

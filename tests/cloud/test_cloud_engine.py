@@ -92,6 +92,24 @@ def test_a_task_runs_in_the_cloud_and_its_images_are_ours(fake, client, data_uri
     assert image.size == (640, 512)
 
 
+def test_a_repaint_goes_to_the_clouds_tm_redrawing_with_its_mask(fake, client, image_host):
+    fake.reset(Script(queued_s=0.1, run_s=0.3))
+    body = {"prompt": "a sky", "init_image": image_host.url("/astronaut.png"),
+            "mask_url": image_host.url("/astronaut.png"), "params": "r-1", "seed": 3}
+    created = httpx.post(f"{client.base}/v1/open/capacity/application/tm_redrawing", json=body,
+                         headers=client.headers).json()
+    assert created["code"] == 0, created
+    data = client.wait_final(created["data"]["task_id"])
+    assert data["status"] == 3 and data["route"] == "cloud" and data["params"] == "r-1"
+    [sent] = fake.creates
+    assert sent["prompt"] == "a sky" and sent["init_image"] and sent["mask_url"]
+    assert "seed" not in sent and "params" not in sent  # our extensions and delivery fields stay here
+    (cloud_task,) = fake.tasks.values()
+    assert cloud_task.task_id.startswith("tm_redrawing-") and set(cloud_task.inputs) == {"init_image", "mask_url"}
+    [url] = json.loads(data["result"])["images_path"]
+    assert url.startswith(client.base) and Image.open(io.BytesIO(httpx.get(url).content)).size == (512, 512)
+
+
 def test_an_upload_reaches_the_cloud_as_a_signed_url_of_ours(fake, client, astronaut):
     fake.reset(Script(queued_s=0.1, run_s=0.3))
     auth = {k: v for k, v in client.headers.items() if k != "Content-Type"}
