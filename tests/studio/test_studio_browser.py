@@ -187,7 +187,7 @@ def test_the_servers_own_range_message_shows_inline(browser, studio, reference):
 def test_cancel_a_running_task(browser, slow_studio, reference):
     server, _ = slow_studio
     page = with_reference(open_signed_in(browser, server), reference)
-    page.check('input[name="mode"][value="2"]')  # subject: no control map to wait for
+    page.check('input[name="mode"][value="2"]')  # subject: its mask is quick to make
     fill_job(page)
     page.select_option("#batch-size", "4")  # 500 steps of 4 images: long enough to cancel halfway
     page.click("#generate")
@@ -236,4 +236,73 @@ def test_keyboard_phone_width_and_dark_theme(browser, studio):
     assert focused  # focus moves on to the next control
     page.click("#theme")
     assert page.evaluate("document.documentElement.dataset.theme") == "light"
+    page.close()
+
+
+def painted_pixels(page) -> int:
+    return page.evaluate("""(() => { const c = document.querySelector('#repaint-mask');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; })()""")
+
+
+def drag(page, box, points, step=6):
+    """A pointer stroke through `points` (fractions of the canvas's box)."""
+    x, y = box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"]
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for fx, fy in points[1:]:
+        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=step)
+    page.mouse.up()
+
+
+def test_the_mask_brush_paints_erases_clears_and_repaints_only_the_painted_area(browser, studio, astronaut, tmp_path):
+    import io
+
+    import httpx
+    import numpy as np
+
+    server, _ = studio
+    image_path = tmp_path / "to-repaint.png"
+    astronaut.resize((512, 512)).save(image_path)
+    page = open_signed_in(browser, server)
+    page.set_input_files("#repaint-file", str(image_path))
+    page.wait_for_selector("#repaint-editor:not([hidden])", timeout=20_000)
+    assert page.evaluate("[document.querySelector('#repaint-mask').width, document.querySelector('#repaint-mask').height]") == [512, 512]
+    page.locator("#repaint-mask").scroll_into_view_if_needed()  # the mouse reaches only what is in view
+    box = page.locator("#repaint-mask").bounding_box()
+
+    drag(page, box, [(0.3, 0.3), (0.6, 0.3), (0.6, 0.5)])  # paint
+    painted = painted_pixels(page)
+    assert painted > 0
+    page.check('input[name="brush-mode"][value="erase"]')
+    drag(page, box, [(0.3, 0.3), (0.6, 0.3)])
+    assert 0 < painted_pixels(page) < painted  # erasing took part of it away
+    page.click("#mask-clear")
+    assert painted_pixels(page) == 0
+    page.check('input[name="brush-mode"][value="paint"]')
+    page.fill("#brush-size", "64")
+    page.dispatch_event("#brush-size", "input")
+    assert page.inner_text("#brush-size-value") == "64"
+    drag(page, box, [(0.4, 0.4), (0.6, 0.6)])  # a stroke across the middle only
+    page.fill("#repaint-prompt", "a golden visor")
+    shot(page, "repaint-mask")
+    page.click("#repaint-go")
+    page.wait_for_selector("#repaint-result:not([hidden])", timeout=60_000)
+    shot(page, "repaint-done")
+    out = np.asarray(Image.open(io.BytesIO(httpx.get(page.get_attribute("#repaint-result", "src")).content)).convert("RGB"))
+    before = np.asarray(astronaut.resize((512, 512)))
+    assert out.shape == (512, 512, 3)
+    corners = (slice(0, 100), slice(0, 100)), (slice(412, 512), slice(412, 512))
+    assert all((out[c] == before[c]).all() for c in corners)  # unpainted: the image's own pixels
+    middle = (slice(240, 272), slice(240, 272))
+    assert np.abs(out[middle].astype(int) - before[middle]).mean() > 10  # painted: redrawn
+    page.close()
+
+
+def test_subject_mode_shows_the_subjects_mask(browser, studio, reference):
+    server, _ = studio
+    page = with_reference(open_signed_in(browser, server), reference)
+    page.check('input[name="mode"][value="2"]')
+    wait_until(page, "document.querySelector('#control-map-caption').textContent.endsWith('mask')", timeout=30_000)
+    assert page.get_attribute("#control-map", "src")
     page.close()

@@ -5,6 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const CREATE = "/v1/open/capacity/application/tm_reference_img2img";
 const RECOGNIZE = "/v1/open/capacity/application/tm_reference_img2mask";
+const REPAINT = "/v1/open/capacity/application/tm_redrawing";
 // The protocol's modes and statuses in words, as the server spells them (GET /studio/session).
 let MODES = {};
 let STATUS = {};
@@ -292,17 +293,127 @@ function showImages(data, settings) {
     const again = document.createElement("button");
     again.type = "button"; again.textContent = "Same settings again";
     again.addEventListener("click", () => { fillForm(settings); generate({ ...settings, seed: undefined }); });
+    const repaintThis = document.createElement("button");
+    repaintThis.type = "button"; repaintThis.textContent = "Repaint part";
+    repaintThis.addEventListener("click", () => { loadRepaintImage(url); $("repaint").scrollIntoView(); });
     const reuse = document.createElement("button");
     reuse.type = "button"; reuse.textContent = "Use as reference";
     reuse.addEventListener("click", () => { setReference(url); $("drop").focus(); });
     const caption = document.createElement("span"); caption.textContent = `seed ${seed}`;
-    tools.append(download, reuse, again, caption);
+    tools.append(download, reuse, repaintThis, again, caption);
     item.append(image, tools);
     gallery.append(item);
   });
   $("run-status").textContent = `done: ${resultUrls(data).length} image(s)`;
   $("run-progress").value = 100;
 }
+
+// -- repaint: a mask brush over an image, then tm_redrawing ---------------------------------------
+// The canvas has the image's own pixel size (the mask must match it) and is scaled by CSS with the image;
+// strokes are opaque white on transparent, shown at half opacity, and exported as white on black.
+const mask = $("repaint-mask");
+const brush = { drawing: false, last: null };
+state.repaintImage = null;  // the URL tm_redrawing is given
+
+async function loadRepaintImage(url) {
+  showError("repaint-load-error", "");
+  const image = $("repaint-image");
+  image.onload = () => {
+    mask.width = image.naturalWidth; mask.height = image.naturalHeight;
+    clearMask();
+    $("repaint-editor").hidden = false;
+  };
+  image.onerror = () => showError("repaint-load-error", "the image could not be shown");
+  state.repaintImage = url;
+  image.src = url;
+}
+
+$("repaint-file").addEventListener("change", async (event) => {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  try { loadRepaintImage(await upload(file)); } catch (error) { showError("repaint-load-error", error); }
+});
+$("repaint-use-reference").addEventListener("click", () => {
+  if (state.reference) loadRepaintImage(state.reference);
+  else showError("repaint-load-error", "give a reference image first");
+});
+
+function clearMask() {
+  mask.getContext("2d").clearRect(0, 0, mask.width, mask.height);
+}
+$("mask-clear").addEventListener("click", clearMask);
+$("brush-size").addEventListener("input", () => { $("brush-size-value").textContent = $("brush-size").value; });
+
+function maskPoint(event) {  // from the page's pixels to the image's
+  const box = mask.getBoundingClientRect();
+  return { x: (event.clientX - box.left) * mask.width / box.width, y: (event.clientY - box.top) * mask.height / box.height };
+}
+
+function stroke(from, to) {
+  const context = mask.getContext("2d");
+  const erasing = document.querySelector('input[name="brush-mode"]:checked').value === "erase";
+  const scale = mask.width / mask.getBoundingClientRect().width;  // the brush is sized in screen pixels
+  context.globalCompositeOperation = erasing ? "destination-out" : "source-over";
+  context.strokeStyle = context.fillStyle = "#ffffff";
+  context.lineWidth = Number($("brush-size").value) * scale;
+  context.lineCap = context.lineJoin = "round";
+  context.beginPath(); context.moveTo(from.x, from.y); context.lineTo(to.x, to.y); context.stroke();
+}
+
+mask.addEventListener("pointerdown", (event) => {
+  mask.setPointerCapture(event.pointerId);
+  brush.drawing = true; brush.last = maskPoint(event);
+  stroke(brush.last, brush.last);
+});
+mask.addEventListener("pointermove", (event) => {
+  if (!brush.drawing) return;
+  const point = maskPoint(event);
+  stroke(brush.last, point); brush.last = point;
+});
+for (const name of ["pointerup", "pointercancel"]) mask.addEventListener(name, () => { brush.drawing = false; });
+
+function maskHasPaint() {
+  const pixels = mask.getContext("2d").getImageData(0, 0, mask.width, mask.height).data;
+  for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) return true;
+  return false;
+}
+
+function maskBlob() {  // white (redraw) on black, at the image's size
+  const flat = document.createElement("canvas");
+  flat.width = mask.width; flat.height = mask.height;
+  const context = flat.getContext("2d");
+  context.fillStyle = "#000000"; context.fillRect(0, 0, flat.width, flat.height);
+  context.drawImage(mask, 0, 0);
+  return new Promise((resolve) => flat.toBlob(resolve, "image/png"));
+}
+
+$("repaint-go").addEventListener("click", async () => {
+  showError("repaint-error", "");
+  if (!state.repaintImage) return;
+  const body = { prompt: $("repaint-prompt").value, init_image: state.repaintImage };
+  $("repaint-go").disabled = true;
+  try {
+    if (maskHasPaint()) {
+      const blob = await maskBlob();
+      body.mask_url = await upload(new File([blob], "mask.png", { type: "image/png" }));
+    }
+    const created = await api(REPAINT, { method: "POST", json: body });
+    $("repaint-status").textContent = body.mask_url ? "repainting the masked area…" : "no mask: redrawing the whole image…";
+    const done = await watch(created.task_id, (data) => {
+      if (data.status === 2) $("repaint-status").textContent = `repainting: ${data.progress}%`;
+    });
+    if (done.status !== 3) throw new ApiError(`${STATUS[done.status]}: ${done.reason}`);
+    $("repaint-result").src = resultUrls(done)[0];
+    $("repaint-result").hidden = false;
+    $("repaint-status").textContent = "done";
+  } catch (error) {
+    showError("repaint-error", error);  // the mask and the prompt stay as they were
+    $("repaint-status").textContent = "";
+  } finally {
+    $("repaint-go").disabled = false;
+  }
+});
 
 // -- history ------------------------------------------------------------------------------------
 async function loadHistory(fromStart) {
