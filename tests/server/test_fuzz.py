@@ -37,6 +37,7 @@ def operations(fuzzed) -> list:
     found = [result.ok() for result in api.get_all_operations()]
     assert {operation.label for operation in found} >= {
         "POST /v1/open/capacity/application/tm_reference_img2img", "POST /v1/open/pub/task",
+        "POST /v1/open/capacity/application/tm_redrawing",
         "POST /v1/open/pub/task/cancel", "POST /v1/files", "GET /v1/open/capacity/get/token"}
     return found
 

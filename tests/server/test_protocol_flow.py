@@ -269,7 +269,10 @@ def test_service_routes(server):
     assert health["code"] == 0 and health["data"]["status"] == "ok"
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "ref2img_queue_depth" in metrics and 'ref2img_tasks{status="succeeded"}' in metrics
-    assert "/v1/open/pub/task" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert {"/v1/open/pub/task", "/v1/open/capacity/application/tm_redrawing"} <= set(paths)
+    schema = httpx.get(f"{server.url}/openapi.json").json()["components"]["schemas"]
+    assert {"prompt", "init_image", "mask_url"} <= set(schema["RepaintRequest"]["properties"])  # its body, documented
     assert httpx.get(f"{server.url}/no/such/route").status_code == 404
 
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from ref2img.protocol import MAX_TASK_ID_CHARS, MAX_WAIT_S, CreateRequest, RecognizeRequest
+from ref2img.protocol import MAX_TASK_ID_CHARS, MAX_WAIT_S, CreateRequest, RecognizeRequest, RepaintRequest
 
 COMPONENT_REF = "#/components/schemas/{model}"
 
@@ -36,7 +36,7 @@ class TaskRef(BaseModel):
     task_id: str = Field(min_length=1, max_length=MAX_TASK_ID_CHARS)
 
 
-BODY_MODELS: list[type[BaseModel]] = [CreateRequest, RecognizeRequest, TaskLookup, TaskRef, Envelope]
+BODY_MODELS: list[type[BaseModel]] = [CreateRequest, RecognizeRequest, RepaintRequest, TaskLookup, TaskRef, Envelope]
 
 # 401 (bad credentials) and 429 (busy, Retry-After) are the only statuses besides 200 a wire route answers.
 ENVELOPE_RESPONSES: dict[int | str, dict[str, Any]] = {
