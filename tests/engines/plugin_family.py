@@ -18,6 +18,7 @@ FAMILY = RecordingFamily(
     description="SD1.5 under another name (a test plug-in)",
     base_class=SD15.base_class,
     pipeline_classes=SD15.pipeline_classes,
+    inpaint_class=SD15.inpaint_class,
     latent_rgb=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (0.0, 0.0, 0.0)),
     base_extra=SD15.base_extra,
 )
