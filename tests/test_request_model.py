@@ -36,6 +36,7 @@ def every_field_set() -> CreateRequest:
         "params": "order-17",
         "seed": 12345,
         "negative_prompt": "blurry",
+        "controls": [{"type": "depth", "image": "https://images.example/depth.png", "intensity": 0.7}],
     }
     assert set(values) == set(CreateRequest.model_fields), "a new field: give it a non-default value here"
     request = CreateRequest.model_validate(values)

@@ -11,10 +11,21 @@ import base64
 import enum
 import hashlib
 import math
+import re
 import secrets
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ALLOWED",
@@ -27,6 +38,7 @@ __all__ = [
     "RECOGNIZE_CONTROL_TYPES",
     "SEED_RANGE",
     "SIZE_RANGE",
+    "Control",
     "ControlType",
     "CreateRequest",
     "ErrorCode",
@@ -158,6 +170,14 @@ ALLOWED: dict[str, str] = {
     "callback": "an http or https URL",
     "mask_url": "an image URL (http, https or data:image/...) or an uploaded file URL; white = redraw",
     "params": f"a string of at most {MAX_PARAMS_CHARS} characters (passed through untouched)",
+    "controls": "a list of 1 to 3 objects {type, image?, intensity?, start?, end?, map?}",
+    "controls[]": "an object {type, image?, intensity?, start?, end?, map?}",
+    "controls[].type": 'one of "edge", "pose" or "depth" (or "0", "1", "3"); the subject is control_type "2"',
+    "controls[].image": "an image URL (http, https or data:image/...) or an uploaded file URL",
+    "controls[].intensity": "a number from 0 to 1",
+    "controls[].start": "a number from 0 to 1, before end",
+    "controls[].end": "a number from 0 to 1, after start",
+    "controls[].map": "true when image is a ready control map, else false",
 }
 
 MAX_URL_CHARS = 30 * 1024 * 1024  # data: URIs carry whole images
@@ -204,6 +224,60 @@ def random_seed(derived_from: str | None = None) -> int:
     return int.from_bytes(hashlib.sha256(derived_from.encode()).digest()[:4], "big") >> 1
 
 
+MAX_CONTROLS = 3
+CONTROL_MODES = ("edge", "pose", "depth")  # what a `controls` entry may keep; the subject is `control_type` "2"
+
+
+def _control_mode(value: Any) -> ControlType:
+    try:
+        kind = ControlType.parse(value)
+    except ValueError:
+        raise ValueError("not a control type") from None
+    if kind is ControlType.SUBJECT:
+        raise ValueError('the subject is control_type "2", not a control')
+    return kind
+
+
+class Control(BaseModel):
+    """One entry of `controls` (our extension): a map the output follows, from its own image (or the
+    reference when `image` is absent), with its own intensity and, optionally, the share of the steps it
+    acts on (`start`..`end`; default from the intensity, as a single control's). `map`: the image is a
+    ready edge/pose/depth map, so no annotator runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: ControlType
+    image: Text | None = Field(default=None, min_length=1, max_length=MAX_URL_CHARS)
+    intensity: float = Field(default=0.5, ge=INTENSITY_RANGE[0], le=INTENSITY_RANGE[1], strict=True)
+    start: float = Field(default=0.0, ge=0.0, le=1.0, strict=True)
+    end: float | None = Field(default=None, ge=0.0, le=1.0, strict=True)
+    map: bool = False
+
+    def __init__(self, type: Any = None, /, **data: Any):  # Control("pose", image=..., intensity=0.8)
+        super().__init__(**({"type": type} if type is not None else {}), **data)
+
+    _type = field_validator("type", mode="before")(_control_mode)
+
+    @field_validator("intensity", "start", "end", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError("not a finite number")
+        return float(value) if isinstance(value, int) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Control:
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"end ({self.end:g}) must be after start ({self.start:g})")
+        if self.map and self.image is None:
+            raise ValueError("map: true needs the map itself as image")
+        return self
+
+    @field_serializer("type")
+    def _type_name(self, kind: ControlType) -> str:
+        return kind.name.lower()
+
+
 class CreateRequest(BaseModel):
     """Body of `POST /v1/open/capacity/application/tm_reference_img2img` (flat JSON).
 
@@ -216,7 +290,8 @@ class CreateRequest(BaseModel):
 
     # What the Tomoviee cloud is not sent when a server forwards a task there: our extensions, which it
     # does not know, and the delivery fields, which the forwarding server handles itself.
-    NOT_FORWARDED: ClassVar[frozenset[str]] = frozenset({"seed", "negative_prompt", "callback", "params"})
+    # (`controls` never reaches it: a task with controls stays on the local GPUs.)
+    NOT_FORWARDED: ClassVar[frozenset[str]] = frozenset({"seed", "negative_prompt", "callback", "params", "controls"})
 
     prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     reference_image: Text = Field(
@@ -239,6 +314,11 @@ class CreateRequest(BaseModel):
     # Our extensions; a Tomoviee client never needs them.
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], strict=True)
     negative_prompt: Text | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    controls: tuple[Control, ...] | None = Field(default=None, min_length=1, max_length=MAX_CONTROLS)
+
+    @property
+    def keeps_subject(self) -> bool:
+        return self.control_type is ControlType.SUBJECT
 
     @field_validator("prompt")
     @classmethod
@@ -263,8 +343,9 @@ class CreateRequest(BaseModel):
         return value
 
     def resolved_init_image(self) -> str | None:
-        """The init image the engine uses: subject mode (2) needs one and defaults to the reference."""
-        if self.init_image is None and self.control_type is ControlType.SUBJECT:
+        """The init image the engine uses: subject mode (2) needs one and defaults to the reference (not
+        when controls keep the structure: the subject then comes from the reference alone)."""
+        if self.init_image is None and self.control_type is ControlType.SUBJECT and not self.controls:
             return self.reference_image
         return self.init_image
 
@@ -305,7 +386,7 @@ class RepaintRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
-    NOT_FORWARDED: ClassVar[frozenset[str]] = CreateRequest.NOT_FORWARDED
+    NOT_FORWARDED: ClassVar[frozenset[str]] = frozenset({"seed", "negative_prompt", "callback", "params"})
 
     prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     init_image: Text = Field(
@@ -487,9 +568,30 @@ def parse_create_request(body: Any) -> CreateRequest:
         raise ParameterError("body", "must be a JSON object")
     body = _with_legacy_size(body)
     try:
-        return CreateRequest.model_validate(body)
+        request = CreateRequest.model_validate(body)
     except ValidationError as exc:
         raise _first_parameter_error(exc, body) from None
+    _check_controls(request)
+    return request
+
+
+def _check_controls(request: CreateRequest) -> None:
+    """The rule of `controls` beside `control_type`: each type once; `control_type` is "2" (the reference's
+    subject is kept too) or the first control's type (a plain request's meaning, unchanged)."""
+    if not request.controls:
+        return
+    seen: set[ControlType] = set()
+    for index, control in enumerate(request.controls):
+        if control.type in seen:
+            raise ParameterError(f"controls[{index}].type", f"{control.type.name.lower()} is given twice")
+        seen.add(control.type)
+    first = request.controls[0].type
+    if request.control_type not in (ControlType.SUBJECT, first):
+        raise ParameterError(
+            "control_type",
+            f"with controls it must be \"2\" (keep the reference's subject too) or the first control's type "
+            f'"{first.value}" ({first.name.lower()}); got "{request.control_type.value}"',
+        )
 
 
 _CREATE_ALIASES = {"image": "reference_image", "image_num": "batch_size"}
@@ -502,7 +604,13 @@ def _first_parameter_error(
     error = exc.errors(include_url=False)[0]
     field = str(error["loc"][0]) if error["loc"] else "body"
     field = aliases.get(field, field)
-    allowed = ALLOWED.get(field, "a valid value")
+    # a nested field: `controls[1].intensity` (its rule is under `controls[].intensity`)
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:])
+    pattern = field + re.sub(r"\[\d+\]", "[]", path)
+    while pattern not in ALLOWED and pattern != field:  # an unknown nested key: its parent's rule
+        pattern = re.sub(r"(\.[^.\[]+|\[\])$", "", pattern)
+    allowed = ALLOWED.get(pattern, "a valid value")
+    field += path
     if error["type"] == "missing":
         return ParameterError(field, f"is required; must be {allowed}")
     got = error.get("input")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ref2img.protocol import ControlType, CreateRequest, RepaintRequest
+from ref2img.protocol import Control, ControlType, CreateRequest, RepaintRequest
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -93,15 +93,23 @@ class Job:
     # fetch, and where the remote task's id is kept. Local engines ignore both.
     sources: Mapping[str, str] = field(default_factory=dict)
     handoff: Handoff | None = None
+    # The image of each of `request.controls`, in its order: its own, or the reference (our extension).
+    control_inputs: tuple[Image.Image, ...] = ()
 
     def __post_init__(self) -> None:
         if self.request.seed is None:
             raise ValueError("a job's request has its seed decided: use request.with_seed()")
+        if len(self.control_inputs) != len(self.request.controls or ()):
+            raise ValueError("a job has one control image per control")
 
     @property
     def seed(self) -> int:
         assert self.request.seed is not None  # __post_init__
         return self.request.seed
+
+    @property
+    def controls(self) -> tuple[Control, ...]:
+        return self.request.controls or ()
 
     @property
     def prompt(self) -> str:
@@ -144,7 +152,13 @@ class Job:
             if init_source == request.reference_image
             else (load_image(init_source, "init_image") if init_source else None)
         )
-        return cls(request=request.with_seed(), reference=reference, init_image=init, **extra)
+        control_inputs = tuple(
+            load_image(control.image, f"controls[{index}].image") if control.image else reference
+            for index, control in enumerate(request.controls or ())
+        )
+        return cls(
+            request=request.with_seed(), reference=reference, init_image=init, control_inputs=control_inputs, **extra
+        )
 
     @classmethod
     def for_images(
@@ -159,8 +173,12 @@ class Job:
     ) -> Job:
         """A job from images in memory and the wire fields (`prompt`, `control_type`, `seed` …), checked
         by the protocol as a request would be; for tests and benches that have no URLs."""
-        request = CreateRequest.model_validate({"reference_image": IN_MEMORY, **wire_fields}).with_seed()
-        return cls(request, reference, init_image, control_map, steps, guidance_scale)
+        from ref2img.protocol import parse_create_request
+
+        control_inputs = wire_fields.pop("control_inputs", ())
+        request = parse_create_request({"reference_image": IN_MEMORY, **wire_fields}).with_seed()
+        inputs = tuple(control_inputs) or tuple(reference for _ in request.controls or ())
+        return cls(request, reference, init_image, control_map, steps, guidance_scale, control_inputs=inputs)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ class LocalEngine:
                 job.seed,
             )
             # what a compiled graph is specialised on: one count per distinct call shape
-            shape = (gen_w, gen_h, job.batch_size, job.control_type, job.init_image is not None)
+            shape = (gen_w, gen_h, job.batch_size, job.control_type, job.init_image is not None, len(job.controls))
             size = f"{job.batch_size} image(s) at {gen_w}x{gen_h}"
             images = self._call(pipe, kwargs, shape, size, on_progress, should_cancel, on_preview)
         return [fit(image, job.width, job.height) for image in images]
@@ -222,6 +222,17 @@ class LocalEngine:
             return fit(job.control_map, gen_w, gen_h)
         return self.annotators.control_map(fit(job.reference, gen_w, gen_h), job.control_type)
 
+    def control_maps_for(self, job: Job) -> list[Image.Image]:
+        """The map of each of `job.controls`, at the model's size: its image as it is when `map` says it is
+        one, else what the annotator of its type finds in it."""
+        gen_w, gen_h = generation_size(job.width, job.height, self.preset.max_pixels, self.preset.size_multiple)
+        return [
+            fit(image, gen_w, gen_h)
+            if control.map
+            else self.annotators.control_map(fit(image, gen_w, gen_h), control.type)
+            for control, image in zip(job.controls, job.control_inputs, strict=True)
+        ]
+
     def _release_memory(self) -> None:
         """After an out-of-memory error: hand cached blocks back so the next job starts clean."""
         if self.placement.device.type == "cuda":
@@ -229,7 +240,9 @@ class LocalEngine:
 
     # -- building the call -------------------------------------------------------------------
     def _prepare(self, job: Job, gen_w: int, gen_h: int) -> tuple[Any, dict[str, Any]]:
-        """The family's pipeline and call for the job (the control map made here, family-agnostic)."""
+        """The family's pipeline and call for the job (the control maps made here, family-agnostic)."""
+        if job.controls:
+            return self.pipelines.prepare_controls(job, gen_w, gen_h, self.control_maps_for(job))
         return self.pipelines.prepare(job, gen_w, gen_h, self.control_map_for(job))
 
 

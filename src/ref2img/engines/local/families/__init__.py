@@ -11,6 +11,7 @@ modules: presets and the CLI read it without importing torch or diffusers.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +32,36 @@ FAMILY_MODULES: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class ControlSupport:
+    """What a family's `prepare_controls` runs: up to `most` controls, and whether the subject with them."""
+
+    most: int
+    with_subject: bool
+
+
+# family name -> what it supports of `controls`; read at create time, without importing the family
+FAMILY_CONTROLS: dict[str, ControlSupport] = {
+    "sd15": ControlSupport(most=3, with_subject=True),  # MultiControlNet + IP-Adapter
+    "sdxl": ControlSupport(most=3, with_subject=True),  # the union ControlNet's conditions + IP-Adapter
+    "zimage": ControlSupport(most=1, with_subject=False),  # one Fun ControlNet map; klein's subject apart
+}
+
+
+def controls_problem(family: str, count: int, with_subject: bool) -> tuple[str, str] | None:
+    """(field, message) when `family` cannot run `count` controls (with the subject), else None."""
+    support = FAMILY_CONTROLS.get(family, ControlSupport(most=0, with_subject=False))
+    if count > support.most:
+        return f"controls[{support.most}]", (
+            f"the {family} family takes at most {support.most} control(s) in one request"
+            if support.most
+            else f"the {family} family takes no controls list"
+        )
+    if with_subject and not support.with_subject:
+        return "control_type", f'the {family} family cannot keep the subject ("2") together with controls'
+    return None
+
+
 class FamilyPipelines(Protocol):
     """A family's loaded model(s), serving every mode without reloading."""
 
@@ -44,6 +75,13 @@ class FamilyPipelines(Protocol):
         """The diffusers pipeline for `job` and the keyword arguments of its call (`num_inference_steps`
         among them; the engine adds `callback_on_step_end`). `control_map`: at the model's size, None in
         subject mode."""
+
+    def prepare_controls(
+        self, job: Job, gen_w: int, gen_h: int, control_maps: list[Image.Image]
+    ) -> tuple[Any, dict[str, Any]]:
+        """A job with several controls (`job.controls`, one map each, at the model's size), and the subject
+        too when `job.request.keeps_subject`. EngineOptionError naming the family and the control for a
+        combination it cannot run (FAMILY_CONTROLS says which, before a task is queued)."""
 
     def prepare_repaint(self, job: RepaintJob, gen_w: int, gen_h: int, mask: Image.Image) -> tuple[Any, dict[str, Any]]:
         """Image Repaint: the family's inpainting pipeline and its call; `mask` at the model's size, white

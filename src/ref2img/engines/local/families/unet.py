@@ -292,6 +292,77 @@ class UNetPipelines:
         self._set_memory_savers(pipe, gen_w * gen_h, job.batch_size)
         return pipe, kwargs
 
+    def multi_pipeline(self, keys: tuple[str, ...], img2img: bool):
+        """SD1.5-style presets (a net per mode): one pipeline over the nets of `keys`, in that order."""
+        from ref2img.engines.local.multicontrol import SkippingMultiControlNet
+
+        with self._lock:
+            nets = [self._controlnet(key, self.preset.controlnets[key]) for key in keys]
+            cache_key = ("multi", ",".join(keys), img2img)
+            if cache_key not in self._pipelines:
+                cls = getattr(diffusers, self.family.pipeline_classes[("controlnet", img2img)])
+                pipe = cls.from_pipe(self.base, dtype=self.placement.dtype, controlnet=SkippingMultiControlNet(nets))
+                pipe.set_progress_bar_config(disable=True)
+                self._pipelines[cache_key] = pipe
+            pipe = self._pipelines[cache_key]
+            if self.offload != "none" and self._offloaded_pipe is not pipe:
+                offload.enable(pipe, self.offload, self.placement.device)
+                self._offloaded_pipe = pipe
+            return pipe
+
+    def prepare_controls(
+        self, job: Job, gen_w: int, gen_h: int, control_maps: list[Image.Image]
+    ) -> tuple[Any, dict[str, Any]]:
+        """Several controls in one pass: the union ControlNet's conditions (one net, a mode each), or one
+        net per control through a MultiControlNet; the subject through the IP-Adapter beside them."""
+        preset, request = self.preset, job.request
+        img2img = job.init_image is not None
+        guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
+        self.ignored = ignored_without_cfg(job, guidance)
+        self.step_hooks = []
+        knobs = [knobs_for(c.type, c.intensity, img2img, preset.controlnet_scale_max) for c in job.controls]
+        steps = job.steps or preset.steps
+        kwargs: dict[str, Any] = {
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "num_images_per_prompt": job.batch_size,
+            "generator": image_generators(job),
+            "controlnet_conditioning_scale": [k.controlnet_scale for k in knobs],
+            "control_guidance_start": [c.start for c in job.controls],
+            "control_guidance_end": [
+                c.end if c.end is not None else k.control_guidance_end for c, k in zip(job.controls, knobs, strict=True)
+            ],
+        }
+        if request.keeps_subject:
+            self.ensure_ip_adapter()
+        if self.has_ip_adapter:
+            subject = knobs_for(ControlType.SUBJECT, request.control_intensity, False, preset.controlnet_scale_max)
+            self.base.set_ip_adapter_scale(subject.ip_adapter_scale if request.keeps_subject else 0.0)
+            kwargs["ip_adapter_image"] = fit(job.reference, gen_w, gen_h)
+        if preset.uses_union_controlnet:
+            pipe = self.pipeline_for(job.controls[0].type, img2img)
+            kwargs["control_image"] = control_maps
+            kwargs["control_mode"] = [UNION_CONTROL_MODE[c.type] for c in job.controls]
+        else:
+            keys = tuple(self.preset.controlnet_for(c.type)[0] for c in job.controls)
+            pipe = self.multi_pipeline(keys, img2img)
+            kwargs["control_image" if img2img else "image"] = control_maps
+        if job.init_image is not None:
+            kwargs["image"] = fit(job.init_image, gen_w, gen_h)
+            kwargs["strength"] = knobs[0].strength
+        else:
+            kwargs.update(width=gen_w, height=gen_h)
+        controlnet = getattr(pipe, "controlnet", None)
+        for net in getattr(controlnet, "nets", [controlnet]):
+            if net is not None and hasattr(net, "ref2img_cfg_batch"):
+                net.ref2img_cfg_batch = 2 * job.batch_size if guidance > 1 else None
+        if "cfg-cut" in self.speedups.approximate:
+            self.ignored.append("cfg-cut (not with several controls)")
+        self._set_memory_savers(pipe, gen_w * gen_h, job.batch_size)
+        return pipe, kwargs
+
     def inpaint_pipeline(self):
         """The inpainting pipeline on the loaded base (cached); a preset's own inpainting checkpoint would
         be its base, loaded the same way."""

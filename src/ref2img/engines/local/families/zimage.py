@@ -20,6 +20,7 @@ ControlNet pipeline runs the rest of the schedule from there. The turbo preset r
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -38,6 +39,7 @@ from ref2img.engines.local.families.calls import (
     image_generators,
     torch_modules,
 )
+from ref2img.engines.local.families import controls_problem
 from ref2img.engines.local.families.klein import KleinSubject
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
@@ -203,6 +205,25 @@ class ZImagePipelines:
             offload.enable(pipe, self.offload, self.placement.device)
             self._offloaded_pipe = pipe
         return pipe
+
+    def prepare_controls(
+        self, job: Job, gen_w: int, gen_h: int, control_maps: list[Image.Image]
+    ) -> tuple[Any, dict[str, Any]]:
+        """One control, as a plain request of its type (the Fun ControlNet takes one map; klein's subject
+        runs apart from it): more is refused, naming the family (FAMILY_CONTROLS)."""
+        problem = controls_problem("zimage", len(job.controls), job.request.keeps_subject)
+        if problem is not None:
+            raise EngineOptionError(f"{problem[0]}: {problem[1]}")
+        [control] = job.controls
+        single = job.request.model_copy(
+            update={"control_type": control.type, "control_intensity": control.intensity, "controls": None}
+        )
+        pipe, kwargs = self.prepare(
+            dataclasses.replace(job, request=single, control_inputs=()), gen_w, gen_h, control_maps[0]
+        )
+        if control.start or control.end is not None:
+            self.ignored.append("controls[0].start/end (the Z-Image ControlNet pipeline acts on every step)")
+        return pipe, kwargs
 
     def prepare_repaint(self, job: RepaintJob, gen_w: int, gen_h: int, mask: Image.Image) -> tuple[Any, dict[str, Any]]:
         preset = self.preset
