@@ -22,6 +22,7 @@ from ref2img.client import (
     WaitTimeoutError,
 )
 from ref2img.protocol import (
+    Control,
     ControlType,
     CreateRequest,
     ParameterError,
@@ -37,6 +38,7 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "Client",
+    "Control",
     "ControlType",
     "CreateRequest",
     "ImageFetchError",

@@ -110,6 +110,13 @@ def test_a_repaint_goes_to_the_clouds_tm_redrawing_with_its_mask(fake, client, i
     assert url.startswith(client.base) and Image.open(io.BytesIO(httpx.get(url).content)).size == (512, 512)
 
 
+def test_a_cloud_only_server_refuses_controls_saying_why(fake, client, image_host):
+    answer = client.create(img2img_body(image_host.url("/astronaut.png"), control_type="2",
+                                        controls=[{"type": "pose"}, {"type": "depth"}])).json()
+    assert answer["code"] == 680006 and "controls" in answer["msg"] and "local engine" in answer["msg"]
+    assert fake.creates == [] or all("controls" not in body for body in fake.creates)
+
+
 def test_an_upload_reaches_the_cloud_as_a_signed_url_of_ours(fake, client, astronaut):
     fake.reset(Script(queued_s=0.1, run_s=0.3))
     auth = {k: v for k, v in client.headers.items() if k != "Content-Type"}

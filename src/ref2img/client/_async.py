@@ -14,7 +14,7 @@ import httpx
 from ref2img.client import _core as core
 from ref2img.client._exceptions import APIConnectionError, UnsupportedError
 from ref2img.client._models import Task
-from ref2img.protocol import ControlType, CreateRequest, RepaintRequest
+from ref2img.protocol import Control, ControlType, CreateRequest, RepaintRequest
 
 
 class AsyncClient:
@@ -105,11 +105,14 @@ class AsyncClient:
         params: str | None = None,
         seed: int | None = None,
         negative_prompt: str | None = None,
+        controls: list[Control | dict] | None = None,
         idempotency_key: str | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
     ) -> str:
-        """Create a task; returns its id. Local files and PIL images are uploaded first (ref2img servers)."""
+        """Create a task; returns its id. Local files and PIL images are uploaded first (ref2img servers).
+        `controls`: several controls at once (`ref2img.Control`, or dicts of its fields; our extension),
+        with `control_type` "2" to keep the reference's subject too."""
         fields = {
             "control_intensity": control_intensity,
             "width": width,
@@ -120,6 +123,7 @@ class AsyncClient:
             "params": params,
             "seed": seed,
             "negative_prompt": negative_prompt,
+            "controls": controls,
         }
         request, uploads = core.create_request(prompt, reference_image, control_type, fields)
         return await self.submit(
@@ -138,8 +142,7 @@ class AsyncClient:
         """Create a task from a ready request (`ref2img.CreateRequest`, every wire field); returns its id.
         Image fields that hold a local file path, or are given in `uploads`, are uploaded first."""
         body, pending = core.submit_body(request, uploads, self._config)
-        for field, value in pending.items():
-            body[field] = await self.upload(value)
+        body = core.with_images(body, {field: await self.upload(value) for field, value in pending.items()})
         return await self._create(core.CREATE_PATH, body, idempotency_key, timeout, max_retries)
 
     async def _create(self, path: str, body: dict, idempotency_key: str | None, timeout, max_retries) -> str:
@@ -244,8 +247,7 @@ class AsyncClient:
     ) -> str:
         """Create an Image Repaint task from a ready request (`ref2img.RepaintRequest`); returns its id."""
         body, pending = core.submit_body(request, uploads, self._config)
-        for field, value in pending.items():
-            body[field] = await self.upload(value)
+        body = core.with_images(body, {field: await self.upload(value) for field, value in pending.items()})
         return await self._create(core.REPAINT_PATH, body, idempotency_key, timeout, max_retries)
 
     async def repaint(

@@ -31,6 +31,7 @@ from ref2img.client._models import Task
 from ref2img.client._policy import RETRYABLE_STATUS, PollPlan, parse_retry_after, request_never_left, retry_delay
 from ref2img.protocol import (
     ALLOWED,
+    Control,
     MAX_WAIT_S,
     RECOGNIZE_CONTROL_TYPES,
     ControlType,
@@ -132,9 +133,11 @@ def create_request(
         raise _invalid("control_type", f"must be {ALLOWED['control_type']} (got {control_type!r})") from None
     given = {"prompt": prompt, "reference_image": reference_image, "control_type": kind.value, **fields}
     body = {key: value for key, value in given.items() if value is not None}
-    uploads = {key: body[key] for key in IMAGE_FIELDS if key in body and not isinstance(body[key], str)}
+    if "controls" in body:
+        body["controls"] = [_control_dict(control) for control in body["controls"]]
+    uploads = {key: value for key, value in image_fields(body) if not isinstance(value, str)}
     try:
-        request = parse_create_request({**body, **dict.fromkeys(uploads, PLACEHOLDER_URL)})
+        request = parse_create_request(with_images(body, dict.fromkeys(uploads, PLACEHOLDER_URL)))
     except ParameterError as exc:
         raise _invalid(exc.field, exc.message) from None
     return request, uploads
@@ -160,7 +163,7 @@ def submit_body(
 ) -> tuple[dict[str, Any], dict[str, ImageInput]]:
     """The body to send for `request`, and the image fields still to upload into it: those of
     `uploads`, and those whose value is a local file path."""
-    body = {**request.to_wire(), **(uploads or {})}
+    body = with_images(request.to_wire(), uploads or {})
     return body, upload_needed(body, config)
 
 
@@ -177,9 +180,37 @@ def _invalid(field: str, message: str) -> InvalidRequestError:
     return InvalidRequestError(680001, f"{field}: {message}", None, field)
 
 
+def _control_dict(control: Any) -> Any:
+    """A control as the SDK takes it (`Control(...)` or a dict), as a body entry; its image kept as given
+    (a PIL image or bytes is uploaded before sending)."""
+    if isinstance(control, Control):
+        return control.model_dump(mode="json", exclude_none=True)
+    return dict(control) if isinstance(control, dict) else control
+
+
+def image_fields(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(field, value) of every image a body holds: the top-level fields, then each control's `image`."""
+    found = [(key, body[key]) for key in IMAGE_FIELDS if key in body]
+    for index, control in enumerate(body.get("controls") or ()):
+        if isinstance(control, dict) and control.get("image") is not None:
+            found.append((f"controls[{index}].image", control["image"]))
+    return found
+
+
+def with_images(body: dict[str, Any], images: dict[str, Any]) -> dict[str, Any]:
+    """`body` with the images of `images` (field -> value) put in, a control's too (a copy)."""
+    body = {**body, "controls": [dict(c) for c in body["controls"]]} if body.get("controls") else dict(body)
+    for name, value in images.items():
+        if name.startswith("controls["):
+            body["controls"][int(name[len("controls[") : name.index("]")])]["image"] = value
+        else:
+            body[name] = value
+    return body
+
+
 def upload_needed(body: dict[str, Any], config: ClientConfig) -> dict[str, ImageInput]:
     """The image fields whose values must be uploaded first (files, PIL images, bytes)."""
-    pending: dict[str, Any] = {key: body[key] for key in IMAGE_FIELDS if key in body and not is_url(body[key])}
+    pending: dict[str, Any] = {key: value for key, value in image_fields(body) if not is_url(value)}
     for key, value in pending.items():
         if isinstance(value, (str, Path)) and not Path(value).expanduser().is_file():
             raise _invalid(key, f"no such file: {value} (give an http(s) URL, a data: URI or a local file)")

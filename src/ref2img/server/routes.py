@@ -32,7 +32,7 @@ from ref2img.protocol import (
 from ref2img.server import openapi
 from ref2img.server.auth import AppKey, check_secret
 from ref2img.server.errors import ApiError, ok
-from ref2img.server.routing import route_generation, route_recognition
+from ref2img.server.routing import route_controls, route_generation, route_recognition
 from ref2img.safe_http import UrlRefused
 from ref2img.server.services import Services
 from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, StoreBusy, new_id
@@ -140,8 +140,9 @@ def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depe
     except ParameterError as exc:
         raise _parameter_error(exc) from None
     images = {"reference_image": create.reference_image, "init_image": create.init_image}
-    _check_inputs(svc, app_key, images, create.callback)
-    route = route_generation(svc, app_key, images)
+    control_images = {f"controls[{i}].image": c.image for i, c in enumerate(create.controls or ()) if c.image}
+    _check_inputs(svc, app_key, {**images, **control_images}, create.callback)
+    route = route_controls(svc, create) if create.controls else route_generation(svc, app_key, images)
     # The seed is decided here and stored with the task: a rerun after a crash makes the same images, and
     # a resend under the same Idempotency-Key asks for the same seed, so it matches the first body.
     key = _idempotency_key(request)

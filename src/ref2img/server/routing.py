@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from ref2img.protocol import ErrorCode
+from ref2img.protocol import CreateRequest, ErrorCode
 from ref2img.server.errors import ApiError
 from ref2img.server.services import Services
 from ref2img.lifecycle import CLOUD, LOCAL
@@ -37,6 +37,22 @@ def route_generation(svc: Services, app_key: str, images: dict[str, str | None])
     if needs_url or cloud is None or cloud.state.failed:
         return LOCAL
     return CLOUD if local_wait_s(svc) > settings.overflow_after_s else LOCAL
+
+
+def route_controls(svc: Services, create: CreateRequest) -> str:
+    """A task with `controls` (our extension) runs on the local GPUs: the cloud has no such field. Its
+    family must run that many controls (with the subject, when kept): else 680001 naming the field."""
+    if svc.settings.cloud_only:
+        raise ApiError(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            "engine unavailable: controls (several controls in one request) need a local engine, and this "
+            "server forwards generation to the Tomoviee cloud only",
+        )
+    problem = svc.backend.controls_problem(len(create.controls or ()), create.keeps_subject)
+    if problem is not None:
+        field, message = problem
+        raise ApiError(ErrorCode.INVALID_PARAMETER, f"{field}: {message} (this server's model)")
+    return LOCAL
 
 
 def route_recognition(svc: Services) -> str:

@@ -98,3 +98,17 @@ class Backend:
     def close(self) -> None:
         self.queue.close()
         self.store.close()
+
+    def controls_problem(self, count: int, with_subject: bool) -> tuple[str, str] | None:
+        """(field, message) when this node's local model cannot run `count` controls (with the subject), read
+        from its preset's family before anything is queued; None when it can, or when the preset cannot be
+        read here (a worker then says why it cannot run it)."""
+        from ref2img.engines.base import EngineError
+        from ref2img.engines.local.families import controls_problem
+        from ref2img.engines.local.presets import resolve_preset
+
+        try:
+            family = resolve_preset(self.settings.model, self.settings.model_overrides).family
+        except EngineError:
+            return None
+        return controls_problem(family, count, with_subject)
