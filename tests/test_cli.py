@@ -135,6 +135,23 @@ def test_recognize_writes_the_map(tiny_sd15, photo, tmp_path):
     assert Image.open(mask).size == Image.open(photo).size
 
 
+def test_several_controls_and_the_subject_from_the_command_line(tiny_sd15, photo, tmp_path):
+    depth = tmp_path / "depth.png"
+    Image.new("RGB", (512, 512), (80, 80, 80)).save(depth)
+    made = runner.invoke(app, ["generate", str(photo), "a statue", "-c", "subject", "-c", "pose", "-c",
+                               f"depth=map:{depth}:0.4", "--model", str(tiny_sd15), "--steps", "2", "-W", "512",
+                               "-H", "512", "--out", str(tmp_path / "out"), "--json"])
+    assert made.exit_code == 0, made.output
+    record = json.loads(made.stdout)
+    assert record["request"]["control_type"] == "2"
+    assert record["request"]["controls"] == [
+        {"type": "pose", "intensity": 0.5, "start": 0.0, "map": False},
+        {"type": "depth", "image": str(depth), "intensity": 0.4, "start": 0.0, "map": True},
+    ]
+    twice = runner.invoke(app, ["generate", str(photo), "p", "-c", "edge", "-c", "edge", "--model", str(tiny_sd15)])
+    assert twice.exit_code == 2 and "controls[1].type: edge is given twice" in twice.output
+
+
 def test_repaint_in_process_keeps_the_unmasked_pixels_and_checks_the_mask(tiny_sd15, astronaut, tmp_path):
     import numpy as np
     from PIL import ImageDraw

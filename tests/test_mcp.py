@@ -91,6 +91,8 @@ def test_tools_and_their_schemas_carry_the_real_ranges(tiny_sd15, tmp_path):
     names, numbers = properties["mode"]["anyOf"]
     assert names["enum"] == ["edge", "pose", "subject", "depth"]
     assert (numbers["minimum"], numbers["maximum"]) == (0, 3)
+    controls = next(option for option in properties["controls"]["anyOf"] if option.get("type") == "array")
+    assert controls["maxItems"] == 3
     recognize_modes = tools["recognize"].input_schema["properties"]["mode"]["anyOf"]
     assert [option["enum"] for option in recognize_modes] == [["edge", "pose", "subject", "depth"], [0, 1, 2, 3]]
     assert tools["get_task"].annotations.read_only_hint and tools["cancel_task"].annotations.destructive_hint
@@ -382,11 +384,20 @@ def test_the_server_backend_against_a_running_ref2img_serve(tiny_sd15, tmp_path,
                                                              "width": 512, "height": 512, "seed": 5},
                                                 progress_callback=on_progress)
                 task = await client.call_tool("get_task", {"task_id": result.structured_content["task_id"]})
-                return result, task
+                # a control's local image is read here, within --allow-dir, and uploaded; one outside is refused
+                controlled = await client.call_tool("generate", {
+                    "reference": reference, "prompt": "p", "mode": "subject", "width": 512, "height": 512,
+                    "controls": [{"type": "pose"}, {"type": "depth", "image": reference}]})
+                outside = await client.call_tool("generate", {
+                    "reference": reference, "prompt": "p", "mode": "edge",
+                    "controls": [{"type": "edge", "image": "/etc/hostname"}]})
+                return result, task, controlled, outside
 
-        result, task = run(main)
+        result, task, controlled, outside = run(main)
     finally:
         server.stop()
+    assert not controlled.is_error, text_of(controlled)
+    assert outside.is_error and "controls[0].image: no such file in the allowed folders" in text_of(outside)
     assert not result.is_error, text_of(result)
     [image] = result.structured_content["images"]
     assert result.structured_content["backend"] == "server" and image["seed"] == 5

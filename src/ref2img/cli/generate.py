@@ -45,7 +45,16 @@ from ref2img.protocol import ControlType, CreateRequest, ParameterError, parse_c
 def generate(
     reference: Annotated[str, typer.Argument(metavar="REFERENCE", help="reference image: a path or an http(s) URL")],
     prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="what to make of it")],
-    control: ControlOption = "edge",
+    control: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--control",
+            "-c",
+            metavar="MODE[=IMAGE][:INTENSITY]",
+            help="edge|pose|subject|depth (or 0..3); repeat it for several controls at once, each from the "
+            "reference or its own IMAGE (map:FILE for a ready map), e.g. -c subject -c pose -c depth=map:d.png:0.4",
+        ),
+    ] = None,
     init: Annotated[
         str | None,
         typer.Option("--init", metavar="IMAGE", help="init image (img2img); subject mode defaults to the reference"),
@@ -85,7 +94,7 @@ def generate(
     app_secret: AppSecretOption = None,
 ) -> None:
     """Generate images: in-process with the local engine, or through a server (--server) or the cloud (--cloud)."""
-    mode = parse_control(control)
+    mode, controls = parse_controls(control or ["edge"])
     options = {
         "control_intensity": intensity,
         "width": width,
@@ -94,6 +103,7 @@ def generate(
         "init_image": init,
         "seed": seed,
         "negative_prompt": negative,
+        "controls": controls,
     }
     request = build_request(prompt, reference, mode, options)
     if server or cloud:
@@ -101,10 +111,54 @@ def generate(
             fail("--control-map: only in-process runs take a ready control map", EXIT_USAGE)
         generate_remote(sdk_client(server, cloud, app_key, app_secret), request, out_dir, as_json)
         return
+    if control_map and controls:
+        fail("--control-map: with several controls, give each its map as -c TYPE=map:FILE", EXIT_USAGE)
     if control_map and mode is ControlType.SUBJECT:
         fail("--control-map: subject mode uses the reference itself, not a control map", EXIT_USAGE)
     run = InProcessRun(request.with_seed(), control_map, steps, (compile_kind, compile_after, approximate))
     run.execute(resolve_model(model, part), device, dtype, offload, out_dir, as_json)
+
+
+def parse_controls(specs: list[str]) -> tuple[ControlType, list[dict] | None]:
+    """`-c` as given: one plain MODE is a plain request (control_type); several, or one with an image or an
+    intensity, are `controls`, with control_type "2" when `subject` is among them (else the first's type)."""
+    if len(specs) == 1 and "=" not in specs[0] and ":" not in specs[0]:
+        return parse_control(specs[0]), None
+    controls: list[dict] = []
+    subject = False
+    for spec in specs:
+        head, _, image = spec.partition("=")
+        intensity = None
+        text = image or head
+        if ":" in text and _is_number(text.rsplit(":", 1)[1]):
+            text, number = text.rsplit(":", 1)
+            intensity = float(number)
+        if image:
+            image = text
+        else:
+            head = text
+        kind = parse_control(head)
+        if kind is ControlType.SUBJECT:
+            subject = True
+            continue
+        entry: dict[str, Any] = {"type": kind.name.lower()}
+        if image:
+            entry["map"] = image.startswith("map:")
+            entry["image"] = image.removeprefix("map:")
+        if intensity is not None:
+            entry["intensity"] = intensity
+        controls.append(entry)
+    if not controls:
+        fail("--control: subject alone is a plain request: -c subject", EXIT_USAGE)
+    return (ControlType.SUBJECT if subject else ControlType.parse(controls[0]["type"])), controls
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def build_request(prompt: str, reference: str, mode: ControlType, options: dict[str, Any]) -> CreateRequest:
@@ -137,11 +191,16 @@ class InProcessRun:
         images = {self.request.reference_image: read_image(self.request.reference_image, "reference_image")}
         if self.request.init_image:
             images.setdefault(self.request.init_image, read_image(self.request.init_image, "init_image"))
+        for index, entry in enumerate(self.request.controls or ()):
+            if entry.image:
+                images.setdefault(entry.image, read_image(entry.image, f"controls[{index}].image"))
         given_map = read_image(self.control_map_input, "control_map") if self.control_map_input else None
         engine = load_engine(preset, device, dtype, offload, self.compile_kind, self.approximate, self.compile_after)
         loaded = time.perf_counter()
 
         def shape_job(job, engine):
+            if job.controls:  # each control's map is made by the engine itself
+                return dataclasses.replace(job, steps=self.steps)
             self.used_map = engine.control_map_for(dataclasses.replace(job, control_map=given_map))
             return dataclasses.replace(job, control_map=self.used_map, steps=self.steps)
 

@@ -29,9 +29,12 @@ class RemoteBackend:
     async def generate(self, request: CreateRequest, report: Report) -> Generated:
         # A seed is always sent, so that every image's seed is known and can be asked for again.
         request = request.with_seed()
+        images = [("reference_image", request.reference_image), ("init_image", request.init_image)]
+        images += [(f"controls[{i}].image", control.image) for i, control in enumerate(request.controls or ())]
+        # every local file read here, within the allowed folders; the SDK uploads the bytes
         uploads = {
             field: await self._local_bytes(source, field)
-            for field, source in (("reference_image", request.reference_image), ("init_image", request.init_image))
+            for field, source in images
             if source is not None and self._inputs.is_local_file(source)
         }
         task_id = await self._client.submit(request, uploads=uploads)

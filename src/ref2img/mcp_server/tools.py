@@ -29,6 +29,8 @@ from ref2img.protocol import (
     MAX_PROMPT_CHARS,
     SEED_RANGE,
     SIZE_RANGE,
+    MAX_CONTROLS,
+    Control,
     ControlType,
     CreateRequest,
     ParameterError,
@@ -100,6 +102,14 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
         init_image: Annotated[
             str | None, Field(min_length=1, description="an image to start from (img2img): path, URL or data: URI")
         ] = None,
+        controls: Annotated[
+            list[Control] | None,
+            Field(
+                max_length=MAX_CONTROLS,
+                description="several controls at once (edge, pose, depth; each from the reference or its own image, "
+                "a ready map with map: true); with mode subject, the reference's subject is kept too",
+            ),
+        ] = None,
     ) -> CallToolResult:
         """Make 1 to 4 new images from a reference image and a prompt."""
         body: dict[str, Any] = {
@@ -113,6 +123,9 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
             "seed": seed,
             "negative_prompt": negative_prompt,
             "init_image": init_image,
+            "controls": [control.model_dump(mode="json", exclude_none=True) for control in controls]
+            if controls
+            else None,
         }
         with _as_tool_errors():
             request = parse_create_request({key: value for key, value in body.items() if value is not None})
