@@ -156,8 +156,7 @@ def serve(
         public_url=public_url or f"http://{host}:{port}",
         callback_retry_scale=callback_retry_scale,
         auth_failure_limit=auth_failure_limit,
-        # an upload of the largest image allowed must fit, whatever --max-body-mb says
-        max_body_bytes=max(max_body_mb, max_image_mb + 1) * 1024 * 1024,
+        max_body_bytes=max_body_mb * 1024 * 1024,  # an upload over it is refused first: raise both for big images
         max_image_mb=max_image_mb,
         studio_link=True,
         overflow=overflow,
