@@ -3,6 +3,7 @@
     python bench/engine.py --arch tiny --levers off,skip-idle-controlnet --runs 1     # CPU smoke, seconds
     python bench/engine.py --arch sdxl --batches 1,4                                 # the GPU table
     python bench/engine.py --arch sd15 --levers off,all
+    python bench/engine.py --arch sdxl --levers off,controls-1,controls-2,controls-3 --no-baseline   # 1, 2, 3 controls
     python bench/engine.py --arch sdxl --offload model --memory-cap-gib 8 --levers off --no-baseline
 
 Models: random weights with the real architectures, built once into --models-dir (speed does not
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ref2img.engines.base import Job
+from ref2img.engines.base import IN_MEMORY, Job
 from ref2img.engines.local import LocalEngine, Speedups
 from ref2img.engines.local.annotators import canny_map
 from ref2img.engines.local.intensity import knobs_for
@@ -95,14 +96,21 @@ LEVERS: dict[str, Speedups] = {
     # `off` plus a step preview rendered after every step: the upper bound of what the studio's previews
     # cost (the runner renders at most two a second).
     "previews": OFF,
+    # The cost of several controls at once (`controls`): the engine's defaults, with 1, 2 and 3 ready maps
+    # (edge, depth, pose) in one union ControlNet pass (SD1.5: one net each), against the same job's
+    # single control in the same run.
+    "controls-1": Speedups(),
+    "controls-2": Speedups(),
+    "controls-3": Speedups(),
 }
+CONTROL_ROWS = {"controls-1": 1, "controls-2": 2, "controls-3": 3}
 DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "exact",
                   "channels-last", "fuse-qkv", "compile-regional", "compile-convs", "cuda-graphs", "inductor-tuning",
                   "fp8", "all", "all-fp8", "controlnet-cond-only", "cfg-cut")
 # What a lever may do to the images (issue 24's three classes): "exact" must give 0/0; "numerics" (other
 # kernels, other rounding) mean ≤ 2 levels and PSNR ≥ 38 dB; "output-changing" is reported, never a default.
 EXACT = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "exact", "previews")
-OUTPUT_CHANGING = ("controlnet-cond-only", "cfg-cut")
+OUTPUT_CHANGING = ("controlnet-cond-only", "cfg-cut", "controls-2", "controls-3")  # more maps: another image
 NUMERICS_PSNR_MIN = 38.0
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOPS), for each row's share of the peak;
 # --peak-tflops names another device's.
@@ -335,9 +343,17 @@ def zimage_baseline_call(preset, device: torch.device, reference: Image.Image, s
 
 
 def engine_job(reference: Image.Image, spec: dict) -> Job:
-    return Job.for_images(prompt=PROMPT, control_type=ControlType.EDGE, reference=reference, seed=0,
-                          width=spec["size"], height=spec["size"], batch_size=spec["batch"], steps=spec["steps"],
-                          control_intensity=spec["intensity"])
+    wire = {"prompt": PROMPT, "control_type": ControlType.EDGE, "seed": 0, "width": spec["size"],
+            "height": spec["size"], "batch_size": spec["batch"], "control_intensity": spec["intensity"]}
+    count = CONTROL_ROWS.get(spec["lever"], 0)
+    if not count:
+        return Job.for_images(reference=reference, steps=spec["steps"], **wire)
+    # Ready maps (the reference's edges under each mode), so the row times the ControlNet, not the annotators.
+    edges = canny_map(reference)
+    controls = [{"type": kind, "intensity": spec["intensity"], "image": IN_MEMORY, "map": True}
+                for kind in ("edge", "depth", "pose")[:count]]
+    return Job.for_images(reference=reference, steps=spec["steps"], controls=controls,
+                          control_inputs=[edges] * count, **wire)
 
 
 def count_flops(preset, reference: Image.Image, spec: dict) -> dict:
@@ -485,6 +501,9 @@ def add_ratios(report: dict) -> dict:
                 row["drift_class"] = drift_class(row["lever"])
                 if row["drift"] is not None:
                     row["drift_within_tolerance"] = drift_passes(row["lever"], row["drift"])
+            one = rows.get("controls-1")
+            if row["lever"] in CONTROL_ROWS and one and "error" not in one:
+                row["s_per_image_vs_one_control"] = round(row["s_per_image"] / one["s_per_image"], 3)
     return report
 
 
@@ -541,6 +560,11 @@ def print_table(report: dict) -> None:
         print(f"{row['batch']:>5} {row['lever']:22} {row['dtype']:9} {row['s_per_image']:>8} {row['images_per_s']:>8} "
               f"{row.get('vs_diffusers', ''):>10} {row.get('vs_off', ''):>6} {share:>6} {row['peak_memory_gib']:>8} "
               f"{row['first_call_s']:>8} {drift_text:>15} {psnr:>6} {ssim:>6} {verdict:>16}")
+    several = [row for row in report["rows"] if "s_per_image_vs_one_control" in row]
+    if several:
+        print("several controls (s/image, × one control): " + ", ".join(
+            f"b{row['batch']} {CONTROL_ROWS[row['lever']]}: {row['s_per_image']} (×{row['s_per_image_vs_one_control']})"
+            for row in several))
 
 
 if __name__ == "__main__":

@@ -306,3 +306,62 @@ def test_subject_mode_shows_the_subjects_mask(browser, studio, reference):
     wait_until(page, "document.querySelector('#control-map-caption').textContent.endsWith('mask')", timeout=30_000)
     assert page.get_attribute("#control-map", "src")
     page.close()
+
+
+def row_captions(page) -> list[str]:
+    return page.locator("#controls li figcaption").all_inner_texts()
+
+
+def test_the_controls_editor_adds_reorders_and_removes_controls_each_with_its_own_map(
+    browser, studio, reference, tmp_path, astronaut
+):
+    server, _ = studio
+    pose_image = tmp_path / "pose-source.png"
+    astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((320, 320)).save(pose_image)
+    page = with_reference(open_signed_in(browser, server), reference)  # mode: edges, the first control
+
+    page.click("#control-add")  # the first free type after edges: pose
+    page.click("#control-add")  # then depth; 3 controls in all, so no fourth
+    assert page.locator("#controls li").count() == 2
+    assert page.is_disabled("#control-add")
+    assert page.locator("#controls .control-type").evaluate_all("els => els.map(e => e.value)") == ["1", "3"]
+    wait_until(page, "[...document.querySelectorAll('#controls .control-row-map')]"
+                     ".every(m => m.complete && m.naturalWidth > 0)", timeout=30_000)
+    assert row_captions(page) == ["pose map (reference)", "depth map (reference)"]
+
+    first = page.locator("#controls li").nth(0)  # the pose control gets its own image
+    first.locator(".control-file").set_input_files(str(pose_image))
+    wait_until(page, "document.querySelector('#controls li figcaption').textContent === 'pose map'", timeout=30_000)
+    first.locator(".control-intensity").fill("0.8")
+    first.locator(".control-intensity").dispatch_event("input")
+
+    page.locator("#controls li").nth(1).locator(".control-up").click()  # depth before pose
+    assert page.locator("#controls .control-type").evaluate_all("els => els.map(e => e.value)") == ["3", "1"]
+    assert row_captions(page)[1] == "pose map"  # the moved row kept its map
+    page.locator("#controls li").nth(0).locator(".control-remove").click()
+    assert page.locator("#controls li").count() == 1 and page.is_enabled("#control-add")
+    shot(page, "controls")
+
+    fill_job(page, prompt="two controls at once")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img", timeout=60_000)
+    tasks = page.evaluate("fetch('/v1/tasks?page_size=50').then(r => r.json())")["data"]["tasks"]  # as the studio's key
+    settings = next(task for task in tasks if task["settings"]["prompt"] == "two controls at once")["settings"]
+    assert settings["control_type"] == "0"
+    assert [control["type"] for control in settings["controls"]] == ["edge", "pose"]
+    assert settings["controls"][0].get("image") is None  # edges from the reference
+    assert "/v1/files/" in settings["controls"][1]["image"] and settings["controls"][1]["intensity"] == 0.8
+
+    entry = page.locator("#history li", has_text="two controls at once").first
+    entry.wait_for(timeout=15_000)
+    assert "edges + pose" in entry.inner_text()
+    page.locator("#controls li").nth(0).locator(".control-remove").click()
+    entry.get_by_role("button", name="Load settings").click()  # the controls come back with the settings
+    assert page.locator("#controls .control-type").evaluate_all("els => els.map(e => e.value)") == ["1"]
+    assert page.locator("#controls .control-intensity").input_value() == "0.8"
+
+    page.check('input[name="mode"][value="2"]')  # subject kept too: the rows are all the controls
+    page.click("#control-add")
+    page.click("#control-add")
+    assert page.locator("#controls li").count() == 3 and page.is_disabled("#control-add")
+    page.close()

@@ -18,6 +18,7 @@ const state = {
   running: null,     // the task id being generated
   mapTask: 0,        // a counter: only the newest control-map (or subject-mask) request may show its result
   historyPage: 1,
+  controls: [],      // the controls editor's rows, in order (see "the controls editor")
 };
 
 // -- the API --------------------------------------------------------------------------------
@@ -138,6 +139,7 @@ function setReference(url) {
   $("drop-help").hidden = true;
   $("reference-url").value = url.includes("/v1/files/") ? "" : url;
   refreshControlMap();
+  state.controls.filter((control) => !control.image).forEach(refreshRowMap);
 }
 
 const drop = $("drop");
@@ -169,7 +171,17 @@ $("reference-url").addEventListener("change", (event) => {
 
 // -- the control map, live --------------------------------------------------------------------
 function mode() { return document.querySelector('input[name="mode"]:checked').value; }
-document.querySelectorAll('input[name="mode"]').forEach((radio) => radio.addEventListener("change", refreshControlMap));
+document.querySelectorAll('input[name="mode"]').forEach((radio) => radio.addEventListener("change", () => {
+  refreshControlMap(); updateControlsEditor();
+}));
+
+// The map (or subject mask) the server finds in `image` for `type`: a recognition task, followed to its end.
+async function recognizedMap(image, type) {
+  const created = await api(RECOGNIZE, { method: "POST", json: { init_image: image, control_type: type } });
+  const done = await watch(created.task_id, () => {});
+  if (done.status !== 3) throw new ApiError(done.reason || STATUS[done.status]);
+  return resultUrls(done)[0];
+}
 
 async function refreshControlMap() {
   const figure = $("control-map-figure");
@@ -179,15 +191,172 @@ async function refreshControlMap() {
   $("control-map").removeAttribute("src");
   $("control-map-caption").textContent = `finding the ${MODES[mode()]}…`;
   try {
-    const created = await api(RECOGNIZE, { method: "POST", json: { init_image: state.reference, control_type: mode() } });
-    const done = await watch(created.task_id, () => {});
+    const url = await recognizedMap(state.reference, mode());
     if (ticket !== state.mapTask) return;  // the reference or the mode changed meanwhile
-    if (done.status !== 3) throw new ApiError(done.reason || STATUS[done.status]);
-    $("control-map").src = resultUrls(done)[0];
+    $("control-map").src = url;
     $("control-map-caption").textContent = `${MODES[mode()]} ${mode() === "2" ? "mask" : "map"}`;
   } catch (error) {
     if (ticket === state.mapTask) $("control-map-caption").textContent = "no control map: " + error.message;
   }
+}
+
+// -- the controls editor: more maps at once (the API's `controls`) ------------------------------
+// The mode above is the first control (the reference, the intensity slider) unless it is subject,
+// which keeps the reference's subject beside the rows; the server allows 3 controls, each type once.
+const CONTROL_TYPES = ["0", "1", "3"];
+const CONTROL_CODES = { edge: "0", pose: "1", depth: "3" };  // the echo spells a control's type as a word
+const MAX_CONTROLS = 3;
+let controlIds = 0;
+
+function maxRows() { return mode() === "2" ? MAX_CONTROLS : MAX_CONTROLS - 1; }
+
+function addControl(control = {}) {
+  const used = new Set([mode(), ...state.controls.map((row) => row.type)]);
+  const row = {
+    id: ++controlIds,
+    type: control.type ? (CONTROL_CODES[control.type] || String(control.type))
+                       : CONTROL_TYPES.find((type) => !used.has(type)) || "0",
+    image: control.image || null,  // null: the reference
+    map: Boolean(control.map),
+    intensity: control.intensity ?? 0.5,
+    ticket: 0,
+  };
+  row.element = controlRow(row);
+  state.controls.push(row);
+  updateControlsEditor();
+  refreshRowMap(row);
+  return row;
+}
+
+function removeControl(row) {
+  state.controls = state.controls.filter((other) => other !== row);
+  row.ticket += 1;  // a map still being found for it is dropped
+  updateControlsEditor();
+}
+
+function moveControl(row, step) {
+  const index = state.controls.indexOf(row);
+  const target = index + step;
+  if (target < 0 || target >= state.controls.length) return;
+  [state.controls[index], state.controls[target]] = [state.controls[target], state.controls[index]];
+  updateControlsEditor();
+  row.element.querySelector(step < 0 ? ".control-up" : ".control-down").focus();
+}
+
+function updateControlsEditor() {
+  // Existing rows are moved, not rebuilt, so each keeps its map and focus.
+  $("controls").replaceChildren(...state.controls.map((row) => row.element));
+  state.controls.forEach((row, index) => {
+    row.element.querySelector(".control-up").disabled = index === 0;
+    row.element.querySelector(".control-down").disabled = index === state.controls.length - 1;
+    row.element.setAttribute("aria-label", `control ${index + 1}`);
+  });
+  $("control-add").disabled = state.controls.length >= maxRows();
+}
+
+function controlRow(row) {
+  const item = document.createElement("li");
+  const figure = document.createElement("figure");
+  const map = document.createElement("img"); map.alt = "this control's map"; map.className = "control-row-map";
+  const caption = document.createElement("figcaption");
+  figure.append(map, caption);
+  const knobs = document.createElement("div");
+
+  const typeLabel = document.createElement("label"); typeLabel.textContent = "Keep ";
+  const type = document.createElement("select"); type.className = "control-type";
+  for (const code of CONTROL_TYPES) type.append(new Option(MODES[code], code, false, code === row.type));
+  type.addEventListener("change", () => { row.type = type.value; refreshRowMap(row); });
+  typeLabel.append(type);
+
+  const intensityLabel = document.createElement("label"); intensityLabel.textContent = "Intensity ";
+  const value = document.createElement("output"); value.textContent = Number(row.intensity).toFixed(2);
+  const intensity = document.createElement("input");
+  Object.assign(intensity, { type: "range", min: "0", max: "1", step: "0.05", value: String(row.intensity), className: "control-intensity" });
+  intensity.addEventListener("input", () => { row.intensity = Number(intensity.value); value.textContent = row.intensity.toFixed(2); });
+  intensityLabel.append(value, intensity);
+
+  const imageLabel = document.createElement("label"); imageLabel.textContent = "Its own image (else the reference) ";
+  const file = document.createElement("input");
+  Object.assign(file, { type: "file", accept: "image/*", className: "control-file" });
+  file.addEventListener("change", async () => {
+    const picked = file.files[0];
+    file.value = "";
+    if (!picked) return;
+    try { row.image = await upload(picked); refreshRowMap(row); } catch (error) { caption.textContent = error.message; }
+  });
+  imageLabel.append(file);
+
+  const tools = document.createElement("div"); tools.className = "tools";
+  const readyLabel = document.createElement("label"); readyLabel.className = "check";
+  const ready = document.createElement("input"); ready.type = "checkbox"; ready.className = "control-ready"; ready.checked = row.map;
+  ready.addEventListener("change", () => { row.map = ready.checked; refreshRowMap(row); });
+  readyLabel.append(ready, " a ready map");
+  const useReference = button("Use the reference", "control-use-reference", () => { row.image = null; row.map = false; ready.checked = false; refreshRowMap(row); });
+  const up = button("↑", "control-up", () => moveControl(row, -1), "move up");
+  const down = button("↓", "control-down", () => moveControl(row, 1), "move down");
+  const remove = button("Remove", "control-remove", () => removeControl(row));
+  tools.append(readyLabel, useReference, up, down, remove);
+
+  knobs.append(typeLabel, intensityLabel, imageLabel, tools);
+  item.append(figure, knobs);
+  row.figure = { map, caption };
+  return item;
+}
+
+function button(text, className, onClick, label) {
+  const element = document.createElement("button");
+  element.type = "button"; element.textContent = text; element.className = className;
+  if (label) element.setAttribute("aria-label", label);
+  element.addEventListener("click", onClick);
+  return element;
+}
+
+// A row's live map: its own image as it is when that is a ready map, else what the server finds in it.
+async function refreshRowMap(row) {
+  const { map, caption } = row.figure;
+  const ticket = ++row.ticket;
+  const image = row.image || state.reference;
+  row.element.querySelector(".control-ready").disabled = !row.image;
+  map.removeAttribute("src");
+  if (!image) { caption.textContent = "no image yet"; return; }
+  if (row.map && row.image) { map.src = row.image; caption.textContent = `ready ${MODES[row.type]} map`; return; }
+  caption.textContent = `finding the ${MODES[row.type]}…`;
+  try {
+    const url = await recognizedMap(image, row.type);
+    if (ticket !== row.ticket) return;  // the row changed meanwhile
+    map.src = url;
+    caption.textContent = `${MODES[row.type]} map${row.image ? "" : " (reference)"}`;
+  } catch (error) {
+    if (ticket === row.ticket) caption.textContent = "no map: " + error.message;
+  }
+}
+
+$("control-add").addEventListener("click", () => {
+  if (state.controls.length < maxRows()) addControl().element.querySelector(".control-type").focus();
+});
+
+function controlsFromForm() {
+  const rows = state.controls.map((row) => {
+    const entry = { type: row.type, intensity: row.intensity };
+    if (row.image) entry.image = row.image;
+    if (row.map && row.image) entry.map = true;
+    return entry;
+  });
+  if (mode() === "2") return rows;
+  return [{ type: mode(), intensity: Number($("intensity").value) }, ...rows];
+}
+
+function fillControls(settings) {
+  state.controls.forEach((row) => { row.ticket += 1; });
+  state.controls = [];
+  const controls = settings.controls || [];
+  // Unless the subject is kept, the first control is the mode above (the reference, the slider).
+  const rows = settings.control_type === "2" ? controls : controls.slice(1);
+  if (settings.control_type !== "2" && controls.length) {
+    $("intensity").value = controls[0].intensity; $("intensity").dispatchEvent(new Event("input"));
+  }
+  rows.forEach((control) => addControl(control));
+  updateControlsEditor();
 }
 
 // -- the knobs --------------------------------------------------------------------------------
@@ -219,6 +388,7 @@ function settingsFromForm() {
   if ($("negative-prompt").value.trim()) settings.negative_prompt = $("negative-prompt").value;
   if (!$("seed-random").checked && $("seed").value !== "") settings.seed = Number($("seed").value);
   if (state.init) settings.init_image = state.init;
+  if (state.controls.length) settings.controls = controlsFromForm();
   return settings;
 }
 
@@ -235,6 +405,7 @@ function fillForm(settings) {
   state.init = settings.init_image || null;
   $("init-url").value = state.init && !state.init.includes("/v1/files/") ? state.init : "";
   if (settings.reference_image) setReference(settings.reference_image);
+  fillControls(settings);
 }
 
 // -- generating ---------------------------------------------------------------------------------
@@ -426,6 +597,12 @@ async function loadHistory(fromStart) {
 }
 $("history-more").addEventListener("click", () => { state.historyPage += 1; loadHistory(false); });
 
+function modesInWords(settings) {  // "edges", or "subject + pose + depth" for a task with controls
+  const controls = (settings.controls || []).map((control) => MODES[CONTROL_CODES[control.type] || control.type]);
+  if (!controls.length) return MODES[settings.control_type];
+  return (settings.control_type === "2" ? [MODES["2"], ...controls] : controls).join(" + ");
+}
+
 function historyItem(task) {
   const settings = task.settings;
   const item = document.createElement("li");
@@ -435,7 +612,7 @@ function historyItem(task) {
   const prompt = document.createElement("p"); prompt.textContent = settings.prompt;
   const meta = document.createElement("p"); meta.className = "meta";
   const when = new Date(task.created_at * 1000).toLocaleString();
-  meta.textContent = `${STATUS[task.status]} · ${MODES[settings.control_type]} · ${settings.width}×${settings.height}` +
+  meta.textContent = `${STATUS[task.status]} · ${modesInWords(settings)} · ${settings.width}×${settings.height}` +
     ` · ${settings.batch_size} image(s)${settings.seed != null ? ` · seed ${settings.seed}` : ""} · ${when}`;
   about.append(prompt, meta);
   const load = document.createElement("button");
