@@ -215,6 +215,7 @@ def test_keys_create_list_revoke(tmp_path):
     assert created.exit_code == 0, created.output
     key = json.loads(created.stdout)
     assert key["app_key"].startswith("ak_") and key["app_secret"].startswith("sk_")
+    assert key["api_key"] == f"{key['app_key']}:{key['app_secret']}"  # the OpenAI routes' Bearer token
     listed = json.loads(runner.invoke(app, ["keys", "list", "--data-dir", str(tmp_path), "--json"]).stdout)
     assert listed == [{"app_key": key["app_key"], "name": "ci", "created": listed[0]["created"], "revoked": False,
                        "max_concurrent": None, "per_minute": None}]

@@ -57,8 +57,10 @@ def keys_create(
     from ref2img.auth.keys import create_key
 
     key = create_key(open_store(data_dir, db), name, _limit(max_concurrent), _limit(per_minute))
+    # The OpenAI-style routes take the pair as one Bearer token (an OpenAI client's API key is one string).
+    api_key = f"{key.app_key}:{key.app_secret}"
     if as_json:
-        print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name}))
+        print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name, "api_key": api_key}))
         return
     if as_env:  # the names the SDK, the CLI and the README's curl lines all read
         print(
@@ -67,6 +69,7 @@ def keys_create(
         )
         return
     out.print(f"app_key:    {key.app_key}\napp_secret: {key.app_secret}", highlight=False)
+    out.print(f"api_key:    {api_key}  (OpenAI clients: the Bearer token)", highlight=False)
     err.print("Store the secret now: it cannot be shown again.")
 
 

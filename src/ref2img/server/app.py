@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from ref2img.server import studio, task_feed
+from ref2img.server import openai_routes, studio, task_feed
 from ref2img.server.docs_page import install_docs
 from ref2img.server.errors import install_error_handlers
 from ref2img.server.headers import SecurityHeaders
@@ -48,5 +48,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(router)
     app.include_router(task_feed.router)
     app.include_router(studio.router)
+    app.include_router(openai_routes.router)
     app.mount("/studio/static", StaticFiles(directory=str(studio.STATIC)), name="studio-static")
     return app

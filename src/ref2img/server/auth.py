@@ -82,13 +82,33 @@ async def authenticate(request: Request) -> str:
         app_key, secret = _claimed_pair(request)
     except ApiError as exc:
         raise refused(request, claimed_key, exc) from None
+    return await _verified(request, app_key, secret, _unauthorized("unknown app key or wrong secret"))
+
+
+async def _verified(request: Request, app_key: str, secret: str, unauthorized: ApiError) -> str:
     verifier = request.app.state.services.verifier
     if verifier.verify_cached(app_key, secret):  # the common case: no store, no scrypt, no thread hop
         return app_key
-    await check_secret(
-        request, app_key, lambda: verifier.verify(app_key, secret), _unauthorized("unknown app key or wrong secret")
-    )
+    await check_secret(request, app_key, lambda: verifier.verify(app_key, secret), unauthorized)
     return app_key
+
+
+def _bearer_refusal(why: str) -> ApiError:
+    return ApiError(ErrorCode.UNAUTHORIZED, f"unauthorized: {why}", 401, {"WWW-Authenticate": "Bearer"})
+
+
+async def authenticate_bearer(request: Request) -> str:
+    """FastAPI dependency of the OpenAI-style routes: `Authorization: Bearer <app_key>:<app_secret>`, the
+    same key, secret, throttle and refusals as Basic credentials (an API key in OpenAI's clients is one
+    string, so the pair travels joined by a colon)."""
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    app_key, sep, secret = token.strip().partition(":")
+    if scheme.lower() != "bearer" or not sep or not app_key or not secret:
+        refusal = _bearer_refusal(
+            "send Authorization: Bearer <app_key>:<app_secret> (as ref2img keys create prints it)"
+        )
+        raise refused(request, app_key if sep else "", refusal)
+    return await _verified(request, app_key, secret, _bearer_refusal("unknown app key or wrong secret"))
 
 
 async def _session_key(request: Request, session: Session) -> str:
@@ -113,5 +133,7 @@ def _claimed_pair(request: Request) -> tuple[str, str]:
     return app_key, secret
 
 
-# A route's parameter `app_key: AppKey` is the authenticated key (every way in, one dependency).
+# A route's parameter `app_key: AppKey` is the authenticated key (every way in, one dependency);
+# `BearerKey` is the same for the OpenAI-style routes.
 AppKey = Annotated[str, Depends(authenticate)]
+BearerKey = Annotated[str, Depends(authenticate_bearer)]

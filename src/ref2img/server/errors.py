@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ref2img.protocol import ErrorCode
+from ref2img.server import openai_images
 from ref2img.tasks.store import StoreBusy
 
 log = logging.getLogger("ref2img.server")
@@ -37,34 +38,52 @@ def envelope_response(code: int, msg: str, status: int = 200, headers: Mapping[s
 STORE_RETRY_AFTER_S = 5
 
 
+def error_response(
+    request: Request, code: int, msg: str, status: int = 200, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """Our envelope, or OpenAI's error envelope on the OpenAI-style routes (their clients parse only that)."""
+    if openai_images.owns(request.url.path):
+        return openai_images.from_wire_error(code, msg, status, headers).response()
+    return envelope_response(code, msg, status, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return envelope_response(exc.code, exc.msg, exc.http_status, exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc.code, exc.msg, exc.http_status, exc.headers)
+
+    @app.exception_handler(openai_images.OpenAIError)
+    async def _openai_error(_request: Request, exc: openai_images.OpenAIError) -> JSONResponse:
+        return exc.response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Routing and body-limit errors in the same envelope as the rest, so clients parse one shape.
         if exc.status_code == 413:  # limits.BodyLimit: a protocol error, so HTTP 200 as the rest
-            return envelope_response(ErrorCode.INVALID_PARAMETER, exc.detail, headers={"Connection": "close"})
+            return error_response(request, ErrorCode.INVALID_PARAMETER, exc.detail, headers={"Connection": "close"})
         if exc.status_code == 400:  # a body FastAPI could not parse (broken multipart): the client's input
-            return envelope_response(ErrorCode.INVALID_PARAMETER, f"body: could not be parsed ({exc.detail})")
+            return error_response(request, ErrorCode.INVALID_PARAMETER, f"body: could not be parsed ({exc.detail})")
         if exc.status_code == 404:
-            return envelope_response(ErrorCode.TASK_NOT_FOUND, f"not found: no route {request.url.path[:100]}", 404)
-        return envelope_response(ErrorCode.INVALID_PARAMETER, f"request: {exc.detail}", exc.status_code, exc.headers)
+            return error_response(
+                request, ErrorCode.TASK_NOT_FOUND, f"not found: no route {request.url.path[:100]}", 404
+            )
+        return error_response(
+            request, ErrorCode.INVALID_PARAMETER, f"request: {exc.detail}", exc.status_code, exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
-        return envelope_response(ErrorCode.INVALID_PARAMETER, f"{field}: {first.get('msg', 'invalid')}")
+        return error_response(request, ErrorCode.INVALID_PARAMETER, f"{field}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StoreBusy)
-    async def _store_unavailable(_request: Request, exc: StoreBusy) -> JSONResponse:
+    async def _store_unavailable(request: Request, exc: StoreBusy) -> JSONResponse:
         # Locked by another process past the busy timeout, disk full, database down: nothing was
         # accepted, and trying again later works, so it is "busy" rather than an internal error.
         log.warning("the task store refused a request: %s", exc.__cause__ or exc)
-        return envelope_response(
+        return error_response(
+            request,
             ErrorCode.BUSY,
             f"busy: {exc}; retry in {STORE_RETRY_AFTER_S} s",
             429,
@@ -72,7 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         incident = secrets.token_hex(4)
         log.error("unhandled error (incident %s)", incident, exc_info=exc)
-        return envelope_response(ErrorCode.INTERNAL, f"internal error (incident {incident})", 500)
+        return error_response(request, ErrorCode.INTERNAL, f"internal error (incident {incident})", 500)

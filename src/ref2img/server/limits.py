@@ -11,10 +11,11 @@ the protocol's envelope.)
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ref2img.protocol import ErrorCode
-from ref2img.server.errors import envelope_response
+from ref2img.server.errors import error_response
 
 
 class BodyTooLarge(HTTPException):
@@ -41,8 +42,11 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             # The rest of the body is never read; the connection closes after the answer.
-            response = envelope_response(
-                ErrorCode.INVALID_PARAMETER, body_too_large_message(self.max_bytes), headers={"Connection": "close"}
+            response = error_response(
+                Request(scope),
+                ErrorCode.INVALID_PARAMETER,
+                body_too_large_message(self.max_bytes),
+                headers={"Connection": "close"},
             )
             await response(scope, receive, send)
             return

@@ -36,6 +36,7 @@ from ref2img.server.routing import route_controls, route_generation, route_recog
 from ref2img.safe_http import UrlRefused
 from ref2img.server.services import Services
 from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, StoreBusy, new_id
+from ref2img.tasks.store.models import TaskRow
 
 router = APIRouter()
 WIRE: dict[str, Any] = {"responses": openapi.ENVELOPE_RESPONSES, "response_model": None}  # see openapi.py
@@ -99,8 +100,8 @@ def _enqueue(
     params: str | None,
     callback: str | None,
     route: str,
-    answer: dict | None = None,
-) -> JSONResponse:
+) -> TaskRow:
+    """Store and queue one task (or find the one this Idempotency-Key already made)."""
     engine = svc.engine.state
     if svc.settings.embedded and engine.failed:
         svc.engine.preload()  # try again in the background: the model may have been fetched since
@@ -127,7 +128,37 @@ def _enqueue(
         ) from None
     if created:
         svc.queue.send(task.id, task.route)
-    return JSONResponse(ok({"task_id": task.id, **(answer or {})}))
+    return task
+
+
+def submit_generation(svc: Services, request: Request, app_key: str, create: CreateRequest) -> tuple[str, int]:
+    """Accept one generation, as every way in does (Tomoviee's route, the OpenAI face): its images checked
+    at the door, routed, its seed decided. Returns the task id and the seed of image 1."""
+    images = {"reference_image": create.reference_image, "init_image": create.init_image}
+    control_images = {f"controls[{i}].image": c.image for i, c in enumerate(create.controls or ()) if c.image}
+    _check_inputs(svc, app_key, {**images, **control_images}, create.callback)
+    route = route_controls(svc, create) if create.controls else route_generation(svc, app_key, images)
+    # The seed is decided here and stored with the task: a rerun after a crash makes the same images, and
+    # a resend under the same Idempotency-Key asks for the same seed, so it matches the first body.
+    key = _idempotency_key(request)
+    create = create.with_seed(derived_from=f"{app_key}\n{key}" if key else None)
+    payload = create.model_dump(mode="json")
+    task = _enqueue(svc, request, app_key, GENERATE, payload, create.params, create.callback, route)
+    assert create.seed is not None  # with_seed
+    return task.id, create.seed
+
+
+def submit_repaint(svc: Services, request: Request, app_key: str, repaint: RepaintRequest) -> tuple[str, int]:
+    """Accept one Image Repaint, as `submit_generation` does a generation."""
+    images = {"init_image": repaint.init_image, "mask_url": repaint.mask_url}
+    _check_inputs(svc, app_key, images, repaint.callback)
+    route = route_generation(svc, app_key, images)
+    key = _idempotency_key(request)
+    repaint = repaint.with_seed(derived_from=f"{app_key}\n{key}" if key else None)
+    payload = repaint.model_dump(mode="json")
+    task = _enqueue(svc, request, app_key, REPAINT, payload, repaint.params, repaint.callback, route)
+    assert repaint.seed is not None  # with_seed
+    return task.id, repaint.seed
 
 
 @router.post(
@@ -139,17 +170,9 @@ def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depe
         create = parse_create_request(body)
     except ParameterError as exc:
         raise _parameter_error(exc) from None
-    images = {"reference_image": create.reference_image, "init_image": create.init_image}
-    control_images = {f"controls[{i}].image": c.image for i, c in enumerate(create.controls or ()) if c.image}
-    _check_inputs(svc, app_key, {**images, **control_images}, create.callback)
-    route = route_controls(svc, create) if create.controls else route_generation(svc, app_key, images)
-    # The seed is decided here and stored with the task: a rerun after a crash makes the same images, and
-    # a resend under the same Idempotency-Key asks for the same seed, so it matches the first body.
-    key = _idempotency_key(request)
-    create = create.with_seed(derived_from=f"{app_key}\n{key}" if key else None)
-    payload = create.model_dump(mode="json")
-    answer = {"seed": create.seed}  # our extension: the seed of image 1 (image k: seed + k - 1)
-    return _enqueue(svc, request, app_key, GENERATE, payload, create.params, create.callback, route, answer)
+    task_id, seed = submit_generation(svc, request, app_key, create)
+    # `seed` is our extension: the seed of image 1 (image k: seed + k - 1)
+    return JSONResponse(ok({"task_id": task_id, "seed": seed}))
 
 
 @router.post(
@@ -163,16 +186,9 @@ def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Dep
         raise _parameter_error(exc) from None
     _check_inputs(svc, app_key, {"init_image": recognize.init_image}, recognize.callback)
     route = route_recognition(svc)
-    return _enqueue(
-        svc,
-        request,
-        app_key,
-        RECOGNIZE,
-        recognize.model_dump(mode="json"),
-        recognize.params,
-        recognize.callback,
-        route,
-    )
+    payload = recognize.model_dump(mode="json")
+    task = _enqueue(svc, request, app_key, RECOGNIZE, payload, recognize.params, recognize.callback, route)
+    return JSONResponse(ok({"task_id": task.id}))
 
 
 @router.post("/v1/open/capacity/application/tm_redrawing", openapi_extra=openapi.json_body(RepaintRequest), **WIRE)
@@ -183,15 +199,8 @@ def create_redrawing(request: Request, app_key: AppKey, body: Annotated[dict, De
         repaint = parse_repaint_request(body)
     except ParameterError as exc:
         raise _parameter_error(exc) from None
-    images = {"init_image": repaint.init_image, "mask_url": repaint.mask_url}
-    _check_inputs(svc, app_key, images, repaint.callback)
-    route = route_generation(svc, app_key, images)
-    key = _idempotency_key(request)
-    repaint = repaint.with_seed(derived_from=f"{app_key}\n{key}" if key else None)
-    answer = {"seed": repaint.seed}
-    return _enqueue(
-        svc, request, app_key, REPAINT, repaint.model_dump(mode="json"), repaint.params, repaint.callback, route, answer
-    )
+    task_id, seed = submit_repaint(svc, request, app_key, repaint)
+    return JSONResponse(ok({"task_id": task_id, "seed": seed}))
 
 
 def _task_id(body: dict) -> str:
@@ -274,9 +283,15 @@ async def get_token(
 def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, File()]) -> dict:
     svc = services(request)
     data = file.file.read(svc.settings.max_body_bytes + 1)
+    file_id, url = store_upload(svc, str(request.base_url), app_key, data, "file")
+    return ok({"file_id": file_id, "url": url})
+
+
+def store_upload(svc: Services, base_url: str, app_key: str, data: bytes, field: str) -> tuple[str, str]:
+    """Keep an uploaded image as this key's file: its id, and a signed URL that tasks of this key take as
+    an image. What no task could use is refused now, in bounded memory (images.probe_image)."""
     try:
-        # Refuse what no task could use now rather than later, in bounded memory (images.probe_image).
-        image_format = probe_image(data, "file")
+        image_format = probe_image(data, field)
     except ImageInputError as exc:
         raise ApiError(exc.code, str(exc)) from None
     extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[image_format]
@@ -288,7 +303,7 @@ def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, F
             raise
         raise StoreBusy("the server's disk is full") from exc  # 680005 / 429, as a full database answers
     svc.store.files.add(file_id, app_key, name)
-    return ok({"file_id": file_id, "url": svc.storage.signed_url(str(request.base_url), name)})
+    return file_id, svc.storage.signed_url(base_url, name)
 
 
 _MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".gif": "image/gif"}
