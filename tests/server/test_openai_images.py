@@ -7,8 +7,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import re
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -210,15 +213,15 @@ def test_the_keys_quota_is_a_rate_limit_error(served, reference):
     assert [task["settings"]["prompt"] for task in tasks] == ["the first"]
 
 
-def test_curl_as_the_readme_writes_it(served, key, reference, tmp_path):
+def test_the_readmes_curl_example_works_as_written(served, key, reference, tmp_path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = next(block for block in re.findall(r"```bash\n(.*?)```", readme, re.S) if "/v1/images/edits" in block)
     (tmp_path / "astronaut.png").write_bytes(reference)
     app_key, secret = key
-    done = subprocess.run(
-        ["curl", "-s", f"{served.url}/v1/images/edits", "-H", f"Authorization: Bearer {app_key}:{secret}",
-         "-F", "image=@astronaut.png", "-F", "prompt=an astronaut on mars", "-F", "model=ref2img-pose",
-         "-F", "size=512x512"], capture_output=True, timeout=60, cwd=tmp_path, check=True)
-    answer = json.loads(done.stdout)
-    assert png(base64.b64decode(answer["data"][0]["b64_json"])).size == (512, 512)
+    env = {**os.environ, "REF2IMG_APP_KEY": app_key, "REF2IMG_APP_SECRET": secret}
+    subprocess.run(["bash", "-euo", "pipefail", "-c", example.replace("http://127.0.0.1:8080", served.url)],
+                   cwd=tmp_path, env=env, timeout=120, check=True)
+    assert png((tmp_path / "edit.png").read_bytes()).size == (1024, 1024)
 
 
 # -- a slow model: streaming, a client that leaves, the image cap --------------------------------------
