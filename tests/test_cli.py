@@ -82,9 +82,10 @@ def test_models_tiny_for_every_family_and_an_unknown_one(tmp_path, photo):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-W", "4000"], "width: must be an integer from 512 to 2048 (got 4000)"),
-        (["--batch", "9"], "batch_size: must be an integer from 1 to 4"),
-        (["--intensity", "2"], "control_intensity: must be a number from 0 to 1"),
+        (["-W", "4000"], "--width: must be an integer from 512 to 2048 (got 4000)"),
+        (["--batch", "9"], "--batch: must be an integer from 1 to 4"),
+        (["--intensity", "2"], "--intensity: must be a number from 0 to 1"),
+        (["-c", "pose=x.png:3"], "--control #1, intensity: "),
         (["-c", "9"], "--control: must be edge, pose, subject, depth or 0..3"),
         (["--approximate", "turbo"], "--approximate: unknown turbo; choose from controlnet-cond-only, cfg-cut"),
     ],
@@ -97,7 +98,7 @@ def test_bad_options_exit_2_with_a_clear_message(tiny_sd15, photo, args, message
 
 def test_empty_prompt(tiny_sd15, photo):
     result = runner.invoke(app, ["generate", str(photo), "", "--model", str(tiny_sd15)])
-    assert result.exit_code == 2 and "prompt: " in result.stderr
+    assert result.exit_code == 2 and "PROMPT: " in result.stderr
 
 
 def test_unreadable_image(tiny_sd15, tmp_path):
@@ -105,7 +106,7 @@ def test_unreadable_image(tiny_sd15, tmp_path):
     fake.write_text("not a picture")
     result = runner.invoke(app, ["generate", str(fake), "a prompt", "--model", str(tiny_sd15)])
     assert result.exit_code == 2
-    assert "reference_image: the data is not an image" in result.stderr
+    assert "REFERENCE: the data is not an image" in result.stderr
 
 
 def test_missing_model_says_how_to_get_it(photo, tmp_path):
@@ -149,7 +150,7 @@ def test_several_controls_and_the_subject_from_the_command_line(tiny_sd15, photo
         {"type": "depth", "image": str(depth), "intensity": 0.4, "start": 0.0, "map": True},
     ]
     twice = runner.invoke(app, ["generate", str(photo), "p", "-c", "edge", "-c", "edge", "--model", str(tiny_sd15)])
-    assert twice.exit_code == 2 and "controls[1].type: edge is given twice" in twice.output
+    assert twice.exit_code == 2 and "--control #2, type: edge is given twice" in twice.output
 
 
 def test_repaint_in_process_keeps_the_unmasked_pixels_and_checks_the_mask(tiny_sd15, astronaut, tmp_path):
@@ -170,7 +171,7 @@ def test_repaint_in_process_keeps_the_unmasked_pixels_and_checks_the_mask(tiny_s
     assert (out[outside] == np.asarray(Image.open(image))[outside]).all()
     painted.resize((256, 256)).save(mask)
     wrong = runner.invoke(app, ["repaint", str(image), "p", "--mask", str(mask), "--model", str(tiny_sd15)])
-    assert wrong.exit_code == 2 and "mask_url: 256x256 must be the image's resolution, 512x512" in wrong.output
+    assert wrong.exit_code == 2 and "--mask: 256x256 must be the image's resolution, 512x512" in wrong.output
 
 
 def test_control_map_and_init_from_an_http_url(tiny_sd15, photo, tmp_path, coffee):
@@ -303,6 +304,7 @@ def test_the_control_map_is_saved_beside_the_images(tiny_sd15, photo, tmp_path, 
     assert record["control_map"] == str(tmp_path / f"{record['run_id']}-control.png")
     control = Image.open(record["control_map"])
     assert control.size == (64, 64)  # the tiny preset's model size: the map as the model saw it
+    assert record["control_map_size"] == [64, 64]  # and the record says so
     assert max(control.convert("L").getextrema()) > 0  # the annotator caught something
 
 
@@ -313,3 +315,13 @@ def test_help_reads_like_a_finished_tool(command):
     assert "<bool>" not in result.stdout and "╭" not in result.stdout
     if command == ["generate"]:
         assert "[OPTIONS] REFERENCE PROMPT\n" in result.stdout and "--batch N" in result.stdout
+
+
+def test_without_a_terminal_progress_comes_in_plain_lines(tiny_sd15, photo, tmp_path):
+    result = runner.invoke(app, ["generate", str(photo), "p", "-c", "edge", "--model", str(tiny_sd15), "--steps", "3",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("loaded base from ") for line in lines), result.stderr  # each part as it loads
+    assert "edge x1: step 3/3" in lines, result.stderr
+    assert result.stdout.strip().endswith(".png")  # then the saved paths

@@ -3,6 +3,11 @@ helpers that turn bad input into one line and exit code 2."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal, NoReturn
 
@@ -171,6 +176,62 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise typer.Exit(code)
 
 
+# A wire field as the command line spells it: the CLI's errors name what the user typed.
+FLAG_OF_FIELD = {
+    "prompt": "PROMPT",
+    "reference_image": "REFERENCE",
+    "init_image": "--init",
+    "control_type": "--control",
+    "control_intensity": "--intensity",
+    "width": "--width",
+    "height": "--height",
+    "batch_size": "--batch",
+    "seed": "--seed",
+    "negative_prompt": "--negative",
+    "mask_url": "--mask",
+}
+
+
+def in_flags(message: str, fields: dict[str, str] | None = None) -> str:
+    """A protocol error (`batch_size: must be …`) in the command line's words (`--batch: must be …`);
+    `controls[1].intensity: …` becomes `--control #2, intensity: …`."""
+    field, sep, rest = message.partition(": ")
+    if not sep:
+        return message
+    names = {**FLAG_OF_FIELD, **(fields or {})}
+    if field in names:
+        return f"{names[field]}: {rest}"
+    found = re.fullmatch(r"controls\[(\d+)\](?:\.(\w+))?", field)
+    if found:
+        detail = f", {found.group(2)}" if found.group(2) else ""
+        return f"--control #{int(found.group(1)) + 1}{detail}: {rest}"
+    return message
+
+
+def fail_in_flags(exc: Exception, fields: dict[str, str] | None = None) -> NoReturn:
+    fail(in_flags(str(exc), fields), EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def plain_progress() -> Iterator[None]:
+    """Without a terminal on stderr (a log, a pipe, CI) the bars draw nothing: say each model part as it
+    loads, in plain lines, instead of a minute of silence (the steps: `step_progress`)."""
+    if err.is_terminal:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("ref2img")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def parse_control(value: str) -> ControlType:
     try:
         return ControlType.parse(value)
@@ -242,7 +303,7 @@ def read_image(source: str, field: str):
     try:
         return load_image(source, field)
     except ImageInputError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail_in_flags(exc)
 
 
 def sdk_client(server: str | None, cloud: bool, app_key: str | None, app_secret: str | None):

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -31,9 +32,11 @@ from ref2img.cli._common import (
     ServerOption,
     err,
     fail,
+    fail_in_flags,
     load_engine,
     out,
     parse_control,
+    plain_progress,
     read_image,
     resolve_model,
     sdk_call,
@@ -116,7 +119,8 @@ def generate(
     if control_map and mode is ControlType.SUBJECT:
         fail("--control-map: subject mode uses the reference itself, not a control map", EXIT_USAGE)
     run = InProcessRun(request.with_seed(), control_map, steps, (compile_kind, compile_after, approximate))
-    run.execute(resolve_model(model, part), device, dtype, offload, out_dir, as_json)
+    with plain_progress():
+        run.execute(resolve_model(model, part), device, dtype, offload, out_dir, as_json)
 
 
 def parse_controls(specs: list[str]) -> tuple[ControlType, list[dict] | None]:
@@ -167,7 +171,7 @@ def build_request(prompt: str, reference: str, mode: ControlType, options: dict[
     try:
         return parse_create_request({key: value for key, value in body.items() if value is not None})
     except ParameterError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail_in_flags(exc)
 
 
 class InProcessRun:
@@ -236,6 +240,8 @@ class InProcessRun:
             "seeds": [seed + i for i in range(len(paths))],
             "request": self.request.model_dump(mode="json", exclude_none=True),
             "control_map": map_path,  # the map the images were conditioned on (None in subject mode)
+            # at the size the model ran at (the request's aspect ratio, sides multiples of 8 or 64, capped area)
+            "control_map_size": list(self.used_map.size) if self.used_map is not None else None,
             "control_map_input": self.control_map_input,
             "steps": self.steps or engine.preset.steps,
             "preset": engine.preset.name,
@@ -317,7 +323,17 @@ def step_progress(label: str, quiet: bool) -> Iterator[Callable[[str, int, int],
         transient=True,
     ) as progress:
         bar = progress.add_task(label, total=None)
-        yield lambda task_id, done, total: progress.update(bar, completed=done, total=total)
+        if quiet or err.is_terminal:
+            yield lambda task_id, done, total: progress.update(bar, completed=done, total=total)
+            return
+        printed = [0]
+
+        def plain(task_id: str, done: int, total: int) -> None:  # no terminal: a line every tenth of the steps
+            if done == total or done - printed[0] >= max(1, total // 10):
+                printed[0] = done
+                print(f"{label}: step {done}/{total}", file=sys.stderr, flush=True)
+
+        yield plain
 
 
 def recognize(

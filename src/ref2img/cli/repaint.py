@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 
 from ref2img.cli._common import (
-    EXIT_USAGE,
     AppKeyOption,
     AppSecretOption,
     CloudOption,
@@ -23,7 +22,9 @@ from ref2img.cli._common import (
     PartOption,
     ServerOption,
     fail,
+    fail_in_flags,
     load_engine,
+    plain_progress,
     read_image,
     resolve_model,
     sdk_client,
@@ -63,12 +64,13 @@ def repaint(
     try:
         request = parse_repaint_request({key: value for key, value in body.items() if value is not None})
     except ParameterError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail_in_flags(exc, {"init_image": "IMAGE"})
     if server or cloud:
         client = sdk_client(server, cloud, app_key, app_secret)
         generate_remote(client, request, out_dir, as_json, submit=client.submit_repaint)
         return
-    _repaint_here(request.with_seed(), resolve_model(model, part), (device, dtype, offload), out_dir, as_json)
+    with plain_progress():
+        _repaint_here(request.with_seed(), resolve_model(model, part), (device, dtype, offload), out_dir, as_json)
 
 
 def _repaint_here(request: RepaintRequest, preset, placement: tuple, out_dir: Path, as_json: bool) -> None:
@@ -78,14 +80,14 @@ def _repaint_here(request: RepaintRequest, preset, placement: tuple, out_dir: Pa
 
     started = time.perf_counter()
     # The images are read and checked before the model loads: bad input exits 2 at once.
-    images = {request.init_image: read_image(request.init_image, "init_image")}
+    images = {request.init_image: read_image(request.init_image, "IMAGE")}
     if request.mask_url:
-        images[request.mask_url] = read_image(request.mask_url, "mask_url")
+        images[request.mask_url] = read_image(request.mask_url, "--mask")
     mask = images.get(request.mask_url) if request.mask_url else None
     try:
         check_repaint_images(images[request.init_image].size, mask.size if mask is not None else None)
     except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail_in_flags(exc, {"init_image": "IMAGE"})
     device, dtype, offload = placement
     engine = load_engine(preset, device, dtype, offload)
     run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
