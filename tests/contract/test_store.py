@@ -261,6 +261,22 @@ def test_claim_by_id_drops_duplicates_and_takes_over_dead_leases(store):
     assert store.tasks.claim(task.id, "w3", lease_s=30) is None  # finished
 
 
+def test_a_stopping_worker_gives_its_task_back_uncounted(store):
+    task, _ = new_task(store)
+    store.tasks.mark_sent([task.id])
+    running = store.tasks.claim(task.id, "w1", lease_s=30)
+    assert running.attempts == 1
+    store.tasks.set_progress(task.id, "w1", 40)
+    assert not store.tasks.release(task.id, "w2")  # only the lease owner gives it back
+    assert store.tasks.release(task.id, "w1")
+    back = store.tasks.get(task.id)
+    assert back.status == TaskStatus.QUEUED and back.lease_owner is None and back.progress == 0
+    assert back.attempts == 0  # a stop is no failed attempt
+    assert store.tasks.unsent_queued(older_than_s=10**9) == [(task.id, "local")]  # sent again to a live worker
+    assert not store.tasks.release(task.id, "w1")  # no longer running
+    assert store.tasks.claim(task.id, "w2", lease_s=30).attempts == 1
+
+
 def test_unsent_queued_tasks_are_found_for_resending(store):
     first, _ = new_task(store)
     second, _ = new_task(store)

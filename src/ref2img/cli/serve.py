@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 
@@ -130,8 +133,6 @@ def serve(
     --queue redis://… --db postgresql+psycopg://…, an API node of a fleet of `ref2img worker`s.
     With --engine tomoviee it forwards every task to the Tomoviee cloud; with --overflow tomoviee, only
     the tasks that would wait too long on the local GPUs."""
-    import logging
-
     import uvicorn
 
     from ref2img.server import create_app
@@ -175,6 +176,18 @@ def serve(
         proxy_headers=bool(trusted_proxy),
         forwarded_allow_ips=",".join(trusted_proxy) if trusted_proxy else "",
     )
+    exit_now()
+
+
+def exit_now() -> NoReturn:
+    """The server has stopped: its workers gave their running tasks back and the store is closed. Exit
+    now rather than wait seconds for the native libraries' teardown (torch, onnxruntime) after the last
+    line is logged, which looked like a hang."""
+    logging.getLogger("ref2img").info("stopped")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def worker(
@@ -221,8 +234,6 @@ def worker(
     """Run one worker of a scale-out fleet: loads the engine once, then takes tasks from Redis. A GPU
     worker takes the local queue (and needs no public URL: the API nodes send the callbacks); with
     --engine tomoviee it follows the cloud queue's tasks instead."""
-    import logging
-
     from ref2img.engines.base import EngineError
     from ref2img.tasks.execution.worker_process import run_worker_process
 
@@ -246,6 +257,7 @@ def worker(
         fail(str(exc), EXIT_USAGE)
     except EngineError as exc:
         fail(str(exc))
+    exit_now()
 
 
 def node_settings(

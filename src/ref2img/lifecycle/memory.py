@@ -98,6 +98,14 @@ class MemoryLedger:
     def should_stop(self, task_id: str, owner: str) -> TaskStatus | None:
         return TaskStatus.CANCELLED if self._tasks[task_id].cancel_requested else None
 
+    def release(self, task_id: str, owner: str) -> bool:
+        with self._lock:
+            task = self._tasks[task_id]
+            if task.status != TaskStatus.PROCESSING:
+                return False
+            task.status, task.progress, task.preview = TaskStatus.QUEUED, 0, None
+            return True
+
     def finish(
         self, task_id: str, owner: str | None, status: TaskStatus, *, result: list[str] | None = None, reason: str = ""
     ) -> bool:

@@ -49,6 +49,8 @@ class RunContext:
     previews: bool = True  # step previews to the outputs (in-process runs have no one to show them to)
     on_step: Callable[[str, int, int], None] | None = None  # (task id, steps done, in all): an observer here
     shape_job: Callable[[Job, Engine], Job] | None = None  # in-process options the wire has not (steps, a map)
+    # True once the worker is stopping: the running job stops at its next step and goes back to the queue.
+    stopping: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ def run_task(task: TaskView, owner: str, ctx: RunContext) -> Outcome:
 
     def should_cancel() -> bool:
         verdict = ctx.ledger.should_stop(task.id, owner)
+        if verdict is None and ctx.stopping is not None and ctx.stopping():
+            verdict = TaskStatus.QUEUED  # not the client's doing: the task is given back, not ended
         if verdict is not None:
             stop.append(verdict)
         return verdict is not None
@@ -106,6 +110,10 @@ def run_task(task: TaskView, owner: str, ctx: RunContext) -> Outcome:
         raise  # the ledger failed (locked, disk full, unreachable), not the task: it runs again after its lease
     except JobCancelled:
         verdict = stop[-1] if stop else TaskStatus.CANCELLED
+        if verdict == TaskStatus.QUEUED:
+            ctx.ledger.release(task.id, owner)
+            log.info("task %s stopped at its step and went back to the queue: this worker is stopping", task.id)
+            return Outcome(TaskStatus.QUEUED, reason="given back: the worker stopped")
         reason = "cancelled by the client" if verdict == TaskStatus.CANCELLED else "timed out while running"
         return finish(verdict, reason)
     except ImageInputError as exc:

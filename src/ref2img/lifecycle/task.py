@@ -52,6 +52,9 @@ class Ledger(Protocol):
         self, task_id: str, owner: str | None, status: TaskStatus, *, result: list[str] | None = None, reason: str = ""
     ) -> bool: ...
 
+    def release(self, task_id: str, owner: str) -> bool:
+        """Back to the queue, unfinished: its worker is stopping."""
+
 
 class Outputs(Protocol):
     """Where images go; each call returns the name the task's result lists."""

@@ -101,10 +101,12 @@ class Services:
         self.callbacks.start()
 
     def stop(self) -> None:
-        for consumer in self._consumers:
-            consumer.stop()
+        # The workers first: their running jobs stop at the next step and go back to the queue, so the
+        # consumers' threads are free to end at once.
         for worker in self.workers.values():
             worker.stop()
+        for consumer in self._consumers:
+            consumer.stop()
         self.housekeeper.stop()
         self.callbacks.stop()
         self.backend.close()

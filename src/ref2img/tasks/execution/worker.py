@@ -8,11 +8,13 @@ process dies, the leases run out and the housekeeping hands the tasks to another
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
 import socket
 import threading
+import time
 
 from ref2img.engines.base import EngineError
 from ref2img.lifecycle import LOCAL, RunContext, run_task
@@ -44,10 +46,11 @@ class Worker:
         self._record = record
         self._tasks = tasks
         self._fleet = fleet
-        self._context = context
+        self._stop = threading.Event()
+        # A stopping worker's running job ends at its next step and goes back to the queue (runner.py).
+        self._context = dataclasses.replace(context, stopping=self._stop.is_set)
         self._running: set[str] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._keeper: threading.Thread | None = None
 
     def wait_for_engine(self) -> None:
@@ -59,7 +62,9 @@ class Worker:
             (remote.engine if remote is not None else self._context.engine)()
 
     def run_next(self) -> bool:
-        """Claim the oldest queued task and run it; False when none waits."""
+        """Claim the oldest queued task and run it; False when none waits (or this worker is stopping)."""
+        if self._stop.is_set():
+            return False
         task = self._tasks.claim_next(self.owner, self.lease_s, self.route)
         if task is None:
             return False
@@ -68,6 +73,8 @@ class Worker:
 
     def run_by_id(self, task_id: str) -> None:
         """A queue message names a task: run it unless it is running elsewhere or finished."""
+        if self._stop.is_set():
+            return  # left queued: the housekeeping sends it again to a live worker
         task = self._tasks.claim(task_id, self.owner, self.lease_s)
         if task is not None:
             self._run(task)
@@ -98,8 +105,27 @@ class Worker:
         self._keeper = threading.Thread(target=self._keep_alive_loop, name="ref2img-leases", daemon=True)
         self._keeper.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Claim nothing more; a running job stops at its next step and goes back to the queue (one step
+        of the engine: well under a second on a GPU). Waits for that, saying so, at most `timeout_s`."""
         self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            running = sorted(self._running)
+        if running:
+            log.info(
+                "stopping: waiting for task %s to stop at its next step (it goes back to the queue)", ", ".join(running)
+            )
+        while running and time.monotonic() < deadline:
+            time.sleep(0.05)
+            with self._lock:
+                running = sorted(self._running)
+        if running:
+            log.warning(
+                "stopping: task %s did not stop within %.0f s; its lease runs out and it runs again",
+                ", ".join(running),
+                timeout_s,
+            )
         if self._keeper is not None:
             self._keeper.join(5)
 

@@ -40,6 +40,7 @@ def run_worker_process(settings: ServerSettings) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         stop.wait()
+        worker.stop()  # its running job stops at its next step and goes back to the queue
         consumer.stop()
     finally:
         housekeeper.stop()

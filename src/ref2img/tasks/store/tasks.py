@@ -349,6 +349,30 @@ class TaskStore:
             self.queued.notify()
         return bool(moved)
 
+    def release(self, task_id: str, owner: str) -> bool:
+        """Give a running task back to the queue, as its worker stops (no attempt counted: it did not fail);
+        it runs again from its first step, on the next worker or after a restart. Only for its lease owner."""
+        with self._db.session() as session:
+            moved = rows_changed(
+                session.execute(
+                    update(TaskRow)
+                    .where(TaskRow.id == task_id, TaskRow.lease_owner == owner, TaskRow.status == TaskStatus.PROCESSING)
+                    .values(
+                        status=TaskStatus.QUEUED,
+                        lease_owner=None,
+                        lease_expires=None,
+                        progress=0,
+                        preview=None,
+                        sent_at=None,
+                        attempts=TaskRow.attempts - 1,
+                    )
+                )
+            )
+        if moved:
+            self.changes.notify()
+            self.queued.notify()
+        return bool(moved)
+
     def _update_running(self, task_id: str, owner: str, **values: Any) -> None:
         """Change a running task, only while `owner` holds its lease (a late worker changes nothing)."""
         with self._db.session() as session:
