@@ -93,6 +93,9 @@ def test_tools_and_their_schemas_carry_the_real_ranges(tiny_sd15, tmp_path):
     assert (numbers["minimum"], numbers["maximum"]) == (0, 3)
     controls = next(option for option in properties["controls"]["anyOf"] if option.get("type") == "array")
     assert controls["maxItems"] == 3
+    outputs = tools["generate"].output_schema  # the structured result, declared
+    assert set(outputs["required"]) >= {"task_id", "backend", "images"}
+    assert set(tools["repaint"].output_schema["properties"]) >= {"file", "url", "seed"}
     recognize_modes = tools["recognize"].input_schema["properties"]["mode"]["anyOf"]
     assert [option["enum"] for option in recognize_modes] == [["edge", "pose", "subject", "depth"], [0, 1, 2, 3]]
     assert tools["get_task"].annotations.read_only_hint and tools["cancel_task"].annotations.destructive_hint
@@ -125,6 +128,7 @@ def test_generate_on_the_tiny_model_returns_images_seeds_and_progress(tiny_sd15,
     assert [Image.open(image["file"]).size for image in images] == [(512, 640)] * 2  # full size on disk
     assert result.structured_content["backend"] == "local"
 
+    assert any(message.endswith("loading the model (the first job waits for it)") for _, _, message in progress)
     steps = [done for done, total, message in progress if total == STEPS]
     assert steps and steps == sorted(steps) and steps[-1] <= STEPS, progress
     assert all(message.startswith(result.structured_content["task_id"]) for _, _, message in progress)
@@ -159,17 +163,20 @@ def test_repaint_keeps_the_unmasked_pixels_and_reads_only_allowed_files(tiny_sd1
     out = np.asarray(Image.open(made.structured_content["file"]).convert("RGB"))
     kept = np.asarray(painted) <= 127
     assert (out[kept] == np.asarray(Image.open(image))[kept]).all()
-    assert refused.is_error and "mask_url" in text_of(refused)
+    assert refused.is_error and text_of(refused).startswith("mask: ")  # the argument the agent sent
 
 
 @pytest.mark.slow  # over 5 s on the 2-core machine
 def test_bad_input_is_a_tool_error_naming_the_field_and_its_range(tiny_sd15, tmp_path, reference):
     calls = {
-        "width": {"reference": reference, "prompt": "p", "width": 4096},
+        "width": {"reference": reference, "prompt": "p", "width": 100},
         "batch_size": {"reference": reference, "prompt": "p", "batch_size": 9},
         "mode": {"reference": reference, "prompt": "p", "mode": "sketch"},
-        "reference_image": {"reference": str(tmp_path / "missing.png"), "prompt": "p"},
+        "missing file": {"reference": str(tmp_path / "missing.png"), "prompt": "p"},
         "prompt": {"reference": reference, "prompt": "   "},
+        "wire name": {"reference_image": reference, "prompt": "p"},
+        "cli name": {"reference": reference, "prompt": "p", "control": "pose"},
+        "no reference": {"prompt": "p"},
     }
 
     async def main():
@@ -184,15 +191,18 @@ def test_bad_input_is_a_tool_error_naming_the_field_and_its_range(tiny_sd15, tmp
     assert not subject.is_error and Image.open(subject.structured_content["file"]).size == Image.open(reference).size
     assert all(answer.is_error for answer in answers.values())
     texts = {field: text_of(answer) for field, answer in answers.items()}
-    assert "width" in texts["width"] and "2048" in texts["width"]
-    assert "batch_size" in texts["batch_size"] and "4" in texts["batch_size"]
-    assert "mode" in texts["mode"] and "edge" in texts["mode"]
-    # The SDK puts "Error executing tool NAME: " before the message.
-    assert "reference_image: no such file" in texts["reference_image"]
-    assert "prompt: must be a non-empty string" in texts["prompt"]
-    assert texts["task_id"].endswith("task_id: no task 't_nope'")
-    assert "mode" in texts["recognize"]
-    assert not any("Traceback" in text for text in texts.values())
+    # One line each, in the CLI's words, naming the argument as the agent sent it.
+    assert texts["width"] == "width: must be an integer from 512 to 2048 (got 100)"
+    assert texts["batch_size"] == "batch_size: must be an integer from 1 to 4 (got 9)"
+    assert texts["mode"].startswith("mode: must be one of edge, pose, subject, depth or an integer from 0 to 3")
+    assert texts["missing file"].startswith("reference: no such file")
+    assert texts["prompt"].startswith("prompt: must be a non-empty string")
+    assert texts["wire name"].startswith("reference_image: not an argument of generate (the reference argument?)")
+    assert texts["cli name"].startswith("control: not an argument of generate (the mode argument?); it takes reference")
+    assert texts["no reference"].startswith("reference: required, a non-empty string")
+    assert texts["task_id"] == "task_id: no task 't_nope'"
+    assert texts["recognize"].startswith("mode: must be one of edge, pose, subject, depth or one of 0, 1, 2, 3")
+    assert all("\n" not in text and "pydantic" not in text and "Traceback" not in text for text in texts.values())
 
 
 @pytest.mark.slow  # over 5 s on the 2-core machine

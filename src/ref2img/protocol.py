@@ -13,6 +13,7 @@ import hashlib
 import math
 import re
 import secrets
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
 from pydantic import (
@@ -181,6 +182,13 @@ ALLOWED: dict[str, str] = {
 }
 
 MAX_URL_CHARS = 30 * 1024 * 1024  # data: URIs carry whole images
+
+
+def renamed_field(message: str, names: Mapping[str, str]) -> str:
+    """An error message (`batch_size: must be …`) with its leading field spelt as a caller named it
+    (`--batch: …` on the command line, `n: …` for an OpenAI client, `reference: …` for an MCP tool)."""
+    field, sep, rest = message.partition(": ")
+    return f"{names[field]}: {rest}" if sep and field in names else message
 
 
 def text_problem(value: str) -> str | None:

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from ref2img.images import DEFAULT_MAX_IMAGE_MB, MAX_IMAGE_MB_RANGE, ImageInputError, load_image
-from ref2img.protocol import ControlType
+from ref2img.protocol import ControlType, renamed_field
 
 err = Console(stderr=True)
 out = Console()
@@ -195,17 +195,12 @@ FLAG_OF_FIELD = {
 def in_flags(message: str, fields: dict[str, str] | None = None) -> str:
     """A protocol error (`batch_size: must be …`) in the command line's words (`--batch: must be …`);
     `controls[1].intensity: …` becomes `--control #2, intensity: …`."""
-    field, sep, rest = message.partition(": ")
-    if not sep:
-        return message
-    names = {**FLAG_OF_FIELD, **(fields or {})}
-    if field in names:
-        return f"{names[field]}: {rest}"
+    field, _, rest = message.partition(": ")
     found = re.fullmatch(r"controls\[(\d+)\](?:\.(\w+))?", field)
     if found:
         detail = f", {found.group(2)}" if found.group(2) else ""
         return f"--control #{int(found.group(1)) + 1}{detail}: {rest}"
-    return message
+    return renamed_field(message, {**FLAG_OF_FIELD, **(fields or {})})
 
 
 def fail_in_flags(exc: Exception, fields: dict[str, str] | None = None) -> NoReturn:

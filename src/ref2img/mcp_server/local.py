@@ -121,6 +121,9 @@ class LocalBackend:
                         await report(0, 100, f"{task.id}: queued, {position} ahead")
                     elif total:
                         await report(done, total, f"{task.id}: step {done} of {total}")
+                    elif task.status == TaskStatus.PROCESSING:  # before the first step: the model, the maps
+                        loading = "loading the model (the first job waits for it)" if self._engine is None else None
+                        await report(0, 100, f"{task.id}: {loading or 'preparing the inputs'}")
                 await anyio.sleep(WATCH_S)
         except BaseException:
             self._ledger.request_cancel(task.id)

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from PIL import Image
-from pydantic import Field
+from pydantic import BaseModel, Field, ValidationError
 
 from ref2img._version import __version__
 from ref2img.engines.base import EngineError
@@ -37,6 +38,7 @@ from ref2img.protocol import (
     RepaintRequest,
     parse_create_request,
     parse_repaint_request,
+    renamed_field,
 )
 
 PREVIEW_PX = 512  # the longest side of the images shown in the chat; full-size files are in the result
@@ -70,9 +72,120 @@ INSTRUCTIONS = (
 )
 
 
+# The structured results (each tool's `outputSchema`): full-size files, their URLs where served, seeds.
+class ImageOut(BaseModel):
+    file: str
+    url: str | None
+    seed: int
+
+
+class GenerateOut(BaseModel):
+    task_id: str
+    backend: str
+    images: list[ImageOut]
+
+
+class MapOut(BaseModel):
+    task_id: str
+    backend: str
+    file: str
+    url: str | None
+
+
+class RepaintOut(MapOut):
+    seed: int | None
+
+
+# Names an agent may send from the wire protocol or the CLI, and the argument each tool calls them.
+ARGUMENT_HINTS = {
+    "reference_image": "reference",
+    "image": "reference",
+    "control_type": "mode",
+    "control": "mode",
+    "control_intensity": "intensity",
+    "n": "batch_size",
+    "batch": "batch_size",
+    "negative": "negative_prompt",
+    "mask_url": "mask",
+    "init_image": "image",
+    "init": "init_image",
+}
+# The wire fields a tool's errors name, as that tool's arguments (a missing file is the agent's `reference`).
+GENERATE_ARGUMENTS = {"reference_image": "reference", "control_type": "mode", "control_intensity": "intensity"}
+REPAINT_ARGUMENTS = {"init_image": "image", "mask_url": "mask"}
+
+
+class ToolServer(MCPServer):
+    """MCPServer whose tools refuse arguments they do not have, and whose errors are one line in the
+    CLI's words (`width: must be an integer from 512 to 2048 (got 100)`), never a validation dump."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None:
+            check_arguments(tool, arguments)
+        try:
+            return await super().call_tool(name, arguments, context)
+        except UnexpectedToolError:
+            raise
+        except ToolError as exc:
+            raise ToolError(str(exc).removeprefix(f"Error executing tool {name}: ")) from exc.__cause__
+
+
+def check_arguments(tool: Tool, arguments: dict[str, Any]) -> None:
+    """An unknown argument, a missing one, or a value out of its range: one line naming it and what it
+    allows, from the tool's own schema (the ranges `protocol.py` gives) and its own validation."""
+    properties: dict[str, Any] = tool.parameters.get("properties", {})
+    for name in arguments:
+        if name not in properties:
+            hint = ARGUMENT_HINTS.get(name)
+            meant = f" (the {hint} argument?)" if hint in properties else ""
+            raise ToolError(f"{name}: not an argument of {tool.name}{meant}; it takes {', '.join(properties)}")
+    try:
+        tool.fn_metadata.validate_arguments(arguments)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = [str(part) for part in error["loc"]]
+        name = where[0] if where else "arguments"
+        if error["type"] == "missing" and name in properties:
+            raise ToolError(f"{name}: required, {_allowed(properties[name])}") from None
+        if name in properties and _scalar(properties[name]):  # a union's error is under its arm: said whole
+            value = arguments.get(name, error["input"])
+            raise ToolError(f"{name}: must be {_allowed(properties[name])} (got {_shown(value)})") from None
+        raise ToolError(f"{'.'.join(where)}: {error['msg']}") from None
+
+
+def _scalar(spec: dict[str, Any]) -> bool:
+    return all(option.get("type") not in ("array", "object") for option in spec.get("anyOf", [spec]))
+
+
+def _allowed(spec: dict[str, Any]) -> str:
+    """What a JSON schema property allows, in words: "an integer from 512 to 2048", "one of edge, pose"."""
+    words = []
+    for option in spec.get("anyOf", [spec]):
+        kind = option.get("type")
+        if "enum" in option:
+            words.append("one of " + ", ".join(map(str, option["enum"])))
+        elif kind in ("integer", "number") and "minimum" in option:
+            article = "an integer" if kind == "integer" else "a number"
+            words.append(f"{article} from {option['minimum']} to {option['maximum']}")
+        elif kind == "string":
+            limit = f" of at most {option['maxLength']} characters" if "maxLength" in option else ""
+            words.append(f"a non-empty string{limit}")
+        elif kind == "null":
+            words.append("null")
+        elif kind:
+            words.append(f"a{'n' if kind[0] in 'aeiou' else ''} {kind}")
+    return " or ".join(words) or "a value"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def build_server(backend: Backend, models: Any = None) -> MCPServer:
     """The MCP server over `backend`; `models()` lists the presets for `list_models`."""
-    server: MCPServer = MCPServer("ref2img", instructions=INSTRUCTIONS, version=__version__)
+    server: MCPServer = ToolServer("ref2img", instructions=INSTRUCTIONS, version=__version__)
 
     @server.tool(
         title="Generate images from a reference",
@@ -110,7 +223,7 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
                 "a ready map with map: true); with mode subject, the reference's subject is kept too",
             ),
         ] = None,
-    ) -> CallToolResult:
+    ) -> Annotated[CallToolResult, GenerateOut]:
         """Make 1 to 4 new images from a reference image and a prompt."""
         body: dict[str, Any] = {
             "prompt": prompt,
@@ -127,7 +240,7 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
             if controls
             else None,
         }
-        with _as_tool_errors():
+        with _as_tool_errors(GENERATE_ARGUMENTS):
             request = parse_create_request({key: value for key, value in body.items() if value is not None})
             made = await backend.generate(request, _reporter(ctx))
         seeds = ", ".join(str(s) for s in made.seeds)
@@ -151,9 +264,9 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
             Literal["edge", "pose", "subject", "depth"] | Literal[0, 1, 2, 3],
             Field(description="which map: edge (0), pose (1), the subject's mask (2) or depth (3)"),
         ] = "edge",
-    ) -> CallToolResult:
+    ) -> Annotated[CallToolResult, MapOut]:
         """The edge, pose or depth map that `generate` would condition on, or the subject's foreground mask."""
-        with _as_tool_errors():
+        with _as_tool_errors({"init_image": "image", "control_type": "mode"}):
             made = await backend.recognize(image, _control_type(mode), _reporter(ctx))
         [path] = made.files
         return _with_previews(
@@ -185,7 +298,7 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
         ] = None,
         seed: Annotated[int | None, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1], description="seed")] = None,
         negative_prompt: Annotated[str | None, Field(max_length=MAX_PROMPT_CHARS, description="what to avoid")] = None,
-    ) -> CallToolResult:
+    ) -> Annotated[CallToolResult, RepaintOut]:
         """Image Repaint (inpainting): the masked area redrawn from the prompt; every other pixel is kept."""
         body = {
             "prompt": prompt,
@@ -194,7 +307,7 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
             "seed": seed,
             "negative_prompt": negative_prompt,
         }
-        with _as_tool_errors():
+        with _as_tool_errors(REPAINT_ARGUMENTS):
             request = parse_repaint_request({key: value for key, value in body.items() if value is not None})
             made = await backend.repaint(request, _reporter(ctx))
         [path] = made.files
@@ -250,15 +363,16 @@ def _known(task_id: str, state: TaskState | None) -> TaskState:
 
 
 @contextlib.contextmanager
-def _as_tool_errors() -> Iterator[None]:
-    """Every failure the user can act on, as a tool error in one line (the field and its range first)."""
+def _as_tool_errors(arguments: dict[str, str] | None = None) -> Iterator[None]:
+    """Every failure the user can act on, as a tool error in one line (the field and its range first),
+    the field spelt as the tool's argument (`arguments`: wire field -> argument)."""
     from ref2img.client import Ref2ImgError
     from ref2img.images import ImageInputError
 
     try:
         yield
     except (ParameterError, ImageInputError, Ref2ImgError, EngineError) as exc:
-        raise ToolError(str(exc)) from None
+        raise ToolError(renamed_field(str(exc), arguments or {})) from None
 
 
 def _with_previews(files: list[Path], summary: str, structured: dict[str, Any]) -> CallToolResult:
