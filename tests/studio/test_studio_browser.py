@@ -196,9 +196,13 @@ def test_cancel_a_running_task(browser, slow_studio, reference):
     page.wait_for_selector("#run-preview:not([hidden])", timeout=30_000)  # a step preview while it runs
     shot(page, "running")
     page.click("#cancel")
-    wait_until(page, "document.querySelector('#job-error').textContent.startsWith('cancelled')",
+    wait_until(page, "document.querySelector('#run-status').textContent.startsWith('cancelled')",
                            timeout=30_000)
+    assert page.inner_text("#job-error") == ""  # a cancel is no error
     assert page.is_hidden("#cancel") and page.is_enabled("#generate")
+    entry = page.locator("#history li").first
+    entry.wait_for(timeout=15_000)
+    assert entry.locator(".thumb").inner_text() == "cancelled"  # a box where the image would be
     page.close()
 
 
@@ -364,4 +368,37 @@ def test_the_controls_editor_adds_reorders_and_removes_controls_each_with_its_ow
     page.click("#control-add")
     page.click("#control-add")
     assert page.locator("#controls li").count() == 3 and page.is_disabled("#control-add")
+    page.close()
+
+
+def test_the_viewer_the_restored_run_the_preset_and_the_servers_ranges(browser, studio, reference):
+    server, _ = studio
+    page = with_reference(open_signed_in(browser, server), reference)
+    wait_until(page, "!document.querySelector('#preset').hidden")
+    assert "tiny" in page.inner_text("#preset") and "random weights" in page.inner_text("#preset")
+    # The ranges come from GET /v1/info, not from the page itself.
+    assert (page.get_attribute("#width", "min"), page.get_attribute("#width", "max")) == ("512", "2048")
+    assert page.locator("#batch-size option").all_inner_texts() == ["1", "2", "3", "4"]
+    assert "512 to 2048" in page.inner_text("#size-legend")
+    fill_job(page, prompt="a run to look at")
+    page.select_option("#batch-size", "2")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img", timeout=60_000)
+    used = int(page.locator("#gallery .tools span").first.inner_text().split()[1])
+    assert page.input_value("#seed") == str(used)  # the seed the run used, though the form left it random
+
+    page.locator("#gallery img").first.click()  # the full-size viewer
+    assert page.evaluate("document.querySelector('#viewer').open")
+    assert f"seed {used}" in page.inner_text("#viewer-caption") and "1 of 2" in page.inner_text("#viewer-caption")
+    page.keyboard.press("ArrowRight")
+    assert f"seed {used + 1}" in page.inner_text("#viewer-caption")
+    assert page.get_attribute("#viewer-download", "href") == page.locator("#gallery img").nth(1).get_attribute("src")
+    shot(page, "viewer")
+    page.keyboard.press("Escape")
+    assert not page.evaluate("document.querySelector('#viewer').open")
+
+    page.reload()  # the latest run comes back: its settings, its reference and its images
+    page.wait_for_selector("#gallery img", timeout=20_000)
+    assert page.input_value("#prompt") == "a run to look at" and page.locator("#gallery img").count() == 2
+    assert not page.is_hidden("#reference-preview")
     page.close()

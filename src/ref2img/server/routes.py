@@ -14,7 +14,16 @@ from starlette.concurrency import run_in_threadpool
 
 from ref2img.images import ImageInputError, probe_image
 from ref2img.lifecycle import GENERATE, RECOGNIZE, REPAINT
+from ref2img._version import __version__
 from ref2img.protocol import (
+    BATCH_SIZE_RANGE,
+    CONTROL_MODES,
+    INTENSITY_RANGE,
+    MAX_CONTROLS,
+    MAX_PROMPT_CHARS,
+    SEED_RANGE,
+    SIZE_RANGE,
+    ControlType,
     MAX_TASK_ID_CHARS,
     MAX_WAIT_S,
     CreateRequest,
@@ -333,6 +342,31 @@ def healthz(request: Request) -> dict:
             "engine": engine,
             "queued": counts.get(TaskStatus.QUEUED, 0),
             "processing": counts.get(TaskStatus.PROCESSING, 0),
+        }
+    )
+
+
+@router.get("/v1/info", **WIRE)
+def info(request: Request, app_key: AppKey) -> dict:
+    """What this server runs and what a request may ask, from `protocol.py`: the preset, the modes and
+    statuses in words, every range. Pages and clients read it rather than spell it again."""
+    svc = services(request)
+    return ok(
+        {
+            "version": __version__,
+            "engine": svc.settings.engine,
+            "preset": svc.backend.preset_summary(),
+            "modes": {mode.value: mode.label for mode in ControlType},
+            "statuses": {str(int(status)): status.label for status in TaskStatus},
+            "ranges": {
+                "width": list(SIZE_RANGE),
+                "height": list(SIZE_RANGE),
+                "batch_size": list(BATCH_SIZE_RANGE),
+                "control_intensity": list(INTENSITY_RANGE),
+                "seed": list(SEED_RANGE),
+                "prompt_chars": MAX_PROMPT_CHARS,
+            },
+            "controls": {"max": MAX_CONTROLS, "types": list(CONTROL_MODES)},
         }
     )
 

@@ -4,6 +4,8 @@ and the context the runner needs. `ref2img serve` puts its HTTP side on top (ser
 
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 from ref2img.images import set_max_image_mb
@@ -98,6 +100,26 @@ class Backend:
     def close(self) -> None:
         self.queue.close()
         self.store.close()
+
+    def preset_summary(self) -> dict[str, Any]:
+        """The preset this node runs, for people and clients (`GET /v1/info`): its name, family and
+        description, and whether its weights are random (the `tiny` test models: noise out)."""
+        from ref2img.engines.base import EngineError
+        from ref2img.engines.local.presets import resolve_preset
+
+        if self.settings.cloud_only:
+            return {"name": "tomoviee", "family": None, "description": "the Tomoviee cloud", "random_weights": False}
+        try:
+            preset = resolve_preset(self.settings.model, self.settings.model_overrides)
+        except EngineError:
+            return {"name": self.settings.model, "family": None, "description": "", "random_weights": False}
+        random = preset.name.startswith("tiny")  # `ref2img models tiny` names its presets so
+        return {
+            "name": preset.name,
+            "family": preset.family,
+            "description": preset.description,
+            "random_weights": random,
+        }
 
     def controls_problem(self, count: int, with_subject: bool) -> tuple[str, str] | None:
         """(field, message) when this node's local model cannot run `count` controls (with the subject), read

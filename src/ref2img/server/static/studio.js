@@ -9,7 +9,9 @@ const REPAINT = "/v1/open/capacity/application/tm_redrawing";
 // The protocol's modes and statuses in words, as the server spells them (GET /studio/session).
 let MODES = {};
 let STATUS = {};
-const HISTORY_PAGE = 10;
+let INFO = null;   // GET /v1/info: the preset this server runs and every range the protocol allows
+const HISTORY_PAGE = 20;
+const LAST_TASK = "ref2img-last-task";  // localStorage: the task this browser ran last
 
 const state = {
   csrf: "",
@@ -86,9 +88,36 @@ function showSignIn() {
 function showStudio(session) {
   state.csrf = session.csrf;
   $("loading").hidden = true; $("sign-in").hidden = true;
-  $("who-key").textContent = session.app_key; $("who").hidden = false;
+  const key = session.app_key;  // shortened: the whole id is in the tooltip
+  $("who-key").textContent = key.length > 14 ? `${key.slice(0, 7)}…${key.slice(-4)}` : key;
+  $("who-key").title = key;
+  $("who").hidden = false;
   $("studio").hidden = false;
-  loadHistory(true);
+  api("/v1/info").then(applyInfo).catch(() => {});
+  loadHistory(true).then(restoreLatest);
+}
+
+// The ranges and words come from the server (protocol.py), so the page states none of them itself.
+function applyInfo(info) {
+  INFO = info;
+  const preset = info.preset;
+  $("preset").textContent = `model: ${preset.name}` + (preset.random_weights
+    ? " (random weights for testing: the images are noise)" : "");
+  $("preset").classList.toggle("random", preset.random_weights);
+  $("preset").title = preset.description || "";
+  $("preset").hidden = false;
+  const [low, high] = info.ranges.width;
+  for (const id of ["width", "height"]) { $(id).min = low; $(id).max = high; }
+  $("size-legend").textContent = `Size (${low} to ${high} px a side)`;
+  $("repaint-sides").textContent = `Sides ${low} to ${high} px.`;
+  [$("intensity").min, $("intensity").max] = info.ranges.control_intensity;
+  [$("seed").min, $("seed").max] = info.ranges.seed;
+  $("prompt").maxLength = $("negative-prompt").maxLength = info.ranges.prompt_chars;
+  const chosen = $("batch-size").value;
+  const [fewest, most] = info.ranges.batch_size;
+  $("batch-size").replaceChildren(...Array.from({ length: most - fewest + 1 }, (_, i) => new Option(String(fewest + i))));
+  $("batch-size").value = chosen;
+  document.querySelectorAll("[data-mode]").forEach((label) => { label.textContent = info.modes[label.dataset.mode]; });
 }
 
 $("sign-in-form").addEventListener("submit", async (event) => {
@@ -418,13 +447,9 @@ async function generate(settings) {
   try {
     const created = await api(CREATE, { method: "POST", json: settings });
     settings.seed = created.seed;  // the server decides a seed the form left open; each image shows its own
-    state.running = created.task_id;
-    $("cancel").hidden = false;
-    $("run-progress").hidden = false; $("run-progress").value = 0;
-    const done = await watch(created.task_id, showRun);
-    $("run-preview").hidden = true;
-    if (done.status === 3) showImages(done, settings);
-    else showError("job-error", `${STATUS[done.status]}: ${done.reason}`);
+    $("seed").value = created.seed;  // the seed this run used, even when the form left it random
+    localStorage.setItem(LAST_TASK, created.task_id);  // what this browser brings back after a reload
+    await follow(created.task_id, settings);
     loadHistory(true);
   } catch (error) {
     showError("job-error", error);  // the form keeps everything the user typed
@@ -435,7 +460,35 @@ async function generate(settings) {
   }
 }
 
+// Watch a task to its end: progress and previews, then its images; a cancel is said plainly, not as an error.
+async function follow(taskId, settings) {
+  state.running = taskId;
+  $("cancel").hidden = false;
+  $("run-progress").hidden = false; $("run-progress").value = 0;
+  const done = await watch(taskId, showRun);
+  $("run-preview").hidden = true;
+  if (done.status === 3) showImages(done, settings);
+  else if (done.status === 5) { $("run-status").textContent = "cancelled: no images"; $("run-status").className = "status-note"; }
+  else showError("job-error", `${STATUS[done.status]}: ${done.reason}`);
+}
+
+// After a reload: this browser's latest task comes back with its settings and reference, and its images (or its
+// progress, if it still runs).
+async function restoreLatest() {
+  const latest = state.latest;
+  if (!latest || state.running || state.reference) return;
+  fillForm(latest.settings);
+  if (latest.status === 3) { showImages(latest, latest.settings); return; }
+  if (latest.status <= 2) {
+    $("generate").disabled = true;
+    try { await follow(latest.task_id, latest.settings); } finally {
+      state.running = null; $("generate").disabled = false; $("cancel").hidden = true;
+    }
+  }
+}
+
 function showRun(data) {
+  $("run-status").className = "";
   const words = data.status === 1 ? `queued: ${data.position} ahead of it, about ${Math.round(data.wait_time)} s`
     : data.status === 2 ? `generating: ${data.progress}%` : `${STATUS[data.status]} (${data.progress}%)`;
   $("run-status").textContent = words;
@@ -457,6 +510,7 @@ function showImages(data, settings) {
     const item = document.createElement("li");
     const image = document.createElement("img");
     image.src = url; image.alt = `result ${index + 1}, seed ${seed}`;
+    image.addEventListener("click", () => openViewer(index));
     const tools = document.createElement("div"); tools.className = "tools";
     const download = document.createElement("a");
     download.href = url; download.download = `ref2img-${data.task_id}-${index + 1}.png`;
@@ -477,7 +531,39 @@ function showImages(data, settings) {
   });
   $("run-status").textContent = `done: ${resultUrls(data).length} image(s)`;
   $("run-progress").value = 100;
+  viewer.items = resultUrls(data).map((url, index) => ({ url, seed: settings.seed + index, settings, task: data.task_id }));
 }
+
+// -- the viewer: a result at full size, its seed and settings; arrows step through the run's images ----
+const viewer = { items: [], index: 0 };
+
+function openViewer(index) {
+  showInViewer(index);
+  if (!$("viewer").open) $("viewer").showModal();
+}
+
+function showInViewer(index) {
+  const count = viewer.items.length;
+  viewer.index = (index + count) % count;
+  const item = viewer.items[viewer.index];
+  const settings = item.settings;
+  $("viewer-image").src = item.url;
+  $("viewer-image").alt = `result ${viewer.index + 1} of ${count}, seed ${item.seed}`;
+  $("viewer-caption").textContent = `${viewer.index + 1} of ${count} · seed ${item.seed} · ${modesInWords(settings)}` +
+    ` · intensity ${settings.control_intensity} · ${settings.width}×${settings.height} · “${settings.prompt}”`;
+  $("viewer-download").href = item.url;
+  $("viewer-download").download = `ref2img-${item.task}-${viewer.index + 1}.png`;
+  $("viewer-prev").disabled = $("viewer-next").disabled = count < 2;
+}
+
+$("viewer-prev").addEventListener("click", () => showInViewer(viewer.index - 1));
+$("viewer-next").addEventListener("click", () => showInViewer(viewer.index + 1));
+$("viewer-close").addEventListener("click", () => $("viewer").close());
+$("viewer").addEventListener("keydown", (event) => {  // Escape closes a dialog by itself
+  if (event.key === "ArrowLeft") { event.preventDefault(); showInViewer(viewer.index - 1); }
+  if (event.key === "ArrowRight") { event.preventDefault(); showInViewer(viewer.index + 1); }
+});
+$("viewer").addEventListener("click", (event) => { if (event.target === $("viewer")) $("viewer").close(); });
 
 // -- repaint: a mask brush over an image, then tm_redrawing ---------------------------------------
 // The canvas has the image's own pixel size (the mask must match it) and is scaled by CSS with the image;
@@ -588,14 +674,23 @@ $("repaint-go").addEventListener("click", async () => {
 
 // -- history ------------------------------------------------------------------------------------
 async function loadHistory(fromStart) {
-  if (fromStart) { state.historyPage = 1; $("history").replaceChildren(); }
+  if (state.historyLoading) return;
+  state.historyLoading = true;
   let page;
-  try { page = await api(`/v1/tasks?page=${state.historyPage}&page_size=${HISTORY_PAGE}`); }
-  catch (error) { return; }
-  for (const task of page.tasks.filter((entry) => entry.kind === "img2img")) $("history").append(historyItem(task));
+  try {
+    page = await api(`/v1/tasks?page=${fromStart ? 1 : state.historyPage + 1}&page_size=${HISTORY_PAGE}`);
+  } catch (error) { return; } finally { state.historyLoading = false; }
+  if (fromStart) { state.historyPage = 1; $("history").replaceChildren(); } else state.historyPage += 1;
+  const tasks = page.tasks.filter((entry) => entry.kind === "img2img");
+  if (fromStart) state.latest = tasks.find((task) => task.task_id === localStorage.getItem(LAST_TASK)) || null;
+  for (const task of tasks) $("history").append(historyItem(task));
   $("history-more").hidden = state.historyPage * HISTORY_PAGE >= page.total;
 }
-$("history-more").addEventListener("click", () => { state.historyPage += 1; loadHistory(false); });
+$("history-more").addEventListener("click", () => loadHistory(false));
+// Older tasks load by themselves as the list's end scrolls into view (the button stays, for the keyboard).
+new IntersectionObserver((entries) => {
+  if (entries.some((entry) => entry.isIntersecting) && !$("history-more").hidden) loadHistory(false);
+}).observe($("history-more"));
 
 function modesInWords(settings) {  // "edges", or "subject + pose + depth" for a task with controls
   const controls = (settings.controls || []).map((control) => MODES[CONTROL_CODES[control.type] || control.type]);
@@ -608,6 +703,10 @@ function historyItem(task) {
   const item = document.createElement("li");
   const [first] = resultUrls(task);
   if (first) { const image = document.createElement("img"); image.src = first; image.alt = ""; item.append(image); }
+  else {  // no image (cancelled, failed, still running): a box of the same size, so the rows line up
+    const thumb = document.createElement("div"); thumb.className = "thumb"; thumb.textContent = STATUS[task.status];
+    item.append(thumb);
+  }
   const about = document.createElement("div"); about.className = "about";
   const prompt = document.createElement("p"); prompt.textContent = settings.prompt;
   const meta = document.createElement("p"); meta.className = "meta";
