@@ -325,3 +325,14 @@ def test_without_a_terminal_progress_comes_in_plain_lines(tiny_sd15, photo, tmp_
     assert any(line.startswith("loaded base from ") for line in lines), result.stderr  # each part as it loads
     assert "edge x1: step 3/3" in lines, result.stderr
     assert result.stdout.strip().endswith(".png")  # then the saved paths
+
+
+def test_steps_and_guidance_travel_in_the_request(tiny_sd15, photo, tmp_path):
+    result = runner.invoke(app, ["generate", str(photo), "p", "--model", str(tiny_sd15), "--steps", "2",
+                                 "--guidance", "3", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["request"]["steps"] == 2 and record["request"]["guidance_scale"] == 3.0 and record["steps"] == 2
+    assert "steps=2" in result.stderr  # the engine ran the steps asked for (its log line)
+    bad = runner.invoke(app, ["generate", str(photo), "p", "--model", str(tiny_sd15), "--guidance", "31"])
+    assert bad.exit_code == 2 and "--guidance" in bad.stderr

@@ -37,6 +37,8 @@ def every_field_set() -> CreateRequest:
         "seed": 12345,
         "negative_prompt": "blurry",
         "controls": [{"type": "depth", "image": "https://images.example/depth.png", "intensity": 0.7}],
+        "steps": 12,
+        "guidance_scale": 3.5,
     }
     assert set(values) == set(CreateRequest.model_fields), "a new field: give it a non-default value here"
     request = CreateRequest.model_validate(values)
@@ -73,6 +75,7 @@ def test_every_field_reaches_the_engines_job_through_the_runner(tmp_path):
     assert outcome.status == TaskStatus.SUCCEEDED and len(outcome.result) == 2
     [job] = engine.jobs
     assert job.request == request  # the whole model, not a copy of the fields someone listed
+    assert (job.steps, job.guidance_scale) == (12, 3.5)  # the knobs the families read
 
 
 def test_the_sdk_sends_every_field(tmp_path):

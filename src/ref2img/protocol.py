@@ -62,6 +62,8 @@ INTENSITY_RANGE = (0.0, 1.0)
 MAX_PROMPT_CHARS = 2000
 MAX_PARAMS_CHARS = 8192  # passthrough data (an order id, a JSON blob); echoed by every query, event and callback
 SEED_RANGE = (0, 2**32 - 1)
+STEPS_RANGE = (1, 200)  # `steps` (our extension): denoising steps; none = the preset's own
+GUIDANCE_RANGE = (0.0, 30.0)  # `guidance_scale` (our extension): classifier-free guidance; none = the preset's
 MAX_TASK_ID_CHARS = 100  # ours are 25; room for the cloud's and for proxies that prefix them
 MAX_WAIT_S = 30.0  # the longest long poll of a task query
 
@@ -168,6 +170,8 @@ ALLOWED: dict[str, str] = {
     "height": f"an integer from {SIZE_RANGE[0]} to {SIZE_RANGE[1]}",
     "batch_size": f"an integer from {BATCH_SIZE_RANGE[0]} to {BATCH_SIZE_RANGE[1]}",
     "seed": f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
+    "steps": f"an integer from {STEPS_RANGE[0]} to {STEPS_RANGE[1]} (denoising steps; none: the model's own)",
+    "guidance_scale": f"a number from {GUIDANCE_RANGE[0]:g} to {GUIDANCE_RANGE[1]:g} (none: the model's own)",
     "callback": "an http or https URL",
     "mask_url": "an image URL (http, https or data:image/...) or an uploaded file URL; white = redraw",
     "params": f"a string of at most {MAX_PARAMS_CHARS} characters (passed through untouched)",
@@ -271,7 +275,7 @@ class Control(BaseModel):
     def _numbers(cls, value: Any) -> Any:
         if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError("not a finite number")
-        return float(value) if isinstance(value, int) else value
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Control:
@@ -298,8 +302,10 @@ class CreateRequest(BaseModel):
 
     # What the Tomoviee cloud is not sent when a server forwards a task there: our extensions, which it
     # does not know, and the delivery fields, which the forwarding server handles itself.
-    # (`controls` never reaches it: a task with controls stays on the local GPUs.)
-    NOT_FORWARDED: ClassVar[frozenset[str]] = frozenset({"seed", "negative_prompt", "callback", "params", "controls"})
+    # (`controls`, `steps` and `guidance_scale` never reach it: such a task stays on the local GPUs.)
+    NOT_FORWARDED: ClassVar[frozenset[str]] = frozenset(
+        {"seed", "negative_prompt", "callback", "params", "controls", "steps", "guidance_scale"}
+    )
 
     prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     reference_image: Text = Field(
@@ -323,10 +329,17 @@ class CreateRequest(BaseModel):
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], strict=True)
     negative_prompt: Text | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     controls: tuple[Control, ...] | None = Field(default=None, min_length=1, max_length=MAX_CONTROLS)
+    steps: int | None = Field(default=None, ge=STEPS_RANGE[0], le=STEPS_RANGE[1], strict=True)
+    guidance_scale: float | None = Field(default=None, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1], strict=True)
 
     @property
     def keeps_subject(self) -> bool:
         return self.control_type is ControlType.SUBJECT
+
+    @property
+    def local_only(self) -> list[str]:
+        """The fields set that only a local engine has a knob for (the Tomoviee cloud has none of them)."""
+        return [name for name in ("controls", "steps", "guidance_scale") if getattr(self, name) is not None]
 
     @field_validator("prompt")
     @classmethod
@@ -338,17 +351,17 @@ class CreateRequest(BaseModel):
     _control_type = field_validator("control_type", mode="before")(_wire_control_type)
     _callback = field_validator("callback", mode="before")(_no_callback_if_empty)
 
-    @field_validator("width", "height", "batch_size", "seed", mode="before")
+    @field_validator("width", "height", "batch_size", "seed", "steps", mode="before")
     @classmethod
     def _integers(cls, value: Any) -> Any:
         return _strict_int(value)
 
-    @field_validator("control_intensity", mode="before")
+    @field_validator("control_intensity", "guidance_scale", mode="before")
     @classmethod
     def _finite_number(cls, value: Any) -> Any:
         if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError("not a finite number")
-        return value
+        return float(value) if isinstance(value, int) else value
 
     def resolved_init_image(self) -> str | None:
         """The init image the engine uses: subject mode (2) needs one and defaults to the reference (not

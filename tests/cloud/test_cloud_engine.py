@@ -115,6 +115,8 @@ def test_a_cloud_only_server_refuses_controls_saying_why(fake, client, image_hos
                                         controls=[{"type": "pose"}, {"type": "depth"}])).json()
     assert answer["code"] == 680006 and "controls" in answer["msg"] and "local engine" in answer["msg"]
     assert fake.creates == [] or all("controls" not in body for body in fake.creates)
+    steps = client.create(img2img_body(image_host.url("/astronaut.png"), steps=10)).json()
+    assert steps["code"] == 680006 and steps["msg"].startswith("engine unavailable: steps needs a local engine")
 
 
 def test_an_upload_reaches_the_cloud_as_a_signed_url_of_ours(fake, client, astronaut):

@@ -402,3 +402,26 @@ def test_the_viewer_the_restored_run_the_preset_and_the_servers_ranges(browser, 
     assert page.input_value("#prompt") == "a run to look at" and page.locator("#gallery img").count() == 2
     assert not page.is_hidden("#reference-preview")
     page.close()
+
+
+def test_advanced_settings_reach_the_task_and_a_bad_one_is_refused_inline(browser, studio, reference):
+    server, _ = studio
+    page = with_reference(open_signed_in(browser, server), reference)
+    wait_until(page, "!document.querySelector('#preset').hidden")
+    assert not page.evaluate("document.querySelector('#advanced').open")  # folded away by default
+    page.click("#advanced summary")
+    assert (page.get_attribute("#steps", "min"), page.get_attribute("#steps", "max")) == ("1", "200")
+    fill_job(page, prompt="with my own steps")
+    page.fill("#steps", "500")
+    page.click("#generate")
+    wait_until(page, "document.querySelector('#job-error').textContent.length > 0", timeout=15_000)
+    assert page.inner_text("#job-error").startswith("steps: must be an integer from 1 to 200")
+    page.fill("#steps", "3")
+    page.fill("#guidance", "2.5")
+    page.fill("#negative-prompt", "blurry")
+    page.click("#generate")
+    page.wait_for_selector("#gallery img", timeout=60_000)
+    tasks = page.evaluate("fetch('/v1/tasks?page_size=50').then(r => r.json())")["data"]["tasks"]
+    settings = next(task for task in tasks if task["settings"]["prompt"] == "with my own steps")["settings"]
+    assert (settings["steps"], settings["guidance_scale"], settings["negative_prompt"]) == (3, 2.5, "blurry")
+    page.close()

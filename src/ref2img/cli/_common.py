@@ -189,6 +189,8 @@ FLAG_OF_FIELD = {
     "seed": "--seed",
     "negative_prompt": "--negative",
     "mask_url": "--mask",
+    "steps": "--steps",
+    "guidance_scale": "--guidance",
 }
 
 

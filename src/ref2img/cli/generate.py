@@ -79,6 +79,10 @@ def generate(
     steps: Annotated[
         int | None, typer.Option("--steps", metavar="N", min=1, max=200, help="denoising steps (default: the preset's)")
     ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option("--guidance", metavar="G", min=0, max=30, help="guidance scale, 0..30 (default: the preset's)"),
+    ] = None,
     model: ModelOption = "sdxl",
     part: PartOption = None,
     device: DeviceOption = None,
@@ -107,6 +111,8 @@ def generate(
         "seed": seed,
         "negative_prompt": negative,
         "controls": controls,
+        "steps": steps,
+        "guidance_scale": guidance,
     }
     request = build_request(prompt, reference, mode, options)
     if server or cloud:

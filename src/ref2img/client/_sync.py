@@ -111,13 +111,16 @@ class Client:
         seed: int | None = None,
         negative_prompt: str | None = None,
         controls: list[Control | dict] | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
         idempotency_key: str | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
     ) -> str:
         """Create a task; returns its id. Local files and PIL images are uploaded first (ref2img servers).
         `controls`: several controls at once (`ref2img.Control`, or dicts of its fields; our extension),
-        with `control_type` "2" to keep the reference's subject too."""
+        with `control_type` "2" to keep the reference's subject too. `steps`, `guidance_scale`: the
+        model's denoising steps and guidance instead of its preset's (our extension; ref2img servers)."""
         fields = {
             "control_intensity": control_intensity,
             "width": width,
@@ -129,6 +132,8 @@ class Client:
             "seed": seed,
             "negative_prompt": negative_prompt,
             "controls": controls,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
         }
         request, uploads = core.create_request(prompt, reference_image, control_type, fields)
         return self.submit(

@@ -156,6 +156,8 @@ class Job:
             load_image(control.image, f"controls[{index}].image") if control.image else reference
             for index, control in enumerate(request.controls or ())
         )
+        extra.setdefault("steps", request.steps)  # our extensions; a shaped job (the CLI's --steps) may set its own
+        extra.setdefault("guidance_scale", request.guidance_scale)
         return cls(
             request=request.with_seed(), reference=reference, init_image=init, control_inputs=control_inputs, **extra
         )

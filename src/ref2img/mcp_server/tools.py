@@ -28,8 +28,10 @@ from ref2img.protocol import (
     BATCH_SIZE_RANGE,
     INTENSITY_RANGE,
     MAX_PROMPT_CHARS,
+    GUIDANCE_RANGE,
     SEED_RANGE,
     SIZE_RANGE,
+    STEPS_RANGE,
     MAX_CONTROLS,
     Control,
     ControlType,
@@ -223,6 +225,14 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
                 "a ready map with map: true); with mode subject, the reference's subject is kept too",
             ),
         ] = None,
+        steps: Annotated[
+            int | None,
+            Field(ge=STEPS_RANGE[0], le=STEPS_RANGE[1], description="denoising steps (default: the model's)"),
+        ] = None,
+        guidance_scale: Annotated[
+            float | None,
+            Field(ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1], description="guidance scale (default: the model's)"),
+        ] = None,
     ) -> Annotated[CallToolResult, GenerateOut]:
         """Make 1 to 4 new images from a reference image and a prompt."""
         body: dict[str, Any] = {
@@ -239,6 +249,8 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
             "controls": [control.model_dump(mode="json", exclude_none=True) for control in controls]
             if controls
             else None,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
         }
         with _as_tool_errors(GENERATE_ARGUMENTS):
             request = parse_create_request({key: value for key, value in body.items() if value is not None})

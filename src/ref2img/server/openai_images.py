@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 
-from ref2img.protocol import BATCH_SIZE_RANGE, SEED_RANGE, SIZE_RANGE, ControlType, ErrorCode
+from ref2img.protocol import BATCH_SIZE_RANGE, SEED_RANGE, SIZE_RANGE, STEPS_RANGE, ControlType, ErrorCode
 
 PATHS = ("/v1/images/", "/v1/models")  # the routes whose errors are in OpenAI's envelope
 MODEL_PREFIX = "ref2img-"
@@ -129,7 +129,7 @@ def number(form: Mapping[str, str], param: str) -> float | None:
     try:
         return float(str(raw))
     except ValueError:
-        raise bad_request(param, f"must be a number from 0 to 1 (got {str(raw)[:40]!r})") from None
+        raise bad_request(param, f"must be a number (got {str(raw)[:40]!r})") from None
 
 
 def flag(form: Mapping[str, str], param: str) -> bool:
@@ -173,6 +173,12 @@ class EditForm:
             extras["seed"] = seed
         if form.get("negative_prompt"):
             extras["negative_prompt"] = str(form["negative_prompt"])
+        steps = integer(form, "steps", None, *STEPS_RANGE)
+        if steps is not None:
+            extras["steps"] = steps
+        guidance = number(form, "guidance_scale")
+        if guidance is not None:
+            extras["guidance_scale"] = guidance
         return cls(
             prompt=str(form.get("prompt") or ""),
             mode=parse_model(form.get("model"), preset),

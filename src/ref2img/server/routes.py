@@ -21,8 +21,10 @@ from ref2img.protocol import (
     INTENSITY_RANGE,
     MAX_CONTROLS,
     MAX_PROMPT_CHARS,
+    GUIDANCE_RANGE,
     SEED_RANGE,
     SIZE_RANGE,
+    STEPS_RANGE,
     ControlType,
     MAX_TASK_ID_CHARS,
     MAX_WAIT_S,
@@ -41,7 +43,7 @@ from ref2img.protocol import (
 from ref2img.server import openapi
 from ref2img.server.auth import AppKey, check_secret
 from ref2img.server.errors import ApiError, ok
-from ref2img.server.routing import route_controls, route_generation, route_recognition
+from ref2img.server.routing import route_generation, route_local, route_recognition
 from ref2img.safe_http import UrlRefused
 from ref2img.server.services import Services
 from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, StoreBusy, new_id
@@ -146,7 +148,7 @@ def submit_generation(svc: Services, request: Request, app_key: str, create: Cre
     images = {"reference_image": create.reference_image, "init_image": create.init_image}
     control_images = {f"controls[{i}].image": c.image for i, c in enumerate(create.controls or ()) if c.image}
     _check_inputs(svc, app_key, {**images, **control_images}, create.callback)
-    route = route_controls(svc, create) if create.controls else route_generation(svc, app_key, images)
+    route = route_local(svc, create) if create.local_only else route_generation(svc, app_key, images)
     # The seed is decided here and stored with the task: a rerun after a crash makes the same images, and
     # a resend under the same Idempotency-Key asks for the same seed, so it matches the first body.
     key = _idempotency_key(request)
@@ -364,6 +366,8 @@ def info(request: Request, app_key: AppKey) -> dict:
                 "batch_size": list(BATCH_SIZE_RANGE),
                 "control_intensity": list(INTENSITY_RANGE),
                 "seed": list(SEED_RANGE),
+                "steps": list(STEPS_RANGE),
+                "guidance_scale": list(GUIDANCE_RANGE),
                 "prompt_chars": MAX_PROMPT_CHARS,
             },
             "controls": {"max": MAX_CONTROLS, "types": list(CONTROL_MODES)},

@@ -39,15 +39,19 @@ def route_generation(svc: Services, app_key: str, images: dict[str, str | None])
     return CLOUD if local_wait_s(svc) > settings.overflow_after_s else LOCAL
 
 
-def route_controls(svc: Services, create: CreateRequest) -> str:
-    """A task with `controls` (our extension) runs on the local GPUs: the cloud has no such field. Its
-    family must run that many controls (with the subject, when kept): else 680001 naming the field."""
+def route_local(svc: Services, create: CreateRequest) -> str:
+    """A task with `controls`, `steps` or `guidance_scale` (our extensions) runs on the local GPUs: the
+    cloud has no such knobs. Its family must run that many controls (with the subject, when kept): else
+    680001 naming the field."""
     if svc.settings.cloud_only:
+        field = create.local_only[0]
         raise ApiError(
             ErrorCode.ENGINE_UNAVAILABLE,
-            "engine unavailable: controls (several controls in one request) need a local engine, and this "
-            "server forwards generation to the Tomoviee cloud only",
+            f"engine unavailable: {field} needs a local engine, and this server forwards generation to the "
+            "Tomoviee cloud only, which has no such knob",
         )
+    if not create.controls:
+        return LOCAL
     problem = svc.backend.controls_problem(len(create.controls or ()), create.keeps_subject)
     if problem is not None:
         field, message = problem

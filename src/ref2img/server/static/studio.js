@@ -112,7 +112,9 @@ function applyInfo(info) {
   $("repaint-sides").textContent = `Sides ${low} to ${high} px.`;
   [$("intensity").min, $("intensity").max] = info.ranges.control_intensity;
   [$("seed").min, $("seed").max] = info.ranges.seed;
-  $("prompt").maxLength = $("negative-prompt").maxLength = info.ranges.prompt_chars;
+  [$("steps").min, $("steps").max] = info.ranges.steps;
+  [$("guidance").min, $("guidance").max] = info.ranges.guidance_scale;
+  for (const id of ["prompt", "negative-prompt", "repaint-prompt"]) $(id).maxLength = info.ranges.prompt_chars;
   const chosen = $("batch-size").value;
   const [fewest, most] = info.ranges.batch_size;
   $("batch-size").replaceChildren(...Array.from({ length: most - fewest + 1 }, (_, i) => new Option(String(fewest + i))));
@@ -418,12 +420,17 @@ function settingsFromForm() {
   if (!$("seed-random").checked && $("seed").value !== "") settings.seed = Number($("seed").value);
   if (state.init) settings.init_image = state.init;
   if (state.controls.length) settings.controls = controlsFromForm();
+  if ($("steps").value !== "") settings.steps = Number($("steps").value);
+  if ($("guidance").value !== "") settings.guidance_scale = Number($("guidance").value);
   return settings;
 }
 
 function fillForm(settings) {
   $("prompt").value = settings.prompt || "";
   $("negative-prompt").value = settings.negative_prompt || "";
+  $("steps").value = settings.steps ?? "";
+  $("guidance").value = settings.guidance_scale ?? "";
+  $("advanced").open ||= Boolean(settings.negative_prompt || settings.steps != null || settings.guidance_scale != null);
   document.querySelector(`input[name="mode"][value="${settings.control_type}"]`).checked = true;
   $("intensity").value = settings.control_intensity; $("intensity").dispatchEvent(new Event("input"));
   $("width").value = settings.width; $("height").value = settings.height;
