@@ -231,6 +231,7 @@ def test_keyboard_phone_width_and_dark_theme(browser, studio):
     page = open_signed_in(browser, server, viewport={"width": 390, "height": 844}, color_scheme="dark")
     assert page.evaluate("document.documentElement.dataset.theme") == "dark"  # follows the system
     assert page.evaluate("document.scrollingElement.scrollWidth <= window.innerWidth")  # no sideways scroll
+    assert page.is_hidden("#who-key")  # the key id gives its room to the page at phone width
     with page.expect_file_chooser() as chooser:
         page.locator("#drop").press("Enter")  # the drop zone opens the file picker from the keyboard
     assert chooser.value is not None
