@@ -39,6 +39,7 @@ def every_field_set() -> CreateRequest:
         "controls": [{"type": "depth", "image": "https://images.example/depth.png", "intensity": 0.7}],
         "steps": 12,
         "guidance_scale": 3.5,
+        "model": "sdxl-fast",
     }
     assert set(values) == set(CreateRequest.model_fields), "a new field: give it a non-default value here"
     request = CreateRequest.model_validate(values)

@@ -62,6 +62,7 @@ INTENSITY_RANGE = (0.0, 1.0)
 MAX_PROMPT_CHARS = 2000
 MAX_PARAMS_CHARS = 8192  # passthrough data (an order id, a JSON blob); echoed by every query, event and callback
 SEED_RANGE = (0, 2**32 - 1)
+MAX_MODEL_NAME_CHARS = 100
 STEPS_RANGE = (1, 200)  # `steps` (our extension): denoising steps; none = the preset's own
 GUIDANCE_RANGE = (0.0, 30.0)  # `guidance_scale` (our extension): classifier-free guidance; none = the preset's
 MAX_TASK_ID_CHARS = 100  # ours are 25; room for the cloud's and for proxies that prefix them
@@ -172,6 +173,7 @@ ALLOWED: dict[str, str] = {
     "seed": f"an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
     "steps": f"an integer from {STEPS_RANGE[0]} to {STEPS_RANGE[1]} (denoising steps; none: the model's own)",
     "guidance_scale": f"a number from {GUIDANCE_RANGE[0]:g} to {GUIDANCE_RANGE[1]:g} (none: the model's own)",
+    "model": "the name of a preset this server offers (GET /v1/info; none: its default)",
     "callback": "an http or https URL",
     "mask_url": "an image URL (http, https or data:image/...) or an uploaded file URL; white = redraw",
     "params": f"a string of at most {MAX_PARAMS_CHARS} characters (passed through untouched)",
@@ -304,7 +306,7 @@ class CreateRequest(BaseModel):
     # does not know, and the delivery fields, which the forwarding server handles itself.
     # (`controls`, `steps` and `guidance_scale` never reach it: such a task stays on the local GPUs.)
     NOT_FORWARDED: ClassVar[frozenset[str]] = frozenset(
-        {"seed", "negative_prompt", "callback", "params", "controls", "steps", "guidance_scale"}
+        {"seed", "negative_prompt", "callback", "params", "controls", "steps", "guidance_scale", "model"}
     )
 
     prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
@@ -331,6 +333,7 @@ class CreateRequest(BaseModel):
     controls: tuple[Control, ...] | None = Field(default=None, min_length=1, max_length=MAX_CONTROLS)
     steps: int | None = Field(default=None, ge=STEPS_RANGE[0], le=STEPS_RANGE[1], strict=True)
     guidance_scale: float | None = Field(default=None, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1], strict=True)
+    model: Text | None = Field(default=None, min_length=1, max_length=MAX_MODEL_NAME_CHARS)  # a preset's name
 
     @property
     def keeps_subject(self) -> bool:

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 @dataclass
 class ServerSettings:
     data_dir: Path
-    model: str = "sdxl"
+    model: str = "sdxl"  # the default preset
+    more_models: tuple[str, ...] = ()  # --model given again: presets a request may pick by name (`model`)
+    max_loaded: int = 0  # presets held loaded at once; 0 = auto (all on a CPU; on a GPU, as many as fit)
     model_overrides: dict[str, str] = field(default_factory=dict)
     device: str | None = None
     dtype: str | None = None  # float32 | float16 | bfloat16; default per device
@@ -53,11 +55,12 @@ class ServerSettings:
     def embedded(self) -> bool:
         return self.queue_url.lower() in ("embedded", "embedded://")  # tasks/queue: the registry's key
 
-    def local_options(self) -> LocalOptions:
+    def local_options(self, model: str | None = None) -> LocalOptions:
+        """The local engine's options for `model` (default: the default preset), with this node's flags."""
         from ref2img.engines.local.options import LocalOptions
 
         return LocalOptions(
-            self.model,
+            model or self.model,
             device=self.device,
             dtype=self.dtype,
             offload=self.offload,

@@ -42,7 +42,26 @@ def serve(
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 8080,
     data_dir: DataDirOption = Path("ref2img-data"),
-    model: ModelOption = "sdxl",
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="PRESET|DIR|FILE",
+            help="preset (sdxl, sdxl-fast, sd15, zimage-turbo), a tiny-model DIR or a preset file; repeat it to "
+            "serve several, which a request picks by name (`model`): the first is the default",
+        ),
+    ] = None,
+    max_loaded: Annotated[
+        int,
+        typer.Option(
+            "--max-loaded",
+            metavar="N",
+            min=0,
+            help="presets held loaded at once, the least recently used unloaded for another; 0: auto (all on "
+            "a CPU, on a GPU as many as its free memory holds)",
+        ),
+    ] = 0,
     part: PartOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
@@ -141,9 +160,12 @@ def serve(
     if engine == "tomoviee" and overflow:
         fail("--overflow: the engine is already the cloud (--engine tomoviee)", EXIT_USAGE)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model, *more_models = models or ["sdxl"]
     settings = node_settings(
         data_dir=data_dir,
         engine_options=(model, part, device, dtype, offload, compile_kind, compile_after, approximate),
+        more_models=tuple(more_models),
+        max_loaded=max_loaded,
         allow_private_urls=allow_private_urls,
         task_timeout_s=task_timeout,
         db_url=db,

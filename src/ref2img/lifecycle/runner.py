@@ -10,12 +10,14 @@ task again once its lease expires.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -23,6 +25,7 @@ from PIL import Image
 from ref2img.engines.base import (
     Engine,
     EngineError,
+    EngineOptionError,
     Job,
     JobCancelled,
     RemoteTimedOut,
@@ -45,6 +48,9 @@ class RunContext:
     engine: Callable[[], Engine]  # the loaded engine; EngineError when it cannot load
     load_image: Callable[[str, str, str], Image.Image]  # (url or path, field, app_key) -> image
     remote_routes: Mapping[str, RemoteRoute] = field(default_factory=dict)  # route name -> how it runs
+    # The engine of the preset a request names (none: the default), held while the job runs; None: one
+    # engine only (`engine`), which must then be the preset a request names.
+    engine_for: Callable[[str | None], AbstractContextManager[Engine]] | None = None
     on_success: Callable[[float], None] | None = None  # the run's seconds (a server's duration estimate)
     previews: bool = True  # step previews to the outputs (in-process runs have no one to show them to)
     on_step: Callable[[str, int, int], None] | None = None  # (task id, steps done, in all): an observer here
@@ -167,13 +173,32 @@ def _generate(task: TaskView, owner: str, ctx: RunContext, on_progress, should_c
     remote = _remote_route(task, ctx)
     if remote is not None:
         # The inputs are still fetched and checked here: a bad image fails before the remote service is paid.
-        job, engine = remote.job(task, owner, request, load), remote.engine()
+        job = remote.job(task, owner, request, load)
+        images = remote.engine().generate(
+            job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview
+        )
     else:
-        job, engine = Job.from_request(request, load), ctx.engine()
-        if ctx.shape_job is not None:
-            job = ctx.shape_job(job, engine)
-    images = engine.generate(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
+        with _engine(ctx, request.model) as engine:
+            job = Job.from_request(request, load)
+            if ctx.shape_job is not None:
+                job = ctx.shape_job(job, engine)
+            images = engine.generate(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
     return [ctx.outputs.save_result(task.id, index, image) for index, image in enumerate(images)]
+
+
+@contextlib.contextmanager
+def _engine(ctx: RunContext, model: str | None = None) -> Iterator[Engine]:
+    """The engine of the preset a request names (none: the default), held while the job runs. A request
+    never runs on another preset than the one it names: a single engine of another name is refused."""
+    if ctx.engine_for is not None:
+        with ctx.engine_for(model) as engine:
+            yield engine
+        return
+    engine = ctx.engine()
+    preset = getattr(getattr(engine, "preset", None), "name", None)
+    if model is not None and preset is not None and model != preset:
+        raise EngineOptionError(f"model: {model!r} is not the preset this engine runs ({preset})")
+    yield engine
 
 
 def _repaint(task: TaskView, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> list[str]:
@@ -184,10 +209,14 @@ def _repaint(task: TaskView, owner: str, ctx: RunContext, on_progress, should_ca
 
     remote = _remote_route(task, ctx)
     if remote is not None:
-        job, engine = remote.repaint_job(task, owner, request, load), remote.engine()
+        job = remote.repaint_job(task, owner, request, load)
+        images = remote.engine().repaint(
+            job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview
+        )
     else:
-        job, engine = RepaintJob.from_request(request, load), ctx.engine()
-    images = engine.repaint(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
+        with _engine(ctx) as engine:
+            job = RepaintJob.from_request(request, load)
+            images = engine.repaint(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
     return [ctx.outputs.save_result(task.id, index, image) for index, image in enumerate(images)]
 
 
@@ -201,5 +230,6 @@ def _remote_route(task: TaskView, ctx: RunContext) -> RemoteRoute | None:
 def _recognize(task: TaskView, ctx: RunContext) -> list[str]:
     request = RecognizeRequest.model_validate(json.loads(task.request))
     image = ctx.load_image(request.init_image, "init_image", task.app_key)
-    control_map = ctx.engine().recognize(image, ControlType(request.control_type))
+    with _engine(ctx) as engine:
+        control_map = engine.recognize(image, ControlType(request.control_type))
     return [ctx.outputs.save_result(task.id, 0, control_map)]

@@ -145,10 +145,13 @@ def _enqueue(
 def submit_generation(svc: Services, request: Request, app_key: str, create: CreateRequest) -> tuple[str, int]:
     """Accept one generation, as every way in does (Tomoviee's route, the OpenAI face): its images checked
     at the door, routed, its seed decided. Returns the task id and the seed of image 1."""
+    create = _with_preset(svc, create)
     images = {"reference_image": create.reference_image, "init_image": create.init_image}
     control_images = {f"controls[{i}].image": c.image for i, c in enumerate(create.controls or ()) if c.image}
     _check_inputs(svc, app_key, {**images, **control_images}, create.callback)
-    route = route_local(svc, create) if create.local_only else route_generation(svc, app_key, images)
+    other_preset = create.model not in (None, svc.backend.pool.default)  # only the local GPUs hold it
+    local = create.local_only or other_preset
+    route = route_local(svc, create) if local else route_generation(svc, app_key, images)
     # The seed is decided here and stored with the task: a rerun after a crash makes the same images, and
     # a resend under the same Idempotency-Key asks for the same seed, so it matches the first body.
     key = _idempotency_key(request)
@@ -157,6 +160,20 @@ def submit_generation(svc: Services, request: Request, app_key: str, create: Cre
     task = _enqueue(svc, request, app_key, GENERATE, payload, create.params, create.callback, route)
     assert create.seed is not None  # with_seed
     return task.id, create.seed
+
+
+def _with_preset(svc: Services, create: CreateRequest) -> CreateRequest:
+    """The preset a request names must be one this server offers; a server of several names its default
+    in the task, so that the task's settings say which preset made its images."""
+    names = svc.backend.preset_names
+    if create.model is not None and create.model not in names:
+        raise ApiError(
+            ErrorCode.INVALID_PARAMETER,
+            f"model: {create.model[:100]!r} is not a preset of this server; it offers {', '.join(names)}",
+        )
+    if create.model is None and len(names) > 1:
+        return create.model_copy(update={"model": svc.backend.pool.default})
+    return create
 
 
 def submit_repaint(svc: Services, request: Request, app_key: str, repaint: RepaintRequest) -> tuple[str, int]:
@@ -358,6 +375,7 @@ def info(request: Request, app_key: AppKey) -> dict:
             "version": __version__,
             "engine": svc.settings.engine,
             "preset": svc.backend.preset_summary(),
+            "presets": svc.backend.presets_summary(),
             "modes": {mode.value: mode.label for mode in ControlType},
             "statuses": {str(int(status)): status.label for status in TaskStatus},
             "ranges": {

@@ -13,7 +13,13 @@ from ref2img.lifecycle import CLOUD, LOCAL, RunContext
 from ref2img.safe_http import SafeHttp
 from ref2img.settings import ServerSettings
 from ref2img.tasks.execution.cloud_route import CloudRoute
-from ref2img.tasks.execution.engine_provider import ENGINES, EngineProvider
+from ref2img.tasks.execution.engine_pool import EnginePool, preset_providers
+from ref2img.tasks.execution.engine_provider import (
+    ENGINES,
+    EngineProvider,
+    local_engine_factory,
+    preset_name,
+)
 from ref2img.tasks.execution.estimate import DurationEstimate
 from ref2img.tasks.execution.worker import Worker
 from ref2img.tasks.inputs import ImageResolver
@@ -37,7 +43,8 @@ class Backend:
         self.images = ImageResolver(self.store, self.storage, self.http)
         self.estimate = DurationEstimate()
         self.estimate.seed(self.store.tasks.recent_durations())
-        local = EngineProvider(settings.engine_factory or ENGINES["local"](settings, self.http))
+        self.pool = self._presets()
+        local = self.pool.providers[self.pool.default]
         self.cloud_engine = EngineProvider(ENGINES["tomoviee"](settings, self.http)) if settings.uses_cloud else None
         # This server's engine (health, create checks): the cloud's when it is the only one; no local
         # model is ever loaded then.
@@ -48,10 +55,26 @@ class Backend:
             ledger=self.store.tasks,
             outputs=self.storage,
             engine=self.engine,
+            engine_for=None if settings.cloud_only else self.pool.using,
             load_image=self.images.fetch,
             remote_routes={CLOUD: cloud} if cloud is not None else {},
             on_success=self.estimate.add,
         )
+
+    def _presets(self) -> EnginePool:
+        """The local presets this node serves: the default one, and those a request may pick (`model`)."""
+        settings = self.settings
+        if settings.engine_factory is not None:  # an engine the caller built (tests, embedding)
+            return EnginePool({settings.model: EngineProvider(settings.engine_factory)}, settings.model)
+        models = [settings.model, *settings.more_models]
+        providers = preset_providers(
+            models, lambda model: local_engine_factory(settings, model), lambda model: preset_name(settings, model)
+        )
+        return EnginePool(providers, next(iter(providers)), settings.max_loaded)
+
+    @property
+    def preset_names(self) -> list[str]:
+        return self.pool.names
 
     def _cloud_route(self) -> CloudRoute | None:
         if self.cloud_engine is None:
@@ -101,18 +124,19 @@ class Backend:
         self.queue.close()
         self.store.close()
 
-    def preset_summary(self) -> dict[str, Any]:
-        """The preset this node runs, for people and clients (`GET /v1/info`): its name, family and
-        description, and whether its weights are random (the `tiny` test models: noise out)."""
+    def preset_summary(self, model: str | None = None) -> dict[str, Any]:
+        """A preset this node runs (default: its default one), for people and clients (`GET /v1/info`):
+        its name, family and description, and whether its weights are random (`tiny`: noise out)."""
         from ref2img.engines.base import EngineError
         from ref2img.engines.local.presets import resolve_preset
 
         if self.settings.cloud_only:
             return {"name": "tomoviee", "family": None, "description": "the Tomoviee cloud", "random_weights": False}
+        model = model or self.settings.model
         try:
-            preset = resolve_preset(self.settings.model, self.settings.model_overrides)
+            preset = resolve_preset(model, self.settings.model_overrides)
         except EngineError:
-            return {"name": self.settings.model, "family": None, "description": "", "random_weights": False}
+            return {"name": model, "family": None, "description": "", "random_weights": False}
         random = preset.name.startswith("tiny")  # `ref2img models tiny` names its presets so
         return {
             "name": preset.name,
@@ -120,6 +144,20 @@ class Backend:
             "description": preset.description,
             "random_weights": random,
         }
+
+    def presets_summary(self) -> list[dict[str, Any]]:
+        """Every preset a request may name (`model`), the default first, each with its state."""
+        states = self.pool.states()
+        models = [self.settings.model, *self.settings.more_models]
+        return [
+            {
+                **self.preset_summary(model),
+                "name": name,
+                "default": name == self.pool.default,
+                "state": states.get(name, "not loaded"),
+            }
+            for model, name in zip(models, self.pool.names, strict=False)
+        ]
 
     def controls_problem(self, count: int, with_subject: bool) -> tuple[str, str] | None:
         """(field, message) when this node's local model cannot run `count` controls (with the subject), read

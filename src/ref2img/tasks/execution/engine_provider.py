@@ -54,6 +54,15 @@ class EngineProvider:
                     raise
             return self._engine
 
+    @property
+    def loaded(self) -> Engine | None:
+        return self._engine
+
+    def unload(self) -> None:
+        """Drop the engine (its weights go with the last reference); the next ask loads it again."""
+        with self._lock:
+            self._engine = None
+
     def preload(self) -> None:
         """Load in a background thread (one at a time), so start-up never waits for torch."""
         if self._loader is not None and self._loader.is_alive():
@@ -69,11 +78,23 @@ class EngineProvider:
         self._loader.start()
 
 
-def local_engine_factory(settings: ServerSettings) -> Callable[[], Engine]:
+def local_engine_factory(settings: ServerSettings, model: str | None = None) -> Callable[[], Engine]:
+    """The local engine of `model` (default: the settings' default preset), with this node's flags."""
+
     def build() -> Engine:
-        return settings.local_options().build().load()  # torch: imported here, only in the worker side
+        return settings.local_options(model).build().load()  # torch: imported here, only in the worker side
 
     return build
+
+
+def preset_name(settings: ServerSettings, model: str) -> str:
+    """The name a request uses for `model` (a preset, a folder or a preset file): its preset's own."""
+    from ref2img.engines.local.presets import resolve_preset
+
+    try:
+        return resolve_preset(model, settings.model_overrides).name
+    except EngineError:
+        return model  # its load says what is wrong with it
 
 
 def cloud_engine_factory(settings: ServerSettings, http: SafeHttp) -> Callable[[], Engine]:
