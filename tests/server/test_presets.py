@@ -112,3 +112,19 @@ def test_the_pool_unloads_the_least_recently_used_idle_preset_and_waits_for_a_bu
         order.append("released")
     waiter.join(5)
     assert order == ["asked", "released", "b"] and loads.count("b") == 2
+
+
+@pytest.mark.slow  # the same server
+def test_the_openai_route_picks_a_preset_by_its_suffix(two_presets, astronaut):
+    openai = pytest.importorskip("openai")
+    app_key, secret = two_presets.new_key()
+    client = openai.OpenAI(base_url=f"{two_presets.url}/v1", api_key=f"{app_key}:{secret}", max_retries=0)
+    names = [model.id for model in client.models.list()]
+    assert "ref2img-pose:tiny" in names and "ref2img-pose:tiny-sdxl" in names and len(names) == 12
+    buffer = io.BytesIO()
+    astronaut.resize((128, 128)).save(buffer, format="PNG")
+    client.images.edit(image=("a.png", buffer.getvalue(), "image/png"), prompt="on the other preset",
+                       model="ref2img-edge:tiny-sdxl", size="512x512")
+    cloud = Cloud(two_presets.url, app_key, secret)
+    tasks = httpx.get(f"{cloud.base}/v1/tasks", headers=cloud.headers, timeout=10).json()["data"]["tasks"]
+    assert tasks[0]["settings"]["model"] == "tiny-sdxl"

@@ -411,6 +411,7 @@ def test_advanced_settings_reach_the_task_and_a_bad_one_is_refused_inline(browse
     wait_until(page, "!document.querySelector('#preset').hidden")
     assert not page.evaluate("document.querySelector('#advanced').open")  # folded away by default
     page.click("#advanced summary")
+    assert page.is_hidden("#model-picker")  # one preset on this server: nothing to pick
     assert (page.get_attribute("#steps", "min"), page.get_attribute("#steps", "max")) == ("1", "200")
     fill_job(page, prompt="with my own steps")
     page.fill("#steps", "500")

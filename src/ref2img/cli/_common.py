@@ -191,6 +191,7 @@ FLAG_OF_FIELD = {
     "mask_url": "--mask",
     "steps": "--steps",
     "guidance_scale": "--guidance",
+    "model": "--model",
 }
 
 

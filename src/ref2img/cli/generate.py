@@ -83,7 +83,16 @@ def generate(
         float | None,
         typer.Option("--guidance", metavar="G", min=0, max=30, help="guidance scale, 0..30 (default: the preset's)"),
     ] = None,
-    model: ModelOption = "sdxl",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="PRESET|DIR|FILE",
+            help="preset (sdxl, sdxl-fast, sd15, zimage-turbo), a tiny-model DIR or a preset file (default: sdxl); "
+            "with --server, the name of one of the server's presets (default: the server's own)",
+        ),
+    ] = None,
     part: PartOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
@@ -114,10 +123,14 @@ def generate(
         "steps": steps,
         "guidance_scale": guidance,
     }
+    if server and model:
+        options["model"] = model  # one of the server's presets, by name
     request = build_request(prompt, reference, mode, options)
     if server or cloud:
         if control_map:
             fail("--control-map: only in-process runs take a ready control map", EXIT_USAGE)
+        if cloud and model:
+            fail("--model: the Tomoviee cloud runs its own model; give --model with --server or in-process", EXIT_USAGE)
         generate_remote(sdk_client(server, cloud, app_key, app_secret), request, out_dir, as_json)
         return
     if control_map and controls:
@@ -126,7 +139,7 @@ def generate(
         fail("--control-map: subject mode uses the reference itself, not a control map", EXIT_USAGE)
     run = InProcessRun(request.with_seed(), control_map, steps, (compile_kind, compile_after, approximate))
     with plain_progress():
-        run.execute(resolve_model(model, part), device, dtype, offload, out_dir, as_json)
+        run.execute(resolve_model(model or "sdxl", part), device, dtype, offload, out_dir, as_json)
 
 
 def parse_controls(specs: list[str]) -> tuple[ControlType, list[dict] | None]:

@@ -108,6 +108,7 @@ class AsyncClient:
         controls: list[Control | dict] | None = None,
         steps: int | None = None,
         guidance_scale: float | None = None,
+        model: str | None = None,
         idempotency_key: str | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
@@ -115,7 +116,8 @@ class AsyncClient:
         """Create a task; returns its id. Local files and PIL images are uploaded first (ref2img servers).
         `controls`: several controls at once (`ref2img.Control`, or dicts of its fields; our extension),
         with `control_type` "2" to keep the reference's subject too. `steps`, `guidance_scale`: the
-        model's denoising steps and guidance instead of its preset's (our extension; ref2img servers)."""
+        model's denoising steps and guidance instead of its preset's; `model`: which of a server's presets
+        (`GET /v1/info`) makes the images (our extensions; ref2img servers)."""
         fields = {
             "control_intensity": control_intensity,
             "width": width,
@@ -129,6 +131,7 @@ class AsyncClient:
             "controls": controls,
             "steps": steps,
             "guidance_scale": guidance_scale,
+            "model": model,
         }
         request, uploads = core.create_request(prompt, reference_image, control_type, fields)
         return await self.submit(

@@ -233,6 +233,14 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
             float | None,
             Field(ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1], description="guidance scale (default: the model's)"),
         ] = None,
+        model: Annotated[
+            str | None,
+            Field(
+                min_length=1,
+                max_length=100,
+                description="which preset makes the images (list_models; default: the server's)",
+            ),
+        ] = None,
     ) -> Annotated[CallToolResult, GenerateOut]:
         """Make 1 to 4 new images from a reference image and a prompt."""
         body: dict[str, Any] = {
@@ -251,6 +259,7 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
             else None,
             "steps": steps,
             "guidance_scale": guidance_scale,
+            "model": model,
         }
         with _as_tool_errors(GENERATE_ARGUMENTS):
             request = parse_create_request({key: value for key, value in body.items() if value is not None})

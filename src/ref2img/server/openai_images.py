@@ -65,23 +65,26 @@ def owns(path: str) -> bool:
 
 
 # -- models --------------------------------------------------------------------------------------
-def model_names(preset: str) -> list[str]:
-    """`ref2img-<mode>` for every mode, then the same with this server's preset named: `ref2img-edge:sdxl`."""
+def model_names(presets: list[str]) -> list[str]:
+    """`ref2img-<mode>` for every mode, then the same with each of this server's presets named:
+    `ref2img-edge:sdxl` (the plain names run on the server's default preset)."""
     plain = [f"{MODEL_PREFIX}{mode}" for mode in MODES]
-    return plain + [f"{name}:{preset}" for name in plain]
+    return plain + [f"{name}:{preset}" for preset in presets for name in plain]
 
 
-def parse_model(value: str | None, preset: str) -> ControlType:
-    """The control mode an OpenAI `model` names (none: DEFAULT_MODEL); a preset suffix must be this server's."""
+def parse_model(value: str | None, presets: list[str]) -> tuple[ControlType, str | None]:
+    """The control mode an OpenAI `model` names (none: DEFAULT_MODEL), and the preset its suffix names
+    (None: the server's default)."""
     name = value or DEFAULT_MODEL
-    if name not in model_names(preset):
+    if name not in model_names(presets):
         raise OpenAIError(
             400,
-            f"model: {name[:100]!r} is not a model of this server; use one of {', '.join(model_names(preset))}",
+            f"model: {name[:100]!r} is not a model of this server; use one of {', '.join(model_names(presets))}",
             param="model",
             code="model_not_found",
         )
-    return MODES[name.partition(":")[0].removeprefix(MODEL_PREFIX)]
+    mode, _, preset = name.partition(":")
+    return MODES[mode.removeprefix(MODEL_PREFIX)], preset or None
 
 
 # -- fields --------------------------------------------------------------------------------------
@@ -145,6 +148,7 @@ class EditForm:
 
     prompt: str
     mode: ControlType
+    preset: str | None  # one of the server's presets (the model name's suffix); None: its default
     n: int
     size: str | None
     response_format: str
@@ -153,7 +157,7 @@ class EditForm:
     extras: dict  # our own fields, as the wire names them: control_intensity, seed, negative_prompt
 
     @classmethod
-    def parse(cls, form: Mapping[str, str], preset: str) -> EditForm:
+    def parse(cls, form: Mapping[str, str], presets: list[str]) -> EditForm:
         response_format = str(form.get("response_format") or "b64_json")
         if response_format not in ("b64_json", "url"):
             raise bad_request("response_format", f"must be b64_json or url (got {response_format[:20]!r})")
@@ -179,9 +183,11 @@ class EditForm:
         guidance = number(form, "guidance_scale")
         if guidance is not None:
             extras["guidance_scale"] = guidance
+        mode, preset = parse_model(form.get("model"), presets)
         return cls(
             prompt=str(form.get("prompt") or ""),
-            mode=parse_model(form.get("model"), preset),
+            mode=mode,
+            preset=preset,
             n=integer(form, "n", 1, *BATCH_SIZE_RANGE) or 1,
             size=form.get("size"),
             response_format=response_format,
@@ -201,6 +207,8 @@ class EditForm:
             "batch_size": self.n,
             **self.extras,
         }
+        if self.preset is not None:
+            body["model"] = self.preset
         if init is not None:
             body["init_image"] = init
         return body

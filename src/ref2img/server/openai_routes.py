@@ -16,7 +16,6 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -46,7 +45,6 @@ from ref2img.server.openai_images import (
 )
 from ref2img.server.routes import services, store_upload, submit_generation, submit_repaint
 from ref2img.server.services import Services
-from ref2img.settings import ServerSettings
 from ref2img.tasks.store.models import TaskRow
 
 router = APIRouter(include_in_schema=False)
@@ -56,23 +54,21 @@ MODELS_CREATED = 1_767_225_600  # 2026-01-01: `created` of the model list (the n
 NOT_AGAIN = {"x-should-retry": "false"}  # the task ran: an SDK's automatic retry would make another
 
 
-def preset_label(settings: ServerSettings) -> str:
-    """The name of the preset this server runs, as a model name's suffix: `sdxl`, or a folder's name."""
-    if settings.cloud_only:
-        return "tomoviee"
-    model = Path(settings.model)
-    return model.stem if model.suffix == ".toml" or len(model.parts) > 1 else settings.model
+def presets(svc: Services) -> list[str]:
+    """The presets a model name's suffix may name: this server's, by their own names (`sdxl`, `tiny`); none
+    on a server that forwards to the cloud only (the cloud's model has no name here)."""
+    return [] if svc.settings.cloud_only else svc.backend.preset_names
 
 
 @router.get("/v1/models")
 async def list_models(request: Request, app_key: BearerKey) -> dict[str, Any]:
-    names = model_names(preset_label(services(request).settings))
+    names = model_names(presets(services(request)))
     return {"object": "list", "data": [_model(name) for name in names]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(request: Request, model_id: str, app_key: BearerKey) -> dict[str, Any]:
-    if model_id not in model_names(preset_label(services(request).settings)):
+    if model_id not in model_names(presets(services(request))):
         raise OpenAIError(
             404, f"model: {model_id[:100]!r} is not a model of this server", param="model", code="model_not_found"
         )
@@ -100,7 +96,7 @@ async def edits(request: Request, app_key: BearerKey) -> Any:
     form = await request.form(max_files=MAX_IMAGES + 1, max_fields=MAX_FORM_FIELDS)
     try:
         fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
-        edit = EditForm.parse(fields, preset_label(svc.settings))
+        edit = EditForm.parse(fields, presets(svc))
         images = [value for key, value in form.multi_items() if key in ("image", "image[]")]
         mask = form.get("mask")
         uploads = [await _read(value, "image") for value in images]

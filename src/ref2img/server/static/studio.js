@@ -120,6 +120,11 @@ function applyInfo(info) {
   $("batch-size").replaceChildren(...Array.from({ length: most - fewest + 1 }, (_, i) => new Option(String(fewest + i))));
   $("batch-size").value = chosen;
   document.querySelectorAll("[data-mode]").forEach((label) => { label.textContent = info.modes[label.dataset.mode]; });
+  // A server of several presets: the request may pick one (its default first).
+  $("model").replaceChildren(...info.presets.map((preset) =>
+    new Option(`${preset.name}${preset.default ? " (default)" : ""}${preset.family ? ` · ${preset.family}` : ""}`,
+               preset.name)));
+  $("model-picker").hidden = info.presets.length < 2;
 }
 
 $("sign-in-form").addEventListener("submit", async (event) => {
@@ -421,6 +426,7 @@ function settingsFromForm() {
   if (state.init) settings.init_image = state.init;
   if (state.controls.length) settings.controls = controlsFromForm();
   if ($("steps").value !== "") settings.steps = Number($("steps").value);
+  if (!$("model-picker").hidden) settings.model = $("model").value;
   if ($("guidance").value !== "") settings.guidance_scale = Number($("guidance").value);
   return settings;
 }
@@ -429,6 +435,7 @@ function fillForm(settings) {
   $("prompt").value = settings.prompt || "";
   $("negative-prompt").value = settings.negative_prompt || "";
   $("steps").value = settings.steps ?? "";
+  if (settings.model && [...$("model").options].some((option) => option.value === settings.model)) $("model").value = settings.model;
   $("guidance").value = settings.guidance_scale ?? "";
   $("advanced").open ||= Boolean(settings.negative_prompt || settings.steps != null || settings.guidance_scale != null);
   document.querySelector(`input[name="mode"][value="${settings.control_type}"]`).checked = true;
