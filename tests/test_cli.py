@@ -336,3 +336,18 @@ def test_steps_and_guidance_travel_in_the_request(tiny_sd15, photo, tmp_path):
     assert "steps=2" in result.stderr  # the engine ran the steps asked for (its log line)
     bad = runner.invoke(app, ["generate", str(photo), "p", "--model", str(tiny_sd15), "--guidance", "31"])
     assert bad.exit_code == 2 and "--guidance" in bad.stderr
+
+
+def test_a_lora_by_name_from_a_folder(tiny_sd15, photo, tmp_path):
+    import shutil
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    shutil.copy(tiny_sd15 / "lora" / "pytorch_lora_weights.safetensors", folder / "style.safetensors")
+    common = ["generate", str(photo), "p", "--model", str(tiny_sd15), "--steps", "1", "--lora-dir", str(folder),
+              "--out", str(tmp_path / "out"), "--json"]
+    result = runner.invoke(app, [*common, "--lora", "style:0.7"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["request"]["loras"] == [{"name": "style", "weight": 0.7}]
+    unknown = runner.invoke(app, [*common, "--lora", "nope"])
+    assert unknown.exit_code == 2 and "--lora #1, name: 'nope' is not a LoRA of this server; it has style" in unknown.stderr

@@ -63,6 +63,8 @@ MAX_PROMPT_CHARS = 2000
 MAX_PARAMS_CHARS = 8192  # passthrough data (an order id, a JSON blob); echoed by every query, event and callback
 SEED_RANGE = (0, 2**32 - 1)
 MAX_MODEL_NAME_CHARS = 100
+MAX_LORAS = 4
+LORA_WEIGHT_RANGE = (-2.0, 2.0)
 STEPS_RANGE = (1, 200)  # `steps` (our extension): denoising steps; none = the preset's own
 GUIDANCE_RANGE = (0.0, 30.0)  # `guidance_scale` (our extension): classifier-free guidance; none = the preset's
 MAX_TASK_ID_CHARS = 100  # ours are 25; room for the cloud's and for proxies that prefix them
@@ -174,6 +176,10 @@ ALLOWED: dict[str, str] = {
     "steps": f"an integer from {STEPS_RANGE[0]} to {STEPS_RANGE[1]} (denoising steps; none: the model's own)",
     "guidance_scale": f"a number from {GUIDANCE_RANGE[0]:g} to {GUIDANCE_RANGE[1]:g} (none: the model's own)",
     "model": "the name of a preset this server offers (GET /v1/info; none: its default)",
+    "loras": f"a list of at most {MAX_LORAS} objects {{name, weight?}} naming LoRAs of this server (GET /v1/loras)",
+    "loras[]": "an object {name, weight?}",
+    "loras[].name": "the name of a LoRA of this server (GET /v1/loras): letters, digits, '.', '_' or '-'",
+    "loras[].weight": f"a number from {LORA_WEIGHT_RANGE[0]:g} to {LORA_WEIGHT_RANGE[1]:g} (1 by default)",
     "callback": "an http or https URL",
     "mask_url": "an image URL (http, https or data:image/...) or an uploaded file URL; white = redraw",
     "params": f"a string of at most {MAX_PARAMS_CHARS} characters (passed through untouched)",
@@ -292,6 +298,22 @@ class Control(BaseModel):
         return kind.name.lower()
 
 
+class LoraRef(BaseModel):
+    """One entry of `loras` (our extension): a LoRA of the server's folders by name, and its weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=MAX_MODEL_NAME_CHARS, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    weight: float = Field(default=1.0, ge=LORA_WEIGHT_RANGE[0], le=LORA_WEIGHT_RANGE[1], strict=True)
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError("not a finite number")
+        return value
+
+
 class CreateRequest(BaseModel):
     """Body of `POST /v1/open/capacity/application/tm_reference_img2img` (flat JSON).
 
@@ -306,7 +328,7 @@ class CreateRequest(BaseModel):
     # does not know, and the delivery fields, which the forwarding server handles itself.
     # (`controls`, `steps` and `guidance_scale` never reach it: such a task stays on the local GPUs.)
     NOT_FORWARDED: ClassVar[frozenset[str]] = frozenset(
-        {"seed", "negative_prompt", "callback", "params", "controls", "steps", "guidance_scale", "model"}
+        {"seed", "negative_prompt", "callback", "params", "controls", "steps", "guidance_scale", "model", "loras"}
     )
 
     prompt: Text = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
@@ -334,6 +356,7 @@ class CreateRequest(BaseModel):
     steps: int | None = Field(default=None, ge=STEPS_RANGE[0], le=STEPS_RANGE[1], strict=True)
     guidance_scale: float | None = Field(default=None, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1], strict=True)
     model: Text | None = Field(default=None, min_length=1, max_length=MAX_MODEL_NAME_CHARS)  # a preset's name
+    loras: tuple[LoraRef, ...] | None = Field(default=None, min_length=1, max_length=MAX_LORAS)
 
     @property
     def keeps_subject(self) -> bool:
@@ -342,7 +365,7 @@ class CreateRequest(BaseModel):
     @property
     def local_only(self) -> list[str]:
         """The fields set that only a local engine has a knob for (the Tomoviee cloud has none of them)."""
-        return [name for name in ("controls", "steps", "guidance_scale") if getattr(self, name) is not None]
+        return [name for name in ("controls", "steps", "guidance_scale", "loras") if getattr(self, name) is not None]
 
     @field_validator("prompt")
     @classmethod

@@ -20,6 +20,7 @@ class ServerSettings:
     more_models: tuple[str, ...] = ()  # --model given again: presets a request may pick by name (`model`)
     max_loaded: int = 0  # presets held loaded at once; 0 = auto (all on a CPU; on a GPU, as many as fit)
     model_overrides: dict[str, str] = field(default_factory=dict)
+    lora_dirs: tuple[str, ...] = ()  # --lora-dir: the operator's folders a request's `loras` name files in
     device: str | None = None
     dtype: str | None = None  # float32 | float16 | bfloat16; default per device
     offload: str = "none"  # none | model | sequential | auto
@@ -68,6 +69,7 @@ class ServerSettings:
             compile_after=self.compile_after,
             approximate=self.approximate,
             overrides=dict(self.model_overrides or {}),
+            lora_dirs=self.lora_dirs,
         )
 
     @property

@@ -5,6 +5,7 @@ name is refused naming the ones offered. Also the pool's own rules, on its own."
 from __future__ import annotations
 
 import io
+import shutil
 import threading
 import time
 
@@ -22,7 +23,10 @@ from .conftest import Cloud, data_uri, img2img_body, running
 
 @pytest.fixture(scope="module")
 def two_presets(tiny_sd15, tiny_sdxl, tmp_path_factory):
-    with running(tmp_path_factory, "presets", tiny_sd15, "--model", str(tiny_sdxl), "--max-loaded", "1") as server:
+    loras = tmp_path_factory.mktemp("loras")
+    shutil.copy(tiny_sd15 / "lora" / "pytorch_lora_weights.safetensors", loras / "style.safetensors")
+    with running(tmp_path_factory, "presets", tiny_sd15, "--model", str(tiny_sdxl), "--max-loaded", "1",
+                 "--lora-dir", str(loras)) as server:
         yield server
 
 
@@ -128,3 +132,15 @@ def test_the_openai_route_picks_a_preset_by_its_suffix(two_presets, astronaut):
     cloud = Cloud(two_presets.url, app_key, secret)
     tasks = httpx.get(f"{cloud.base}/v1/tasks", headers=cloud.headers, timeout=10).json()["data"]["tasks"]
     assert tasks[0]["settings"]["model"] == "tiny-sdxl"
+
+
+@pytest.mark.slow  # the same server
+def test_a_lora_of_the_servers_folder_changes_the_images_and_the_next_task_has_none(two_presets, astronaut):
+    cloud = Cloud(two_presets.url, *two_presets.new_key())
+    assert httpx.get(f"{cloud.base}/v1/loras", headers=cloud.headers, timeout=10).json()["data"] == {
+        "loras": [{"name": "style"}]}
+    body = img2img_body(data_uri(astronaut.resize((128, 128))), seed=9)
+    _, plain = run(cloud, body)
+    data, styled = run(cloud, {**body, "loras": [{"name": "style", "weight": 1.0}]})
+    _, plain_again = run(cloud, body)
+    assert not (styled == plain).all() and (plain_again == plain).all()

@@ -199,10 +199,11 @@ def in_flags(message: str, fields: dict[str, str] | None = None) -> str:
     """A protocol error (`batch_size: must be …`) in the command line's words (`--batch: must be …`);
     `controls[1].intensity: …` becomes `--control #2, intensity: …`."""
     field, _, rest = message.partition(": ")
-    found = re.fullmatch(r"controls\[(\d+)\](?:\.(\w+))?", field)
+    found = re.fullmatch(r"(controls|loras)\[(\d+)\](?:\.(\w+))?", field)
     if found:
-        detail = f", {found.group(2)}" if found.group(2) else ""
-        return f"--control #{int(found.group(1)) + 1}{detail}: {rest}"
+        flag = "--control" if found.group(1) == "controls" else "--lora"
+        detail = f", {found.group(3)}" if found.group(3) else ""
+        return f"{flag} #{int(found.group(2)) + 1}{detail}: {rest}"
     return renamed_field(message, {**FLAG_OF_FIELD, **(fields or {})})
 
 

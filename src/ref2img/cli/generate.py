@@ -94,6 +94,17 @@ def generate(
         ),
     ] = None,
     part: PartOption = None,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            metavar="NAME[:WEIGHT]",
+            help="a LoRA by name (a .safetensors of --lora-dir, or of the server's), weight 1 by default; repeatable",
+        ),
+    ] = None,
+    lora_dir: Annotated[
+        list[Path] | None, typer.Option("--lora-dir", metavar="DIR", help="where --lora's files are (in-process)")
+    ] = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
@@ -122,6 +133,7 @@ def generate(
         "controls": controls,
         "steps": steps,
         "guidance_scale": guidance,
+        "loras": [parse_lora(spec) for spec in lora] if lora else None,
     }
     if server and model:
         options["model"] = model  # one of the server's presets, by name
@@ -138,8 +150,17 @@ def generate(
     if control_map and mode is ControlType.SUBJECT:
         fail("--control-map: subject mode uses the reference itself, not a control map", EXIT_USAGE)
     run = InProcessRun(request.with_seed(), control_map, steps, (compile_kind, compile_after, approximate))
+    run.lora_dirs = tuple(str(folder) for folder in lora_dir or ())
     with plain_progress():
         run.execute(resolve_model(model or "sdxl", part), device, dtype, offload, out_dir, as_json)
+
+
+def parse_lora(spec: str) -> dict[str, Any]:
+    """`--lora NAME[:WEIGHT]` as a `loras` entry (the protocol checks the name and the weight's range)."""
+    name, _, weight = spec.partition(":")
+    if weight and not _is_number(weight):
+        fail(f"--lora: the weight after ':' must be a number (got {spec!r})", EXIT_USAGE)
+    return {"name": name, "weight": float(weight)} if weight else {"name": name}
 
 
 def parse_controls(specs: list[str]) -> tuple[ControlType, list[dict] | None]:
@@ -204,8 +225,11 @@ class InProcessRun:
         self.compile_kind, self.compile_after, self.approximate = speed  # --compile, --compile-after, --approximate
         self.run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.used_map = None  # the map the engine conditioned on, saved so that the user can see what it caught
+        self.lora_dirs: tuple[str, ...] = ()  # --lora-dir
 
     def execute(self, preset, device, dtype, offload: str, out_dir: Path, as_json: bool) -> None:
+        from ref2img.engines.base import EngineError
+        from ref2img.engines.local.loras import resolve_loras
         from ref2img.lifecycle import FolderOutputs, MemoryLedger, RunContext, run_task
         from ref2img.protocol import TaskStatus
 
@@ -218,7 +242,12 @@ class InProcessRun:
             if entry.image:
                 images.setdefault(entry.image, read_image(entry.image, f"controls[{index}].image"))
         given_map = read_image(self.control_map_input, "control_map") if self.control_map_input else None
+        try:  # the LoRAs' names too: a bad one exits 2 before the model loads
+            resolve_loras(self.request.loras or (), self.lora_dirs)
+        except EngineError as exc:
+            fail_in_flags(exc)
         engine = load_engine(preset, device, dtype, offload, self.compile_kind, self.approximate, self.compile_after)
+        engine.lora_dirs = self.lora_dirs
         loaded = time.perf_counter()
 
         def shape_job(job, engine):

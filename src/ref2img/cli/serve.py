@@ -63,6 +63,14 @@ def serve(
         ),
     ] = 0,
     part: PartOption = None,
+    lora_dirs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--lora-dir",
+            metavar="DIR",
+            help="a folder of LoRAs (.safetensors) a request may name in `loras`, by file name; repeatable",
+        ),
+    ] = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
@@ -164,6 +172,7 @@ def serve(
     settings = node_settings(
         data_dir=data_dir,
         engine_options=(model, part, device, dtype, offload, compile_kind, compile_after, approximate),
+        lora_dirs=tuple(str(folder) for folder in lora_dirs or ()),
         more_models=tuple(more_models),
         max_loaded=max_loaded,
         allow_private_urls=allow_private_urls,
@@ -228,6 +237,14 @@ def worker(
     ],
     model: ModelOption = "sdxl",
     part: PartOption = None,
+    lora_dirs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--lora-dir",
+            metavar="DIR",
+            help="a folder of LoRAs (.safetensors) a request may name in `loras`, by file name; repeatable",
+        ),
+    ] = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
@@ -264,6 +281,7 @@ def worker(
     settings = node_settings(
         data_dir=data_dir,
         engine_options=(model, part, device, dtype, offload, compile_kind, compile_after, approximate),
+        lora_dirs=tuple(str(folder) for folder in lora_dirs or ()),
         allow_private_urls=allow_private_urls,
         task_timeout_s=task_timeout,
         db_url=db,

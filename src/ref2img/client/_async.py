@@ -109,6 +109,7 @@ class AsyncClient:
         steps: int | None = None,
         guidance_scale: float | None = None,
         model: str | None = None,
+        loras: list[dict] | None = None,
         idempotency_key: str | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
@@ -117,7 +118,8 @@ class AsyncClient:
         `controls`: several controls at once (`ref2img.Control`, or dicts of its fields; our extension),
         with `control_type` "2" to keep the reference's subject too. `steps`, `guidance_scale`: the
         model's denoising steps and guidance instead of its preset's; `model`: which of a server's presets
-        (`GET /v1/info`) makes the images (our extensions; ref2img servers)."""
+        (`GET /v1/info`) makes the images; `loras`: `[{"name", "weight"}]` of the server's LoRAs (`GET
+        /v1/loras`) (our extensions; ref2img servers)."""
         fields = {
             "control_intensity": control_intensity,
             "width": width,
@@ -132,6 +134,7 @@ class AsyncClient:
             "steps": steps,
             "guidance_scale": guidance_scale,
             "model": model,
+            "loras": loras,
         }
         request, uploads = core.create_request(prompt, reference_image, control_type, fields)
         return await self.submit(

@@ -33,9 +33,11 @@ from ref2img.protocol import (
     SIZE_RANGE,
     STEPS_RANGE,
     MAX_CONTROLS,
+    MAX_LORAS,
     Control,
     ControlType,
     CreateRequest,
+    LoraRef,
     ParameterError,
     RepaintRequest,
     parse_create_request,
@@ -241,6 +243,10 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
                 description="which preset makes the images (list_models; default: the server's)",
             ),
         ] = None,
+        loras: Annotated[
+            list[LoraRef] | None,
+            Field(max_length=MAX_LORAS, description="LoRAs of the server by name, each with a weight (-2 to 2)"),
+        ] = None,
     ) -> Annotated[CallToolResult, GenerateOut]:
         """Make 1 to 4 new images from a reference image and a prompt."""
         body: dict[str, Any] = {
@@ -260,6 +266,7 @@ def build_server(backend: Backend, models: Any = None) -> MCPServer:
             "steps": steps,
             "guidance_scale": guidance_scale,
             "model": model,
+            "loras": [lora.model_dump() for lora in loras] if loras else None,
         }
         with _as_tool_errors(GENERATE_ARGUMENTS):
             request = parse_create_request({key: value for key, value in body.items() if value is not None})

@@ -163,14 +163,23 @@ def submit_generation(svc: Services, request: Request, app_key: str, create: Cre
 
 
 def _with_preset(svc: Services, create: CreateRequest) -> CreateRequest:
-    """The preset a request names must be one this server offers; a server of several names its default
-    in the task, so that the task's settings say which preset made its images."""
+    """The preset a request names must be one this server offers, and its LoRAs ones of its folders; a
+    server of several presets names its default in the task, so that its settings say which made it."""
     names = svc.backend.preset_names
     if create.model is not None and create.model not in names:
         raise ApiError(
             ErrorCode.INVALID_PARAMETER,
             f"model: {create.model[:100]!r} is not a preset of this server; it offers {', '.join(names)}",
         )
+    if create.loras:
+        available = svc.backend.loras()
+        for index, lora in enumerate(create.loras):
+            if lora.name not in available:
+                offered = ", ".join(sorted(available)) or "none (the server has no --lora-dir)"
+                raise ApiError(
+                    ErrorCode.INVALID_PARAMETER,
+                    f"loras[{index}].name: {lora.name!r} is not a LoRA of this server; it has {offered}",
+                )
     if create.model is None and len(names) > 1:
         return create.model_copy(update={"model": svc.backend.pool.default})
     return create
@@ -391,6 +400,12 @@ def info(request: Request, app_key: AppKey) -> dict:
             "controls": {"max": MAX_CONTROLS, "types": list(CONTROL_MODES)},
         }
     )
+
+
+@router.get("/v1/loras", **WIRE)
+def list_loras(request: Request, app_key: AppKey) -> dict:
+    """The LoRAs a request's `loras` may name: the operator's folders' files, by name (never their paths)."""
+    return ok({"loras": [{"name": name} for name in sorted(services(request).backend.loras())]})
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

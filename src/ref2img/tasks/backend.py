@@ -76,6 +76,12 @@ class Backend:
     def preset_names(self) -> list[str]:
         return self.pool.names
 
+    def loras(self) -> dict[str, Path]:
+        """The LoRAs a request may name: the `.safetensors` files of the operator's --lora-dir folders."""
+        from ref2img.engines.local.loras import find_loras
+
+        return find_loras(self.settings.lora_dirs)
+
     def _cloud_route(self) -> CloudRoute | None:
         if self.cloud_engine is None:
             return None

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
 from ref2img.engines.base import (
+    EngineOptionError,
     EngineOutOfMemory,
     ImageInvalidError,
     Job,
@@ -27,6 +30,7 @@ from ref2img.engines.local.compile_policy import CompilePolicy
 from ref2img.engines.local.decode import output_kwargs, to_pil
 from ref2img.engines.local.device import Placement, choose_placement
 from ref2img.engines.local.families import FamilyPipelines
+from ref2img.engines.local.loras import resolve_loras
 from ref2img.engines.local.offload import parse_offload
 from ref2img.engines.local.pipelines import component_dtypes, load_pipelines, module_dtype
 from ref2img.engines.local.presets import Preset, resolve_preset
@@ -66,8 +70,10 @@ class LocalEngine:
         offload: str = "none",
         speedups: Speedups | None = None,
         compile_cache: str | None = None,
+        lora_dirs: tuple[str, ...] = (),
     ):
         quiet_libraries()
+        self.lora_dirs = lora_dirs
         self.preset = model if isinstance(model, Preset) else resolve_preset(model, overrides)
         self.placement: Placement = choose_placement(device, dtype)
         self.offload_requested = parse_offload(offload, self.placement)
@@ -113,7 +119,8 @@ class LocalEngine:
         if job.init_image is not None:
             _check_image(job.init_image, "init_image")
         gen_w, gen_h = generation_size(job.width, job.height, self.preset.max_pixels, self.preset.size_multiple)
-        with self._lock:
+        loras = resolve_loras(job.request.loras or (), self.lora_dirs)
+        with self._lock, self._loras(loras):
             pipe, kwargs = self._prepare(job, gen_w, gen_h)
             log.info(
                 "generate mode=%s size=%dx%d (model %dx%d) batch=%d steps=%d seed=%d",
@@ -163,6 +170,15 @@ class LocalEngine:
                 pipe, kwargs, shape, f"1 image at {gen_w}x{gen_h}", on_progress, should_cancel, on_preview
             )
         return [compose(original, image, area)]
+
+    def _loras(self, loras: list[tuple[str, Path, float]]) -> AbstractContextManager[None]:
+        """The request's LoRAs active for its call, off after it (loras.py); refused where the family has none."""
+        if not loras:
+            return contextlib.nullcontext()
+        adapters = getattr(self.pipelines, "loras", None)
+        if adapters is None:
+            raise EngineOptionError(f"loras: the {self.preset.family} family takes no LoRAs (yet)")
+        return adapters.active(loras)
 
     def _call(self, pipe, kwargs, shape, size: str, on_progress, should_cancel, on_preview) -> list[Image.Image]:
         """One pipeline call with the engine's step machinery: progress, previews, cancel, the family's

@@ -22,6 +22,7 @@ class LocalOptions:
     approximate: str = ""  # output-changing levers, comma-separated (speed.APPROXIMATIONS); none by default
     overrides: dict[str, str] = field(default_factory=dict)  # --part KEY=VALUE
     compile_cache: str | None = None
+    lora_dirs: tuple[str, ...] = ()  # --lora-dir: the folders a request's `loras` are read from
 
     def build(self) -> LocalEngine:
         """The engine, not loaded yet (`.load()` reads the weights). EngineOptionError for a setting this
@@ -42,4 +43,5 @@ class LocalOptions:
                 approximate=parse_approximations(self.approximate),
             ),
             compile_cache=self.compile_cache,
+            lora_dirs=self.lora_dirs,
         )

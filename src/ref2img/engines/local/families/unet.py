@@ -30,6 +30,7 @@ from ref2img.engines.local.device import Placement
 from ref2img.engines.local.approximations import CfgCut, controlnet_on_cond_half
 from ref2img.engines.local.caches import cache_condition_embedding, cache_text_encoders
 from ref2img.engines.local.families.calls import ignored_without_cfg, image_generators, torch_modules
+from ref2img.engines.local.loras import UnetLoras
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import LatentFactors, latent_preview
 from ref2img.engines.local.hub import folder_of, locate
@@ -105,6 +106,7 @@ class UNetPipelines:
         prepare_decoder(self.base.vae, self.speedups)
         if self.speedups.cache_prompts:
             cache_text_encoders(self.base)
+        self.loras = UnetLoras(self.base)  # a request's LoRAs (--lora-dir), in the UNet every pipeline shares
 
     # -- loading --------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
