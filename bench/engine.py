@@ -102,15 +102,19 @@ LEVERS: dict[str, Speedups] = {
     "controls-1": Speedups(),
     "controls-2": Speedups(),
     "controls-3": Speedups(),
+    # A request's LoRA (`loras`): the engine's defaults with a random rank-16 attention LoRA active, against
+    # `exact` in the same run (its step cost: PEFT adapters, not fused).
+    "lora": Speedups(),
 }
 CONTROL_ROWS = {"controls-1": 1, "controls-2": 2, "controls-3": 3}
+LORA_NAME = "bench"
 DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "exact",
                   "channels-last", "fuse-qkv", "compile-regional", "compile-convs", "cuda-graphs", "inductor-tuning",
                   "fp8", "all", "all-fp8", "controlnet-cond-only", "cfg-cut")
 # What a lever may do to the images (issue 24's three classes): "exact" must give 0/0; "numerics" (other
 # kernels, other rounding) mean ≤ 2 levels and PSNR ≥ 38 dB; "output-changing" is reported, never a default.
 EXACT = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "exact", "previews")
-OUTPUT_CHANGING = ("controlnet-cond-only", "cfg-cut", "controls-2", "controls-3")  # more maps: another image
+OUTPUT_CHANGING = ("controlnet-cond-only", "cfg-cut", "controls-2", "controls-3", "lora")  # another image on purpose
 NUMERICS_PSNR_MIN = 38.0
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOPS), for each row's share of the peak;
 # --peak-tflops names another device's.
@@ -251,8 +255,9 @@ def run_row(spec: dict) -> dict:
         call, dtype = baseline_call(preset, device, reference, spec)
         extra = {}
     else:
+        lora_dirs = (str(ensure_lora(Path(spec["folder"]))),) if spec["lever"] == "lora" else ()
         engine = LocalEngine(preset, device=spec["device"], offload=spec["offload"], speedups=LEVERS[spec["lever"]],
-                             compile_cache=spec["compile_cache"]).load()
+                             compile_cache=spec["compile_cache"], lora_dirs=lora_dirs).load()
         job = engine_job(reference, spec)
         on_preview = (lambda done, total, render: render()) if spec["lever"] == "previews" else None
         call, dtype = (lambda: engine.generate(job, on_preview=on_preview)), engine.placement.dtype_name
@@ -346,6 +351,8 @@ def engine_job(reference: Image.Image, spec: dict) -> Job:
     wire = {"prompt": PROMPT, "control_type": ControlType.EDGE, "seed": 0, "width": spec["size"],
             "height": spec["size"], "batch_size": spec["batch"], "control_intensity": spec["intensity"]}
     count = CONTROL_ROWS.get(spec["lever"], 0)
+    if spec["lever"] == "lora":
+        return Job.for_images(reference=reference, steps=spec["steps"], loras=[{"name": LORA_NAME}], **wire)
     if not count:
         return Job.for_images(reference=reference, steps=spec["steps"], **wire)
     # Ready maps (the reference's edges under each mode), so the row times the ControlNet, not the annotators.
@@ -436,6 +443,16 @@ def ensure_models(models_dir: Path, family: str, scale: str, device: str) -> Pat
     return folder
 
 
+def ensure_lora(folder: Path) -> Path:
+    """The folder of the bench's random rank-16 LoRA for the models in `folder`, made once beside them."""
+    from ref2img.engines.local.random_models import save_random_lora
+
+    loras = folder.parent / f"{folder.name}-loras"
+    if not (loras / f"{LORA_NAME}.safetensors").exists():
+        save_random_lora(folder, loras / f"{LORA_NAME}.safetensors", rank=16)
+    return loras
+
+
 def photo() -> Image.Image:
     from skimage import data
 
@@ -504,6 +521,9 @@ def add_ratios(report: dict) -> dict:
             one = rows.get("controls-1")
             if row["lever"] in CONTROL_ROWS and one and "error" not in one:
                 row["s_per_image_vs_one_control"] = round(row["s_per_image"] / one["s_per_image"], 3)
+            exact = rows.get("exact")
+            if row["lever"] == "lora" and exact and "error" not in exact:
+                row["s_per_step_vs_exact"] = round(row["s_per_step"] / exact["s_per_step"], 3)
     return report
 
 
@@ -560,6 +580,9 @@ def print_table(report: dict) -> None:
         print(f"{row['batch']:>5} {row['lever']:22} {row['dtype']:9} {row['s_per_image']:>8} {row['images_per_s']:>8} "
               f"{row.get('vs_diffusers', ''):>10} {row.get('vs_off', ''):>6} {share:>6} {row['peak_memory_gib']:>8} "
               f"{row['first_call_s']:>8} {drift_text:>15} {psnr:>6} {ssim:>6} {verdict:>16}")
+    for row in report["rows"]:
+        if "s_per_step_vs_exact" in row:
+            print(f"a LoRA at b{row['batch']}: {row['s_per_step']} s/step, ×{row['s_per_step_vs_exact']} of exact's")
     several = [row for row in report["rows"] if "s_per_image_vs_one_control" in row]
     if several:
         print("several controls (s/image, × one control): " + ", ".join(

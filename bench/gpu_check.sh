@@ -4,14 +4,14 @@
 # mode, speed, a 24 GB cap), each lever alone, the approximations, intensity 1.0, the small-GPU figure,
 # the cold start and compile policy, every mode of the UNet families, sdxl-fast and SD1.5: in that order,
 # as far as BUDGET_S allows; the log names every phase it skipped. Each phase writes its JSON into $OUT
-# as it goes: log.txt, speed.json, zimage-modes.json, cold-start.json, modes.json (the device tool
+# as it goes: log.txt, speed.json, zimage-modes.json, presets.json, cold-start.json, modes.json (the device tool
 # brings back 8 files at most).
 #
 #   bash bench/gpu_wheels.sh                                 # here, once: the wheels the device lacks
 #   device run (carry .whl):  PHASES="$CALL1" bash bench/gpu_check.sh   # the first call (under 10 minutes)
 #   PHASES="$CALL2" bash bench/gpu_check.sh                              # the second call: the rest
 # with CALL1="build speed speed4 zimage-modes zimage-speed zimage-offload" and
-#      CALL2="build levers controls approximations intensity1 offload coldstart modes families".
+#      CALL2="build levers controls lora presets approximations intensity1 offload coldstart modes families".
 # The engine-speed figures (issue 24) come first, then the zimage family's (issue 23): neither is measured yet.
 #   bash bench/gpu_check.sh --smoke                          # the same plumbing on the CPU, tiny models
 set -uo pipefail
@@ -20,7 +20,7 @@ SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1
 OUT=${OUT:-out/gpu-check}
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 1500 || echo 570)}  # the smoke runs every phase
-PHASES=${PHASES:-"build speed speed4 zimage-modes zimage-speed zimage-offload levers controls approximations intensity1 offload coldstart modes families"}
+PHASES=${PHASES:-"build speed speed4 zimage-modes zimage-speed zimage-offload levers controls lora presets approximations intensity1 offload coldstart modes families"}
 PY=${PY:-python3}
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
@@ -37,7 +37,7 @@ if [ "$SMOKE" = 1 ]; then
   SCALE=tiny; DEVICE=cpu; RUNS=1; BATCH=2; SDXL_ARCH=tiny-sdxl; SD15_ARCH=tiny; FAST_ARCH=tiny-sdxl; ZIMAGE_ARCH=tiny-zimage
   ZIMAGE_LEVERS=off; ZIMAGE_CAP=()
   CORE_LEVERS=off,skip-idle-controlnet,exact,fuse-qkv,previews; SPEED4_LEVERS=off,fuse-qkv; PROFILED=exact
-  EXTRA_LEVERS=channels-last,cache-condition; FAMILY_LEVERS=off,fuse-qkv; CONTROLS_LEVERS=off,controls-1,controls-3; APPROX_LEVERS=off,controlnet-cond-only,cfg-cut
+  EXTRA_LEVERS=channels-last,cache-condition; FAMILY_LEVERS=off,fuse-qkv; CONTROLS_LEVERS=off,controls-1,controls-3; PRESETS_ARGS=(--smoke); APPROX_LEVERS=off,controlnet-cond-only,cfg-cut
   COLD_ARGS=(--size 512 --steps 2 --new-size 512x640); CAP_ARGS=(); MODES_ARGS=(--dtype bfloat16)
   STEPS_ARGS=(--steps 3); INTENSITY1_ARGS=(--no-flops --no-baseline)  # the plumbing, not the figures
 else
@@ -49,7 +49,7 @@ else
   EXTRA_LEVERS=skip-idle-controlnet,cache-condition,cache-prompts,decode-on-device,channels-last,fuse-qkv
   EXTRA_LEVERS=$EXTRA_LEVERS,compile-convs,compile-full,cuda-graphs,inductor-tuning,fp8
   FAMILY_LEVERS=off,all; APPROX_LEVERS=off,all,controlnet-cond-only,cfg-cut
-  CONTROLS_LEVERS=off,controls-1,controls-2,controls-3
+  CONTROLS_LEVERS=off,controls-1,controls-2,controls-3; PRESETS_ARGS=(--arches sd15,sdxl --device cuda)
   COLD_ARGS=(--size 1024 --compile-after 2); CAP_ARGS=(--memory-cap-gib 8); MODES_ARGS=(); STEPS_ARGS=(); INTENSITY1_ARGS=()
 fi
 SD15_DIR=$MODELS/sd15-$SCALE
@@ -111,6 +111,9 @@ phase levers 120 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --le
 # Several controls at once (issue 26): s/image with 1, 2 and 3 ready maps in one union ControlNet pass.
 phase controls 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --levers "$CONTROLS_LEVERS" \
   --row-timeout 240
+# A request's LoRA: its step cost against `exact` (issue 29); then what a switch between two presets costs.
+phase lora 60 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --levers exact,lora --row-timeout 240
+phase presets 60 "$PY" bench/presets.py --models-dir "$MODELS" --json "$OUT/presets.json" "${PRESETS_ARGS[@]}"
 phase approximations 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --levers "$APPROX_LEVERS" --row-timeout 240
 phase intensity1 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --intensity 1.0 --levers "$FAMILY_LEVERS" \
   "${INTENSITY1_ARGS[@]}" --row-timeout 240

@@ -20,8 +20,8 @@ def test_gpu_check_smoke(tmp_path):
                          timeout=1200, cwd=ROOT, env=env)
     log = run.stdout[-4000:] + run.stderr[-2000:]
     assert run.returncode == 0, log
-    assert sorted(path.name for path in out.iterdir()) == ["cold-start.json", "log.txt", "modes.json", "speed.json",
-                                                           "zimage-modes.json"]
+    assert sorted(path.name for path in out.iterdir()) == ["cold-start.json", "log.txt", "modes.json", "presets.json",
+                                                           "speed.json", "zimage-modes.json"]
     assert "skipped" not in log
 
     modes = json.loads((out / "modes.json").read_text())
@@ -30,14 +30,14 @@ def test_gpu_check_smoke(tmp_path):
     assert zimage["ok"] and len(zimage["jobs"]) == 8 and not [job for job in zimage["jobs"] if "refused" in job], log
 
     runs = json.loads((out / "speed.json").read_text())["runs"]
-    # speed, speed4, zimage-speed, zimage-offload, levers, controls, approximations, intensity1, offload,
+    # speed, speed4, zimage-speed, zimage-offload, levers, controls, lora, approximations, intensity1, offload,
     # families (2)
     assert [(run["setup"]["arch"], run["setup"]["batches"]) for run in runs] == [
         ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-sdxl", "1"),
         ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"),
-        ("tiny", "1")]
+        ("tiny-sdxl", "1"), ("tiny", "1")]
     assert not [row for run in runs for row in run["rows"] if "error" in row], log
-    speed, speed4, zimage_speed, _, levers, controls, approximations, intensity1, offload = runs[:9]
+    speed, speed4, zimage_speed, _, levers, controls, lora, approximations, intensity1, offload = runs[:10]
     rows = {(row["batch"], row["lever"]): row for row in speed["rows"] + speed4["rows"]}
     assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "exact"), (1, "fuse-qkv"),
                          (1, "previews"), (2, "diffusers"), (2, "off"), (2, "fuse-qkv")}, log
@@ -60,6 +60,10 @@ def test_gpu_check_smoke(tmp_path):
     assert several["controls-1"]["s_per_image_vs_one_control"] == 1.0
     assert several["controls-3"]["s_per_image_vs_one_control"] > 0
     assert several["controls-3"]["drift"]["max"] > 0  # three maps make another image than one
+    lora_row = next(row for row in lora["rows"] if row["lever"] == "lora")  # a LoRA's step cost, against exact
+    assert lora_row["s_per_step_vs_exact"] > 0 and lora_row["drift"]["max"] > 0
+    [presets] = json.loads((out / "presets.json").read_text())["runs"]
+    assert presets["setup"]["presets"] == ["tiny", "tiny-sdxl"] and all(s > 0 for s in presets["figures"].values())
     approximated = {row["lever"]: row for row in approximations["rows"]}
     for lever in ("controlnet-cond-only", "cfg-cut"):
         assert approximated[lever]["drift_class"] == "output-changing"

@@ -353,18 +353,34 @@ def _save_ip_adapter(folder: Path, unet, clip_embed_dim: int) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "ip-adapter.safetensors"))
 
 
-def _save_lora(folder: Path, family: str, unet) -> None:
-    """A UNet LoRA in diffusers' format (`pytorch_lora_weights.safetensors`), randomly initialised
-    on both sides so that it changes the output once fused."""
+def _save_lora(folder: Path, family: str, unet, rank: int = 4, weight_name: str | None = None) -> None:
+    """A UNet LoRA in diffusers' format (`pytorch_lora_weights.safetensors`, or `weight_name`), randomly
+    initialised on both sides so that it changes the output once fused."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     unet.add_adapter(
-        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+        LoraConfig(
+            r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+        )
     )
     saver = StableDiffusionPipeline if family == "sd15" else StableDiffusionXLPipeline
-    saver.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet))
+    extra = {"weight_name": weight_name} if weight_name else {}
+    saver.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet), **extra)
+
+
+def save_random_lora(model_dir: Path, out_file: Path, rank: int = 16) -> Path:
+    """A random UNet LoRA of rank `rank` for the UNet preset in `model_dir` (any scale), as `out_file`: a
+    LoRA of a common size for the benches (a request's `loras`)."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+
+    family = json.loads((model_dir / "ref2img-preset.json").read_text())["family"]
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "base" / "unet")
+    _save_lora(out_file.parent, family, unet, rank=rank, weight_name=out_file.name)
+    return out_file
 
 
 def _hidden_size(unet, processor_name: str) -> int:
