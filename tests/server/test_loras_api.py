@@ -14,7 +14,7 @@ def test_a_server_without_lora_folders_lists_none_and_refuses_them(server, cloud
     answer = httpx.post(f"{server.url}/v1/open/capacity/application/tm_reference_img2img", json=body,
                         headers=cloud.headers, timeout=10).json()
     assert answer["code"] == 680001
-    assert answer["msg"] == "loras[0].name: 'style' is not a LoRA of this server; it has none (the server has no --lora-dir)"
+    assert answer["msg"] == "loras[0].name: 'style' is not a LoRA of this server; it has none (no --lora-dir)"
     path = {**body, "loras": [{"name": "../etc/passwd"}]}  # never a path: refused by the protocol itself
     answer = httpx.post(f"{server.url}/v1/open/capacity/application/tm_reference_img2img", json=path,
                         headers=cloud.headers, timeout=10).json()

@@ -24,6 +24,14 @@ EXIT_USAGE = 2  # bad input
 EXIT_FAILURE = 1  # the engine or a model failed
 
 ControlOption = Annotated[str, typer.Option("--control", "-c", metavar="MODE", help="edge|pose|subject|depth, or 0..3")]
+LoraDirOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--lora-dir",
+        metavar="DIR",
+        help="a folder of LoRAs (.safetensors) a request may name in `loras`, by file name; repeatable",
+    ),
+]
 ModelOption = Annotated[
     str,
     typer.Option(

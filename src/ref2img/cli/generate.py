@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ref2img.cli._common import (
+    LoraDirOption,
     EXIT_USAGE,
     AppKeyOption,
     AppSecretOption,
@@ -102,9 +103,7 @@ def generate(
             help="a LoRA by name (a .safetensors of --lora-dir, or of the server's), weight 1 by default; repeatable",
         ),
     ] = None,
-    lora_dir: Annotated[
-        list[Path] | None, typer.Option("--lora-dir", metavar="DIR", help="where --lora's files are (in-process)")
-    ] = None,
+    lora_dir: LoraDirOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",

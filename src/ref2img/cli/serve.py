@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, NoReturn
 import typer
 
 from ref2img.cli._common import (
+    LoraDirOption,
     EXIT_USAGE,
     CloudCredentialsOption,
     CloudUrlOption,
@@ -63,14 +64,7 @@ def serve(
         ),
     ] = 0,
     part: PartOption = None,
-    lora_dirs: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--lora-dir",
-            metavar="DIR",
-            help="a folder of LoRAs (.safetensors) a request may name in `loras`, by file name; repeatable",
-        ),
-    ] = None,
+    lora_dirs: LoraDirOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
@@ -237,14 +231,7 @@ def worker(
     ],
     model: ModelOption = "sdxl",
     part: PartOption = None,
-    lora_dirs: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--lora-dir",
-            metavar="DIR",
-            help="a folder of LoRAs (.safetensors) a request may name in `loras`, by file name; repeatable",
-        ),
-    ] = None,
+    lora_dirs: LoraDirOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",

@@ -6,7 +6,7 @@ import errno
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -50,6 +50,7 @@ from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExce
 from ref2img.tasks.store.models import TaskRow
 
 router = APIRouter()
+Seeded = TypeVar("Seeded", CreateRequest, RepaintRequest)
 WIRE: dict[str, Any] = {"responses": openapi.ENVELOPE_RESPONSES, "response_model": None}  # see openapi.py
 
 
@@ -152,14 +153,18 @@ def submit_generation(svc: Services, request: Request, app_key: str, create: Cre
     other_preset = create.model not in (None, svc.backend.pool.default)  # only the local GPUs hold it
     local = create.local_only or other_preset
     route = route_local(svc, create) if local else route_generation(svc, app_key, images)
-    # The seed is decided here and stored with the task: a rerun after a crash makes the same images, and
-    # a resend under the same Idempotency-Key asks for the same seed, so it matches the first body.
-    key = _idempotency_key(request)
-    create = create.with_seed(derived_from=f"{app_key}\n{key}" if key else None)
+    create = _seeded(request, app_key, create)
     payload = create.model_dump(mode="json")
     task = _enqueue(svc, request, app_key, GENERATE, payload, create.params, create.callback, route)
     assert create.seed is not None  # with_seed
     return task.id, create.seed
+
+
+def _seeded(request: Request, app_key: str, wanted: Seeded) -> Seeded:
+    """The request with its seed decided here and stored with the task: a rerun after a crash makes the
+    same images, and a resend under the same Idempotency-Key asks for the same seed (so it matches)."""
+    key = _idempotency_key(request)
+    return wanted.with_seed(derived_from=f"{app_key}\n{key}" if key else None)
 
 
 def _with_preset(svc: Services, create: CreateRequest) -> CreateRequest:
@@ -171,15 +176,9 @@ def _with_preset(svc: Services, create: CreateRequest) -> CreateRequest:
             ErrorCode.INVALID_PARAMETER,
             f"model: {create.model[:100]!r} is not a preset of this server; it offers {', '.join(names)}",
         )
-    if create.loras:
-        available = svc.backend.loras()
-        for index, lora in enumerate(create.loras):
-            if lora.name not in available:
-                offered = ", ".join(sorted(available)) or "none (the server has no --lora-dir)"
-                raise ApiError(
-                    ErrorCode.INVALID_PARAMETER,
-                    f"loras[{index}].name: {lora.name!r} is not a LoRA of this server; it has {offered}",
-                )
+    problem = svc.backend.loras_problem(create.loras)
+    if problem is not None:
+        raise ApiError(ErrorCode.INVALID_PARAMETER, problem)
     if create.model is None and len(names) > 1:
         return create.model_copy(update={"model": svc.backend.pool.default})
     return create
@@ -190,8 +189,7 @@ def submit_repaint(svc: Services, request: Request, app_key: str, repaint: Repai
     images = {"init_image": repaint.init_image, "mask_url": repaint.mask_url}
     _check_inputs(svc, app_key, images, repaint.callback)
     route = route_generation(svc, app_key, images)
-    key = _idempotency_key(request)
-    repaint = repaint.with_seed(derived_from=f"{app_key}\n{key}" if key else None)
+    repaint = _seeded(request, app_key, repaint)
     payload = repaint.model_dump(mode="json")
     task = _enqueue(svc, request, app_key, REPAINT, payload, repaint.params, repaint.callback, route)
     assert repaint.seed is not None  # with_seed

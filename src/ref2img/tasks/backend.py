@@ -82,6 +82,18 @@ class Backend:
 
         return find_loras(self.settings.lora_dirs)
 
+    def loras_problem(self, loras: Any) -> str | None:
+        """Why a request's `loras` cannot run here (one its folders do not hold, by name), or None; read
+        before the task is queued."""
+        from ref2img.engines.base import EngineError
+        from ref2img.engines.local.loras import resolve_loras
+
+        try:
+            resolve_loras(loras or (), self.settings.lora_dirs)
+        except EngineError as exc:
+            return str(exc)
+        return None
+
     def _cloud_route(self) -> CloudRoute | None:
         if self.cloud_engine is None:
             return None
