@@ -40,6 +40,7 @@ def every_field_set() -> CreateRequest:
         "steps": 12,
         "guidance_scale": 3.5,
         "model": "sdxl-fast",
+        "loras": [{"name": "style", "weight": 0.5}],
     }
     assert set(values) == set(CreateRequest.model_fields), "a new field: give it a non-default value here"
     request = CreateRequest.model_validate(values)
