@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from ref2img.lifecycle import LOCAL
@@ -45,6 +46,7 @@ class _ClaimingThreads:
         self._worker = worker
         self._idle_poll_s = idle_poll_s
         self._stop = threading.Event()
+        self._loading: set[threading.Thread] = set()  # threads still waiting for the engine to load
         self._threads = [
             threading.Thread(target=self._work, name=f"ref2img-worker-{i}", daemon=True) for i in range(threads)
         ]
@@ -52,13 +54,22 @@ class _ClaimingThreads:
             thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop claiming, and wait (at most `timeout_s` in all) for the threads that run a step to end. One
+        still waiting for the engine to load holds no task: it is not waited for (daemon, it ends with
+        the process), so a server stopped while it loads stops at once."""
         self._stop.set()
         self._tasks.queued.notify()
+        deadline = time.monotonic() + timeout_s
         for thread in self._threads:
-            thread.join(timeout_s)
+            if thread not in self._loading:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
-        self._worker.wait_for_engine()
+        self._loading.add(threading.current_thread())
+        try:
+            self._worker.wait_for_engine()
+        finally:
+            self._loading.discard(threading.current_thread())
         while not self._stop.is_set():
             seen = self._tasks.queued.version
             try:
