@@ -112,7 +112,7 @@ phase levers 120 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --le
 phase controls 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --levers "$CONTROLS_LEVERS" \
   --row-timeout 240
 # A request's LoRA: its step cost against `exact` (issue 29); then what a switch between two presets costs.
-phase lora 60 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --levers exact,lora --row-timeout 240
+phase lora 60 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --levers off,exact,lora --row-timeout 240
 phase presets 60 "$PY" bench/presets.py --models-dir "$MODELS" --json "$OUT/presets.json" "${PRESETS_ARGS[@]}"
 phase approximations 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --levers "$APPROX_LEVERS" --row-timeout 240
 phase intensity1 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --intensity 1.0 --levers "$FAMILY_LEVERS" \
