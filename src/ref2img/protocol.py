@@ -236,6 +236,13 @@ def _strict_int(value: Any) -> Any:
     return value
 
 
+def _finite_number(value: Any) -> Any:
+    # Booleans are ints to Python, and NaN or infinity pass no range check: neither is a number here.
+    if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ValueError("not a finite number")
+    return value
+
+
 def random_seed(derived_from: str | None = None) -> int:
     """The seed of a request that names none: random, or (for a request that may be resent, such as one
     with an idempotency key) derived from `derived_from`, so that the resend asks for the same images."""
@@ -306,12 +313,7 @@ class LoraRef(BaseModel):
     name: str = Field(min_length=1, max_length=MAX_MODEL_NAME_CHARS, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     weight: float = Field(default=1.0, ge=LORA_WEIGHT_RANGE[0], le=LORA_WEIGHT_RANGE[1], strict=True)
 
-    @field_validator("weight", mode="before")
-    @classmethod
-    def _finite(cls, value: Any) -> Any:
-        if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
-            raise ValueError("not a finite number")
-        return value
+    _weight = field_validator("weight", mode="before")(_finite_number)
 
 
 class CreateRequest(BaseModel):
@@ -382,12 +384,7 @@ class CreateRequest(BaseModel):
     def _integers(cls, value: Any) -> Any:
         return _strict_int(value)
 
-    @field_validator("control_intensity", "guidance_scale", mode="before")
-    @classmethod
-    def _finite_number(cls, value: Any) -> Any:
-        if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
-            raise ValueError("not a finite number")
-        return float(value) if isinstance(value, int) else value
+    _numbers = field_validator("control_intensity", "guidance_scale", mode="before")(_finite_number)
 
     def resolved_init_image(self) -> str | None:
         """The init image the engine uses: subject mode (2) needs one and defaults to the reference (not

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 
-from ref2img.protocol import BATCH_SIZE_RANGE, SEED_RANGE, SIZE_RANGE, STEPS_RANGE, ControlType, ErrorCode
+from ref2img.protocol import (
+    BATCH_SIZE_RANGE,
+    SEED_RANGE,
+    SIZE_RANGE,
+    STEPS_RANGE,
+    ControlType,
+    ErrorCode,
+    renamed_field,
+)
 
 PATHS = ("/v1/images/", "/v1/models")  # the routes whose errors are in OpenAI's envelope
 MODEL_PREFIX = "ref2img-"
@@ -154,7 +162,7 @@ class EditForm:
     response_format: str
     stream: bool
     partial_images: int
-    extras: dict  # our own fields, as the wire names them: control_intensity, seed, negative_prompt
+    extras: dict  # our own fields as the wire names them (control_intensity, seed, negative_prompt, steps, guidance)
 
     @classmethod
     def parse(cls, form: Mapping[str, str], presets: list[str]) -> EditForm:
@@ -168,21 +176,14 @@ class EditForm:
         partial = integer(form, "partial_images", 0, low, high)
         if partial is None or not low <= partial <= high:
             raise bad_request("partial_images", f"must be an integer from {low} to {high} (got {partial})")
-        extras: dict = {}
-        intensity = number(form, "control_intensity")
-        if intensity is not None:
-            extras["control_intensity"] = intensity
-        seed = integer(form, "seed", None, *SEED_RANGE)
-        if seed is not None:
-            extras["seed"] = seed
-        if form.get("negative_prompt"):
-            extras["negative_prompt"] = str(form["negative_prompt"])
-        steps = integer(form, "steps", None, *STEPS_RANGE)
-        if steps is not None:
-            extras["steps"] = steps
-        guidance = number(form, "guidance_scale")
-        if guidance is not None:
-            extras["guidance_scale"] = guidance
+        given = {
+            "control_intensity": number(form, "control_intensity"),
+            "seed": integer(form, "seed", None, *SEED_RANGE),
+            "negative_prompt": str(form.get("negative_prompt") or "") or None,
+            "steps": integer(form, "steps", None, *STEPS_RANGE),
+            "guidance_scale": number(form, "guidance_scale"),
+        }
+        extras = {field: value for field, value in given.items() if value is not None}
         mode, preset = parse_model(form.get("model"), presets)
         return cls(
             prompt=str(form.get("prompt") or ""),
@@ -241,8 +242,8 @@ def from_wire_error(code: int, message: str, status: int, headers: Mapping[str, 
         http_status = 404  # an unknown route
     param = None
     found = _FIELD.match(message)
-    if found and code != ErrorCode.UNAUTHORIZED and code != ErrorCode.BUSY:
+    if found and code not in (ErrorCode.UNAUTHORIZED, ErrorCode.BUSY):
         field = found.group(1)
         param = PARAM_OF_FIELD.get(field.split("[")[0].split(".")[0], field)
-        message = f"{param}: {message[found.end() :]}" if field in PARAM_OF_FIELD else message
+        message = renamed_field(message, PARAM_OF_FIELD)
     return OpenAIError(http_status, message, param=param, code=error_code, type=kind, headers=headers)
