@@ -24,9 +24,12 @@ LEASE_S = 30.0
 class RecordingRunner:
     """A `TaskRunner`: claims like the `Worker`, then finishes the task at once and remembers it."""
 
-    def __init__(self, store: Store, route: str = LOCAL, engine_ready: threading.Event | None = None):
+    def __init__(
+        self, store: Store, route: str = LOCAL, engine_ready: threading.Event | None = None, presets=("sdxl",)
+    ):
         self.route = route
-        self.owner = f"contract-{route}"
+        self.presets = presets
+        self.owner = f"contract-{route}-{'-'.join(presets)}"
         self.store = store
         self.ran: list[str] = []
         self.engine_ready = engine_ready or threading.Event()
@@ -39,7 +42,7 @@ class RecordingRunner:
         self.waited_for_engine.set()
 
     def run_next(self) -> bool:
-        task = self.store.tasks.claim_next(self.owner, LEASE_S, self.route)
+        task = self.store.tasks.claim_next(self.owner, LEASE_S, self.route, self.presets)
         if task is None:
             return False
         self._run(task.id)
@@ -77,10 +80,10 @@ def queue(queue_url, store):
     instance.close()
 
 
-def commit(store: Store, route: str = LOCAL) -> str:
+def commit(store: Store, route: str = LOCAL, preset: str | None = None) -> str:
     task, _ = store.tasks.create_idempotent(
         app_key="ak_q", kind="img2img", request={"prompt": "p"}, params=None, callback=None,
-        idempotency_key=None, timeout_s=600, queue_limit=100, route=route,
+        idempotency_key=None, timeout_s=600, queue_limit=100, route=route, preset=preset,
     )
     return task.id
 
@@ -116,6 +119,27 @@ def test_a_task_goes_only_to_the_runners_of_its_route(queue, store):
         queue.send(to_cloud, CLOUD)
         wait_for(lambda: local.ran and cloud.ran)
         assert (local.ran, cloud.ran) == ([to_local], [to_cloud])
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+
+
+def test_a_generation_naming_a_preset_goes_only_to_a_runner_holding_it(queue, store):
+    sdxl, zimage = RecordingRunner(store, presets=("sdxl",)), RecordingRunner(store, presets=("zimage-turbo",))
+    consumers = [queue.consume(sdxl, threads=1), queue.consume(zimage, threads=1)]
+    try:
+        for_sdxl = [commit(store, preset="sdxl") for _ in range(3)]
+        for_zimage = [commit(store, preset="zimage-turbo") for _ in range(3)]
+        for task_id in for_sdxl:
+            queue.send(task_id, LOCAL, "sdxl")
+        for task_id in for_zimage:
+            queue.send(task_id, LOCAL, "zimage-turbo")
+        wait_for(lambda: len(sdxl.ran) + len(zimage.ran) == 6)
+        assert (sorted(sdxl.ran), sorted(zimage.ran)) == (sorted(for_sdxl), sorted(for_zimage))
+        orphan = commit(store, preset="flux")  # no runner holds it: it waits, queued
+        queue.send(orphan, LOCAL, "flux")
+        time.sleep(0.3)
+        assert store.tasks.get(orphan).status == TaskStatus.QUEUED
     finally:
         for consumer in consumers:
             consumer.stop()
@@ -174,7 +198,7 @@ def test_a_send_the_broker_missed_is_run_after_redeliver(store, redis_server):
         redis_server.stop()
         task_id = commit(store)
         queue.send(task_id, LOCAL)  # must not raise
-        assert store.tasks.unsent_queued(older_than_s=float("inf")) == [(task_id, LOCAL)]
+        assert store.tasks.unsent_queued(older_than_s=float("inf")) == [(task_id, LOCAL, None)]
         redis_server.start()
         consumer = queue.consume(runner, threads=1)
         try:

@@ -272,7 +272,7 @@ def test_a_stopping_worker_gives_its_task_back_uncounted(store):
     back = store.tasks.get(task.id)
     assert back.status == TaskStatus.QUEUED and back.lease_owner is None and back.progress == 0
     assert back.attempts == 0  # a stop is no failed attempt
-    assert store.tasks.unsent_queued(older_than_s=10**9) == [(task.id, "local")]  # sent again to a live worker
+    assert store.tasks.unsent_queued(older_than_s=10**9) == [(task.id, "local", None)]  # sent again to a live worker
     assert not store.tasks.release(task.id, "w1")  # no longer running
     assert store.tasks.claim(task.id, "w2", lease_s=30).attempts == 1
 
@@ -282,9 +282,9 @@ def test_unsent_queued_tasks_are_found_for_resending(store):
     second, _ = new_task(store)
     third, _ = new_task(store, route="cloud")
     store.tasks.mark_sent([first.id])
-    assert store.tasks.unsent_queued(older_than_s=60) == [(second.id, "local"), (third.id, "cloud")]
+    assert store.tasks.unsent_queued(older_than_s=60) == [(second.id, "local", None), (third.id, "cloud", None)]
     time.sleep(0.05)
-    assert {task_id for task_id, _ in store.tasks.unsent_queued(older_than_s=0.01)} == {first.id, second.id, third.id}
+    assert {task_id for task_id, _, _ in store.tasks.unsent_queued(older_than_s=0.01)} == {first.id, second.id, third.id}
 
 
 def test_each_route_has_its_own_queue(store):
@@ -299,6 +299,21 @@ def test_each_route_has_its_own_queue(store):
     assert store.tasks.active_count("cloud") == (1, 1)
 
 
+def test_a_generation_naming_a_preset_waits_for_a_worker_holding_it(store):
+    sdxl, _ = new_task(store, preset="sdxl")
+    zimage, _ = new_task(store, preset="zimage-turbo")
+    later_zimage, _ = new_task(store, preset="zimage-turbo")
+    any_worker, _ = new_task(store)  # control maps, repaint: no preset
+    assert store.tasks.position(store.tasks.get(later_zimage.id)) == 1  # behind its own preset's task only
+    assert store.tasks.active_count("local", "zimage-turbo") == (2, 0)
+    assert store.tasks.unsent_queued(older_than_s=float("inf"))[0] == (sdxl.id, "local", "sdxl")
+    assert store.tasks.claim_next("z", lease_s=30, presets=("zimage-turbo",)).id == zimage.id
+    assert store.tasks.claim_next("z", lease_s=30, presets=("zimage-turbo",)).id == later_zimage.id
+    assert store.tasks.claim_next("z", lease_s=30, presets=("zimage-turbo",)).id == any_worker.id
+    assert store.tasks.claim_next("z", lease_s=30, presets=("zimage-turbo",)) is None  # never the sdxl task
+    assert store.tasks.claim_next("s", lease_s=30, presets=("sdxl",)).id == sdxl.id
+
+
 def test_a_cloud_task_falls_back_to_the_local_queue_once(store):
     task, _ = new_task(store, route="cloud")
     store.tasks.claim_next("follower", lease_s=30, route="cloud")
@@ -307,7 +322,7 @@ def test_a_cloud_task_falls_back_to_the_local_queue_once(store):
     assert not store.tasks.fall_back(task.id, "follower")  # already moved: never twice
     moved = store.tasks.get(task.id)
     assert (moved.status, moved.route, moved.lease_owner, moved.fallbacks) == (TaskStatus.QUEUED, "local", None, 1)
-    assert store.tasks.unsent_queued(older_than_s=float("inf")) == [(task.id, "local")]
+    assert store.tasks.unsent_queued(older_than_s=float("inf")) == [(task.id, "local", None)]
     assert store.tasks.claim_next("gpu", lease_s=30).id == task.id
     assert store.tasks.route_counts() == ({"local": 1}, 1)
 
@@ -376,7 +391,7 @@ def test_nodes_starting_at_once_migrate_once(backend, tmp_path, request):
     try:
         assert errors == [] and len(stores) == 4
         with stores[0].db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
         new_task(stores[1])
         assert stores[2].tasks.count_by_status() == {TaskStatus.QUEUED: 1}
     finally:

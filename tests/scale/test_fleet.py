@@ -42,10 +42,10 @@ class Fleet:
         self.api = Server(tmp_path / "api", tiny_model, *common, *api_extra, env=env).start()
         self.workers: list[subprocess.Popen] = []
 
-    def start_worker(self, *extra: str, env=None) -> subprocess.Popen:
+    def start_worker(self, *extra: str, env=None, model=None) -> subprocess.Popen:
         log = open(self.tmp_path / f"worker-{len(self.workers)}.log", "ab")
         command = [sys.executable, "-m", "ref2img.cli", "worker", "--queue", self.redis, "--db", self.db,
-                   "--storage", str(self.storage), "--model", self.model,  # its public URL: from the store
+                   "--storage", str(self.storage), "--model", str(model or self.model),  # its public URL: from the store
                    "--part", f"steps={self.steps}", "--lease", "3", "--data-dir", str(self.tmp_path / "w"),
                    "--log-level", "warning", "--allow-private-urls", *extra]
         process = subprocess.Popen(command, stdout=log, stderr=log,
@@ -282,6 +282,7 @@ def test_overflow_goes_through_the_cloud_queue_to_a_cloud_worker(tmp_path, tiny_
         fleet.start_worker()  # a GPU worker: the local queue
         fleet.start_worker("--engine", "tomoviee", "--cloud-url", fake.url, env=CLOUD_ENV)  # the cloud queue's
         cloud = cloud_for(fleet)
+        wait_until_held(fleet, cloud, "tiny")  # until then, no local worker holds the preset: the cloud gets it
         reference = image_host.url("/astronaut.png")  # public: the cloud fetches it as it is
         first = cloud.create_id(img2img_body(reference))
         second = cloud.create_id(img2img_body(reference))
@@ -293,3 +294,44 @@ def test_overflow_goes_through_the_cloud_queue_to_a_cloud_worker(tmp_path, tiny_
     finally:
         fleet.close()
         fake.close()
+
+
+def wait_until_held(fleet: Fleet, cloud: Cloud, preset: str, timeout_s: float = 90) -> dict:
+    """The API node's /v1/info entry of `preset`, once a live worker's heartbeat says it holds it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        info = httpx.get(f"{fleet.api.url}/v1/info", headers=cloud.headers).json()["data"]
+        entry = next(p for p in info["presets"] if p["name"] == preset)
+        if entry["workers"] or time.monotonic() > deadline:
+            return entry
+        time.sleep(0.2)
+
+
+def test_each_preset_goes_to_the_workers_holding_it(tmp_path, tiny_sd15, tiny_sdxl, astronaut, postgres_url,
+                                                    redis_server):
+    """An API node offering two presets; one worker a preset. A task for a preset no live worker holds
+    waits, saying so, and runs once a worker holding it starts; none runs on the wrong worker."""
+    fleet = Fleet(tmp_path, tiny_sd15, 20, postgres_url, redis_server.url, api_extra=("--model", str(tiny_sdxl)))
+    try:
+        cloud = cloud_for(fleet)
+        fleet.start_worker()  # holds tiny (sd15) only
+        assert wait_until_held(fleet, cloud, "tiny")["workers"] == 1
+        for_sd15 = cloud.create_id(img2img_body(data_uri(astronaut)))
+        for_sdxl = cloud.create_id(img2img_body(data_uri(astronaut), model="tiny-sdxl"))
+        assert cloud.wait_final(for_sd15, timeout_s=120)["status"] == 3
+        waiting = cloud.query(for_sdxl)["data"]
+        assert waiting["status"] == 1 and "no live worker holds preset 'tiny-sdxl'" in waiting["reason"]
+        assert waiting["wait_time"] > 60  # the time left to its deadline, not a made-up estimate
+        entry = httpx.get(f"{fleet.api.url}/v1/info", headers=cloud.headers).json()["data"]["presets"]
+        assert {p["name"]: p["workers"] for p in entry} == {"tiny": 1, "tiny-sdxl": 0}
+
+        fleet.start_worker(model=tiny_sdxl)  # holds tiny-sdxl only
+        done = cloud.wait_final(for_sdxl, timeout_s=120)
+        assert done["status"] == 3, done
+        more = [cloud.create_id(img2img_body(data_uri(astronaut), model=name, seed=i))
+                for i, name in enumerate(["tiny", "tiny-sdxl"] * 3)]
+        assert [cloud.wait_final(task_id, timeout_s=120)["status"] for task_id in more] == [3] * 6
+        tasks = httpx.get(f"{fleet.api.url}/v1/tasks", headers=cloud.headers).json()["data"]["tasks"]
+        assert {t["settings"]["model"] for t in tasks} == {"tiny", "tiny-sdxl"}
+    finally:
+        fleet.close()

@@ -26,7 +26,6 @@ from ref2img.cli._common import (
     DtypeOption,
     LeaseOption,
     MaxImageOption,
-    ModelOption,
     OffloadOption,
     PartOption,
     QueueOption,
@@ -39,30 +38,34 @@ from ref2img.client import DEFAULT_BASE_URL as DEFAULT_CLOUD_URL
 from ref2img.images import DEFAULT_MAX_IMAGE_MB
 
 
+ModelsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="PRESET|DIR|FILE",
+        help="preset (sdxl, sdxl-fast, sd15, zimage-turbo), a tiny-model DIR or a preset file; repeat it to "
+        "serve several, which a request picks by name (`model`): the first is the default",
+    ),
+]
+MaxLoadedOption = Annotated[
+    int,
+    typer.Option(
+        "--max-loaded",
+        metavar="N",
+        min=0,
+        help="presets held loaded at once, the least recently used unloaded for another; 0: auto (all on "
+        "a CPU, on a GPU as many as its free memory holds)",
+    ),
+]
+
+
 def serve(
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 8080,
     data_dir: DataDirOption = Path("ref2img-data"),
-    models: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="PRESET|DIR|FILE",
-            help="preset (sdxl, sdxl-fast, sd15, zimage-turbo), a tiny-model DIR or a preset file; repeat it to "
-            "serve several, which a request picks by name (`model`): the first is the default",
-        ),
-    ] = None,
-    max_loaded: Annotated[
-        int,
-        typer.Option(
-            "--max-loaded",
-            metavar="N",
-            min=0,
-            help="presets held loaded at once, the least recently used unloaded for another; 0: auto (all on "
-            "a CPU, on a GPU as many as its free memory holds)",
-        ),
-    ] = 0,
+    models: ModelsOption = None,
+    max_loaded: MaxLoadedOption = 0,
     part: PartOption = None,
     lora_dirs: LoraDirOption = None,
     device: DeviceOption = None,
@@ -229,7 +232,17 @@ def worker(
             help="a directory every node mounts, or s3://bucket/prefix",
         ),
     ],
-    model: ModelOption = "sdxl",
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="PRESET|DIR|FILE",
+            help="preset (sdxl, sdxl-fast, sd15, zimage-turbo), a tiny-model DIR or a preset file; repeat it to "
+            "hold several: this worker takes the generations naming one of them, and says so to the API nodes",
+        ),
+    ] = None,
+    max_loaded: MaxLoadedOption = 0,
     part: PartOption = None,
     lora_dirs: LoraDirOption = None,
     device: DeviceOption = None,
@@ -265,10 +278,13 @@ def worker(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
+    model, *more_models = models or ["sdxl"]
     settings = node_settings(
         data_dir=data_dir,
         engine_options=(model, part, device, dtype, offload, compile_kind, compile_after, approximate),
         lora_dirs=tuple(str(folder) for folder in lora_dirs or ()),
+        more_models=tuple(more_models),
+        max_loaded=max_loaded,
         allow_private_urls=allow_private_urls,
         task_timeout_s=task_timeout,
         db_url=db,

@@ -112,6 +112,7 @@ def _enqueue(
     params: str | None,
     callback: str | None,
     route: str,
+    preset: str | None = None,
 ) -> TaskRow:
     """Store and queue one task (or find the one this Idempotency-Key already made)."""
     engine = svc.engine.state
@@ -130,6 +131,7 @@ def _enqueue(
             queue_limit=svc.settings.queue_limit,
             quota=_quota(svc, app_key),
             route=route,
+            preset=preset,
         )
     except (QueueFull, QuotaExceeded) as exc:
         raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
@@ -139,7 +141,7 @@ def _enqueue(
             "Idempotency-Key: already used with a different request body; send a new key for a new request",
         ) from None
     if created:
-        svc.queue.send(task.id, task.route)
+        svc.queue.send(task.id, task.route, task.preset)
     return task
 
 
@@ -152,10 +154,11 @@ def submit_generation(svc: Services, request: Request, app_key: str, create: Cre
     _check_inputs(svc, app_key, {**images, **control_images}, create.callback)
     other_preset = create.model not in (None, svc.backend.pool.default)  # only the local GPUs hold it
     local = create.local_only or other_preset
-    route = route_local(svc, create) if local else route_generation(svc, app_key, images)
+    preset = None if svc.settings.cloud_only else (create.model or svc.backend.pool.default)
+    route = route_local(svc, create) if local else route_generation(svc, app_key, images, preset)
     create = _seeded(request, app_key, create)
     payload = create.model_dump(mode="json")
-    task = _enqueue(svc, request, app_key, GENERATE, payload, create.params, create.callback, route)
+    task = _enqueue(svc, request, app_key, GENERATE, payload, create.params, create.callback, route, preset)
     assert create.seed is not None  # with_seed
     return task.id, create.seed
 
@@ -382,7 +385,7 @@ def info(request: Request, app_key: AppKey) -> dict:
             "version": __version__,
             "engine": svc.settings.engine,
             "preset": svc.backend.preset_summary(),
-            "presets": svc.backend.presets_summary(),
+            "presets": _presets_with_holders(svc),
             "modes": {mode.value: mode.label for mode in ControlType},
             "statuses": {str(int(status)): status.label for status in TaskStatus},
             "ranges": {
@@ -398,6 +401,19 @@ def info(request: Request, app_key: AppKey) -> dict:
             "controls": {"max": MAX_CONTROLS, "types": list(CONTROL_MODES)},
         }
     )
+
+
+def _presets_with_holders(svc: Services) -> list[dict]:
+    """Each preset with its state: this process's load state (embedded), or, on a fleet's API node, how
+    many live workers hold it (a task for one that none holds waits, saying so)."""
+    presets = svc.backend.presets_summary()
+    if svc.settings.embedded or svc.settings.cloud_only:
+        return presets
+    held = svc.presets_held()
+    for preset in presets:
+        preset["workers"] = held.get(preset["name"], 0)
+        preset["state"] = f"held by {preset['workers']} live worker(s)" if preset["workers"] else "no live worker"
+    return presets
 
 
 @router.get("/v1/loras", **WIRE)

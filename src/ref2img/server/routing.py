@@ -4,7 +4,9 @@
   fetch: public ones, or (with an explicit --public-url) signed URLs of this server for uploads and
   data URIs; without --public-url those are refused here, before anything is queued.
 - `--overflow tomoviee --overflow-after S`: a generation goes to the cloud when its estimated wait on
-  the local GPUs is over S seconds (and the cloud can fetch its images); recognition stays local.
+  the local GPUs that hold its preset is over S seconds, or none holds it (and the cloud can fetch its
+  images); recognition stays local, and so does a generation naming a preset other than the default
+  (the cloud runs its own model, not that one).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from ref2img.server.services import Services
 from ref2img.lifecycle import CLOUD, LOCAL
 
 
-def route_generation(svc: Services, app_key: str, images: dict[str, str | None]) -> str:
+def route_generation(svc: Services, app_key: str, images: dict[str, str | None], preset: str | None = None) -> str:
     settings = svc.settings
     if not settings.uses_cloud:
         return LOCAL
@@ -36,7 +38,7 @@ def route_generation(svc: Services, app_key: str, images: dict[str, str | None])
     cloud = svc.backend.cloud_engine
     if needs_url or cloud is None or cloud.state.failed:
         return LOCAL
-    return CLOUD if local_wait_s(svc) > settings.overflow_after_s else LOCAL
+    return CLOUD if local_wait_s(svc, preset) > settings.overflow_after_s else LOCAL
 
 
 def route_local(svc: Services, create: CreateRequest) -> str:
@@ -69,8 +71,12 @@ def route_recognition(svc: Services) -> str:
     return LOCAL
 
 
-def local_wait_s(svc: Services) -> float:
-    """A new task's wait on the local GPUs: the local tasks ahead of it, shared by the local workers,
-    at the moving average run time."""
-    queued, running = svc.store.tasks.active_count(LOCAL)
-    return (queued + running) / max(1, svc.worker_count()) * svc.estimate.seconds
+def local_wait_s(svc: Services, preset: str | None = None) -> float:
+    """A new task's wait on the local GPUs: the local tasks ahead of it (of its preset), shared by the
+    local workers (that hold it), at the moving average run time. Endless while no live worker holds
+    its preset: the cloud takes it then (overflow is per preset)."""
+    workers = svc.worker_count(preset)
+    if workers == 0:
+        return float("inf")
+    queued, running = svc.store.tasks.active_count(LOCAL, preset)
+    return (queued + running) / workers * svc.estimate.seconds

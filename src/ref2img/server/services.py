@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from ref2img.auth.keys import KeyVerifier
+from ref2img.lifecycle import LOCAL
 from ref2img.server.callbacks import CallbackSender
 from ref2img.server.sessions import Sessions
 from ref2img.server.studio import SignInLink
@@ -58,16 +59,28 @@ class Services:
         )
         self._consumers: list[Consumer] = []
 
-    def worker_count(self) -> int:
-        """Workers sharing the local queue: this process's threads, or the fleet's live GPU workers
-        (cloud followers, `ref2img worker --engine tomoviee`, take only the cloud queue)."""
+    def worker_count(self, preset: str | None = None) -> int:
+        """Workers sharing the local queue (of `preset`, when given): this process's threads, or the
+        fleet's live GPU workers (cloud followers, `ref2img worker --engine tomoviee`, take only the cloud
+        queue). 0 only for a preset that no live worker holds."""
+        if preset is not None:
+            return self.presets_held().get(preset, 0)
         if self.settings.embedded:
             return self.settings.workers
         alive = self.store.fleet.alive(within_s=3 * self.settings.lease_s)
         return max(1, sum(1 for row in alive if not row.id.startswith(f"{CLOUD_WORKER_KIND}-")))
 
+    def presets_held(self) -> dict[str, int]:
+        """Preset -> the local workers that hold it: this process's threads (every preset of its pool),
+        or the fleet's live workers, as their heartbeats say."""
+        if self.settings.embedded:
+            return dict.fromkeys(self.backend.preset_names, self.settings.workers)
+        return self.store.fleet.presets_held(within_s=3 * self.settings.lease_s)
+
     def task_data(self, task: TaskRow, base_url: str) -> dict:
-        workers = self.worker_count() if task.status == 1 else 1
+        queued_local = task.status == 1 and task.route == LOCAL
+        workers = self.worker_count(task.preset if queued_local else None) if task.status == 1 else 1
+        unheld = queued_local and task.preset is not None and workers == 0
         return task_data(
             task,
             tasks=self.store.tasks,
@@ -75,6 +88,12 @@ class Services:
             base_url=base_url,
             estimate=self.estimate,
             workers=workers,
+            waiting_for=(
+                f"no live worker holds preset {task.preset!r}: it waits for one (ref2img worker --model "
+                f"{task.preset}) until its deadline"
+                if unheld
+                else ""
+            ),
         )
 
     def _callback_body(self, task_id: str) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from ref2img.lifecycle import RECOGNIZE
 from ref2img.protocol import TaskStatus
@@ -13,11 +14,22 @@ from ref2img.tasks.store.tasks import TaskStore
 
 
 def task_data(
-    task: TaskRow, *, tasks: TaskStore, storage: Storage, base_url: str, estimate: DurationEstimate, workers: int
+    task: TaskRow,
+    *,
+    tasks: TaskStore,
+    storage: Storage,
+    base_url: str,
+    estimate: DurationEstimate,
+    workers: int,
+    waiting_for: str = "",
 ) -> dict:
+    """`waiting_for`: why a queued task cannot start (no live worker holds its preset): its `reason`, and
+    its `wait_time` is then the time left to its deadline, the longest it can wait."""
     status = TaskStatus(task.status)
     position = tasks.position(task)
-    if status == TaskStatus.QUEUED:
+    if status == TaskStatus.QUEUED and waiting_for:
+        wait = max(0.0, task.deadline - time.time())
+    elif status == TaskStatus.QUEUED:
         wait = (position // max(workers, 1) + 1) * estimate.seconds
     elif status == TaskStatus.PROCESSING and task.remote_wait_s is not None:
         wait = task.remote_wait_s  # in the cloud: the cloud's own estimate
@@ -36,7 +48,7 @@ def task_data(
         "status": int(status),
         "progress": task.progress,
         "process": task.progress,
-        "reason": task.reason,
+        "reason": waiting_for or task.reason,
         "position": position,
         "wait_time": round(wait, 1),
         "params": task.params or "",

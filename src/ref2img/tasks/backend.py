@@ -113,7 +113,8 @@ class Backend:
     def _fall_back_to_local(self, task_id: str, owner: str) -> bool:
         if not self.store.tasks.fall_back(task_id, owner):
             return False
-        self.queue.send(task_id, LOCAL)
+        task = self.store.tasks.get(task_id)
+        self.queue.send(task_id, LOCAL, task.preset if task is not None else None)
         return True
 
     @property
@@ -136,6 +137,7 @@ class Backend:
             lease_s=self.settings.lease_s,
             record=not embedded,
             route=route,
+            presets=tuple(self.pool.names) if route == LOCAL and not self.settings.cloud_only else (),
         )
 
     def close(self) -> None:

@@ -36,11 +36,15 @@ class Worker:
         lease_s: float,
         record: bool = True,
         route: str = LOCAL,
+        presets: tuple[str, ...] = (),
     ):
         """`record`: add each task's time to this worker's totals in the store (`/metrics` of a fleet);
         the embedded server skips that write, as it has one worker and no per-worker metrics.
-        `route`: the tasks it takes, the local GPUs' or the cloud's (which it follows, GPU-free)."""
+        `route`: the tasks it takes, the local GPUs' or the cloud's (which it follows, GPU-free).
+        `presets`: those it holds; it takes only the generations naming one of them, and its heartbeat
+        tells the API nodes (a task for a preset no live worker holds says so while it waits)."""
         self.route = route
+        self.presets = presets
         self.owner = f"{kind}-{socket.gethostname()[:32]}-{os.getpid()}-{secrets.token_hex(3)}"  # fits lease_owner
         self.lease_s = lease_s
         self._record = record
@@ -65,7 +69,8 @@ class Worker:
         """Claim the oldest queued task and run it; False when none waits (or this worker is stopping)."""
         if self._stop.is_set():
             return False
-        task = self._tasks.claim_next(self.owner, self.lease_s, self.route)
+        held = self.presets if self.route == LOCAL else None  # a cloud follower takes every preset's task
+        task = self._tasks.claim_next(self.owner, self.lease_s, self.route, held)
         if task is None:
             return False
         self._run(task)
@@ -98,7 +103,7 @@ class Worker:
         with self._lock:
             running = list(self._running)
         self._tasks.extend_lease(running, self.owner, self.lease_s)
-        self._fleet.heartbeat(self.owner)
+        self._fleet.heartbeat(self.owner, self.presets)
 
     def start(self) -> None:
         self.keep_alive()

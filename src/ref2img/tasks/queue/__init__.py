@@ -24,10 +24,11 @@ class TaskRunner(Protocol):
     """What a queue hands its tasks to (the `Worker`)."""
 
     route: str  # the tasks it takes
+    presets: tuple[str, ...]  # the presets it holds: of the generations naming one, it takes only theirs
 
     def wait_for_engine(self) -> None: ...
     def run_next(self) -> bool:
-        """Claim the oldest queued task of the route and run it; False when none waits."""
+        """Claim the oldest queued task of the route (and of its presets) and run it; False when none waits."""
 
     def run_by_id(self, task_id: str) -> None:
         """Run the named task unless it is running elsewhere or finished."""
@@ -38,12 +39,13 @@ class Consumer(Protocol):
 
 
 class TaskQueue(Protocol):
-    def send(self, task_id: str, route: str = LOCAL) -> None:
-        """Tell the workers of `route` about a committed task. Never raises: a task the queue could not
-        take waits in the store, and `redeliver` sends it later (accepted means kept)."""
+    def send(self, task_id: str, route: str = LOCAL, preset: str | None = None) -> None:
+        """Tell the workers of `route` (those holding `preset`, when the task names one) about a committed
+        task. Never raises: a task the queue could not take waits in the store, and `redeliver` sends it
+        later (accepted means kept)."""
 
     def consume(self, runner: TaskRunner, threads: int) -> Consumer:
-        """Start handing tasks of `runner.route` to `runner` on `threads` threads of this process."""
+        """Start handing tasks of `runner.route` (and `runner.presets`) to `runner` on `threads` threads."""
 
     def redeliver(self, lease_s: float) -> int:
         """Send again what the queue lost (housekeeping); returns how many."""

@@ -22,7 +22,7 @@ class EmbeddedQueue:
         self.tasks = tasks
         self.idle_poll_s = idle_poll_s
 
-    def send(self, task_id: str, route: str = LOCAL) -> None:
+    def send(self, task_id: str, route: str = LOCAL, preset: str | None = None) -> None:
         """Nothing to send: `TaskStore.create` already woke the idle workers."""
 
     def consume(self, worker: TaskRunner, threads: int) -> _ClaimingThreads:

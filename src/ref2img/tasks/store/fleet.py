@@ -14,14 +14,21 @@ class Fleet:
     def __init__(self, db: Database):
         self._db = db
 
-    def heartbeat(self, worker_id: str) -> None:
+    def heartbeat(self, worker_id: str, presets: tuple[str, ...] = ()) -> None:
+        """The worker is alive, holding `presets` (the generations it takes)."""
         now = time.time()
+        held = ",".join(presets)
         with self._db.session() as session:
             row = session.get(WorkerRow, worker_id)
             if row is None:
-                session.add(WorkerRow(id=worker_id, heartbeat_at=now, tasks_done=0, busy_s=0.0, steps=0, step_s=0.0))
+                session.add(
+                    WorkerRow(
+                        id=worker_id, heartbeat_at=now, tasks_done=0, busy_s=0.0, steps=0, step_s=0.0, presets=held
+                    )
+                )
             else:
                 row.heartbeat_at = now
+                row.presets = held
 
     def task_done(self, worker_id: str, busy_s: float, steps: int, step_s: float) -> None:
         with self._db.session() as session:
@@ -36,6 +43,14 @@ class Fleet:
                     heartbeat_at=time.time(),
                 )
             )
+
+    def presets_held(self, within_s: float) -> dict[str, int]:
+        """Preset -> how many live workers hold it (heartbeat within `within_s`)."""
+        held: dict[str, int] = {}
+        for row in self.alive(within_s):
+            for preset in filter(None, (row.presets or "").split(",")):
+                held[preset] = held.get(preset, 0) + 1
+        return held
 
     def alive(self, within_s: float) -> list[WorkerRow]:
         with self._db.session(write=False) as session:

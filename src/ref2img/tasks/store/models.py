@@ -46,6 +46,9 @@ class TaskRow(Base):
     remote_id: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the cloud's task id, once created
     remote_wait_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # the cloud's last wait_time
     fallbacks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # cloud → local moves
+    # A generation's preset (the one it names, or the API node's default): a fleet's queue per preset.
+    # None: any local worker runs it (control maps, Image Repaint).
+    preset: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AppKeyRow(Base):
@@ -99,6 +102,7 @@ class WorkerRow(Base):
     busy_s: Mapped[float] = mapped_column(Float, default=0.0)
     steps: Mapped[int] = mapped_column(Integer, default=0)
     step_s: Mapped[float] = mapped_column(Float, default=0.0)  # seconds spent in engine steps
+    presets: Mapped[str] = mapped_column(Text, default="", server_default="")  # those it holds, comma-separated
 
 
 class SecretRow(Base):

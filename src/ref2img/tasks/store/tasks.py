@@ -78,11 +78,12 @@ class TaskStore:
         queue_limit: int,
         quota: Quota | None = None,
         route: str = LOCAL,
+        preset: str | None = None,
     ) -> tuple[TaskRow, bool]:
         """A new queued task, or the earlier one with the same idempotency key and body (created=False;
         IdempotencyMismatch for the same key with another body). QueueFull when the queue is full;
         QuotaExceeded when the key is at one of its limits. `route`: whose workers run it, the local
-        GPUs' (LOCAL) or the cloud followers' (CLOUD)."""
+        GPUs' (LOCAL) or the cloud followers' (CLOUD); `preset`: a generation's, whose workers alone run it."""
         now = time.time()
         body = json.dumps(request)
         with self._db.session() as session:
@@ -126,6 +127,7 @@ class TaskStore:
                 cancel_requested=False,
                 route=route,
                 fallbacks=0,
+                preset=preset,
             )
             session.add(task)
         self.changes.notify()
@@ -148,9 +150,11 @@ class TaskStore:
             return task
 
     def position(self, task: TaskRow) -> int:
-        """How many queued tasks of its route are ahead of this one (-1 once it left the queue)."""
+        """How many queued tasks of its route (and its preset, when it names one) are ahead of this one
+        (-1 once it left the queue)."""
         if task.status != TaskStatus.QUEUED:
             return -1
+        same_preset = () if task.preset is None else (TaskRow.preset == task.preset,)
         with self._db.session(write=False) as session:
             return (
                 session.scalar(
@@ -160,17 +164,23 @@ class TaskStore:
                         TaskRow.status == TaskStatus.QUEUED,
                         TaskRow.route == task.route,
                         TaskRow.created_at < task.created_at,
+                        *same_preset,
                     )
                 )
                 or 0
             )
 
-    def active_count(self, route: str) -> tuple[int, int]:
-        """(queued, running) tasks of a route."""
+    def active_count(self, route: str, preset: str | None = None) -> tuple[int, int]:
+        """(queued, running) tasks of a route (of one preset, when given)."""
+        same_preset = () if preset is None else (TaskRow.preset == preset,)
         with self._db.session(write=False) as session:
             rows = session.execute(
                 select(TaskRow.status, func.count())
-                .where(TaskRow.route == route, TaskRow.status.in_((TaskStatus.QUEUED, TaskStatus.PROCESSING)))
+                .where(
+                    TaskRow.route == route,
+                    TaskRow.status.in_((TaskStatus.QUEUED, TaskStatus.PROCESSING)),
+                    *same_preset,
+                )
                 .group_by(TaskRow.status)
             )
             counts = {status: count for status, count in rows}
@@ -202,13 +212,17 @@ class TaskStore:
             return [finished - started for started, finished in rows if started is not None and finished is not None]
 
     # -- the queue: leases ---------------------------------------------------------------------
-    def claim_next(self, owner: str, lease_s: float, route: str = LOCAL) -> TaskRow | None:
-        """Lease the oldest queued task of `route` (the embedded queue), or None when none waits."""
+    def claim_next(
+        self, owner: str, lease_s: float, route: str = LOCAL, presets: tuple[str, ...] | None = None
+    ) -> TaskRow | None:
+        """Lease the oldest queued task of `route` (the embedded queue), or None when none waits. With
+        `presets`, a task naming a preset is taken only when it is one of them."""
         # SKIP LOCKED: concurrent claimers on PostgreSQL take different tasks instead of queueing
         # on one row (SQLite has a single writer and ignores it).
+        held = () if presets is None else (or_(TaskRow.preset.is_(None), TaskRow.preset.in_(presets)),)
         oldest = (
             select(TaskRow.id)
-            .where(TaskRow.status == TaskStatus.QUEUED, TaskRow.route == route)
+            .where(TaskRow.status == TaskStatus.QUEUED, TaskRow.route == route, *held)
             .order_by(TaskRow.created_at)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -257,19 +271,19 @@ class TaskStore:
         with self._db.session() as session:
             session.execute(update(TaskRow).where(TaskRow.id.in_(task_ids)).values(sent_at=time.time()))
 
-    def unsent_queued(self, older_than_s: float, limit: int = 500) -> list[tuple[str, str]]:
-        """(task id, route) of queued tasks with no queue message sent (requeued, fallen back from the
+    def unsent_queued(self, older_than_s: float, limit: int = 500) -> list[tuple[str, str, str | None]]:
+        """(task id, route, preset) of queued tasks with no queue message sent (requeued, fallen back from the
         cloud, or Redis was down), or whose last one is older than `older_than_s` (pass a huge value to
         skip those: their message may still wait)."""
         cutoff = time.time() - older_than_s
         with self._db.session(write=False) as session:
             rows = session.execute(
-                select(TaskRow.id, TaskRow.route)
+                select(TaskRow.id, TaskRow.route, TaskRow.preset)
                 .where(TaskRow.status == TaskStatus.QUEUED, or_(TaskRow.sent_at.is_(None), TaskRow.sent_at < cutoff))
                 .order_by(TaskRow.created_at)
                 .limit(limit)
             )
-            return [(task_id, route) for task_id, route in rows]
+            return [(task_id, route, preset) for task_id, route, preset in rows]
 
     def extend_lease(self, task_ids: list[str], owner: str, lease_s: float) -> None:
         if not task_ids:

@@ -1,0 +1,27 @@
+"""Presets per task and per worker: a fleet routes a generation to the workers that hold its preset.
+
+Revision ID: 0008
+Revises: 0007
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("tasks") as batch:
+        batch.add_column(sa.Column("preset", sa.String(64), nullable=True))
+    with op.batch_alter_table("workers") as batch:
+        batch.add_column(sa.Column("presets", sa.Text(), nullable=False, server_default=""))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("workers") as batch:
+        batch.drop_column("presets")
+    with op.batch_alter_table("tasks") as batch:
+        batch.drop_column("preset")
