@@ -296,7 +296,9 @@ def baseline_call(preset, device: torch.device, reference: Image.Image, spec: di
     pipe_cls = diffusers.StableDiffusionXLControlNetUnionPipeline if union else (
         diffusers.StableDiffusionXLControlNetPipeline if preset.family == "sdxl"
         else diffusers.StableDiffusionControlNetPipeline)
-    extra = {"safety_checker": None, "requires_safety_checker": False} if preset.family == "sd15" else {}
+    # sd15: no safety checker; sdxl: no diffusers watermark (the engine marks its results itself, after it)
+    extra = ({"safety_checker": None, "requires_safety_checker": False} if preset.family == "sd15"
+             else {"add_watermarker": False})
     pipe = pipe_cls.from_pretrained(folder_of(preset.base, "base", preset), controlnet=controlnet, dtype=dtype,
                                     **extra).to(device)
     if preset.scheduler == "euler-trailing":

@@ -10,6 +10,9 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The watermark costs about 0.3 s an image on this CPU: the servers and commands of other tests leave it
+# out (their images are not what they test); tests/test_provenance.py turns it on (`--watermark`).
+os.environ.setdefault("REF2IMG_WATERMARK", "0")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ref2img.provenance.options import ProvenanceOptions
+
 if TYPE_CHECKING:
     from ref2img.engines.base import Engine
     from ref2img.engines.local.options import LocalOptions
@@ -51,6 +53,7 @@ class ServerSettings:
     cloud_credentials_file: str | None = None  # else REF2IMG_CLOUD_APP_KEY / REF2IMG_CLOUD_APP_SECRET
     cloud_workers: int = 8  # cloud tasks followed at once (threads that mostly wait on HTTP)
     cloud_reachable_url: str | None = None  # an explicit --public-url: the base of input URLs the cloud fetches
+    provenance: ProvenanceOptions = field(default_factory=ProvenanceOptions)  # marks and the content filter
 
     @property
     def embedded(self) -> bool:

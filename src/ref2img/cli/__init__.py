@@ -8,6 +8,7 @@
     models …                ref2img.cli.models
     task …                  ref2img.cli.task
     mcp                     ref2img.cli.mcp
+    provenance …            ref2img.cli.provenance
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from ref2img.cli import generate, keys, mcp, models, repaint, serve, task
+from ref2img.cli import generate, keys, mcp, models, provenance, repaint, serve, task
 from ref2img.cli._common import UsageCommand, err
 
 app = typer.Typer(
@@ -58,7 +59,8 @@ for _command in (
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(task.app, name="task")
-for _group in (app, models.app, keys.app, task.app):
+app.add_typer(provenance.app, name="provenance")
+for _group in (app, models.app, keys.app, task.app, provenance.app):
     for _info in _group.registered_commands:
         _info.cls = UsageCommand
 

@@ -350,3 +350,63 @@ class UsageCommand(typer.core.TyperCommand):
 def new_group(help_text: str) -> typer.Typer:
     """A command group with plain help (no boxes, no `<bool>` after flags)."""
     return typer.Typer(no_args_is_help=True, rich_markup_mode=None, help=help_text)
+
+
+# -- provenance (serve, worker): both marks on by default; the content filter off ----------------------
+C2paFlag = Annotated[
+    bool,
+    typer.Option(
+        "--c2pa/--no-c2pa", envvar="REF2IMG_C2PA", help="sign a C2PA manifest into every result (docs/provenance.md)"
+    ),
+]
+WatermarkFlag = Annotated[
+    bool,
+    typer.Option(
+        "--watermark/--no-watermark",
+        envvar="REF2IMG_WATERMARK",
+        help="hide an invisible watermark naming the task in every result",
+    ),
+]
+C2paCertOption = Annotated[
+    Path | None,
+    typer.Option("--c2pa-cert", metavar="PEM", help="the signing certificate chain (default: a development one)"),
+]
+C2paKeyOption = Annotated[Path | None, typer.Option("--c2pa-key", metavar="PEM", help="its private key")]
+ContentFilterFlag = Annotated[
+    str,
+    typer.Option(
+        "--content-filter", metavar="MODE", help="off, flag or block: prompts and results (docs/provenance.md)"
+    ),
+]
+BlocklistOption = Annotated[
+    Path | None, typer.Option("--blocklist", metavar="FILE", help="blocked words and phrases, one a line")
+]
+ClassifierOption = Annotated[
+    Path | None,
+    typer.Option("--image-classifier", metavar="DIR", help="a transformers image classifier of unsafe content"),
+]
+
+
+def provenance_options(
+    c2pa: bool,
+    watermark: bool,
+    cert: Path | None,
+    key: Path | None,
+    content_filter: str,
+    blocklist: Path | None,
+    classifier: Path | None,
+):
+    """The provenance flags as one `ProvenanceOptions`; a bad combination is a usage error naming the flag."""
+    from ref2img.provenance.content_filter import MODES
+    from ref2img.provenance.options import ProvenanceOptions
+
+    if content_filter not in MODES:
+        fail(f"--content-filter: {content_filter!r} is not one of {', '.join(MODES)}", EXIT_USAGE)
+    if (cert is None) != (key is None):
+        fail("--c2pa-cert and --c2pa-key: give both, or neither", EXIT_USAGE)
+    for flag, path in (("--c2pa-cert", cert), ("--c2pa-key", key), ("--blocklist", blocklist)):
+        if path is not None and not path.is_file():
+            fail(f"{flag}: no file {str(path)!r}", EXIT_USAGE)
+    if classifier is not None and not classifier.is_dir():
+        fail(f"--image-classifier: no folder {str(classifier)!r}", EXIT_USAGE)
+    return ProvenanceOptions(c2pa, watermark, cert, key, content_filter, blocklist, classifier)

@@ -20,6 +20,14 @@ MaxConcurrentOption = Annotated[
 PerMinuteOption = Annotated[
     int | None, typer.Option("--per-minute", metavar="N", min=0, help="tasks created a minute (0: no limit)")
 ]
+ContentFilterOption = Annotated[
+    str | None,
+    typer.Option(
+        "--content-filter",
+        metavar="MODE",
+        help="this key's own content-filter mode: off (a trusted key), flag or block; server: the server's",
+    ),
+]
 
 
 def _limit(value: int | None) -> int | None:
@@ -112,17 +120,25 @@ def keys_update(
     app_key: Annotated[str, typer.Argument(metavar="APP_KEY", help="the key to change")],
     max_concurrent: MaxConcurrentOption = None,
     per_minute: PerMinuteOption = None,
+    content_filter: ContentFilterOption = None,
     data_dir: DataDirOption = Path("ref2img-data"),
     db: DbOption = None,
 ) -> None:
-    """Change a key's quotas; past one, creates answer 680005 / HTTP 429 with Retry-After."""
-    limits = {
+    """Change a key's quotas (past one, creates answer 680005 / HTTP 429 with Retry-After) or its own
+    content-filter mode."""
+    from ref2img.provenance.content_filter import MODES
+
+    limits: dict[str, int | str | None] = {
         name: _limit(value)
         for name, value in (("max_concurrent", max_concurrent), ("per_minute", per_minute))
         if value is not None
     }
+    if content_filter is not None:
+        if content_filter not in (*MODES, "server"):
+            fail(f"--content-filter: {content_filter!r} is not one of {', '.join(MODES)}, server", EXIT_USAGE)
+        limits["content_filter"] = None if content_filter == "server" else content_filter
     if not limits:
-        fail("give --max-concurrent N and/or --per-minute N (0: no limit)", EXIT_USAGE)
+        fail("give --max-concurrent N, --per-minute N (0: no limit) and/or --content-filter MODE", EXIT_USAGE)
     if not open_store(data_dir, db).keys.set_limits(app_key, **limits):
         fail(f"no key {app_key!r}", EXIT_USAGE)
     out.print(f"updated {app_key}", highlight=False)

@@ -11,6 +11,14 @@ from typing import Annotated, Any, Literal, NoReturn
 import typer
 
 from ref2img.cli._common import (
+    BlocklistOption,
+    C2paCertOption,
+    C2paFlag,
+    C2paKeyOption,
+    ClassifierOption,
+    ContentFilterFlag,
+    WatermarkFlag,
+    provenance_options,
     LoraDirOption,
     EXIT_USAGE,
     CloudCredentialsOption,
@@ -152,6 +160,13 @@ def serve(
     cloud_url: CloudUrlOption = DEFAULT_CLOUD_URL,
     cloud_credentials: CloudCredentialsOption = None,
     cloud_workers: CloudWorkersOption = 8,
+    c2pa: C2paFlag = True,
+    watermark: WatermarkFlag = True,
+    c2pa_cert: C2paCertOption = None,
+    c2pa_key: C2paKeyOption = None,
+    content_filter: ContentFilterFlag = "off",
+    blocklist: BlocklistOption = None,
+    image_classifier: ClassifierOption = None,
 ) -> None:
     """Run the Tomoviee-compatible server: embedded (SQLite, workers in this process) or, with
     --queue redis://… --db postgresql+psycopg://…, an API node of a fleet of `ref2img worker`s.
@@ -190,6 +205,9 @@ def serve(
         studio_link=True,
         overflow=overflow,
         overflow_after_s=overflow_after,
+        provenance=provenance_options(
+            c2pa, watermark, c2pa_cert, c2pa_key, content_filter, blocklist, image_classifier
+        ),
     )
     uvicorn.run(
         create_app(settings),
@@ -269,6 +287,13 @@ def worker(
             help="--engine tomoviee: the API nodes' public URL, the base of the signed input URLs the cloud fetches",
         ),
     ] = None,
+    c2pa: C2paFlag = True,
+    watermark: WatermarkFlag = True,
+    c2pa_cert: C2paCertOption = None,
+    c2pa_key: C2paKeyOption = None,
+    content_filter: ContentFilterFlag = "off",
+    blocklist: BlocklistOption = None,
+    image_classifier: ClassifierOption = None,
 ) -> None:
     """Run one worker of a scale-out fleet: loads the engine once, then takes tasks from Redis. A GPU
     worker takes the local queue (and needs no public URL: the API nodes send the callbacks); with
@@ -293,6 +318,9 @@ def worker(
         lease_s=lease,
         max_image_mb=max_image_mb,
         cloud=(engine, cloud_url, cloud_credentials, cloud_workers, public_url),
+        provenance=provenance_options(
+            c2pa, watermark, c2pa_cert, c2pa_key, content_filter, blocklist, image_classifier
+        ),
     )
     try:
         run_worker_process(settings)

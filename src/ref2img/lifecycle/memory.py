@@ -7,7 +7,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -34,6 +34,7 @@ class MemoryTask:
     result: list[str] = field(default_factory=list)
     preview: str | None = None
     cancel_requested: bool = False
+    marks: dict[str, Any] = field(default_factory=dict)  # what its images carry; `flagged`, if filtered
 
 
 class MemoryLedger:
@@ -107,13 +108,21 @@ class MemoryLedger:
             return True
 
     def finish(
-        self, task_id: str, owner: str | None, status: TaskStatus, *, result: list[str] | None = None, reason: str = ""
+        self,
+        task_id: str,
+        owner: str | None,
+        status: TaskStatus,
+        *,
+        result: list[str] | None = None,
+        reason: str = "",
+        marks: dict[str, Any] | None = None,
     ) -> bool:
         with self._lock:
             task = self._tasks[task_id]
             if task.status.is_final:
                 return False
             task.status, task.reason, task.result = status, reason, list(result or [])
+            task.marks = dict(marks or {})
             if status == TaskStatus.SUCCEEDED:
                 task.progress = 100
             return True
@@ -125,10 +134,13 @@ class FolderOutputs:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def save_result(self, task_id: str, index: int, image: Image.Image) -> str:
+    def save_result(self, task_id: str, index: int, image: Image.Image, png: bytes | None = None) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{task_id}-{index + 1}.png"
-        image.save(path)
+        if png is None:
+            image.save(path)
+        else:
+            path.write_bytes(png)
         return str(path)
 
     def save_preview(self, task_id: str, step: int, image: Image.Image) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import secrets
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -35,6 +37,11 @@ from ref2img.engines.base import (
 from ref2img.images import ImageInputError
 from ref2img.lifecycle.task import LOCAL, RECOGNIZE, REPAINT, Ledger, LedgerError, Outputs, RemoteRoute, TaskView
 from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, RepaintRequest, TaskStatus
+from ref2img.provenance.manifest import ImageFacts
+from ref2img.provenance.marks import pixels_sha256
+
+if TYPE_CHECKING:
+    from ref2img.provenance.content_filter import ContentFilter
 
 log = logging.getLogger("ref2img.runner")
 
@@ -57,6 +64,20 @@ class RunContext:
     shape_job: Callable[[Job, Engine], Job] | None = None  # in-process options the wire has not (steps, a map)
     # True once the worker is stopping: the running job stops at its next step and goes back to the queue.
     stopping: Callable[[], bool] | None = None
+    # (image, facts) -> the PNG bytes to store, with a watermark and a C2PA manifest, and what they carry
+    # (provenance/marks.py); None: stored unmarked.
+    marks: Callable[[Image.Image, ImageFacts], tuple[bytes, dict[str, Any]]] | None = None
+    content: ContentFilter | None = None  # the optional content filter, for prompts and results
+
+
+class ContentRefused(EngineError):
+    """The content filter, in block mode, refused the prompt or an image: nothing is stored."""
+
+
+@dataclass
+class Stored:
+    names: list[str]
+    marks: dict[str, Any] = field(default_factory=dict)  # what the results carry; `flagged` with its reason
 
 
 @dataclass(frozen=True)
@@ -100,18 +121,20 @@ def run_task(task: TaskView, owner: str, ctx: RunContext) -> Outcome:
             stop.append(verdict)
         return verdict is not None
 
-    def finish(status: TaskStatus, reason: str = "", result: list[str] | None = None) -> Outcome:
-        ctx.ledger.finish(task.id, owner, status, result=result, reason=reason)
+    def finish(
+        status: TaskStatus, reason: str = "", result: list[str] | None = None, marks: dict[str, Any] | None = None
+    ) -> Outcome:
+        ctx.ledger.finish(task.id, owner, status, result=result, reason=reason, marks=marks)
         return Outcome(status, reason=reason)
 
     try:
         previews = on_preview if ctx.previews else None
         if task.kind == RECOGNIZE:
-            names = _recognize(task, ctx)
+            stored = _recognize(task, ctx)
         elif task.kind == REPAINT:
-            names = _repaint(task, owner, ctx, on_progress, should_cancel, previews)
+            stored = _repaint(task, owner, ctx, on_progress, should_cancel, previews)
         else:
-            names = _generate(task, owner, ctx, on_progress, should_cancel, previews)
+            stored = _generate(task, owner, ctx, on_progress, should_cancel, previews)
     except LedgerError:
         raise  # the ledger failed (locked, disk full, unreachable), not the task: it runs again after its lease
     except JobCancelled:
@@ -147,13 +170,13 @@ def run_task(task: TaskView, owner: str, ctx: RunContext) -> Outcome:
     elapsed = time.monotonic() - started
     if ctx.on_success is not None:
         ctx.on_success(elapsed)
-    finish(TaskStatus.SUCCEEDED, result=names)
+    finish(TaskStatus.SUCCEEDED, result=stored.names, marks=stored.marks or None)
     return Outcome(
         TaskStatus.SUCCEEDED,
         elapsed,
         len(step_times),
         step_times[-1] - step_times[0] if step_times else 0.0,
-        result=names,
+        result=stored.names,
     )
 
 
@@ -164,11 +187,15 @@ def _incident(task: TaskView) -> str:
     return f"internal error (incident {incident})"
 
 
-def _generate(task: TaskView, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> list[str]:
+def _generate(task: TaskView, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> Stored:
     request = CreateRequest.model_validate_json(task.request)
+    flags = _check_prompt(task, ctx, request.prompt, request.negative_prompt)
+    inputs: dict[str, str] = {}
 
     def load(source: str, field: str) -> Image.Image:
-        return ctx.load_image(source, field, task.app_key)
+        image = ctx.load_image(source, field, task.app_key)
+        inputs[field] = pixels_sha256(image)  # the manifest's ingredients
+        return image
 
     remote = _remote_route(task, ctx)
     if remote is not None:
@@ -177,13 +204,15 @@ def _generate(task: TaskView, owner: str, ctx: RunContext, on_progress, should_c
         images = remote.engine().generate(
             job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview
         )
+        facts = _facts(task, request.prompt, remote.engine(), inputs)
     else:
         with _engine(ctx, request.model) as engine:
             job = Job.from_request(request, load)
             if ctx.shape_job is not None:
                 job = ctx.shape_job(job, engine)
             images = engine.generate(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
-    return [ctx.outputs.save_result(task.id, index, image) for index, image in enumerate(images)]
+            facts = _facts(task, request.prompt, engine, inputs)
+    return _store(task, ctx, images, facts, flags)
 
 
 @contextlib.contextmanager
@@ -201,11 +230,15 @@ def _engine(ctx: RunContext, model: str | None = None) -> Iterator[Engine]:
     yield engine
 
 
-def _repaint(task: TaskView, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> list[str]:
+def _repaint(task: TaskView, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> Stored:
     request = RepaintRequest.model_validate_json(task.request)
+    flags = _check_prompt(task, ctx, request.prompt)
+    inputs: dict[str, str] = {}
 
     def load(source: str, field: str) -> Image.Image:
-        return ctx.load_image(source, field, task.app_key)
+        image = ctx.load_image(source, field, task.app_key)
+        inputs[field] = pixels_sha256(image)
+        return image
 
     remote = _remote_route(task, ctx)
     if remote is not None:
@@ -213,11 +246,60 @@ def _repaint(task: TaskView, owner: str, ctx: RunContext, on_progress, should_ca
         images = remote.engine().repaint(
             job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview
         )
+        facts = _facts(task, request.prompt, remote.engine(), inputs)
     else:
         with _engine(ctx) as engine:
             job = RepaintJob.from_request(request, load)
             images = engine.repaint(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
-    return [ctx.outputs.save_result(task.id, index, image) for index, image in enumerate(images)]
+            facts = _facts(task, request.prompt, engine, inputs)
+    return _store(task, ctx, images, facts, flags)
+
+
+def _check_prompt(task: TaskView, ctx: RunContext, *texts: str | None) -> list[str]:
+    """The content filter's word on the prompts: ContentRefused in block mode, the reason in flag mode."""
+    verdict = ctx.content.check_prompt(task.app_key, *texts) if ctx.content is not None else None
+    if verdict is None:
+        return []
+    if verdict.action == "block":
+        raise ContentRefused(verdict.reason)
+    return [verdict.reason]
+
+
+def _facts(task: TaskView, prompt: str, engine: Engine, inputs: dict[str, str]) -> ImageFacts:
+    """What the results' manifest states: the preset and its models as the engine ran them."""
+    preset = getattr(engine, "preset", None)
+    models = tuple(
+        ref.source for ref in (getattr(preset, "base", None), getattr(preset, "lora", None)) if ref is not None
+    )
+    return ImageFacts(
+        task_id=task.id,
+        kind=task.kind,
+        prompt_sha256=hashlib.sha256(prompt.encode()).hexdigest(),
+        preset=getattr(preset, "name", None) or getattr(engine, "name", None),
+        models=models,
+        inputs=dict(inputs),
+    )
+
+
+def _store(task: TaskView, ctx: RunContext, images: list[Image.Image], facts: ImageFacts, flags: list[str]) -> Stored:
+    """Check every image with the content filter first (block: none is stored), then mark and store each."""
+    if ctx.content is not None:
+        for image in images:
+            verdict = ctx.content.check_image(task.app_key, image)
+            if verdict is not None and verdict.action == "block":
+                raise ContentRefused(verdict.reason)
+            if verdict is not None:
+                flags.append(verdict.reason)
+    names: list[str] = []
+    marks: dict[str, Any] = {}
+    for index, image in enumerate(images):
+        data = None
+        if ctx.marks is not None:
+            data, marks = ctx.marks(image, facts)
+        names.append(ctx.outputs.save_result(task.id, index, image, data))
+    if flags:
+        marks["flagged"] = "; ".join(dict.fromkeys(flags))
+    return Stored(names, marks)
 
 
 def _remote_route(task: TaskView, ctx: RunContext) -> RemoteRoute | None:
@@ -227,9 +309,9 @@ def _remote_route(task: TaskView, ctx: RunContext) -> RemoteRoute | None:
     return remote
 
 
-def _recognize(task: TaskView, ctx: RunContext) -> list[str]:
+def _recognize(task: TaskView, ctx: RunContext) -> Stored:
     request = RecognizeRequest.model_validate(json.loads(task.request))
     image = ctx.load_image(request.init_image, "init_image", task.app_key)
     with _engine(ctx) as engine:
         control_map = engine.recognize(image, ControlType(request.control_type))
-    return [ctx.outputs.save_result(task.id, 0, control_map)]
+    return Stored([ctx.outputs.save_result(task.id, 0, control_map)])  # a control map: not a generated image

@@ -4,7 +4,7 @@ store (server) and `MemoryLedger` (in-process runs) both satisfy."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ref2img.protocol import CreateRequest, RepaintRequest, TaskStatus
 
@@ -49,8 +49,16 @@ class Ledger(Protocol):
         """CANCELLED when cancel was asked, TIMED_OUT past the deadline, else None."""
 
     def finish(
-        self, task_id: str, owner: str | None, status: TaskStatus, *, result: list[str] | None = None, reason: str = ""
-    ) -> bool: ...
+        self,
+        task_id: str,
+        owner: str | None,
+        status: TaskStatus,
+        *,
+        result: list[str] | None = None,
+        reason: str = "",
+        marks: dict[str, Any] | None = None,
+    ) -> bool:
+        """`marks`: what a success's images carry (C2PA, the watermark's id) and `flagged`, if the filter did."""
 
     def release(self, task_id: str, owner: str) -> bool:
         """Back to the queue, unfinished: its worker is stopping."""
@@ -59,7 +67,9 @@ class Ledger(Protocol):
 class Outputs(Protocol):
     """Where images go; each call returns the name the task's result lists."""
 
-    def save_result(self, task_id: str, index: int, image: Image.Image) -> str: ...
+    def save_result(self, task_id: str, index: int, image: Image.Image, png: bytes | None = None) -> str:
+        """`png`: the image's file as it must be stored, byte for byte (marked); None: encode `image`."""
+
     def save_preview(self, task_id: str, step: int, image: Image.Image) -> str: ...
 
 

@@ -55,6 +55,11 @@ def task_data(
         "result": result,
         "route": task.route,  # our extension: where it runs, "local" (our GPUs) or "cloud" (Tomoviee)
     }
+    if task.marks:  # our extensions: what the images carry (C2PA, the watermark's id), and `flagged`
+        marks = json.loads(task.marks)
+        if "flagged" in marks:
+            data["flagged"] = marks.pop("flagged")
+        data["marks"] = marks
     if status == TaskStatus.PROCESSING and task.preview:  # our extension: the latest step preview
         data["preview"] = storage.signed_url(base_url, task.preview)
     return data

@@ -51,6 +51,8 @@ class Backend:
         self.engine = self.cloud_engine if settings.cloud_only and self.cloud_engine else local
         self.queue: TaskQueue = open_queue(settings.queue_url, self.store.tasks, settings.task_timeout_s)
         cloud = self._cloud_route()
+        self.marks = settings.provenance.marks(dev_folder=data_dir / "provenance")
+        self.content = settings.provenance.content(mode_of_key=self.store.keys.content_filter_of)
         self.context = RunContext(
             ledger=self.store.tasks,
             outputs=self.storage,
@@ -59,6 +61,8 @@ class Backend:
             load_image=self.images.fetch,
             remote_routes={CLOUD: cloud} if cloud is not None else {},
             on_success=self.estimate.add,
+            marks=self.marks.apply if self.marks is not None else None,
+            content=self.content,
         )
 
     def _presets(self) -> EnginePool:

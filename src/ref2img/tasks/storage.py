@@ -27,11 +27,13 @@ class Storage:
     def __init__(self, signing_key: bytes):
         self._key = signing_key
 
-    def save_result(self, task_id: str, index: int, image: Image.Image) -> str:
+    def save_result(self, task_id: str, index: int, image: Image.Image, png: bytes | None = None) -> str:
         name = f"results/{task_id}/{index + 1}.png"
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        self.write(name, buffer.getvalue())
+        if png is None:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            png = buffer.getvalue()
+        self.write(name, png)  # as given: a C2PA manifest is bound to these exact bytes
         return name
 
     def save_preview(self, task_id: str, step: int, image: Image.Image) -> str:

@@ -26,8 +26,14 @@ class KeyStore:
         with self._db.session(write=False) as session:
             return list(session.scalars(select(AppKeyRow).order_by(AppKeyRow.created_at)))
 
-    def set_limits(self, app_key: str, **limits: int | None) -> bool:
-        """Set `max_concurrent` and/or `per_minute` (None: no limit); True when the key exists."""
+    def content_filter_of(self, app_key: str) -> str | None:
+        """The key's own content-filter mode (a trusted key's `off`), or None: the server's."""
+        row = self.get(app_key)
+        return row.content_filter if row is not None else None
+
+    def set_limits(self, app_key: str, **limits: int | str | None) -> bool:
+        """Set `max_concurrent`, `per_minute` (None: no limit) and/or `content_filter` (None: the server's
+        mode); True when the key exists."""
         with self._db.session() as session:
             return (
                 rows_changed(session.execute(update(AppKeyRow).where(AppKeyRow.app_key == app_key).values(**limits)))

@@ -49,6 +49,9 @@ class TaskRow(Base):
     # A generation's preset (the one it names, or the API node's default): a fleet's queue per preset.
     # None: any local worker runs it (control maps, Image Repaint).
     preset: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # JSON: what a success's images carry ({"c2pa": true, "watermark": "1a2b3c4d"}) and `flagged`, with
+    # the content filter's reason, when it flagged them.
+    marks: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class AppKeyRow(Base):
@@ -63,6 +66,7 @@ class AppKeyRow(Base):
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)  # queued + running; None: no limit
     per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)  # tasks created in any 60 s
+    content_filter: Mapped[str | None] = mapped_column(String(8), nullable=True)  # its own mode; None: the server's
 
 
 class FileRow(Base):

@@ -10,6 +10,7 @@ so a task never ends without its callback.
 from __future__ import annotations
 
 import json
+import re
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -271,6 +272,13 @@ class TaskStore:
         with self._db.session() as session:
             session.execute(update(TaskRow).where(TaskRow.id.in_(task_ids)).values(sent_at=time.time()))
 
+    def find_by_mark(self, mark: str) -> list[TaskRow]:
+        """The tasks whose images carry the watermark id `mark` (the first 8 hex digits of their id)."""
+        if not re.fullmatch(r"[0-9a-f]{8}", mark):
+            return []
+        with self._db.session(write=False) as session:
+            return list(session.scalars(select(TaskRow).where(TaskRow.id.like(f"t{mark}%")).limit(10)))
+
     def unsent_queued(self, older_than_s: float, limit: int = 500) -> list[tuple[str, str, str | None]]:
         """(task id, route, preset) of queued tasks with no queue message sent (requeued, fallen back from the
         cloud, or Redis was down), or whose last one is older than `older_than_s` (pass a huge value to
@@ -410,10 +418,17 @@ class TaskStore:
         return None
 
     def finish(
-        self, task_id: str, owner: str | None, status: TaskStatus, *, result: list[str] | None = None, reason: str = ""
+        self,
+        task_id: str,
+        owner: str | None,
+        status: TaskStatus,
+        *,
+        result: list[str] | None = None,
+        reason: str = "",
+        marks: dict[str, Any] | None = None,
     ) -> bool:
         """End a task (only for its lease owner; owner None: a queued task) and queue its callback.
-        Returns False when someone else already ended or re-leased it."""
+        Returns False when someone else already ended or re-leased it. `marks`: what its images carry."""
         now = time.time()
         with self._db.session() as session:
             query = select(TaskRow).where(TaskRow.id == task_id).with_for_update()
@@ -429,6 +444,7 @@ class TaskStore:
             if status == TaskStatus.SUCCEEDED:
                 task.progress = 100
                 task.result = json.dumps(result or [])
+                task.marks = json.dumps(marks) if marks else None
             if task.callback:
                 self._outbox.add(session, task, now)
         self.changes.notify()

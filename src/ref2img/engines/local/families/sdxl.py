@@ -15,6 +15,9 @@ FAMILY = UNetFamily(
         ("plain", True): "StableDiffusionXLImg2ImgPipeline",
     },
     inpaint_class="StableDiffusionXLInpaintPipeline",
+    # diffusers watermarks SDXL output itself whenever invisible-watermark is installed; ref2img's own
+    # marks (provenance/) replace it, carrying the task's id instead of a fixed message.
+    pipe_extra={"add_watermarker": False},
     # ComfyUI's SDXL factors (comfy/latent_formats.py)
     latent_rgb=(
         (0.3920, 0.4054, 0.4549),

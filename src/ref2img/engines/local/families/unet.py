@@ -65,6 +65,7 @@ class UNetFamily:
     latent_rgb: LatentFactors  # step previews (families/preview.py)
     inpaint_class: str  # Image Repaint's pipeline, on the same base
     base_extra: Mapping[str, Any] = field(default_factory=dict)  # more from_pretrained arguments of the base
+    pipe_extra: Mapping[str, Any] = field(default_factory=dict)  # constructor arguments of every pipeline
     builder: Callable[[Path, str, torch.dtype], Path] | None = None  # its random-weight models
 
     def load(self, preset: Preset, placement: Placement, speedups: Speedups, offload_mode: str) -> UNetPipelines:
@@ -124,6 +125,7 @@ class UNetPipelines:
                 ),
             )
         extra.update(self.family.base_extra)
+        extra.update(self.family.pipe_extra)
         cls = getattr(diffusers, self.family.base_class)
         pipe = self._load(
             "base",
@@ -240,7 +242,7 @@ class UNetPipelines:
             cache_key = (conditioning, net_key, img2img)
             if cache_key not in self._pipelines:
                 cls = getattr(diffusers, self.family.pipeline_classes[(conditioning, img2img)])
-                pipe = cls.from_pipe(self.base, dtype=self.placement.dtype, **components)
+                pipe = cls.from_pipe(self.base, dtype=self.placement.dtype, **self.family.pipe_extra, **components)
                 pipe.set_progress_bar_config(disable=True)
                 self._pipelines[cache_key] = pipe
             pipe = self._pipelines[cache_key]
@@ -303,7 +305,12 @@ class UNetPipelines:
             cache_key = ("multi", ",".join(keys), img2img)
             if cache_key not in self._pipelines:
                 cls = getattr(diffusers, self.family.pipeline_classes[("controlnet", img2img)])
-                pipe = cls.from_pipe(self.base, dtype=self.placement.dtype, controlnet=SkippingMultiControlNet(nets))
+                pipe = cls.from_pipe(
+                    self.base,
+                    dtype=self.placement.dtype,
+                    **self.family.pipe_extra,
+                    controlnet=SkippingMultiControlNet(nets),
+                )
                 pipe.set_progress_bar_config(disable=True)
                 self._pipelines[cache_key] = pipe
             pipe = self._pipelines[cache_key]
@@ -372,7 +379,7 @@ class UNetPipelines:
             key = ("inpaint", "", False)
             if key not in self._pipelines:
                 cls = getattr(diffusers, self.family.inpaint_class)
-                pipe = cls.from_pipe(self.base, dtype=self.placement.dtype)
+                pipe = cls.from_pipe(self.base, dtype=self.placement.dtype, **self.family.pipe_extra)
                 pipe.set_progress_bar_config(disable=True)
                 self._pipelines[key] = pipe
             pipe = self._pipelines[key]

@@ -1,0 +1,119 @@
+"""The optional content filter: a prompt blocklist the operator edits, and an image classifier.
+
+Modes: `off`; `flag` (the task succeeds, its result carrying a `flagged` extension with the reason);
+`block` (the task ends at status 4 with a reason naming the content policy, and no image is stored).
+A key may have its own mode (`ref2img keys create --content-filter off` for a trusted key).
+
+The classifier is any transformers image-classification model in a local folder (no remote code),
+pulled like the other parts; the labels it calls unsafe are `UNSAFE_LABELS`. The default is
+Falconsai/nsfw_image_detection (a ViT, Apache-2.0; docs/provenance.md).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+MODES = ("off", "flag", "block")
+UNSAFE_LABELS = frozenset({"nsfw", "porn", "hentai", "sexy", "unsafe", "explicit"})
+UNSAFE_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # flag | block
+    reason: str
+
+
+def read_blocklist(path: Path) -> list[str]:
+    """Words and phrases, one a line; `#` starts a comment."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
+
+
+class ImageClassifier:
+    """A transformers image classifier from a local folder; `unsafe(image)` is its top unsafe label and
+    score, or None."""
+
+    def __init__(self, folder: Path):
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        self.processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True).eval()
+        self._lock = threading.Lock()
+
+    def unsafe(self, image: Image.Image) -> tuple[str, float] | None:
+        import torch
+
+        with self._lock, torch.inference_mode():
+            inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
+            probs = self.model(**inputs).logits.softmax(-1)[0]
+        labels: dict[int, str] = self.model.config.id2label
+        scored = [(labels[i], float(p)) for i, p in enumerate(probs) if labels[i].lower() in UNSAFE_LABELS]
+        label, score = max(scored, key=lambda pair: pair[1], default=("", 0.0))
+        return (label, score) if score >= UNSAFE_THRESHOLD else None
+
+
+class ContentFilter:
+    def __init__(
+        self,
+        mode: str,
+        blocklist: Sequence[str] = (),
+        classifier: ImageClassifier | None = None,
+        mode_of_key: Callable[[str], str | None] | None = None,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"--content-filter: {mode!r} is not one of {', '.join(MODES)}")
+        self.default_mode = mode
+        self.classifier = classifier
+        self._mode_of_key = mode_of_key
+        words = sorted((re.escape(word) for word in blocklist), key=len, reverse=True)
+        self._blocked = re.compile(rf"\b({'|'.join(words)})\b", re.IGNORECASE) if words else None
+
+    def mode(self, app_key: str) -> str:
+        own = self._mode_of_key(app_key) if self._mode_of_key is not None else None
+        return own or self.default_mode
+
+    def check_prompt(self, app_key: str, *texts: str | None) -> Verdict | None:
+        mode = self.mode(app_key)
+        if mode == "off" or self._blocked is None:
+            return None
+        for text in filter(None, texts):
+            found = self._blocked.search(text)
+            if found:
+                return Verdict(
+                    mode, f"refused by the content policy: the prompt has a blocked term ({found.group(0)!r})"
+                )
+        return None
+
+    def check_image(self, app_key: str, image: Image.Image) -> Verdict | None:
+        mode = self.mode(app_key)
+        if mode == "off" or self.classifier is None:
+            return None
+        unsafe = self.classifier.unsafe(image)
+        if unsafe is None:
+            return None
+        label, score = unsafe
+        return Verdict(mode, f"refused by the content policy: an image was classified {label} ({score:.2f})")
+
+
+def open_content_filter(
+    mode: str,
+    blocklist: Path | None,
+    classifier: Path | None,
+    mode_of_key: Callable[[str], str | None] | None = None,
+) -> ContentFilter | None:
+    """The filter of a process's flags; None when it can never act (off, and no key may turn it on)."""
+    if mode not in MODES:
+        raise ValueError(f"--content-filter: {mode!r} is not one of {', '.join(MODES)}")
+    if blocklist is None and classifier is None:
+        return None
+    words = read_blocklist(blocklist) if blocklist is not None else []
+    model: Any = ImageClassifier(classifier) if classifier is not None else None
+    return ContentFilter(mode, words, model, mode_of_key)
