@@ -110,3 +110,12 @@ def test_server_bench_smoke():
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     assert figures, run.stdout
     assert figures["healthz"]["streams"] == 5 and figures["healthz"]["with_streams"]["p99_ms"] > 0
+
+
+def test_provenance_bench_smoke():
+    pytest.importorskip("c2pa")
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "provenance.py"), "--smoke"], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(run.stdout.splitlines()[-1])
+    assert figures["images"] == 1 and figures["detection_rate"]["none"] == 1.0
