@@ -24,18 +24,19 @@ ALLOWED: dict[str, set[str]] = {
     "webhooks": set(),
     "client": {"_version", "protocol"},
     "images": {"protocol"},
+    "provenance": {"_version"},  # the marks and the content filter: below every room that stores images
     "safe_http": {"protocol", "images"},
     # The tomoviee engine talks to the cloud through the SDK's public names.
     "engines": {"protocol", "client", "images"},
-    "lifecycle": {"protocol", "engines", "images"},
-    "settings": {"engines"},
-    "tasks": {"protocol", "engines", "lifecycle", "images", "safe_http", "settings"},
+    "lifecycle": {"protocol", "engines", "images", "provenance"},
+    "settings": {"engines", "provenance"},
+    "tasks": {"protocol", "engines", "lifecycle", "images", "safe_http", "settings", "provenance"},
     "auth": {"protocol", "tasks", "webhooks"},
     "server": {"protocol", "auth", "tasks", "lifecycle", "images", "safe_http", "settings", "webhooks", "_version"},
     "mcp_server": {"protocol", "client", "engines", "lifecycle", "images", "safe_http", "_version"},
     "cli": {
         "protocol", "client", "engines", "lifecycle", "images", "safe_http", "settings", "tasks", "auth",
-        "server", "mcp_server", "webhooks", "_version",
+        "server", "mcp_server", "webhooks", "_version", "provenance",
     },
 }
 ROOT_MAY_IMPORT = {"_version", "client", "protocol", "webhooks"}

@@ -44,9 +44,11 @@ def photos(astronaut, coffee):
 
 @pytest.mark.slow  # 10 s: three photos, four reads each
 def test_the_watermark_survives_jpeg_resize_and_crop(photos):
-    from ref2img.provenance.watermark import detect, embed
+    from ref2img.provenance.watermark import detect, embed, is_mark_id, new_mark_id
 
-    marks = ["1a2b3c4d", "00ff00ff", "deadbeef"]
+    marks = [new_mark_id() for _ in photos]
+    assert all(is_mark_id(mark) for mark in marks) and len(set(marks)) == 3
+    assert not is_mark_id("00ff00fe") and not is_mark_id("ffffffff")  # 15 and 32 bits set: no mark
     for photo, mark in zip(photos, marks, strict=True):
         marked = embed(photo, mark)
         for change in (lambda image: image, jpeg75, half, crop10):
@@ -86,14 +88,14 @@ def fetch_result(cloud: Cloud, data: dict) -> bytes:
 
 @pytest.mark.slow  # a server of its own, and three CLI runs
 def test_a_result_carries_a_valid_manifest_and_a_watermark_naming_its_task(marked_server, astronaut, tmp_path):
-    from ref2img.provenance.watermark import embed
+    from ref2img.provenance.watermark import embed, is_mark_id
 
     cloud = Cloud(marked_server.url, *marked_server.new_key())
     reference = astronaut.resize((128, 128))
     task_id = cloud.create_id(img2img_body(data_uri(reference), prompt="a secret prompt"))
     data = cloud.wait_final(task_id)
     assert data["status"] == 3, data
-    assert data["marks"] == {"c2pa": True, "watermark": task_id[1:9]}
+    assert data["marks"]["c2pa"] is True and is_mark_id(data["marks"]["watermark"])
     png = fetch_result(cloud, data)
 
     reader = c2pa.Reader("image/png", io.BytesIO(png))  # the same library, as any verifier would
@@ -104,6 +106,7 @@ def test_a_result_carries_a_valid_manifest_and_a_watermark_naming_its_task(marke
     assert "a secret prompt" not in text  # its hash only
     generation = next(a["data"] for a in manifest["assertions"] if a["label"] == "org.ref2img.generation")
     assert generation["preset"] == "tiny" and generation["task_id"] == task_id
+    assert generation["watermark"]["id"] == data["marks"]["watermark"]
     assert set(generation["inputs_sha256"]) == {"reference_image"}
     assert [i["instance_id"] for i in manifest["ingredients"]] == [
         f"sha256:{generation['inputs_sha256']['reference_image']}"]
@@ -126,7 +129,7 @@ def test_a_result_carries_a_valid_manifest_and_a_watermark_naming_its_task(marke
     stripped = tmp_path / "stripped.jpg"
     jpeg75(embed(astronaut.resize((512, 512)), data["marks"]["watermark"])).save(stripped)
     found = check(stripped, marked_server.data_dir)
-    assert found["c2pa"] is None and found["watermark"]["id"] == task_id[1:9]
+    assert found["c2pa"] is None and found["watermark"]["id"] == data["marks"]["watermark"]
     assert found["watermark"]["tasks"] == [task_id]
 
 

@@ -11,6 +11,7 @@ task again once its lease expires.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -39,6 +40,7 @@ from ref2img.lifecycle.task import LOCAL, RECOGNIZE, REPAINT, Ledger, LedgerErro
 from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, RepaintRequest, TaskStatus
 from ref2img.provenance.manifest import ImageFacts
 from ref2img.provenance.marks import pixels_sha256
+from ref2img.provenance.watermark import new_mark_id
 
 if TYPE_CHECKING:
     from ref2img.provenance.content_filter import ContentFilter
@@ -292,6 +294,7 @@ def _store(task: TaskView, ctx: RunContext, images: list[Image.Image], facts: Im
                 flags.append(verdict.reason)
     names: list[str] = []
     marks: dict[str, Any] = {}
+    facts = dataclasses.replace(facts, watermark=new_mark_id())  # one id for all the task's images
     for index, image in enumerate(images):
         data = None
         if ctx.marks is not None:

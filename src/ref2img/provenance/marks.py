@@ -32,10 +32,11 @@ class Marks:
     watermark: bool
 
     def apply(self, image: Image.Image, facts: ImageFacts) -> tuple[bytes, dict[str, Any]]:
-        """The PNG bytes to store, and what they carry (the task's `marks`)."""
+        """The PNG bytes to store, and what they carry (the task's `marks`): the watermark `facts.watermark`
+        names (one id a task, `watermark.new_mark_id`), when this process watermarks."""
         from ref2img.provenance import watermark
 
-        mark = watermark.mark_id(facts.task_id) if self.watermark else None
+        mark = facts.watermark if self.watermark else None
         if mark is not None:
             image = watermark.embed(image, mark)
         buffer = io.BytesIO()

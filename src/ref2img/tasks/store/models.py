@@ -52,6 +52,7 @@ class TaskRow(Base):
     # JSON: what a success's images carry ({"c2pa": true, "watermark": "1a2b3c4d"}) and `flagged`, with
     # the content filter's reason, when it flagged them.
     marks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    watermark: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)  # its images' id
 
 
 class AppKeyRow(Base):

@@ -10,7 +10,6 @@ so a task never ends without its callback.
 from __future__ import annotations
 
 import json
-import re
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -273,11 +272,9 @@ class TaskStore:
             session.execute(update(TaskRow).where(TaskRow.id.in_(task_ids)).values(sent_at=time.time()))
 
     def find_by_mark(self, mark: str) -> list[TaskRow]:
-        """The tasks whose images carry the watermark id `mark` (the first 8 hex digits of their id)."""
-        if not re.fullmatch(r"[0-9a-f]{8}", mark):
-            return []
+        """The tasks whose images carry the watermark id `mark` (one in practice: ids are random)."""
         with self._db.session(write=False) as session:
-            return list(session.scalars(select(TaskRow).where(TaskRow.id.like(f"t{mark}%")).limit(10)))
+            return list(session.scalars(select(TaskRow).where(TaskRow.watermark == mark).limit(10)))
 
     def unsent_queued(self, older_than_s: float, limit: int = 500) -> list[tuple[str, str, str | None]]:
         """(task id, route, preset) of queued tasks with no queue message sent (requeued, fallen back from the
@@ -445,6 +442,7 @@ class TaskStore:
                 task.progress = 100
                 task.result = json.dumps(result or [])
                 task.marks = json.dumps(marks) if marks else None
+                task.watermark = (marks or {}).get("watermark")
             if task.callback:
                 self._outbox.add(session, task, now)
         self.changes.notify()

@@ -18,6 +18,8 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
         batch.add_column(sa.Column("preset", sa.String(64), nullable=True))
         batch.add_column(sa.Column("marks", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("watermark", sa.String(8), nullable=True))
+        batch.create_index("ix_tasks_watermark", ["watermark"])
     with op.batch_alter_table("workers") as batch:
         batch.add_column(sa.Column("presets", sa.Text(), nullable=False, server_default=""))
     with op.batch_alter_table("app_keys") as batch:
@@ -30,5 +32,7 @@ def downgrade() -> None:
     with op.batch_alter_table("workers") as batch:
         batch.drop_column("presets")
     with op.batch_alter_table("tasks") as batch:
+        batch.drop_index("ix_tasks_watermark")
+        batch.drop_column("watermark")
         batch.drop_column("marks")
         batch.drop_column("preset")
