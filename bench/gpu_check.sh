@@ -11,7 +11,7 @@
 #   device run (carry .whl):  PHASES="$CALL1" bash bench/gpu_check.sh   # the first call (under 10 minutes)
 #   PHASES="$CALL2" bash bench/gpu_check.sh                              # the second call: the rest
 # with CALL1="build speed speed4 zimage-modes zimage-speed zimage-offload" and
-#      CALL2="build levers controls lora presets approximations intensity1 offload coldstart modes families".
+#      CALL2="build levers controls lora presets presets-disk approximations intensity1 offload coldstart modes families".
 # The engine-speed figures (issue 24) come first, then the zimage family's (issue 23): neither is measured yet.
 #   bash bench/gpu_check.sh --smoke                          # the same plumbing on the CPU, tiny models
 set -uo pipefail
@@ -20,7 +20,7 @@ SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1
 OUT=${OUT:-out/gpu-check}
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 1500 || echo 570)}  # the smoke runs every phase
-PHASES=${PHASES:-"build speed speed4 zimage-modes zimage-speed zimage-offload levers controls lora presets approximations intensity1 offload coldstart modes families"}
+PHASES=${PHASES:-"build speed speed4 zimage-modes zimage-speed zimage-offload levers controls lora presets presets-disk approximations intensity1 offload coldstart modes families"}
 PY=${PY:-python3}
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
@@ -114,6 +114,8 @@ phase controls 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --l
 # A request's LoRA: its step cost against `exact` (issue 29); then what a switch between two presets costs.
 phase lora 60 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --levers off,exact,lora --row-timeout 240
 phase presets 60 "$PY" bench/presets.py --models-dir "$MODELS" --json "$OUT/presets.json" "${PRESETS_ARGS[@]}"
+phase presets-disk 60 "$PY" bench/presets.py --models-dir "$MODELS" --json "$OUT/presets.json" --max-parked 0 \
+  "${PRESETS_ARGS[@]}"
 phase approximations 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --levers "$APPROX_LEVERS" --row-timeout 240
 phase intensity1 90 "${BENCH[@]}" --arch "$SDXL_ARCH" --intensity 1.0 --levers "$FAMILY_LEVERS" \
   "${INTENSITY1_ARGS[@]}" --row-timeout 240

@@ -5,9 +5,11 @@
 
 Two presets in the server's own EnginePool with `--max-loaded 1`, each task the bench's edge job: the
 first task on a cold preset (its load and its run), a second on it (steady), a switch to the other
-(unload, load, run), and a switch back. An unloaded preset is dropped, not kept on the CPU, so the
-switch back costs a load from disk (the OS's page cache warm). Prints a table; `--json FILE` adds the
-figures to FILE's list of runs. Not a test: it passes or fails nothing.
+(the first set aside, the other loaded, run), and a switch back. Set aside is parked on the CPU on a
+GPU (`--max-parked`, default 2, as the server's): the switch back moves its weights up rather than
+loading them from disk; `--max-parked 0` measures the unload-and-reload path instead (the OS's page
+cache warm). On the CPU nothing is parked. Prints a table; `--json FILE` adds the figures to FILE's list
+of runs. Not a test: it passes or fails nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: each preset's")
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/ref2img-bench-models"))
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU, 2 steps")
+    parser.add_argument("--max-parked", type=int, default=2, help="0: unload, never park (the disk path)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     arches = ["tiny", "tiny-sdxl"] if args.smoke else args.arches.split(",")
@@ -47,7 +50,7 @@ def main() -> None:
     providers = {resolve_preset(str(folder)).name: EngineProvider(local_engine_factory(settings, str(folder)))
                  for folder in folders.values()}
     first, other = list(providers)
-    pool = EnginePool(providers, first, max_loaded=1)
+    pool = EnginePool(providers, first, max_loaded=1, max_parked=args.max_parked)
     sizes = {arch: ARCHES[arch][2] for arch in arches}
     names = dict(zip(arches, providers, strict=True))
 
@@ -70,13 +73,17 @@ def main() -> None:
         "switch_back_s": task(a),
         "back_steady_s": task(a),
     }
+    parked = pool.states()[names[b]] == "parked on the CPU"  # b was set aside by the switch back
     report = {"setup": {"arches": arches, "presets": [first, other], "device": device_name(device),
-                        "torch": torch.__version__, "max_loaded": 1, "run_id": f"{time.time():.6f}"},
+                        "torch": torch.__version__, "max_loaded": 1, "max_parked": args.max_parked, "parked": parked,
+                        "run_id": f"{time.time():.6f}"},
               "figures": figures,
               "switch_back_over_steady": round(figures["switch_back_s"] / figures["back_steady_s"], 2)}
     for name, seconds in figures.items():
         print(f"{name:22} {seconds:8.3f} s")
-    print(f"a switch back costs {report['switch_back_over_steady']}× a steady task ({a} on {report['setup']['device']})")
+    back = "from the CPU" if parked else "from disk"
+    print(f"a switch back {back} costs {report['switch_back_over_steady']}× a steady task "
+          f"({a} on {report['setup']['device']})")
     if args.json:
         runs = json.loads(args.json.read_text())["runs"] if args.json.exists() else []
         args.json.parent.mkdir(parents=True, exist_ok=True)

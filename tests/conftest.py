@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # The watermark costs about 0.3 s an image on this CPU: the servers and commands of other tests leave it
 # out (their images are not what they test); tests/test_provenance.py turns it on (`--watermark`).
 os.environ.setdefault("REF2IMG_WATERMARK", "0")
+# `generate` and `mcp` keep a development C2PA signing chain in the user's config folder: the suite's own.
+os.environ.setdefault("XDG_CONFIG_HOME", tempfile.mkdtemp(prefix="ref2img-test-config-"))
 
 
 @pytest.fixture(scope="session")

@@ -62,8 +62,11 @@ def test_gpu_check_smoke(tmp_path):
     assert several["controls-3"]["drift"]["max"] > 0  # three maps make another image than one
     lora_row = next(row for row in lora["rows"] if row["lever"] == "lora")  # a LoRA's step cost, against exact
     assert lora_row["s_per_step_vs_exact"] > 0 and lora_row["drift"]["max"] > 0
-    [presets] = json.loads((out / "presets.json").read_text())["runs"]
-    assert presets["setup"]["presets"] == ["tiny", "tiny-sdxl"] and all(s > 0 for s in presets["figures"].values())
+    parked, from_disk = json.loads((out / "presets.json").read_text())["runs"]  # --max-parked 2, then 0
+    for presets in (parked, from_disk):
+        assert presets["setup"]["presets"] == ["tiny", "tiny-sdxl"] and all(s > 0 for s in presets["figures"].values())
+        assert presets["setup"]["parked"] is False  # a CPU engine is never parked: nothing to free
+    assert (parked["setup"]["max_parked"], from_disk["setup"]["max_parked"]) == (2, 0)
     approximated = {row["lever"]: row for row in approximations["rows"]}
     for lever in ("controlnet-cond-only", "cfg-cut"):
         assert approximated[lever]["drift_class"] == "output-changing"

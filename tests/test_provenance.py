@@ -212,3 +212,66 @@ def test_bad_provenance_flags_are_refused_naming_the_flag(tmp_path):
         done = subprocess.run([sys.executable, "-m", "ref2img.cli", "serve", "--data-dir", str(tmp_path), *args],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_generate_marks_its_images_in_process(tiny_sd15, astronaut, tmp_path):
+    """`ref2img generate` on the local engine: a signed manifest and a watermark on each PNG, both in
+    the run record; --no-c2pa --no-watermark leaves the images plain."""
+    from typer.testing import CliRunner
+
+    from ref2img.cli import app
+    from ref2img.provenance.manifest import read_manifest
+    from ref2img.provenance.watermark import is_mark_id
+
+    photo = tmp_path / "ref.png"
+    astronaut.resize((96, 96)).save(photo)
+    base = ["generate", str(photo), "a prompt", "--model", str(tiny_sd15), "--steps", "2", "--json"]
+    marked = CliRunner().invoke(app, [*base, "--watermark", "--out", str(tmp_path / "a")])
+    assert marked.exit_code == 0, marked.output
+    record = json.loads(marked.stdout)
+    assert record["marks"]["c2pa"] is True and is_mark_id(record["marks"]["watermark"])
+    [path] = record["images"]
+    report = read_manifest(Path(path).read_bytes(), "image/png")
+    assert report is not None and report.state == "Valid" and report.ai_generated
+    assert report.generation["watermark"]["id"] == record["marks"]["watermark"]
+
+    plain = CliRunner().invoke(app, [*base, "--no-c2pa", "--no-watermark", "--out", str(tmp_path / "b")])
+    assert plain.exit_code == 0, plain.output
+    record = json.loads(plain.stdout)
+    assert record["marks"] == {}
+    assert read_manifest(Path(record["images"][0]).read_bytes(), "image/png") is None
+
+
+def test_the_mcp_servers_local_engine_marks_and_filters(tiny_sd15, astronaut, tmp_path):
+    """MCP on the local engine runs the same runner: its images are signed, and its prompts filtered."""
+    import asyncio
+
+    from ref2img.cli._common import in_process_provenance, provenance_options
+    from ref2img.engines.local import LocalOptions
+    from ref2img.mcp_server.inputs import InputGuard
+    from ref2img.mcp_server.local import LocalBackend
+    from ref2img.protocol import CreateRequest
+    from ref2img.provenance.manifest import read_manifest
+    from ref2img.safe_http import SafeHttp
+
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text("forbidden\n")
+    astronaut.resize((96, 96)).save(tmp_path / "ref.png")
+    options = provenance_options(True, False, None, None, "block", blocklist, None)
+    backend = LocalBackend(lambda: LocalOptions(str(tiny_sd15)).build(), tmp_path / "out",
+                           InputGuard([tmp_path], SafeHttp()), in_process_provenance(options))
+    try:
+        async def run(prompt: str):
+            body = img2img_body(str(tmp_path / "ref.png"), prompt=prompt, steps=2)
+            async def report(*_) -> None:
+                pass
+
+            return await backend.generate(CreateRequest.model_validate(body), report)
+
+        made = asyncio.run(run("a lighthouse"))
+        [path] = made.files
+        assert read_manifest(path.read_bytes(), "image/png").ai_generated
+        with pytest.raises(Exception, match="content policy"):
+            asyncio.run(run("a forbidden lighthouse"))
+    finally:
+        backend.close()

@@ -21,6 +21,7 @@ class ServerSettings:
     model: str = "sdxl"  # the default preset
     more_models: tuple[str, ...] = ()  # --model given again: presets a request may pick by name (`model`)
     max_loaded: int = 0  # presets held loaded at once; 0 = auto (all on a CPU; on a GPU, as many as fit)
+    max_parked: int = 2  # presets set aside on the CPU (a fast switch back) before one is unloaded
     model_overrides: dict[str, str] = field(default_factory=dict)
     lora_dirs: tuple[str, ...] = ()  # --lora-dir: the operator's folders a request's `loras` name files in
     device: str | None = None

@@ -89,6 +89,58 @@ class Marker:
         loads.append(name)
 
 
+class ParkingMarker(Marker):
+    """A stand-in that can be parked on the CPU (as a GPU LocalEngine can): it records where it is."""
+
+    def __init__(self, name: str, loads: list[str]):
+        super().__init__(name, loads)
+        self.where = "gpu"
+        self.moves: list[str] = []
+
+    def park(self) -> bool:
+        self.where = "cpu"
+        self.moves.append("park")
+        return True
+
+    def unpark(self) -> None:
+        if self.where == "cpu":
+            self.where = "gpu"
+            self.moves.append("unpark")
+
+
+def test_the_pool_parks_an_idle_preset_on_the_cpu_and_brings_it_back_without_a_load():
+    loads: list[str] = []
+    engines: dict[str, ParkingMarker] = {}
+
+    def provider(name: str) -> EngineProvider:
+        return EngineProvider(lambda: engines.setdefault(name, ParkingMarker(name, loads)))
+
+    pool = EnginePool({name: provider(name) for name in "abc"}, "a", max_loaded=1, max_parked=1)
+    for name in "ab":
+        with pool.using(name):
+            pass
+    assert pool.states() == {"a": "parked on the CPU", "b": "loaded", "c": "not loaded"}
+    with pool.using("a") as engine:  # back from the CPU: moved up, not loaded again
+        assert engine.where == "gpu"
+    assert loads == ["a", "b"] and engines["a"].moves == ["park", "unpark"]
+    assert pool.states() == {"a": "loaded", "b": "parked on the CPU", "c": "not loaded"}
+    with pool.using("c"):  # a is parked; past --max-parked 1, the least recently parked (b) is unloaded
+        pass
+    assert pool.states() == {"a": "parked on the CPU", "b": "not loaded", "c": "loaded"}
+    with pool.using("b"):
+        pass
+    assert loads == ["a", "b", "c", "b"]  # b came back from disk; a never did
+
+
+def test_a_cpu_engine_is_not_parked(tiny_sd15):
+    """Parking frees a GPU: a CPU engine (or one with offload or compiled kernels) says there is nothing
+    to gain, so the pool unloads it instead."""
+    from ref2img.engines.local.engine import LocalEngine
+
+    engine = LocalEngine(str(tiny_sd15)).load()
+    assert engine.park() is False and engine.parked is False
+
+
 def test_the_pool_unloads_the_least_recently_used_idle_preset_and_waits_for_a_busy_one():
     loads: list[str] = []
     pool = EnginePool({name: EngineProvider(lambda name=name: Marker(name, loads)) for name in "abc"}, "a",

@@ -148,6 +148,12 @@ def test_reference_control_map_generate_progress_and_download(browser, studio, r
         page.locator("#gallery a", has_text="Download").first.click()
     path = caught.value.path()
     assert Image.open(path).size == (512, 512)
+    # The marks show on the run (the suite's servers leave the watermark out: tests/conftest.py), and the
+    # downloaded file carries the manifest they name.
+    assert page.inner_text("#run-marks") == "Marked as AI-generated: C2PA manifest."
+    from ref2img.provenance.manifest import read_manifest
+
+    assert read_manifest(Path(path).read_bytes(), "image/png").ai_generated
 
     page.locator("#gallery button", has_text="Use as reference").first.click()
     assert "/v1/files/results/" in page.get_attribute("#reference-preview", "src")

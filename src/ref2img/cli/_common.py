@@ -410,3 +410,10 @@ def provenance_options(
     if classifier is not None and not classifier.is_dir():
         fail(f"--image-classifier: no folder {str(classifier)!r}", EXIT_USAGE)
     return ProvenanceOptions(c2pa, watermark, cert, key, content_filter, blocklist, classifier)
+
+
+def in_process_provenance(options) -> dict:
+    """`RunContext` fields for an in-process run (`generate`, `mcp`): its marks and content filter. A
+    development signing chain, when one is needed, lives in the user's config folder."""
+    marks = options.marks(dev_folder=Path(typer.get_app_dir("ref2img")) / "provenance")
+    return {"marks": marks.apply if marks is not None else None, "content": options.content()}

@@ -16,6 +16,15 @@ from typing import Annotated, Any
 import typer
 
 from ref2img.cli._common import (
+    BlocklistOption,
+    C2paCertOption,
+    C2paFlag,
+    C2paKeyOption,
+    ClassifierOption,
+    ContentFilterFlag,
+    WatermarkFlag,
+    in_process_provenance,
+    provenance_options,
     LoraDirOption,
     EXIT_USAGE,
     AppKeyOption,
@@ -118,8 +127,17 @@ def generate(
     cloud: CloudOption = False,
     app_key: AppKeyOption = None,
     app_secret: AppSecretOption = None,
+    c2pa: C2paFlag = True,
+    watermark: WatermarkFlag = True,
+    c2pa_cert: C2paCertOption = None,
+    c2pa_key: C2paKeyOption = None,
+    content_filter: ContentFilterFlag = "off",
+    blocklist: BlocklistOption = None,
+    image_classifier: ClassifierOption = None,
 ) -> None:
-    """Generate images: in-process with the local engine, or through a server (--server) or the cloud (--cloud)."""
+    """Generate images: in-process with the local engine, or through a server (--server) or the cloud (--cloud).
+    In-process, every image is marked as AI-generated (a C2PA manifest, an invisible watermark)."""
+    marking = provenance_options(c2pa, watermark, c2pa_cert, c2pa_key, content_filter, blocklist, image_classifier)
     mode, controls = parse_controls(control or ["edge"])
     options = {
         "control_intensity": intensity,
@@ -150,6 +168,7 @@ def generate(
         fail("--control-map: subject mode uses the reference itself, not a control map", EXIT_USAGE)
     run = InProcessRun(request.with_seed(), control_map, steps, (compile_kind, compile_after, approximate))
     run.lora_dirs = tuple(str(folder) for folder in lora_dir or ())
+    run.provenance = marking
     with plain_progress():
         run.execute(resolve_model(model or "sdxl", part), device, dtype, offload, out_dir, as_json)
 
@@ -225,6 +244,8 @@ class InProcessRun:
         self.run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
         self.used_map = None  # the map the engine conditioned on, saved so that the user can see what it caught
         self.lora_dirs: tuple[str, ...] = ()  # --lora-dir
+        self.provenance: Any = None  # ProvenanceOptions: the marks and the content filter
+        self.marks: dict[str, Any] = {}
 
     def execute(self, preset, device, dtype, offload: str, out_dir: Path, as_json: bool) -> None:
         from ref2img.engines.base import EngineError
@@ -267,12 +288,15 @@ class InProcessRun:
                 previews=False,
                 on_step=on_step,
                 shape_job=shape_job,
+                **(in_process_provenance(self.provenance) if self.provenance is not None else {}),
             )
             outcome = run_task(task, "cli", context)
         if outcome.status != TaskStatus.SUCCEEDED:
             fail(outcome.reason)
         finished = time.perf_counter()
         timings = {"load": loaded - started, "generate": finished - loaded, "total": finished - started}
+        done = ledger.get(task.id)
+        self.marks = done.marks if done is not None else {}
         self.write_record(engine, outcome.result, out_dir, timings, as_json)
 
     def write_record(self, engine, paths: list[str], out_dir: Path, timings: dict[str, float], as_json: bool) -> None:
@@ -299,6 +323,7 @@ class InProcessRun:
             "compile": self.compile_kind,
             "approximate": sorted(engine.speedups.approximate),  # output-changing levers asked for
             "ignored": engine.last_ignored,  # what of the request this model has no knob for
+            "marks": self.marks,  # what the images carry (C2PA, the watermark's id); `flagged`, if filtered
             "timings_s": {name: round(seconds, 3) for name, seconds in timings.items()},
         }
         (out_dir / f"{self.run_id}.json").write_text(json.dumps(record, indent=2) + "\n")

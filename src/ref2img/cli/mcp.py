@@ -12,6 +12,15 @@ import typer
 from ref2img.images import DEFAULT_MAX_IMAGE_MB, set_max_image_mb
 from ref2img.cli._common import (
     EXIT_USAGE,
+    BlocklistOption,
+    C2paCertOption,
+    C2paFlag,
+    C2paKeyOption,
+    ClassifierOption,
+    ContentFilterFlag,
+    WatermarkFlag,
+    in_process_provenance,
+    provenance_options,
     AppKeyOption,
     AppSecretOption,
     CloudOption,
@@ -75,10 +84,18 @@ def mcp(
             help="--http: another Host (and Origin) name clients may use, besides the bound address (repeatable)",
         ),
     ] = None,
+    c2pa: C2paFlag = True,
+    watermark: WatermarkFlag = True,
+    c2pa_cert: C2paCertOption = None,
+    c2pa_key: C2paKeyOption = None,
+    content_filter: ContentFilterFlag = "off",
+    blocklist: BlocklistOption = None,
+    image_classifier: ClassifierOption = None,
 ) -> None:
     """Serve ref2img to MCP clients: tools generate, recognize, get_task, cancel_task and list_models, on
     the local engine (--model), a ref2img server (--server URL) or the Tomoviee cloud (--cloud). The tools
-    read local files only under --allow-dir folders, and fetch URLs only from public addresses."""
+    read local files only under --allow-dir folders, and fetch URLs only from public addresses. The local
+    engine's images are marked as AI-generated (C2PA, watermark); a server marks its own."""
     try:
         from ref2img.mcp_server import build_server
         from ref2img.mcp_server.inputs import InputGuard
@@ -87,6 +104,7 @@ def mcp(
         fail("the MCP server needs the mcp extra: pip install 'ref2img[mcp]'", EXIT_USAGE)
     if server and cloud:
         fail("--server and --cloud: choose one backend", EXIT_USAGE)
+    marking = provenance_options(c2pa, watermark, c2pa_cert, c2pa_key, content_filter, blocklist, image_classifier)
     address = _address(http) if http else None
     token = _token(address, token_file) if address else None
     quiet_libraries()
@@ -96,7 +114,7 @@ def mcp(
     if server or cloud:
         backend, models = _remote(server, cloud, app_key, app_secret, out_dir, inputs), None
     else:
-        backend, models = _local(model, part, device, dtype, offload, out_dir, inputs)
+        backend, models = _local(model, part, device, dtype, offload, out_dir, inputs, in_process_provenance(marking))
     mcp_server = build_server(backend, models)
     try:
         if address is None or token is None:
@@ -161,7 +179,7 @@ def _remote(server: str | None, cloud: bool, app_key: str | None, app_secret: st
     return RemoteBackend(client, out_dir, "cloud" if cloud else "server", inputs)
 
 
-def _local(model: str, part: list[str] | None, device, dtype, offload: str, out_dir: Path, inputs):
+def _local(model: str, part: list[str] | None, device, dtype, offload: str, out_dir: Path, inputs, provenance: dict):
     from ref2img.engines.local.hub import part_statuses
     from ref2img.engines.local.presets import PRESETS
     from ref2img.mcp_server.local import LocalBackend
@@ -187,4 +205,4 @@ def _local(model: str, part: list[str] | None, device, dtype, offload: str, out_
             for name, candidate in listed.items()
         ]
 
-    return LocalBackend(build_engine, out_dir, inputs), models
+    return LocalBackend(build_engine, out_dir, inputs, provenance), models

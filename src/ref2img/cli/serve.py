@@ -67,6 +67,17 @@ MaxLoadedOption = Annotated[
     ),
 ]
 
+MaxParkedOption = Annotated[
+    int,
+    typer.Option(
+        "--max-parked",
+        metavar="N",
+        min=0,
+        help="presets set aside on the CPU, not unloaded, when another needs the GPU (a switch back moves "
+        "them up instead of loading from disk); 0: always unload",
+    ),
+]
+
 
 def serve(
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="address to listen on")] = "127.0.0.1",
@@ -74,6 +85,7 @@ def serve(
     data_dir: DataDirOption = Path("ref2img-data"),
     models: ModelsOption = None,
     max_loaded: MaxLoadedOption = 0,
+    max_parked: MaxParkedOption = 2,
     part: PartOption = None,
     lora_dirs: LoraDirOption = None,
     device: DeviceOption = None,
@@ -187,6 +199,7 @@ def serve(
         lora_dirs=tuple(str(folder) for folder in lora_dirs or ()),
         more_models=tuple(more_models),
         max_loaded=max_loaded,
+        max_parked=max_parked,
         allow_private_urls=allow_private_urls,
         task_timeout_s=task_timeout,
         db_url=db,
@@ -261,6 +274,7 @@ def worker(
         ),
     ] = None,
     max_loaded: MaxLoadedOption = 0,
+    max_parked: MaxParkedOption = 2,
     part: PartOption = None,
     lora_dirs: LoraDirOption = None,
     device: DeviceOption = None,
@@ -310,6 +324,7 @@ def worker(
         lora_dirs=tuple(str(folder) for folder in lora_dirs or ()),
         more_models=tuple(more_models),
         max_loaded=max_loaded,
+        max_parked=max_parked,
         allow_private_urls=allow_private_urls,
         task_timeout_s=task_timeout,
         db_url=db,

@@ -42,9 +42,10 @@ OWNER = "mcp-local"  # the one runner of this process
 class LocalBackend:
     name = "local"
 
-    def __init__(self, engine_factory: Any, out_dir: Path, inputs: InputGuard):
+    def __init__(self, engine_factory: Any, out_dir: Path, inputs: InputGuard, provenance: dict | None = None):
         """`engine_factory()` builds the (unloaded) LocalEngine; it runs on the engine thread, once.
-        Images are read through `inputs` (the allowed folders, the SSRF-guarded fetcher)."""
+        Images are read through `inputs` (the allowed folders, the SSRF-guarded fetcher). `provenance`:
+        the `RunContext`'s marks and content filter (cli._common.in_process_provenance)."""
         self._engine_factory = engine_factory
         self._engine: LocalEngine | None = None
         self.out_dir = out_dir
@@ -57,6 +58,7 @@ class LocalBackend:
             load_image=lambda source, field, app_key: inputs.load(source, field),
             previews=False,
             on_step=self._ledger.set_steps,
+            **(provenance or {}),
         )
 
     def _engine_now(self) -> LocalEngine:

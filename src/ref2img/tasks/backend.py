@@ -74,7 +74,7 @@ class Backend:
         providers = preset_providers(
             models, lambda model: local_engine_factory(settings, model), lambda model: preset_name(settings, model)
         )
-        return EnginePool(providers, next(iter(providers)), settings.max_loaded)
+        return EnginePool(providers, next(iter(providers)), settings.max_loaded, settings.max_parked)
 
     @property
     def preset_names(self) -> list[str]:

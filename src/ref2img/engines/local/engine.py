@@ -84,6 +84,8 @@ class LocalEngine:
         self.annotators = Annotators(self.preset, self.placement)
         self._pipelines: FamilyPipelines | None = None
         self._lock = threading.Lock()
+        self._placing = threading.Lock()  # park / unpark
+        self._parked = False
         self.last_ignored: list[str] = []  # what of the last job the model had no knob for (run records)
 
     @property
@@ -102,6 +104,41 @@ class LocalEngine:
         """Load the base model now rather than on the first job (servers call this at start)."""
         _ = self.pipelines
         return self
+
+    # -- set aside by a pool of presets (tasks/execution/engine_pool.py) ----------------------------
+    def park(self) -> bool:
+        """Move every model to the CPU, freeing the GPU and keeping the weights in host memory; `unpark`
+        brings them back. False where there is nothing to gain or it is not safe: a CPU engine, offloaded
+        models (their hooks own placement), compiled kernels or captured CUDA graphs (bound to the
+        device's memory): such a preset is unloaded instead."""
+        with self._placing:
+            pipelines = self._pipelines
+            movable = pipelines is not None and pipelines.offload == "none" and not self.speedups.compiles
+            if self._parked or not movable or self.placement.device.type != "cuda":
+                return False
+            for module in self._modules():
+                module.to("cpu")
+            self._parked = True
+        torch.cuda.empty_cache()
+        return True
+
+    def unpark(self) -> None:
+        """Back on the engine's device, if parked (a pool calls it before handing the engine out)."""
+        with self._placing:
+            if not self._parked:
+                return
+            for module in self._modules():
+                module.to(self.placement.device)
+            self._parked = False
+
+    @property
+    def parked(self) -> bool:
+        return self._parked
+
+    def _modules(self) -> list[torch.nn.Module]:
+        found = dict(self._pipelines.modules()) if self._pipelines is not None else {}
+        found.update(self.annotators.modules())
+        return list(found.values())
 
     # -- Engine interface ------------------------------------------------------------------
     def recognize(self, image: Image.Image, control_type: ControlType) -> Image.Image:

@@ -545,7 +545,20 @@ function showImages(data, settings) {
   });
   $("run-status").textContent = `done: ${resultUrls(data).length} image(s)`;
   $("run-progress").value = 100;
+  showMarks(data);
   viewer.items = resultUrls(data).map((url, index) => ({ url, seed: settings.seed + index, settings, task: data.task_id }));
+}
+
+// What the images carry (docs/provenance.md): the C2PA manifest, the watermark's id, and a content filter's flag.
+function showMarks(data) {
+  const marks = data.marks || {};
+  const parts = [];
+  if (marks.c2pa) parts.push("C2PA manifest");
+  if (marks.watermark) parts.push(`invisible watermark ${marks.watermark}`);
+  const said = parts.length ? `Marked as AI-generated: ${parts.join(", ")}.` : "Not marked as AI-generated.";
+  $("run-marks").textContent = data.flagged ? `${said} Flagged: ${data.flagged}` : said;
+  $("run-marks").classList.toggle("flagged", Boolean(data.flagged));
+  $("run-marks").hidden = false;
 }
 
 // -- the viewer: a result at full size, its seed and settings; arrows step through the run's images ----

@@ -1,5 +1,9 @@
 """The presets one process serves (`--model` given several times): a request picks one by name, and at
-most `max_loaded` are held loaded at once, the least recently used idle one unloaded to make room.
+most `max_loaded` are held loaded at once, the least recently used idle one set aside to make room.
+
+Set aside means parked on the CPU where the engine can (`park()`: a GPU engine with no offload and no
+compiled kernels; its weights move to host memory, and a switch back moves them up again instead of
+loading from disk), while host memory allows and at most `max_parked` are parked; else unloaded.
 
 A preset is held from the moment a task asks for it until the task ends (`using`), so one running on
 another worker thread is never unloaded under it; a task that needs room while every loaded preset is
@@ -21,18 +25,22 @@ from ref2img.tasks.execution.engine_provider import EngineProvider
 
 log = logging.getLogger("ref2img.engine")
 GPU_HEADROOM_BYTES = 2 * 2**30  # left free beside a new preset on a GPU (activations, the VAE's decode)
+HOST_HEADROOM_BYTES = 4 * 2**30  # host memory left free beside a parked preset
 
 
 class EnginePool:
-    def __init__(self, providers: dict[str, EngineProvider], default: str, max_loaded: int = 0):
+    def __init__(self, providers: dict[str, EngineProvider], default: str, max_loaded: int = 0, max_parked: int = 2):
         """`providers`: preset name -> its engine (loaded on first use). `max_loaded`: 0 is auto: every
-        preset on a CPU; on a GPU, a new one loads only where its measured size fits the free memory."""
+        preset on a CPU; on a GPU, a new one loads only where its measured size fits the free memory.
+        `max_parked`: presets kept on the CPU at most (0: an idle preset is always unloaded)."""
         if default not in providers:
             raise ValueError(f"the default preset {default!r} is not among {sorted(providers)}")
         self.providers = providers
         self.default = default
         self.max_loaded = max_loaded
+        self.max_parked = max_parked
         self._resident: OrderedDict[str, None] = OrderedDict()  # loaded or loading, least recent first
+        self._parked: OrderedDict[str, None] = OrderedDict()  # set aside on the CPU, least recent first
         self._in_use: dict[str, int] = dict.fromkeys(providers, 0)
         self._footprint: dict[str, int] = {}  # GPU bytes each preset took when it loaded
         self._changed = threading.Condition()
@@ -56,7 +64,11 @@ class EnginePool:
         states = {}
         for name, provider in self.providers.items():
             state = provider.state
-            states[name] = str(state) if state.loaded or state.failed or name in self._resident else "not loaded"
+            if name in self._parked:
+                states[name] = "parked on the CPU"
+            else:
+                known = state.loaded or state.failed or name in self._resident
+                states[name] = str(state) if known else "not loaded"
         return states
 
     @contextlib.contextmanager
@@ -64,12 +76,13 @@ class EnginePool:
         """The engine of preset `name` (none: the default), held for the caller until the block ends."""
         chosen = self.check(name)
         with self._changed:
+            self._parked.pop(chosen, None)  # coming back to the GPU (`_load` moves its weights up): never unloaded now
             while not self._has_room(chosen):
                 victim = next((held for held in self._resident if held != chosen and not self._in_use[held]), None)
                 if victim is None:
                     self._changed.wait()  # every loaded preset runs a task: the first to end makes room
                     continue
-                self._unload(victim)
+                self._set_aside(victim)
             self._resident[chosen] = None
             self._resident.move_to_end(chosen)
             self._in_use[chosen] += 1
@@ -94,6 +107,9 @@ class EnginePool:
     def _load(self, name: str) -> Engine:
         provider = self.providers[name]
         if provider.loaded is not None:
+            unpark = getattr(provider.loaded, "unpark", None)
+            if unpark is not None:
+                unpark()  # a no-op unless it was parked
             return provider.loaded
         before = _gpu_used_bytes()
         engine = provider()
@@ -101,14 +117,44 @@ class EnginePool:
             self._footprint[name] = max(0, (_gpu_used_bytes() or 0) - before)
         return engine
 
+    def _set_aside(self, name: str) -> None:
+        """Make room on the GPU: park `name` on the CPU where its engine can and host memory allows (the
+        least recently parked unloaded past `max_parked`), else unload it."""
+        self._resident.pop(name, None)
+        engine = self.providers[name].loaded
+        park = getattr(engine, "park", None)
+        if park is not None and self.max_parked and _host_has_room(self._footprint.get(name, 0)) and park():
+            log.info("parked preset %s on the CPU to make room for another (--max-loaded %s)", name, self.max_loaded)
+            self._parked[name] = None
+            while len(self._parked) > self.max_parked:
+                self._unload(next(iter(self._parked)))
+            _empty_gpu_cache()
+            return
+        self._unload(name)
+
     def _unload(self, name: str) -> None:
         log.info("unloading preset %s to make room for another (--max-loaded %s)", name, self.max_loaded or "auto")
         self._resident.pop(name, None)
+        self._parked.pop(name, None)
         self.providers[name].unload()
         gc.collect()
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _empty_gpu_cache()
+
+
+def _empty_gpu_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _host_has_room(needed: int) -> bool:
+    """Host memory has room for `needed` more bytes, with headroom (Linux's MemAvailable; elsewhere yes)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            line = next(line for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return True
+    return int(line.split()[1]) * 1024 >= needed + HOST_HEADROOM_BYTES
 
 
 def _gpu_free_bytes() -> int | None:
