@@ -74,11 +74,29 @@ def tiny_classifier(folder: Path, unsafe: bool) -> Path:
 
 @pytest.fixture(scope="module")
 def marked_server(tmp_path_factory, tiny_sd15):
-    blocklist = tmp_path_factory.mktemp("policy") / "blocklist.txt"
+    """Both marks, and the filter in block mode: a blocklist, and a classifier that calls every image nsfw.
+    A key's own mode (`key_with`) lets its tasks through (off) or flags them (flag)."""
+    policy = tmp_path_factory.mktemp("policy")
+    blocklist = policy / "blocklist.txt"
     blocklist.write_text("# the operator's words\nforbidden thing\n")
+    classifier = tiny_classifier(policy / "classifier", unsafe=True)
     with running(tmp_path_factory, "marked", tiny_sd15, "--watermark", "--content-filter", "block",
-                 "--blocklist", str(blocklist)) as server:
+                 "--blocklist", str(blocklist), "--image-classifier", str(classifier)) as server:
         yield server
+
+
+def key_with(server, content_filter: str | None) -> Cloud:
+    """A new key of the server's, with its own content-filter mode (None: the server's)."""
+    from ref2img.tasks.store import Store
+
+    app_key, secret = server.new_key()
+    if content_filter is not None:
+        store = Store(server.db_url)
+        try:
+            assert store.keys.set_limits(app_key, content_filter=content_filter)
+        finally:
+            store.close()
+    return Cloud(server.url, app_key, secret)
 
 
 def fetch_result(cloud: Cloud, data: dict) -> bytes:
@@ -90,7 +108,7 @@ def fetch_result(cloud: Cloud, data: dict) -> bytes:
 def test_a_result_carries_a_valid_manifest_and_a_watermark_naming_its_task(marked_server, astronaut, tmp_path):
     from ref2img.provenance.watermark import embed, is_mark_id
 
-    cloud = Cloud(marked_server.url, *marked_server.new_key())
+    cloud = key_with(marked_server, "off")  # past the filter: this test is about the marks
     reference = astronaut.resize((128, 128))
     task_id = cloud.create_id(img2img_body(data_uri(reference), prompt="a secret prompt"))
     data = cloud.wait_final(task_id)
@@ -140,13 +158,33 @@ def check(image: Path, data_dir: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def test_a_blocked_prompt_ends_at_status_4_with_nothing_stored(marked_server, astronaut):
-    cloud = Cloud(marked_server.url, *marked_server.new_key())
-    task_id = cloud.create_id(img2img_body(data_uri(astronaut.resize((64, 64))), prompt="a Forbidden Thing here"))
-    data = cloud.wait_final(task_id)
+def stored_results(server, task_id: str) -> list[Path]:
+    return sorted((server.data_dir / "results" / task_id).glob("*")) + sorted(
+        (server.data_dir / "files" / "results" / task_id).glob("*"))
+
+
+def test_a_blocked_prompt_and_a_blocked_image_end_at_status_4_with_nothing_stored(marked_server, astronaut):
+    cloud = key_with(marked_server, None)  # the server's mode: block
+    reference = data_uri(astronaut.resize((64, 64)))
+    by_prompt = cloud.create_id(img2img_body(reference, prompt="a Forbidden Thing here"))
+    by_image = cloud.create_id(img2img_body(reference, prompt="a lighthouse"))
+    data = cloud.wait_final(by_prompt)
     assert data["status"] == 4 and "content policy" in data["reason"] and "forbidden thing" in data["reason"].lower()
+    assert data["result"] == "" and "marks" not in data
+    data = cloud.wait_final(by_image)
+    assert data["status"] == 4 and data["reason"].startswith("refused by the content policy: an image was classified nsfw")
     assert data["result"] == ""
-    assert not (marked_server.data_dir / "files" / "results" / task_id).exists()
+    for task_id in (by_prompt, by_image):
+        assert stored_results(marked_server, task_id) == []
+
+
+def test_flag_mode_keeps_the_images_and_says_why(marked_server, astronaut):
+    cloud = key_with(marked_server, "flag")
+    task_id = cloud.create_id(img2img_body(data_uri(astronaut.resize((64, 64))), prompt="a forbidden thing"))
+    data = cloud.wait_final(task_id)
+    assert data["status"] == 3 and len(stored_results(marked_server, task_id)) == 1
+    assert "prompt has a blocked term" in data["flagged"] and "classified nsfw" in data["flagged"]
+    assert data["marks"]["c2pa"] is True
 
 
 def test_a_trusted_key_is_not_filtered(marked_server, astronaut):
@@ -275,3 +313,41 @@ def test_the_mcp_servers_local_engine_marks_and_filters(tiny_sd15, astronaut, tm
             asyncio.run(run("a forbidden lighthouse"))
     finally:
         backend.close()
+
+
+@pytest.mark.slow  # a mirror, a pull and two more processes: about 12 s
+def test_the_classifier_is_pulled_through_the_mirror_and_read_offline(tmp_path):
+    """`ref2img models pull-classifier` fetches the real repo's config, preprocessor and safetensors
+    (never its pickles) through a hub mirror; `--image-classifier REPO` then reads the cache offline."""
+    import os
+
+    from .hub_fixture import write_repo
+    from .test_models_mirror import Mirror
+
+    tiny = tiny_classifier(tmp_path / "tiny", unsafe=True)
+    layout = {name: (tiny / name).read_bytes() for name in ("config.json", "preprocessor_config.json",
+                                                           "model.safetensors")}
+    layout |= {"pytorch_model.bin": b"pickle", "optimizer.pt": b"pickle", "README.md": b"---\nlicense: apache-2.0\n---"}
+    source = tmp_path / "source-cache"
+    write_repo(source, "Falconsai/nsfw_image_detection", layout)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home")}
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
+        env.pop(name, None)
+    with Mirror(source) as mirror:
+        pulled = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "pull-classifier"],
+                                env={**env, "HF_ENDPOINT": mirror.url}, capture_output=True, text=True, timeout=120)
+    assert pulled.returncode == 0, pulled.stderr
+    [snapshot] = (tmp_path / "hf-home" / "hub" / "models--Falconsai--nsfw_image_detection" / "snapshots").iterdir()
+    assert sorted(p.name for p in snapshot.iterdir()) == ["config.json", "model.safetensors",
+                                                          "preprocessor_config.json"]
+    code = ("from ref2img.provenance.content_filter import ContentFilter, ImageClassifier, locate_classifier; "
+            "from PIL import Image; "
+            "f = ContentFilter('block', classifier=ImageClassifier(locate_classifier('Falconsai/nsfw_image_detection'))); "
+            "print(f.check_image('ak', Image.new('RGB', (64, 64))).reason)")
+    offline = {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    read = subprocess.run([sys.executable, "-c", code], env=offline, capture_output=True, text=True, timeout=120)
+    assert read.returncode == 0 and "classified nsfw" in read.stdout, read.stderr
+    missing = subprocess.run([sys.executable, "-m", "ref2img.cli", "serve", "--data-dir", str(tmp_path / "d"),
+                              "--image-classifier", "someone/not-pulled"], env=offline, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 2 and "ref2img models pull-classifier someone/not-pulled" in missing.stderr

@@ -382,8 +382,13 @@ BlocklistOption = Annotated[
     Path | None, typer.Option("--blocklist", metavar="FILE", help="blocked words and phrases, one a line")
 ]
 ClassifierOption = Annotated[
-    Path | None,
-    typer.Option("--image-classifier", metavar="DIR", help="a transformers image classifier of unsafe content"),
+    str | None,
+    typer.Option(
+        "--image-classifier",
+        metavar="DIR|REPO",
+        help="a transformers image classifier of unsafe content: a folder, or a hub repo pulled with "
+        "`ref2img models pull-classifier` (Falconsai/nsfw_image_detection)",
+    ),
 ]
 
 
@@ -394,10 +399,10 @@ def provenance_options(
     key: Path | None,
     content_filter: str,
     blocklist: Path | None,
-    classifier: Path | None,
+    classifier: str | None,
 ):
     """The provenance flags as one `ProvenanceOptions`; a bad combination is a usage error naming the flag."""
-    from ref2img.provenance.content_filter import MODES
+    from ref2img.provenance.content_filter import MODES, ClassifierMissing, locate_classifier
     from ref2img.provenance.options import ProvenanceOptions
 
     if content_filter not in MODES:
@@ -407,8 +412,11 @@ def provenance_options(
     for flag, path in (("--c2pa-cert", cert), ("--c2pa-key", key), ("--blocklist", blocklist)):
         if path is not None and not path.is_file():
             fail(f"{flag}: no file {str(path)!r}", EXIT_USAGE)
-    if classifier is not None and not classifier.is_dir():
-        fail(f"--image-classifier: no folder {str(classifier)!r}", EXIT_USAGE)
+    if classifier is not None:
+        try:
+            locate_classifier(classifier)
+        except ClassifierMissing as exc:
+            fail(str(exc), EXIT_USAGE)
     return ProvenanceOptions(c2pa, watermark, cert, key, content_filter, blocklist, classifier)
 
 

@@ -92,6 +92,24 @@ def models_pull(
     err.print(f"preset {preset.name!r} is ready", highlight=False)
 
 
+@app.command("pull-classifier")
+def models_pull_classifier(
+    repo: Annotated[
+        str, typer.Argument(metavar="REPO", help="a transformers image-classification repo on the hub")
+    ] = "Falconsai/nsfw_image_detection",
+) -> None:
+    """Download the content filter's image classifier (its config, preprocessor and safetensors weights,
+    never a pickle) into the Hugging Face cache; then `--image-classifier REPO` reads it offline."""
+    from ref2img.provenance.content_filter import pull_classifier
+
+    err.print(f"[bold]image classifier[/]: {repo}", highlight=False)
+    try:
+        folder = pull_classifier(repo)
+    except Exception as exc:  # noqa: BLE001 - any hub/network failure becomes one clear line
+        fail(f"could not download {repo} from the Hugging Face Hub: {type(exc).__name__}: {str(exc)[:200]}")
+    err.print(f"ready: --image-classifier {repo} ({folder})", highlight=False)
+
+
 @app.command("mirror")
 def models_mirror(
     port: Annotated[int, typer.Option("--port", metavar="PORT", min=1, max=65535, help="port to listen on")] = 8090,

@@ -4,9 +4,10 @@ Modes: `off`; `flag` (the task succeeds, its result carrying a `flagged` extensi
 `block` (the task ends at status 4 with a reason naming the content policy, and no image is stored).
 A key may have its own mode (`ref2img keys create --content-filter off` for a trusted key).
 
-The classifier is any transformers image-classification model in a local folder (no remote code),
-pulled like the other parts; the labels it calls unsafe are `UNSAFE_LABELS`. The default is
-Falconsai/nsfw_image_detection (a ViT, Apache-2.0; docs/provenance.md).
+The classifier is any transformers image-classification model (no remote code): a local folder, or a
+hub repo pulled into the Hugging Face cache like the other parts (`ref2img models pull-classifier`) and
+read from there offline. The labels it calls unsafe are `UNSAFE_LABELS`. The one we suggest is
+Falconsai/nsfw_image_detection (a ViT, labels normal/nsfw, Apache-2.0; docs/provenance.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from typing import Any
 from PIL import Image
 
 MODES = ("off", "flag", "block")
+CLASSIFIER_REPO = "Falconsai/nsfw_image_detection"
+# What a classifier's load reads: its config, its safetensors weights and its preprocessor; never a pickle
+# (that repo also holds pytorch_model.bin and a 687 MB optimizer.pt).
+CLASSIFIER_FILES = ("config.json", "preprocessor_config.json", "*.safetensors")
 UNSAFE_LABELS = frozenset({"nsfw", "porn", "hentai", "sexy", "unsafe", "explicit"})
 UNSAFE_THRESHOLD = 0.5
 
@@ -103,17 +108,50 @@ class ContentFilter:
         return Verdict(mode, f"refused by the content policy: an image was classified {label} ({score:.2f})")
 
 
+class ClassifierMissing(ValueError):
+    """The classifier a flag names is neither a folder nor a repo in the local cache."""
+
+
+def locate_classifier(spec: str) -> Path:
+    """The folder of `spec`: a local folder, or a hub repo id read from the local cache only (nothing is
+    downloaded while serving); ClassifierMissing saying how to pull it."""
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        return folder
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        found = Path(snapshot_download(spec, local_files_only=True, allow_patterns=list(CLASSIFIER_FILES)))
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        found = None
+    if found is None or not (found / "config.json").is_file():
+        raise ClassifierMissing(
+            f"--image-classifier: {spec!r} is neither a folder nor a model on this machine; "
+            f"get it with `ref2img models pull-classifier {spec}`"
+        )
+    return found
+
+
+def pull_classifier(repo: str = CLASSIFIER_REPO) -> Path:
+    """Download a classifier's files (config, preprocessor, safetensors) into the Hugging Face cache."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo, allow_patterns=list(CLASSIFIER_FILES)))
+
+
 def open_content_filter(
     mode: str,
     blocklist: Path | None,
-    classifier: Path | None,
+    classifier: str | None,
     mode_of_key: Callable[[str], str | None] | None = None,
 ) -> ContentFilter | None:
-    """The filter of a process's flags; None when it can never act (off, and no key may turn it on)."""
+    """The filter of a process's flags; None when it has nothing to check with (no blocklist, no
+    classifier). `classifier`: a folder or a hub repo id (`locate_classifier`)."""
     if mode not in MODES:
         raise ValueError(f"--content-filter: {mode!r} is not one of {', '.join(MODES)}")
     if blocklist is None and classifier is None:
         return None
     words = read_blocklist(blocklist) if blocklist is not None else []
-    model: Any = ImageClassifier(classifier) if classifier is not None else None
+    model: Any = ImageClassifier(locate_classifier(classifier)) if classifier is not None else None
     return ContentFilter(mode, words, model, mode_of_key)

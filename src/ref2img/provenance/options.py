@@ -20,7 +20,7 @@ class ProvenanceOptions:
     c2pa_key: Path | None = None
     content_filter: str = "off"  # off | flag | block
     blocklist: Path | None = None
-    classifier: Path | None = None  # a transformers image-classification folder
+    classifier: str | None = None  # a transformers image classifier: a folder, or a hub repo id in the cache
 
     def marks(self, dev_folder: Path) -> Marks | None:
         from ref2img.provenance.marks import open_marks
