@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("REF2IMG_WATERMARK", "0")
 # `generate` and `mcp` keep a development C2PA signing chain in the user's config folder: the suite's own.
 os.environ.setdefault("XDG_CONFIG_HOME", tempfile.mkdtemp(prefix="ref2img-test-config-"))
+# Every server and command of the suite signs with one development chain, made once (as an operator gives
+# every node the same --c2pa-cert/--c2pa-key), rather than each making its own at start.
+if "REF2IMG_C2PA_CERT" not in os.environ:
+    try:
+        from ref2img.provenance.certs import make_dev_certificate
+
+        _cert, _key = make_dev_certificate(Path(tempfile.mkdtemp(prefix="ref2img-test-c2pa-")))
+        os.environ["REF2IMG_C2PA_CERT"], os.environ["REF2IMG_C2PA_KEY"] = str(_cert), str(_key)
+    except ImportError:  # no cryptography: each server makes its own, or signs nothing
+        pass
 
 
 @pytest.fixture(scope="session")

@@ -163,6 +163,7 @@ def stored_results(server, task_id: str) -> list[Path]:
         (server.data_dir / "files" / "results" / task_id).glob("*"))
 
 
+@pytest.mark.slow  # the marked server of this module
 def test_a_blocked_prompt_and_a_blocked_image_end_at_status_4_with_nothing_stored(marked_server, astronaut):
     cloud = key_with(marked_server, None)  # the server's mode: block
     reference = data_uri(astronaut.resize((64, 64)))
@@ -178,6 +179,7 @@ def test_a_blocked_prompt_and_a_blocked_image_end_at_status_4_with_nothing_store
         assert stored_results(marked_server, task_id) == []
 
 
+@pytest.mark.slow  # the marked server of this module
 def test_flag_mode_keeps_the_images_and_says_why(marked_server, astronaut):
     cloud = key_with(marked_server, "flag")
     task_id = cloud.create_id(img2img_body(data_uri(astronaut.resize((64, 64))), prompt="a forbidden thing"))
@@ -187,6 +189,7 @@ def test_flag_mode_keeps_the_images_and_says_why(marked_server, astronaut):
     assert data["marks"]["c2pa"] is True
 
 
+@pytest.mark.slow  # the marked server of this module
 def test_a_trusted_key_is_not_filtered(marked_server, astronaut):
     app_key, secret = marked_server.new_key()
     subprocess.run([sys.executable, "-m", "ref2img.cli", "keys", "update", app_key, "--content-filter", "off",
@@ -245,10 +248,14 @@ def test_provenance_init_makes_a_chain_that_signs(tmp_path):
 
 
 def test_bad_provenance_flags_are_refused_naming_the_flag(tmp_path):
+    import os
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith("REF2IMG_C2PA_")}
     for args, message in ((["--content-filter", "maybe"], "--content-filter: 'maybe' is not one of off, flag, block"),
-                          (["--c2pa-cert", str(tmp_path / "c.pem")], "--c2pa-cert and --c2pa-key: give both")):
+                          (["--c2pa-cert", str(tmp_path / "c.pem")], "--c2pa-cert and --c2pa-key: give both"),
+                          (["--blocklist", str(tmp_path / "none.txt")], "--blocklist: no file")):
         done = subprocess.run([sys.executable, "-m", "ref2img.cli", "serve", "--data-dir", str(tmp_path), *args],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, env=env)
         assert done.returncode == 2 and message in done.stderr, done.stderr
 
 

@@ -369,9 +369,16 @@ WatermarkFlag = Annotated[
 ]
 C2paCertOption = Annotated[
     Path | None,
-    typer.Option("--c2pa-cert", metavar="PEM", help="the signing certificate chain (default: a development one)"),
+    typer.Option(
+        "--c2pa-cert",
+        metavar="PEM",
+        envvar="REF2IMG_C2PA_CERT",
+        help="the signing certificate chain (default: a development one)",
+    ),
 ]
-C2paKeyOption = Annotated[Path | None, typer.Option("--c2pa-key", metavar="PEM", help="its private key")]
+C2paKeyOption = Annotated[
+    Path | None, typer.Option("--c2pa-key", metavar="PEM", envvar="REF2IMG_C2PA_KEY", help="its private key")
+]
 ContentFilterFlag = Annotated[
     str,
     typer.Option(
