@@ -247,16 +247,23 @@ def test_provenance_init_makes_a_chain_that_signs(tmp_path):
     assert read_manifest(buffer.getvalue(), "image/jpeg") is None  # an unsigned image carries none
 
 
-def test_bad_provenance_flags_are_refused_naming_the_flag(tmp_path):
-    import os
+def test_bad_provenance_flags_are_refused_naming_the_flag(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
 
-    env = {name: value for name, value in os.environ.items() if not name.startswith("REF2IMG_C2PA_")}
-    for args, message in ((["--content-filter", "maybe"], "--content-filter: 'maybe' is not one of off, flag, block"),
-                          (["--c2pa-cert", str(tmp_path / "c.pem")], "--c2pa-cert and --c2pa-key: give both"),
-                          (["--blocklist", str(tmp_path / "none.txt")], "--blocklist: no file")):
-        done = subprocess.run([sys.executable, "-m", "ref2img.cli", "serve", "--data-dir", str(tmp_path), *args],
-                              capture_output=True, text=True, timeout=60, env=env)
-        assert done.returncode == 2 and message in done.stderr, done.stderr
+    from ref2img.cli import app
+
+    monkeypatch.delenv("REF2IMG_C2PA_CERT", raising=False)
+    monkeypatch.delenv("REF2IMG_C2PA_KEY", raising=False)
+    for command in ("serve", "worker", "generate", "mcp"):
+        fixed = {"worker": ["--queue", "redis://x", "--db", "sqlite://", "--storage", str(tmp_path)],
+                 "generate": [str(tmp_path / "ref.png"), "p"]}.get(command, [])
+        for args, message in (
+            (["--content-filter", "maybe"], "--content-filter: 'maybe' is not one of off, flag, block"),
+            (["--c2pa-cert", str(tmp_path / "c.pem")], "--c2pa-cert and --c2pa-key: give both"),
+            (["--blocklist", str(tmp_path / "none.txt")], "--blocklist: no file"),
+        ):
+            done = CliRunner().invoke(app, [command, *fixed, *args])
+            assert done.exit_code == 2 and message in done.output, (command, args, done.output)
 
 
 def test_generate_marks_its_images_in_process(tiny_sd15, astronaut, tmp_path):

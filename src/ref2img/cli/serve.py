@@ -312,11 +312,7 @@ def worker(
     """Run one worker of a scale-out fleet: loads the engine once, then takes tasks from Redis. A GPU
     worker takes the local queue (and needs no public URL: the API nodes send the callbacks); with
     --engine tomoviee it follows the cloud queue's tasks instead."""
-    from ref2img.engines.base import EngineError
-    from ref2img.tasks.execution.worker_process import run_worker_process
-
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    quiet_libraries()
     model, *more_models = models or ["sdxl"]
     settings = node_settings(
         data_dir=data_dir,
@@ -337,6 +333,11 @@ def worker(
             c2pa, watermark, c2pa_cert, c2pa_key, content_filter, blocklist, image_classifier
         ),
     )
+    # After the flags are checked: bad input exits at once, before torch and diffusers are imported.
+    quiet_libraries()
+    from ref2img.engines.base import EngineError
+    from ref2img.tasks.execution.worker_process import run_worker_process
+
     try:
         run_worker_process(settings)
     except ValueError as exc:  # a flag at odds with the others: bad input
