@@ -57,3 +57,47 @@ def test_a_family_without_loras_says_so(tiny_zimage, lora_dir, astronaut):
     engine = LocalEngine(str(tiny_zimage), device="cpu", lora_dirs=(str(lora_dir),)).load()
     with pytest.raises(EngineOptionError, match="loras: the zimage family takes no LoRAs"):
         engine.generate(job(astronaut, loras=[{"name": "style"}]))
+
+
+@pytest.fixture(scope="module")
+def two_loras(tiny_sd15, tmp_path_factory):
+    """`style` (the tiny models' random LoRA) and `other`: the same layers and rank, other weights."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("two-loras")
+    source = tiny_sd15 / "lora" / "pytorch_lora_weights.safetensors"
+    shutil.copy(source, folder / "style.safetensors")
+    tensors = load_file(str(source))
+    save_file({key: (-1.5 * value if ("lora_B" in key or "lora_up" in key) else value).contiguous()
+               for key, value in tensors.items()}, str(folder / "other.safetensors"))
+    return folder
+
+
+@pytest.mark.slow  # torch.compile on the CPU: about a minute
+def test_a_compiled_unet_hot_swaps_loras_and_weights_without_recompiling(tiny_sd15, two_loras, astronaut, tmp_path):
+    import torch
+
+    from ref2img.engines.local.speed import Speedups
+
+    eager = LocalEngine(str(tiny_sd15), device="cpu", lora_dirs=(str(two_loras),)).load()
+    compiled = LocalEngine(str(tiny_sd15), device="cpu", speedups=Speedups(compile="regional"),
+                           compile_cache=str(tmp_path / "cache"), lora_dirs=(str(two_loras),)).load()
+    before = pixels(compiled, astronaut)
+    style = pixels(compiled, astronaut, loras=[{"name": "style"}])  # the slot is made: its blocks trace once
+    assert np.abs(style.astype(int) - before).mean() > 0.1
+    assert (pixels(compiled, astronaut) == before).all()  # the slot off: the pixels of before any LoRA
+    torch.compiler.set_stance("fail_on_recompile")  # from here, any recompile is an error
+    try:
+        other = pixels(compiled, astronaut, loras=[{"name": "other"}])  # hot-swapped into the slot
+        half = pixels(compiled, astronaut, loras=[{"name": "style", "weight": 0.5}])  # swapped back, reweighted
+        again = pixels(compiled, astronaut)
+    finally:
+        torch.compiler.set_stance("default")
+    assert (again == before).all()
+    # Each matches what the eager engine makes with the same LoRA and weight (compiled kernels: rounding).
+    for made, loras in ((other, [{"name": "other"}]), (half, [{"name": "style", "weight": 0.5}])):
+        reference = pixels(eager, astronaut, loras=loras)
+        assert np.abs(made.astype(int) - reference).max() <= 2
+    assert np.abs(other.astype(int) - style).mean() > 0.1 and np.abs(half.astype(int) - style).mean() > 0.01
+    with pytest.raises(EngineOptionError, match="with --compile, a request takes one LoRA"):
+        compiled.generate(job(astronaut, loras=[{"name": "style"}, {"name": "other"}]))

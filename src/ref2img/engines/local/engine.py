@@ -30,7 +30,7 @@ from ref2img.engines.local.compile_policy import CompilePolicy
 from ref2img.engines.local.decode import output_kwargs, to_pil
 from ref2img.engines.local.device import Placement, choose_placement
 from ref2img.engines.local.families import FamilyPipelines
-from ref2img.engines.local.loras import resolve_loras
+from ref2img.engines.local.loras import find_loras, resolve_loras
 from ref2img.engines.local.offload import parse_offload
 from ref2img.engines.local.pipelines import component_dtypes, load_pipelines, module_dtype
 from ref2img.engines.local.presets import Preset, resolve_preset
@@ -215,7 +215,7 @@ class LocalEngine:
         adapters = getattr(self.pipelines, "loras", None)
         if adapters is None:
             raise EngineOptionError(f"loras: the {self.preset.family} family takes no LoRAs (yet)")
-        return adapters.active(loras)
+        return adapters.active(loras, catalog=list(find_loras(self.lora_dirs).values()))
 
     def _call(self, pipe, kwargs, shape, size: str, on_progress, should_cancel, on_preview) -> list[Image.Image]:
         """One pipeline call with the engine's step machinery: progress, previews, cancel, the family's

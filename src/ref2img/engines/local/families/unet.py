@@ -107,7 +107,8 @@ class UNetPipelines:
         prepare_decoder(self.base.vae, self.speedups)
         if self.speedups.cache_prompts:
             cache_text_encoders(self.base)
-        self.loras = UnetLoras(self.base)  # a request's LoRAs (--lora-dir), in the UNet every pipeline shares
+        # A request's LoRAs (--lora-dir), in the UNet every pipeline shares; hot-swapped when it compiles.
+        self.loras = UnetLoras(self.base, hotswap=self.speedups.compiles)
 
     # -- loading --------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
