@@ -365,3 +365,24 @@ def test_the_classifier_is_pulled_through_the_mirror_and_read_offline(tmp_path):
                               "--image-classifier", "someone/not-pulled"], env=offline, capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 2 and "ref2img models pull-classifier someone/not-pulled" in missing.stderr
+
+
+def test_a_repaint_keeps_its_unmasked_pixels_exactly_under_the_watermark(astronaut):
+    """Image Repaint's promise (the pixels outside the mask come back as sent) holds with the marks on: the
+    watermark goes only where the model drew."""
+    import numpy as np
+
+    from ref2img.provenance.manifest import ImageFacts
+    from ref2img.provenance.marks import Marks
+    from ref2img.provenance.watermark import new_mark_id
+
+    original = astronaut.resize((512, 512))
+    drawn = np.asarray(original).copy()
+    drawn[128:384, 128:384] = 255 - drawn[128:384, 128:384]  # the model redrew the centre
+    data, marks = Marks(signer=None, watermark=True).apply(
+        Image.fromarray(drawn), ImageFacts("t1", "redrawing", "0" * 64, watermark=new_mark_id()), original)
+    stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    outside = np.ones((512, 512), bool)
+    outside[128:384, 128:384] = False
+    assert (stored[outside] == np.asarray(original)[outside]).all()  # untouched where the model kept them
+    assert (stored[~outside] != drawn[~outside]).any() and marks["watermark"]  # marked where it drew

@@ -66,9 +66,10 @@ class RunContext:
     shape_job: Callable[[Job, Engine], Job] | None = None  # in-process options the wire has not (steps, a map)
     # True once the worker is stopping: the running job stops at its next step and goes back to the queue.
     stopping: Callable[[], bool] | None = None
-    # (image, facts) -> the PNG bytes to store, with a watermark and a C2PA manifest, and what they carry
-    # (provenance/marks.py); None: stored unmarked.
-    marks: Callable[[Image.Image, ImageFacts], tuple[bytes, dict[str, Any]]] | None = None
+    # (image, facts, the image it was made from when its other pixels must stay: Image Repaint) -> the PNG
+    # bytes to store, with a watermark and a C2PA manifest, and what they carry (provenance/marks.py);
+    # None: stored unmarked.
+    marks: Callable[[Image.Image, ImageFacts, Image.Image | None], tuple[bytes, dict[str, Any]]] | None = None
     content: ContentFilter | None = None  # the optional content filter, for prompts and results
 
 
@@ -254,7 +255,7 @@ def _repaint(task: TaskView, owner: str, ctx: RunContext, on_progress, should_ca
             job = RepaintJob.from_request(request, load)
             images = engine.repaint(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
             facts = _facts(task, request.prompt, engine, inputs)
-    return _store(task, ctx, images, facts, flags)
+    return _store(task, ctx, images, facts, flags, unchanged=job.image)  # unmasked pixels stay as sent
 
 
 def _check_prompt(task: TaskView, ctx: RunContext, *texts: str | None) -> list[str]:
@@ -283,7 +284,14 @@ def _facts(task: TaskView, prompt: str, engine: Engine, inputs: dict[str, str]) 
     )
 
 
-def _store(task: TaskView, ctx: RunContext, images: list[Image.Image], facts: ImageFacts, flags: list[str]) -> Stored:
+def _store(
+    task: TaskView,
+    ctx: RunContext,
+    images: list[Image.Image],
+    facts: ImageFacts,
+    flags: list[str],
+    unchanged: Image.Image | None = None,
+) -> Stored:
     """Check every image with the content filter first (block: none is stored), then mark and store each."""
     if ctx.content is not None:
         for image in images:
@@ -298,7 +306,7 @@ def _store(task: TaskView, ctx: RunContext, images: list[Image.Image], facts: Im
     for index, image in enumerate(images):
         data = None
         if ctx.marks is not None:
-            data, marks = ctx.marks(image, facts)
+            data, marks = ctx.marks(image, facts, unchanged)
         names.append(ctx.outputs.save_result(task.id, index, image, data))
     if flags:
         marks["flagged"] = "; ".join(dict.fromkeys(flags))

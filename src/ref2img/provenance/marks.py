@@ -31,20 +31,35 @@ class Marks:
     signer: ManifestSigner | None  # None: no manifest
     watermark: bool
 
-    def apply(self, image: Image.Image, facts: ImageFacts) -> tuple[bytes, dict[str, Any]]:
+    def apply(
+        self, image: Image.Image, facts: ImageFacts, unchanged: Image.Image | None = None
+    ) -> tuple[bytes, dict[str, Any]]:
         """The PNG bytes to store, and what they carry (the task's `marks`): the watermark `facts.watermark`
-        names (one id a task, `watermark.new_mark_id`), when this process watermarks."""
+        names (one id a task, `watermark.new_mark_id`), when this process watermarks. `unchanged`: the
+        image the result was made from (Image Repaint), whose pixels the result kept as they were stay
+        so: the watermark goes only where the model drew."""
         from ref2img.provenance import watermark
 
         mark = facts.watermark if self.watermark else None
         if mark is not None:
-            image = watermark.embed(image, mark)
+            image = _only_where_drawn(watermark.embed(image, mark), image, unchanged)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         data = buffer.getvalue()
         if self.signer is not None:
             data = self.signer.sign(data, "image/png", dataclasses.replace(facts, watermark=mark))
         return data, {"c2pa": self.signer is not None, "watermark": mark}
+
+
+def _only_where_drawn(marked: Image.Image, drawn: Image.Image, unchanged: Image.Image | None) -> Image.Image:
+    """`marked` where `drawn` differs from `unchanged`; `drawn`'s own pixels where the model kept them."""
+    if unchanged is None or unchanged.size != drawn.size:
+        return marked
+    import numpy as np
+
+    before, after = np.asarray(unchanged.convert("RGB")), np.asarray(drawn.convert("RGB"))
+    kept = (before == after).all(axis=-1, keepdims=True)
+    return Image.fromarray(np.where(kept, after, np.asarray(marked.convert("RGB"))))
 
 
 def open_marks(*, c2pa: bool, watermark: bool, cert: Path | None, key: Path | None, dev_folder: Path) -> Marks | None:
