@@ -13,8 +13,9 @@ import pytest
 from ..server.conftest import Server, image_host  # noqa: F401  (shared fixture)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_sd15, tmp_path_factory):
+    """One server for the SDK's and the CLI's tests (each module its own key: `credentials`)."""
     instance = Server(tmp_path_factory.mktemp("sdk") / "data", tiny_sd15, "--allow-private-urls",
                       "--workers", "2").start()
     yield instance

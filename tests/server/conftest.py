@@ -272,9 +272,12 @@ def image_host(astronaut):
     host.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_sd15, tmp_path_factory):
-    """The main server: tiny model, private URLs allowed (the image host is on loopback), fast retries."""
+    """The main server: tiny model, private URLs allowed (the image host is on loopback), fast retries.
+    One for the session (a start and its engine load cost seconds): each module gets its own key
+    (`cloud`), so its tasks, history and quotas are its own; a test that must stop or restart a server, or
+    change its flags, starts one of its own."""
     instance = Server(tmp_path_factory.mktemp("srv") / "data", tiny_sd15, "--allow-private-urls",
                       "--callback-retry-scale", "0.002", "--workers", "2").start()
     yield instance
