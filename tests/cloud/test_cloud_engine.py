@@ -15,6 +15,8 @@ from PIL import Image
 from ..server.conftest import Cloud, Server, img2img_body, png_bytes
 from .fake_cloud import FakeCloud, Script
 
+pytestmark = pytest.mark.slow  # servers in front of a fake cloud (about 14 s in all): CI runs it; the everyday run leaves the cloud routes out
+
 CLOUD_ENV = {"REF2IMG_CLOUD_APP_KEY": "cloud_key", "REF2IMG_CLOUD_APP_SECRET": "cloud_secret"}
 
 

@@ -9,6 +9,8 @@ from ..server.conftest import Cloud, Server, img2img_body
 from .fake_cloud import FakeCloud, Script
 from .test_cloud_engine import CLOUD_ENV
 
+pytestmark = pytest.mark.slow  # a local server and a fake cloud of its own (about 12 s): CI runs it; the everyday run leaves the cloud routes out
+
 
 @pytest.fixture(scope="module")
 def fake():
