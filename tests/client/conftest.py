@@ -18,6 +18,7 @@ def server(tiny_sd15, tmp_path_factory):
     """One server for the SDK's and the CLI's tests (each module its own key: `credentials`)."""
     instance = Server(tmp_path_factory.mktemp("sdk") / "data", tiny_sd15, "--allow-private-urls",
                       "--workers", "2").start()
+    instance.wait_engine()  # the model's load is the fixture's, not the first test's
     yield instance
     instance.stop()
 

@@ -29,6 +29,7 @@ openai = pytest.importorskip("openai", reason="the openai package is a dev depen
 @pytest.fixture(scope="module")
 def served(tiny_sd15, tmp_path_factory):
     with running(tmp_path_factory, "openai", tiny_sd15) as server:
+        server.wait_engine()  # the model's load is the fixture's, not the first test's
         yield server
 
 
