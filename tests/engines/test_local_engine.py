@@ -36,6 +36,9 @@ def test_every_mode_sd15(engine, astronaut, coffee, mode, with_init):
 def test_every_mode_sdxl_union(engine_xl, astronaut, coffee, mode, with_init):
     images = engine_xl.generate(job(astronaut, control_type=mode, init_image=coffee if with_init else None))
     assert [image.size for image in images] == [(512, 512)]
+    # diffusers' own SDXL watermark stays off (invisible-watermark is installed): ref2img marks its results
+    assert all(getattr(pipe, "watermark", None) is None for pipe in [engine_xl.pipelines.base,
+                                                                     *engine_xl.pipelines.cached_pipelines()])
 
 
 @pytest.mark.parametrize(("width", "height"), [(512, 768), (1000, 600), (2048, 512), (513, 2047)])

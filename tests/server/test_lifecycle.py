@@ -117,13 +117,18 @@ def test_missing_model_is_680006(tmp_path, astronaut):
 
 
 def test_startup_does_not_import_torch():
+    """Nor numpy: an API node that marks results (both marks on, as `serve` has them) starts light; the
+    engine and the watermark bring them in where a task runs."""
     import subprocess
     import sys
 
     code = ("import sys; from ref2img.server import create_app, ServerSettings; import tempfile; "
-            "create_app(ServerSettings(data_dir=tempfile.mkdtemp())); print('torch' in sys.modules)")
+            "from ref2img.provenance.options import ProvenanceOptions; "
+            "create_app(ServerSettings(data_dir=tempfile.mkdtemp(), "
+            "provenance=ProvenanceOptions(c2pa=True, watermark=True))); "
+            "print('torch' in sys.modules, 'numpy' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.stdout.strip() == "False", result.stderr
+    assert result.stdout.strip() == "False False", result.stderr
 
 
 @pytest.mark.slow

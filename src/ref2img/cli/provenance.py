@@ -12,8 +12,6 @@ from ref2img.cli._common import EXIT_USAGE, DataDirOption, DbOption, fail, new_g
 
 app = new_group("Mark images as AI-generated (C2PA, watermark) and read the marks back.")
 
-_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
-
 
 @app.command("init")
 def provenance_init(
@@ -52,7 +50,7 @@ def provenance_check(
         picture.load()
     except (UnidentifiedImageError, OSError):
         fail(f"IMAGE: {str(image)!r} is not an image", EXIT_USAGE)
-    mime = _MIME.get(image.suffix.lower(), Image.MIME.get(picture.format or "", "image/png"))
+    mime = Image.MIME.get(picture.format or "", "image/png")  # what the file is, whatever its name says
     findings: dict[str, Any] = {"image": str(image)}
     report = read_manifest(data, mime)
     findings["c2pa"] = (

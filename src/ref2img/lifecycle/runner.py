@@ -40,7 +40,6 @@ from ref2img.lifecycle.task import LOCAL, RECOGNIZE, REPAINT, Ledger, LedgerErro
 from ref2img.protocol import ControlType, CreateRequest, RecognizeRequest, RepaintRequest, TaskStatus
 from ref2img.provenance.manifest import ImageFacts
 from ref2img.provenance.marks import pixels_sha256
-from ref2img.provenance.watermark import new_mark_id
 
 if TYPE_CHECKING:
     from ref2img.provenance.content_filter import ContentFilter
@@ -193,12 +192,7 @@ def _incident(task: TaskView) -> str:
 def _generate(task: TaskView, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> Stored:
     request = CreateRequest.model_validate_json(task.request)
     flags = _check_prompt(task, ctx, request.prompt, request.negative_prompt)
-    inputs: dict[str, str] = {}
-
-    def load(source: str, field: str) -> Image.Image:
-        image = ctx.load_image(source, field, task.app_key)
-        inputs[field] = pixels_sha256(image)  # the manifest's ingredients
-        return image
+    load, inputs = _loader(task, ctx)
 
     remote = _remote_route(task, ctx)
     if remote is not None:
@@ -236,12 +230,7 @@ def _engine(ctx: RunContext, model: str | None = None) -> Iterator[Engine]:
 def _repaint(task: TaskView, owner: str, ctx: RunContext, on_progress, should_cancel, on_preview) -> Stored:
     request = RepaintRequest.model_validate_json(task.request)
     flags = _check_prompt(task, ctx, request.prompt)
-    inputs: dict[str, str] = {}
-
-    def load(source: str, field: str) -> Image.Image:
-        image = ctx.load_image(source, field, task.app_key)
-        inputs[field] = pixels_sha256(image)
-        return image
+    load, inputs = _loader(task, ctx)
 
     remote = _remote_route(task, ctx)
     if remote is not None:
@@ -256,6 +245,20 @@ def _repaint(task: TaskView, owner: str, ctx: RunContext, on_progress, should_ca
             images = engine.repaint(job, on_progress=on_progress, should_cancel=should_cancel, on_preview=on_preview)
             facts = _facts(task, request.prompt, engine, inputs)
     return _store(task, ctx, images, facts, flags, unchanged=job.image)  # unmasked pixels stay as sent
+
+
+def _loader(task: TaskView, ctx: RunContext) -> tuple[Callable[[str, str], Image.Image], dict[str, str]]:
+    """The task's image loader, and the inputs' pixel hashes it keeps (the manifest's ingredients) when
+    the results are marked."""
+    inputs: dict[str, str] = {}
+
+    def load(source: str, field: str) -> Image.Image:
+        image = ctx.load_image(source, field, task.app_key)
+        if ctx.marks is not None:
+            inputs[field] = pixels_sha256(image)
+        return image
+
+    return load, inputs
 
 
 def _check_prompt(task: TaskView, ctx: RunContext, *texts: str | None) -> list[str]:
@@ -302,7 +305,10 @@ def _store(
                 flags.append(verdict.reason)
     names: list[str] = []
     marks: dict[str, Any] = {}
-    facts = dataclasses.replace(facts, watermark=new_mark_id())  # one id for all the task's images
+    if ctx.marks is not None:
+        from ref2img.provenance.watermark import new_mark_id  # numpy: only where images are marked
+
+        facts = dataclasses.replace(facts, watermark=new_mark_id())  # one id for all the task's images
     for index, image in enumerate(images):
         data = None
         if ctx.marks is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import io
 import logging
 from dataclasses import dataclass
@@ -83,12 +84,10 @@ def open_marks(*, c2pa: bool, watermark: bool, cert: Path | None, key: Path | No
             signer = ManifestSigner(cert, key)
         except ImportError:
             log.warning("C2PA manifests are OFF: c2pa-python is not installed (pip install 'ref2img[provenance]')")
-    if watermark:
-        try:
-            import imwatermark  # noqa: F401
-        except ImportError:
-            log.warning("the invisible watermark is OFF: invisible-watermark is not installed")
-            watermark = False
+    # Found, not imported: the package imports torch, which a node that only serves the API never needs.
+    if watermark and importlib.util.find_spec("imwatermark") is None:
+        log.warning("the invisible watermark is OFF: invisible-watermark is not installed")
+        watermark = False
     if signer is None and not watermark:
         return None
     return Marks(signer, watermark)

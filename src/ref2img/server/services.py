@@ -78,9 +78,12 @@ class Services:
         return self.store.fleet.presets_held(within_s=3 * self.settings.lease_s)
 
     def task_data(self, task: TaskRow, base_url: str) -> dict:
-        queued_local = task.status == 1 and task.route == LOCAL
-        workers = self.worker_count(task.preset if queued_local else None) if task.status == 1 else 1
-        unheld = queued_local and task.preset is not None and workers == 0
+        queued_for_preset = task.status == 1 and task.route == LOCAL and task.preset is not None
+        if queued_for_preset:
+            workers = self.worker_count(task.preset)  # those holding its preset: 0 while none does
+        else:
+            workers = self.worker_count() if task.status == 1 else 1
+        unheld = queued_for_preset and workers == 0
         return task_data(
             task,
             tasks=self.store.tasks,
