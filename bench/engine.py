@@ -5,9 +5,12 @@
     python bench/engine.py --arch sd15 --levers off,all
     python bench/engine.py --arch sdxl --levers off,controls-1,controls-2,controls-3 --no-baseline   # 1, 2, 3 controls
     python bench/engine.py --arch sdxl --offload model --memory-cap-gib 8 --levers off --no-baseline
+    python bench/engine.py --arch zimage --mode subject --levers off,compile-regional    # FLUX.2 klein's subject mode
 
 Models: random weights with the real architectures, built once into --models-dir (speed does not
-depend on weight values, so nothing is downloaded). Job: edge mode, intensity 0.5, no init image.
+depend on weight values, so nothing is downloaded). Job: edge mode, intensity 0.5, no init image;
+`--mode subject` times the subject model instead (zimage: FLUX.2 klein, 4 steps, against plain
+`Flux2KleinPipeline` with the reference as its reference image).
 
 - `diffusers`: what its docs show: `from_pretrained(..., dtype=float16)` on CUDA (float32 on CPU),
   `.to(device)`, one call with `num_images_per_prompt` and the same ControlNet knobs as ours.
@@ -48,6 +51,7 @@ from ref2img.engines.local.intensity import knobs_for
 from ref2img.engines.local.offload import device_index
 from ref2img.engines.local.presets import resolve_preset
 from ref2img.engines.local.families import family_named
+from ref2img.engines.local.families.klein import STEPS as KLEIN_STEPS
 from ref2img.engines.local.sizing import fit, generation_size
 from ref2img.protocol import ControlType
 
@@ -68,9 +72,10 @@ ARCHES = {
     "zimage": ("zimage", "full", 1024, {}),
 }
 
+MODES = ("edge", "subject")
 # Every lever off, the exact ones too: the reference the others' drift is measured from.
 OFF = Speedups(skip_idle_controlnet=False, channels_last=False, cache_condition=False, cache_prompts=False,
-               decode_on_device=False)
+               decode_on_device=False, preprocess_on_device=False)
 ALL = Speedups(fuse_qkv=True, compile="regional", compile_convs=True)  # the engine's defaults + compile + fusion
 LEVERS: dict[str, Speedups] = {
     "off": OFF,
@@ -78,6 +83,7 @@ LEVERS: dict[str, Speedups] = {
     "cache-condition": replace(OFF, cache_condition=True),
     "cache-prompts": replace(OFF, cache_prompts=True),
     "decode-on-device": replace(OFF, decode_on_device=True),
+    "preprocess-on-device": replace(OFF, preprocess_on_device=True),
     "exact": Speedups(channels_last=False),  # every exact lever together (the engine's defaults less channels-last)
     "channels-last": replace(OFF, channels_last=True),
     "fuse-qkv": replace(OFF, fuse_qkv=True),
@@ -108,12 +114,13 @@ LEVERS: dict[str, Speedups] = {
 }
 CONTROL_ROWS = {"controls-1": 1, "controls-2": 2, "controls-3": 3}
 LORA_NAME = "bench"
-DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "exact",
-                  "channels-last", "fuse-qkv", "compile-regional", "compile-convs", "cuda-graphs", "inductor-tuning",
-                  "fp8", "all", "all-fp8", "controlnet-cond-only", "cfg-cut")
+DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device",
+                  "preprocess-on-device", "exact", "channels-last", "fuse-qkv", "compile-regional", "compile-convs",
+                  "cuda-graphs", "inductor-tuning", "fp8", "all", "all-fp8", "controlnet-cond-only", "cfg-cut")
 # What a lever may do to the images (issue 24's three classes): "exact" must give 0/0; "numerics" (other
 # kernels, other rounding) mean ≤ 2 levels and PSNR ≥ 38 dB; "output-changing" is reported, never a default.
-EXACT = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "exact", "previews")
+EXACT = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "preprocess-on-device",
+         "exact", "previews")
 OUTPUT_CHANGING = ("controlnet-cond-only", "cfg-cut", "controls-2", "controls-3", "lora")  # another image on purpose
 NUMERICS_PSNR_MIN = 38.0
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOPS), for each row's share of the peak;
@@ -135,6 +142,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1", help="comma-separated batch sizes, e.g. 1,4")
     parser.add_argument("--levers", default=",".join(DEFAULT_LEVERS), help=f"from {', '.join(LEVERS)}")
     parser.add_argument("--intensity", type=float, default=0.5)
+    parser.add_argument("--mode", choices=MODES, default="edge",
+                        help="edge (the ControlNet path; pose and depth run the same), or subject (zimage only)")
     parser.add_argument("--runs", type=int, default=3, help="timed calls per row, after one warm-up call")
     parser.add_argument("--device", default=None)
     parser.add_argument("--offload", default="none", help="none|model|sequential|auto (our rows)")
@@ -162,10 +171,14 @@ def main() -> None:
     family, scale, default_size, overrides = ARCHES[args.arch]
     folder = ensure_models(args.models_dir, family, scale, device)
     preset = resolve_preset(str(folder), overrides)
+    if args.mode == "subject" and family != "zimage":
+        parser.error("--mode subject: only the zimage arches (FLUX.2 klein); the UNet families' subject mode is "
+                     "IP-Adapter, which plain diffusers has no one-call pipeline to compare with")
     size = args.size or default_size
-    setup = {"arch": args.arch, "size": size, "model_size": generation_size(size, size, preset.max_pixels,
-                                                                             preset.size_multiple),
-             "steps": args.steps or preset.steps, "intensity": args.intensity, "runs": args.runs,
+    steps = args.steps or (KLEIN_STEPS if args.mode == "subject" else preset.steps)
+    setup = {"arch": args.arch, "mode": args.mode, "size": size,
+             "model_size": generation_size(size, size, preset.max_pixels, preset.size_multiple),
+             "steps": steps, "intensity": args.intensity, "runs": args.runs,
              "offload": args.offload, "memory_cap_gib": args.memory_cap_gib, "device": device_name(device),
              "torch": torch.__version__, "drift_tolerance_mean": DRIFT_TOLERANCE_MEAN,
              "numerics_psnr_min": NUMERICS_PSNR_MIN, "peak_tflops": args.peak_tflops or peak_tflops(device),
@@ -187,6 +200,7 @@ def main() -> None:
             rows += [("ref2img", name) for name in names]
             for kind, name in rows:
                 spec = {"kind": kind, "lever": name, "batch": batch, "folder": str(folder), "overrides": overrides,
+                        "mode": args.mode,
                         "size": size, "steps": setup["steps"], "intensity": args.intensity, "runs": args.runs,
                         "device": device, "offload": args.offload, "memory_cap_gib": args.memory_cap_gib,
                         "images": str(Path(scratch) / f"b{batch}-{name}"),
@@ -285,6 +299,8 @@ def baseline_call(preset, device: torch.device, reference: Image.Image, spec: di
 
     from ref2img.engines.local.hub import folder_of
 
+    if spec.get("mode") == "subject":
+        return klein_baseline_call(preset, device, reference, spec)
     if preset.family == "zimage":
         return zimage_baseline_call(preset, device, reference, spec)
 
@@ -349,8 +365,33 @@ def zimage_baseline_call(preset, device: torch.device, reference: Image.Image, s
     return call, str(dtype).removeprefix("torch.")
 
 
+def klein_baseline_call(preset, device: torch.device, reference: Image.Image, spec: dict):
+    """Flux2KleinPipeline as its model card writes it: bf16 on a GPU, 4 steps at guidance 1.0, the
+    reference as its reference image (the preset's `extra.subject_base`)."""
+    import diffusers
+
+    from ref2img.engines.local.families.klein import GUIDANCE, text_encoder_layers
+    from ref2img.engines.local.hub import folder_of
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    folder = folder_of(preset.extra["subject_base"], "extra.subject_base", preset)
+    pipe = diffusers.Flux2KleinPipeline.from_pretrained(folder, dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    width, height = generation_size(spec["size"], spec["size"], preset.max_pixels, preset.size_multiple)
+    batch = spec["batch"]
+
+    def call():
+        return pipe(prompt=PROMPT, image=[reference], num_inference_steps=spec["steps"], num_images_per_prompt=batch,
+                    width=width, height=height, guidance_scale=GUIDANCE,
+                    text_encoder_out_layers=text_encoder_layers(pipe),  # (9, 18, 27), its default, at full scale
+                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)]).images
+
+    return call, str(dtype).removeprefix("torch.")
+
+
 def engine_job(reference: Image.Image, spec: dict) -> Job:
-    wire = {"prompt": PROMPT, "control_type": ControlType.EDGE, "seed": 0, "width": spec["size"],
+    mode = ControlType.SUBJECT if spec.get("mode") == "subject" else ControlType.EDGE
+    wire = {"prompt": PROMPT, "control_type": mode, "seed": 0, "width": spec["size"],
             "height": spec["size"], "batch_size": spec["batch"], "control_intensity": spec["intensity"]}
     count = CONTROL_ROWS.get(spec["lever"], 0)
     if spec["lever"] == "lora":

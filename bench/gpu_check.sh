@@ -10,7 +10,7 @@
 #   bash bench/gpu_wheels.sh                                 # here, once: the wheels the device lacks
 #   device run (carry .whl):  PHASES="$CALL1" bash bench/gpu_check.sh   # the first call (under 10 minutes)
 #   PHASES="$CALL2" bash bench/gpu_check.sh                              # the second call: the rest
-# with CALL1="build speed speed4 zimage-modes zimage-speed zimage-offload" and
+# with CALL1="build speed speed4 zimage-modes zimage-speed zimage-subject zimage-offload" and
 #      CALL2="build levers controls lora presets presets-disk approximations intensity1 offload coldstart modes families".
 # The engine-speed figures (issue 24) come first, then the zimage family's (issue 23): neither is measured yet.
 #   bash bench/gpu_check.sh --smoke                          # the same plumbing on the CPU, tiny models
@@ -20,7 +20,7 @@ SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1
 OUT=${OUT:-out/gpu-check}
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 1500 || echo 570)}  # the smoke runs every phase
-PHASES=${PHASES:-"build speed speed4 zimage-modes zimage-speed zimage-offload levers controls lora presets presets-disk approximations intensity1 offload coldstart modes families"}
+PHASES=${PHASES:-"build speed speed4 zimage-modes zimage-speed zimage-subject zimage-offload levers controls lora presets presets-disk approximations intensity1 offload coldstart modes families"}
 PY=${PY:-python3}
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
@@ -46,7 +46,7 @@ else
   # The issue's targets are `all` against `diffusers` at batch 1 and 4; exact, all-fp8 and all-graphs beside.
   CORE_LEVERS=off,exact,compile-regional,all,all-fp8,all-graphs,previews; SPEED4_LEVERS=off,exact,all,all-fp8
   PROFILED=all
-  EXTRA_LEVERS=skip-idle-controlnet,cache-condition,cache-prompts,decode-on-device,channels-last,fuse-qkv
+  EXTRA_LEVERS=skip-idle-controlnet,cache-condition,cache-prompts,decode-on-device,preprocess-on-device,channels-last,fuse-qkv
   EXTRA_LEVERS=$EXTRA_LEVERS,compile-convs,compile-full,cuda-graphs,inductor-tuning,fp8
   FAMILY_LEVERS=off,all; APPROX_LEVERS=off,all,controlnet-cond-only,cfg-cut
   CONTROLS_LEVERS=off,controls-1,controls-2,controls-3; PRESETS_ARGS=(--arches sd15,sdxl --device cuda)
@@ -97,11 +97,14 @@ phase speed 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches 1 --levers "$CORE_LE
   --row-timeout 240
 phase speed4 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches "$BATCH" --levers "$SPEED4_LEVERS" --profile "$PROFILED" \
   --row-timeout 240
-# zimage: every mode at 1000x600 (the full-scale build has no subject model yet: refused by name, reported), then
-# s/image and peak memory against plain ZImageControlNetPipeline at 1024², then under a 24 GB cap.
+# zimage: every mode at 1000x600 (subject through FLUX.2 klein, sharing Z-Image's text encoder), then s/image and
+# peak memory against plain ZImageControlNetPipeline at 1024², the subject model against plain
+# Flux2KleinPipeline, then under a 24 GB cap.
 phase zimage-modes 60 "$PY" bench/modes.py --model "$ZIMAGE_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
   --json "$OUT/zimage-modes.json"
 phase zimage-speed 150 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --batches 1 --levers "$ZIMAGE_LEVERS" --row-timeout 300
+phase zimage-subject 120 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --mode subject --batches 1 --no-flops \
+  --levers "$ZIMAGE_LEVERS" --row-timeout 300
 phase zimage-offload 90 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --no-baseline --no-flops --levers off --runs 1 \
   --offload auto "${ZIMAGE_CAP[@]}" --row-timeout 300
 # Each lever alone on top of `off`; the output-changing ones (--approximate) with their drift; intensity 1.0,

@@ -30,14 +30,15 @@ def test_gpu_check_smoke(tmp_path):
     assert zimage["ok"] and len(zimage["jobs"]) == 8 and not [job for job in zimage["jobs"] if "refused" in job], log
 
     runs = json.loads((out / "speed.json").read_text())["runs"]
-    # speed, speed4, zimage-speed, zimage-offload, levers, controls, lora, approximations, intensity1, offload,
-    # families (2)
+    # speed, speed4, zimage-speed, zimage-subject, zimage-offload, levers, controls, lora, approximations,
+    # intensity1, offload, families (2)
     assert [(run["setup"]["arch"], run["setup"]["batches"]) for run in runs] == [
-        ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-zimage", "1"),
+        ("tiny-sdxl", "1"),
         ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"),
         ("tiny-sdxl", "1"), ("tiny", "1")]
     assert not [row for run in runs for row in run["rows"] if "error" in row], log
-    speed, speed4, zimage_speed, _, levers, controls, lora, approximations, intensity1, offload = runs[:10]
+    speed, speed4, zimage_speed, subject, _, levers, controls, lora, approximations, intensity1, offload = runs[:11]
     rows = {(row["batch"], row["lever"]): row for row in speed["rows"] + speed4["rows"]}
     assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "exact"), (1, "fuse-qkv"),
                          (1, "previews"), (2, "diffusers"), (2, "off"), (2, "fuse-qkv")}, log
@@ -55,6 +56,9 @@ def test_gpu_check_smoke(tmp_path):
     assert profile["host_s_per_step"] > 0 and profile["trace"].endswith(".json.gz")
     zimage_rows = {row["lever"]: row for row in zimage_speed["rows"]}
     assert set(zimage_rows) == {"diffusers", "off"} and zimage_rows["off"]["drift"]["max"] == 0, log
+    subject_rows = {row["lever"]: row for row in subject["rows"]}  # FLUX.2 klein against plain Flux2KleinPipeline
+    assert subject["setup"]["mode"] == "subject" and subject["setup"]["steps"] == 4
+    assert set(subject_rows) == {"diffusers", "off"} and subject_rows["off"]["vs_diffusers"] > 0, log
     assert {row["lever"] for row in levers["rows"]} == {"off", "channels-last", "cache-condition"}
     several = {row["lever"]: row for row in controls["rows"]}  # 1 and 3 controls in one run
     assert several["controls-1"]["s_per_image_vs_one_control"] == 1.0

@@ -8,12 +8,13 @@ import pytest
 from ref2img.engines.base import EngineOptionError, Job
 from ref2img.engines.local import LocalEngine, Speedups
 from ref2img.engines.local.compile_policy import CompilePolicy
+from ref2img.engines.local.sizing import generation_size
 from ref2img.engines.local.speed import APPROXIMATIONS, fp8_targets, parse_approximations
 from ref2img.protocol import ControlType
 
 from ..conftest import pixels
 
-EXACT_OFF = Speedups(cache_condition=False, cache_prompts=False, decode_on_device=False)
+EXACT_OFF = Speedups(cache_condition=False, cache_prompts=False, decode_on_device=False, preprocess_on_device=False)
 
 
 def edge_job(reference, **changes) -> Job:
@@ -58,6 +59,30 @@ def test_the_exact_levers_on_sd15_and_img2img(tiny_sd15, astronaut, coffee):
     assert same_pixels(on.generate(job), off.generate(job))
     memo = on.pipelines.modules()["controlnet.depth"].controlnet_cond_embedding.ref2img_memo
     assert memo.misses == 1 and memo.hits >= 1
+
+
+def test_control_maps_and_init_images_cross_as_8_bits_and_change_no_pixel(tiny_sdxl, tiny_zimage, exact_off,
+                                                                          astronaut, coffee):
+    """Pre-processing on the device: the call is handed tensors (here the CPU is the device), and the
+    images are the same to the bit as from diffusers' own PIL path, on the UNet and the DiT family."""
+    import torch
+
+    def prepared(engine, job):
+        preset = engine.preset
+        return engine._prepare(job, *generation_size(job.width, job.height, preset.max_pixels, preset.size_multiple))[1]
+
+    on = LocalEngine(str(tiny_sdxl), device="cpu")
+    job = edge_job(astronaut, init_image=coffee, steps=6)
+    kwargs = prepared(on, job)
+    assert isinstance(kwargs["image"], torch.Tensor) and kwargs["image"].dtype == torch.float32
+    assert 0 <= kwargs["image"].min() and kwargs["image"].max() <= 1
+    assert all(isinstance(image, torch.Tensor) for image in kwargs["control_image"])
+    assert not isinstance(prepared(exact_off, job)["image"], torch.Tensor)
+    assert same_pixels(on.generate(job), exact_off.generate(job))
+    zimage_job = edge_job(astronaut, init_image=coffee, steps=4, control_intensity=1.0)
+    zimage = [LocalEngine(str(tiny_zimage), device="cpu", speedups=speedups) for speedups in (Speedups(), EXACT_OFF)]
+    assert isinstance(prepared(zimage[0], zimage_job)["control_image"], torch.Tensor)
+    assert same_pixels(zimage[0].generate(zimage_job), zimage[1].generate(zimage_job))
 
 
 def test_approximations_are_opt_in_and_named():

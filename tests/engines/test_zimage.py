@@ -4,6 +4,7 @@ sizes, batches with one seed per image, progress, previews, cancel, the dtype gu
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 from ref2img.engines.base import EngineOptionError, Job, JobCancelled
 from ref2img.engines.local import LocalEngine, resolve_preset
+from ref2img.engines.local.families.klein import TRANSFORMER_BLOCKS as KLEIN_BLOCKS
+from ref2img.engines.local.families.klein import KleinSubject
 from ref2img.engines.local.presets import PRESET_FILE_NAME, PRESETS
 from ref2img.protocol import ControlType
 
@@ -132,3 +135,47 @@ def test_what_a_model_has_no_knob_for_is_named(zimage, astronaut):
     assert zimage.last_ignored == []
     zimage.generate(job(astronaut, control_type=ControlType.SUBJECT, steps=2))
     assert zimage.last_ignored == ["control_intensity (FLUX.2 klein takes the reference as it is)"]
+
+
+def subject_image(subject, reference, seed=5):
+    pipe, kwargs = subject.prepare(job(reference, control_type=ControlType.SUBJECT, steps=2, seed=seed), 64, 64)
+    return np.asarray(pipe(**kwargs, output_type="np").images[0])
+
+
+def test_klein_reads_the_text_encoder_zimage_loaded_when_its_weights_are_the_same(zimage, astronaut):
+    zimage.generate(job(astronaut, control_type=ControlType.SUBJECT, steps=2))
+    pipelines = zimage.pipelines
+    subject = pipelines._subject
+    assert subject.shares_text_encoder and subject.pipe.text_encoder is pipelines.base.text_encoder
+    assert "subject.text_encoder" not in pipelines.modules(), "one module, named once (park, dtype guard)"
+    # klein's own Qwen3ForCausalLM, loaded apart, makes the very same image through the shared Qwen3Model
+    apart = KleinSubject(subject.ref, subject.preset, subject.placement, "none")
+    assert not apart.shares_text_encoder
+    assert type(apart.pipe.text_encoder).__name__ == "Qwen3ForCausalLM"
+    assert np.array_equal(subject_image(subject, astronaut), subject_image(apart, astronaut))
+
+
+def test_a_klein_checkpoint_with_other_text_weights_loads_its_own(tiny_zimage, tmp_path, astronaut):
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "zimage"
+    shutil.copytree(tiny_zimage, copy)
+    weights = copy / "subject" / "text_encoder" / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["model.norm.weight"] = tensors["model.norm.weight"] + 0.5  # a fine-tune: one sampled tensor moved
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    engine = LocalEngine(str(copy), device="cpu")
+    engine.generate(job(astronaut, control_type=ControlType.SUBJECT, steps=2))
+    subject = engine.pipelines._subject
+    assert not subject.shares_text_encoder
+    assert subject.pipe.text_encoder is not engine.pipelines.base.text_encoder
+    assert "subject.text_encoder" in engine.pipelines.modules()
+
+
+def test_the_speed_levers_reach_the_subject_model(tiny_zimage):
+    from ref2img.engines.local import Speedups
+
+    engine = LocalEngine(str(tiny_zimage), device="cpu", speedups=Speedups(compile="regional")).load()
+    transformer = engine.pipelines._subject.pipe.transformer  # loads klein; nothing runs, so nothing compiles yet
+    blocks = [block for block in transformer.modules() if type(block).__name__ in KLEIN_BLOCKS]
+    assert blocks and all(block._compiled_call_impl is not None for block in blocks)

@@ -19,9 +19,10 @@
 - `fp8`: float8 weights and activations (torchao, per-row scales, Ada/Hopper) for the Linear layers
   inside the compiled blocks only, never the cross-attention k/v over the text tokens nor the small
   embedding MLPs; it needs `compile` (eager fp8 is slower than bf16).
-- `cache_condition`, `cache_prompts`, `decode_on_device`: exact levers (`caches.py`, `decode.py`): the
-  ControlNet's condition embedding once per call, a prompt's text-encoder output once per prompt, the
-  images turned to 8 bits on the device.
+- `cache_condition`, `cache_prompts`, `decode_on_device`, `preprocess_on_device`: exact levers
+  (`caches.py`, `decode.py`, `preprocess.py`): the ControlNet's condition embedding once per call, a
+  prompt's text-encoder output once per prompt, the images turned to 8 bits on the device, the control
+  maps and init images sent as 8 bits and scaled there.
 - `approximate`: the output-changing levers (`approximations.py`), off unless named.
 """
 
@@ -65,6 +66,7 @@ class Speedups:
     cache_condition: bool = True
     cache_prompts: bool = True
     decode_on_device: bool = True
+    preprocess_on_device: bool = True
     approximate: frozenset[str] = frozenset()
 
     def __post_init__(self):

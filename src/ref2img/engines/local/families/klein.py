@@ -8,6 +8,9 @@ family whose own model has no reference input (zimage) names it as the preset pa
 | subject | none: the model takes the reference as it is; `control_intensity` is ignored (logged) | – | – |
 | subject + a distinct init image | both go in as reference images, the reference first | – | – |
 
+Its text encoder is Qwen3-4B, as Z-Image's: where the two checkpoints hold the same weights (the
+real ones do) the family hands it the one it loaded, and klein reads that (families/sharing.py).
+
 Its previews use ComfyUI's FLUX.2 factors (comfy/latent_formats.py, class Flux2: 32 VAE channels,
 each token 2×2 of them).
 """
@@ -15,17 +18,19 @@ each token 2×2 of them).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import diffusers
 import torch
 
 from ref2img.engines.base import Job
-from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
 from ref2img.engines.local.families.calls import image_generators, torch_modules
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
+from ref2img.engines.local.families.sharing import holds_same_weights
 from ref2img.engines.local.presets import ModelRef, Preset
 
 if TYPE_CHECKING:
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ref2img.engine")
 
+TRANSFORMER_BLOCKS = ("Flux2TransformerBlock", "Flux2SingleTransformerBlock")  # regional compile, fp8
 MIN_REFERENCE_PX = 64  # Flux2ImageProcessor.check_image_input's floor
 STEPS = 4  # the distilled 4B's steps (its model card; diffusers' integration test runs 4 at guidance 1.0)
 GUIDANCE = 1.0
@@ -74,13 +80,26 @@ LATENT_RGB = (
 
 
 class KleinSubject:
-    """FLUX.2 [klein] loaded on first use, as another family's subject model."""
+    """FLUX.2 [klein] loaded on first use, as another family's subject model. With an offload mode the
+    caller installs the offload hooks before each call (the modules it shares follow the last pipeline
+    that installed them); without, it goes to the device at load."""
 
-    def __init__(self, ref: ModelRef, preset: Preset, placement: Placement, offload_mode: str):
+    def __init__(
+        self,
+        ref: ModelRef,
+        preset: Preset,
+        placement: Placement,
+        offload_mode: str,
+        text_encoder: torch.nn.Module | None = None,
+        speed_up: Callable[[torch.nn.Module, tuple[str, ...]], None] | None = None,
+    ):
         self.ref = ref
         self.preset = preset
         self.placement = placement
         self.offload = offload_mode
+        self._offered_text_encoder = text_encoder  # the caller's, used if klein's checkpoint holds the same
+        self.shares_text_encoder = False
+        self._speed_up = speed_up  # the caller's speed levers, applied to klein's transformer at load
         self._pipe: Any = None
         self.ignored: list[str] = []
         self._latent_hw = (0, 0)  # the packed latent grid of the current call, for its previews
@@ -93,20 +112,29 @@ class KleinSubject:
     def pipe(self):
         if self._pipe is None:
             dtype = self.placement.dtype
-            pipe = load_part(
-                self.preset,
-                PART,
-                self.ref,
-                lambda path: diffusers.Flux2KleinPipeline.from_pretrained(path, dtype=dtype, local_files_only=True),
-                self.placement.dtype_name,
-            )
+
+            def load(path: Path):
+                shared = self._shareable(path / "text_encoder")
+                parts = {"text_encoder": shared} if shared is not None else {}
+                return diffusers.Flux2KleinPipeline.from_pretrained(path, dtype=dtype, local_files_only=True, **parts)
+
+            pipe = load_part(self.preset, PART, self.ref, load, self.placement.dtype_name)
             pipe.set_progress_bar_config(disable=True)
             if self.offload == "none":
                 pipe.to(self.placement.device)
-            else:
-                offload.enable(pipe, self.offload, self.placement.device)
+            if self._speed_up is not None:
+                self._speed_up(pipe.transformer, TRANSFORMER_BLOCKS)
             self._pipe = pipe
         return self._pipe
+
+    def _shareable(self, folder: Path) -> torch.nn.Module | None:
+        offered = self._offered_text_encoder
+        # Sequential offload streams the weights from a map of its own: nothing to share there.
+        if offered is None or self.offload == "sequential" or not holds_same_weights(offered, folder):
+            return None
+        self.shares_text_encoder = True
+        log.info("FLUX.2 klein reads the text encoder already loaded (%s holds the same weights)", folder)
+        return offered
 
     def prepare(self, job: Job, gen_w: int, gen_h: int) -> tuple[Any, dict[str, Any]]:
         pipe = self.pipe
@@ -144,9 +172,14 @@ class KleinSubject:
         return latent_preview(unpacked.reshape(batch, channels, height * 2, width * 2), LATENT_RGB)
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """Its own modules: a shared text encoder is the caller's to name."""
         if self._pipe is None:
             return {}
-        return {f"subject.{name}": module for name, module in torch_modules(self._pipe).items()}
+        return {
+            f"subject.{name}": module
+            for name, module in torch_modules(self._pipe).items()
+            if not (self.shares_text_encoder and module is self._offered_text_encoder)
+        }
 
 
 def at_least(image: Image.Image, side: int) -> Image.Image:

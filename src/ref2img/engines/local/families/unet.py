@@ -35,6 +35,7 @@ from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import LatentFactors, latent_preview
 from ref2img.engines.local.hub import folder_of, locate
 from ref2img.engines.local.intensity import knobs_for
+from ref2img.engines.local.preprocess import call_pixels
 from ref2img.engines.local.presets import UNION_CONTROL_MODE, ModelRef, Preset
 from ref2img.engines.local.sizing import fit
 from ref2img.engines.local.speed import (
@@ -253,6 +254,10 @@ class UNetPipelines:
             return pipe
 
     # -- one call ------------------------------------------------------------------------------
+    def _pixels_at(self, gen_w: int, gen_h: int) -> Callable[[Any], Any]:
+        """How this call's control maps and init image are handed over (`preprocess.py`)."""
+        return lambda images: call_pixels(images, (gen_w, gen_h), self.speedups, self.placement.device)
+
     def prepare(self, job: Job, gen_w: int, gen_h: int, control_map: Image.Image | None) -> tuple[Any, dict[str, Any]]:
         preset = self.preset
         img2img = job.init_image is not None
@@ -280,17 +285,18 @@ class UNetPipelines:
             kwargs["ip_adapter_image"] = reference
         pipe = self.pipeline_for(job.control_type, img2img)
 
+        pixels = self._pixels_at(gen_w, gen_h)
         if job.init_image is not None:
-            kwargs["image"] = fit(job.init_image, gen_w, gen_h)
+            kwargs["image"] = pixels(fit(job.init_image, gen_w, gen_h))
             kwargs["strength"] = knobs.strength
         else:
             kwargs.update(width=gen_w, height=gen_h)
         if control_map is not None:
             if preset.uses_union_controlnet:
-                kwargs["control_image"] = [control_map]
+                kwargs["control_image"] = pixels([control_map])
                 kwargs["control_mode"] = [UNION_CONTROL_MODE[job.control_type]]
             else:
-                kwargs["control_image" if img2img else "image"] = control_map
+                kwargs["control_image" if img2img else "image"] = pixels(control_map)
             kwargs["controlnet_conditioning_scale"] = knobs.controlnet_scale
             kwargs["control_guidance_end"] = knobs.control_guidance_end
         self._approximate(pipe, kwargs, guidance, job.batch_size)
@@ -351,16 +357,17 @@ class UNetPipelines:
             subject = knobs_for(ControlType.SUBJECT, request.control_intensity, False, preset.controlnet_scale_max)
             self.base.set_ip_adapter_scale(subject.ip_adapter_scale if request.keeps_subject else 0.0)
             kwargs["ip_adapter_image"] = fit(job.reference, gen_w, gen_h)
+        pixels = self._pixels_at(gen_w, gen_h)
         if preset.uses_union_controlnet:
             pipe = self.pipeline_for(job.controls[0].type, img2img)
-            kwargs["control_image"] = control_maps
+            kwargs["control_image"] = pixels(control_maps)
             kwargs["control_mode"] = [UNION_CONTROL_MODE[c.type] for c in job.controls]
         else:
             keys = tuple(self.preset.controlnet_for(c.type)[0] for c in job.controls)
             pipe = self.multi_pipeline(keys, img2img)
-            kwargs["control_image" if img2img else "image"] = control_maps
+            kwargs["control_image" if img2img else "image"] = pixels(control_maps)
         if job.init_image is not None:
-            kwargs["image"] = fit(job.init_image, gen_w, gen_h)
+            kwargs["image"] = pixels(fit(job.init_image, gen_w, gen_h))
             kwargs["strength"] = knobs[0].strength
         else:
             kwargs.update(width=gen_w, height=gen_h)

@@ -45,6 +45,7 @@ from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
 from ref2img.engines.local.hub import folder_of
 from ref2img.engines.local.intensity import INIT_STRENGTH_WITH_CONTROL
+from ref2img.engines.local.preprocess import call_pixels
 from ref2img.engines.local.presets import ModelRef, Preset
 from ref2img.engines.local.sizing import fit
 from ref2img.engines.local.speed import Speedups, compile_blocks, compile_whole, quantize_fp8
@@ -125,19 +126,26 @@ class ZImagePipelines:
             self.base.to(placement.device)
         self._speed_up(self.base.transformer)
         subject = preset.extra.get(SUBJECT_BASE)
-        self._subject = KleinSubject(subject, preset, placement, self.offload) if subject is not None else None
+        self._subject = (
+            KleinSubject(
+                subject, preset, placement, self.offload, text_encoder=self.base.text_encoder, speed_up=self._speed_up
+            )
+            if subject is not None
+            else None
+        )
 
     # -- loading --------------------------------------------------------------------------------
     def _load(self, part: str, ref: ModelRef, loader):
         return load_part(self.preset, part, ref, loader, self.placement.dtype_name)
 
-    def _speed_up(self, module: torch.nn.Module) -> None:
-        """The levers that apply to a diffusion transformer: fp8 Linear layers, regional compile of its
-        blocks, or of the whole transformer and ControlNet (channels_last and fused q/k/v are the UNet's: no convolutions, its own attention)."""
+    def _speed_up(self, module: torch.nn.Module, blocks: tuple[str, ...] = TRANSFORMER_BLOCKS) -> None:
+        """The levers that apply to a diffusion transformer (this family's, the ControlNet, the subject
+        model's): fp8 Linear layers, regional compile of its `blocks`, or the whole model compiled
+        (channels_last and fused q/k/v are the UNet's: no convolutions, its own attention)."""
         if self.speedups.fp8:
-            quantize_fp8(module, TRANSFORMER_BLOCKS)
+            quantize_fp8(module, blocks)
         if self.speedups.compile == "regional":
-            compile_blocks(module, self.speedups.compile_mode, TRANSFORMER_BLOCKS)
+            compile_blocks(module, self.speedups.compile_mode, blocks)
         elif self.speedups.compile == "full":
             compile_whole(module, self.speedups.compile_mode)
 
@@ -257,6 +265,7 @@ class ZImagePipelines:
                     "use zimage-turbo, or an sdxl or sd15 preset"
                 )
             subject_pipe, subject_kwargs = self._subject.prepare(job, gen_w, gen_h)
+            self._offloaded_as(subject_pipe)  # it may share the text encoder: the hooks must be its own now
             self.ignored = self._subject.ignored + unapplied_approximations(self.speedups)
             self._preview = self._subject.preview
             self._set_tiling(subject_pipe, gen_w * gen_h)
@@ -278,6 +287,9 @@ class ZImagePipelines:
             "controlnet_conditioning_scale": preset.controlnet_scale_max * job.control_intensity,
         }
         pipe = self.controlnet_pipeline()
+        pixels = call_pixels(control_map, (gen_w, gen_h), self.speedups, self.placement.device)
+        if isinstance(pixels, torch.Tensor):  # this pipeline takes a tensor as already pre-processed: do it here
+            kwargs["control_image"] = pipe.image_processor.preprocess(pixels, height=gen_h, width=gen_w)
         if job.init_image is not None:
             latents, sigmas = self._from_init_image(pipe, job, gen_w, gen_h, kwargs["num_inference_steps"])
             kwargs.update(latents=latents, sigmas=sigmas, num_inference_steps=len(sigmas))
@@ -311,7 +323,8 @@ class ZImagePipelines:
         sigma = float(scheduler.sigmas[steps - keep])
         vae = pipe.vae
         assert job.init_image is not None
-        pixels = pipe.image_processor.preprocess(fit(job.init_image, gen_w, gen_h), height=gen_h, width=gen_w)
+        init = call_pixels(fit(job.init_image, gen_w, gen_h), (gen_w, gen_h), self.speedups, self.placement.device)
+        pixels = pipe.image_processor.preprocess(init, height=gen_h, width=gen_w)
         with torch.inference_mode():
             encoded = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
         x0 = ((encoded - vae.config.shift_factor) * vae.config.scaling_factor).float()

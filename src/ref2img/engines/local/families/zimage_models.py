@@ -5,8 +5,10 @@
 - `controlnet/Z-Image-Turbo-Fun-Controlnet-Union.safetensors`: one file, as alibaba-pai ships it (its
   keys are diffusers' own: the single-file loader maps them one to one), and `controlnet-config/`:
   its diffusers config, as hlky/Z-Image-Turbo-Fun-Controlnet-Union holds it.
-- `subject/` (tiny scale): a `Flux2KleinPipeline` folder as black-forest-labs/FLUX.2-klein-4B lays it out,
-  the subject model (32 VAE latent channels, as the real FLUX.2 VAE has).
+- `subject/`: a `Flux2KleinPipeline` folder as black-forest-labs/FLUX.2-klein-4B lays it out, the subject
+  model (32 VAE latent channels, as the real FLUX.2 VAE has). Its text encoder holds the base's weights:
+  the real two ship the same Qwen3-4B (ComfyUI gives both models one file, sha256 6c671498…), so the
+  engine loads it once.
 - the annotators' models (depth, DWPose-shaped ONNX), as the UNet families' tiny presets have them.
 
 The tokenizer is built in code (a byte-level BPE with no merges and the chat template the pipeline
@@ -103,6 +105,45 @@ _TINY_TEXT: dict[str, Any] = dict(
     head_dim=8,
     max_position_embeddings=1024,
 )
+# FLUX.2 [klein] 4B's transformer/config.json, as several public ports quote it (DiffSynth-Studio's model
+# table, flux2.c, OpenFlowLM): 5 double and 20 single blocks of 24 heads × 128, reading 3 stacked layers
+# of Qwen3-4B (3 × 2560). Its VAE is AutoencoderKLFlux2's default shape.
+_FULL_KLEIN_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=128,
+    num_layers=5,
+    num_single_layers=20,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=3 * 2560,
+    timestep_guidance_channels=256,
+    mlp_ratio=3.0,
+    axes_dims_rope=(32, 32, 32, 32),
+    rope_theta=2000,
+    eps=1e-6,
+    guidance_embeds=False,
+)
+# Tiny: it reads one text encoder layer (joint attention width = the tiny encoder's hidden size).
+_TINY_KLEIN_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=128,  # 32 latent channels, 2×2 to a token
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=16,
+    timestep_guidance_channels=256,
+    axes_dims_rope=[4, 4, 4, 4],
+    guidance_embeds=False,
+)
+_TINY_KLEIN_VAE = dict(
+    sample_size=TINY_SIZE,
+    block_out_channels=(8, 16, 32, 32),
+    layers_per_block=1,
+    norm_num_groups=8,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
 _FULL_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, sample_size=1024)
 _TINY_VAE = dict(block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=8, sample_size=TINY_SIZE)
 _CHAT_TEMPLATE = (
@@ -133,15 +174,14 @@ def build_random(directory: Path, scale: str = "tiny", dtype: torch.dtype = torc
     if dtype != torch.float32:
         pipe.to(dtype)
     pipe.save_pretrained(directory / "base")
-    del pipe
     with torch.device(device):
+        _save_subject(directory / "subject", dtype, pipe.text_encoder, full)
+        del pipe
         _save_controlnet(directory, dtype, _FULL_CONTROLNET if full else _TINY_CONTROLNET)
-    if not full:  # the full-scale subject model is not built yet: its config is not among the pages read
-        _save_subject(directory / "subject", dtype)
     save_depth_estimator(directory / "depth")
     save_pose_models(directory / "pose")
     save_subject_segmenter(directory / "segmenter")
-    extra = {"controlnet_config": "controlnet-config", **({} if full else {"subject_base": "subject"})}
+    extra = {"controlnet_config": "controlnet-config", "subject_base": "subject"}
     preset = {
         "name": "tiny-zimage" if not full else "random-zimage",
         "family": "zimage",
@@ -232,51 +272,30 @@ def _save_controlnet(directory: Path, dtype: torch.dtype, config: dict[str, Any]
     net.save_config(directory / "controlnet-config")
 
 
-def _save_subject(folder: Path, dtype: torch.dtype) -> None:
-    """A tiny FLUX.2 [klein]: its transformer reads the text encoder's states of one layer (joint
-    attention width = hidden size), its VAE has the real 32 latent channels (so previews use the real
-    factors), 8× down as the real one."""
+def _save_subject(folder: Path, dtype: torch.dtype, text_encoder, full: bool) -> None:
+    """A FLUX.2 [klein] whose text encoder is the Z-Image base's `text_encoder` (a `Qwen3Model`) inside
+    the `Qwen3ForCausalLM` klein's layout names, as the real repos ship the same Qwen3-4B weights."""
     from diffusers import (
         AutoencoderKLFlux2,
         FlowMatchEulerDiscreteScheduler,
         Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
-    tokenizer = _tokenizer()
-    transformer = Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=128,  # 32 latent channels, 2×2 to a token
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        timestep_guidance_channels=256,
-        axes_dims_rope=[4, 4, 4, 4],
-        guidance_embeds=False,
-    )
-    text_encoder = Qwen3ForCausalLM(Qwen3Config(**{**_TINY_TEXT, "vocab_size": len(tokenizer)}))
-    vae = AutoencoderKLFlux2(
-        sample_size=TINY_SIZE,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32),
-        layers_per_block=1,
-        latent_channels=32,
-        norm_num_groups=8,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    with torch.device("meta"):  # its own random encoder would only be thrown away
+        causal: Any = Qwen3ForCausalLM(text_encoder.config)
+    causal.model = text_encoder
+    embeddings = text_encoder.embed_tokens.weight
+    vocab, hidden = embeddings.shape
+    causal.lm_head = torch.nn.Linear(hidden, vocab, bias=False, device=embeddings.device, dtype=embeddings.dtype)
+    causal.tie_weights()  # Qwen3-4B ties its output head to the embeddings (the tiny config does not)
     pipe: Any = Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
+        vae=AutoencoderKLFlux2(**({} if full else _TINY_KLEIN_VAE)),
+        text_encoder=causal,
+        tokenizer=_tokenizer(),
+        transformer=Flux2Transformer2DModel(**(_FULL_KLEIN_TRANSFORMER if full else _TINY_KLEIN_TRANSFORMER)),
         is_distilled=True,
     )
     if dtype != torch.float32:
