@@ -179,3 +179,20 @@ def test_the_speed_levers_reach_the_subject_model(tiny_zimage):
     transformer = engine.pipelines._subject.pipe.transformer  # loads klein; nothing runs, so nothing compiles yet
     blocks = [block for block in transformer.modules() if type(block).__name__ in KLEIN_BLOCKS]
     assert blocks and all(block._compiled_call_impl is not None for block in blocks)
+
+
+def test_offload_auto_weighs_the_subject_model_before_it_loads(zimage, tiny_zimage):
+    """klein loads on the first subject job, beside what is loaded: `--offload auto` counts its files
+    (its text encoder only when it is not the one already loaded)."""
+    from ref2img.engines.local.families.klein import weight_bytes
+
+    preset = zimage.preset
+    ref = preset.extra["subject_base"]
+    folder = tiny_zimage / "subject"
+    size = {part: sum(f.stat().st_size for f in (folder / part).glob("*.safetensors"))
+            for part in ("transformer", "vae", "text_encoder")}
+    shared = weight_bytes(ref, preset, zimage.pipelines.base.text_encoder)
+    assert shared == size["transformer"] + size["vae"] > 0
+    assert weight_bytes(ref, preset, None) == shared + size["text_encoder"]
+    missing = resolve_preset(str(tiny_zimage), {"extra.subject_base": str(tiny_zimage / "nowhere")})
+    assert weight_bytes(missing.extra["subject_base"], missing, None) == 0

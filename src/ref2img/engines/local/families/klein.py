@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 import diffusers
 import torch
 
-from ref2img.engines.base import Job
+from ref2img.engines.base import Job, ModelMissingError
 from ref2img.engines.local.device import Placement
 from ref2img.engines.local.families.calls import image_generators, torch_modules
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
 from ref2img.engines.local.families.sharing import holds_same_weights
+from ref2img.engines.local.hub import folder_of
 from ref2img.engines.local.presets import ModelRef, Preset
 
 if TYPE_CHECKING:
@@ -180,6 +181,20 @@ class KleinSubject:
             for name, module in torch_modules(self._pipe).items()
             if not (self.shares_text_encoder and module is self._offered_text_encoder)
         }
+
+
+def weight_bytes(ref: ModelRef, preset: Preset, text_encoder: torch.nn.Module | None) -> int:
+    """What loading klein would add, read from its files before it loads (so `--offload auto` can weigh
+    it with the family's own models): its transformer and VAE, and its text encoder unless it holds
+    `text_encoder`'s weights. 0 while it is not downloaded (its first job says so by name)."""
+    try:
+        folder = folder_of(ref, PART, preset)
+    except ModelMissingError:
+        return 0
+    parts = ["transformer", "vae"]
+    if text_encoder is None or not holds_same_weights(text_encoder, folder / "text_encoder"):
+        parts.append("text_encoder")
+    return sum(file.stat().st_size for part in parts for file in (folder / part).glob("*.safetensors"))
 
 
 def at_least(image: Image.Image, side: int) -> Image.Image:

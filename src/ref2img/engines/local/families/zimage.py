@@ -40,7 +40,7 @@ from ref2img.engines.local.families.calls import (
     torch_modules,
 )
 from ref2img.engines.local.families import controls_problem
-from ref2img.engines.local.families.klein import KleinSubject
+from ref2img.engines.local.families.klein import KleinSubject, weight_bytes
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import latent_preview
 from ref2img.engines.local.hub import folder_of
@@ -154,6 +154,9 @@ class ZImagePipelines:
         # The Fun ControlNet Union adds 6 control blocks beside the 30 of the transformer: a fifth.
         controlnet = transformer // 5
         everything = offload.module_bytes(*torch_modules(self.base).values()) + controlnet
+        subject = self.preset.extra.get(SUBJECT_BASE)
+        if subject is not None and requested == "auto":  # loaded on the first subject job, beside the rest
+            everything += weight_bytes(subject, self.preset, self.base.text_encoder)
         mode = offload.choose_offload(requested, self.placement, everything, transformer + controlnet)
         if mode != requested:
             log.info("offload auto: %s", mode)
