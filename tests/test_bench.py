@@ -57,7 +57,7 @@ def test_gpu_check_smoke(tmp_path):
     zimage_rows = {row["lever"]: row for row in zimage_speed["rows"]}
     assert set(zimage_rows) == {"diffusers", "off"} and zimage_rows["off"]["drift"]["max"] == 0, log
     subject_rows = {row["lever"]: row for row in subject["rows"]}  # FLUX.2 klein against plain Flux2KleinPipeline
-    assert subject["setup"]["mode"] == "subject" and subject["setup"]["steps"] == 4
+    assert subject["setup"]["mode"] == "subject"
     assert set(subject_rows) == {"diffusers", "off"} and subject_rows["off"]["vs_diffusers"] > 0, log
     assert {row["lever"] for row in levers["rows"]} == {"off", "channels-last", "cache-condition"}
     several = {row["lever"]: row for row in controls["rows"]}  # 1 and 3 controls in one run
