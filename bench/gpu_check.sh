@@ -76,12 +76,19 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor())
 EOF
 
+# The families the asked phases read, in the order those phases come: a call builds nothing it does not use.
+wants() { local p; for p in "$@"; do case " $PHASES " in *" $p "*) return 0 ;; esac; done; return 1; }
+FAMILIES=()
+wants speed speed4 levers controls lora presets presets-disk approximations intensity1 offload coldstart modes \
+  families && FAMILIES+=("sdxl:$SDXL_DIR")
+wants zimage-modes zimage-speed zimage-subject zimage-offload && FAMILIES+=("zimage:$ZIMAGE_DIR")
+wants presets presets-disk modes families && FAMILIES+=("sd15:$SD15_DIR")
 phase build 60 "$PY" -c "
 import sys, time, torch
 from pathlib import Path
 from ref2img.engines.local.families import family_named
 cuda = '$DEVICE' == 'cuda'
-for family, folder in (('zimage', '$ZIMAGE_DIR'), ('sd15', '$SD15_DIR'), ('sdxl', '$SDXL_DIR')):
+for family, folder in (entry.split(':', 1) for entry in '${FAMILIES[*]}'.split()):
     dtype = (torch.bfloat16 if family == 'zimage' else torch.float16) if cuda else torch.float32
     if not (Path(folder) / 'ref2img-preset.json').exists():
         t = time.perf_counter(); family_named(family).build_random(Path(folder), '$SCALE', dtype)

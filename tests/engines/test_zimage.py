@@ -196,3 +196,25 @@ def test_offload_auto_weighs_the_subject_model_before_it_loads(zimage, tiny_zima
     assert weight_bytes(ref, preset, None) == shared + size["text_encoder"]
     missing = resolve_preset(str(tiny_zimage), {"extra.subject_base": str(tiny_zimage / "nowhere")})
     assert weight_bytes(missing.extra["subject_base"], missing, None) == 0
+
+
+@pytest.mark.slow  # seconds of module construction, even on the meta device
+def test_the_full_scale_shapes_weigh_what_the_published_checkpoints_weigh():
+    """The GPU check's random models (built on the meta device here: no memory): bf16 bytes against the
+    real files' sizes (FLUX.2-klein-4B's one-file transformer 7.75 GB and VAE 168 MB; Z-Image-Turbo's
+    6.15B-parameter transformer)."""
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel, ZImageTransformer2DModel
+
+    from ref2img.engines.local.families import zimage_models
+
+    with torch.device("meta"):
+        klein = Flux2Transformer2DModel(**zimage_models._FULL_KLEIN_TRANSFORMER)
+        vae = AutoencoderKLFlux2()
+        transformer = ZImageTransformer2DModel(**zimage_models._FULL_TRANSFORMER)
+
+    def bf16_gb(module):
+        return sum(p.numel() for p in module.parameters()) * 2 / 1e9
+
+    assert bf16_gb(klein) == pytest.approx(7.75, rel=0.01)
+    assert bf16_gb(vae) == pytest.approx(0.168, rel=0.01)
+    assert bf16_gb(transformer) == pytest.approx(2 * 6.15, rel=0.01)
