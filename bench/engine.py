@@ -48,7 +48,7 @@ from ref2img.engines.base import IN_MEMORY, Job
 from ref2img.engines.local import LocalEngine, Speedups
 from ref2img.engines.local.annotators import canny_map
 from ref2img.engines.local.intensity import knobs_for
-from ref2img.engines.local.offload import device_index
+from ref2img.engines.local.offload import cap_process_memory
 from ref2img.engines.local.presets import resolve_preset
 from ref2img.engines.local.families import family_named
 from ref2img.engines.local.families.klein import STEPS as KLEIN_STEPS
@@ -256,9 +256,7 @@ def run_row(spec: dict) -> dict:
     transformers.utils.logging.set_verbosity_error()
     device = torch.device(spec["device"])
     if spec.get("memory_cap_gib") and device.type == "cuda":
-        index = device_index(device)
-        total = torch.cuda.get_device_properties(index).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_cap_gib"] * 2**30 / total), index)
+        cap_process_memory(device, spec["memory_cap_gib"])
     started = time.perf_counter()
     preset = resolve_preset(spec["folder"], spec["overrides"])
     size = spec["size"]

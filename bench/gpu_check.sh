@@ -4,13 +4,14 @@
 # mode, speed, a 24 GB cap), each lever alone, the approximations, intensity 1.0, the small-GPU figure,
 # the cold start and compile policy, every mode of the UNet families, sdxl-fast and SD1.5: in that order,
 # as far as BUDGET_S allows; the log names every phase it skipped. Each phase writes its JSON into $OUT
-# as it goes: log.txt, speed.json, zimage-modes.json, presets.json, cold-start.json, modes.json (the device tool
+# as it goes: log.txt, speed.json, zimage-modes.json, zimage-capped.json, presets.json, cold-start.json,
+# modes.json (the device tool
 # brings back 8 files at most).
 #
 #   bash bench/gpu_wheels.sh                                 # here, once: the wheels the device lacks
 #   device run (carry .whl):  PHASES="$CALL1" bash bench/gpu_check.sh   # the first call (under 10 minutes)
 #   PHASES="$CALL2" bash bench/gpu_check.sh                              # the second call: the rest
-# with CALL1="build speed speed4 zimage-modes zimage-speed zimage-subject zimage-offload" and
+# with CALL1="build speed speed4 zimage-modes zimage-speed zimage-subject zimage-offload zimage-capped" and
 #      CALL2="build levers controls lora presets presets-disk approximations intensity1 offload coldstart modes families".
 # The engine-speed figures (issue 24) come first, then the zimage family's (issue 23): neither is measured yet.
 #   bash bench/gpu_check.sh --smoke                          # the same plumbing on the CPU, tiny models
@@ -20,7 +21,7 @@ SMOKE=0; [ "${1:-}" = "--smoke" ] && SMOKE=1
 OUT=${OUT:-out/gpu-check}
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-$([ "$SMOKE" = 1 ] && echo 1500 || echo 570)}  # the smoke runs every phase
-PHASES=${PHASES:-"build speed speed4 zimage-modes zimage-speed zimage-subject zimage-offload levers controls lora presets presets-disk approximations intensity1 offload coldstart modes families"}
+PHASES=${PHASES:-"build speed speed4 zimage-modes zimage-speed zimage-subject zimage-offload zimage-capped levers controls lora presets presets-disk approximations intensity1 offload coldstart modes families"}
 PY=${PY:-python3}
 exec > >(tee -a "$OUT/log.txt") 2>&1
 
@@ -81,7 +82,7 @@ wants() { local p; for p in "$@"; do case " $PHASES " in *" $p "*) return 0 ;; e
 FAMILIES=()
 wants speed speed4 levers controls lora presets presets-disk approximations intensity1 offload coldstart modes \
   families && FAMILIES+=("sdxl:$SDXL_DIR")
-wants zimage-modes zimage-speed zimage-subject zimage-offload && FAMILIES+=("zimage:$ZIMAGE_DIR")
+wants zimage-modes zimage-speed zimage-subject zimage-offload zimage-capped && FAMILIES+=("zimage:$ZIMAGE_DIR")
 wants presets presets-disk modes families && FAMILIES+=("sd15:$SD15_DIR")
 phase build 60 "$PY" -c "
 import sys, time, torch
@@ -106,7 +107,7 @@ phase speed4 150 "${BENCH[@]}" --arch "$SDXL_ARCH" --batches "$BATCH" --levers "
   --row-timeout 240
 # zimage: every mode at 1000x600 (subject through FLUX.2 klein, sharing Z-Image's text encoder), then s/image and
 # peak memory against plain ZImageControlNetPipeline at 1024², the subject model against plain
-# Flux2KleinPipeline, then under a 24 GB cap.
+# Flux2KleinPipeline, then under a 24 GB cap: s/image at 1024², and every mode with its peak memory.
 phase zimage-modes 60 "$PY" bench/modes.py --model "$ZIMAGE_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
   --json "$OUT/zimage-modes.json"
 phase zimage-speed 150 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --batches 1 --levers "$ZIMAGE_LEVERS" --row-timeout 300
@@ -114,6 +115,8 @@ phase zimage-subject 120 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --mode subject --ba
   --levers "$ZIMAGE_LEVERS" --row-timeout 300
 phase zimage-offload 90 "${BENCH[@]}" --arch "$ZIMAGE_ARCH" --no-baseline --no-flops --levers off --runs 1 \
   --offload auto "${ZIMAGE_CAP[@]}" --row-timeout 300
+phase zimage-capped 60 "$PY" bench/modes.py --model "$ZIMAGE_DIR" --device "$DEVICE" "${MODES_ARGS[@]}" \
+  --offload auto "${ZIMAGE_CAP[@]}" --json "$OUT/zimage-capped.json"
 # Each lever alone on top of `off`; the output-changing ones (--approximate) with their drift; intensity 1.0,
 # where the ControlNet never idles; SDXL under an 8 GiB cap.
 phase levers 120 "${BENCH[@]}" --arch "$SDXL_ARCH" --no-baseline --no-flops --levers "off,$EXTRA_LEVERS" \

@@ -21,13 +21,15 @@ def test_gpu_check_smoke(tmp_path):
     log = run.stdout[-4000:] + run.stderr[-2000:]
     assert run.returncode == 0, log
     assert sorted(path.name for path in out.iterdir()) == ["cold-start.json", "log.txt", "modes.json", "presets.json",
-                                                           "speed.json", "zimage-modes.json"]
+                                                           "speed.json", "zimage-capped.json", "zimage-modes.json"]
     assert "skipped" not in log
 
     modes = json.loads((out / "modes.json").read_text())
     assert modes["ok"] and len(modes["jobs"]) == 16, log
     zimage = json.loads((out / "zimage-modes.json").read_text())
     assert zimage["ok"] and len(zimage["jobs"]) == 8 and not [job for job in zimage["jobs"] if "refused" in job], log
+    capped = json.loads((out / "zimage-capped.json").read_text())  # every mode again, with --offload auto
+    assert capped["ok"] and capped["setup"]["offload"] == "auto" and len(capped["jobs"]) == 8, log
 
     runs = json.loads((out / "speed.json").read_text())["runs"]
     # speed, speed4, zimage-speed, zimage-subject, zimage-offload, levers, controls, lora, approximations,

@@ -57,6 +57,14 @@ def device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+def cap_process_memory(device: torch.device, gib: float) -> None:
+    """Let this process use at most `gib` of the GPU (`set_per_process_memory_fraction`), as a smaller
+    card would: the benches' small-GPU figures, and what `available_gpu_bytes` then reports."""
+    index = device_index(device)
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), index)
+
+
 def available_gpu_bytes(device: torch.device) -> int:
     """Free memory on the device, within this process's cap (`set_per_process_memory_fraction`) if set."""
     index = device_index(device)
