@@ -34,6 +34,10 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HU
 export REF2IMG_COMPILE_CACHE=${REF2IMG_COMPILE_CACHE:-/tmp/ref2img-compile-cache}
 MODELS=${MODELS:-/tmp/ref2img-bench-models}
 
+# A short device window may narrow the rows: any of these set in the environment replaces the list below
+# (e.g. CORE_LEVERS=off,all ZIMAGE_LEVERS=off RUNS=2).
+OVERRIDABLE=(CORE_LEVERS SPEED4_LEVERS ZIMAGE_LEVERS EXTRA_LEVERS PROFILED RUNS)
+for name in "${OVERRIDABLE[@]}"; do declare "GIVEN_$name=${!name:-}"; done
 if [ "$SMOKE" = 1 ]; then
   SCALE=tiny; DEVICE=cpu; RUNS=1; BATCH=2; SDXL_ARCH=tiny-sdxl; SD15_ARCH=tiny; FAST_ARCH=tiny-sdxl; ZIMAGE_ARCH=tiny-zimage
   ZIMAGE_LEVERS=off; ZIMAGE_CAP=()
@@ -53,6 +57,7 @@ else
   CONTROLS_LEVERS=off,controls-1,controls-2,controls-3; PRESETS_ARGS=(--arches sd15,sdxl --device cuda)
   COLD_ARGS=(--size 1024 --compile-after 2); CAP_ARGS=(--memory-cap-gib 8); MODES_ARGS=(); STEPS_ARGS=(); INTENSITY1_ARGS=()
 fi
+for name in "${OVERRIDABLE[@]}"; do given="GIVEN_$name"; [ -n "${!given}" ] && declare "$name=${!given}"; done
 SD15_DIR=$MODELS/sd15-$SCALE
 SDXL_DIR=$MODELS/sdxl-$SCALE
 ZIMAGE_DIR=$MODELS/zimage-$SCALE
