@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -44,6 +45,8 @@ def main() -> None:
                         help="cap this process's GPU memory, as on a smaller card")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    logging.basicConfig(format="  %(message)s")
+    logging.getLogger("ref2img.engine").setLevel(logging.INFO)  # what it loads, shares and offloads
     from PIL import Image
     from skimage import data
 

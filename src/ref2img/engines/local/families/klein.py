@@ -99,11 +99,14 @@ class KleinSubject:
         self.placement = placement
         self.offload = offload_mode
         self._offered_text_encoder = text_encoder  # the caller's, used if klein's checkpoint holds the same
-        self.shares_text_encoder = False
         self._speed_up = speed_up  # the caller's speed levers, applied to klein's transformer at load
         self._pipe: Any = None
         self.ignored: list[str] = []
         self._latent_hw = (0, 0)  # the packed latent grid of the current call, for its previews
+
+    @property
+    def shares_text_encoder(self) -> bool:
+        return self._pipe is not None and self._pipe.text_encoder is self._offered_text_encoder
 
     @property
     def loaded(self) -> bool:
@@ -133,7 +136,6 @@ class KleinSubject:
         # Sequential offload streams the weights from a map of its own: nothing to share there.
         if offered is None or self.offload == "sequential" or not holds_same_weights(offered, folder):
             return None
-        self.shares_text_encoder = True
         log.info("FLUX.2 klein reads the text encoder already loaded (%s holds the same weights)", folder)
         return offered
 
@@ -179,7 +181,7 @@ class KleinSubject:
         return {
             f"subject.{name}": module
             for name, module in torch_modules(self._pipe).items()
-            if not (self.shares_text_encoder and module is self._offered_text_encoder)
+            if module is not self._offered_text_encoder
         }
 
 

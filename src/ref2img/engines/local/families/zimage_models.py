@@ -136,16 +136,9 @@ _TINY_KLEIN_TRANSFORMER = dict(
     axes_dims_rope=[4, 4, 4, 4],
     guidance_embeds=False,
 )
-_TINY_KLEIN_VAE = dict(
-    sample_size=TINY_SIZE,
-    block_out_channels=(8, 16, 32, 32),
-    layers_per_block=1,
-    norm_num_groups=8,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
-)
 _FULL_VAE = dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, sample_size=1024)
 _TINY_VAE = dict(block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=8, sample_size=TINY_SIZE)
+_TINY_KLEIN_VAE = dict(_TINY_VAE, use_quant_conv=False, use_post_quant_conv=False)  # the FLUX.2 VAE's, scaled down
 _CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
