@@ -134,3 +134,64 @@ def test_failure_window_forgets_old_failures_and_bounds_memory():
     for i in range(1000):
         window.add(f"made-up-{i}", 30)
     assert len(window._failures) == 100
+
+
+def test_a_flood_of_throttled_sign_ins_holds_no_thread_and_never_slows_another_client(chatty, astronaut):
+    """250 bad sign-ins held open at once from one address: each waits its turn on the event loop, not in
+    the shared thread pool, so another client's health check, create and /v1/info stay fast."""
+    import asyncio
+    import time
+
+    honest = Cloud(chatty.url, *chatty.new_key())
+    wrong = Cloud(chatty.url, "ak_flooded", "sk_guess").headers
+    query = f"{chatty.url}/v1/open/pub/task"
+    body = img2img_body(data_uri(astronaut.resize((64, 64))))
+
+    async def flood_and_measure() -> dict[str, float]:
+        limits = httpx.Limits(max_connections=300)
+        attacker = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.6.1", limits=limits),
+                                     timeout=60)
+        other = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.6.2"), timeout=30)
+        async with attacker, other:
+            for _ in range(LIMIT + 1):  # past the limit: every attempt from now on is throttled
+                await attacker.post(query, json={"task_id": "t"}, headers=wrong)
+            flood = [asyncio.create_task(attacker.post(query, json={"task_id": "t"}, headers=wrong))
+                     for _ in range(250)]
+            await asyncio.sleep(1.0)  # the flood is in, waiting for the lane
+            assert sum(task.done() for task in flood) < 250 - 50, "the flood ended before it was measured"
+            took = {}
+            for name, call in [("healthz", lambda: other.get(f"{chatty.url}/healthz")),
+                               ("create", lambda: other.post(f"{chatty.url}/v1/open/capacity/application/"
+                                                             "tm_reference_img2img", json=body, headers=honest.headers)),
+                               ("info", lambda: other.get(f"{chatty.url}/v1/info", headers=honest.headers))]:
+                started = time.monotonic()
+                answer = await call()
+                took[name] = time.monotonic() - started
+                assert answer.status_code == 200 and answer.json()["code"] == 0, (name, answer.text)
+            answers = await asyncio.gather(*flood)
+        assert {answer.status_code for answer in answers} == {429}
+        return took
+
+    took = asyncio.run(flood_and_measure())
+    assert max(took.values()) < 0.5, took
+
+
+def test_a_wrong_secret_for_a_key_in_use_costs_a_full_check(tmp_path, monkeypatch):
+    """The verified-pair memory only ever says yes: a wrong secret for a key used a moment ago is hashed
+    like any other, so the answer's time does not tell which keys are in use."""
+    from ref2img.auth import keys
+    from ref2img.tasks.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'keys.db'}")
+    try:
+        key = keys.create_key(store)
+        verifier = keys.KeyVerifier(store)
+        assert verifier.verify(key.app_key, key.app_secret)  # now remembered
+        hashed = []
+        real_hash = keys._hash
+        monkeypatch.setattr(keys, "_hash", lambda secret, salt: hashed.append(1) or real_hash(secret, salt))
+        assert verifier.verify(key.app_key, key.app_secret) and hashed == []  # memory vouches: no scrypt
+        assert not verifier.verify_cached(key.app_key, "sk_wrong")
+        assert not verifier.verify(key.app_key, "sk_wrong") and hashed == [1]
+    finally:
+        store.close()

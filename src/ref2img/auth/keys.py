@@ -64,18 +64,19 @@ class KeyVerifier:
         self._live: dict[str, float] = {}  # app key -> until when it is known live
         self._lock = threading.Lock()
 
-    def verify_cached(self, app_key: str, secret: str) -> bool | None:
-        """The answer from memory (cheap: no store, no scrypt), or None when the store must be asked."""
+    def verify_cached(self, app_key: str, secret: str) -> bool:
+        """True when memory vouches for the pair (cheap: no store, no scrypt). Memory never refuses: a
+        wrong secret for a key in use goes through scrypt like any other, so an answer's time does not
+        tell which keys were used lately."""
         with self._lock:
             cached = self._verified.get(app_key)
         if cached and cached[1] > time.monotonic():
             return hmac.compare_digest(cached[0], hashlib.sha256(secret.encode()).digest())
-        return None
+        return False
 
     def verify(self, app_key: str, secret: str) -> bool:
-        cached = self.verify_cached(app_key, secret)
-        if cached is not None:
-            return cached
+        if self.verify_cached(app_key, secret):
+            return True
         digest = hashlib.sha256(secret.encode()).digest()
         now = time.monotonic()
         # A key no store could hold (NUL, over the column's width) is unknown without asking it.

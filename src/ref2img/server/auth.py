@@ -55,12 +55,12 @@ def refused(request: Request, app_key: str, unauthorized: ApiError) -> ApiError:
 
 
 async def check_secret(request: Request, app_key: str, verify: Callable[[], bool], unauthorized: ApiError) -> None:
-    """Run `verify` off the event loop (one at a time while throttled: never refused when it holds);
-    raise `refused(...)` when it does not."""
+    """Run `verify` off the event loop (one at a time while throttled, waiting on the loop, not in a
+    thread: never refused when it holds); raise `refused(...)` when it does not."""
     throttle = request.app.state.services.throttle
     if throttle.retry_after(app_key, client_address(request)):
         try:
-            verified = await run_in_threadpool(throttle.one_at_a_time, verify)
+            verified = await throttle.one_at_a_time(verify)
         except LaneBusy:
             verified = False
     else:

@@ -3,7 +3,9 @@
 Each failure is remembered for `window_s`; once `limit` failures of one key from one address, or of
 one address with any keys, fall inside the window, that pair or address is *throttled*: its requests
 are still verified, but one at a time in the whole process (`one_at_a_time`, scrypt is slow on
-purpose), and those that fail are answered 680005 / HTTP 429 + Retry-After rather than 401.
+purpose), and those that fail are answered 680005 / HTTP 429 + Retry-After rather than 401. A request
+waiting for its turn waits on the event loop, never in a thread of the shared pool: a flood of throttled
+sign-ins cannot starve the server's other requests of threads.
 
 What this gives, as the big identity providers do it: a request whose secret verifies is never
 refused; knowing an app key (not its secret) does not let anyone lock its owner out from elsewhere,
@@ -14,11 +16,14 @@ connection's, unless `ref2img serve --trusted-proxy` names the proxy whose X-For
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+
+from starlette.concurrency import run_in_threadpool
 
 
 class FailureWindow:
@@ -70,7 +75,7 @@ class AuthThrottle:
         self._by_pair = FailureWindow(limit, window_s)
         self._by_address = FailureWindow(limit, window_s)
         self._lock = threading.Lock()
-        self._lane = threading.BoundedSemaphore(1)
+        self._lane = asyncio.Semaphore(1)  # awaited, not blocked on: a waiter holds no thread
 
     def retry_after(self, app_key: str, address: str) -> int:
         """Whole seconds until this key from this address, and this address, are out of the throttle;
@@ -89,11 +94,14 @@ class AuthThrottle:
                 self._by_pair.add(f"{app_key}\n{address}", now)
             self._by_address.add(address, now)
 
-    def one_at_a_time(self, verify: Callable[[], bool]) -> bool:
-        """Run a throttled request's verification in the single lane (LaneBusy after LANE_WAIT_S)."""
-        if not self._lane.acquire(timeout=self.LANE_WAIT_S):
-            raise LaneBusy
+    async def one_at_a_time(self, verify: Callable[[], bool]) -> bool:
+        """Run a throttled request's verification in the single lane (LaneBusy after LANE_WAIT_S); only
+        the one whose turn it is takes a thread."""
         try:
-            return verify()
+            await asyncio.wait_for(self._lane.acquire(), self.LANE_WAIT_S)
+        except TimeoutError:
+            raise LaneBusy from None
+        try:
+            return await run_in_threadpool(verify)
         finally:
             self._lane.release()
