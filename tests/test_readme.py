@@ -86,7 +86,7 @@ def test_the_server_walk_through_ends_at_a_png_with_one_key(tiny_sd15, tmp_path_
 
     from .server.conftest import running
 
-    keys_line = next(line for block in bash_blocks() for line in block.splitlines() if "> key.env" in line)
+    keys_line = next(line for block in bash_blocks() for line in block.splitlines() if "--env-file key.env" in line)
     curl_block = next(block for block in bash_blocks() if "tm_reference_img2img" in block and "key.env" in block)
     folder = tmp_path_factory.mktemp("walk-through")
     astronaut.save(folder / "astronaut.png")
@@ -102,3 +102,4 @@ def test_the_server_walk_through_ends_at_a_png_with_one_key(tiny_sd15, tmp_path_
 
     assert Image.open(folder / "result.png").size == (1024, 1024)
     assert (folder / "key.env").read_text().count("REF2IMG_APP_KEY") == 1
+    assert (folder / "key.env").stat().st_mode & 0o777 == 0o600  # the secret is no other user's to read

@@ -7,7 +7,7 @@ import pytest
 
 from ref2img.server.throttle import FailureWindow
 
-from .conftest import Cloud, Receiver, Server, data_uri, img2img_body
+from .conftest import Cloud, Receiver, Server, data_uri, img2img_body, png_bytes
 
 LIMIT = 5
 TRUSTED_PROXY = "127.0.5.1"
@@ -195,3 +195,43 @@ def test_a_wrong_secret_for_a_key_in_use_costs_a_full_check(tmp_path, monkeypatc
         assert not verifier.verify(key.app_key, "sk_wrong") and hashed == [1]
     finally:
         store.close()
+
+
+def test_the_data_dir_is_private_whatever_the_umask(tiny_sd15, tmp_path, astronaut, caplog):
+    """Under umask 022 a data dir left 755 by an older version is narrowed to 700 with a warning, and every
+    file the server writes (database, uploads, results) is 600: another local user reads nothing."""
+    import logging
+    import os
+
+    from ref2img.tasks.private_files import private_dir
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    os.chmod(data_dir, 0o755)
+    previous = os.umask(0o022)
+    try:
+        with caplog.at_level(logging.WARNING, "ref2img.data"):
+            private_dir(data_dir)
+        assert "narrowed to 700" in caplog.text
+        os.chmod(data_dir, 0o755)  # as it was: the server narrows it too
+        server = Server(data_dir, tiny_sd15).start()
+    finally:
+        os.umask(previous)
+    try:
+        cloud = Cloud(server.url, *server.new_key())
+        upload = httpx.post(f"{server.url}/v1/files", files={"file": ("a.png", png_bytes(astronaut.resize((64, 64))))},
+                            headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"}).json()
+        assert upload["code"] == 0, upload
+        task = cloud.wait_final(cloud.create_id(img2img_body(upload["data"]["url"])))
+        assert task["status"] == 3, task
+    finally:
+        server.stop()
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    files = [path for path in data_dir.rglob("*") if path.is_file()]
+    assert any(path.name == "ref2img.db" for path in files) and any(path.suffix == ".png" for path in files)
+    wide = {str(path.relative_to(data_dir)): oct(path.stat().st_mode & 0o777) for path in files
+            if path.stat().st_mode & 0o077}
+    assert wide == {}, wide
+    folders = {str(path.relative_to(data_dir)): oct(path.stat().st_mode & 0o777) for path in data_dir.rglob("*")
+               if path.is_dir() and path.stat().st_mode & 0o077}
+    assert folders == {}, folders

@@ -39,7 +39,9 @@ def open_store(data_dir: Path, db: str | None = None):
 
     if db:
         return Store(db)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    from ref2img.tasks.private_files import private_dir
+
+    private_dir(data_dir)
     return Store(f"sqlite:///{data_dir / 'ref2img.db'}")
 
 
@@ -56,6 +58,14 @@ def keys_create(
             help='print `export REF2IMG_APP_KEY=… REF2IMG_APP_SECRET=…` lines: `eval "$(ref2img keys create --env)"`',
         ),
     ] = False,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            metavar="PATH",
+            help="write the --env lines to this file, readable by its owner only (600): `. ./key.env` reads it",
+        ),
+    ] = None,
     max_concurrent: MaxConcurrentOption = None,
     per_minute: PerMinuteOption = None,
 ) -> None:
@@ -70,11 +80,16 @@ def keys_create(
     if as_json:
         print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name, "api_key": api_key}))
         return
-    if as_env:  # the names the SDK, the CLI and the README's curl lines all read
-        print(
-            f"export REF2IMG_APP_KEY={shlex.quote(key.app_key)}\n"
-            f"export REF2IMG_APP_SECRET={shlex.quote(key.app_secret)}"
-        )
+    # The names the SDK, the CLI and the README's curl lines all read.
+    env_lines = f"export REF2IMG_APP_KEY={shlex.quote(key.app_key)}\nexport REF2IMG_APP_SECRET={shlex.quote(key.app_secret)}"
+    if env_file is not None:  # a shell's `> key.env` would leave the secret as readable as its umask says
+        from ref2img.tasks.private_files import private_file, write_private
+
+        write_private(private_file(env_file), (env_lines + "\n").encode())
+        err.print(f"wrote {env_file} (mode 600): `. ./{env_file.name}` gives a shell this key")
+        return
+    if as_env:
+        print(env_lines)
         return
     out.print(f"app_key:    {key.app_key}\napp_secret: {key.app_secret}", highlight=False)
     out.print(f"api_key:    {api_key}  (OpenAI clients: the Bearer token)", highlight=False)

@@ -26,7 +26,7 @@ def make_dev_certificate(folder: Path, organization: str = "ref2img development"
     cert_path, key_path = folder / CERT_FILE, folder / KEY_FILE
     if cert_path.is_file() and key_path.is_file():
         return cert_path, key_path
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # in the data dir: private like the rest
     now = datetime.datetime.now(datetime.UTC)
 
     def name(common_name: str) -> x509.Name:
@@ -83,5 +83,6 @@ def make_dev_certificate(folder: Path, organization: str = "ref2img development"
     pem = serialization.Encoding.PEM
     key_path.touch(mode=0o600)
     key_path.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    cert_path.touch(mode=0o600)
     cert_path.write_bytes(signer.public_bytes(pem) + ca.public_bytes(pem))
     return cert_path, key_path

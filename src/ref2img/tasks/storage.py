@@ -18,6 +18,8 @@ from urllib.parse import quote, urlsplit
 
 from PIL import Image
 
+from ref2img.tasks.private_files import private_dir, write_private
+
 DEFAULT_URL_TTL_S = 48 * 3600  # what the cloud gives its result URLs
 
 
@@ -80,8 +82,7 @@ class Storage:
 class DirectoryStorage(Storage):
     def __init__(self, root: Path, signing_key: bytes):
         super().__init__(signing_key)
-        self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(Path(root)).resolve()
 
     def path(self, name: str) -> Path:
         path = (self.root / name).resolve()
@@ -93,8 +94,8 @@ class DirectoryStorage(Storage):
         path = self.path(name)
         temporary = path.with_suffix(path.suffix + ".part")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary.write_bytes(data)
+            private_dir(path.parent)  # each missing level 700, not just the last
+            write_private(temporary, data)
             temporary.replace(path)  # readers never see half a file
         except OSError:
             temporary.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import secrets
 import threading
+from pathlib import Path
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
@@ -18,6 +19,7 @@ from sqlalchemy import CursorResult, Result, create_engine, event, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ref2img.tasks.private_files import private_file, sqlite_path
 from ref2img.tasks.store.migrations import upgrade
 from ref2img.lifecycle import LedgerError
 
@@ -52,6 +54,7 @@ def rows_changed(result: Result[Any]) -> int:
 class Database:
     def __init__(self, url: str):
         self.is_sqlite = url.startswith("sqlite")
+        _private_sqlite_files(url)
         self.engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S} if self.is_sqlite else {},
@@ -134,7 +137,7 @@ def _sqlite_file_lock(url: str) -> Iterator[None]:
     if database in ("", ":memory:"):
         yield
         return
-    with open(f"{database}.migrate-lock", "a") as handle:
+    with open(private_file(Path(f"{database}.migrate-lock")), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -145,3 +148,15 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fast
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
     cursor.close()
+
+
+def _private_sqlite_files(url: str) -> None:
+    """The database file is created 600 before SQLite opens it (its -wal and -shm files take the
+    database's mode); files an older version left wider are narrowed."""
+    database = sqlite_path(url)
+    if database is None:
+        return
+    private_file(database)
+    for companion in (Path(f"{database}-wal"), Path(f"{database}-shm")):
+        if companion.exists():
+            private_file(companion)
