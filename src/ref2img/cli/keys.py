@@ -81,7 +81,9 @@ def keys_create(
         print(json.dumps({"app_key": key.app_key, "app_secret": key.app_secret, "name": key.name, "api_key": api_key}))
         return
     # The names the SDK, the CLI and the README's curl lines all read.
-    env_lines = f"export REF2IMG_APP_KEY={shlex.quote(key.app_key)}\nexport REF2IMG_APP_SECRET={shlex.quote(key.app_secret)}"
+    env_lines = (
+        f"export REF2IMG_APP_KEY={shlex.quote(key.app_key)}\nexport REF2IMG_APP_SECRET={shlex.quote(key.app_secret)}"
+    )
     if env_file is not None:  # a shell's `> key.env` would leave the secret as readable as its umask says
         from ref2img.tasks.private_files import private_file, write_private
 
