@@ -434,3 +434,31 @@ def test_the_input_guard_reads_only_allowed_files_and_public_urls(folders):
     for url in ("http://127.0.0.1:22/", "http://169.254.169.254/latest/meta-data/", "http://[::1]/x.png"):
         with pytest.raises(ImageInputError, match="loopback, private"):
             guard.load(url)
+
+
+def test_a_data_dir_below_an_allowed_folder_stays_closed_unless_named(tmp_path, astronaut):
+    """The README's layout: `ref2img mcp` started in the folder that holds a server's data dir. Another
+    tenant's upload there is refused like a missing file; the operator who names the data dir opens it."""
+    from ref2img.tasks.private_files import mark_data_dir
+    from ref2img.tasks.storage import open_storage
+
+    work = tmp_path / "work"
+    data_dir = work / "d1"
+    data_dir.mkdir(parents=True)
+    mark_data_dir(data_dir)  # as the server's Backend leaves it
+    storage = open_storage(data_dir, b"k" * 32)
+    buffer = io.BytesIO()
+    astronaut.resize((64, 64)).save(buffer, format="PNG")
+    theirs = storage.path(storage.save_upload("f_theirs", buffer.getvalue(), "png"))
+    older = work / "old-data"  # a data dir an older version made: known by its database
+    (older / "files").mkdir(parents=True)
+    (older / "ref2img.db").touch()
+    astronaut.resize((64, 64)).save(older / "files" / "x.png")
+    astronaut.resize((64, 64)).save(work / "mine.png")
+
+    default = InputGuard([work], SafeHttp())  # what `ref2img mcp` allows with no --allow-dir, run in work/
+    assert default.load(str(work / "mine.png")).size == (64, 64)
+    for source in (theirs, older / "files" / "x.png"):
+        with pytest.raises(ImageInputError, match="no such file in the allowed folders"):
+            default.load(str(source))
+    assert InputGuard([data_dir], SafeHttp()).load(str(theirs)).size == (64, 64)  # named by the operator

@@ -61,7 +61,7 @@ def mcp(
         typer.Option(
             "--allow-dir",
             metavar="DIR",
-            help="a folder whose files the tools may read (repeatable; default: the current folder and --out)",
+            help="a folder whose files the tools may read (repeatable; default: the current folder and --out); a server's data dir below one stays closed unless named itself",
         ),
     ] = None,
     allow_private_urls: Annotated[

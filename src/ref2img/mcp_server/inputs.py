@@ -4,7 +4,9 @@ redirect checked, size and time caps).
 
 An MCP client is a program acting for someone else (a model, a web page through DNS rebinding), so a
 path or URL it sends is treated as the server treats a create body, never opened as given. Outside the
-allowed folders a refusal reads exactly like a missing file, so the tools cannot probe what exists.
+allowed folders a refusal reads exactly like a missing file, so the tools cannot probe what exists. A
+server's data dir (every tenant's uploads and results) below an allowed folder stays closed: only an
+operator who names the data dir itself (`--allow-dir data`) opens it (lifecycle/data_dir.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from ref2img.lifecycle.data_dir import data_dir_between
 from ref2img.images import ImageInputError, data_uri_bytes, decode_image, max_image_bytes
 from ref2img.protocol import ErrorCode
 from ref2img.safe_http import SafeHttp, UrlRefused
@@ -52,8 +55,10 @@ class InputGuard:
             real = Path(text).expanduser().resolve(strict=True)  # every symlink followed to its end
         except (OSError, RuntimeError, ValueError):
             raise refused from None
-        if not any(real.is_relative_to(folder) for folder in self.allowed_dirs):
-            raise refused
+        if not any(
+            real.is_relative_to(folder) and data_dir_between(folder, real) is None for folder in self.allowed_dirs
+        ):
+            raise refused  # outside every allowed folder, or inside a server's data dir below one
         try:
             # O_NOFOLLOW: a link swapped in after the check above is not followed.
             descriptor = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))

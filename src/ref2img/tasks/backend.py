@@ -23,7 +23,7 @@ from ref2img.tasks.execution.engine_provider import (
 from ref2img.tasks.execution.estimate import DurationEstimate
 from ref2img.tasks.execution.worker import Worker
 from ref2img.tasks.inputs import ImageResolver
-from ref2img.tasks.private_files import private_dir
+from ref2img.tasks.private_files import mark_data_dir, private_dir
 from ref2img.tasks.queue import TaskQueue, open_queue
 from ref2img.tasks.storage import open_storage
 from ref2img.tasks.store import Store
@@ -37,6 +37,7 @@ class Backend:
         self.settings = settings
         set_max_image_mb(settings.max_image_mb)  # one cap per process: fetches, uploads, decodes
         data_dir = private_dir(Path(settings.data_dir))
+        mark_data_dir(data_dir)
         self.store = Store(settings.db_url or f"sqlite:///{data_dir / 'ref2img.db'}")
         self.storage = open_storage(settings.storage or data_dir, self.store.files.shared_secret("file-url-signing"))
         self.http = SafeHttp(allow_private=settings.allow_private_urls)

@@ -13,6 +13,8 @@ import os
 import stat
 from pathlib import Path
 
+from ref2img.lifecycle.data_dir import MARKER
+
 log = logging.getLogger("ref2img.data")
 
 FOLDER_MODE = 0o700
@@ -63,3 +65,8 @@ def sqlite_path(url: str) -> Path | None:
         return None
     database = url.split("///", 1)[-1]
     return None if database in ("", ":memory:") else Path(database)
+
+
+def mark_data_dir(path: Path) -> None:
+    """Leave the marker by which `ref2img mcp` and others know this folder as a data dir (an empty file)."""
+    private_file(Path(path) / MARKER)

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 from PIL import Image
 
-from ref2img.tasks.private_files import private_dir, write_private
+from ref2img.tasks.private_files import mark_data_dir, private_dir, write_private
 
 DEFAULT_URL_TTL_S = 48 * 3600  # what the cloud gives its result URLs
 
@@ -83,6 +83,7 @@ class DirectoryStorage(Storage):
     def __init__(self, root: Path, signing_key: bytes):
         super().__init__(signing_key)
         self.root = private_dir(Path(root)).resolve()
+        mark_data_dir(self.root)  # a storage root apart from the data dir holds tenants' files too
 
     def path(self, name: str) -> Path:
         path = (self.root / name).resolve()
