@@ -386,3 +386,16 @@ def test_a_repaint_keeps_its_unmasked_pixels_exactly_under_the_watermark(astrona
     outside[128:384, 128:384] = False
     assert (stored[outside] == np.asarray(original)[outside]).all()  # untouched where the model kept them
     assert (stored[~outside] != drawn[~outside]).any() and marks["watermark"]  # marked where it drew
+
+
+@pytest.mark.parametrize("prompt", [
+    "a forbidden\u200b thing", "a forbid\u00adden thing", "a ｆｏｒｂｉｄｄｅｎ thing", "a FORBIDDEN THING",
+    "a förbidden thing", "a forbiddenthing", "aforbidden thing", "a forbidden   thing", "a forbidden\nthing",
+])
+def test_the_blocklist_sees_through_invisible_wide_accented_glued_and_spaced_forms(prompt):
+    from ref2img.provenance.content_filter import ContentFilter
+
+    content = ContentFilter("block", ["forbidden thing"])
+    verdict = content.check_prompt("ak_any", prompt)
+    assert verdict is not None and "'forbidden thing'" in verdict.reason
+    assert content.check_prompt("ak_any", "a permitted thing, forbidden elsewhere") is None

@@ -12,8 +12,8 @@ Falconsai/nsfw_image_detection (a ViT, labels normal/nsfw, Apache-2.0; docs/prov
 
 from __future__ import annotations
 
-import re
 import threading
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +65,20 @@ class ImageClassifier:
         return (label, score) if score >= UNSAFE_THRESHOLD else None
 
 
+def folded(text: str) -> str:
+    """`text` as the blocklist compares it: compatibility forms unified (full-width letters, ligatures),
+    invisible format characters dropped (zero-width space, soft hyphen, joiners), case folded, accents
+    dropped (`ö` is `o`), every run of whitespace one space."""
+    text = "".join(char for char in unicodedata.normalize("NFKC", text) if unicodedata.category(char) != "Cf")
+    text = "".join(char for char in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(char))
+    return " ".join(text.split())
+
+
+def squashed(text: str) -> str:
+    """`folded(text)` with no spaces at all: a phrase glued into one word still matches."""
+    return folded(text).replace(" ", "")
+
+
 class ContentFilter:
     def __init__(
         self,
@@ -78,8 +92,9 @@ class ContentFilter:
         self.default_mode = mode
         self.classifier = classifier
         self._mode_of_key = mode_of_key
-        words = sorted((re.escape(word) for word in blocklist), key=len, reverse=True)
-        self._blocked = re.compile(rf"\b({'|'.join(words)})\b", re.IGNORECASE) if words else None
+        # Each term as it is matched (its normalised text, and the same without spaces), by what the
+        # operator wrote.
+        self._blocked = {term: (folded(term), squashed(term)) for term in blocklist if folded(term)}
 
     def mode(self, app_key: str) -> str:
         own = self._mode_of_key(app_key) if self._mode_of_key is not None else None
@@ -87,14 +102,13 @@ class ContentFilter:
 
     def check_prompt(self, app_key: str, *texts: str | None) -> Verdict | None:
         mode = self.mode(app_key)
-        if mode == "off" or self._blocked is None:
+        if mode == "off" or not self._blocked:
             return None
         for text in filter(None, texts):
-            found = self._blocked.search(text)
-            if found:
-                return Verdict(
-                    mode, f"refused by the content policy: the prompt has a blocked term ({found.group(0)!r})"
-                )
+            spaced, glued = folded(text), squashed(text)
+            for term, (term_spaced, term_glued) in self._blocked.items():
+                if term_spaced in spaced or term_glued in glued:
+                    return Verdict(mode, f"refused by the content policy: the prompt has a blocked term ({term!r})")
         return None
 
     def check_image(self, app_key: str, image: Image.Image) -> Verdict | None:
