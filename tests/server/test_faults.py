@@ -192,3 +192,28 @@ def test_tasks_stay_queued_while_the_engine_loads(tiny_sd15, tmp_path, reference
         assert httpx.get(f"{url}/healthz").json()["data"]["engine"] == "loading"
         loading.set()
         assert cloud.wait_final(task_id)["status"] == 3
+
+
+def test_an_internal_error_carries_the_security_headers_and_no_traceback(tiny_sd15, tmp_path):
+    """A 500 is answered by Starlette's outermost layer, past the headers middleware: it carries them all
+    the same, in the envelope, with an incident id and nothing of the exception."""
+    from fastapi.testclient import TestClient
+
+    from ref2img.server.headers import security_headers
+
+    settings = ServerSettings(data_dir=tmp_path / "data", model=str(tiny_sd15), workers=0,
+                              engine_factory=lambda: LocalEngine(str(tiny_sd15)))
+    app = create_app(settings)
+
+    @app.get("/v1/broken-on-purpose")
+    def broken() -> dict:
+        raise RuntimeError("a secret detail")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/v1/broken-on-purpose")
+        studio_answer = client.get("/studio/broken-on-purpose-too")
+    assert answer.status_code == 500 and answer.json()["code"] == 680009
+    assert "incident" in answer.json()["msg"] and "secret detail" not in answer.text
+    for name, value in security_headers("/v1/broken-on-purpose").items():
+        assert answer.headers.get(name) == value, name
+    assert studio_answer.headers.get("X-Frame-Options") == "DENY"

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ref2img.protocol import ErrorCode
 from ref2img.server import openai_images
+from ref2img.server.headers import security_headers
 from ref2img.tasks.store import StoreBusy
 
 log = logging.getLogger("ref2img.server")
@@ -94,4 +95,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         incident = secrets.token_hex(4)
         log.error("unhandled error (incident %s)", incident, exc_info=exc)
-        return error_response(request, ErrorCode.INTERNAL, f"internal error (incident {incident})", 500)
+        # Answered by Starlette's outermost layer, past the SecurityHeaders middleware: add them here.
+        return error_response(
+            request,
+            ErrorCode.INTERNAL,
+            f"internal error (incident {incident})",
+            500,
+            security_headers(request.url.path),
+        )

@@ -30,7 +30,20 @@ def policy_for(path: str) -> str:
     return API_CSP
 
 
+def security_headers(path: str) -> dict[str, str]:
+    """The headers every answer for `path` carries."""
+    return {
+        "Content-Security-Policy": policy_for(path),
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+    }
+
+
 class SecurityHeaders:
+    """Adds `security_headers` to every answer that passes through the middleware stack. A 500 does not:
+    Starlette answers it from its outermost layer, so that handler adds them itself (server/errors.py)."""
+
     def __init__(self, app: ASGIApp):
         self.app = app
 
@@ -38,15 +51,13 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        policy = policy_for(scope["path"])
+        extra = security_headers(scope["path"])
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers.setdefault("Content-Security-Policy", policy)
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("X-Frame-Options", "DENY")
-                headers.setdefault("Referrer-Policy", "no-referrer")
+                for name, value in extra.items():
+                    headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
