@@ -399,3 +399,18 @@ def test_the_blocklist_sees_through_invisible_wide_accented_glued_and_spaced_for
     verdict = content.check_prompt("ak_any", prompt)
     assert verdict is not None and "'forbidden thing'" in verdict.reason
     assert content.check_prompt("ak_any", "a permitted thing, forbidden elsewhere") is None
+
+
+@pytest.mark.slow  # the marked server of this module
+def test_a_content_policy_refusal_on_the_openai_route_is_a_400_content_policy_violation(marked_server, astronaut):
+    openai = pytest.importorskip("openai", reason="the openai package is a dev dependency")
+    cloud = key_with(marked_server, None)
+    client = openai.OpenAI(base_url=f"{marked_server.url}/v1", api_key=f"{cloud.app_key}:{cloud.app_secret}",
+                           max_retries=0)
+    buffer = io.BytesIO()
+    astronaut.resize((64, 64)).save(buffer, format="PNG")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.edit(image=("a.png", buffer.getvalue(), "image/png"), prompt="a forbidden thing",
+                           size="512x512")
+    assert caught.value.status_code == 400 and caught.value.body["code"] == "content_policy_violation"
+    assert caught.value.body["message"].startswith("refused by the content policy")

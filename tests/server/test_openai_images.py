@@ -21,7 +21,7 @@ from PIL import Image
 from ref2img.auth.keys import create_key
 from ref2img.tasks.store import Store
 
-from .conftest import Cloud, Server, running
+from .conftest import Cloud, Server, bomb_header, png_bytes, running
 
 openai = pytest.importorskip("openai", reason="the openai package is a dev dependency")
 
@@ -156,6 +156,8 @@ def test_a_mask_goes_to_image_repaint_and_keeps_the_opaque_pixels(served, key, c
     ({"size": "100x100"}, "size", "512 to 2048"),
     ({"size": "big"}, "size", "WIDTHxHEIGHT"),
     ({"n": 5}, "n", "from 1 to 4"),
+    ({"n": 0}, "n", "from 1 to 4"),
+    ({"size": "\u0661\u0660\u0662\u0664x\u0661\u0660\u0662\u0664"}, "size", "WIDTHxHEIGHT"),  # Arabic-Indic digits
     ({"model": "gpt-image-1"}, "model", "ref2img-edge, ref2img-pose"),
     ({"response_format": "gif"}, "response_format", "b64_json or url"),
     ({"extra_body": {"control_intensity": 2}}, "control_intensity", "from 0 to 1"),
@@ -266,3 +268,25 @@ def test_an_image_over_the_servers_cap_is_refused_by_name(slow_served):
     with pytest.raises(openai.BadRequestError) as caught:
         client_for(slow_served).images.edit(image=("big.png", buffer.getvalue(), "image/png"), prompt="too big")
     assert caught.value.body["param"] == "image" and "--max-image-mb" in caught.value.body["message"]
+
+
+def image_bytes(size: tuple[int, int], fmt: str = "PNG") -> bytes:
+    return png_bytes(Image.new("RGBA" if fmt == "PNG" else "RGB", size, (0, 0, 0, 0) if fmt == "PNG" else "red"), fmt)
+
+
+@pytest.mark.parametrize("mask, words", [
+    (image_bytes((256, 256), "TIFF"), "TIFF images are not accepted"),
+    (b"not an image at all", "not an image"),
+    (image_bytes((15, 15)), "too small"),
+    (image_bytes((1000, 50)), "too narrow"),
+    (bomb_header(), "megapixel limit"),
+    (image_bytes((256, 256))[:120], "truncated"),
+])
+def test_a_mask_that_is_no_usable_image_is_a_400_and_stores_nothing(served, key, reference, mask, words):
+    uploads = served.data_dir / "files" / "uploads"
+    before = set(uploads.iterdir()) if uploads.exists() else set()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_for(served, key).images.edit(image=("a.png", reference, "image/png"), mask=("m.png", mask, "image/png"),
+                                            prompt="masked")
+    assert caught.value.body["param"] == "mask" and words in caught.value.body["message"], caught.value.body
+    assert (set(uploads.iterdir()) if uploads.exists() else set()) == before  # the reference was not kept either

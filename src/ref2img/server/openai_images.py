@@ -31,6 +31,10 @@ DEFAULT_MODEL = f"{MODEL_PREFIX}subject"
 PARTIAL_IMAGES_RANGE = (0, 3)  # as OpenAI's `partial_images`
 SIZE_HELP = f"WIDTHxHEIGHT with each side from {SIZE_RANGE[0]} to {SIZE_RANGE[1]} (e.g. 1024x1536), or auto"
 # Our wire fields under the names an OpenAI client sent them.
+# How a task refused by the content filter starts its reason (provenance/content_filter.py): OpenAI's
+# clients know that refusal as a 400 `content_policy_violation`.
+CONTENT_POLICY = "refused by the content policy"
+
 PARAM_OF_FIELD = {
     "width": "size",
     "height": "size",
@@ -96,7 +100,7 @@ def parse_model(value: str | None, presets: list[str]) -> tuple[ControlType, str
 
 
 # -- fields --------------------------------------------------------------------------------------
-_SIZE = re.compile(r"(\d{1,5})x(\d{1,5})")
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only: int() would take "١٠٢٤"
 
 
 def parse_size(value: str | None, reference: tuple[int, int] | None) -> tuple[int, int]:
@@ -131,6 +135,15 @@ def integer(form: Mapping[str, str], param: str, default: int | None, low: int, 
         return int(str(raw))
     except ValueError:
         raise bad_request(param, f"must be an integer from {low} to {high} (got {str(raw)[:40]!r})") from None
+
+
+def count(form: Mapping[str, str], param: str, low: int, high: int) -> int:
+    """An integer that must be within its range here (`n`: 0 is no count of images, not a default)."""
+    value = integer(form, param, low, low, high)
+    assert value is not None  # a default is given
+    if not low <= value <= high:
+        raise bad_request(param, f"must be an integer from {low} to {high} (got {value})")
+    return value
 
 
 def number(form: Mapping[str, str], param: str) -> float | None:
@@ -189,7 +202,7 @@ class EditForm:
             prompt=str(form.get("prompt") or ""),
             mode=mode,
             preset=preset,
-            n=integer(form, "n", 1, *BATCH_SIZE_RANGE) or 1,
+            n=count(form, "n", *BATCH_SIZE_RANGE),
             size=form.get("size"),
             response_format=response_format,
             stream=flag(form, "stream"),

@@ -35,6 +35,7 @@ from ref2img.protocol import (
 from ref2img.server.auth import BearerKey
 from ref2img.server.errors import ApiError
 from ref2img.server.openai_images import (
+    CONTENT_POLICY,
     PARAM_OF_FIELD,
     EditForm,
     OpenAIError,
@@ -141,11 +142,13 @@ def _submit(
 ) -> tuple[str, tuple[int, int]]:
     """Keep the images as this key's files and queue the task: a generation, or with a mask an Image
     Repaint of the first image. Returns the task id and the output size."""
-    urls = [_upload(svc, base_url, app_key, data, "image") for data in uploads]
+    # Every image is checked before any is stored: a refused call leaves nothing behind.
     reference_size = _image_size(uploads[0], "image")
+    ours = _repaint_mask(mask) if mask is not None else None
+    urls = [_upload(svc, base_url, app_key, data, "image") for data in uploads]
     try:
-        if mask is not None:
-            return _submit_repaint(svc, request, app_key, edit, urls, mask, reference_size, base_url)
+        if ours is not None:
+            return _submit_repaint(svc, request, app_key, edit, urls, ours, reference_size, base_url)
         size = parse_size(edit.size, reference_size)
         create = parse_create_request(edit.create_body(urls[0], urls[1] if len(urls) > 1 else None, size))
         task_id, _ = submit_generation(svc, request, app_key, create)
@@ -160,19 +163,18 @@ def _submit_repaint(
     app_key: str,
     edit: EditForm,
     urls: list[str],
-    mask: bytes,
+    ours: bytes,
     size: tuple[int, int],
     base_url: str,
 ) -> tuple[str, tuple[int, int]]:
-    """OpenAI's mask: transparent where the image is edited; our Image Repaint's: white there, at the
-    image's own size (so one image, at that size)."""
+    """An Image Repaint of the one image with `ours`, the mask already in our terms (`_repaint_mask`),
+    at the image's own size."""
     if edit.n != 1:
         raise bad_request("n", f"must be 1 with a mask: Image Repaint makes one image (got {edit.n})")
     if len(urls) > 1:
         raise bad_request("image", "one image with a mask: the image to edit")
     if edit.size not in (None, "", "auto", f"{size[0]}x{size[1]}"):
         raise bad_request("size", f"with a mask the image keeps its own size: auto or {size[0]}x{size[1]}")
-    ours = _repaint_mask(mask)
     mask_url = _upload(svc, base_url, app_key, ours, "mask")
     body = {"prompt": edit.prompt, "init_image": urls[0], "mask_url": mask_url}
     body.update({key: value for key, value in edit.extras.items() if key in ("seed", "negative_prompt")})
@@ -195,9 +197,13 @@ def _image_size(data: bytes, param: str) -> tuple[int, int]:
 
 
 def _repaint_mask(data: bytes) -> bytes:
-    """White where OpenAI's mask is transparent (alpha 0); a mask with no alpha is taken as ours already
-    (white = edit). Its sides are checked from the header before any pixel is decoded."""
-    image = open_image(data, "mask")
+    """OpenAI's mask (transparent where the image is edited) as ours: white where it is transparent
+    (alpha 0); a mask with no alpha is taken as ours already (white = edit). Its sides are checked from the
+    header before any pixel is decoded; what is not a usable image is a 400 naming `mask`."""
+    try:
+        image = open_image(data, "mask")  # format, pixels and shape, from the header
+    except ImageInputError as exc:
+        raise from_wire_error(exc.code, str(exc), 400) from None
     if max(image.size) > SIZE_RANGE[1]:
         raise bad_request("mask", f"must be at most {SIZE_RANGE[1]} px a side, as the image (got {image.size})")
     try:
@@ -206,7 +212,7 @@ def _repaint_mask(data: bytes) -> bytes:
             ours = alpha.point(lambda value: 255 if value == 0 else 0)
         else:
             ours = image.convert("L")
-    except (OSError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # a body that is not all there
         raise bad_request("mask", f"could not be decoded ({exc})", code="invalid_image") from None
     buffer = io.BytesIO()
     ours.save(buffer, format="PNG")
@@ -255,6 +261,8 @@ def _ended_badly(task: TaskRow) -> OpenAIError:
     rest the server's; never retried by the SDK, since the task ran."""
     status = TaskStatus(task.status)
     reason = task.reason or status.label
+    if status is TaskStatus.FAILED and reason.startswith(CONTENT_POLICY):
+        return OpenAIError(400, reason, code="content_policy_violation", headers=NOT_AGAIN)
     field = reason.split(":", 1)[0]
     if status is TaskStatus.FAILED and (field in PARAM_OF_FIELD or field in ("prompt", "controls", "mask")):
         return from_wire_error(ErrorCode.INVALID_PARAMETER, reason, 400, NOT_AGAIN)
