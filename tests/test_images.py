@@ -140,3 +140,47 @@ def test_truncated_jpeg_is_refused(coffee):
     open_image(data[: len(data) // 2])  # the header alone looks fine...
     with pytest.raises(ImageInputError, match="truncated or corrupt"):
         decode_image(data[: len(data) // 2])  # ...the pixels do not
+
+
+def test_a_jpeg_too_short_for_its_size_is_refused_at_the_header(coffee):
+    """A JPEG cut after its scan header, claiming 8000x8000: libjpeg would fill the missing scan with flat
+    blocks and "succeed" at the full memory cost. No JPEG codes 64 MP in 635 bytes."""
+    from ref2img.images import probe_image
+
+    data = encode(Image.new("RGB", (8000, 8000), "red"), "JPEG", quality=10)
+    scan = data.find(b"\xff\xda")
+    crafted = data[: scan + 2 + int.from_bytes(data[scan + 2 : scan + 4], "big")] + b"\0" * 10 + b"\xff\xd9"
+    for check in (open_image, probe_image, decode_image):
+        with pytest.raises(ImageInputError, match="truncated: 635 bytes cannot hold 8000x8000"):
+            check(crafted)
+    flat = encode(Image.new("RGB", (2048, 2048), "red"), "JPEG", quality=5, progressive=True)  # as dense as real ones get
+    assert probe_image(flat) == "JPEG" and decode_image(flat).size == (2048, 2048)
+
+
+@pytest.mark.parametrize("cut", ["deflate", "last byte"])
+def test_a_png_whose_pixel_stream_ends_early_is_refused_at_the_door(cut):
+    """Chunk CRCs can be whole while the deflate stream inside is cut: the probe inflates it (in steps,
+    dropping the output) and wants its end, at the size the header gives."""
+    from ref2img.images import probe_image
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\0" + bytes(range(64)) * 3 for _ in range(64))
+    pixels = zlib.compress(rows)[:12] if cut == "deflate" else zlib.compress(rows[:-1])
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    with pytest.raises(ImageInputError, match="pixel data ends early"):
+        probe_image(data)
+    whole = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert probe_image(whole) == "PNG"
+
+
+@pytest.mark.parametrize("mode, options", [("1", {}), ("L", {}), ("P", {"bits": 4}), ("LA", {}), ("RGBA", {}),
+                                           ("I;16", {}), ("RGB", {"optimize": True})])
+def test_every_kind_of_whole_png_passes_the_pixel_check(coffee, mode, options):
+    from ref2img.images import probe_image
+
+    image = coffee.convert("I").convert("I;16") if mode == "I;16" else coffee.convert(mode)
+    assert probe_image(encode(image, "PNG", **options)) == "PNG"

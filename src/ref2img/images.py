@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 import threading
 import warnings
+import zlib
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,6 +32,10 @@ FETCH_TIMEOUT_S = 20.0
 # `probe_image` decodes formats with no cheap full check only up to this size; larger ones are left to
 # the worker's decode. 16 MP of RGBA is 64 MB.
 FULL_PROBE_PIXELS = 16 * 1024 * 1024
+# Every 8x8 block of a JPEG codes its DC coefficient in at least one bit with Huffman coding (64 pixels a
+# bit, 512 a byte); 4096 pixels a byte leaves 8x room for arithmetic coding. Anything denser is truncated.
+JPEG_PIXELS_PER_BYTE = 4096
+PNG_INFLATE_STEP = 1 << 20  # inflated a megabyte at a time and dropped: memory stays flat
 PROBES_AT_ONCE = 2  # request threads probing at once: the others wait their turn, memory stays bounded
 _probes = threading.BoundedSemaphore(PROBES_AT_ONCE)
 _max_image_bytes = DEFAULT_MAX_IMAGE_MB * 1024 * 1024
@@ -102,6 +108,10 @@ def open_image(data: bytes, field: str = "image") -> Image.Image:
             f"{width}x{height} is too narrow: the long side may be at most {MAX_ASPECT_RATIO} "
             "times the short one (the output is cropped from its middle)",
         )
+    if image.format in ("JPEG", "MPO") and len(data) * JPEG_PIXELS_PER_BYTE < width * height:
+        # libjpeg fills a scan that ends early with flat blocks and decodes "successfully": a 635-byte
+        # file would become 8000x8000 pixels of nothing, at the full memory cost.
+        raise ImageInputError(field, f"the image is truncated: {len(data)} bytes cannot hold {width}x{height} pixels")
     return image
 
 
@@ -111,7 +121,8 @@ def probe_image(data: bytes, field: str = "image") -> str:
 
     A full decode of a 255 KB PNG of 8192x8192 costs about 1 GB; instead a JPEG is decoded at 1/8
     scale (every byte of its entropy-coded data is read, 1/64 of the pixels kept), a PNG's chunks are
-    read and their CRCs checked without inflating the pixels, and WebP and GIF are decoded only up to
+    read and their CRCs checked, then its pixels inflated a megabyte at a time and dropped (the stream
+    must end, at the size its header gives), and WebP and GIF are decoded only up to
     FULL_PROBE_PIXELS. The worker's `decode_image` stays the full check."""
     image = open_image(data, field)
     with _probes:
@@ -126,6 +137,8 @@ def probe_image(data: bytes, field: str = "image") -> str:
                 image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageInputError(field, f"the image is truncated or corrupt ({exc})") from None
+        if image.format == "PNG":
+            _check_png_pixels(data, field)
     return image.format or ""
 
 
@@ -146,6 +159,35 @@ def decode_image(data: bytes, field: str = "image") -> Image.Image:
     elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
         image = image.point(lambda v: v * (1 / 256)).convert("L")  # 16-bit: keep the top 8 bits
     return image.convert("RGB")
+
+
+def _check_png_pixels(data: bytes, field: str) -> None:
+    """The PNG's compressed pixels inflate to a complete stream of the size its header gives, without
+    holding them: chunk CRCs (`verify`) do not see a cut-off deflate stream inside a well-formed chunk."""
+    stream, chunk_start, inflated = zlib.decompressobj(), 8, 0
+    expected = _png_raw_size(data)
+    while chunk_start + 8 <= len(data) and not stream.eof:
+        length, kind = struct.unpack(">I4s", data[chunk_start : chunk_start + 8])
+        if kind == b"IDAT":
+            body = data[chunk_start + 8 : chunk_start + 8 + length]
+            while body and not stream.eof:
+                inflated += len(stream.decompress(body, PNG_INFLATE_STEP))
+                body = stream.unconsumed_tail
+        elif kind == b"IEND":
+            break
+        chunk_start += 12 + length
+    if not stream.eof or (expected is not None and inflated != expected):
+        raise ImageInputError(field, "the image is truncated or corrupt (its pixel data ends early)")
+
+
+def _png_raw_size(data: bytes) -> int | None:
+    """Bytes of a non-interlaced PNG's filtered scanlines, from its IHDR (None for interlaced ones: the
+    passes of Adam7 are sized apart, and the stream's own end is then the check)."""
+    width, height, depth, color, _compression, _filter, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color)
+    if interlace or channels is None:
+        return None
+    return height * (1 + (width * depth * channels + 7) // 8)
 
 
 def data_uri_bytes(uri: str, field: str = "image") -> bytes:
