@@ -146,16 +146,35 @@ def test_a_result_carries_a_valid_manifest_and_a_watermark_naming_its_task(marke
     # paint noise, which the watermark does not survive in (bench/provenance.py): a photo carries the mark.
     stripped = tmp_path / "stripped.jpg"
     jpeg75(embed(astronaut.resize((512, 512)), data["marks"]["watermark"])).save(stripped)
-    found = check(stripped, marked_server.data_dir)
+    found = check(stripped, marked_server.data_dir, status=4)
     assert found["c2pa"] is None and found["watermark"]["id"] == data["marks"]["watermark"]
     assert found["watermark"]["tasks"] == [task_id]
+    # Each case has its own exit status, for scripts: a changed file, and one with no mark at all.
+    tampered = tmp_path / "tampered.png"
+    tampered.write_bytes(with_text_chunk(png))
+    assert check(tampered, marked_server.data_dir, status=3)["c2pa"]["state"] == "Invalid"
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (256, 256), "grey").save(plain)
+    assert check(plain, marked_server.data_dir, status=5)["watermark"]["id"] is None
 
 
-def check(image: Path, data_dir: Path) -> dict:
+def check(image: Path, data_dir: Path, status: int = 0) -> dict:
+    """`provenance check --json`, which must exit with `status`: 0 valid, 3 tampered, 4 watermark only,
+    5 unmarked."""
     done = subprocess.run([sys.executable, "-m", "ref2img.cli", "provenance", "check", str(image), "--json",
                            "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == status, done.stdout + done.stderr
     return json.loads(done.stdout)
+
+
+def with_text_chunk(png: bytes) -> bytes:
+    """The PNG with one more tEXt chunk after its header: an edit the C2PA hash binding sees."""
+    import struct
+    import zlib
+
+    body = b"Comment\x00edited"
+    chunk = struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body))
+    return png[:33] + chunk + png[33:]
 
 
 def stored_results(server, task_id: str) -> list[Path]:

@@ -12,6 +12,13 @@ from ref2img.cli._common import EXIT_USAGE, DataDirOption, DbOption, fail, new_g
 
 app = new_group("Mark images as AI-generated (C2PA, watermark) and read the marks back.")
 
+# `provenance check`'s exit status, so that a script can tell the cases apart (docs/provenance.md); 1 and 2
+# keep their meaning across the CLI (a failure, bad input).
+EXIT_VALID = 0  # a C2PA manifest that validates (its state Valid or Trusted)
+EXIT_TAMPERED = 3  # a C2PA manifest that does not validate: the image or the manifest was changed
+EXIT_WATERMARK_ONLY = 4  # no manifest (stripped, re-encoded), but the watermark names an id
+EXIT_UNMARKED = 5  # neither mark
+
 
 @app.command("init")
 def provenance_init(
@@ -36,7 +43,8 @@ def provenance_check(
     as_json: Annotated[bool, typer.Option("--json", help="print the findings as JSON")] = False,
 ) -> None:
     """Read both marks: the C2PA manifest and its validation state, and the watermark's id, with the
-    task it names when the server's store is at hand (--data-dir or --db)."""
+    task it names when the server's store is at hand (--data-dir or --db). Exit status: 0 a valid
+    manifest, 3 a manifest that does not validate (tampered), 4 no manifest but a watermark, 5 neither."""
     from PIL import Image, UnidentifiedImageError
 
     from ref2img.provenance.manifest import read_manifest
@@ -70,7 +78,21 @@ def provenance_check(
         findings["watermark"]["tasks"] = _tasks_of(found.mark_id, data_dir, db)
     if as_json:
         print(json.dumps(findings, indent=2))
-        return
+    else:
+        _print_findings(findings)
+    raise typer.Exit(_exit_status(findings))
+
+
+def _exit_status(findings: dict[str, Any]) -> int:
+    c2pa = findings["c2pa"]
+    if c2pa is not None:
+        # An untrusted signer (the development chain) is listed as a problem of a Valid manifest: the state
+        # alone says whether the image and its manifest are as signed.
+        return EXIT_VALID if c2pa["state"] in ("Valid", "Trusted") else EXIT_TAMPERED
+    return EXIT_WATERMARK_ONLY if findings["watermark"]["id"] is not None else EXIT_UNMARKED
+
+
+def _print_findings(findings: dict[str, Any]) -> None:
     c2pa = findings["c2pa"]
     if c2pa is None:
         out.print("C2PA manifest: none", highlight=False)
