@@ -153,3 +153,32 @@ def test_legacy_size_fields_refused_by_name(fields, message):
     body = {"prompt": "p", "reference_image": "https://x.example/a.png", "control_type": "0", **fields}
     with pytest.raises(ParameterError, match=f"^{re.escape(message)}"):
         parse_create_request(body)
+
+
+class FillingOutputs(FolderOutputs):
+    """A folder whose disk runs out after `room` images, with the error a quota gives (EDQUOT): a full disk
+    cannot be made to happen at one exact image here."""
+
+    def __init__(self, folder, room: int):
+        super().__init__(folder)
+        self.room = room
+
+    def save_result(self, task_id, index, image, png=None):
+        if index >= self.room:
+            import errno
+
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        return super().save_result(task_id, index, image, png)
+
+
+def test_a_task_that_meets_a_full_disk_keeps_none_of_its_images(tmp_path):
+    request = every_field_set()  # batch 2
+    ledger = MemoryLedger()
+    task = ledger.add(request)
+    ledger.claim(task.id)
+    image = Image.new("RGB", (64, 64))
+    context = RunContext(ledger=ledger, outputs=FillingOutputs(tmp_path, room=1), engine=RecordingEngine,
+                         load_image=lambda source, field, app_key: image, previews=False)
+    outcome = run_task(task, "test", context)
+    assert outcome.status == TaskStatus.FAILED and "disk is full" in ledger.get(task.id).reason
+    assert list(tmp_path.iterdir()) == []  # the first image, written before the disk filled, is gone

@@ -49,6 +49,16 @@ def test_results_and_uploads_round_trip(storage):
         storage.read("results/none/1.png")
 
 
+def test_discard_deletes_and_ignores_what_is_gone(storage):
+    kept = storage.save_result("t2", 0, Image.new("RGB", (8, 4), "red"))
+    dropped = [storage.save_result("t3", index, Image.new("RGB", (8, 4), "blue")) for index in range(2)]
+    storage.discard([*dropped, "results/t3/9.png"])  # one that never was: no error
+    for name in dropped:
+        with pytest.raises(FileNotFoundError):
+            storage.read(name)
+    assert storage.read(kept)[:4] == b"\x89PNG"
+
+
 def test_signed_urls(storage):
     url = storage.signed_url("http://api.example", "results/t1/1.png", ttl_s=60)
     query = dict(part.split("=") for part in url.split("?")[1].split("&"))

@@ -143,5 +143,9 @@ class FolderOutputs:
             path.write_bytes(png)
         return str(path)
 
+    def discard(self, names: list[str]) -> None:
+        for name in names:
+            Path(name).unlink(missing_ok=True)
+
     def save_preview(self, task_id: str, step: int, image: Image.Image) -> str:
         raise NotImplementedError("in-process runs make no step previews (RunContext.previews is False)")

@@ -72,6 +72,10 @@ class RunContext:
     content: ContentFilter | None = None  # the optional content filter, for prompts and results
 
 
+# Out of room, whatever says so: the device (ENOSPC) or the user's or project's quota (EDQUOT).
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 class ContentRefused(EngineError):
     """The content filter, in block mode, refused the prompt or an image: nothing is stored."""
 
@@ -164,7 +168,7 @@ def run_task(task: TaskView, owner: str, ctx: RunContext) -> Outcome:
     except MemoryError:
         return finish(TaskStatus.FAILED, "the engine ran out of memory; try a smaller size or batch")
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in DISK_FULL:
             return finish(TaskStatus.FAILED, "the disk is full: the results could not be stored; try again later")
         return finish(TaskStatus.FAILED, _incident(task))
     except Exception:  # noqa: BLE001 - the task must end; the traceback goes to the log, not the user
@@ -309,11 +313,15 @@ def _store(
         from ref2img.provenance.watermark import new_mark_id  # numpy: only where images are marked
 
         facts = dataclasses.replace(facts, watermark=new_mark_id())  # one id for all the task's images
-    for index, image in enumerate(images):
-        data = None
-        if ctx.marks is not None:
-            data, marks = ctx.marks(image, facts, unchanged)
-        names.append(ctx.outputs.save_result(task.id, index, image, data))
+    try:
+        for index, image in enumerate(images):
+            data = None
+            if ctx.marks is not None:
+                data, marks = ctx.marks(image, facts, unchanged)
+            names.append(ctx.outputs.save_result(task.id, index, image, data))
+    except OSError:
+        ctx.outputs.discard(names)  # a task keeps all of its images or none: no orphans on a full disk
+        raise
     if flags:
         marks["flagged"] = "; ".join(dict.fromkeys(flags))
     return Stored(names, marks)

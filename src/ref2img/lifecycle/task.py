@@ -72,6 +72,9 @@ class Outputs(Protocol):
 
     def save_preview(self, task_id: str, step: int, image: Image.Image) -> str: ...
 
+    def discard(self, names: list[str]) -> None:
+        """Delete these results (a task that could not store all of its images keeps none)."""
+
 
 class RemoteRoute(Protocol):
     """A route whose tasks another service runs (the Tomoviee cloud): its engine, the job it needs (the

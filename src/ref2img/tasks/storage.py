@@ -60,6 +60,14 @@ class Storage:
     def write(self, name: str, data: bytes) -> None:
         raise NotImplementedError
 
+    def delete(self, name: str) -> None:
+        """Remove a stored file; nothing when there is none."""
+        raise NotImplementedError
+
+    def discard(self, names: list[str]) -> None:
+        for name in names:
+            self.delete(name)
+
     def read(self, name: str) -> bytes:
         """The bytes of a stored file; FileNotFoundError when there is none."""
         raise NotImplementedError
@@ -105,6 +113,9 @@ class DirectoryStorage(Storage):
     def read(self, name: str) -> bytes:
         return self.path(name).read_bytes()
 
+    def delete(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
+
 
 class S3Storage(Storage):
     """`s3://bucket/prefix`; endpoint, keys and region from the usual AWS variables
@@ -124,6 +135,9 @@ class S3Storage(Storage):
 
     def write(self, name: str, data: bytes) -> None:
         self._client.put_object(Bucket=self.bucket, Key=self._key_of(name), Body=data)
+
+    def delete(self, name: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._key_of(name))  # S3: no error when absent
 
     def read(self, name: str) -> bytes:
         try:
