@@ -237,3 +237,32 @@ def test_connections_dripping_their_headers_are_closed_at_the_header_deadline(st
     assert closed == 50
     with httpx.Client(base_url=strict.url) as kept_alive:  # a kept-alive client is not cut between requests
         assert [kept_alive.get("/healthz").status_code for _ in range(3)] == [200] * 3
+
+
+@pytest.mark.slow  # a server of its own: about 8 s
+def test_dripped_bodies_are_dropped_at_the_body_deadline_and_logged_as_info(tiny_sd15, tmp_path_factory):
+    """Ten connections that send a whole head and then drip their body fill a server of ten connections;
+    at --body-timeout each is closed, the server answers again, and the log holds INFO lines, no ERROR."""
+    with running(tmp_path_factory, "dripped", tiny_sd15, "--max-connections", "10", "--body-timeout", "1",
+                 "--log-level", "info") as server:
+        drips = []
+        for _ in range(10):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"POST /studio/session HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"token\": ")  # and never the rest
+            sock.settimeout(5)
+            drips.append(sock)
+        time.sleep(2.5)
+        ended = 0
+        for sock in drips:
+            try:  # hung up on at the deadline (or, for the last of ten, turned away with 503 at once)
+                answer = sock.recv(1024)
+                ended += answer == b"" or answer.startswith(b"HTTP/1.1 503")
+            except (TimeoutError, ConnectionResetError):
+                pass
+            sock.close()
+        assert ended == 10
+        assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+        log = server.log()
+    assert "the client left before its body arrived" in log
+    assert " ERROR " not in log and "Traceback" not in log, log[-2000:]

@@ -145,6 +145,15 @@ def serve(
             "--header-timeout", metavar="SECONDS", min=0.1, help="a request's headers must arrive within this"
         ),
     ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(
+            "--body-timeout",
+            metavar="SECONDS",
+            min=0.1,
+            help="a request's body must arrive within this of its headers (a dripped body is dropped)",
+        ),
+    ] = 60.0,
     max_connections: Annotated[
         int,
         typer.Option(
@@ -187,7 +196,7 @@ def serve(
     import uvicorn
 
     from ref2img.server import create_app
-    from ref2img.server.http_protocol import with_header_timeout
+    from ref2img.server.http_protocol import with_deadlines
 
     if engine == "tomoviee" and overflow:
         fail("--overflow: the engine is already the cloud (--engine tomoviee)", EXIT_USAGE)
@@ -228,7 +237,7 @@ def serve(
         port=port,
         log_level=log_level,
         access_log=False,
-        http=with_header_timeout(header_timeout),
+        http=with_deadlines(header_timeout, body_timeout),
         limit_concurrency=max_connections,
         # The client address comes from X-Forwarded-For only when a named proxy sent it: uvicorn
         # believes loopback by default, which let any local client pick the address it was counted as.

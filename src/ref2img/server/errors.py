@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ref2img.protocol import ErrorCode
@@ -90,6 +91,13 @@ def install_error_handlers(app: FastAPI) -> None:
             429,
             {"Retry-After": str(STORE_RETRY_AFTER_S)},
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up, or was cut off at the body deadline, before its body was all there: nothing
+        # was accepted, and nobody is left to answer. Not an error of the server's.
+        log.info("%s %s: the client left before its body arrived", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
