@@ -33,6 +33,9 @@ class ServerSettings:
     workers: int = 1
     allow_private_urls: bool = False
     queue_limit: int = 100
+    # One key's share of the queue: its queued tasks past this are refused (429), so that no key fills the
+    # queue for the others. None: a quarter of queue_limit (`key_share`); 0: no share (one key may fill it).
+    key_queue_limit: int | None = None
     task_timeout_s: float = 1800.0
     public_url: str | None = None  # base of result URLs in callbacks (API nodes send them); default: loopback
     lease_s: float = 30.0
@@ -55,6 +58,13 @@ class ServerSettings:
     cloud_workers: int = 8  # cloud tasks followed at once (threads that mostly wait on HTTP)
     cloud_reachable_url: str | None = None  # an explicit --public-url: the base of input URLs the cloud fetches
     provenance: ProvenanceOptions = field(default_factory=ProvenanceOptions)  # marks and the content filter
+
+    @property
+    def key_share(self) -> int | None:
+        """Queued tasks one key may hold (None: no share)."""
+        if self.key_queue_limit is None:
+            return max(1, self.queue_limit // 4)
+        return self.key_queue_limit or None
 
     @property
     def embedded(self) -> bool:

@@ -114,6 +114,17 @@ def test_bounded_queue_drops_nothing(store):
     assert all(store.tasks.get(task_id).status == TaskStatus.QUEUED for task_id in ids)
 
 
+def test_one_key_cannot_fill_the_queue_for_another(store):
+    """Each key holds at most its share of the queued tasks: past it, that key alone is refused (naming its
+    share), and another key still gets in."""
+    for _ in range(3):
+        new_task(store, "ak_greedy", queue_limit=12, key_queue_limit=3)
+    with pytest.raises(QuotaExceeded, match=r"this key has 3 tasks queued, its share of the queue \(3 of 12\)"):
+        new_task(store, "ak_greedy", queue_limit=12, key_queue_limit=3)
+    other, created = new_task(store, "ak_other", queue_limit=12, key_queue_limit=3)
+    assert created and other.status == TaskStatus.QUEUED
+
+
 def test_claims_are_fifo_and_positions_count_down(store):
     ids = []
     for _ in range(3):

@@ -12,7 +12,7 @@ from .conftest import Cloud, Server, data_uri, img2img_body
 def slow(tiny_sd15, tmp_path_factory):
     """Tasks of several seconds (many tiny steps), one worker, two queue slots; private URLs refused."""
     server = Server(tmp_path_factory.mktemp("slow") / "data", tiny_sd15, "--part", "steps=400",
-                    "--queue-limit", "2", "--workers", "1").start()
+                    "--queue-limit", "2", "--key-queue-limit", "0", "--workers", "1").start()
     server.wait_engine()
     yield server
     server.stop()

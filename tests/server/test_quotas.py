@@ -76,3 +76,27 @@ def test_keys_without_quotas_are_not_limited(slow_server, astronaut):
     listed = keys(slow_server, "list")
     assert cloud.app_key in listed
     assert httpx.get(f"{slow_server.url}/healthz").json()["code"] == 0
+
+
+def test_one_keys_tasks_never_fill_the_queue_for_another(slow_server, astronaut):
+    """No key has a quota here, and the queue takes 100: key A is refused at its share (a quarter), naming
+    that share, while key B's create goes through."""
+    greedy, other = new_cloud(slow_server), new_cloud(slow_server)
+    body = img2img_body(data_uri(astronaut.resize((64, 64))))
+    accepted, refused = [], None
+    for _ in range(30):
+        answer = greedy.create(body)
+        if answer.json()["code"] != 0:
+            refused = answer
+            break
+        accepted.append(answer.json()["data"]["task_id"])
+    try:
+        assert refused is not None and refused.status_code == 429 and refused.json()["code"] == 680005
+        assert "its share of the queue (25 of 100)" in refused.json()["msg"], refused.json()
+        assert 25 <= len(accepted) <= 26  # 25 queued, and perhaps one the worker took
+        answer = other.create(body).json()
+        assert answer["code"] == 0
+        other.cancel(answer["data"]["task_id"])
+    finally:
+        for task_id in accepted:
+            greedy.cancel(task_id)

@@ -104,6 +104,15 @@ def serve(
         int,
         typer.Option("--queue-limit", metavar="N", min=1, help="queued tasks before create answers 680005 / HTTP 429"),
     ] = 100,
+    key_queue_limit: Annotated[
+        int | None,
+        typer.Option(
+            "--key-queue-limit",
+            metavar="N",
+            min=0,
+            help="queued tasks one key may hold, its share of the queue (default: a quarter of --queue-limit; 0: no share)",
+        ),
+    ] = None,
     task_timeout: Annotated[
         float, typer.Option("--task-timeout", metavar="SECONDS", min=1, help="seconds from create to status 6")
     ] = 1800.0,
@@ -219,6 +228,7 @@ def serve(
         # only an API node's:
         workers=workers,
         queue_limit=queue_limit,
+        key_queue_limit=key_queue_limit,
         public_url=public_url or f"http://{host}:{port}",
         callback_retry_scale=callback_retry_scale,
         auth_failure_limit=auth_failure_limit,

@@ -129,6 +129,7 @@ def _enqueue(
             idempotency_key=_idempotency_key(request),
             timeout_s=svc.settings.task_timeout_s,
             queue_limit=svc.settings.queue_limit,
+            key_queue_limit=svc.settings.key_share,
             quota=_quota(svc, app_key),
             route=route,
             preset=preset,

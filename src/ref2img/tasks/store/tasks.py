@@ -76,13 +76,15 @@ class TaskStore:
         idempotency_key: str | None,
         timeout_s: float,
         queue_limit: int,
+        key_queue_limit: int | None = None,
         quota: Quota | None = None,
         route: str = LOCAL,
         preset: str | None = None,
     ) -> tuple[TaskRow, bool]:
         """A new queued task, or the earlier one with the same idempotency key and body (created=False;
         IdempotencyMismatch for the same key with another body). QueueFull when the queue is full;
-        QuotaExceeded when the key is at one of its limits. `route`: whose workers run it, the local
+        QuotaExceeded when the key is at one of its limits, or holds `key_queue_limit` of the queued
+        tasks (its share of the queue: one key never fills it for the others). `route`: whose workers run it, the local
         GPUs' (LOCAL) or the cloud followers' (CLOUD); `preset`: a generation's, whose workers alone run it."""
         now = time.time()
         body = json.dumps(request)
@@ -102,10 +104,15 @@ class TaskStore:
                     ):
                         raise IdempotencyMismatch(idempotency_key)
                     return earlier, False
-            depth = (
-                session.scalar(select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.QUEUED))
-                or 0
-            )
+            queued = select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.QUEUED)
+            if key_queue_limit is not None:
+                own = session.scalar(queued.where(TaskRow.app_key == app_key)) or 0
+                if own >= key_queue_limit:
+                    raise QuotaExceeded(
+                        f"this key has {own} tasks queued, its share of the queue ({key_queue_limit} of {queue_limit})",
+                        retry_after=5,
+                    )
+            depth = session.scalar(queued) or 0
             if depth >= queue_limit:
                 raise QueueFull(depth, retry_after=5)
             if quota is not None:
