@@ -33,6 +33,9 @@ class ServerSettings:
     workers: int = 1
     allow_private_urls: bool = False
     queue_limit: int = 100
+    # A fleet's API node started with no --model: the presets it offers are those its live workers advertise
+    # (the default: the one most of them hold, ties by name), never a preset of its own that none may hold.
+    follow_workers: bool = False
     # One key's share of the queue: its queued tasks past this are refused (429), so that no key fills the
     # queue for the others. None: a quarter of queue_limit (`key_share`); 0: no share (one key may fill it).
     key_queue_limit: int | None = None

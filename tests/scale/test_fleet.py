@@ -301,9 +301,9 @@ def wait_until_held(fleet: Fleet, cloud: Cloud, preset: str, timeout_s: float = 
     deadline = time.monotonic() + timeout_s
     while True:
         info = httpx.get(f"{fleet.api.url}/v1/info", headers=cloud.headers).json()["data"]
-        entry = next(p for p in info["presets"] if p["name"] == preset)
-        if entry["workers"] or time.monotonic() > deadline:
-            return entry
+        entry = next((p for p in info["presets"] if p["name"] == preset), None)  # absent: no worker yet
+        if (entry and entry["workers"]) or time.monotonic() > deadline:
+            return entry or {"name": preset, "workers": 0}
         time.sleep(0.2)
 
 
@@ -333,5 +333,26 @@ def test_each_preset_goes_to_the_workers_holding_it(tmp_path, tiny_sd15, tiny_sd
         assert [cloud.wait_final(task_id, timeout_s=120)["status"] for task_id in more] == [3] * 6
         tasks = httpx.get(f"{fleet.api.url}/v1/tasks", headers=cloud.headers).json()["data"]["tasks"]
         assert {t["settings"]["model"] for t in tasks} == {"tiny", "tiny-sdxl"}
+    finally:
+        fleet.close()
+
+
+def test_an_api_node_without_model_offers_what_its_workers_hold(tmp_path, tiny_sd15, astronaut, postgres_url,
+                                                                redis_server):
+    """A fleet's API node started with no --model (as the scale-out docs' first form did) sends a task that
+    names no preset to the preset its live workers hold, not to a preset of its own that none holds; before
+    any worker lives it says so, and /v1/info says where its presets come from."""
+    fleet = Fleet(tmp_path, "", 20, postgres_url, redis_server.url)
+    try:
+        cloud = cloud_for(fleet)
+        refused = cloud.create(img2img_body(data_uri(astronaut))).json()
+        assert refused["code"] == 680006 and "no live worker advertises a preset" in refused["msg"]
+        fleet.start_worker(model=tiny_sd15)
+        held = wait_until_held(fleet, cloud, "tiny")
+        assert held["workers"] == 1 and held["default"] is True
+        info = httpx.get(f"{fleet.api.url}/v1/info", headers=cloud.headers).json()["data"]
+        assert info["presets_from"] == "workers" and info["preset"]["name"] == "tiny"
+        tasks = [cloud.create_id(img2img_body(data_uri(astronaut), seed=i)) for i in range(3)]
+        assert [cloud.wait_final(task_id, timeout_s=120)["status"] for task_id in tasks] == [3] * 3
     finally:
         fleet.close()

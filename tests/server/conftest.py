@@ -50,8 +50,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
+        model = ["--model", self.model] if self.model else []  # "": none, as a fleet's API node may be started
         command = [sys.executable, "-m", "ref2img.cli", "serve", "--port", str(self.port), "--data-dir",
-                   str(self.data_dir), "--model", self.model, "--log-level", "warning", *self.extra]
+                   str(self.data_dir), *model, "--log-level", "warning", *self.extra]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env})
         deadline = time.monotonic() + 60

@@ -211,6 +211,8 @@ def serve(
         fail("--overflow: the engine is already the cloud (--engine tomoviee)", EXIT_USAGE)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model, *more_models = models or ["sdxl"]
+    # An API node with no --model offers what its workers hold (a worker's --model), whatever that is.
+    follow_workers = not models and queue != "embedded" and engine == "local"
     settings = node_settings(
         data_dir=data_dir,
         engine_options=(model, part, device, dtype, offload, compile_kind, compile_after, approximate),
@@ -229,6 +231,7 @@ def serve(
         workers=workers,
         queue_limit=queue_limit,
         key_queue_limit=key_queue_limit,
+        follow_workers=follow_workers,
         public_url=public_url or f"http://{host}:{port}",
         callback_retry_scale=callback_retry_scale,
         auth_failure_limit=auth_failure_limit,

@@ -58,7 +58,7 @@ NOT_AGAIN = {"x-should-retry": "false"}  # the task ran: an SDK's automatic retr
 def presets(svc: Services) -> list[str]:
     """The presets a model name's suffix may name: this server's, by their own names (`sdxl`, `tiny`); none
     on a server that forwards to the cloud only (the cloud's model has no name here)."""
-    return [] if svc.settings.cloud_only else svc.backend.preset_names
+    return [] if svc.settings.cloud_only else svc.offered_presets()[0]
 
 
 @router.get("/v1/models")

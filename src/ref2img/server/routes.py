@@ -153,9 +153,10 @@ def submit_generation(svc: Services, request: Request, app_key: str, create: Cre
     images = {"reference_image": create.reference_image, "init_image": create.init_image}
     control_images = {f"controls[{i}].image": c.image for i, c in enumerate(create.controls or ()) if c.image}
     _check_inputs(svc, app_key, {**images, **control_images}, create.callback)
-    other_preset = create.model not in (None, svc.backend.pool.default)  # only the local GPUs hold it
+    default = svc.offered_presets()[1]
+    other_preset = create.model not in (None, default)  # only the local GPUs hold it
     local = create.local_only or other_preset
-    preset = None if svc.settings.cloud_only else (create.model or svc.backend.pool.default)
+    preset = None if svc.settings.cloud_only else (create.model or default)
     route = route_local(svc, create) if local else route_generation(svc, app_key, images, preset)
     create = _seeded(request, app_key, create)
     payload = create.model_dump(mode="json")
@@ -174,7 +175,13 @@ def _seeded(request: Request, app_key: str, wanted: Seeded) -> Seeded:
 def _with_preset(svc: Services, create: CreateRequest) -> CreateRequest:
     """The preset a request names must be one this server offers, and its LoRAs ones of its folders; a
     server of several presets names its default in the task, so that its settings say which made it."""
-    names = svc.backend.preset_names
+    names, default = svc.offered_presets()
+    if default is None and not svc.settings.cloud_only:
+        raise ApiError(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            "engine unavailable: no live worker advertises a preset yet (this API node, started without "
+            "--model, offers what its workers hold); retry once a `ref2img worker` has started",
+        )
     if create.model is not None and create.model not in names:
         raise ApiError(
             ErrorCode.INVALID_PARAMETER,
@@ -183,8 +190,8 @@ def _with_preset(svc: Services, create: CreateRequest) -> CreateRequest:
     problem = svc.backend.loras_problem(create.loras)
     if problem is not None:
         raise ApiError(ErrorCode.INVALID_PARAMETER, problem)
-    if create.model is None and len(names) > 1:
-        return create.model_copy(update={"model": svc.backend.pool.default})
+    if create.model is None and (len(names) > 1 or svc.settings.follow_workers):
+        return create.model_copy(update={"model": default})
     return create
 
 
@@ -381,12 +388,17 @@ def info(request: Request, app_key: AppKey) -> dict:
     """What this server runs and what a request may ask, from `protocol.py`: the preset, the modes and
     statuses in words, every range. Pages and clients read it rather than spell it again."""
     svc = services(request)
+    default = svc.offered_presets()[1]
+    following = svc.settings.follow_workers
     return ok(
         {
             "version": __version__,
             "engine": svc.settings.engine,
-            "preset": svc.backend.preset_summary(),
+            # None on an API node that follows its workers while none is alive
+            "preset": None if following and default is None else svc.backend.preset_summary(default),
             "presets": _presets_with_holders(svc),
+            # A fleet's API node with no --model offers what its live workers hold: say so.
+            "presets_from": "workers" if following else "this server",
             "modes": {mode.value: mode.label for mode in ControlType},
             "statuses": {str(int(status)): status.label for status in TaskStatus},
             "ranges": {
@@ -407,7 +419,11 @@ def info(request: Request, app_key: AppKey) -> dict:
 def _presets_with_holders(svc: Services) -> list[dict]:
     """Each preset with its state: this process's load state (embedded), or, on a fleet's API node, how
     many live workers hold it (a task for one that none holds waits, saying so)."""
-    presets = svc.backend.presets_summary()
+    if svc.settings.follow_workers:
+        names, default = svc.offered_presets()
+        presets = [{**svc.backend.preset_summary(name), "name": name, "default": name == default} for name in names]
+    else:
+        presets = svc.backend.presets_summary()
     if svc.settings.embedded or svc.settings.cloud_only:
         return presets
     held = svc.presets_held()

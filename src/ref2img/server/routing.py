@@ -54,7 +54,9 @@ def route_local(svc: Services, create: CreateRequest) -> str:
         )
     if not create.controls:
         return LOCAL
-    problem = svc.backend.controls_problem(len(create.controls or ()), create.keeps_subject)
+    # An API node that follows its workers checks the preset the task was given; others their own model.
+    model = create.model if svc.settings.follow_workers else None
+    problem = svc.backend.controls_problem(len(create.controls or ()), create.keeps_subject, model)
     if problem is not None:
         field, message = problem
         raise ApiError(ErrorCode.INVALID_PARAMETER, f"{field}: {message} (this server's model)")

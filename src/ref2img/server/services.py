@@ -70,6 +70,16 @@ class Services:
         alive = self.store.fleet.alive(within_s=3 * self.settings.lease_s)
         return max(1, sum(1 for row in alive if not row.id.startswith(f"{CLOUD_WORKER_KIND}-")))
 
+    def offered_presets(self) -> tuple[list[str], str | None]:
+        """The presets a request may name here, and the one a request that names none gets. A fleet's API
+        node with no --model follows its live workers: the presets they advertise, the default the one most
+        of them hold (ties by name); none while no worker is alive."""
+        if not self.settings.follow_workers:
+            return self.backend.preset_names, self.backend.pool.default
+        held = self.presets_held()
+        names = sorted(held, key=lambda name: (-held[name], name))
+        return names, names[0] if names else None
+
     def presets_held(self) -> dict[str, int]:
         """Preset -> the local workers that hold it: this process's threads (every preset of its pool),
         or the fleet's live workers, as their heartbeats say."""

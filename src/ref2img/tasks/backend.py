@@ -184,7 +184,7 @@ class Backend:
             for model, name in zip(models, self.pool.names, strict=False)
         ]
 
-    def controls_problem(self, count: int, with_subject: bool) -> tuple[str, str] | None:
+    def controls_problem(self, count: int, with_subject: bool, model: str | None = None) -> tuple[str, str] | None:
         """(field, message) when this node's local model cannot run `count` controls (with the subject), read
         from its preset's family before anything is queued; None when it can, or when the preset cannot be
         read here (a worker then says why it cannot run it)."""
@@ -193,7 +193,7 @@ class Backend:
         from ref2img.engines.local.presets import resolve_preset
 
         try:
-            family = resolve_preset(self.settings.model, self.settings.model_overrides).family
+            family = resolve_preset(model or self.settings.model, self.settings.model_overrides).family
         except EngineError:
             return None
         return controls_problem(family, count, with_subject)
