@@ -128,3 +128,13 @@ def test_provenance_bench_smoke():
     assert run.returncode == 0, run.stderr
     figures = json.loads(run.stdout.splitlines()[-1])
     assert figures["images"] == 1 and figures["detection_rate"]["none"] == 1.0
+
+
+def test_provenance_bench_false_id_smoke():
+    """`--unmarked N --marked M`, the false-id and true-positive measure, on one image of each."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "provenance.py"), "--unmarked", "1", "--marked", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    figures = json.loads(run.stdout.splitlines()[-1])
+    assert figures["unmarked_images"] == 1 and figures["false_ids"] == 0
+    assert figures["true_positive_rate"]["none"] == 1.0

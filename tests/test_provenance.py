@@ -56,6 +56,38 @@ def test_the_watermark_survives_jpeg_resize_and_crop(photos):
         assert detect(photo).mark_id is None  # an unmarked photo carries none
 
 
+def test_a_mark_id_carries_a_checksum_that_a_random_read_fails():
+    """Balanced words are one in seven of all 32-bit reads; of those, the checksum lets about one in 128
+    through. Every id `new_mark_id` makes passes; a word with two of its bits swapped does not."""
+    import random
+
+    from ref2img.provenance.watermark import is_mark_id, new_mark_id
+
+    marks = [new_mark_id() for _ in range(200)]
+    assert all(is_mark_id(mark) for mark in marks)
+    draw = random.Random(7)
+    for mark in marks:
+        word = int(mark, 16)
+        one = draw.choice([bit for bit in range(32) if word >> bit & 1])
+        zero = draw.choice([bit for bit in range(32) if not word >> bit & 1])
+        swapped = word ^ (1 << one) ^ (1 << zero)  # still 16 bits set: only the checksum can tell
+        assert not is_mark_id(f"{swapped:08x}")
+    balanced = [word for word in (draw.getrandbits(32) for _ in range(100_000)) if word.bit_count() == 16]
+    passing = sum(is_mark_id(f"{word:08x}") for word in balanced)
+    assert passing / len(balanced) < 0.02  # 1/128 expected
+
+
+@pytest.mark.slow  # RivaGAN reads: a few seconds
+def test_a_balanced_read_without_its_checksum_names_no_task(photos):
+    """What the hostile review found: a read of 16 set bits, taken for a task's id. A word with no valid
+    checksum, embedded for real and read back at full confidence, is no mark."""
+    from ref2img.provenance.watermark import detect, embed, is_mark_id
+
+    assert not is_mark_id("0000ffff")
+    found = detect(embed(photos[0], "0000ffff"))
+    assert found.mark_id is None
+
+
 def tiny_classifier(folder: Path, unsafe: bool) -> Path:
     """A random ViT whose head always says `nsfw` (or `normal`): the real loader, a forced verdict."""
     import torch

@@ -8,9 +8,14 @@ the same at every output size and makes a resized copy read back as the original
 by reading the image as it is and re-framed as the centre or a corner of a 10% larger one, keeping
 the most confident read.
 
-The payload is 32 bits with exactly 16 of them set (`new_mark_id`, about 29 bits of randomness): RivaGAN
-does not carry strings of mostly equal bits (8 or fewer ones of 32 failed on our photos), and a read
-that is not balanced is no mark. The store keeps each task's id (`tasks.watermark`) to look it up.
+The payload is 32 bits: a 24-bit random id and its 8-bit checksum (CRC-8), whitened by a fixed mask, and
+only words with exactly 16 bits set are used (`new_mark_id`: about 4.7 million ids). RivaGAN does not carry
+strings of mostly equal bits (8 or fewer ones of 32 failed on our photos). A read is a mark only when it
+is balanced *and* its checksum holds: RivaGAN reads unmarked images, noise above all, as confidently as
+marked ones, so without the checksum about one read in seven of an unmarked image named an id (a
+balanced word); with it, a random word passes one time in about 900 (bench/provenance.py --unmarked
+measures reads of real unmarked images). The store keeps
+each task's id (`tasks.watermark`) to look it up.
 """
 
 from __future__ import annotations
@@ -31,14 +36,40 @@ _CROP_FRAMES = ((0.5, 0.5), (0.0, 0.0), (1.0, 1.0), (0.0, 1.0), (1.0, 0.0))  # w
 _lock = threading.Lock()
 
 
+ID_BITS = 24  # the random part; the other 8 bits check it
+WHITENING = 0x5A3C96E1  # XOR-ed over id+checksum, so that ids of every kind land near 16 bits set
+
+
+def _crc8(value: int) -> int:
+    """CRC-8 (polynomial 0x07) of the id's 3 bytes."""
+    crc = 0
+    for byte in value.to_bytes(ID_BITS // 8, "big"):
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def _word(random_id: int) -> int:
+    return ((random_id << 8) | _crc8(random_id)) ^ WHITENING
+
+
 def new_mark_id() -> str:
-    """A fresh watermark id: 8 hex digits, 16 of their 32 bits set."""
-    ones = secrets.SystemRandom().sample(range(PAYLOAD_BITS), PAYLOAD_BITS // 2)
-    return sum(1 << bit for bit in ones).to_bytes(PAYLOAD_BITS // 8, "big").hex()
+    """A fresh watermark id: 8 hex digits, 16 of their 32 bits set, whose last 8 bits check the first 24
+    (after the whitening mask). Drawn until balanced: about one draw in four is."""
+    draw = secrets.SystemRandom()
+    while True:
+        word = _word(draw.getrandbits(ID_BITS))
+        if word.bit_count() == PAYLOAD_BITS // 2:
+            return word.to_bytes(PAYLOAD_BITS // 8, "big").hex()
 
 
 def is_mark_id(value: str) -> bool:
-    return bool(re.fullmatch(r"[0-9a-f]{8}", value)) and int(value, 16).bit_count() == PAYLOAD_BITS // 2
+    """A word `new_mark_id` could have made: balanced, and its checksum holds."""
+    if not re.fullmatch(r"[0-9a-f]{8}", value):
+        return False
+    word = int(value, 16)
+    return word.bit_count() == PAYLOAD_BITS // 2 and _word((word ^ WHITENING) >> 8) == word
 
 
 @dataclass(frozen=True)
