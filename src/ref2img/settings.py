@@ -33,6 +33,7 @@ class ServerSettings:
     workers: int = 1
     allow_private_urls: bool = False
     queue_limit: int = 100
+    retention_days: float = 30.0  # finished tasks, their files, and uploads are deleted past it; 0: kept forever
     # A fleet's API node started with no --model: the presets it offers are those its live workers advertise
     # (the default: the one most of them hold, ties by name), never a preset of its own that none may hold.
     follow_workers: bool = False

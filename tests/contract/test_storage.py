@@ -59,6 +59,17 @@ def test_discard_deletes_and_ignores_what_is_gone(storage):
     assert storage.read(kept)[:4] == b"\x89PNG"
 
 
+def test_delete_folder_removes_one_tasks_files_only(storage):
+    gone = [storage.save_result("t4", index, Image.new("RGB", (8, 4))) for index in range(2)]
+    kept = storage.save_result("t40", 0, Image.new("RGB", (8, 4)))  # a name that starts the same
+    storage.delete_folder("results/t4")
+    storage.delete_folder("results/never")  # nothing there: no error
+    for name in gone:
+        with pytest.raises(FileNotFoundError):
+            storage.read(name)
+    assert storage.read(kept)[:4] == b"\x89PNG"
+
+
 def test_signed_urls(storage):
     url = storage.signed_url("http://api.example", "results/t1/1.png", ttl_s=60)
     query = dict(part.split("=") for part in url.split("?")[1].split("&"))

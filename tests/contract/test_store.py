@@ -465,3 +465,43 @@ def test_a_cancel_that_meets_a_claim_still_stops_the_task(store):
     store.tasks.get = read_then_claimed
     store.tasks.request_cancel(task.id, "ak_a")
     assert store.tasks.should_stop(task.id, "worker-1") == TaskStatus.CANCELLED
+
+
+def test_retention_lets_go_of_ended_tasks_their_files_and_old_uploads(store, tmp_path):
+    """Past the period: a finished task goes with its results, previews and inputs, and an upload goes;
+    a running task, and one whose callback is still being retried, stay; so does all that is recent."""
+    import time
+
+    from PIL import Image
+
+    from ref2img.tasks.retention import DAY_S, Retention
+    from ref2img.tasks.storage import open_storage
+
+    storage = open_storage(tmp_path, b"k" * 32)
+    done, _ = new_task(store)
+    calling, _ = new_task(store, callback="https://hooks.example/cb")
+    running, _ = new_task(store)
+    for task in (done, calling):
+        store.tasks.claim(task.id, "w1", 30)
+        name = storage.save_result(task.id, 0, Image.new("RGB", (8, 8)))
+        storage.save_preview(task.id, 3, Image.new("RGB", (8, 8)))
+        storage.save_input(task.id, "reference_image", b"png", "png")
+        assert store.tasks.finish(task.id, "w1", TaskStatus.SUCCEEDED, result=[name])
+    store.tasks.claim(running.id, "w1", 30)
+    upload = storage.save_upload("f_old", b"bytes", "png")
+    store.files.add("f_old", "ak_a", upload)
+
+    retention = Retention(store, storage, days=1)
+    assert retention.run_once() == (0, 0)  # nothing is a day old yet
+    assert retention.run_once(now=time.time() + 2 * DAY_S) == (1, 1)
+    assert store.tasks.get(done.id) is None and store.files.get("f_old") is None
+    for folder in ("results", "previews", "inputs"):
+        assert not (storage.root / folder / done.id).exists()
+        assert (storage.root / folder / calling.id).exists()  # its callback is not done: kept, files too
+    with pytest.raises(FileNotFoundError):
+        storage.read(upload)
+    assert store.tasks.get(calling.id) is not None and store.tasks.get(running.id) is not None
+    [message] = store.outbox.due()
+    store.outbox.delivered(message.id)
+    assert retention.run_once(now=time.time() + 2 * DAY_S) == (1, 0)  # delivered: now it goes too
+    assert store.tasks.get(calling.id) is None and store.outbox.get(message.id) is None

@@ -172,3 +172,23 @@ def test_the_server_log_names_each_part_it_loads_and_nothing_else(tmp_path, tiny
     for chatter in ("should be kept in float32", "torchvision", "Loading pipeline components", "Loading weights",
                     "it/s]"):
         assert not [line for line in lines if chatter in line], chatter
+
+
+@pytest.mark.slow  # a server of its own
+def test_past_the_retention_period_a_task_and_its_files_are_gone(tiny_sd15, tmp_path, astronaut):
+    """--retention-days (here about 2 s): the housekeeping deletes the finished task's row and images, and
+    the key's upload; a query then finds no such task, as for any unknown id."""
+    server = Server(tmp_path / "data", tiny_sd15, "--retention-days", "0.00002").start()
+    try:
+        cloud = Cloud(server.url, *server.new_key())
+        task_id = cloud.create_id(img2img_body(data_uri(astronaut.resize((64, 64)))))
+        assert cloud.wait_final(task_id)["status"] == 3
+        results = server.data_dir / "files" / "results" / task_id
+        assert any(results.iterdir())
+        deadline = time.monotonic() + 30
+        while cloud.query(task_id)["code"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert cloud.query(task_id)["code"] == 680004
+        assert not results.exists()
+    finally:
+        server.stop()

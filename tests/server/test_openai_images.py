@@ -207,8 +207,14 @@ def test_the_keys_quota_is_a_rate_limit_error(served, reference):
         store.close()
     client = client_for(served, (limited.app_key, limited.app_secret))
     client.images.edit(image=("a.png", reference, "image/png"), prompt="the first", size="512x512")
-    with pytest.raises(openai.RateLimitError) as caught:
-        client.images.edit(image=("a.png", reference, "image/png"), prompt="the second", size="512x512")
+    store = Store(served.db_url)
+    try:
+        uploads = store.files.uploaded_since(limited.app_key, 0)
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.images.edit(image=("a.png", reference, "image/png"), prompt="the second", size="512x512")
+        assert store.files.uploaded_since(limited.app_key, 0) == uploads  # refused before anything was stored
+    finally:
+        store.close()
     assert caught.value.response.headers["retry-after"]
     # Another key's tasks are not this key's: its list shows its own edit only.
     headers = Cloud(served.url, limited.app_key, limited.app_secret).headers
@@ -290,3 +296,18 @@ def test_a_mask_that_is_no_usable_image_is_a_400_and_stores_nothing(served, key,
                                             prompt="masked")
     assert caught.value.body["param"] == "mask" and words in caught.value.body["message"], caught.value.body
     assert (set(uploads.iterdir()) if uploads.exists() else set()) == before  # the reference was not kept either
+
+
+def test_uploads_count_against_the_keys_quota(served, reference):
+    """A key of one task a minute may upload what one task can name (5 images) a minute, no more."""
+    store = Store(served.db_url)
+    try:
+        limited = create_key(store, per_minute=1)
+    finally:
+        store.close()
+    headers = {k: v for k, v in Cloud(served.url, limited.app_key, limited.app_secret).headers.items()
+               if k != "Content-Type"}
+    answers = [httpx.post(f"{served.url}/v1/files", files={"file": ("a.png", reference)}, headers=headers, timeout=30)
+               for _ in range(6)]
+    assert [answer.json()["code"] for answer in answers] == [0] * 5 + [680005]
+    assert answers[-1].status_code == 429 and "its limit (5 a minute" in answers[-1].json()["msg"]

@@ -104,6 +104,15 @@ def serve(
         int,
         typer.Option("--queue-limit", metavar="N", min=1, help="queued tasks before create answers 680005 / HTTP 429"),
     ] = 100,
+    retention_days: Annotated[
+        float,
+        typer.Option(
+            "--retention-days",
+            metavar="DAYS",
+            min=0,
+            help="finished tasks with their images, and uploads, are deleted this long after (0: kept forever)",
+        ),
+    ] = 30.0,
     key_queue_limit: Annotated[
         int | None,
         typer.Option(
@@ -231,6 +240,7 @@ def serve(
         workers=workers,
         queue_limit=queue_limit,
         key_queue_limit=key_queue_limit,
+        retention_days=retention_days,
         follow_workers=follow_workers,
         public_url=public_url or f"http://{host}:{port}",
         callback_retry_scale=callback_retry_scale,

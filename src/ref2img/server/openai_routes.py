@@ -44,7 +44,7 @@ from ref2img.server.openai_images import (
     model_names,
     parse_size,
 )
-from ref2img.server.routes import services, store_upload, submit_generation, submit_repaint
+from ref2img.server.routes import check_admission, services, store_upload, submit_generation, submit_repaint
 from ref2img.server.services import Services
 from ref2img.tasks.store.models import TaskRow
 
@@ -142,9 +142,14 @@ def _submit(
 ) -> tuple[str, tuple[int, int]]:
     """Keep the images as this key's files and queue the task: a generation, or with a mask an Image
     Repaint of the first image. Returns the task id and the output size."""
-    # Every image is checked before any is stored: a refused call leaves nothing behind.
+    # Every image, the queue and the key's quota are checked before anything is stored: a refused call
+    # leaves nothing behind.
     reference_size = _image_size(uploads[0], "image")
     ours = _repaint_mask(mask) if mask is not None else None
+    try:
+        check_admission(svc, app_key)
+    except ApiError as exc:
+        raise from_wire_error(exc.code, exc.msg, exc.http_status, exc.headers) from None
     urls = [_upload(svc, base_url, app_key, data, "image") for data in uploads]
     try:
         if ours is not None:

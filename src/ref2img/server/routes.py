@@ -103,6 +103,19 @@ def _quota(svc: Services, app_key: str) -> Quota | None:
     return Quota(max_concurrent=row.max_concurrent, per_minute=row.per_minute)
 
 
+def _busy(exc: QueueFull | QuotaExceeded) -> ApiError:
+    return ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)})
+
+
+def check_admission(svc: Services, app_key: str) -> None:
+    """Refuse now what `_enqueue` would (the queue, the key's share and quota): a way in that stores files
+    for the task first (the OpenAI route's uploads) asks this before it stores anything."""
+    try:
+        svc.store.tasks.check_admission(app_key, svc.settings.queue_limit, svc.settings.key_share, _quota(svc, app_key))
+    except (QueueFull, QuotaExceeded) as exc:
+        raise _busy(exc) from None
+
+
 def _enqueue(
     svc: Services,
     request: Request,
@@ -135,7 +148,7 @@ def _enqueue(
             preset=preset,
         )
     except (QueueFull, QuotaExceeded) as exc:
-        raise ApiError(ErrorCode.BUSY, f"busy: {exc}", 429, {"Retry-After": str(exc.retry_after)}) from None
+        raise _busy(exc) from None
     except IdempotencyMismatch:
         raise ApiError(
             ErrorCode.INVALID_PARAMETER,
@@ -336,6 +349,7 @@ def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, F
 def store_upload(svc: Services, base_url: str, app_key: str, data: bytes, field: str) -> tuple[str, str]:
     """Keep an uploaded image as this key's file: its id, and a signed URL that tasks of this key take as
     an image. What no task could use is refused now, in bounded memory (images.probe_image)."""
+    _check_upload_rate(svc, app_key)
     try:
         image_format = probe_image(data, field)
     except ImageInputError as exc:
@@ -350,6 +364,28 @@ def store_upload(svc: Services, base_url: str, app_key: str, data: bytes, field:
         raise StoreBusy("the server's disk is full") from exc  # 680005 / 429, as a full database answers
     svc.store.files.add(file_id, app_key, name)
     return file_id, svc.storage.signed_url(base_url, name)
+
+
+# The most images one task names (a reference, an init image, each control's map): a key's uploads a
+# minute are capped at this many for each task its quota lets it create a minute.
+IMAGES_A_TASK = 2 + MAX_CONTROLS
+
+
+def _check_upload_rate(svc: Services, app_key: str) -> None:
+    """Uploads count against the key's quota: with `--per-minute N`, at most IMAGES_A_TASK x N a minute."""
+    row = svc.store.keys.get(app_key)
+    if row is None or row.per_minute is None:
+        return
+    allowed = row.per_minute * IMAGES_A_TASK
+    recent = svc.store.files.uploaded_since(app_key, time.time() - 60)
+    if recent >= allowed:
+        raise ApiError(
+            ErrorCode.BUSY,
+            f"busy: this key uploaded {recent} files in the last minute, its limit ({allowed} a minute: "
+            f"{IMAGES_A_TASK} for each of its {row.per_minute} tasks a minute); retry in 60 s",
+            429,
+            {"Retry-After": "60"},
+        )
 
 
 _MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp", ".gif": "image/gif"}

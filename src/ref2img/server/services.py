@@ -16,6 +16,7 @@ from ref2img.server.views import task_data
 from ref2img.settings import ServerSettings
 from ref2img.tasks.backend import CLOUD_WORKER_KIND, Backend
 from ref2img.tasks.execution.housekeeping import Housekeeper
+from ref2img.tasks.retention import Retention
 from ref2img.tasks.store.models import TaskRow
 from ref2img.tasks.queue import Consumer
 from ref2img.tasks.store import StoreError
@@ -56,6 +57,9 @@ class Services:
             self.queue,
             settings.lease_s,
             owner_alive=(lambda owner: owner in own) if self.workers else (lambda owner: True),
+            retention=Retention(self.store, self.backend.storage, settings.retention_days)
+            if settings.retention_days > 0
+            else None,
         )
         self._consumers: list[Consumer] = []
 

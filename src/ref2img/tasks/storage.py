@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -68,6 +69,10 @@ class Storage:
         for name in names:
             self.delete(name)
 
+    def delete_folder(self, prefix: str) -> None:
+        """Remove every file whose name starts with `prefix/` (a task's results, previews or inputs)."""
+        raise NotImplementedError
+
     def read(self, name: str) -> bytes:
         """The bytes of a stored file; FileNotFoundError when there is none."""
         raise NotImplementedError
@@ -116,6 +121,11 @@ class DirectoryStorage(Storage):
     def delete(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
 
+    def delete_folder(self, prefix: str) -> None:
+        folder = self.path(prefix)
+        if folder != self.root:  # never the whole storage, whatever a name resolves to
+            shutil.rmtree(folder, ignore_errors=True)
+
 
 class S3Storage(Storage):
     """`s3://bucket/prefix`; endpoint, keys and region from the usual AWS variables
@@ -138,6 +148,15 @@ class S3Storage(Storage):
 
     def delete(self, name: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=self._key_of(name))  # S3: no error when absent
+
+    def delete_folder(self, prefix: str) -> None:
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key_of(prefix.rstrip("/") + "/")
+        )
+        for page in pages:
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
 
     def read(self, name: str) -> bytes:
         try:

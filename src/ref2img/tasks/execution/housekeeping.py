@@ -1,28 +1,41 @@
 """Housekeeping, beside every queue: hand back tasks whose worker is gone, end those past their
 deadline, and have the queue resend what it lost (Redis restarted without persistence, or was down
 when the task was accepted). Duplicates are harmless: a worker claims a task by id before running it.
+And, every so often, let go of what is past the retention period (tasks/retention.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from ref2img.tasks.queue import TaskQueue
+from ref2img.tasks.retention import Retention
 from ref2img.tasks.store.tasks import TaskStore
 
 log = logging.getLogger("ref2img.housekeeping")
 
 
 class Housekeeper:
-    def __init__(self, tasks: TaskStore, queue: TaskQueue, lease_s: float, owner_alive: Callable[[str | None], bool]):
+    def __init__(
+        self,
+        tasks: TaskStore,
+        queue: TaskQueue,
+        lease_s: float,
+        owner_alive: Callable[[str | None], bool],
+        retention: Retention | None = None,
+    ):
         """`owner_alive(owner)`: False when a lease holder is known to be gone. An embedded server
-        knows every owner but its own worker is (an earlier process); a fleet trusts the leases."""
+        knows every owner but its own worker is (an earlier process); a fleet trusts the leases.
+        `retention`: None keeps everything."""
         self.tasks = tasks
         self.queue = queue
         self.lease_s = lease_s
         self.owner_alive = owner_alive
+        self.retention = retention
+        self._retained_at = float("-inf")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -37,7 +50,10 @@ class Housekeeper:
             self._thread.join(5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
+        every_s = self.lease_s / 3
+        if self.retention is not None:
+            every_s = min(every_s, self.retention.every_s)
+        while not self._stop.wait(every_s):
             self._round()
 
     def _round(self) -> None:
@@ -51,4 +67,7 @@ class Housekeeper:
         recovered = self.tasks.recover(owner_alive=self.owner_alive)
         if recovered:
             log.info("handed %d tasks of a stopped worker back to the queue, or ended them", recovered)
+        if self.retention is not None and time.monotonic() - self._retained_at >= self.retention.every_s:
+            self._retained_at = time.monotonic()
+            self.retention.run_once()
         return recovered + self.queue.redeliver(self.lease_s)

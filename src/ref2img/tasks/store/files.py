@@ -5,6 +5,8 @@ from __future__ import annotations
 import secrets
 import time
 
+from sqlalchemy import delete, func, select
+
 from ref2img.tasks.store.models import FileRow, SecretRow
 from ref2img.tasks.store.database import Database, StoreBusy, StoreConflict
 
@@ -18,6 +20,28 @@ class FileStore:
         with self._db.session() as session:
             session.add(row)
         return row
+
+    def uploaded_before(self, cutoff: float, limit: int = 500) -> list[FileRow]:
+        """Uploads older than `cutoff` (a time), oldest first."""
+        with self._db.session(write=False) as session:
+            return list(
+                session.scalars(
+                    select(FileRow).where(FileRow.created_at < cutoff).order_by(FileRow.created_at).limit(limit)
+                )
+            )
+
+    def uploaded_since(self, app_key: str, since: float) -> int:
+        """How many files this key uploaded after `since` (a time)."""
+        with self._db.session(write=False) as session:
+            query = (
+                select(func.count()).select_from(FileRow).where(FileRow.app_key == app_key, FileRow.created_at > since)
+            )
+            return session.scalar(query) or 0
+
+    def delete(self, file_ids: list[str]) -> None:
+        if file_ids:
+            with self._db.session() as session:
+                session.execute(delete(FileRow).where(FileRow.id.in_(file_ids)))
 
     def get(self, file_id: str) -> FileRow | None:
         with self._db.session(write=False) as session:

@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ref2img.lifecycle import CLOUD, LOCAL
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.store.events import ChangeFeed
-from ref2img.tasks.store.models import TaskRow
+from ref2img.tasks.store.models import OutboxRow, TaskRow
 from ref2img.tasks.store.database import Database, StoreConflict, new_id, rows_changed
 from ref2img.tasks.store.outbox import Outbox
 
@@ -104,19 +104,7 @@ class TaskStore:
                     ):
                         raise IdempotencyMismatch(idempotency_key)
                     return earlier, False
-            queued = select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.QUEUED)
-            if key_queue_limit is not None:
-                own = session.scalar(queued.where(TaskRow.app_key == app_key)) or 0
-                if own >= key_queue_limit:
-                    raise QuotaExceeded(
-                        f"this key has {own} tasks queued, its share of the queue ({key_queue_limit} of {queue_limit})",
-                        retry_after=5,
-                    )
-            depth = session.scalar(queued) or 0
-            if depth >= queue_limit:
-                raise QueueFull(depth, retry_after=5)
-            if quota is not None:
-                _check_quota(session, app_key, quota, now)
+            _admit(session, app_key, queue_limit, key_queue_limit, quota, now)
             task = TaskRow(
                 id=new_id("t"),
                 app_key=app_key,
@@ -141,12 +129,43 @@ class TaskStore:
         self.queued.notify()
         return task, True
 
+    def check_admission(
+        self, app_key: str, queue_limit: int, key_queue_limit: int | None = None, quota: Quota | None = None
+    ) -> None:
+        """What `create` would refuse now (QueueFull, QuotaExceeded), asked before a route stores anything
+        for the task (its uploads); `create` asks again, in its own transaction."""
+        with self._db.session(write=False) as session:
+            _admit(session, app_key, queue_limit, key_queue_limit, quota, time.time())
+
     def create_idempotent(self, **kwargs) -> tuple[TaskRow, bool]:
         """`create`, tolerating two concurrent creates with one idempotency key."""
         try:
             return self.create(**kwargs)
         except StoreConflict:
             return self.create(**kwargs)
+
+    def ended_before(self, cutoff: float, limit: int = 500) -> list[str]:
+        """Ids of tasks that ended before `cutoff` (a time), oldest first, whose callbacks are all done
+        (delivered or given up): what the retention period lets go."""
+        pending = select(OutboxRow.task_id).where(OutboxRow.delivered_at.is_(None), OutboxRow.failed_at.is_(None))
+        ended = func.coalesce(TaskRow.finished_at, TaskRow.created_at)
+        with self._db.session(write=False) as session:
+            return list(
+                session.scalars(
+                    select(TaskRow.id)
+                    .where(TaskRow.status >= TaskStatus.SUCCEEDED, ended < cutoff, TaskRow.id.not_in(pending))
+                    .order_by(ended)
+                    .limit(limit)
+                )
+            )
+
+    def delete(self, task_ids: list[str]) -> int:
+        """Forget these tasks, with their callbacks' records; their files are the caller's to delete first."""
+        if not task_ids:
+            return 0
+        with self._db.session() as session:
+            session.execute(delete(OutboxRow).where(OutboxRow.task_id.in_(task_ids)))
+            return rows_changed(session.execute(delete(TaskRow).where(TaskRow.id.in_(task_ids))))
 
     def get(self, task_id: str, app_key: str | None = None) -> TaskRow | None:
         """The task, or None, also when it belongs to another key (no existence leak)."""
@@ -527,6 +546,25 @@ class TaskStore:
             self.changes.notify()
             self.queued.notify()
         return moved
+
+
+def _admit(
+    session: Session, app_key: str, queue_limit: int, key_queue_limit: int | None, quota: Quota | None, now: float
+) -> None:
+    """Refuse a new task of this key: its share of the queue, the queue's limit, then its own quota."""
+    queued = select(func.count()).select_from(TaskRow).where(TaskRow.status == TaskStatus.QUEUED)
+    if key_queue_limit is not None:
+        own = session.scalar(queued.where(TaskRow.app_key == app_key)) or 0
+        if own >= key_queue_limit:
+            raise QuotaExceeded(
+                f"this key has {own} tasks queued, its share of the queue ({key_queue_limit} of {queue_limit})",
+                retry_after=5,
+            )
+    depth = session.scalar(queued) or 0
+    if depth >= queue_limit:
+        raise QueueFull(depth, retry_after=5)
+    if quota is not None:
+        _check_quota(session, app_key, quota, now)
 
 
 def _check_quota(session: Session, app_key: str, quota: Quota, now: float) -> None:
