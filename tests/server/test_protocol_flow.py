@@ -293,3 +293,25 @@ def test_docs_are_served_from_the_package_and_every_page_sends_security_headers(
             "content-security-policy"], (path, headers)
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
         assert headers["referrer-policy"] == "no-referrer"
+
+
+def test_inline_images_are_kept_as_the_keys_files_not_in_the_tasks_row(server, cloud, astronaut):
+    """A `data:` image is stored once as a file of the key's; the row names the file, so it stays small;
+    the same body under one Idempotency-Key finds the same task; another key cannot name that file."""
+    from sqlalchemy import create_engine, text
+
+    body = img2img_body(data_uri(astronaut.resize((256, 256))), init_image=data_uri(astronaut.resize((200, 200))),
+                        control_type="3",
+                        controls=[{"type": "depth", "image": data_uri(astronaut.resize((128, 128)))}])
+    first = cloud.create_id(body, **{"Idempotency-Key": "inline-1"})
+    assert cloud.create_id(body, **{"Idempotency-Key": "inline-1"}) == first
+    assert cloud.wait_final(first)["status"] == 3
+    with create_engine(server.db_url).connect() as connection:
+        row = connection.execute(text("SELECT request FROM tasks WHERE id = :id"), {"id": first}).scalar_one()
+    request = json.loads(row)
+    assert "data:" not in row and len(row) < 2000, row[:300]
+    names = [request["reference_image"], request["init_image"], request["controls"][0]["image"]]
+    assert all(name.startswith("stored:uploads/f") for name in names) and len(set(names)) == 3
+    stranger = Cloud(server.url, *server.new_key())
+    refused = stranger.create(img2img_body(names[0])).json()
+    assert refused["code"] == 680002 and "no such file" in refused["msg"]

@@ -46,6 +46,7 @@ from ref2img.server.errors import ApiError, ok
 from ref2img.server.routing import route_generation, route_local, route_recognition
 from ref2img.safe_http import UrlRefused
 from ref2img.server.services import Services
+from ref2img.tasks.inputs import IMAGE_FIELDS
 from ref2img.tasks.store import IdempotencyMismatch, QueueFull, Quota, QuotaExceeded, StoreBusy, new_id
 from ref2img.tasks.store.models import TaskRow
 
@@ -132,6 +133,7 @@ def _enqueue(
     if svc.settings.embedded and engine.failed:
         svc.engine.preload()  # try again in the background: the model may have been fetched since
         raise ApiError(ErrorCode.ENGINE_UNAVAILABLE, f"engine unavailable: {engine.error}")
+    payload = _inline_images_kept(svc, request, app_key, payload)
     try:
         task, created = svc.store.tasks.create_idempotent(
             app_key=app_key,
@@ -157,6 +159,24 @@ def _enqueue(
     if created:
         svc.queue.send(task.id, task.route, task.preset)
     return task
+
+
+def _inline_images_kept(svc: Services, request: Request, app_key: str, payload: dict) -> dict:
+    """The task's `data:` images kept as files of the key's, the row naming them (tasks/inputs.py), after
+    the checks that could still refuse the task: nothing is stored for a refused one. A resend under an
+    Idempotency-Key that already made its task is let through to find it."""
+    if not _has_inline(payload):
+        return payload
+    key = _idempotency_key(request)
+    if key is None or svc.store.tasks.by_idempotency_key(app_key, key) is None:
+        check_admission(svc, app_key)
+    return svc.images.keep_inline(payload, app_key)
+
+
+def _has_inline(payload: dict) -> bool:
+    fields = [payload.get(field) for field in IMAGE_FIELDS]
+    fields += [control.get("image") for control in payload.get("controls") or () if isinstance(control, dict)]
+    return any(isinstance(value, str) and value.startswith("data:") for value in fields)
 
 
 def submit_generation(svc: Services, request: Request, app_key: str, create: CreateRequest) -> tuple[str, int]:

@@ -129,6 +129,12 @@ class TaskStore:
         self.queued.notify()
         return task, True
 
+    def by_idempotency_key(self, app_key: str, idempotency_key: str) -> TaskRow | None:
+        with self._db.session(write=False) as session:
+            return session.scalar(
+                select(TaskRow).where(TaskRow.app_key == app_key, TaskRow.idempotency_key == idempotency_key)
+            )
+
     def check_admission(
         self, app_key: str, queue_limit: int, key_queue_limit: int | None = None, quota: Quota | None = None
     ) -> None:
