@@ -138,3 +138,11 @@ def test_provenance_bench_false_id_smoke():
     figures = json.loads(run.stdout.splitlines()[-1])
     assert figures["unmarked_images"] == 1 and figures["false_ids"] == 0
     assert figures["true_positive_rate"]["none"] == 1.0
+
+
+def test_inline_memory_bench_smoke():
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "inline_memory.py"), "--rounds", "1", "--parallel", "2",
+                          "--mb", "2", "--settle", "0"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout.splitlines()[-1])
+    assert figures["tasks"] == [2] and len(figures["rss_mb"]) == 2 and figures["rss_mb"][1] > 0
