@@ -119,7 +119,7 @@ def serve(
             "--key-queue-limit",
             metavar="N",
             min=0,
-            help="queued tasks one key may hold, its share of the queue (default: a quarter of --queue-limit; 0: no share)",
+            help="queued tasks one key may hold, its share of the queue (default: a quarter of the queue limit; 0: no share)",
         ),
     ] = None,
     task_timeout: Annotated[

@@ -9,6 +9,7 @@ from ref2img.lifecycle import RECOGNIZE
 from ref2img.protocol import TaskStatus
 from ref2img.tasks.store.models import TaskRow
 from ref2img.tasks.execution.estimate import DurationEstimate
+from ref2img.tasks.inputs import STORED
 from ref2img.tasks.storage import Storage
 from ref2img.tasks.store.tasks import TaskStore
 
@@ -67,9 +68,9 @@ def task_data(
 
 def task_summary(task: TaskRow, data: dict) -> dict:
     """A task in `GET /v1/tasks`: its query `data`, what it was, when, and the settings it was asked
-    with (images sent inline as data: URIs are left out: they can be megabytes each)."""
+    with (images sent inline as data: URIs, kept as `stored:` files, are left out)."""
     settings = {
-        field: (None if isinstance(value, str) and value.startswith("data:") else value)
+        field: (None if isinstance(value, str) and value.startswith(("data:", STORED)) else value)
         for field, value in json.loads(task.request).items()
         if field not in ("callback", "params")
     }
