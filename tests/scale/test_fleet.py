@@ -139,9 +139,11 @@ def test_chaos_two_api_nodes_three_workers_kills_and_restarts(tmp_path, tiny_sd1
 
     from ..server.test_callbacks_and_fetch import Receiver
 
-    fleet = Fleet(tmp_path, tiny_sd15, 10, postgres_url, redis_server.url)
+    # One key sends all 60 at once: no share of the queue per key here (that is test_quotas' subject).
+    no_share = ("--key-queue-limit", "0")
+    fleet = Fleet(tmp_path, tiny_sd15, 10, postgres_url, redis_server.url, api_extra=no_share)
     second_api = Server(tmp_path / "api2", tiny_sd15, "--queue", fleet.redis, "--db", fleet.db, "--storage",
-                        str(fleet.storage), "--lease", "3", "--allow-private-urls").start()
+                        str(fleet.storage), "--lease", "3", "--allow-private-urls", *no_share).start()
     receiver = Receiver()
     try:
         workers = [fleet.start_worker() for _ in range(3)]

@@ -17,7 +17,9 @@ from .conftest import Cloud, Server, data_uri, img2img_body
 
 @pytest.fixture(scope="module")
 def studio_server(tiny_sd15, tmp_path_factory, astronaut):
-    server = Server(tmp_path_factory.mktemp("studio") / "data", tiny_sd15, "--part", "steps=60").start()
+    # --key-queue-limit 0: a test queues 50 tasks of one key at once (a page of the task list, not fairness)
+    server = Server(tmp_path_factory.mktemp("studio") / "data", tiny_sd15, "--part", "steps=60",
+                    "--key-queue-limit", "0").start()
     server.wait_engine()
     yield server
     server.stop()
