@@ -450,8 +450,10 @@ def info(request: Request, app_key: AppKey) -> dict:
         {
             "version": __version__,
             "engine": svc.settings.engine,
-            # None on an API node that follows its workers while none is alive
-            "preset": None if following and default is None else svc.backend.preset_summary(default),
+            # An API node that follows its workers: the preset most of them hold (None while none lives).
+            "preset": (None if default is None else svc.backend.preset_summary(default))
+            if following
+            else svc.backend.preset_summary(),
             "presets": _presets_with_holders(svc),
             # A fleet's API node with no --model offers what its live workers hold: say so.
             "presets_from": "workers" if following else "this server",
