@@ -493,7 +493,10 @@ def test_retention_lets_go_of_ended_tasks_their_files_and_old_uploads(store, tmp
 
     retention = Retention(store, storage, days=1)
     assert retention.run_once() == (0, 0)  # nothing is a day old yet
-    assert retention.run_once(now=time.time() + 2 * DAY_S) == (1, 1)
+    patient = Retention(store, storage, days=1, task_life_s=3 * DAY_S)  # tasks may wait 3 days for inputs
+    assert patient.run_once(now=time.time() + 2 * DAY_S)[1] == 0 and store.files.get("f_old") is not None
+    store.tasks.delete([])  # nothing to delete: no error
+    assert retention.run_once(now=time.time() + 2 * DAY_S) == (0, 1)  # done went with `patient`'s round
     assert store.tasks.get(done.id) is None and store.files.get("f_old") is None
     for folder in ("results", "previews", "inputs"):
         assert not (storage.root / folder / done.id).exists()

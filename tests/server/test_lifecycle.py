@@ -178,7 +178,8 @@ def test_the_server_log_names_each_part_it_loads_and_nothing_else(tmp_path, tiny
 def test_past_the_retention_period_a_task_and_its_files_are_gone(tiny_sd15, tmp_path, astronaut):
     """--retention-days (here about 9 s): the housekeeping deletes the finished task's row, its images and
     its inline reference (kept as an upload); a query then finds no such task, as for any unknown id."""
-    server = Server(tmp_path / "data", tiny_sd15, "--retention-days", "0.0001").start()
+    # The inline reference is kept as an upload, which goes once no task could need it (--task-timeout).
+    server = Server(tmp_path / "data", tiny_sd15, "--retention-days", "0.0001", "--task-timeout", "15").start()
     try:
         cloud = Cloud(server.url, *server.new_key())
         task_id = cloud.create_id(img2img_body(data_uri(astronaut.resize((64, 64)))))
@@ -190,6 +191,9 @@ def test_past_the_retention_period_a_task_and_its_files_are_gone(tiny_sd15, tmp_
             time.sleep(0.5)
         assert cloud.query(task_id)["code"] == 680004
         assert not results.exists()
-        assert not any((server.data_dir / "files" / "uploads").iterdir())  # its inline reference, kept as a file
+        uploads = server.data_dir / "files" / "uploads"
+        while any(uploads.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(uploads.iterdir())  # its inline reference, kept as a file
     finally:
         server.stop()

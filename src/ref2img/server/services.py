@@ -57,7 +57,7 @@ class Services:
             self.queue,
             settings.lease_s,
             owner_alive=(lambda owner: owner in own) if self.workers else (lambda owner: True),
-            retention=Retention(self.store, self.backend.storage, settings.retention_days)
+            retention=Retention(self.store, self.backend.storage, settings.retention_days, settings.task_timeout_s)
             if settings.retention_days > 0
             else None,
         )

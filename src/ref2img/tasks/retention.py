@@ -1,7 +1,8 @@
 """The retention period: what a deployment keeps, and for how long (`--retention-days`, 30 by default).
 
 Past it, a finished task goes whole: its row, its callbacks' records, its results, step previews and the
-inputs kept for the cloud; and so does an upload. A task whose callback is still being retried stays
+inputs kept for the cloud; and so does an upload, once no queued task could still need it (an inline
+image is kept as one). A task whose callback is still being retried stays
 until that ends. Files go before rows, so that a round cut short leaves rows that the next round finds
 again, never files that no row names. Every store (SQLite, PostgreSQL) and storage (a folder, S3) alike.
 """
@@ -21,10 +22,13 @@ TASK_FOLDERS = ("results", "previews", "inputs")  # each task's files live under
 
 
 class Retention:
-    def __init__(self, store: Store, storage: Storage, days: float):
+    def __init__(self, store: Store, storage: Storage, days: float, task_life_s: float = 0.0):
+        """`task_life_s`: the longest a task may wait and run (its deadline); an upload, which a queued
+        task may still need (an inline image is kept as one), is never deleted younger than that."""
         self.store = store
         self.storage = storage
         self.keep_s = days * DAY_S
+        self.task_life_s = task_life_s
 
     @property
     def every_s(self) -> float:
@@ -33,13 +37,14 @@ class Retention:
 
     def run_once(self, now: float | None = None) -> tuple[int, int]:
         """One round: (tasks, uploads) deleted."""
-        cutoff = (time.time() if now is None else now) - self.keep_s
+        now = time.time() if now is None else now
+        cutoff = now - self.keep_s
         tasks = self.store.tasks.ended_before(cutoff)
         for task_id in tasks:
             for folder in TASK_FOLDERS:
                 self.storage.delete_folder(f"{folder}/{task_id}")
         self.store.tasks.delete(tasks)
-        uploads = self.store.files.uploaded_before(cutoff)
+        uploads = self.store.files.uploaded_before(min(cutoff, now - self.task_life_s))
         self.storage.discard([row.name for row in uploads])
         self.store.files.delete([row.id for row in uploads])
         if tasks or uploads:
