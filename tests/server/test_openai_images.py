@@ -199,12 +199,16 @@ def test_generations_point_to_edits(client):
     assert "/v1/images/edits" in caught.value.body["message"] and caught.value.body["param"] == "image"
 
 
-def test_the_keys_quota_is_a_rate_limit_error(served, reference):
-    store = Store(served.db_url)
+def key_of_one_task_a_minute(server: Server):
+    store = Store(server.db_url)
     try:
-        limited = create_key(store, per_minute=1)
+        return create_key(store, per_minute=1)
     finally:
         store.close()
+
+
+def test_the_keys_quota_is_a_rate_limit_error(served, reference):
+    limited = key_of_one_task_a_minute(served)
     client = client_for(served, (limited.app_key, limited.app_secret))
     client.images.edit(image=("a.png", reference, "image/png"), prompt="the first", size="512x512")
     store = Store(served.db_url)
@@ -300,11 +304,7 @@ def test_a_mask_that_is_no_usable_image_is_a_400_and_stores_nothing(served, key,
 
 def test_uploads_count_against_the_keys_quota(served, reference):
     """A key of one task a minute may upload what one task can name (5 images) a minute, no more."""
-    store = Store(served.db_url)
-    try:
-        limited = create_key(store, per_minute=1)
-    finally:
-        store.close()
+    limited = key_of_one_task_a_minute(served)
     headers = {k: v for k, v in Cloud(served.url, limited.app_key, limited.app_secret).headers.items()
                if k != "Content-Type"}
     answers = [httpx.post(f"{served.url}/v1/files", files={"file": ("a.png", reference)}, headers=headers, timeout=30)
