@@ -87,3 +87,14 @@ def test_directory_refuses_paths_outside_its_root(tmp_path):
     (tmp_path / "secret.txt").write_text("no")
     with pytest.raises(FileNotFoundError):
         storage.read("../secret.txt")
+
+
+def test_writes_of_one_name_at_once_all_succeed(storage):
+    """Two requests keeping the same inline image write the same content-addressed name at the same
+    moment (the soak met it as a 500): each write succeeds and the file is whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = bytes(range(256)) * 512
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: storage.write("uploads/same.png", data), range(64)))
+    assert storage.read("uploads/same.png") == data

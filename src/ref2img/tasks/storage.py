@@ -12,14 +12,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from PIL import Image
 
-from ref2img.tasks.private_files import mark_data_dir, private_dir, write_private
+from ref2img.tasks.private_files import mark_data_dir, private_dir
 
 DEFAULT_URL_TTL_S = 48 * 3600  # what the cloud gives its result URLs
 
@@ -106,10 +108,14 @@ class DirectoryStorage(Storage):
 
     def write(self, name: str, data: bytes) -> None:
         path = self.path(name)
-        temporary = path.with_suffix(path.suffix + ".part")
+        private_dir(path.parent)  # each missing level 700, not just the last
+        # A temporary file of this write's own (mkstemp: created 600): two requests keeping the same
+        # content-addressed upload at once must not rename each other's half-written file away.
+        descriptor, temporary_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        temporary = Path(temporary_name)
         try:
-            private_dir(path.parent)  # each missing level 700, not just the last
-            write_private(temporary, data)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
             temporary.replace(path)  # readers never see half a file
         except OSError:
             temporary.unlink(missing_ok=True)  # a full disk leaves nothing half-written behind
