@@ -99,6 +99,9 @@ LEVERS: dict[str, Speedups] = {
     # The output-changing levers (--approximate), each alone on top of the exact ones they need.
     "controlnet-cond-only": replace(OFF, approximate=frozenset({"controlnet-cond-only"})),
     "cfg-cut": replace(OFF, skip_idle_controlnet=True, approximate=frozenset({"cfg-cut"})),
+    # First Block Cache on the diffusion transformer (zimage): alone, and on top of `all`.
+    "step-cache": replace(OFF, approximate=frozenset({"step-cache"})),
+    "all-step-cache": replace(ALL, approximate=frozenset({"step-cache"})),
     # `off` plus a step preview rendered after every step: the upper bound of what the studio's previews
     # cost (the runner renders at most two a second).
     "previews": OFF,
@@ -121,7 +124,8 @@ DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "cache-condition", "cache-promp
 # kernels, other rounding) mean ≤ 2 levels and PSNR ≥ 38 dB; "output-changing" is reported, never a default.
 EXACT = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "preprocess-on-device",
          "exact", "previews")
-OUTPUT_CHANGING = ("controlnet-cond-only", "cfg-cut", "controls-2", "controls-3", "lora")  # another image on purpose
+OUTPUT_CHANGING = ("controlnet-cond-only", "cfg-cut", "step-cache", "all-step-cache", "controls-2", "controls-3",
+                   "lora")  # another image on purpose
 NUMERICS_PSNR_MIN = 38.0
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOPS), for each row's share of the peak;
 # --peak-tflops names another device's.

@@ -32,15 +32,16 @@ def test_gpu_check_smoke(tmp_path):
     assert capped["ok"] and capped["setup"]["offload"] == "auto" and len(capped["jobs"]) == 8, log
 
     runs = json.loads((out / "speed.json").read_text())["runs"]
-    # speed, speed4, zimage-speed, zimage-subject, zimage-offload, levers, controls, lora, approximations,
-    # intensity1, offload, families (2)
+    # zimage-offload, zimage-subject, zimage-levers, zimage-speed4, speed, speed4, offload, levers, controls, lora,
+    # approximations, intensity1, families (2): issue 39's priority order
     assert [(run["setup"]["arch"], run["setup"]["batches"]) for run in runs] == [
-        ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-zimage", "1"),
-        ("tiny-sdxl", "1"),
+        ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-zimage", "2"),
+        ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-sdxl", "1"),
         ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"),
         ("tiny-sdxl", "1"), ("tiny", "1")]
     assert not [row for run in runs for row in run["rows"] if "error" in row], log
-    speed, speed4, zimage_speed, subject, _, levers, controls, lora, approximations, intensity1, offload = runs[:11]
+    _, subject, zimage_speed, zimage_speed4, speed, speed4, offload, levers, controls, lora, approximations, \
+        intensity1 = runs[:12]
     rows = {(row["batch"], row["lever"]): row for row in speed["rows"] + speed4["rows"]}
     assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "exact"), (1, "fuse-qkv"),
                          (1, "previews"), (2, "diffusers"), (2, "off"), (2, "fuse-qkv")}, log
@@ -57,7 +58,9 @@ def test_gpu_check_smoke(tmp_path):
     profile = rows[(1, "exact")]["profile"]
     assert profile["host_s_per_step"] > 0 and profile["trace"].endswith(".json.gz")
     zimage_rows = {row["lever"]: row for row in zimage_speed["rows"]}
-    assert set(zimage_rows) == {"diffusers", "off"} and zimage_rows["off"]["drift"]["max"] == 0, log
+    assert set(zimage_rows) == {"diffusers", "off", "step-cache"} and zimage_rows["off"]["drift"]["max"] == 0, log
+    assert zimage_rows["step-cache"]["drift_class"] == "output-changing" and zimage_rows["step-cache"]["vs_diffusers"] > 0
+    assert {row["lever"] for row in zimage_speed4["rows"]} == {"diffusers", "off"}
     subject_rows = {row["lever"]: row for row in subject["rows"]}  # FLUX.2 klein against plain Flux2KleinPipeline
     assert subject["setup"]["mode"] == "subject"
     assert set(subject_rows) == {"diffusers", "off"} and subject_rows["off"]["vs_diffusers"] > 0, log

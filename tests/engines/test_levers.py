@@ -88,13 +88,15 @@ def test_control_maps_and_init_images_cross_as_8_bits_and_change_no_pixel(tiny_s
 def test_approximations_are_opt_in_and_named():
     assert Speedups().approximate == frozenset()
     assert parse_approximations(" cfg-cut, controlnet-cond-only ,") == {"cfg-cut", "controlnet-cond-only"}
-    with pytest.raises(EngineOptionError, match=r"--approximate: unknown fast; choose from controlnet-cond-only, cfg-cut"):
+    with pytest.raises(EngineOptionError, match=r"--approximate: unknown fast; choose from controlnet-cond-only, cfg-cut, step-cache"):
         Speedups(approximate=frozenset({"fast"}))
     with pytest.raises(EngineOptionError, match="needs the idle ControlNet skipped"):
         Speedups(skip_idle_controlnet=False, approximate=frozenset({"cfg-cut"}))
     with pytest.raises(EngineOptionError, match="fp8 needs --compile"):
         Speedups(fp8=True)
-    assert set(APPROXIMATIONS) == {"controlnet-cond-only", "cfg-cut"}
+    with pytest.raises(EngineOptionError, match="step-cache: not with --compile full"):
+        Speedups(compile="full", approximate=frozenset({"step-cache"}))
+    assert set(APPROXIMATIONS) == {"controlnet-cond-only", "cfg-cut", "step-cache"}
 
 
 def test_the_controlnet_on_the_conditional_half_sees_half_the_batch(tiny_sdxl, exact_off, astronaut):
@@ -143,6 +145,29 @@ def test_approximations_a_family_lacks_are_in_the_run_record(tiny_zimage, astron
     engine = LocalEngine(str(tiny_zimage), device="cpu", speedups=Speedups(approximate=frozenset({"cfg-cut"})))
     engine.generate(edge_job(astronaut, steps=2))
     assert "cfg-cut (not for this model family)" in engine.last_ignored
+
+
+def test_the_step_cache_skips_the_blocks_of_steps_that_change_little_and_is_named(tiny_zimage, tiny_sdxl, astronaut):
+    """First Block Cache on Z-Image: with no tolerance no step is skipped and no pixel changes; with any
+    change tolerated every step after the first reuses the first's change through the other blocks, and
+    the image is another. Each call starts afresh. A UNet family names it as not applied."""
+    exact = LocalEngine(str(tiny_zimage), device="cpu")
+    cached = LocalEngine(str(tiny_zimage), device="cpu", speedups=Speedups(approximate=frozenset({"step-cache"})))
+    job = edge_job(astronaut, steps=4)
+    reference = exact.generate(job)
+    cache = cached.load().pipelines.step_cache
+    cache.threshold = 0.0
+    assert same_pixels(cached.generate(job), reference)
+    assert (cache.full_steps, cache.skipped_steps) == (4, 0) and "step-cache" not in str(cached.last_ignored)
+    cache.threshold = float("inf")
+    cache.full_steps = 0
+    for _ in range(2):
+        skipped = cached.generate(job)
+    assert (cache.full_steps, cache.skipped_steps) == (2, 6)  # one full step a call, three reused
+    assert not same_pixels(skipped, reference)
+    unet = LocalEngine(str(tiny_sdxl), device="cpu", speedups=Speedups(approximate=frozenset({"step-cache"})))
+    unet.generate(edge_job(astronaut, steps=2))
+    assert "step-cache (not for this model family)" in unet.last_ignored
 
 
 def test_compile_full_compiles_the_controlnet_too_and_convs_reach_the_vae(tiny_sdxl):

@@ -181,6 +181,24 @@ def test_the_speed_levers_reach_the_subject_model(tiny_zimage):
     assert blocks and all(block._compiled_call_impl is not None for block in blocks)
 
 
+def test_the_idle_controlnet_is_skipped_at_intensity_0_and_changes_no_pixel(zimage, tiny_zimage, astronaut):
+    """At intensity 0 the Fun ControlNet's hints are multiplied by 0 on every step: the engine runs the
+    transformer without them (exact), and runs the ControlNet on every step otherwise."""
+    from ref2img.engines.local import Speedups
+
+    plain = LocalEngine(str(tiny_zimage), device="cpu", speedups=Speedups(skip_idle_controlnet=False)).load()
+    for intensity in (0.0, 0.6):
+        ours, theirs = (engine.generate(job(astronaut, control_intensity=intensity, steps=3))[0]
+                        for engine in (zimage, plain))
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs)), intensity
+    net = zimage.pipelines.modules()["controlnet.union"]
+    net.run_steps = net.skipped_steps = 0
+    zimage.generate(job(astronaut, control_intensity=0.0, steps=3))
+    assert (net.run_steps, net.skipped_steps) == (0, 3)
+    zimage.generate(job(astronaut, control_intensity=0.6, steps=3))
+    assert (net.run_steps, net.skipped_steps) == (3, 3)
+
+
 def test_offload_auto_weighs_the_subject_model_before_it_loads(zimage, tiny_zimage):
     """klein loads on the first subject job, beside what is loaded: `--offload auto` counts its files
     (its text encoder only when it is not the one already loaded)."""

@@ -125,7 +125,8 @@ ApproximateOption = Annotated[
         "--approximate",
         metavar="LEVERS",
         help="output-changing speed levers, comma-separated: controlnet-cond-only (the ControlNet on the "
-        "conditional half of CFG), cfg-cut (no CFG once the ControlNet stops); none by default (docs/speed.md)",
+        "conditional half of CFG), cfg-cut (no CFG once the ControlNet stops), step-cache (the zimage "
+        "transformer's First Block Cache); none by default (docs/speed.md)",
     ),
 ]
 EngineOption = Annotated[

@@ -1,8 +1,9 @@
 """What makes the denoising loop fast on a GPU, each lever on its own switch (bench/engine.py measures them).
 
 - `skip_idle_controlnet`: diffusers runs the ControlNet forward on every step and multiplies its output
-  by `scale × keep`, which is 0 after `control_guidance_end`. Skipping those forwards gives the very same
-  pixels (the UNet adds no residual instead of a zero one), so it is on everywhere.
+  by `scale × keep`, which is 0 after `control_guidance_end` (and on every step at intensity 0, the only
+  idle steps the Z-Image pipeline has). Skipping those forwards gives the very same pixels (the denoiser
+  adds no residual instead of a zero one), so it is on everywhere.
 - `channels_last`: NHWC convolutions, what cuDNN is fastest at on tensor cores.
 - `fuse_qkv`: one matmul for q, k and v (self-attention) or k and v (cross-attention).
 - `compile`: `torch.compile` of the transformer blocks of the UNet and the ControlNet ("regional": each
@@ -49,7 +50,11 @@ APPROXIMATIONS: dict[str, str] = {
     "controlnet-cond-only": "the ControlNet runs on the conditional half of the CFG batch; both halves get its residuals",
     "cfg-cut": "classifier-free guidance stops where the ControlNet does (control_guidance_end): one UNet "
     "batch instead of two for the rest of the steps",
+    "step-cache": "First Block Cache on a diffusion transformer (Z-Image): a step whose first block changed little "
+    "since the last full step reuses that step's change through the other blocks (step_cache.py)",
 }
+# The approximations each kind of model applies; the others are named in the run record as not applied.
+UNET_APPROXIMATIONS = frozenset({"controlnet-cond-only", "cfg-cut"})
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,11 @@ class Speedups:
             raise EngineOptionError("--approximate cfg-cut needs the idle ControlNet skipped (skip_idle_controlnet)")
         if self.compile_after < 1:
             raise EngineOptionError(f"--compile-after: must be at least 1 (got {self.compile_after})")
+        if "step-cache" in self.approximate and self.compile == "full":
+            raise EngineOptionError(
+                "--approximate step-cache: not with --compile full (its per-step decision would be compiled "
+                "into the model); use --compile regional"
+            )
         if self.fp8 and not self.compiles:
             raise EngineOptionError("fp8 needs --compile: eager float8 is slower than bfloat16")
 
@@ -209,10 +219,14 @@ def quantize_fp8(module: torch.nn.Module, block_names: tuple[str, ...]) -> int:
     return len(targets)
 
 
-def skip_idle_controlnet(net: torch.nn.Module) -> torch.nn.Module:
-    """Make `net` return no residuals, without running, when its conditioning scale is 0.
+def skip_idle_controlnet(
+    net: torch.nn.Module, idle: Any = (None, None), tuple_calls_only: bool = True
+) -> torch.nn.Module:
+    """Make `net` return `idle` (no residuals), without running, when its conditioning scale is 0.
 
-    The UNet treats "no residuals" as "no ControlNet", and x + 0·r == x, so the output is unchanged.
+    The UNet treats "no residuals" (`(None, None)`) as "no ControlNet", and the Z-Image transformer its
+    `controlnet_block_samples=None` (`idle=None`, `tuple_calls_only=False`: its pipeline calls the net
+    positionally); x + 0·r == x, so the output is unchanged either way.
     `net.skipped_steps` and `net.run_steps` count what happened (the tests and the bench read them).
     """
     if getattr(net, "_ref2img_skips_idle", False):
@@ -223,9 +237,9 @@ def skip_idle_controlnet(net: torch.nn.Module) -> torch.nn.Module:
     @functools.wraps(forward)
     def forward_unless_idle(*args, conditioning_scale=1.0, **kwargs):
         # The pipelines ask for a tuple (return_dict=False); anyone else gets the plain forward.
-        if kwargs.get("return_dict") is False and _is_zero(conditioning_scale):
+        if (not tuple_calls_only or kwargs.get("return_dict") is False) and _is_zero(conditioning_scale):
             counted.skipped_steps += 1
-            return None, None
+            return idle
         counted.run_steps += 1
         return forward(*args, conditioning_scale=conditioning_scale, **kwargs)
 

@@ -25,6 +25,7 @@ def ignored_without_cfg(job: Job, guidance: float) -> list[str]:
     return [f"negative_prompt (guidance {guidance:g}: no CFG)"] if job.negative_prompt and guidance <= 1 else []
 
 
-def unapplied_approximations(speedups: Speedups) -> list[str]:
-    """For a family without the output-changing levers: each one asked for, as the run record says it."""
-    return [f"{name} (not for this model family)" for name in sorted(speedups.approximate)]
+def unapplied_approximations(speedups: Speedups, applied: frozenset[str] = frozenset()) -> list[str]:
+    """Each output-changing lever asked for that this family (or this mode) does not apply, as the run
+    record says it."""
+    return [f"{name} (not for this model family)" for name in sorted(speedups.approximate - applied)]

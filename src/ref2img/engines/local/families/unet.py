@@ -29,7 +29,12 @@ from ref2img.engines.local import offload
 from ref2img.engines.local.device import Placement
 from ref2img.engines.local.approximations import CfgCut, controlnet_on_cond_half
 from ref2img.engines.local.caches import cache_condition_embedding, cache_text_encoders
-from ref2img.engines.local.families.calls import ignored_without_cfg, image_generators, torch_modules
+from ref2img.engines.local.families.calls import (
+    ignored_without_cfg,
+    image_generators,
+    torch_modules,
+    unapplied_approximations,
+)
 from ref2img.engines.local.loras import UnetLoras
 from ref2img.engines.local.families.loading import load_part
 from ref2img.engines.local.families.preview import LatentFactors, latent_preview
@@ -39,6 +44,7 @@ from ref2img.engines.local.preprocess import call_pixels
 from ref2img.engines.local.presets import UNION_CONTROL_MODE, ModelRef, Preset
 from ref2img.engines.local.sizing import fit
 from ref2img.engines.local.speed import (
+    UNET_APPROXIMATIONS,
     Speedups,
     apply_inductor_tuning,
     fuse_attention_projections,
@@ -262,7 +268,7 @@ class UNetPipelines:
         preset = self.preset
         img2img = job.init_image is not None
         guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
-        self.ignored = ignored_without_cfg(job, guidance)
+        self.ignored = ignored_without_cfg(job, guidance) + unapplied_approximations(self.speedups, UNET_APPROXIMATIONS)
         knobs = knobs_for(job.control_type, job.control_intensity, img2img, preset.controlnet_scale_max)
         reference = fit(job.reference, gen_w, gen_h)
         steps = job.steps or preset.steps
@@ -334,7 +340,7 @@ class UNetPipelines:
         preset, request = self.preset, job.request
         img2img = job.init_image is not None
         guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
-        self.ignored = ignored_without_cfg(job, guidance)
+        self.ignored = ignored_without_cfg(job, guidance) + unapplied_approximations(self.speedups, UNET_APPROXIMATIONS)
         self.step_hooks = []
         knobs = [knobs_for(c.type, c.intensity, img2img, preset.controlnet_scale_max) for c in job.controls]
         steps = job.steps or preset.steps

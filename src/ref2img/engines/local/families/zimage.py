@@ -48,7 +48,15 @@ from ref2img.engines.local.intensity import INIT_STRENGTH_WITH_CONTROL
 from ref2img.engines.local.preprocess import call_pixels
 from ref2img.engines.local.presets import ModelRef, Preset
 from ref2img.engines.local.sizing import fit
-from ref2img.engines.local.speed import Speedups, compile_blocks, compile_whole, quantize_fp8
+from ref2img.engines.local.step_cache import FirstBlockCache
+from ref2img.engines.local.speed import (
+    Speedups,
+    compile_blocks,
+    compile_whole,
+    prepare_decoder,
+    quantize_fp8,
+    skip_idle_controlnet,
+)
 from ref2img.protocol import ControlType
 
 if TYPE_CHECKING:
@@ -125,6 +133,11 @@ class ZImagePipelines:
         if self.offload == "none":
             self.base.to(placement.device)
         self._speed_up(self.base.transformer)
+        prepare_decoder(self.base.vae, speedups)  # compile_convs: the VAE decoder compiles whole
+        # After the compile: the cache decides each step outside the compiled blocks (step_cache.py).
+        self.step_cache = (
+            FirstBlockCache(self.base.transformer.layers) if "step-cache" in speedups.approximate else None
+        )
         subject = preset.extra.get(SUBJECT_BASE)
         self._subject = (
             KleinSubject(
@@ -189,6 +202,8 @@ class ZImagePipelines:
             if self.offload == "none":
                 net.to(self.placement.device)
             self._speed_up(net)
+            if self.speedups.skip_idle_controlnet:  # intensity 0: the transformer runs with no hints at all
+                skip_idle_controlnet(net, idle=None, tuple_calls_only=False)
             self._controlnet = net
         return self._controlnet
 
@@ -240,7 +255,7 @@ class ZImagePipelines:
         preset = self.preset
         guidance = preset.guidance_scale
         self.ignored = ["negative_prompt (guidance 0: no CFG)"] if job.request.negative_prompt and guidance <= 1 else []
-        self.ignored += unapplied_approximations(self.speedups)
+        self.ignored += unapplied_approximations(self.speedups, self._new_call())
         pipe = self.inpaint_pipeline()
         self._preview = self._control_preview
         self._set_tiling(pipe, gen_w * gen_h)
@@ -274,7 +289,7 @@ class ZImagePipelines:
             self._set_tiling(subject_pipe, gen_w * gen_h)
             return subject_pipe, subject_kwargs
         guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
-        self.ignored = ignored_without_cfg(job, guidance) + unapplied_approximations(self.speedups)
+        self.ignored = ignored_without_cfg(job, guidance) + unapplied_approximations(self.speedups, self._new_call())
         if self.ignored:
             log.info("preset %s ignores %s", preset.name, ", ".join(self.ignored))
         kwargs: dict[str, Any] = {
@@ -299,6 +314,13 @@ class ZImagePipelines:
         self._preview = self._control_preview
         self._set_tiling(pipe, gen_w * gen_h)
         return pipe, kwargs
+
+    def _new_call(self) -> frozenset[str]:
+        """The approximations this family applies, readied for a new call (the step cache forgets the last)."""
+        if self.step_cache is None:
+            return frozenset()
+        self.step_cache.reset()
+        return frozenset({"step-cache"})
 
     def _from_init_image(self, pipe, job: Job, gen_w: int, gen_h: int, steps: int) -> tuple[torch.Tensor, list[float]]:
         """img2img for a flow-matching schedule: the init image's latents x0 and noise e at the sigma s where
