@@ -26,6 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -35,7 +36,7 @@ CREATE = "/v1/open/capacity/application/tm_reference_img2img"
 
 # -- (a) our server, with an engine double that takes `prompt` seconds --------------------------------
 class SleepEngine:
-    ended: dict[str, float] = {}
+    ended: ClassVar[dict[str, float]] = {}  # shared by every instance: the bench reads it
 
     def generate(self, job, on_progress=lambda d, t: None, should_cancel=lambda: False, on_preview=None):
         from PIL import Image
@@ -82,7 +83,7 @@ class CloudLike:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.path == CREATE:
                     task_id = f"tm-{next(cloud._ids)}"
@@ -113,9 +114,16 @@ class CloudLike:
         created, duration = self.tasks[task_id]
         elapsed = time.monotonic() - created
         done = elapsed >= duration
-        return {"task_id": task_id, "status": 3 if done else 2, "progress": 100 if done else int(100 * elapsed / duration),
-                "wait_time": max(0, round(duration - elapsed)), "position": -1, "reason": "", "params": "",
-                "result": json.dumps({"images_path": ["https://cdn.example/1.png"]}) if done else ""}
+        return {
+            "task_id": task_id,
+            "status": 3 if done else 2,
+            "progress": 100 if done else int(100 * elapsed / duration),
+            "wait_time": max(0, round(duration - elapsed)),
+            "position": -1,
+            "reason": "",
+            "params": "",
+            "result": json.dumps({"images_path": ["https://cdn.example/1.png"]}) if done else "",
+        }
 
 
 def fixed_poller(base: str, headers: dict, task_id: str, interval: float = 10.0) -> None:
@@ -148,8 +156,11 @@ def main() -> None:
     base, app_key, app_secret = start_ref2img(workers=len(args.durations) * args.tasks)
     cloud = CloudLike()
     reference = small_png_uri()
-    results: dict[str, dict[float, list[tuple[float, int]]]] = {"ref2img long-poll": {}, "cloud, SDK plan": {},
-                                                                 "cloud, fixed 10 s": {}}
+    results: dict[str, dict[float, list[tuple[float, int]]]] = {
+        "ref2img long-poll": {},
+        "cloud, SDK plan": {},
+        "cloud, fixed 10 s": {},
+    }
     lock = threading.Lock()
 
     def record(row: str, duration: float, delay: float, requests: int) -> None:
@@ -182,8 +193,12 @@ def main() -> None:
         fixed_poller(cloud.url, {}, task_id)
         record("cloud, fixed 10 s", duration, time.monotonic() - cloud.ends_at(task_id), cloud.requests[task_id])
 
-    jobs = [(runner, duration, index) for runner in (ours_long_poll, cloud_sdk, cloud_fixed)
-            for duration in args.durations for index in range(args.tasks)]
+    jobs = [
+        (runner, duration, index)
+        for runner in (ours_long_poll, cloud_sdk, cloud_fixed)
+        for duration in args.durations
+        for index in range(args.tasks)
+    ]
     with ThreadPoolExecutor(len(jobs)) as pool:
         for future in [pool.submit(*job) for job in jobs]:
             future.result()
@@ -204,9 +219,16 @@ class _CountingTransport(httpx.HTTPTransport):
 
 
 def report(results: dict, as_json: bool) -> None:
-    summary = {row: {str(duration): {"median_delay_s": round(statistics.median(d for d, _ in samples), 3),
-                                     "requests_per_task": round(statistics.mean(r for _, r in samples), 1)}
-                     for duration, samples in sorted(rows.items())} for row, rows in results.items()}
+    summary = {
+        row: {
+            str(duration): {
+                "median_delay_s": round(statistics.median(d for d, _ in samples), 3),
+                "requests_per_task": round(statistics.mean(r for _, r in samples), 1),
+            }
+            for duration, samples in sorted(rows.items())
+        }
+        for row, rows in results.items()
+    }
     if as_json:
         print(json.dumps(summary))
         return

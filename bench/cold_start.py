@@ -43,9 +43,18 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    report = {"setup": {"model": args.model, "compile": args.compile, "compile_after": args.compile_after,
-                        "size": args.size, "new_size": args.new_size, "steps": args.steps,
-                        "device": args.device or "default"}, "lives": []}
+    report = {
+        "setup": {
+            "model": args.model,
+            "compile": args.compile,
+            "compile_after": args.compile_after,
+            "size": args.size,
+            "new_size": args.new_size,
+            "steps": args.steps,
+            "device": args.device or "default",
+        },
+        "lives": [],
+    }
     with tempfile.TemporaryDirectory(prefix="ref2img-cold-") as scratch:
         data_dir, cache = Path(scratch) / "data", Path(scratch) / "compile-cache"
         app_key, app_secret = create_key(data_dir)
@@ -56,13 +65,17 @@ def main() -> None:
             print(f"  {figures['life']}: {figures}", file=sys.stderr, flush=True)
             if args.json:
                 args.json.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"cold start of `ref2img serve --compile {args.compile} --compile-after {args.compile_after}` "
-          f"({args.model}, {args.size}², then {args.new_size}; steps {args.steps or 'preset'})")
+    print(
+        f"cold start of `ref2img serve --compile {args.compile} --compile-after {args.compile_after}` "
+        f"({args.model}, {args.size}², then {args.new_size}; steps {args.steps or 'preset'})"
+    )
     for figures in report["lives"]:
-        print(f"{figures['life']:12} up {figures.get('server_up_s')} s, first image "
-              f"{figures.get('first_image_s', figures.get('error'))} s, {args.new_size}: "
-              f"{figures.get('new_size_s')} s (worst {figures.get('worst_vs_steady')}× steady), compile cache "
-              f"{figures.get('cache_mib_after')} MiB")
+        print(
+            f"{figures['life']:12} up {figures.get('server_up_s')} s, first image "
+            f"{figures.get('first_image_s', figures.get('error'))} s, {args.new_size}: "
+            f"{figures.get('new_size_s')} s (worst {figures.get('worst_vs_steady')}× steady), compile cache "
+            f"{figures.get('cache_mib_after')} MiB"
+        )
 
 
 def cli(*args: str) -> list[str]:
@@ -70,8 +83,13 @@ def cli(*args: str) -> list[str]:
 
 
 def create_key(data_dir: Path) -> tuple[str, str]:
-    made = subprocess.run(cli("keys", "create", "--data-dir", str(data_dir), "--json"), capture_output=True,
-                          text=True, check=True, cwd=ROOT)
+    made = subprocess.run(
+        cli("keys", "create", "--data-dir", str(data_dir), "--json"),
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     key = json.loads(made.stdout)
     return key["app_key"], key["app_secret"]
 
@@ -83,8 +101,21 @@ def one_life(args, data_dir: Path, cache: Path, app_key: str, app_secret: str) -
     from ref2img import Client
 
     port = free_port()
-    command = cli("serve", "--model", args.model, "--data-dir", str(data_dir), "--port", str(port),
-                  "--compile", args.compile, "--compile-after", str(args.compile_after), "--log-level", "warning")
+    command = cli(
+        "serve",
+        "--model",
+        args.model,
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--compile",
+        args.compile,
+        "--compile-after",
+        str(args.compile_after),
+        "--log-level",
+        "warning",
+    )
     if args.device:
         command += ["--device", args.device]
     if args.steps:
@@ -92,24 +123,31 @@ def one_life(args, data_dir: Path, cache: Path, app_key: str, app_secret: str) -
     env = {**os.environ, "REF2IMG_COMPILE_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # the server's own cache folder is what is measured
     started = time.perf_counter()
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True)
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base_url = f"http://127.0.0.1:{port}"
     figures: dict = {}
     try:
         figures["server_up_s"] = round(wait_for_health(base_url, server, args.timeout) - started, 2)
         reference = Image.fromarray(data.astronaut())
         with Client(app_key, app_secret, base_url=base_url) as client:
-            task = client.generate("an astronaut on mars", reference, "edge", width=args.size, height=args.size,
-                                   seed=1, timeout=args.timeout)
+            task = client.generate(
+                "an astronaut on mars",
+                reference,
+                "edge",
+                width=args.size,
+                height=args.size,
+                seed=1,
+                timeout=args.timeout,
+            )
             figures["first_image_s"] = round(time.perf_counter() - started, 2)
             figures["images"] = len(task.images)
             width, height = (int(side) for side in args.new_size.lower().split("x"))
             figures["new_size_s"] = []
             for _ in range(3):  # unseen, seen once, steady
                 began = time.perf_counter()
-                client.generate("an astronaut on mars", reference, "edge", width=width, height=height, seed=2,
-                                timeout=args.timeout)
+                client.generate(
+                    "an astronaut on mars", reference, "edge", width=width, height=height, seed=2, timeout=args.timeout
+                )
                 figures["new_size_s"].append(round(time.perf_counter() - began, 2))
             figures["worst_vs_steady"] = round(max(figures["new_size_s"][:2]) / figures["new_size_s"][2], 2)
     except Exception as exc:  # noqa: BLE001 - a failed life is a figure too
@@ -123,8 +161,9 @@ def one_life(args, data_dir: Path, cache: Path, app_key: str, app_secret: str) -
             _, stderr = server.communicate()
         if "error" in figures:
             figures["server_log_tail"] = stderr[-1500:]
-    figures["cache_mib_after"] = round(sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20, 1) \
-        if cache.exists() else 0.0
+    figures["cache_mib_after"] = (
+        round(sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20, 1) if cache.exists() else 0.0
+    )
     return figures
 
 

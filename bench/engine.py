@@ -74,8 +74,14 @@ ARCHES = {
 
 MODES = ("edge", "subject")
 # Every lever off, the exact ones too: the reference the others' drift is measured from.
-OFF = Speedups(skip_idle_controlnet=False, channels_last=False, cache_condition=False, cache_prompts=False,
-               decode_on_device=False, preprocess_on_device=False)
+OFF = Speedups(
+    skip_idle_controlnet=False,
+    channels_last=False,
+    cache_condition=False,
+    cache_prompts=False,
+    decode_on_device=False,
+    preprocess_on_device=False,
+)
 ALL = Speedups(fuse_qkv=True, compile="regional", compile_convs=True)  # the engine's defaults + compile + fusion
 LEVERS: dict[str, Speedups] = {
     "off": OFF,
@@ -117,15 +123,47 @@ LEVERS: dict[str, Speedups] = {
 }
 CONTROL_ROWS = {"controls-1": 1, "controls-2": 2, "controls-3": 3}
 LORA_NAME = "bench"
-DEFAULT_LEVERS = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device",
-                  "preprocess-on-device", "exact", "channels-last", "fuse-qkv", "compile-regional", "compile-convs",
-                  "cuda-graphs", "inductor-tuning", "fp8", "all", "all-fp8", "controlnet-cond-only", "cfg-cut")
+DEFAULT_LEVERS = (
+    "off",
+    "skip-idle-controlnet",
+    "cache-condition",
+    "cache-prompts",
+    "decode-on-device",
+    "preprocess-on-device",
+    "exact",
+    "channels-last",
+    "fuse-qkv",
+    "compile-regional",
+    "compile-convs",
+    "cuda-graphs",
+    "inductor-tuning",
+    "fp8",
+    "all",
+    "all-fp8",
+    "controlnet-cond-only",
+    "cfg-cut",
+)
 # What a lever may do to the images (issue 24's three classes): "exact" must give 0/0; "numerics" (other
 # kernels, other rounding) mean ≤ 2 levels and PSNR ≥ 38 dB; "output-changing" is reported, never a default.
-EXACT = ("off", "skip-idle-controlnet", "cache-condition", "cache-prompts", "decode-on-device", "preprocess-on-device",
-         "exact", "previews")
-OUTPUT_CHANGING = ("controlnet-cond-only", "cfg-cut", "step-cache", "all-step-cache", "controls-2", "controls-3",
-                   "lora")  # another image on purpose
+EXACT = (
+    "off",
+    "skip-idle-controlnet",
+    "cache-condition",
+    "cache-prompts",
+    "decode-on-device",
+    "preprocess-on-device",
+    "exact",
+    "previews",
+)
+OUTPUT_CHANGING = (
+    "controlnet-cond-only",
+    "cfg-cut",
+    "step-cache",
+    "all-step-cache",
+    "controls-2",
+    "controls-3",
+    "lora",
+)  # another image on purpose
 NUMERICS_PSNR_MIN = 38.0
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOPS), for each row's share of the peak;
 # --peak-tflops names another device's.
@@ -146,25 +184,42 @@ def main() -> None:
     parser.add_argument("--batches", default="1", help="comma-separated batch sizes, e.g. 1,4")
     parser.add_argument("--levers", default=",".join(DEFAULT_LEVERS), help=f"from {', '.join(LEVERS)}")
     parser.add_argument("--intensity", type=float, default=0.5)
-    parser.add_argument("--mode", choices=MODES, default="edge",
-                        help="edge (the ControlNet path; pose and depth run the same), or subject (zimage only)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="edge",
+        help="edge (the ControlNet path; pose and depth run the same), or subject (zimage only)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="timed calls per row, after one warm-up call")
     parser.add_argument("--device", default=None)
     parser.add_argument("--offload", default="none", help="none|model|sequential|auto (our rows)")
-    parser.add_argument("--memory-cap-gib", type=float, default=None,
-                        help="cap this process's GPU memory (set_per_process_memory_fraction), as on a small GPU")
+    parser.add_argument(
+        "--memory-cap-gib",
+        type=float,
+        default=None,
+        help="cap this process's GPU memory (set_per_process_memory_fraction), as on a small GPU",
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--row-timeout", type=float, default=900, help="seconds before a row is given up")
     parser.add_argument("--models-dir", type=Path, default=Path("/tmp/ref2img-bench-models"))
-    parser.add_argument("--json", type=Path, default=None,
-                        help="add this run's figures to FILE (a list of runs, one per invocation)")
-    parser.add_argument("--profile", default="",
-                        help="comma-separated rows to trace with torch.profiler (one timed call each), e.g. all")
-    parser.add_argument("--profile-dir", type=Path, default=None,
-                        help="where the traces go (default: beside --json; summaries are always in the JSON)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="add this run's figures to FILE (a list of runs, one per invocation)"
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="comma-separated rows to trace with torch.profiler (one timed call each), e.g. all",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        type=Path,
+        default=None,
+        help="where the traces go (default: beside --json; summaries are always in the JSON)",
+    )
     parser.add_argument("--no-flops", action="store_true", help="skip counting the job's FLOPs")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's dense bf16 peak (default: known for H100/H200)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (default: known for H100/H200)"
+    )
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row in this process
     args = parser.parse_args()
     if args.row:
@@ -176,17 +231,30 @@ def main() -> None:
     folder = ensure_models(args.models_dir, family, scale, device)
     preset = resolve_preset(str(folder), overrides)
     if args.mode == "subject" and family != "zimage":
-        parser.error("--mode subject: only the zimage arches (FLUX.2 klein); the UNet families' subject mode is "
-                     "IP-Adapter, which plain diffusers has no one-call pipeline to compare with")
+        parser.error(
+            "--mode subject: only the zimage arches (FLUX.2 klein); the UNet families' subject mode is "
+            "IP-Adapter, which plain diffusers has no one-call pipeline to compare with"
+        )
     size = args.size or default_size
     steps = args.steps or (KLEIN_STEPS if args.mode == "subject" else preset.steps)
-    setup = {"arch": args.arch, "mode": args.mode, "size": size,
-             "model_size": generation_size(size, size, preset.max_pixels, preset.size_multiple),
-             "steps": steps, "intensity": args.intensity, "runs": args.runs,
-             "offload": args.offload, "memory_cap_gib": args.memory_cap_gib, "device": device_name(device),
-             "torch": torch.__version__, "drift_tolerance_mean": DRIFT_TOLERANCE_MEAN,
-             "numerics_psnr_min": NUMERICS_PSNR_MIN, "peak_tflops": args.peak_tflops or peak_tflops(device),
-             "batches": args.batches, "run_id": f"{time.time():.6f}"}
+    setup = {
+        "arch": args.arch,
+        "mode": args.mode,
+        "size": size,
+        "model_size": generation_size(size, size, preset.max_pixels, preset.size_multiple),
+        "steps": steps,
+        "intensity": args.intensity,
+        "runs": args.runs,
+        "offload": args.offload,
+        "memory_cap_gib": args.memory_cap_gib,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "drift_tolerance_mean": DRIFT_TOLERANCE_MEAN,
+        "numerics_psnr_min": NUMERICS_PSNR_MIN,
+        "peak_tflops": args.peak_tflops or peak_tflops(device),
+        "batches": args.batches,
+        "run_id": f"{time.time():.6f}",
+    }
     batches = [int(b) for b in args.batches.split(",")]
     levers = [name.strip() for name in args.levers.split(",") if name.strip()]
     unknown = set(levers) - set(LEVERS)
@@ -203,18 +271,33 @@ def main() -> None:
             rows += [] if args.no_baseline else [("diffusers", "diffusers")]
             rows += [("ref2img", name) for name in names]
             for kind, name in rows:
-                spec = {"kind": kind, "lever": name, "batch": batch, "folder": str(folder), "overrides": overrides,
-                        "mode": args.mode,
-                        "size": size, "steps": setup["steps"], "intensity": args.intensity, "runs": args.runs,
-                        "device": device, "offload": args.offload, "memory_cap_gib": args.memory_cap_gib,
-                        "images": str(Path(scratch) / f"b{batch}-{name}"),
-                        "compile_cache": str(Path(scratch) / f"cache-{batch}-{name}"),
-                        "profile": str(profile_dir / f"b{batch}-{name}") if name in profiled and profile_dir else None}
+                spec = {
+                    "kind": kind,
+                    "lever": name,
+                    "batch": batch,
+                    "folder": str(folder),
+                    "overrides": overrides,
+                    "mode": args.mode,
+                    "size": size,
+                    "steps": setup["steps"],
+                    "intensity": args.intensity,
+                    "runs": args.runs,
+                    "device": device,
+                    "offload": args.offload,
+                    "memory_cap_gib": args.memory_cap_gib,
+                    "images": str(Path(scratch) / f"b{batch}-{name}"),
+                    "compile_cache": str(Path(scratch) / f"cache-{batch}-{name}"),
+                    "profile": str(profile_dir / f"b{batch}-{name}") if name in profiled and profile_dir else None,
+                }
                 row = run_in_subprocess(spec, args.row_timeout)
                 if kind == "flops":
                     report["flops"][str(batch)] = row
-                    print(f"  b{batch} flops: {row.get('tflop_engine', row.get('error'))} TFLOP (engine), "
-                          f"{row.get('tflop_plain', '')} TFLOP (every ControlNet step)", file=sys.stderr, flush=True)
+                    print(
+                        f"  b{batch} flops: {row.get('tflop_engine', row.get('error'))} TFLOP (engine), "
+                        f"{row.get('tflop_plain', '')} TFLOP (every ControlNet step)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     continue
                 report["rows"].append(row)
                 print(f"  {row_line(row)}", file=sys.stderr, flush=True)
@@ -272,8 +355,14 @@ def run_row(spec: dict) -> dict:
         extra = {}
     else:
         lora_dirs = (str(ensure_lora(Path(spec["folder"]))),) if spec["lever"] == "lora" else ()
-        engine = LocalEngine(preset, device=spec["device"], offload=spec["offload"], speedups=LEVERS[spec["lever"]],
-                             compile_cache=spec["compile_cache"], lora_dirs=lora_dirs).load()
+        engine = LocalEngine(
+            preset,
+            device=spec["device"],
+            offload=spec["offload"],
+            speedups=LEVERS[spec["lever"]],
+            compile_cache=spec["compile_cache"],
+            lora_dirs=lora_dirs,
+        ).load()
         job = engine_job(reference, spec)
         on_preview = (lambda done, total, render: render()) if spec["lever"] == "previews" else None
         call, dtype = (lambda: engine.generate(job, on_preview=on_preview)), engine.placement.dtype_name
@@ -289,10 +378,18 @@ def run_row(spec: dict) -> dict:
         extra["profile"] = profile_call(call, device, Path(spec["profile"]), spec["steps"])
     save_images(first_images, Path(spec["images"]))
     median = statistics.median(times)
-    return {**_row_name(spec), "dtype": dtype, "load_s": round(loaded - started, 2),
-            "first_call_s": round(first_call - loaded, 2), "s_per_call": round(median, 4),
-            "s_per_image": round(median / spec["batch"], 4), "s_per_step": round(median / spec["steps"], 4),
-            "images_per_s": round(spec["batch"] / median, 4), "peak_memory_gib": round(peak, 2), **extra}
+    return {
+        **_row_name(spec),
+        "dtype": dtype,
+        "load_s": round(loaded - started, 2),
+        "first_call_s": round(first_call - loaded, 2),
+        "s_per_call": round(median, 4),
+        "s_per_image": round(median / spec["batch"], 4),
+        "s_per_step": round(median / spec["steps"], 4),
+        "images_per_s": round(spec["batch"] / median, 4),
+        "peak_memory_gib": round(peak, 2),
+        **extra,
+    }
 
 
 def baseline_call(preset, device: torch.device, reference: Image.Image, spec: dict):
@@ -311,17 +408,28 @@ def baseline_call(preset, device: torch.device, reference: Image.Image, spec: di
     union = key == "union"
     net_cls = diffusers.ControlNetUnionModel if union else diffusers.ControlNetModel
     controlnet = net_cls.from_pretrained(folder_of(ref, "controlnet", preset), dtype=dtype)
-    pipe_cls = diffusers.StableDiffusionXLControlNetUnionPipeline if union else (
-        diffusers.StableDiffusionXLControlNetPipeline if preset.family == "sdxl"
-        else diffusers.StableDiffusionControlNetPipeline)
+    pipe_cls = (
+        diffusers.StableDiffusionXLControlNetUnionPipeline
+        if union
+        else (
+            diffusers.StableDiffusionXLControlNetPipeline
+            if preset.family == "sdxl"
+            else diffusers.StableDiffusionControlNetPipeline
+        )
+    )
     # sd15: no safety checker; sdxl: no diffusers watermark (the engine marks its results itself, after it)
-    extra = ({"safety_checker": None, "requires_safety_checker": False} if preset.family == "sd15"
-             else {"add_watermarker": False})
-    pipe = pipe_cls.from_pretrained(folder_of(preset.base, "base", preset), controlnet=controlnet, dtype=dtype,
-                                    **extra).to(device)
+    extra = (
+        {"safety_checker": None, "requires_safety_checker": False}
+        if preset.family == "sd15"
+        else {"add_watermarker": False}
+    )
+    pipe = pipe_cls.from_pretrained(
+        folder_of(preset.base, "base", preset), controlnet=controlnet, dtype=dtype, **extra
+    ).to(device)
     if preset.scheduler == "euler-trailing":
-        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config,
-                                                                      timestep_spacing="trailing")
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+            pipe.scheduler.config, timestep_spacing="trailing"
+        )
     pipe.set_progress_bar_config(disable=True)
     width, height = generation_size(spec["size"], spec["size"], preset.max_pixels, preset.size_multiple)
     control = canny_map(fit(reference, width, height))
@@ -330,11 +438,18 @@ def baseline_call(preset, device: torch.device, reference: Image.Image, spec: di
     batch = spec["batch"]
 
     def call():
-        return pipe(PROMPT, num_inference_steps=spec["steps"], num_images_per_prompt=batch, width=width,
-                    height=height, guidance_scale=preset.guidance_scale,
-                    controlnet_conditioning_scale=knobs.controlnet_scale,
-                    control_guidance_end=knobs.control_guidance_end,
-                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)], **control_kwargs).images
+        return pipe(
+            PROMPT,
+            num_inference_steps=spec["steps"],
+            num_images_per_prompt=batch,
+            width=width,
+            height=height,
+            guidance_scale=preset.guidance_scale,
+            controlnet_conditioning_scale=knobs.controlnet_scale,
+            control_guidance_end=knobs.control_guidance_end,
+            generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)],
+            **control_kwargs,
+        ).images
 
     return call, str(dtype).removeprefix("torch.")
 
@@ -349,20 +464,29 @@ def zimage_baseline_call(preset, device: torch.device, reference: Image.Image, s
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     _, ref = preset.controlnet_for(ControlType.EDGE)
     config = str(folder_of(preset.extra["controlnet_config"], "extra.controlnet_config", preset))
-    controlnet = diffusers.ZImageControlNetModel.from_single_file(str(locate(ref, "controlnet", preset)),
-                                                                  config=config, dtype=dtype)
-    pipe = diffusers.ZImageControlNetPipeline.from_pretrained(folder_of(preset.base, "base", preset),
-                                                              controlnet=controlnet, dtype=dtype).to(device)
+    controlnet = diffusers.ZImageControlNetModel.from_single_file(
+        str(locate(ref, "controlnet", preset)), config=config, dtype=dtype
+    )
+    pipe = diffusers.ZImageControlNetPipeline.from_pretrained(
+        folder_of(preset.base, "base", preset), controlnet=controlnet, dtype=dtype
+    ).to(device)
     pipe.set_progress_bar_config(disable=True)
     width, height = generation_size(spec["size"], spec["size"], preset.max_pixels, preset.size_multiple)
     control = canny_map(fit(reference, width, height))
     batch = spec["batch"]
 
     def call():
-        return pipe(PROMPT, control_image=control, num_inference_steps=spec["steps"], num_images_per_prompt=batch,
-                    width=width, height=height, guidance_scale=preset.guidance_scale,
-                    controlnet_conditioning_scale=preset.controlnet_scale_max * spec["intensity"],
-                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)]).images
+        return pipe(
+            PROMPT,
+            control_image=control,
+            num_inference_steps=spec["steps"],
+            num_images_per_prompt=batch,
+            width=width,
+            height=height,
+            guidance_scale=preset.guidance_scale,
+            controlnet_conditioning_scale=preset.controlnet_scale_max * spec["intensity"],
+            generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)],
+        ).images
 
     return call, str(dtype).removeprefix("torch.")
 
@@ -383,18 +507,32 @@ def klein_baseline_call(preset, device: torch.device, reference: Image.Image, sp
     batch = spec["batch"]
 
     def call():
-        return pipe(prompt=PROMPT, image=[reference], num_inference_steps=spec["steps"], num_images_per_prompt=batch,
-                    width=width, height=height, guidance_scale=GUIDANCE,
-                    text_encoder_out_layers=text_encoder_layers(pipe),  # (9, 18, 27), its default, at full scale
-                    generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)]).images
+        return pipe(
+            prompt=PROMPT,
+            image=[reference],
+            num_inference_steps=spec["steps"],
+            num_images_per_prompt=batch,
+            width=width,
+            height=height,
+            guidance_scale=GUIDANCE,
+            text_encoder_out_layers=text_encoder_layers(pipe),  # (9, 18, 27), its default, at full scale
+            generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)],
+        ).images
 
     return call, str(dtype).removeprefix("torch.")
 
 
 def engine_job(reference: Image.Image, spec: dict) -> Job:
     mode = ControlType.SUBJECT if spec.get("mode") == "subject" else ControlType.EDGE
-    wire = {"prompt": PROMPT, "control_type": mode, "seed": 0, "width": spec["size"],
-            "height": spec["size"], "batch_size": spec["batch"], "control_intensity": spec["intensity"]}
+    wire = {
+        "prompt": PROMPT,
+        "control_type": mode,
+        "seed": 0,
+        "width": spec["size"],
+        "height": spec["size"],
+        "batch_size": spec["batch"],
+        "control_intensity": spec["intensity"],
+    }
     count = CONTROL_ROWS.get(spec["lever"], 0)
     if spec["lever"] == "lora":
         return Job.for_images(reference=reference, steps=spec["steps"], loras=[{"name": LORA_NAME}], **wire)
@@ -402,10 +540,13 @@ def engine_job(reference: Image.Image, spec: dict) -> Job:
         return Job.for_images(reference=reference, steps=spec["steps"], **wire)
     # Ready maps (the reference's edges under each mode), so the row times the ControlNet, not the annotators.
     edges = canny_map(reference)
-    controls = [{"type": kind, "intensity": spec["intensity"], "image": IN_MEMORY, "map": True}
-                for kind in ("edge", "depth", "pose")[:count]]
-    return Job.for_images(reference=reference, steps=spec["steps"], controls=controls,
-                          control_inputs=[edges] * count, **wire)
+    controls = [
+        {"type": kind, "intensity": spec["intensity"], "image": IN_MEMORY, "map": True}
+        for kind in ("edge", "depth", "pose")[:count]
+    ]
+    return Job.for_images(
+        reference=reference, steps=spec["steps"], controls=controls, control_inputs=[edges] * count, **wire
+    )
 
 
 def count_flops(preset, reference: Image.Image, spec: dict) -> dict:
@@ -420,8 +561,11 @@ def count_flops(preset, reference: Image.Image, spec: dict) -> dict:
         counter = FlopCounterMode(display=False)
         with counter:
             engine.generate(engine_job(reference, spec))
-        models = {module: sum(ops.values()) for module, ops in counter.get_flop_counts().items()
-                  if "." not in module and module != "Global"}
+        models = {
+            module: sum(ops.values())
+            for module, ops in counter.get_flop_counts().items()
+            if "." not in module and module != "Global"
+        }
         counted[f"tflop_{name}"] = round(counter.get_total_flops() / 1e12, 4)
         counted[f"tflop_{name}_by_model"] = {module: round(flops / 1e12, 4) for module, flops in models.items()}
         del engine
@@ -454,8 +598,15 @@ def profile_call(call, device: torch.device, folder: Path, steps: int) -> dict:
         "device_busy_s": round(busy_us / 1e6, 4),
         "device_idle_share": round(max(0.0, 1 - busy_us / 1e6 / wall), 3) if kernels else None,
         "host_s_per_step": round(host_us / 1e6 / steps, 4),
-        "top_kernels": [{"name": e.key[:120], "calls": e.count, "device_ms": round(e.self_device_time_total / 1e3, 2),
-                         "share": round(e.self_device_time_total / busy_us, 3)} for e in top],
+        "top_kernels": [
+            {
+                "name": e.key[:120],
+                "calls": e.count,
+                "device_ms": round(e.self_device_time_total / 1e3, 2),
+                "share": round(e.self_device_time_total / busy_us, 3),
+            }
+            for e in top
+        ],
         "trace": str(trace) + ".gz",
     }
 
@@ -472,8 +623,11 @@ def timed_runs(call, runs: int, device: torch.device) -> tuple[list[float], floa
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return times, peak / 2**30
 
 
@@ -482,7 +636,9 @@ def ensure_models(models_dir: Path, family: str, scale: str, device: str) -> Pat
     folder = models_dir / f"{family}-{scale}"
     if not (folder / "ref2img-preset.json").exists():
         started = time.perf_counter()
-        dtype = (torch.bfloat16 if family == "zimage" else torch.float16) if device.startswith("cuda") else torch.float32
+        dtype = (
+            (torch.bfloat16 if family == "zimage" else torch.float16) if device.startswith("cuda") else torch.float32
+        )
         family_named(family).build_random(folder, scale, dtype)
         print(f"built random {family} ({scale}) models in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return folder
@@ -518,15 +674,24 @@ def drift(row: dict, reference_row: dict) -> dict | None:
     ours, theirs = sorted(Path(row["images"]).glob("*.png")), sorted(Path(reference_row["images"]).glob("*.png"))
     if not ours or len(ours) != len(theirs):
         return None
-    pairs = [(np.asarray(Image.open(a).convert("RGB")), np.asarray(Image.open(b).convert("RGB")))
-             for a, b in zip(ours, theirs)]
+    pairs = [
+        (np.asarray(Image.open(a).convert("RGB")), np.asarray(Image.open(b).convert("RGB")))
+        for a, b in zip(ours, theirs, strict=True)
+    ]
     diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16)) for a, b in pairs]
     same = all(not d.any() for d in diffs)
-    psnr = None if same else min(float(peak_signal_noise_ratio(b, a, data_range=255)) for a, b in pairs
-                                  if not np.array_equal(a, b))
+    psnr = (
+        None
+        if same
+        else min(float(peak_signal_noise_ratio(b, a, data_range=255)) for a, b in pairs if not np.array_equal(a, b))
+    )
     ssim = min(float(structural_similarity(b, a, channel_axis=2, data_range=255)) for a, b in pairs)
-    return {"max": int(max(d.max() for d in diffs)), "mean": round(float(np.mean([d.mean() for d in diffs])), 3),
-            "psnr_db": None if psnr is None else round(psnr, 2), "ssim": round(ssim, 4)}
+    return {
+        "max": int(max(d.max() for d in diffs)),
+        "mean": round(float(np.mean([d.mean() for d in diffs])), 3),
+        "psnr_db": None if psnr is None else round(psnr, 2),
+        "ssim": round(ssim, 4),
+    }
 
 
 def drift_passes(lever: str, measured: dict) -> bool | None:
@@ -535,8 +700,9 @@ def drift_passes(lever: str, measured: dict) -> bool | None:
     if kind == "exact":
         return measured["max"] == 0
     if kind == "numerics":
-        return measured["mean"] <= DRIFT_TOLERANCE_MEAN and (measured["psnr_db"] is None
-                                                              or measured["psnr_db"] >= NUMERICS_PSNR_MIN)
+        return measured["mean"] <= DRIFT_TOLERANCE_MEAN and (
+            measured["psnr_db"] is None or measured["psnr_db"] >= NUMERICS_PSNR_MIN
+        )
     return None
 
 
@@ -598,20 +764,28 @@ def device_name(device: str) -> str:
 def row_line(row: dict) -> str:
     if "error" in row:
         return f"b{row['batch']} {row['lever']:22} error: {row['error']}"
-    return (f"b{row['batch']} {row['lever']:22} {row['dtype']:9} {row['s_per_image']:>8} s/img "
-            f"{row['images_per_s']:>8} img/s {row['peak_memory_gib']:>7} GiB  first call {row['first_call_s']} s")
+    return (
+        f"b{row['batch']} {row['lever']:22} {row['dtype']:9} {row['s_per_image']:>8} s/img "
+        f"{row['images_per_s']:>8} img/s {row['peak_memory_gib']:>7} GiB  first call {row['first_call_s']} s"
+    )
 
 
 def print_table(report: dict) -> None:
     setup = report["setup"]
-    print(f"{setup['arch']} {setup['size']}² (model {setup['model_size'][0]}x{setup['model_size'][1]}) "
-          f"steps={setup['steps']} intensity={setup['intensity']} on {setup['device']}, torch {setup['torch']}")
+    print(
+        f"{setup['arch']} {setup['size']}² (model {setup['model_size'][0]}x{setup['model_size'][1]}) "
+        f"steps={setup['steps']} intensity={setup['intensity']} on {setup['device']}, torch {setup['torch']}"
+    )
     for batch, flops in report.get("flops", {}).items():
         if "error" not in flops:
-            print(f"batch {batch}: {flops['tflop_engine']} TFLOP a call as the engine runs it, "
-                  f"{flops['tflop_plain']} with the ControlNet on every step; by model {flops['tflop_engine_by_model']}")
-    print(f"{'batch':>5} {'row':22} {'dtype':9} {'s/image':>8} {'img/s':>8} {'×diffusers':>10} {'×off':>6} "
-          f"{'peak%':>6} {'peak GiB':>8} {'first s':>8} {'drift max/mean':>15} {'PSNR':>6} {'SSIM':>6} {'class ok':>16}")
+            print(
+                f"batch {batch}: {flops['tflop_engine']} TFLOP a call as the engine runs it, "
+                f"{flops['tflop_plain']} with the ControlNet on every step; by model {flops['tflop_engine_by_model']}"
+            )
+    print(
+        f"{'batch':>5} {'row':22} {'dtype':9} {'s/image':>8} {'img/s':>8} {'×diffusers':>10} {'×off':>6} "
+        f"{'peak%':>6} {'peak GiB':>8} {'first s':>8} {'drift max/mean':>15} {'PSNR':>6} {'SSIM':>6} {'class ok':>16}"
+    )
     for row in report["rows"]:
         if "error" in row:
             print(f"{row['batch']:>5} {row['lever']:22} error: {row['error']}")
@@ -622,17 +796,23 @@ def print_table(report: dict) -> None:
         ssim = drifted["ssim"] if drifted else ""
         verdict = "" if "drift_class" not in row else f"{row['drift_class']} {row.get('drift_within_tolerance')}"
         share = f"{row['peak_share'] * 100:.0f}%" if "peak_share" in row else ""
-        print(f"{row['batch']:>5} {row['lever']:22} {row['dtype']:9} {row['s_per_image']:>8} {row['images_per_s']:>8} "
-              f"{row.get('vs_diffusers', ''):>10} {row.get('vs_off', ''):>6} {share:>6} {row['peak_memory_gib']:>8} "
-              f"{row['first_call_s']:>8} {drift_text:>15} {psnr:>6} {ssim:>6} {verdict:>16}")
+        print(
+            f"{row['batch']:>5} {row['lever']:22} {row['dtype']:9} {row['s_per_image']:>8} {row['images_per_s']:>8} "
+            f"{row.get('vs_diffusers', ''):>10} {row.get('vs_off', ''):>6} {share:>6} {row['peak_memory_gib']:>8} "
+            f"{row['first_call_s']:>8} {drift_text:>15} {psnr:>6} {ssim:>6} {verdict:>16}"
+        )
     for row in report["rows"]:
         if "s_per_step_vs_exact" in row:
             print(f"a LoRA at b{row['batch']}: {row['s_per_step']} s/step, ×{row['s_per_step_vs_exact']} of exact's")
     several = [row for row in report["rows"] if "s_per_image_vs_one_control" in row]
     if several:
-        print("several controls (s/image, × one control): " + ", ".join(
-            f"b{row['batch']} {CONTROL_ROWS[row['lever']]}: {row['s_per_image']} (×{row['s_per_image_vs_one_control']})"
-            for row in several))
+        print(
+            "several controls (s/image, × one control): "
+            + ", ".join(
+                f"b{row['batch']} {CONTROL_ROWS[row['lever']]}: {row['s_per_image']} (×{row['s_per_image_vs_one_control']})"
+                for row in several
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,11 @@ from ref2img.engines.local.offload import cap_process_memory
 from ref2img.protocol import ControlType
 
 WIDTH, HEIGHT = 1000, 600
-JOBS = [(mode, with_init) for mode in (ControlType.SUBJECT, ControlType.EDGE, ControlType.POSE, ControlType.DEPTH)
-        for with_init in (False, True)]
+JOBS = [
+    (mode, with_init)
+    for mode in (ControlType.SUBJECT, ControlType.EDGE, ControlType.POSE, ControlType.DEPTH)
+    for with_init in (False, True)
+]
 ANNOTATOR_DTYPES = {"depth_estimator": "float32"}
 
 
@@ -41,8 +44,9 @@ def main() -> None:
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--offload", default="none", help="none|model|sequential|auto")
-    parser.add_argument("--memory-cap-gib", type=float, default=None,
-                        help="cap this process's GPU memory, as on a smaller card")
+    parser.add_argument(
+        "--memory-cap-gib", type=float, default=None, help="cap this process's GPU memory, as on a smaller card"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(format="  %(message)s")
@@ -51,8 +55,17 @@ def main() -> None:
     from skimage import data
 
     reference, init = Image.fromarray(data.astronaut()), Image.fromarray(data.coffee())
-    report = {"setup": {"device": args.device, "dtype": args.dtype, "steps": args.steps, "size": [WIDTH, HEIGHT],
-                        "offload": args.offload, "memory_cap_gib": args.memory_cap_gib}, "jobs": []}
+    report = {
+        "setup": {
+            "device": args.device,
+            "dtype": args.dtype,
+            "steps": args.steps,
+            "size": [WIDTH, HEIGHT],
+            "offload": args.offload,
+            "memory_cap_gib": args.memory_cap_gib,
+        },
+        "jobs": [],
+    }
     for model in args.model:
         started = time.perf_counter()
         engine = LocalEngine(model, device=args.device, dtype=args.dtype, offload=args.offload)
@@ -60,8 +73,10 @@ def main() -> None:
             cap_process_memory(engine.placement.device, args.memory_cap_gib)
         engine.load()
         chosen = engine.placement.dtype_name
-        print(f"{model}: {engine.placement.device} {chosen}, offload {engine.pipelines.offload}, "
-              f"loaded in {time.perf_counter() - started:.1f} s")
+        print(
+            f"{model}: {engine.placement.device} {chosen}, offload {engine.pipelines.offload}, "
+            f"loaded in {time.perf_counter() - started:.1f} s"
+        )
         for mode, with_init in JOBS:
             report["jobs"].append(run_job(engine, model, chosen, mode, reference, init if with_init else None, args))
             print("  " + json.dumps(report["jobs"][-1]), flush=True)
@@ -74,8 +89,17 @@ def main() -> None:
 
 
 def run_job(engine: LocalEngine, model: str, chosen: str, mode: ControlType, reference, init, args) -> dict:
-    job = Job.for_images(prompt="an astronaut on mars", control_type=mode, reference=reference, seed=5, width=WIDTH,
-              height=HEIGHT, batch_size=2, init_image=init, steps=args.steps)
+    job = Job.for_images(
+        prompt="an astronaut on mars",
+        control_type=mode,
+        reference=reference,
+        seed=5,
+        width=WIDTH,
+        height=HEIGHT,
+        batch_size=2,
+        init_image=init,
+        steps=args.steps,
+    )
     entry = {"model": model, "mode": mode.name.lower(), "init_image": init is not None}
     on_gpu = engine.placement.device.type == "cuda"
     if on_gpu:
@@ -93,8 +117,7 @@ def run_job(engine: LocalEngine, model: str, chosen: str, mode: ControlType, ref
         entry["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(engine.placement.device) / 2**30, 2)
     entry["sizes"] = sorted({image.size for image in images})
     dtypes = engine.component_dtypes()
-    entry["off_dtype"] = {name: dtype for name, dtype in dtypes.items()
-                          if dtype != ANNOTATOR_DTYPES.get(name, chosen)}
+    entry["off_dtype"] = {name: dtype for name, dtype in dtypes.items() if dtype != ANNOTATOR_DTYPES.get(name, chosen)}
     entry["ok"] = entry["sizes"] == [(WIDTH, HEIGHT)] and len(images) == 2 and not entry["off_dtype"]
     return entry
 

@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import ARCHES, device_name, engine_job, ensure_models, fit, photo  # noqa: E402  (the bench's own)
+from engine import ARCHES, device_name, engine_job, ensure_models, fit, photo
 
-from ref2img.engines.local.presets import resolve_preset  # noqa: E402
-from ref2img.settings import ServerSettings  # noqa: E402
-from ref2img.tasks.execution.engine_pool import EnginePool  # noqa: E402
-from ref2img.tasks.execution.engine_provider import EngineProvider, local_engine_factory  # noqa: E402
+from ref2img.engines.local.presets import resolve_preset
+from ref2img.settings import ServerSettings
+from ref2img.tasks.execution.engine_pool import EnginePool
+from ref2img.tasks.execution.engine_provider import EngineProvider, local_engine_factory
 
 
 def main() -> None:
@@ -47,8 +47,10 @@ def main() -> None:
     steps = 2 if args.smoke else args.steps
     folders = {arch: ensure_models(args.models_dir, ARCHES[arch][0], ARCHES[arch][1], device) for arch in arches}
     settings = ServerSettings(data_dir=args.models_dir, device=device)
-    providers = {resolve_preset(str(folder)).name: EngineProvider(local_engine_factory(settings, str(folder)))
-                 for folder in folders.values()}
+    providers = {
+        resolve_preset(str(folder)).name: EngineProvider(local_engine_factory(settings, str(folder)))
+        for folder in folders.values()
+    }
     first, other = list(providers)
     pool = EnginePool(providers, first, max_loaded=1, max_parked=args.max_parked)
     sizes = {arch: ARCHES[arch][2] for arch in arches}
@@ -56,8 +58,13 @@ def main() -> None:
 
     def task(arch: str) -> float:
         started = time.perf_counter()
-        spec = {"size": sizes[arch], "batch": 1, "steps": steps or resolve_preset(str(folders[arch])).steps,
-                "intensity": 0.5, "lever": "exact"}
+        spec = {
+            "size": sizes[arch],
+            "batch": 1,
+            "steps": steps or resolve_preset(str(folders[arch])).steps,
+            "intensity": 0.5,
+            "lever": "exact",
+        }
         with pool.using(names[arch]) as engine:
             engine.generate(engine_job(fit(photo(), sizes[arch], sizes[arch]), spec))
         if device.startswith("cuda"):
@@ -74,16 +81,27 @@ def main() -> None:
         "back_steady_s": task(a),
     }
     parked = pool.states()[names[b]] == "parked on the CPU"  # b was set aside by the switch back
-    report = {"setup": {"arches": arches, "presets": [first, other], "device": device_name(device),
-                        "torch": torch.__version__, "max_loaded": 1, "max_parked": args.max_parked, "parked": parked,
-                        "run_id": f"{time.time():.6f}"},
-              "figures": figures,
-              "switch_back_over_steady": round(figures["switch_back_s"] / figures["back_steady_s"], 2)}
+    report = {
+        "setup": {
+            "arches": arches,
+            "presets": [first, other],
+            "device": device_name(device),
+            "torch": torch.__version__,
+            "max_loaded": 1,
+            "max_parked": args.max_parked,
+            "parked": parked,
+            "run_id": f"{time.time():.6f}",
+        },
+        "figures": figures,
+        "switch_back_over_steady": round(figures["switch_back_s"] / figures["back_steady_s"], 2),
+    }
     for name, seconds in figures.items():
         print(f"{name:22} {seconds:8.3f} s")
     back = "from the CPU" if parked else "from disk"
-    print(f"a switch back {back} costs {report['switch_back_over_steady']}× a steady task "
-          f"({a} on {report['setup']['device']})")
+    print(
+        f"a switch back {back} costs {report['switch_back_over_steady']}× a steady task "
+        f"({a} on {report['setup']['device']})"
+    )
     if args.json:
         runs = json.loads(args.json.read_text())["runs"] if args.json.exists() else []
         args.json.parent.mkdir(parents=True, exist_ok=True)

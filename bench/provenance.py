@@ -85,8 +85,26 @@ def main(smoke: bool) -> dict:
     return figures
 
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "camera", "rocket", "immunohistochemistry", "coins", "moon", "page",
-          "hubble_deep_field", "horse", "text", "checkerboard", "clock", "grass", "gravel", "brick", "colorwheel")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "camera",
+    "rocket",
+    "immunohistochemistry",
+    "coins",
+    "moon",
+    "page",
+    "hubble_deep_field",
+    "horse",
+    "text",
+    "checkerboard",
+    "clock",
+    "grass",
+    "gravel",
+    "brick",
+    "colorwheel",
+)
 
 
 def photo_crop(draw: random.Random) -> Image.Image:
@@ -113,7 +131,9 @@ def render(draw: random.Random) -> Image.Image:
     x = np.linspace(0, 1, size)
     colours = [np.array([draw.randint(0, 255) for _ in range(3)]) for _ in range(2)]
     ramp = x[None, :, None] if draw.random() < 0.5 else x[:, None, None]
-    image = Image.fromarray((colours[0] * (1 - ramp) + colours[1] * ramp).astype(np.uint8).repeat(size, 0 if ramp.shape[0] == 1 else 1))
+    image = Image.fromarray(
+        (colours[0] * (1 - ramp) + colours[1] * ramp).astype(np.uint8).repeat(size, 0 if ramp.shape[0] == 1 else 1)
+    )
     canvas = ImageDraw.Draw(image)
     for _ in range(draw.randint(1, 12)):
         box = sorted(draw.randint(0, size) for _ in range(2)), sorted(draw.randint(0, size) for _ in range(2))
@@ -154,9 +174,13 @@ def unmarked_and_marked(unmarked: int, marked: int, seed: int = 2026) -> dict:
         read[kind] += 1
         false_ids[kind] += found.mark_id is not None
         if (index + 1) % 100 == 0:
-            print(f"unmarked {index + 1}/{unmarked}: false ids {sum(false_ids.values())} "
-                  f"{ {kind: f'{false_ids[kind]}/{read[kind]}' for kind in KINDS} } "
-                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"unmarked {index + 1}/{unmarked}: false ids {sum(false_ids.values())} "
+                f"{ {kind: f'{false_ids[kind]}/{read[kind]}' for kind in KINDS} } "
+                f"({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
     figures = {
         "unmarked_images": unmarked,
         "false_ids": sum(false_ids.values()),

@@ -43,8 +43,15 @@ class SleepEngine:
 def settings(db: str | None, queue: str, storage: str, task_ms: float):
     from ref2img.settings import ServerSettings
 
-    return ServerSettings(data_dir=Path(storage), db_url=db, queue_url=queue, storage=storage,
-                          engine_factory=lambda: SleepEngine(task_ms / 1000), lease_s=10, queue_limit=10**6)
+    return ServerSettings(
+        data_dir=Path(storage),
+        db_url=db,
+        queue_url=queue,
+        storage=storage,
+        engine_factory=lambda: SleepEngine(task_ms / 1000),
+        lease_s=10,
+        queue_limit=10**6,
+    )
 
 
 def run_worker(db: str, redis_url: str, storage: str, task_ms: float) -> None:
@@ -75,8 +82,16 @@ def submit(services, count: int, gap_s: float = 0.0) -> list:
     request = CreateRequest.model_validate(BODY).model_dump(mode="json")
     ids = []
     for _ in range(count):
-        task, _ = services.store.tasks.create(app_key="bench", kind="img2img", request=request, params=None,
-                                             callback=None, idempotency_key=None, timeout_s=3600, queue_limit=10**6)
+        task, _ = services.store.tasks.create(
+            app_key="bench",
+            kind="img2img",
+            request=request,
+            params=None,
+            callback=None,
+            idempotency_key=None,
+            timeout_s=3600,
+            queue_limit=10**6,
+        )
         services.queue.send(task.id)
         ids.append(task.id)
         time.sleep(gap_s)
@@ -89,8 +104,9 @@ def submit(services, count: int, gap_s: float = 0.0) -> list:
         if failed:
             raise RuntimeError(f"task {failed[0].id} ended at status {int(failed[0].status)}: {failed[0].reason}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{sum(row.status != TaskStatus.SUCCEEDED for row in rows)} tasks not done after "
-                               f"{TASK_DEADLINE_S} s")
+            raise TimeoutError(
+                f"{sum(row.status != TaskStatus.SUCCEEDED for row in rows)} tasks not done after {TASK_DEADLINE_S} s"
+            )
         time.sleep(0.05)
 
 
@@ -102,9 +118,11 @@ def measure(services, tasks: int, workers: int, task_ms: float) -> dict:
     throughput = tasks / (max(row.finished_at for row in rows) - began)
     paced = submit(services, 30, gap_s=task_ms / 1000 * 1.5 / workers)
     latencies = sorted(row.started_at - row.created_at for row in paced)
-    return {"tasks_per_s": round(throughput, 2),
-            "enqueue_to_start_p50_ms": round(1000 * statistics.median(latencies), 1),
-            "enqueue_to_start_p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)}
+    return {
+        "tasks_per_s": round(throughput, 2),
+        "enqueue_to_start_p50_ms": round(1000 * statistics.median(latencies), 1),
+        "enqueue_to_start_p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
+    }
 
 
 def fleet_row(workers: int, tasks: int, task_ms: float, postgres: str, redis_url: str) -> dict:
@@ -118,8 +136,12 @@ def fleet_row(workers: int, tasks: int, task_ms: float, postgres: str, redis_url
     db = f"{postgres}?options=-csearch_path%3D{schema}"
     storage = tempfile.mkdtemp(prefix="ref2img-scale-")
     api = Services(settings(db, redis_url, storage, task_ms))  # the API node's side, in this process
-    processes = [subprocess.Popen([sys.executable, __file__, "--worker", db, redis_url, storage, str(task_ms)],
-                                  stderr=subprocess.DEVNULL) for _ in range(workers)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker", db, redis_url, storage, str(task_ms)], stderr=subprocess.DEVNULL
+        )
+        for _ in range(workers)
+    ]
     try:
         deadline = time.monotonic() + 60
         while len(api.store.fleet.alive(within_s=30)) < workers and time.monotonic() < deadline:
@@ -152,8 +174,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--task-ms", type=float, default=200.0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--postgres", default="postgresql+psycopg://root@127.0.0.1:5432/test",
-                        help="a PostgreSQL database to make a temporary schema in")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql+psycopg://root@127.0.0.1:5432/test",
+        help="a PostgreSQL database to make a temporary schema in",
+    )
     parser.add_argument("--redis", default=None, help="a Redis to use (default: start one of our own)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -167,7 +192,8 @@ def main() -> None:
             if own_redis:  # ours alone: each row starts from an empty broker
                 redis.Redis.from_url(redis_url).flushdb()
             results[f"Redis + PostgreSQL, {count} worker{'s' if count > 1 else ''}"] = fleet_row(
-                count, args.tasks, args.task_ms, args.postgres, redis_url)
+                count, args.tasks, args.task_ms, args.postgres, redis_url
+            )
     finally:
         if own_redis:
             own_redis[0].kill()
@@ -179,8 +205,10 @@ def main() -> None:
     print(f"{'setup':32} {'tasks/s':>8} {'vs 1 worker':>12} {'p50 ms':>8} {'p99 ms':>8}")
     for name, figures in results.items():
         ratio = f"{figures['tasks_per_s'] / base:.2f}x" if base and "PostgreSQL" in name else ""
-        print(f"{name:32} {figures['tasks_per_s']:>8} {ratio:>12} {figures['enqueue_to_start_p50_ms']:>8} "
-              f"{figures['enqueue_to_start_p99_ms']:>8}")
+        print(
+            f"{name:32} {figures['tasks_per_s']:>8} {ratio:>12} {figures['enqueue_to_start_p50_ms']:>8} "
+            f"{figures['enqueue_to_start_p99_ms']:>8}"
+        )
 
 
 def start_redis() -> tuple[subprocess.Popen, str]:
@@ -192,9 +220,22 @@ def start_redis() -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", tempfile.mkdtemp(prefix="ref2img-scale-redis-")],
-                               stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tempfile.mkdtemp(prefix="ref2img-scale-redis-"),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             redis.Redis(port=port).ping()

@@ -55,8 +55,13 @@ def serve_ref2img(port: int, data_dir: str, workers: int) -> None:
 
     from ref2img.server import ServerSettings, create_app
 
-    settings = ServerSettings(data_dir=Path(data_dir), engine_factory=NoopEngine, workers=workers,
-                              queue_limit=1_000_000, public_url=f"http://127.0.0.1:{port}")
+    settings = ServerSettings(
+        data_dir=Path(data_dir),
+        engine_factory=NoopEngine,
+        workers=workers,
+        queue_limit=1_000_000,
+        public_url=f"http://127.0.0.1:{port}",
+    )
     uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -87,6 +92,7 @@ async def load(url: str, body: dict, headers: dict, concurrency: int, seconds: f
     headers = {**headers, "Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
+
         async def worker() -> None:
             nonlocal errors
             while time.perf_counter() < stop_at:
@@ -101,10 +107,13 @@ async def load(url: str, body: dict, headers: dict, concurrency: int, seconds: f
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
     latencies.sort()
-    return {"requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(1000 * statistics.median(latencies), 2),
-            "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
-            "requests": len(latencies), "errors": errors}
+    return {
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(1000 * statistics.median(latencies), 2),
+        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+        "requests": len(latencies),
+        "errors": errors,
+    }
 
 
 def start(args: list[str], port: int) -> subprocess.Popen:
@@ -150,8 +159,14 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="ref2img-bench-")
     key = create_key(Store(f"sqlite:///{data_dir}/ref2img.db"))
     headers = {"X-App-Key": key.app_key, "Authorization": basic_token(key.app_key, key.app_secret)}
-    create_body = {"prompt": "bench", "reference_image": tiny_png_uri(), "control_type": "0", "width": 512,
-                   "height": 512, "batch_size": 1}
+    create_body = {
+        "prompt": "bench",
+        "reference_image": tiny_png_uri(),
+        "control_type": "0",
+        "width": 512,
+        "height": 512,
+        "batch_size": 1,
+    }
 
     ours_port, bare_port = free_port(), free_port()
     ours = start(["--serve-ref2img", str(ours_port), data_dir, str(args.workers)], ours_port)
@@ -159,16 +174,25 @@ def main() -> None:
     results: dict = {"ceiling": {}, "create": {}, "query": {}}
     try:
         base = f"http://127.0.0.1:{ours_port}"
-        task_id = httpx.post(f"{base}/v1/open/capacity/application/tm_reference_img2img", json=create_body,
-                             headers=headers).json()["data"]["task_id"]
+        task_id = httpx.post(
+            f"{base}/v1/open/capacity/application/tm_reference_img2img", json=create_body, headers=headers
+        ).json()["data"]["task_id"]
         for concurrency in args.concurrency:
-            results["ceiling"][concurrency] = asyncio.run(load(
-                f"http://127.0.0.1:{bare_port}/json", {"task_id": task_id}, {}, concurrency, args.seconds))
-            results["query"][concurrency] = asyncio.run(load(
-                f"{base}/v1/open/pub/task", {"task_id": task_id}, headers, concurrency, args.seconds))
-            results["create"][concurrency] = asyncio.run(load(
-                f"{base}/v1/open/capacity/application/tm_reference_img2img", create_body, headers, concurrency,
-                args.seconds))
+            results["ceiling"][concurrency] = asyncio.run(
+                load(f"http://127.0.0.1:{bare_port}/json", {"task_id": task_id}, {}, concurrency, args.seconds)
+            )
+            results["query"][concurrency] = asyncio.run(
+                load(f"{base}/v1/open/pub/task", {"task_id": task_id}, headers, concurrency, args.seconds)
+            )
+            results["create"][concurrency] = asyncio.run(
+                load(
+                    f"{base}/v1/open/capacity/application/tm_reference_img2img",
+                    create_body,
+                    headers,
+                    concurrency,
+                    args.seconds,
+                )
+            )
             _drain(base)
         results["end_to_end"] = asyncio.run(end_to_end(base, create_body, headers, args.tasks))
         results["healthz"] = asyncio.run(healthz_under_streams(base, create_body, headers, args))
@@ -176,8 +200,12 @@ def main() -> None:
         for process in (ours, bare):
             process.terminate()
             process.wait(10)
-    results["setup"] = {"cpus": os.cpu_count(), "seconds": args.seconds, "workers": args.workers,
-                        "python": sys.version.split()[0]}
+    results["setup"] = {
+        "cpus": os.cpu_count(),
+        "seconds": args.seconds,
+        "workers": args.workers,
+        "python": sys.version.split()[0],
+    }
     report(results, args.json)
 
 
@@ -199,8 +227,9 @@ async def end_to_end(base: str, body: dict, headers: dict, tasks: int) -> dict:
 
         async def create() -> None:
             async with semaphore:
-                await client.post(f"{base}/v1/open/capacity/application/tm_reference_img2img", json=body,
-                                  headers=headers)
+                await client.post(
+                    f"{base}/v1/open/capacity/application/tm_reference_img2img", json=body, headers=headers
+                )
 
         await asyncio.gather(*(create() for _ in range(tasks)))
         while True:
@@ -218,10 +247,14 @@ async def healthz_under_streams(base: str, body: dict, headers: dict, args) -> d
     create = f"{base}/v1/open/capacity/application/tm_reference_img2img"
     async with httpx.AsyncClient(timeout=60) as client:
         alone = await sample(client, f"{base}/healthz", args.seconds)
-        held = [(await client.post(create, json={**body, "prompt": HOLD}, headers=headers)).json()["data"]["task_id"]
-                for _ in range(args.workers + args.streams)]
-        streams = [asyncio.create_task(follow(client, f"{base}/v1/tasks/{task_id}/events", headers))
-                   for task_id in held[args.workers:]]
+        held = [
+            (await client.post(create, json={**body, "prompt": HOLD}, headers=headers)).json()["data"]["task_id"]
+            for _ in range(args.workers + args.streams)
+        ]
+        streams = [
+            asyncio.create_task(follow(client, f"{base}/v1/tasks/{task_id}/events", headers))
+            for task_id in held[args.workers :]
+        ]
         await asyncio.sleep(1.5)  # every stream open and reading
         crowded = await sample(client, f"{base}/healthz", args.seconds)
         for task_id in held:
@@ -247,8 +280,10 @@ async def sample(client: httpx.AsyncClient, url: str, seconds: float) -> dict:
         latencies.append(time.perf_counter() - started)
         await asyncio.sleep(0.02)
     latencies.sort()
-    return {"p50_ms": round(1000 * statistics.median(latencies), 2),
-            "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2)}
+    return {
+        "p50_ms": round(1000 * statistics.median(latencies), 2),
+        "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+    }
 
 
 def report(results: dict, as_json: bool) -> None:
@@ -260,15 +295,21 @@ def report(results: dict, as_json: bool) -> None:
         for concurrency, figures in results[route].items():
             ceiling = results["ceiling"][concurrency]["requests_per_s"]
             ratio = f"{figures['requests_per_s'] / ceiling:.0%}" if route != "ceiling" else ""
-            print(f"{route:8} {concurrency:>7} {figures['requests_per_s']:>8} {figures['p50_ms']:>8} "
-                  f"{figures['p99_ms']:>8} {ratio:>10}")
+            print(
+                f"{route:8} {concurrency:>7} {figures['requests_per_s']:>8} {figures['p50_ms']:>8} "
+                f"{figures['p99_ms']:>8} {ratio:>10}"
+            )
     e2e = results["end_to_end"]
-    print(f"end to end: {e2e['tasks']} tasks in {e2e['seconds']} s = {e2e['tasks_per_s']} tasks/s "
-          f"({results['setup']['workers']} workers, no-op engine)")
+    print(
+        f"end to end: {e2e['tasks']} tasks in {e2e['seconds']} s = {e2e['tasks_per_s']} tasks/s "
+        f"({results['setup']['workers']} workers, no-op engine)"
+    )
     health = results["healthz"]
-    print(f"/healthz p50/p99: {health['alone']['p50_ms']}/{health['alone']['p99_ms']} ms alone, "
-          f"{health['with_streams']['p50_ms']}/{health['with_streams']['p99_ms']} ms with {health['streams']} "
-          f"SSE streams open")
+    print(
+        f"/healthz p50/p99: {health['alone']['p50_ms']}/{health['alone']['p99_ms']} ms alone, "
+        f"{health['with_streams']['p50_ms']}/{health['with_streams']['p99_ms']} ms with {health['streams']} "
+        f"SSE streams open"
+    )
 
 
 if __name__ == "__main__":

@@ -58,9 +58,15 @@ REFERENCE = data_uri(Image.new("RGB", (96, 64), (30, 110, 200)))
 
 
 def good_body(rng: random.Random) -> dict:
-    return {"prompt": "a lighthouse at dusk", "reference_image": REFERENCE, "control_type": rng.choice("023"),
-            "control_intensity": round(rng.uniform(0, 1), 2), "width": rng.choice([512, 768, 1024]),
-            "height": rng.choice([512, 768]), "batch_size": rng.choice([1, 1, 2])}
+    return {
+        "prompt": "a lighthouse at dusk",
+        "reference_image": REFERENCE,
+        "control_type": rng.choice("023"),
+        "control_intensity": round(rng.uniform(0, 1), 2),
+        "width": rng.choice([512, 768, 1024]),
+        "height": rng.choice([512, 768]),
+        "batch_size": rng.choice([1, 1, 2]),
+    }
 
 
 def bad_requests() -> list[tuple[str, dict | str, int]]:
@@ -71,8 +77,11 @@ def bad_requests() -> list[tuple[str, dict | str, int]]:
         ("width as a string", {**good, "width": "1024"}, 680001),
         ("batch over the range", {**good, "batch_size": 9}, 680001),
         ("unknown control type", {**good, "control_type": "7"}, 680001),
-        ("NaN intensity", '{"prompt": "x", "reference_image": "%s", "control_type": "0", '
-                          '"control_intensity": NaN}' % REFERENCE, 680001),
+        (
+            "NaN intensity",
+            f'{{"prompt": "x", "reference_image": "{REFERENCE}", "control_type": "0", "control_intensity": NaN}}',
+            680001,
+        ),
         ("NUL in the prompt", {**good, "prompt": "a\u0000b"}, 680001),
         ("10,000-character prompt", {**good, "prompt": "y" * 10_000}, 680001),
         ("deep nesting", "[" * 100_000 + "]" * 100_000, 680001),
@@ -101,16 +110,36 @@ class Tally:
 
 class ServerProcess:
     def __init__(self, model: Path, data_dir: Path, port: int, workers: int):
-        self.command = [sys.executable, "-m", "ref2img.cli", "serve", "--port", str(port), "--data-dir",
-                        str(data_dir), "--model", str(model), "--workers", str(workers), "--queue-limit", "10000",
-                        "--auth-failure-limit", "1000000", "--lease", "5", "--log-level", "warning"]
+        self.command = [
+            sys.executable,
+            "-m",
+            "ref2img.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--model",
+            str(model),
+            "--workers",
+            str(workers),
+            "--queue-limit",
+            "10000",
+            "--auth-failure-limit",
+            "1000000",
+            "--lease",
+            "5",
+            "--log-level",
+            "warning",
+        ]
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(data_dir.parent / "soak-server.log", "ab")
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=self.log, stderr=self.log,
-                                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        self.process = subprocess.Popen(
+            self.command, stdout=self.log, stderr=self.log, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -196,11 +225,14 @@ def client_loop(index: int, server: ServerProcess, headers: dict, until: float, 
             tally.accepted[task_id] = created
         cancel_at = created + rng.uniform(0, 2) if rng.random() < 0.15 else None
         while True:
-            if cancel_at is not None and time.monotonic() >= cancel_at:
-                if post(CANCEL, {"task_id": task_id}) is not None:
-                    cancel_at = None
-                    with tally.lock:
-                        tally.cancels += 1
+            if (
+                cancel_at is not None
+                and time.monotonic() >= cancel_at
+                and post(CANCEL, {"task_id": task_id}) is not None
+            ):
+                cancel_at = None
+                with tally.lock:
+                    tally.cancels += 1
             answer = post(QUERY, {"task_id": task_id, "wait": 1 if cancel_at else 5}, tally.poll_ms)
             if answer is None:
                 if time.monotonic() > until + 300:
@@ -248,8 +280,11 @@ def new_key(data_dir: Path) -> dict[str, str]:
         key = create_key(store, "soak")
     finally:
         store.close()
-    return {"X-App-Key": key.app_key, "Authorization": basic_token(key.app_key, key.app_secret),
-            "Content-Type": "application/json"}
+    return {
+        "X-App-Key": key.app_key,
+        "Authorization": basic_token(key.app_key, key.app_secret),
+        "Content-Type": "application/json",
+    }
 
 
 def free_port() -> int:
@@ -280,8 +315,10 @@ def main() -> None:
     tally = Tally()
     started = time.monotonic()
     until = started + args.seconds
-    clients = [threading.Thread(target=client_loop, args=(i, server, headers, until, tally), daemon=True)
-               for i in range(args.clients)]
+    clients = [
+        threading.Thread(target=client_loop, args=(i, server, headers, until, tally), daemon=True)
+        for i in range(args.clients)
+    ]
     for client in clients:
         client.start()
 
@@ -300,8 +337,14 @@ def main() -> None:
                 break
             time.sleep(0.5)
         warm = next((rss for at, rss in samples if at >= warm_at), samples[-1][1])
-        lives.append({"seconds": round(span), "rss_warm_mb": round(warm), "rss_end_mb": round(samples[-1][1]),
-                      "rss_peak_mb": round(max(rss for _, rss in samples))})
+        lives.append(
+            {
+                "seconds": round(span),
+                "rss_warm_mb": round(warm),
+                "rss_end_mb": round(samples[-1][1]),
+                "rss_peak_mb": round(max(rss for _, rss in samples)),
+            }
+        )
 
     watch_life(started + args.seconds / 2)
     server.kill()  # SIGKILL mid-run: tasks queued and running at this moment must still end
@@ -317,27 +360,46 @@ def main() -> None:
     ended = Counter(STATUS_NAMES[status] for status in tally.finals.values())
     lost = [task_id for task_id in tally.accepted if task_id not in tally.finals]
     figures = {
-        "clients": args.clients, "seconds": args.seconds, "workers": args.workers,
-        "accepted": len(tally.accepted), "ended": dict(ended), "lost": len(lost),
-        "cancel_requests": tally.cancels, "busy_answers": tally.busy,
-        "bad_inputs_sent": tally.bad_sent, "bad_inputs_misanswered": len(tally.bad_misanswered),
-        "server_errors": len(tally.server_errors), "unreachable_during_restart": tally.unreachable,
-        "restart_s": round(restart_s, 1), "lives": lives,
-        "create_ms": {"p50": round(percentile(tally.create_ms, 50), 1), "p99": round(percentile(tally.create_ms, 99), 1)},
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "workers": args.workers,
+        "accepted": len(tally.accepted),
+        "ended": dict(ended),
+        "lost": len(lost),
+        "cancel_requests": tally.cancels,
+        "busy_answers": tally.busy,
+        "bad_inputs_sent": tally.bad_sent,
+        "bad_inputs_misanswered": len(tally.bad_misanswered),
+        "server_errors": len(tally.server_errors),
+        "unreachable_during_restart": tally.unreachable,
+        "restart_s": round(restart_s, 1),
+        "lives": lives,
+        "create_ms": {
+            "p50": round(percentile(tally.create_ms, 50), 1),
+            "p99": round(percentile(tally.create_ms, 99), 1),
+        },
         "poll_ms": {"p50": round(percentile(tally.poll_ms, 50), 1), "p99": round(percentile(tally.poll_ms, 99), 1)},
         "task_s": {"p50": round(percentile(tally.task_s, 50), 2), "p99": round(percentile(tally.task_s, 99), 2)},
     }
-    print(f"soak: {args.clients} clients, {args.seconds:.0f} s, server SIGKILLed and restarted at half-time "
-          f"(back in {restart_s:.1f} s)")
+    print(
+        f"soak: {args.clients} clients, {args.seconds:.0f} s, server SIGKILLed and restarted at half-time "
+        f"(back in {restart_s:.1f} s)"
+    )
     print(f"  accepted {figures['accepted']}  ended {dict(ended)}  LOST {len(lost)}")
-    print(f"  bad inputs {tally.bad_sent} (misanswered {len(tally.bad_misanswered)})  5xx/non-envelope "
-          f"{len(tally.server_errors)}  busy {tally.busy}  unreachable during restart {tally.unreachable}")
+    print(
+        f"  bad inputs {tally.bad_sent} (misanswered {len(tally.bad_misanswered)})  5xx/non-envelope "
+        f"{len(tally.server_errors)}  busy {tally.busy}  unreachable during restart {tally.unreachable}"
+    )
     for number, life in enumerate(lives, 1):
-        print(f"  server life {number}: {life['seconds']} s, RSS {life['rss_warm_mb']} MB after warm-up -> "
-              f"{life['rss_end_mb']} MB at the end (peak {life['rss_peak_mb']} MB)")
-    print(f"  create p50 {figures['create_ms']['p50']} ms p99 {figures['create_ms']['p99']} ms; "
-          f"long-poll p50 {figures['poll_ms']['p50']} ms p99 {figures['poll_ms']['p99']} ms; "
-          f"task p50 {figures['task_s']['p50']} s p99 {figures['task_s']['p99']} s")
+        print(
+            f"  server life {number}: {life['seconds']} s, RSS {life['rss_warm_mb']} MB after warm-up -> "
+            f"{life['rss_end_mb']} MB at the end (peak {life['rss_peak_mb']} MB)"
+        )
+    print(
+        f"  create p50 {figures['create_ms']['p50']} ms p99 {figures['create_ms']['p99']} ms; "
+        f"long-poll p50 {figures['poll_ms']['p50']} ms p99 {figures['poll_ms']['p99']} ms; "
+        f"task p50 {figures['task_s']['p50']} s p99 {figures['task_s']['p99']} s"
+    )
     for problem in (tally.server_errors + tally.bad_misanswered)[:10]:
         print(f"  ! {problem}")
     for task_id in lost[:10]:

@@ -78,9 +78,24 @@ class RedisServer:
         import redis
 
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--logfile", str(self.directory / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_until(lambda: redis.Redis(port=self.port).ping(), f"redis-server on port {self.port}")
 
     def stop(self) -> None:
@@ -94,8 +109,9 @@ class PostgresDatabase:
 
     def __init__(self):
         self.cluster: Path | None = None
-        server = os.environ.get("REF2IMG_TEST_POSTGRES",
-                                f"postgresql+psycopg://{getpass.getuser()}@127.0.0.1:5432/postgres")
+        server = os.environ.get(
+            "REF2IMG_TEST_POSTGRES", f"postgresql+psycopg://{getpass.getuser()}@127.0.0.1:5432/postgres"
+        )
         if not _answers(server):
             # Not under pytest's temp folders: those are private to this user, and the cluster's
             # owner must reach it.
@@ -108,8 +124,11 @@ class PostgresDatabase:
     def drop(self) -> None:
         self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
         if self.cluster is not None:
-            subprocess.run(self._as_owner(binary("pg_ctl"), "-D", str(self.cluster / "data"), "-m", "immediate",
-                                          "stop"), capture_output=True, timeout=60)
+            subprocess.run(
+                self._as_owner(binary("pg_ctl"), "-D", str(self.cluster / "data"), "-m", "immediate", "stop"),
+                capture_output=True,
+                timeout=60,
+            )
             shutil.rmtree(self.cluster, ignore_errors=True)
 
     def _admin(self, statement: str) -> None:

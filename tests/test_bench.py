@@ -16,12 +16,25 @@ pytestmark = pytest.mark.slow  # minutes long: CI runs it; `pytest -m "not slow"
 def test_gpu_check_smoke(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "MODELS": str(tmp_path / "models"), "PY": sys.executable}
-    run = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--smoke"], capture_output=True, text=True,
-                         timeout=1200, cwd=ROOT, env=env)
+    run = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+        env=env,
+    )
     log = run.stdout[-4000:] + run.stderr[-2000:]
     assert run.returncode == 0, log
-    assert sorted(path.name for path in out.iterdir()) == ["cold-start.json", "log.txt", "modes.json", "presets.json",
-                                                           "speed.json", "zimage-capped.json", "zimage-modes.json"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "cold-start.json",
+        "log.txt",
+        "modes.json",
+        "presets.json",
+        "speed.json",
+        "zimage-capped.json",
+        "zimage-modes.json",
+    ]
     assert "skipped" not in log
 
     modes = json.loads((out / "modes.json").read_text())
@@ -35,16 +48,48 @@ def test_gpu_check_smoke(tmp_path):
     # zimage-offload, zimage-subject, zimage-levers, zimage-speed4, speed, speed4, offload, levers, controls, lora,
     # approximations, intensity1, families (2): issue 39's priority order
     assert [(run["setup"]["arch"], run["setup"]["batches"]) for run in runs] == [
-        ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-zimage", "1"), ("tiny-zimage", "2"),
-        ("tiny-sdxl", "1"), ("tiny-sdxl", "2"), ("tiny-sdxl", "1"),
-        ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"), ("tiny-sdxl", "1"),
-        ("tiny-sdxl", "1"), ("tiny", "1")]
+        ("tiny-zimage", "1"),
+        ("tiny-zimage", "1"),
+        ("tiny-zimage", "1"),
+        ("tiny-zimage", "2"),
+        ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "2"),
+        ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "1"),
+        ("tiny-sdxl", "1"),
+        ("tiny", "1"),
+    ]
     assert not [row for run in runs for row in run["rows"] if "error" in row], log
-    _, subject, zimage_speed, zimage_speed4, speed, speed4, offload, levers, controls, lora, approximations, \
-        intensity1 = runs[:12]
+    (
+        _,
+        subject,
+        zimage_speed,
+        zimage_speed4,
+        speed,
+        speed4,
+        offload,
+        levers,
+        controls,
+        lora,
+        approximations,
+        intensity1,
+    ) = runs[:12]
     rows = {(row["batch"], row["lever"]): row for row in speed["rows"] + speed4["rows"]}
-    assert set(rows) == {(1, "diffusers"), (1, "off"), (1, "skip-idle-controlnet"), (1, "exact"), (1, "fuse-qkv"),
-                         (1, "previews"), (2, "diffusers"), (2, "off"), (2, "fuse-qkv")}, log
+    assert set(rows) == {
+        (1, "diffusers"),
+        (1, "off"),
+        (1, "skip-idle-controlnet"),
+        (1, "exact"),
+        (1, "fuse-qkv"),
+        (1, "previews"),
+        (2, "diffusers"),
+        (2, "off"),
+        (2, "fuse-qkv"),
+    }, log
     for lever in ("skip-idle-controlnet", "exact", "previews"):  # exact levers; a preview changes no pixel
         assert rows[(1, lever)]["drift"]["max"] == 0 and rows[(1, lever)]["drift_class"] == "exact", lever
         assert rows[(1, lever)]["drift_within_tolerance"] is True
@@ -59,7 +104,9 @@ def test_gpu_check_smoke(tmp_path):
     assert profile["host_s_per_step"] > 0 and profile["trace"].endswith(".json.gz")
     zimage_rows = {row["lever"]: row for row in zimage_speed["rows"]}
     assert set(zimage_rows) == {"diffusers", "off", "step-cache"} and zimage_rows["off"]["drift"]["max"] == 0, log
-    assert zimage_rows["step-cache"]["drift_class"] == "output-changing" and zimage_rows["step-cache"]["vs_diffusers"] > 0
+    assert (
+        zimage_rows["step-cache"]["drift_class"] == "output-changing" and zimage_rows["step-cache"]["vs_diffusers"] > 0
+    )
     assert {row["lever"] for row in zimage_speed4["rows"]} == {"diffusers", "off"}
     subject_rows = {row["lever"]: row for row in subject["rows"]}  # FLUX.2 klein against plain Flux2KleinPipeline
     assert subject["setup"]["mode"] == "subject"
@@ -92,8 +139,13 @@ def test_gpu_check_smoke(tmp_path):
 
 
 def test_client_bench_smoke():
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "client.py"), "--durations", "0.5", "--tasks", "1",
-                          "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "client.py"), "--durations", "0.5", "--tasks", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     assert set(figures) == {"ref2img long-poll", "cloud, SDK plan", "cloud, fixed 10 s"}
@@ -104,20 +156,57 @@ def test_client_bench_smoke():
 
 
 def test_scale_bench_smoke(postgres_url):
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--tasks", "4", "--task-ms", "20",
-                          "--workers", "1", "2", "--postgres", postgres_url, "--json"],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "scale.py"),
+            "--tasks",
+            "4",
+            "--task-ms",
+            "20",
+            "--workers",
+            "1",
+            "2",
+            "--postgres",
+            postgres_url,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
-    assert set(figures) == {"embedded (SQLite, 1 worker)", "Redis + PostgreSQL, 1 worker",
-                            "Redis + PostgreSQL, 2 workers"}
+    assert set(figures) == {
+        "embedded (SQLite, 1 worker)",
+        "Redis + PostgreSQL, 1 worker",
+        "Redis + PostgreSQL, 2 workers",
+    }
     assert all(row["tasks_per_s"] > 0 and row["enqueue_to_start_p99_ms"] >= 0 for row in figures.values())
 
 
 def test_server_bench_smoke():
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "server.py"), "--seconds", "0.5", "--concurrency", "1",
-                          "4", "--tasks", "20", "--streams", "5", "--json"], capture_output=True, text=True, timeout=300,
-                         cwd=ROOT)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "server.py"),
+            "--seconds",
+            "0.5",
+            "--concurrency",
+            "1",
+            "4",
+            "--tasks",
+            "20",
+            "--streams",
+            "5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     assert figures, run.stdout
@@ -126,8 +215,9 @@ def test_server_bench_smoke():
 
 def test_provenance_bench_smoke():
     pytest.importorskip("c2pa")
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "provenance.py"), "--smoke"], capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "provenance.py"), "--smoke"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     figures = json.loads(run.stdout.splitlines()[-1])
     assert figures["images"] == 1 and figures["detection_rate"]["none"] == 1.0
@@ -135,8 +225,12 @@ def test_provenance_bench_smoke():
 
 def test_provenance_bench_false_id_smoke():
     """`--unmarked N --marked M`, the false-id and true-positive measure, on one image of each."""
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "provenance.py"), "--unmarked", "1", "--marked", "1"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "provenance.py"), "--unmarked", "1", "--marked", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     figures = json.loads(run.stdout.splitlines()[-1])
     assert figures["unmarked_images"] == 1 and figures["false_ids"] == 0
@@ -144,8 +238,23 @@ def test_provenance_bench_false_id_smoke():
 
 
 def test_inline_memory_bench_smoke():
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "inline_memory.py"), "--rounds", "1", "--parallel", "2",
-                          "--mb", "2", "--settle", "0"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "inline_memory.py"),
+            "--rounds",
+            "1",
+            "--parallel",
+            "2",
+            "--mb",
+            "2",
+            "--settle",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(run.stdout.splitlines()[-1])
     assert figures["tasks"] == [2] and len(figures["rss_mb"]) == 2 and figures["rss_mb"][1] > 0

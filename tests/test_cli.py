@@ -27,14 +27,33 @@ def photo(tmp_path_factory, astronaut) -> Path:
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "ref2img.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    )
 
 
 @pytest.mark.slow
 def test_generate_main_job_as_a_process(tiny_sd15, photo, tmp_path):
-    result = run_cli("generate", str(photo), "an astronaut on mars", "--control", "pose", "--model", str(tiny_sd15),
-                     "-W", "1000", "-H", "600", "--batch", "2", "--seed", "7", "--out", str(tmp_path), "--json")
+    result = run_cli(
+        "generate",
+        str(photo),
+        "an astronaut on mars",
+        "--control",
+        "pose",
+        "--model",
+        str(tiny_sd15),
+        "-W",
+        "1000",
+        "-H",
+        "600",
+        "--batch",
+        "2",
+        "--seed",
+        "7",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["seeds"] == [7, 8]
@@ -64,12 +83,39 @@ def test_models_tiny_for_every_family_and_an_unknown_one(tmp_path, photo):
     assert built.exit_code == 0, built.output
     [entry] = json.loads(runner.invoke(app, ["models", "list", str(tmp_path / "z"), "--json"]).stdout)
     assert entry["family"] == "zimage" and entry["ready"] is True
-    assert {p["part"] for p in entry["parts"]} == {"base", "controlnet.union", "extra.controlnet_config",
-                                                   "extra.subject_base", "depth_estimator", "pose_detector",
-                                                   "pose_estimator", "subject_segmenter"}
-    made = runner.invoke(app, ["generate", str(photo), "a lighthouse", "--model", str(tmp_path / "z"), "-c", "depth",
-                               "-W", "512", "-H", "640", "-n", "2", "--seed", "5", "--out", str(tmp_path / "out"),
-                               "--json"])
+    assert {p["part"] for p in entry["parts"]} == {
+        "base",
+        "controlnet.union",
+        "extra.controlnet_config",
+        "extra.subject_base",
+        "depth_estimator",
+        "pose_detector",
+        "pose_estimator",
+        "subject_segmenter",
+    }
+    made = runner.invoke(
+        app,
+        [
+            "generate",
+            str(photo),
+            "a lighthouse",
+            "--model",
+            str(tmp_path / "z"),
+            "-c",
+            "depth",
+            "-W",
+            "512",
+            "-H",
+            "640",
+            "-n",
+            "2",
+            "--seed",
+            "5",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+    )
     assert made.exit_code == 0, made.output
     record = json.loads(made.stdout)
     assert record["preset"] == "tiny-zimage" and record["seeds"] == [5, 6] and len(record["images"]) == 2
@@ -110,8 +156,9 @@ def test_unreadable_image(tiny_sd15, tmp_path):
 
 
 def test_missing_model_says_how_to_get_it(photo, tmp_path):
-    result = runner.invoke(app, ["generate", str(photo), "a prompt", "--model", "sd15", "--device", "cpu",
-                                 "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["generate", str(photo), "a prompt", "--model", "sd15", "--device", "cpu", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 1
     assert "ref2img models pull sd15" in result.stderr
     assert "Traceback" not in result.output and not list(tmp_path.iterdir())
@@ -125,13 +172,15 @@ def test_pull_offline_is_one_clear_line():
 
 def test_recognize_writes_the_map(tiny_sd15, photo, tmp_path):
     target = tmp_path / "maps" / "depth.png"
-    result = runner.invoke(app, ["recognize", str(photo), "--control", "depth", "--model", str(tiny_sd15),
-                                 "--out", str(target)])
+    result = runner.invoke(
+        app, ["recognize", str(photo), "--control", "depth", "--model", str(tiny_sd15), "--out", str(target)]
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(target).size == (512, 512)
     mask = tmp_path / "maps" / "subject.png"  # the subject's mask, at the photo's size
-    result = runner.invoke(app, ["recognize", str(photo), "--control", "subject", "--model", str(tiny_sd15),
-                                 "--out", str(mask)])
+    result = runner.invoke(
+        app, ["recognize", str(photo), "--control", "subject", "--model", str(tiny_sd15), "--out", str(mask)]
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(mask).size == Image.open(photo).size
 
@@ -139,9 +188,31 @@ def test_recognize_writes_the_map(tiny_sd15, photo, tmp_path):
 def test_several_controls_and_the_subject_from_the_command_line(tiny_sd15, photo, tmp_path):
     depth = tmp_path / "depth.png"
     Image.new("RGB", (512, 512), (80, 80, 80)).save(depth)
-    made = runner.invoke(app, ["generate", str(photo), "a statue", "-c", "subject", "-c", "pose", "-c",
-                               f"depth=map:{depth}:0.4", "--model", str(tiny_sd15), "--steps", "2", "-W", "512",
-                               "-H", "512", "--out", str(tmp_path / "out"), "--json"])
+    made = runner.invoke(
+        app,
+        [
+            "generate",
+            str(photo),
+            "a statue",
+            "-c",
+            "subject",
+            "-c",
+            "pose",
+            "-c",
+            f"depth=map:{depth}:0.4",
+            "--model",
+            str(tiny_sd15),
+            "--steps",
+            "2",
+            "-W",
+            "512",
+            "-H",
+            "512",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+    )
     assert made.exit_code == 0, made.output
     record = json.loads(made.stdout)
     assert record["request"]["control_type"] == "2"
@@ -162,8 +233,23 @@ def test_repaint_in_process_keeps_the_unmasked_pixels_and_checks_the_mask(tiny_s
     painted = Image.new("L", (512, 512), 0)
     ImageDraw.Draw(painted).ellipse((150, 100, 350, 300), fill=255)
     painted.save(mask)
-    made = runner.invoke(app, ["repaint", str(image), "a golden helmet", "--mask", str(mask), "--model",
-                               str(tiny_sd15), "--part", "steps=2", "--out", str(tmp_path / "out"), "--json"])
+    made = runner.invoke(
+        app,
+        [
+            "repaint",
+            str(image),
+            "a golden helmet",
+            "--mask",
+            str(mask),
+            "--model",
+            str(tiny_sd15),
+            "--part",
+            "steps=2",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+    )
     assert made.exit_code == 0, made.output
     record = json.loads(made.stdout)
     outside = np.asarray(painted) <= 127
@@ -184,10 +270,29 @@ def test_control_map_and_init_from_an_http_url(tiny_sd15, photo, tmp_path, coffe
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}"
     try:
-        result = runner.invoke(app, [
-            "generate", f"{base}/ref.png", "a prompt", "-c", "depth", "--init", f"{base}/coffee.jpg",
-            "--control-map", str(photo), "--model", str(tiny_sd15), "-W", "640", "-H", "512",
-            "--out", str(tmp_path / "out"), "--json"])
+        result = runner.invoke(
+            app,
+            [
+                "generate",
+                f"{base}/ref.png",
+                "a prompt",
+                "-c",
+                "depth",
+                "--init",
+                f"{base}/coffee.jpg",
+                "--control-map",
+                str(photo),
+                "--model",
+                str(tiny_sd15),
+                "-W",
+                "640",
+                "-H",
+                "512",
+                "--out",
+                str(tmp_path / "out"),
+                "--json",
+            ],
+        )
         missing = runner.invoke(app, ["generate", f"{base}/nope.png", "a prompt", "--model", str(tiny_sd15)])
     finally:
         server.shutdown()
@@ -199,14 +304,17 @@ def test_control_map_and_init_from_an_http_url(tiny_sd15, photo, tmp_path, coffe
 
 
 def test_control_map_is_refused_in_subject_mode(tiny_sd15, photo):
-    result = runner.invoke(app, ["generate", str(photo), "p", "-c", "subject", "--control-map", str(photo),
-                                 "--model", str(tiny_sd15)])
+    result = runner.invoke(
+        app, ["generate", str(photo), "p", "-c", "subject", "--control-map", str(photo), "--model", str(tiny_sd15)]
+    )
     assert result.exit_code == 2 and "subject mode" in result.stderr
 
 
 def test_sdk_imports_without_torch():
-    code = ("import sys, ref2img, ref2img.cli, ref2img.images, ref2img.lifecycle, ref2img.mcp_server.local; "
-            "print([m for m in ('torch', 'diffusers', 'fastapi', 'sqlalchemy') if m in sys.modules])")
+    code = (
+        "import sys, ref2img, ref2img.cli, ref2img.images, ref2img.lifecycle, ref2img.mcp_server.local; "
+        "print([m for m in ('torch', 'diffusers', 'fastapi', 'sqlalchemy') if m in sys.modules])"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
 
@@ -218,8 +326,16 @@ def test_keys_create_list_revoke(tmp_path):
     assert key["app_key"].startswith("ak_") and key["app_secret"].startswith("sk_")
     assert key["api_key"] == f"{key['app_key']}:{key['app_secret']}"  # the OpenAI routes' Bearer token
     listed = json.loads(runner.invoke(app, ["keys", "list", "--data-dir", str(tmp_path), "--json"]).stdout)
-    assert listed == [{"app_key": key["app_key"], "name": "ci", "created": listed[0]["created"], "revoked": False,
-                       "max_concurrent": None, "per_minute": None}]
+    assert listed == [
+        {
+            "app_key": key["app_key"],
+            "name": "ci",
+            "created": listed[0]["created"],
+            "revoked": False,
+            "max_concurrent": None,
+            "per_minute": None,
+        }
+    ]
     stored = b"".join(path.read_bytes() for path in tmp_path.iterdir() if path.is_file())  # db, -wal, -shm
     assert key["app_secret"].encode() not in stored and key["app_key"].encode() in stored  # only a hash
     assert runner.invoke(app, ["keys", "revoke", key["app_key"], "--data-dir", str(tmp_path)]).exit_code == 0
@@ -228,8 +344,25 @@ def test_keys_create_list_revoke(tmp_path):
 
 
 def test_dtype_flag_and_the_dtypes_in_the_run_record(tiny_sdxl, photo, tmp_path):
-    result = runner.invoke(app, ["generate", str(photo), "a prompt", "-c", "depth", "--model", str(tiny_sdxl),
-                                 "--dtype", "bfloat16", "--steps", "2", "--out", str(tmp_path), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            str(photo),
+            "a prompt",
+            "-c",
+            "depth",
+            "--model",
+            str(tiny_sdxl),
+            "--dtype",
+            "bfloat16",
+            "--steps",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["dtype"] == "bfloat16" and record["offload"] == "none" and record["compile"] == "none"
@@ -239,11 +372,17 @@ def test_dtype_flag_and_the_dtypes_in_the_run_record(tiny_sdxl, photo, tmp_path)
     assert set(dtypes.values()) == {"bfloat16"}
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--dtype", "half"], "'half' is not one of 'float32', 'float16', 'bfloat16'"),
-    (["--offload", "model", "--device", "cpu"], "--offload model: offloading moves weights between the CPU and a GPU"),
-    (["--compile", "always"], "'always' is not one of 'none', 'regional', 'full'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dtype", "half"], "'half' is not one of 'float32', 'float16', 'bfloat16'"),
+        (
+            ["--offload", "model", "--device", "cpu"],
+            "--offload model: offloading moves weights between the CPU and a GPU",
+        ),
+        (["--compile", "always"], "'always' is not one of 'none', 'regional', 'full'"),
+    ],
+)
 def test_bad_engine_flags_exit_2(tiny_sd15, photo, args, message):
     result = runner.invoke(app, ["generate", str(photo), "a prompt", "--model", str(tiny_sd15), *args])
     assert result.exit_code == 2, result.output
@@ -260,8 +399,9 @@ def test_server_settings_reach_the_engine(tiny_sd15, tmp_path):
     from ref2img.settings import ServerSettings
     from ref2img.tasks.execution.engine_provider import local_engine_factory
 
-    engine = local_engine_factory(ServerSettings(data_dir=tmp_path, model=str(tiny_sd15), device="cpu",
-                                                 dtype="bfloat16"))()
+    engine = local_engine_factory(
+        ServerSettings(data_dir=tmp_path, model=str(tiny_sd15), device="cpu", dtype="bfloat16")
+    )()
     assert engine.placement.dtype_name == "bfloat16"
     assert set(engine.component_dtypes().values()) == {"bfloat16"}
 
@@ -274,17 +414,21 @@ def test_version():
 
 
 def test_unknown_model_is_bad_input_and_torch_never_loads(photo):
-    code = ("import sys; from typer.testing import CliRunner; from ref2img.cli import app; "
-            f"r = CliRunner().invoke(app, ['generate', {str(photo)!r}, 'p', '--model', 'nosuch']); "
-            "print(r.exit_code, 'torch' in sys.modules); print(r.stderr, file=sys.stderr)")
+    code = (
+        "import sys; from typer.testing import CliRunner; from ref2img.cli import app; "
+        f"r = CliRunner().invoke(app, ['generate', {str(photo)!r}, 'p', '--model', 'nosuch']); "
+        "print(r.exit_code, 'torch' in sys.modules); print(r.stderr, file=sys.stderr)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["2", "False"], result.stderr
     assert "--model: unknown model 'nosuch'" in result.stderr and "ref2img models tiny DIR" in result.stderr
 
 
 def test_keys_create_env_feeds_the_sdk_variables(tmp_path):
-    script = (f'eval "$({sys.executable} -m ref2img.cli keys create --env --data-dir {tmp_path})"; '
-              'echo "$REF2IMG_APP_KEY $REF2IMG_APP_SECRET"')
+    script = (
+        f'eval "$({sys.executable} -m ref2img.cli keys create --env --data-dir {tmp_path})"; '
+        'echo "$REF2IMG_APP_KEY $REF2IMG_APP_SECRET"'
+    )
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     app_key, app_secret = result.stdout.split()
     assert app_key.startswith("ak_") and app_secret.startswith("sk_"), result.stderr
@@ -294,8 +438,23 @@ def test_keys_create_env_feeds_the_sdk_variables(tmp_path):
 
 @pytest.mark.parametrize("mode", ["pose", "edge", "subject"])
 def test_the_control_map_is_saved_beside_the_images(tiny_sd15, photo, tmp_path, mode):
-    result = runner.invoke(app, ["generate", str(photo), "p", "-c", mode, "--model", str(tiny_sd15), "--steps", "1",
-                                 "--out", str(tmp_path), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            str(photo),
+            "p",
+            "-c",
+            mode,
+            "--model",
+            str(tiny_sd15),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     if mode == "subject":
@@ -318,8 +477,10 @@ def test_help_reads_like_a_finished_tool(command):
 
 
 def test_without_a_terminal_progress_comes_in_plain_lines(tiny_sd15, photo, tmp_path):
-    result = runner.invoke(app, ["generate", str(photo), "p", "-c", "edge", "--model", str(tiny_sd15), "--steps", "3",
-                                 "--out", str(tmp_path)])
+    result = runner.invoke(
+        app,
+        ["generate", str(photo), "p", "-c", "edge", "--model", str(tiny_sd15), "--steps", "3", "--out", str(tmp_path)],
+    )
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     assert any(line.startswith("loaded base from ") for line in lines), result.stderr  # each part as it loads
@@ -328,8 +489,23 @@ def test_without_a_terminal_progress_comes_in_plain_lines(tiny_sd15, photo, tmp_
 
 
 def test_steps_and_guidance_travel_in_the_request(tiny_sd15, photo, tmp_path):
-    result = runner.invoke(app, ["generate", str(photo), "p", "--model", str(tiny_sd15), "--steps", "2",
-                                 "--guidance", "3", "--out", str(tmp_path), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            str(photo),
+            "p",
+            "--model",
+            str(tiny_sd15),
+            "--steps",
+            "2",
+            "--guidance",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["request"]["steps"] == 2 and record["request"]["guidance_scale"] == 3.0 and record["steps"] == 2
@@ -344,10 +520,25 @@ def test_a_lora_by_name_from_a_folder(tiny_sd15, photo, tmp_path):
     folder = tmp_path / "loras"
     folder.mkdir()
     shutil.copy(tiny_sd15 / "lora" / "pytorch_lora_weights.safetensors", folder / "style.safetensors")
-    common = ["generate", str(photo), "p", "--model", str(tiny_sd15), "--steps", "1", "--lora-dir", str(folder),
-              "--out", str(tmp_path / "out"), "--json"]
+    common = [
+        "generate",
+        str(photo),
+        "p",
+        "--model",
+        str(tiny_sd15),
+        "--steps",
+        "1",
+        "--lora-dir",
+        str(folder),
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+    ]
     result = runner.invoke(app, [*common, "--lora", "style:0.7"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["request"]["loras"] == [{"name": "style", "weight": 0.7}]
     unknown = runner.invoke(app, [*common, "--lora", "nope"])
-    assert unknown.exit_code == 2 and "--lora #1, name: 'nope' is not a LoRA of this server; it has style" in unknown.stderr
+    assert (
+        unknown.exit_code == 2
+        and "--lora #1, name: 'nope' is not a LoRA of this server; it has style" in unknown.stderr
+    )

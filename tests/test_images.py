@@ -19,6 +19,7 @@ def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims width×height but carries almost no data (a decompression bomb's header)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -73,7 +74,7 @@ def test_transparency_becomes_white():
 
 
 def test_sixteen_bit_greyscale_keeps_its_range():
-    ramp = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)
+    ramp = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16
     decoded = np.asarray(decode_image(encode(Image.fromarray(ramp))))
     assert decoded.min() == 0 and decoded.max() >= 250
 
@@ -101,7 +102,7 @@ def frames(fmt: str) -> bytes:
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
 def test_animations_give_their_first_frame(fmt):
     assert Image.open(io.BytesIO(frames(fmt))).n_frames == 2
-    red, green, blue = decode_image(frames(fmt)).getpixel((16, 16))
+    red, _green, blue = decode_image(frames(fmt)).getpixel((16, 16))
     assert red > 200 and blue < 50
 
 
@@ -121,8 +122,10 @@ def test_palette_and_bilevel_images_become_rgb():
     assert decode_image(encode(transparent)).getpixel((1, 1)) == (255, 255, 255)
 
 
-@pytest.mark.parametrize(("size", "message"), [
-    ((1, 1), "too small"), ((15, 400), "too small"), ((10000, 100), "too narrow"), ((100, 1500), "too narrow")])
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [((1, 1), "too small"), ((15, 400), "too small"), ((10000, 100), "too narrow"), ((100, 1500), "too narrow")],
+)
 def test_extreme_shapes_are_refused_from_the_header(size, message):
     data = encode(Image.new("RGB", size, "red"))
     with pytest.raises(ImageInputError, match=message) as caught:
@@ -153,7 +156,9 @@ def test_a_jpeg_too_short_for_its_size_is_refused_at_the_header(coffee):
     for check in (open_image, probe_image, decode_image):
         with pytest.raises(ImageInputError, match="truncated: 635 bytes cannot hold 8000x8000"):
             check(crafted)
-    flat = encode(Image.new("RGB", (2048, 2048), "red"), "JPEG", quality=5, progressive=True)  # as dense as real ones get
+    flat = encode(
+        Image.new("RGB", (2048, 2048), "red"), "JPEG", quality=5, progressive=True
+    )  # as dense as real ones get
     assert probe_image(flat) == "JPEG" and decode_image(flat).size == (2048, 2048)
 
 
@@ -168,17 +173,27 @@ def test_a_png_whose_pixel_stream_ends_early_is_refused_at_the_door(cut):
 
     rows = b"".join(b"\0" + bytes(range(64)) * 3 for _ in range(64))
     pixels = zlib.compress(rows)[:12] if cut == "deflate" else zlib.compress(rows[:-1])
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageInputError, match="pixel data ends early"):
         probe_image(data)
-    whole = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
-             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    whole = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 64, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
     assert probe_image(whole) == "PNG"
 
 
-@pytest.mark.parametrize("mode, options", [("1", {}), ("L", {}), ("P", {"bits": 4}), ("LA", {}), ("RGBA", {}),
-                                           ("I;16", {}), ("RGB", {"optimize": True})])
+@pytest.mark.parametrize(
+    "mode, options",
+    [("1", {}), ("L", {}), ("P", {"bits": 4}), ("LA", {}), ("RGBA", {}), ("I;16", {}), ("RGB", {"optimize": True})],
+)
 def test_every_kind_of_whole_png_passes_the_pixel_check(coffee, mode, options):
     from ref2img.images import probe_image
 

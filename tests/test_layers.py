@@ -35,8 +35,20 @@ ALLOWED: dict[str, set[str]] = {
     "server": {"protocol", "auth", "tasks", "lifecycle", "images", "safe_http", "settings", "webhooks", "_version"},
     "mcp_server": {"protocol", "client", "engines", "lifecycle", "images", "safe_http", "_version"},
     "cli": {
-        "protocol", "client", "engines", "lifecycle", "images", "safe_http", "settings", "tasks", "auth",
-        "server", "mcp_server", "webhooks", "_version", "provenance",
+        "protocol",
+        "client",
+        "engines",
+        "lifecycle",
+        "images",
+        "safe_http",
+        "settings",
+        "tasks",
+        "auth",
+        "server",
+        "mcp_server",
+        "webhooks",
+        "_version",
+        "provenance",
     },
 }
 ROOT_MAY_IMPORT = {"_version", "client", "protocol", "webhooks"}

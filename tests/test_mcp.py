@@ -18,32 +18,46 @@ from PIL import Image
 
 pytest.importorskip("mcp", reason="the mcp extra is not installed")
 
-from mcp import Client  # noqa: E402
-from mcp.client.stdio import StdioServerParameters  # noqa: E402
-from mcp.types import ImageContent  # noqa: E402
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.types import ImageContent
 
-from mcp.client.streamable_http import streamable_http_client  # noqa: E402
-from mcp.shared._httpx_utils import create_mcp_http_client  # noqa: E402
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
-from ref2img.images import ImageInputError  # noqa: E402
-from ref2img.mcp_server.inputs import InputGuard  # noqa: E402
-from ref2img.safe_http import SafeHttp  # noqa: E402
+from ref2img.images import ImageInputError
+from ref2img.mcp_server.inputs import InputGuard
+from ref2img.safe_http import SafeHttp
 
-from .server.conftest import ImageHost, Server, free_port, png_bytes  # noqa: E402
+from .server.conftest import ImageHost, Server, free_port, png_bytes
 
 STEPS = 6  # the tiny model's denoising steps in these tests: enough progress notifications to watch
 
 
 def stdio(*args: str) -> StdioServerParameters:
     # The SDK starts the server with a minimal environment; the model must never be fetched.
-    return StdioServerParameters(command=sys.executable, args=["-m", "ref2img.cli", "mcp", *args],
-                                 env={"HF_HUB_OFFLINE": "1", "HF_HOME": os.environ.get("HF_HOME", "/nonexistent")})
+    return StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "ref2img.cli", "mcp", *args],
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": os.environ.get("HF_HOME", "/nonexistent")},
+    )
 
 
 def local_server(tiny_model: Path, out: Path, *extra: str, allow: Path | None = None) -> StdioServerParameters:
     # The tools read files only under --allow-dir folders: the test's own temporary folder.
-    return stdio("--model", str(tiny_model), "--part", f"steps={STEPS}", "--device", "cpu", "--out", str(out),
-                 "--allow-dir", str(allow or out.parent), *extra)
+    return stdio(
+        "--model",
+        str(tiny_model),
+        "--part",
+        f"steps={STEPS}",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--allow-dir",
+        str(allow or out.parent),
+        *extra,
+    )
 
 
 @pytest.fixture
@@ -110,9 +124,19 @@ def test_generate_on_the_tiny_model_returns_images_seeds_and_progress(tiny_sd15,
 
     async def main():
         async with Client(local_server(tiny_sd15, tmp_path / "out")) as client:
-            result = await client.call_tool("generate", {"reference": reference, "prompt": "a statue", "mode": 0,
-                                                         "width": 512, "height": 640, "batch_size": 2, "seed": 41},
-                                            progress_callback=on_progress)
+            result = await client.call_tool(
+                "generate",
+                {
+                    "reference": reference,
+                    "prompt": "a statue",
+                    "mode": 0,
+                    "width": 512,
+                    "height": 640,
+                    "batch_size": 2,
+                    "seed": 41,
+                },
+                progress_callback=on_progress,
+            )
             task = await client.call_tool("get_task", {"task_id": result.structured_content["task_id"]})
             models = await client.call_tool("list_models", {})
             return result, task, models
@@ -151,10 +175,12 @@ def test_repaint_keeps_the_unmasked_pixels_and_reads_only_allowed_files(tiny_sd1
 
     async def main():
         async with Client(local_server(tiny_sd15, tmp_path / "out", allow=allowed)) as client:
-            made = await client.call_tool("repaint", {"image": str(image), "prompt": "a visor", "mask": str(mask),
-                                                      "seed": 5})
-            refused = await client.call_tool("repaint", {"image": str(image), "prompt": "a visor",
-                                                         "mask": str(outside / "mask.png")})
+            made = await client.call_tool(
+                "repaint", {"image": str(image), "prompt": "a visor", "mask": str(mask), "seed": 5}
+            )
+            refused = await client.call_tool(
+                "repaint", {"image": str(image), "prompt": "a visor", "mask": str(outside / "mask.png")}
+            )
             return made, refused
 
     made, refused = run(main)
@@ -209,8 +235,9 @@ def test_bad_input_is_a_tool_error_naming_the_field_and_its_range(tiny_sd15, tmp
 def test_a_missing_model_names_the_pull_command(tmp_path, reference):
     async def main():
         async with Client(stdio("--model", "sd15", "--device", "cpu", "--out", str(tmp_path))) as client:
-            return await client.call_tool("generate", {"reference": reference, "prompt": "p", "width": 512,
-                                                       "height": 512})
+            return await client.call_tool(
+                "generate", {"reference": reference, "prompt": "p", "width": 512, "height": 512}
+            )
 
     result = run(main)
     assert result.is_error and "ref2img models pull" in text_of(result), text_of(result)
@@ -267,10 +294,28 @@ def test_cancel_task_and_a_client_cancellation_both_stop_the_job(tiny_sd15, tmp_
 def start_http_mcp(tiny_sd15, tmp_path, *extra: str, env: dict[str, str] | None = None):
     port = free_port()
     log = open(tmp_path / "mcp-http.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "ref2img.cli", "mcp", "--http", f"127.0.0.1:{port}",
-                                "--model", str(tiny_sd15), "--device", "cpu", "--out", str(tmp_path / "out"),
-                                "--allow-dir", str(tmp_path), *extra],
-                               stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ref2img.cli",
+            "mcp",
+            "--http",
+            f"127.0.0.1:{port}",
+            "--model",
+            str(tiny_sd15),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+            "--allow-dir",
+            str(tmp_path),
+            *extra,
+        ],
+        stdout=log,
+        stderr=log,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -297,10 +342,12 @@ def test_streamable_http_needs_its_token_and_checks_host_and_origin(tiny_sd15, t
         answers = {
             "none": httpx.post(url, json=hello, headers=plain),
             "wrong": httpx.post(url, json=hello, headers={**plain, "Authorization": "Bearer mcp_guess"}),
-            "rebound host": httpx.post(url, json=hello, headers={**plain, "Authorization": f"Bearer {token}",
-                                                                 "Host": f"evil.example:{port}"}),
-            "other origin": httpx.post(url, json=hello, headers={**plain, "Authorization": f"Bearer {token}",
-                                                                 "Origin": "http://evil.example"}),
+            "rebound host": httpx.post(
+                url, json=hello, headers={**plain, "Authorization": f"Bearer {token}", "Host": f"evil.example:{port}"}
+            ),
+            "other origin": httpx.post(
+                url, json=hello, headers={**plain, "Authorization": f"Bearer {token}", "Origin": "http://evil.example"}
+            ),
         }
 
         async def main():
@@ -324,22 +371,27 @@ def test_streamable_http_needs_its_token_and_checks_host_and_origin(tiny_sd15, t
 
 @pytest.mark.slow
 def test_a_generated_token_is_printed_once_and_other_binds_need_one_given(tiny_sd15, tmp_path):
-    process, port = start_http_mcp(tiny_sd15, tmp_path, env={"REF2IMG_MCP_TOKEN": ""})
+    process, _port = start_http_mcp(tiny_sd15, tmp_path, env={"REF2IMG_MCP_TOKEN": ""})
     process.terminate()
     process.wait(15)
     log = (tmp_path / "mcp-http.log").read_text()
     assert log.count("Authorization: Bearer mcp_") == 1, log
 
-    refused = subprocess.run([sys.executable, "-m", "ref2img.cli", "mcp", "--http", f"0.0.0.0:{free_port()}",
-                              "--model", str(tiny_sd15)], capture_output=True, text=True, timeout=60,
-                             env={**os.environ, "REF2IMG_MCP_TOKEN": ""})
+    refused = subprocess.run(
+        [sys.executable, "-m", "ref2img.cli", "mcp", "--http", f"0.0.0.0:{free_port()}", "--model", str(tiny_sd15)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "REF2IMG_MCP_TOKEN": ""},
+    )
     assert refused.returncode == 2
     assert "--token-file" in refused.stderr and "REF2IMG_MCP_TOKEN" in refused.stderr, refused.stderr
 
 
 @pytest.mark.slow
-def test_tools_read_files_only_in_the_allowed_folders_and_urls_only_from_public_hosts(tiny_sd15, tmp_path,
-                                                                                      astronaut, folders):
+def test_tools_read_files_only_in_the_allowed_folders_and_urls_only_from_public_hosts(
+    tiny_sd15, tmp_path, astronaut, folders
+):
     allowed, outside = folders
     host = ImageHost({"/astronaut.png": (png_bytes(astronaut.resize((64, 64))), "image/png")})
     sources = {
@@ -354,8 +406,10 @@ def test_tools_read_files_only_in_the_allowed_folders_and_urls_only_from_public_
 
     async def main():
         async with Client(local_server(tiny_sd15, tmp_path / "out", allow=allowed)) as client:
-            return {name: await client.call_tool("recognize", {"image": source, "mode": "edge"})
-                    for name, source in sources.items()}
+            return {
+                name: await client.call_tool("recognize", {"image": source, "mode": "edge"})
+                for name, source in sources.items()
+            }
 
     try:
         answers = run(main)
@@ -364,8 +418,11 @@ def test_tools_read_files_only_in_the_allowed_folders_and_urls_only_from_public_
     finally:
         host.close()
     assert not answers["allowed"].is_error, text_of(answers["allowed"])
-    refusals = {name: text_of(answer).replace(sources[name], "PATH") for name, answer in answers.items()
-                if name in ("outside", "missing", "symlink", "dotdot")}
+    refusals = {
+        name: text_of(answer).replace(sources[name], "PATH")
+        for name, answer in answers.items()
+        if name in ("outside", "missing", "symlink", "dotdot")
+    }
     assert all(answers[name].is_error for name in refusals)
     assert len(set(refusals.values())) == 1, refusals  # a refusal reads exactly as a missing file
     assert "no such file" in refusals["missing"]
@@ -390,17 +447,33 @@ def test_the_server_backend_against_a_running_ref2img_serve(tiny_sd15, tmp_path,
 
         async def main():
             async with Client(parameters) as client:
-                result = await client.call_tool("generate", {"reference": reference, "prompt": "p", "mode": "depth",
-                                                             "width": 512, "height": 512, "seed": 5},
-                                                progress_callback=on_progress)
+                result = await client.call_tool(
+                    "generate",
+                    {"reference": reference, "prompt": "p", "mode": "depth", "width": 512, "height": 512, "seed": 5},
+                    progress_callback=on_progress,
+                )
                 task = await client.call_tool("get_task", {"task_id": result.structured_content["task_id"]})
                 # a control's local image is read here, within --allow-dir, and uploaded; one outside is refused
-                controlled = await client.call_tool("generate", {
-                    "reference": reference, "prompt": "p", "mode": "subject", "width": 512, "height": 512,
-                    "controls": [{"type": "pose"}, {"type": "depth", "image": reference}]})
-                outside = await client.call_tool("generate", {
-                    "reference": reference, "prompt": "p", "mode": "edge",
-                    "controls": [{"type": "edge", "image": "/etc/hostname"}]})
+                controlled = await client.call_tool(
+                    "generate",
+                    {
+                        "reference": reference,
+                        "prompt": "p",
+                        "mode": "subject",
+                        "width": 512,
+                        "height": 512,
+                        "controls": [{"type": "pose"}, {"type": "depth", "image": reference}],
+                    },
+                )
+                outside = await client.call_tool(
+                    "generate",
+                    {
+                        "reference": reference,
+                        "prompt": "p",
+                        "mode": "edge",
+                        "controls": [{"type": "edge", "image": "/etc/hostname"}],
+                    },
+                )
                 return result, task, controlled, outside
 
         result, task, controlled, outside = run(main)
@@ -425,8 +498,15 @@ def test_the_input_guard_reads_only_allowed_files_and_public_urls(folders):
     guard = InputGuard([allowed], SafeHttp())
     assert guard.load(str(allowed / "mine.png")).size == (64, 64)
     messages = set()
-    for source in (outside / "secret.png", outside / "missing.png", allowed / "link.png", allowed / "nope.png",
-                   allowed / ".." / "outside" / "secret.png", allowed, "/dev/zero"):
+    for source in (
+        outside / "secret.png",
+        outside / "missing.png",
+        allowed / "link.png",
+        allowed / "nope.png",
+        allowed / ".." / "outside" / "secret.png",
+        allowed,
+        "/dev/zero",
+    ):
         with pytest.raises(ImageInputError) as refused:
             guard.load(str(source))
         messages.add(str(refused.value).replace(str(source), "PATH"))

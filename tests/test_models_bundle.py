@@ -19,8 +19,9 @@ from .hub_layouts import LAYOUTS, SD15_NEEDS
 
 def ref2img(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}  # no network, as on the target
-    return subprocess.run([sys.executable, "-m", "ref2img.cli", "models", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ref2img.cli", "models", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,9 @@ def cache_files(cache: Path) -> dict[tuple[str, str], bytes]:
     files = {}
     for repo in SD15_NEEDS:
         [snapshot] = (cache / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir()
-        files.update({(repo, p.relative_to(snapshot).as_posix()): p.read_bytes()
-                      for p in snapshot.rglob("*") if p.is_file()})
+        files.update(
+            {(repo, p.relative_to(snapshot).as_posix()): p.read_bytes() for p in snapshot.rglob("*") if p.is_file()}
+        )
     return files
 
 
@@ -54,7 +56,8 @@ def test_a_bundle_carries_a_preset_to_a_machine_with_no_network(pulled, sd15_bun
         manifest = json.load(archive.extractfile("manifest.json"))
     assert manifest["preset"] == "sd15"
     assert {(f["repo"], f["path"]) for f in manifest["files"]} == {
-        (repo, path) for repo, paths in SD15_NEEDS.items() for path in paths}  # each shared file once
+        (repo, path) for repo, paths in SD15_NEEDS.items() for path in paths
+    }  # each shared file once
 
     target = tmp_path / "offline-hub"
     assert ref2img("list", "sd15", "--json", cache=target).returncode == 0

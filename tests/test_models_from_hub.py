@@ -25,24 +25,31 @@ def _annotators(read) -> dict[str, dict[str, bytes]]:
         "depth-anything/Depth-Anything-V2-Small-hf": {
             name: read(f"depth/{name}") for name in ("config.json", "preprocessor_config.json", "model.safetensors")
         },
-        "yzd-v/DWPose": {"yolox_l.onnx": read("pose/detector.onnx"), "dw-ll_ucoco_384.onnx": read("pose/estimator.onnx")},
+        "yzd-v/DWPose": {
+            "yolox_l.onnx": read("pose/detector.onnx"),
+            "dw-ll_ucoco_384.onnx": read("pose/estimator.onnx"),
+        },
         "onnx-community/BiRefNet_lite-ONNX": {"onnx/model.onnx": read("segmenter/model.onnx")},
     }
 
 
 def _encoder(read) -> dict[str, bytes]:  # as the real repo: no preprocessor_config.json beside the encoder
-    return {"models/image_encoder/config.json": read("image-encoder/config.json"),
-            "models/image_encoder/model.safetensors": read("image-encoder/model.safetensors")}
+    return {
+        "models/image_encoder/config.json": read("image-encoder/config.json"),
+        "models/image_encoder/model.safetensors": read("image-encoder/model.safetensors"),
+    }
 
 
 def real_layout_of_tiny_sdxl(tiny: Path) -> dict[str, dict[str, bytes]]:
     """The tiny sdxl models under the sdxl and sdxl-fast presets' real repo paths (tests/hub_layouts.py)."""
     read = lambda path: (tiny / path).read_bytes()  # noqa: E731
-    base = {"model_index.json": read("base/model_index.json"),
-            "scheduler/scheduler_config.json": read("base/scheduler/scheduler_config.json"),
-            "vae/config.json": read("base/vae/config.json"),
-            "unet/config.json": read("base/unet/config.json"),
-            "unet/diffusion_pytorch_model.fp16.safetensors": read("base/unet/diffusion_pytorch_model.safetensors")}
+    base = {
+        "model_index.json": read("base/model_index.json"),
+        "scheduler/scheduler_config.json": read("base/scheduler/scheduler_config.json"),
+        "vae/config.json": read("base/vae/config.json"),
+        "unet/config.json": read("base/unet/config.json"),
+        "unet/diffusion_pytorch_model.fp16.safetensors": read("base/unet/diffusion_pytorch_model.safetensors"),
+    }
     for encoder in ("text_encoder", "text_encoder_2"):
         base[f"{encoder}/config.json"] = read(f"base/{encoder}/config.json")
         base[f"{encoder}/model.fp16.safetensors"] = read(f"base/{encoder}/model.safetensors")
@@ -58,9 +65,13 @@ def real_layout_of_tiny_sdxl(tiny: Path) -> dict[str, dict[str, bytes]]:
             "config.json": read("controlnet-union/config.json"),
             "diffusion_pytorch_model.safetensors": read("controlnet-union/diffusion_pytorch_model.safetensors"),
         },
-        "h94/IP-Adapter": {"sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors": read("ip-adapter/ip-adapter.safetensors"),
-                           **_encoder(read)},
-        "ByteDance/SDXL-Lightning": {"sdxl_lightning_8step_lora.safetensors": read("lora/pytorch_lora_weights.safetensors")},
+        "h94/IP-Adapter": {
+            "sdxl_models/ip-adapter-plus_sdxl_vit-h.safetensors": read("ip-adapter/ip-adapter.safetensors"),
+            **_encoder(read),
+        },
+        "ByteDance/SDXL-Lightning": {
+            "sdxl_lightning_8step_lora.safetensors": read("lora/pytorch_lora_weights.safetensors")
+        },
         **_annotators(read),
     }
 
@@ -88,8 +99,10 @@ def real_layout_of_tiny(tiny: Path) -> dict[str, dict[str, bytes]]:
         "lllyasviel/control_v11p_sd15_canny": controlnet("edge"),
         "lllyasviel/control_v11p_sd15_openpose": controlnet("pose"),
         "lllyasviel/control_v11f1p_sd15_depth": controlnet("depth"),
-        "h94/IP-Adapter": {"models/ip-adapter-plus_sd15.safetensors": read("ip-adapter/ip-adapter.safetensors"),
-                           **_encoder(read)},
+        "h94/IP-Adapter": {
+            "models/ip-adapter-plus_sd15.safetensors": read("ip-adapter/ip-adapter.safetensors"),
+            **_encoder(read),
+        },
         **_annotators(read),
     }
 
@@ -109,32 +122,48 @@ def real_layout_of_tiny_zimage(tiny: Path) -> dict[str, dict[str, bytes]]:
     """The tiny zimage models under the zimage-turbo preset's real repo paths (tests/hub_layouts.py): the
     text encoder and transformer as sharded checkpoints with their index files, as the real ones are."""
     read = lambda path: (tiny / path).read_bytes()  # noqa: E731
-    base = {"model_index.json": read("base/model_index.json"),
-            "scheduler/scheduler_config.json": read("base/scheduler/scheduler_config.json"),
-            "text_encoder/config.json": read("base/text_encoder/config.json"),
-            "transformer/config.json": read("base/transformer/config.json"),
-            "vae/config.json": read("base/vae/config.json"),
-            "vae/diffusion_pytorch_model.safetensors": read("base/vae/diffusion_pytorch_model.safetensors")}
+    base = {
+        "model_index.json": read("base/model_index.json"),
+        "scheduler/scheduler_config.json": read("base/scheduler/scheduler_config.json"),
+        "text_encoder/config.json": read("base/text_encoder/config.json"),
+        "transformer/config.json": read("base/transformer/config.json"),
+        "vae/config.json": read("base/vae/config.json"),
+        "vae/diffusion_pytorch_model.safetensors": read("base/vae/diffusion_pytorch_model.safetensors"),
+    }
     base.update({f"tokenizer/{p.name}": p.read_bytes() for p in (tiny / "base/tokenizer").iterdir()})
-    for name, shard in _as_one_shard(tiny / "base/text_encoder", "model.safetensors", "model-00001-of-00001.safetensors",
-                                     "model.safetensors.index.json").items():
+    for name, shard in _as_one_shard(
+        tiny / "base/text_encoder",
+        "model.safetensors",
+        "model-00001-of-00001.safetensors",
+        "model.safetensors.index.json",
+    ).items():
         base[f"text_encoder/{name}"] = shard
-    for name, shard in _as_one_shard(tiny / "base/transformer", "diffusion_pytorch_model.safetensors",
-                                     "diffusion_pytorch_model-00001-of-00001.safetensors",
-                                     "diffusion_pytorch_model.safetensors.index.json").items():
+    for name, shard in _as_one_shard(
+        tiny / "base/transformer",
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model-00001-of-00001.safetensors",
+        "diffusion_pytorch_model.safetensors.index.json",
+    ).items():
         base[f"transformer/{name}"] = shard
     net = "Z-Image-Turbo-Fun-Controlnet-Union.safetensors"
-    subject = {"model_index.json": read("subject/model_index.json"),
-               "scheduler/scheduler_config.json": read("subject/scheduler/scheduler_config.json"),
-               "text_encoder/config.json": read("subject/text_encoder/config.json"),
-               "transformer/config.json": read("subject/transformer/config.json"),
-               "transformer/diffusion_pytorch_model.safetensors":
-                   read("subject/transformer/diffusion_pytorch_model.safetensors"),
-               "vae/config.json": read("subject/vae/config.json"),
-               "vae/diffusion_pytorch_model.safetensors": read("subject/vae/diffusion_pytorch_model.safetensors")}
+    subject = {
+        "model_index.json": read("subject/model_index.json"),
+        "scheduler/scheduler_config.json": read("subject/scheduler/scheduler_config.json"),
+        "text_encoder/config.json": read("subject/text_encoder/config.json"),
+        "transformer/config.json": read("subject/transformer/config.json"),
+        "transformer/diffusion_pytorch_model.safetensors": read(
+            "subject/transformer/diffusion_pytorch_model.safetensors"
+        ),
+        "vae/config.json": read("subject/vae/config.json"),
+        "vae/diffusion_pytorch_model.safetensors": read("subject/vae/diffusion_pytorch_model.safetensors"),
+    }
     subject.update({f"tokenizer/{p.name}": p.read_bytes() for p in (tiny / "subject/tokenizer").iterdir()})
-    for name, shard in _as_one_shard(tiny / "subject/text_encoder", "model.safetensors",
-                                     "model-00001-of-00001.safetensors", "model.safetensors.index.json").items():
+    for name, shard in _as_one_shard(
+        tiny / "subject/text_encoder",
+        "model.safetensors",
+        "model-00001-of-00001.safetensors",
+        "model.safetensors.index.json",
+    ).items():
         subject[f"text_encoder/{name}"] = shard
     return {
         "Tongyi-MAI/Z-Image-Turbo": base,
@@ -153,8 +182,9 @@ MODES_OF = {"sdxl-fast": ("edge",)}
 SMALL_AREA = 128 * 128  # sdxl-fast is sdxl plus its LoRA: one mode shows the LoRA loads and runs
 
 
-@pytest.mark.parametrize(("preset", "family"), [("sd15", "sd15"), ("sdxl", "sdxl"), ("sdxl-fast", "sdxl"),
-                                                ("zimage-turbo", "zimage")])
+@pytest.mark.parametrize(
+    ("preset", "family"), [("sd15", "sd15"), ("sdxl", "sdxl"), ("sdxl-fast", "sdxl"), ("zimage-turbo", "zimage")]
+)
 def test_pull_from_the_mirror_then_generate_every_mode_offline(preset, family, request, tmp_path, astronaut):
     tiny = request.getfixturevalue(f"tiny_{family}")
     layout = LAYOUT_OF_TINY[family](tiny)
@@ -166,8 +196,13 @@ def test_pull_from_the_mirror_then_generate_every_mode_offline(preset, family, r
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
         env.pop(name, None)
     with Mirror(source) as mirror:
-        pulled = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "pull", preset],
-                                env={**env, "HF_ENDPOINT": mirror.url}, capture_output=True, text=True, timeout=300)
+        pulled = subprocess.run(
+            [sys.executable, "-m", "ref2img.cli", "models", "pull", preset],
+            env={**env, "HF_ENDPOINT": mirror.url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert pulled.returncode == 0, pulled.stderr
     shutil.rmtree(source)  # from here on, the pulled cache is all there is
 
@@ -176,11 +211,36 @@ def test_pull_from_the_mirror_then_generate_every_mode_offline(preset, family, r
     offline = {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     for mode in MODES_OF.get(preset, ("edge", "pose", "subject", "depth")):
         made = subprocess.run(
-            [sys.executable, "-m", "ref2img.cli", "generate", str(reference), "an astronaut", "--control", mode,
-             "--model", preset, "--part", "steps=2", "--part", f"max_pixels={SMALL_AREA}", "--device", "cpu",
-             "--width", "512", "--height", "512",
-             "--out", str(tmp_path / "out"), "--json"],
-            env=offline, capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "ref2img.cli",
+                "generate",
+                str(reference),
+                "an astronaut",
+                "--control",
+                mode,
+                "--model",
+                preset,
+                "--part",
+                "steps=2",
+                "--part",
+                f"max_pixels={SMALL_AREA}",
+                "--device",
+                "cpu",
+                "--width",
+                "512",
+                "--height",
+                "512",
+                "--out",
+                str(tmp_path / "out"),
+                "--json",
+            ],
+            env=offline,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert made.returncode == 0, f"{mode}: {made.stderr[-2000:]}"
         record = json.loads(made.stdout)
         assert record["preset"] == preset and len(record["images"]) == 1 and Path(record["images"][0]).is_file()
@@ -188,7 +248,25 @@ def test_pull_from_the_mirror_then_generate_every_mode_offline(preset, family, r
             assert "FLUX.2 klein reads the text encoder already loaded" in made.stderr
     mask = tmp_path / "subject-mask.png"  # recognition's subject mask, from the pulled segmenter
     recognized = subprocess.run(
-        [sys.executable, "-m", "ref2img.cli", "recognize", str(reference), "--control", "subject", "--model", preset,
-         "--device", "cpu", "--out", str(mask)], env=offline, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "ref2img.cli",
+            "recognize",
+            str(reference),
+            "--control",
+            "subject",
+            "--model",
+            preset,
+            "--device",
+            "cpu",
+            "--out",
+            str(mask),
+        ],
+        env=offline,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert recognized.returncode == 0, recognized.stderr[-2000:]
     assert Image.open(mask).size == (128, 128)

@@ -84,13 +84,20 @@ def test_snapshot_download_through_the_mirror_gets_the_same_files(fixture_hub, t
 
     repo = "lllyasviel/control_v11p_sd15_canny"
     with Mirror(fixture_hub) as mirror:
-        folder = snapshot_download(repo, allow_patterns=["config.json", "images/*"], cache_dir=tmp_path / "dest",
-                                   endpoint=mirror.url)
-        single = hf_hub_download(repo, "diffusion_pytorch_model.fp16.safetensors", cache_dir=tmp_path / "dest",
-                                 endpoint=mirror.url)
+        folder = snapshot_download(
+            repo, allow_patterns=["config.json", "images/*"], cache_dir=tmp_path / "dest", endpoint=mirror.url
+        )
+        single = hf_hub_download(
+            repo, "diffusion_pytorch_model.fp16.safetensors", cache_dir=tmp_path / "dest", endpoint=mirror.url
+        )
     fetched = {p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()}
-    assert fetched == {"config.json", "images/control.png", "images/image_out.png", "images/input.png",
-                       "diffusion_pytorch_model.fp16.safetensors"}
+    assert fetched == {
+        "config.json",
+        "images/control.png",
+        "images/image_out.png",
+        "images/input.png",
+        "diffusion_pytorch_model.fp16.safetensors",
+    }
     source = snapshot_files(fixture_hub, repo)
     assert all(Path(folder, path).read_bytes() == source[path] for path in fetched)
     assert Path(single).read_bytes() == source["diffusion_pytorch_model.fp16.safetensors"]
@@ -156,11 +163,21 @@ def test_models_pull_through_the_mirror_fetches_what_the_loaders_read_and_nothin
         env = {**os.environ, "HF_ENDPOINT": mirror.url, "HF_HOME": str(home)}
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):  # online: to the mirror only
             env.pop(name, None)
-        pulled = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "pull", preset], env=env,
-                                capture_output=True, text=True, timeout=300)
+        pulled = subprocess.run(
+            [sys.executable, "-m", "ref2img.cli", "models", "pull", preset],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert pulled.returncode == 0, pulled.stderr
-        listed = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "list", preset, "--json"],
-                                env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
+        listed = subprocess.run(
+            [sys.executable, "-m", "ref2img.cli", "models", "list", preset, "--json"],
+            env={**env, "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     cache = home / "hub"
     fetched = {repo: set(snapshot_files(cache, repo)) for repo in needs}
     assert fetched == needs  # no safety checker, .bin/.ckpt/.pth, fp32 twins, flax, OpenVINO or promax files
@@ -172,9 +189,23 @@ def test_models_pull_through_the_mirror_fetches_what_the_loaders_read_and_nothin
 
 def test_the_mirror_command(fixture_hub, tmp_path):
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "ref2img.cli", "models", "mirror", "--cache", str(fixture_hub),
-                                "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ref2img.cli",
+            "models",
+            "mirror",
+            "--cache",
+            str(fixture_hub),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -188,6 +219,10 @@ def test_the_mirror_command(fixture_hub, tmp_path):
         process.terminate()
         process.wait(15)
     assert {sibling["rfilename"] for sibling in info["siblings"]} == set(LAYOUTS["yzd-v/DWPose"])
-    missing = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "mirror", "--cache",
-                              str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "ref2img.cli", "models", "mirror", "--cache", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "--cache" in missing.stderr

@@ -58,8 +58,16 @@ def test_not_an_object():
 
 
 def test_legacy_aliases_and_unknown_fields():
-    request = parse_create_request({"prompt": "p", "image": "https://x/y.png", "image_num": 3, "control_type": "3",
-                                    "wsid": 7, "storage_info": {"a": 1}})
+    request = parse_create_request(
+        {
+            "prompt": "p",
+            "image": "https://x/y.png",
+            "image_num": 3,
+            "control_type": "3",
+            "wsid": 7,
+            "storage_info": {"a": 1},
+        }
+    )
     assert request.reference_image == "https://x/y.png"
     assert request.batch_size == 3
     assert request.control_type is ControlType.DEPTH

@@ -93,8 +93,16 @@ def tiny_classifier(folder: Path, unsafe: bool) -> Path:
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    config = ViTConfig(image_size=32, patch_size=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                       intermediate_size=16, id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1})
+    config = ViTConfig(
+        image_size=32,
+        patch_size=16,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        id2label={0: "normal", 1: "nsfw"},
+        label2id={"normal": 0, "nsfw": 1},
+    )
     model = ViTForImageClassification(config)
     with torch.no_grad():
         model.classifier.weight.zero_()
@@ -112,8 +120,18 @@ def marked_server(tmp_path_factory, tiny_sd15):
     blocklist = policy / "blocklist.txt"
     blocklist.write_text("# the operator's words\nforbidden thing\n")
     classifier = tiny_classifier(policy / "classifier", unsafe=True)
-    with running(tmp_path_factory, "marked", tiny_sd15, "--watermark", "--content-filter", "block",
-                 "--blocklist", str(blocklist), "--image-classifier", str(classifier)) as server:
+    with running(
+        tmp_path_factory,
+        "marked",
+        tiny_sd15,
+        "--watermark",
+        "--content-filter",
+        "block",
+        "--blocklist",
+        str(blocklist),
+        "--image-classifier",
+        str(classifier),
+    ) as server:
         yield server
 
 
@@ -159,7 +177,8 @@ def test_a_result_carries_a_valid_manifest_and_a_watermark_naming_its_task(marke
     assert generation["watermark"]["id"] == data["marks"]["watermark"]
     assert set(generation["inputs_sha256"]) == {"reference_image"}
     assert [i["instance_id"] for i in manifest["ingredients"]] == [
-        f"sha256:{generation['inputs_sha256']['reference_image']}"]
+        f"sha256:{generation['inputs_sha256']['reference_image']}"
+    ]
 
     # The SDK's download keeps the bytes as served (the manifest binds them).
     from ref2img.client import Client
@@ -193,8 +212,12 @@ def test_a_result_carries_a_valid_manifest_and_a_watermark_naming_its_task(marke
 def check(image: Path, data_dir: Path, status: int = 0) -> dict:
     """`provenance check --json`, which must exit with `status`: 0 valid, 3 tampered, 4 watermark only,
     5 unmarked."""
-    done = subprocess.run([sys.executable, "-m", "ref2img.cli", "provenance", "check", str(image), "--json",
-                           "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "ref2img.cli", "provenance", "check", str(image), "--json", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == status, done.stdout + done.stderr
     return json.loads(done.stdout)
 
@@ -211,7 +234,8 @@ def with_text_chunk(png: bytes) -> bytes:
 
 def stored_results(server, task_id: str) -> list[Path]:
     return sorted((server.data_dir / "results" / task_id).glob("*")) + sorted(
-        (server.data_dir / "files" / "results" / task_id).glob("*"))
+        (server.data_dir / "files" / "results" / task_id).glob("*")
+    )
 
 
 @pytest.mark.slow  # the marked server of this module
@@ -224,7 +248,9 @@ def test_a_blocked_prompt_and_a_blocked_image_end_at_status_4_with_nothing_store
     assert data["status"] == 4 and "content policy" in data["reason"] and "forbidden thing" in data["reason"].lower()
     assert data["result"] == "" and "marks" not in data
     data = cloud.wait_final(by_image)
-    assert data["status"] == 4 and data["reason"].startswith("refused by the content policy: an image was classified nsfw")
+    assert data["status"] == 4 and data["reason"].startswith(
+        "refused by the content policy: an image was classified nsfw"
+    )
     assert data["result"] == ""
     for task_id in (by_prompt, by_image):
         assert stored_results(marked_server, task_id) == []
@@ -243,8 +269,23 @@ def test_flag_mode_keeps_the_images_and_says_why(marked_server, astronaut):
 @pytest.mark.slow  # the marked server of this module
 def test_a_trusted_key_is_not_filtered(marked_server, astronaut):
     app_key, secret = marked_server.new_key()
-    subprocess.run([sys.executable, "-m", "ref2img.cli", "keys", "update", app_key, "--content-filter", "off",
-                    "--data-dir", str(marked_server.data_dir)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ref2img.cli",
+            "keys",
+            "update",
+            app_key,
+            "--content-filter",
+            "off",
+            "--data-dir",
+            str(marked_server.data_dir),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     cloud = Cloud(marked_server.url, app_key, secret)
     task_id = cloud.create_id(img2img_body(data_uri(astronaut.resize((64, 64))), prompt="a forbidden thing"))
     assert cloud.wait_final(task_id)["status"] == 3
@@ -263,14 +304,22 @@ def test_the_image_classifier_flags_or_blocks(tiny_sd15, astronaut, tmp_path):
     safe = ImageClassifier(tiny_classifier(tmp_path / "safe", unsafe=False))
     request = CreateRequest.model_validate(img2img_body("ref", seed=1))
     outcomes = {}
-    for name, content in (("flag", ContentFilter("flag", classifier=unsafe)),
-                          ("block", ContentFilter("block", classifier=unsafe)),
-                          ("safe", ContentFilter("block", classifier=safe))):
+    for name, content in (
+        ("flag", ContentFilter("flag", classifier=unsafe)),
+        ("block", ContentFilter("block", classifier=unsafe)),
+        ("safe", ContentFilter("block", classifier=safe)),
+    ):
         ledger, folder = MemoryLedger(), tmp_path / name
         task = ledger.add(request)
         ledger.claim(task.id)
-        context = RunContext(ledger=ledger, outputs=FolderOutputs(folder), engine=lambda: engine,
-                             load_image=lambda *_: astronaut.resize((64, 64)), previews=False, content=content)
+        context = RunContext(
+            ledger=ledger,
+            outputs=FolderOutputs(folder),
+            engine=lambda: engine,
+            load_image=lambda *_: astronaut.resize((64, 64)),
+            previews=False,
+            content=content,
+        )
         outcome = run_task(task, "test", context)
         outcomes[name] = (outcome.status, sorted(p.name for p in folder.glob("*.png")), ledger.get(task.id))
     status, files, task = outcomes["flag"]
@@ -284,8 +333,12 @@ def test_the_image_classifier_flags_or_blocks(tiny_sd15, astronaut, tmp_path):
 def test_provenance_init_makes_a_chain_that_signs(tmp_path):
     from ref2img.provenance.manifest import ImageFacts, ManifestSigner, read_manifest
 
-    done = subprocess.run([sys.executable, "-m", "ref2img.cli", "provenance", "init", str(tmp_path / "p")],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "ref2img.cli", "provenance", "init", str(tmp_path / "p")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     cert, key = tmp_path / "p" / "c2pa-dev-chain.pem", tmp_path / "p" / "c2pa-dev-key.pem"
     assert cert.read_text().count("BEGIN CERTIFICATE") == 2 and oct(key.stat().st_mode)[-3:] == "600"
@@ -306,8 +359,10 @@ def test_bad_provenance_flags_are_refused_naming_the_flag(tmp_path, monkeypatch)
     monkeypatch.delenv("REF2IMG_C2PA_CERT", raising=False)
     monkeypatch.delenv("REF2IMG_C2PA_KEY", raising=False)
     for command in ("serve", "worker", "generate", "mcp"):
-        fixed = {"worker": ["--queue", "redis://x", "--db", "sqlite://", "--storage", str(tmp_path)],
-                 "generate": [str(tmp_path / "ref.png"), "p"]}.get(command, [])
+        fixed = {
+            "worker": ["--queue", "redis://x", "--db", "sqlite://", "--storage", str(tmp_path)],
+            "generate": [str(tmp_path / "ref.png"), "p"],
+        }.get(command, [])
         for args, message in (
             (["--content-filter", "maybe"], "--content-filter: 'maybe' is not one of off, flag, block"),
             (["--c2pa-cert", str(tmp_path / "c.pem")], "--c2pa-cert and --c2pa-key: give both"),
@@ -361,11 +416,17 @@ def test_the_mcp_servers_local_engine_marks_and_filters(tiny_sd15, astronaut, tm
     blocklist.write_text("forbidden\n")
     astronaut.resize((96, 96)).save(tmp_path / "ref.png")
     options = provenance_options(True, False, None, None, "block", blocklist, None)
-    backend = LocalBackend(lambda: LocalOptions(str(tiny_sd15)).build(), tmp_path / "out",
-                           InputGuard([tmp_path], SafeHttp()), in_process_provenance(options))
+    backend = LocalBackend(
+        lambda: LocalOptions(str(tiny_sd15)).build(),
+        tmp_path / "out",
+        InputGuard([tmp_path], SafeHttp()),
+        in_process_provenance(options),
+    )
     try:
+
         async def run(prompt: str):
             body = img2img_body(str(tmp_path / "ref.png"), prompt=prompt, steps=2)
+
             async def report(*_) -> None:
                 pass
 
@@ -390,8 +451,9 @@ def test_the_classifier_is_pulled_through_the_mirror_and_read_offline(tmp_path):
     from .test_models_mirror import Mirror
 
     tiny = tiny_classifier(tmp_path / "tiny", unsafe=True)
-    layout = {name: (tiny / name).read_bytes() for name in ("config.json", "preprocessor_config.json",
-                                                           "model.safetensors")}
+    layout = {
+        name: (tiny / name).read_bytes() for name in ("config.json", "preprocessor_config.json", "model.safetensors")
+    }
     layout |= {"pytorch_model.bin": b"pickle", "optimizer.pt": b"pickle", "README.md": b"---\nlicense: apache-2.0\n---"}
     source = tmp_path / "source-cache"
     write_repo(source, "Falconsai/nsfw_image_detection", layout)
@@ -399,22 +461,45 @@ def test_the_classifier_is_pulled_through_the_mirror_and_read_offline(tmp_path):
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
         env.pop(name, None)
     with Mirror(source) as mirror:
-        pulled = subprocess.run([sys.executable, "-m", "ref2img.cli", "models", "pull-classifier"],
-                                env={**env, "HF_ENDPOINT": mirror.url}, capture_output=True, text=True, timeout=120)
+        pulled = subprocess.run(
+            [sys.executable, "-m", "ref2img.cli", "models", "pull-classifier"],
+            env={**env, "HF_ENDPOINT": mirror.url},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert pulled.returncode == 0, pulled.stderr
     [snapshot] = (tmp_path / "hf-home" / "hub" / "models--Falconsai--nsfw_image_detection" / "snapshots").iterdir()
-    assert sorted(p.name for p in snapshot.iterdir()) == ["config.json", "model.safetensors",
-                                                          "preprocessor_config.json"]
-    code = ("from ref2img.provenance.content_filter import ContentFilter, ImageClassifier, locate_classifier; "
-            "from PIL import Image; "
-            "f = ContentFilter('block', classifier=ImageClassifier(locate_classifier('Falconsai/nsfw_image_detection'))); "
-            "print(f.check_image('ak', Image.new('RGB', (64, 64))).reason)")
+    assert sorted(p.name for p in snapshot.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    code = (
+        "from ref2img.provenance.content_filter import ContentFilter, ImageClassifier, locate_classifier; "
+        "from PIL import Image; "
+        "f = ContentFilter('block', classifier=ImageClassifier(locate_classifier('Falconsai/nsfw_image_detection'))); "
+        "print(f.check_image('ak', Image.new('RGB', (64, 64))).reason)"
+    )
     offline = {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     read = subprocess.run([sys.executable, "-c", code], env=offline, capture_output=True, text=True, timeout=120)
     assert read.returncode == 0 and "classified nsfw" in read.stdout, read.stderr
-    missing = subprocess.run([sys.executable, "-m", "ref2img.cli", "serve", "--data-dir", str(tmp_path / "d"),
-                              "--image-classifier", "someone/not-pulled"], env=offline, capture_output=True,
-                             text=True, timeout=60)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ref2img.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--image-classifier",
+            "someone/not-pulled",
+        ],
+        env=offline,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "ref2img models pull-classifier someone/not-pulled" in missing.stderr
 
 
@@ -431,7 +516,8 @@ def test_a_repaint_keeps_its_unmasked_pixels_exactly_under_the_watermark(astrona
     drawn = np.asarray(original).copy()
     drawn[128:384, 128:384] = 255 - drawn[128:384, 128:384]  # the model redrew the centre
     data, marks = Marks(signer=None, watermark=True).apply(
-        Image.fromarray(drawn), ImageFacts("t1", "redrawing", "0" * 64, watermark=new_mark_id()), original)
+        Image.fromarray(drawn), ImageFacts("t1", "redrawing", "0" * 64, watermark=new_mark_id()), original
+    )
     stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     outside = np.ones((512, 512), bool)
     outside[128:384, 128:384] = False
@@ -439,10 +525,20 @@ def test_a_repaint_keeps_its_unmasked_pixels_exactly_under_the_watermark(astrona
     assert (stored[~outside] != drawn[~outside]).any() and marks["watermark"]  # marked where it drew
 
 
-@pytest.mark.parametrize("prompt", [
-    "a forbidden\u200b thing", "a forbid\u00adden thing", "a ｆｏｒｂｉｄｄｅｎ thing", "a FORBIDDEN THING",
-    "a förbidden thing", "a forbiddenthing", "aforbidden thing", "a forbidden   thing", "a forbidden\nthing",
-])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a forbidden\u200b thing",
+        "a forbid\u00adden thing",
+        "a ｆｏｒｂｉｄｄｅｎ thing",
+        "a FORBIDDEN THING",
+        "a förbidden thing",
+        "a forbiddenthing",
+        "aforbidden thing",
+        "a forbidden   thing",
+        "a forbidden\nthing",
+    ],
+)
 def test_the_blocklist_sees_through_invisible_wide_accented_glued_and_spaced_forms(prompt):
     from ref2img.provenance.content_filter import ContentFilter
 
@@ -456,12 +552,12 @@ def test_the_blocklist_sees_through_invisible_wide_accented_glued_and_spaced_for
 def test_a_content_policy_refusal_on_the_openai_route_is_a_400_content_policy_violation(marked_server, astronaut):
     openai = pytest.importorskip("openai", reason="the openai package is a dev dependency")
     cloud = key_with(marked_server, None)
-    client = openai.OpenAI(base_url=f"{marked_server.url}/v1", api_key=f"{cloud.app_key}:{cloud.app_secret}",
-                           max_retries=0)
+    client = openai.OpenAI(
+        base_url=f"{marked_server.url}/v1", api_key=f"{cloud.app_key}:{cloud.app_secret}", max_retries=0
+    )
     buffer = io.BytesIO()
     astronaut.resize((64, 64)).save(buffer, format="PNG")
     with pytest.raises(openai.BadRequestError) as caught:
-        client.images.edit(image=("a.png", buffer.getvalue(), "image/png"), prompt="a forbidden thing",
-                           size="512x512")
+        client.images.edit(image=("a.png", buffer.getvalue(), "image/png"), prompt="a forbidden thing", size="512x512")
     assert caught.value.status_code == 400 and caught.value.body["code"] == "content_policy_violation"
     assert caught.value.body["message"].startswith("refused by the content policy")

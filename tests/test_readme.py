@@ -64,8 +64,20 @@ def test_the_table_names_commands_and_flags_that_exist():
         assert not missing, f"README names {sorted(missing)} for `ref2img {' '.join(path)}`, which has none such"
 
 
-@pytest.mark.parametrize("path", [("generate",), ("serve",), ("worker",), ("mcp",), ("repaint",), ("recognize",),
-                                  ("models", "tiny"), ("keys", "create"), ("keys", "studio-link")])
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("generate",),
+        ("serve",),
+        ("worker",),
+        ("mcp",),
+        ("repaint",),
+        ("recognize",),
+        ("models", "tiny"),
+        ("keys", "create"),
+        ("keys", "studio-link"),
+    ],
+)
 def test_every_flag_of_a_command_is_in_the_table(path):
     named = set().union(*(flags_of(usage) for row_path, usage in command_rows() if row_path == path))
     missing = flags_of(help_text(path)) - named - UNLISTED
@@ -78,7 +90,7 @@ def bash_blocks() -> list[str]:
 
 @pytest.mark.slow  # a server and a 1024² task: about 15 s
 def test_the_server_walk_through_ends_at_a_png_with_one_key(tiny_sd15, tmp_path_factory, astronaut):
-    """"Run the server" as written: the key made once into key.env, then the curl lines in another shell
+    """ "Run the server" as written: the key made once into key.env, then the curl lines in another shell
     that sources it, from the reference to result.png on disk."""
     import os
     import subprocess
@@ -93,10 +105,21 @@ def test_the_server_walk_through_ends_at_a_png_with_one_key(tiny_sd15, tmp_path_
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     with running(tmp_path_factory, "walk-through-server", tiny_sd15) as server:
         data_dir = str(server.data_dir)
-        subprocess.run(["bash", "-c", keys_line.replace("--data-dir data", f"--data-dir {data_dir}")],
-                       cwd=folder, env=env, check=True, timeout=60)
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", curl_block.replace("http://127.0.0.1:8080", server.url)],
-                              cwd=folder, env=env, capture_output=True, text=True, timeout=180)
+        subprocess.run(
+            ["bash", "-c", keys_line.replace("--data-dir data", f"--data-dir {data_dir}")],
+            cwd=folder,
+            env=env,
+            check=True,
+            timeout=60,
+        )
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", curl_block.replace("http://127.0.0.1:8080", server.url)],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     assert done.returncode == 0 and "saved result.png" in done.stdout, done.stdout + done.stderr
     from PIL import Image
 

@@ -71,8 +71,13 @@ def test_every_field_reaches_the_engines_job_through_the_runner(tmp_path):
     task = ledger.add(request)
     ledger.claim(task.id)
     image = Image.new("RGB", (64, 64))
-    context = RunContext(ledger=ledger, outputs=FolderOutputs(tmp_path), engine=lambda: engine,
-                         load_image=lambda source, field, app_key: image, previews=False)
+    context = RunContext(
+        ledger=ledger,
+        outputs=FolderOutputs(tmp_path),
+        engine=lambda: engine,
+        load_image=lambda source, field, app_key: image,
+        previews=False,
+    )
     outcome = run_task(task, "test", context)
     assert outcome.status == TaskStatus.SUCCEEDED and len(outcome.result) == 2
     [job] = engine.jobs
@@ -82,7 +87,9 @@ def test_every_field_reaches_the_engines_job_through_the_runner(tmp_path):
 
 def test_the_sdk_sends_every_field(tmp_path):
     request = every_field_set()
-    body, uploads = core.submit_body(request, None, core.ClientConfig.resolve("ak", "sk", "http://127.0.0.1:1", 5.0, 0, None))
+    body, uploads = core.submit_body(
+        request, None, core.ClientConfig.resolve("ak", "sk", "http://127.0.0.1:1", 5.0, 0, None)
+    )
     assert body == request.to_wire() and uploads == {}
     assert set(body) == set(CreateRequest.model_fields)
 
@@ -114,8 +121,11 @@ def test_a_job_needs_a_decided_seed():
 def test_one_place_decides_a_default_seed():
     """A random seed is chosen in protocol.random_seed only: not in a backend, the CLI or the studio."""
     pattern = re.compile(r"randbelow\(2\s*\*\*\s*3[12]\)|Math\.random\(\)")
-    places = sorted(str(path.relative_to(SRC)) for path in SRC.rglob("*") if path.suffix in (".py", ".js")
-                    and pattern.search(path.read_text()))
+    places = sorted(
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*")
+        if path.suffix in (".py", ".js") and pattern.search(path.read_text())
+    )
     assert places == ["protocol.py"], places
 
 
@@ -134,8 +144,13 @@ def test_legacy_size_fields(resolution, aspect_ratio, size):
     from ref2img.protocol import legacy_size
 
     assert legacy_size(resolution, aspect_ratio) == size
-    body = {"prompt": "p", "reference_image": "https://x.example/a.png", "control_type": "0",
-            **({"resolution": resolution} if resolution else {}), **({"aspect_ratio": aspect_ratio} if aspect_ratio else {})}
+    body = {
+        "prompt": "p",
+        "reference_image": "https://x.example/a.png",
+        "control_type": "0",
+        **({"resolution": resolution} if resolution else {}),
+        **({"aspect_ratio": aspect_ratio} if aspect_ratio else {}),
+    }
     request = parse_create_request(body)
     assert (request.width, request.height) == size
 
@@ -177,8 +192,13 @@ def test_a_task_that_meets_a_full_disk_keeps_none_of_its_images(tmp_path):
     task = ledger.add(request)
     ledger.claim(task.id)
     image = Image.new("RGB", (64, 64))
-    context = RunContext(ledger=ledger, outputs=FillingOutputs(tmp_path, room=1), engine=RecordingEngine,
-                         load_image=lambda source, field, app_key: image, previews=False)
+    context = RunContext(
+        ledger=ledger,
+        outputs=FillingOutputs(tmp_path, room=1),
+        engine=RecordingEngine,
+        load_image=lambda source, field, app_key: image,
+        previews=False,
+    )
     outcome = run_task(task, "test", context)
     assert outcome.status == TaskStatus.FAILED and "disk is full" in ledger.get(task.id).reason
     assert list(tmp_path.iterdir()) == []  # the first image, written before the disk filled, is gone

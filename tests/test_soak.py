@@ -13,8 +13,13 @@ pytestmark = pytest.mark.slow  # minutes long: CI runs it; `pytest -m "not slow"
 
 
 def test_short_soak_loses_nothing():
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--clients", "4", "--seconds", "80",
-                          "--json"], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--clients", "4", "--seconds", "80", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
     report = run.stdout

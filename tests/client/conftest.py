@@ -16,8 +16,9 @@ from ..server.conftest import Server, image_host  # noqa: F401  (shared fixture)
 @pytest.fixture(scope="session")
 def server(tiny_sd15, tmp_path_factory):
     """One server for the SDK's and the CLI's tests (each module its own key: `credentials`)."""
-    instance = Server(tmp_path_factory.mktemp("sdk") / "data", tiny_sd15, "--allow-private-urls",
-                      "--workers", "2").start()
+    instance = Server(
+        tmp_path_factory.mktemp("sdk") / "data", tiny_sd15, "--allow-private-urls", "--workers", "2"
+    ).start()
     instance.wait_engine()  # the model's load is the fixture's, not the first test's
     yield instance
     instance.stop()
@@ -66,8 +67,8 @@ class Scripted:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_POST = _serve  # noqa: N815
-            do_GET = _serve  # noqa: N815
+            do_POST = _serve
+            do_GET = _serve
 
             def log_message(self, *args):
                 pass
@@ -113,6 +114,13 @@ class CloudTask:
         else:
             status, progress = 3, 100
         result = json.dumps({"images_path": ["https://cdn.example/1.png"]}) if status == 3 else ""
-        return {"task_id": "tm-1", "status": status, "progress": progress, "position": 0 if status == 1 else -1,
-                "wait_time": max(0, round(self.ends_at - time.monotonic())), "reason": "", "params": "",
-                "result": result}
+        return {
+            "task_id": "tm-1",
+            "status": status,
+            "progress": progress,
+            "position": 0 if status == 1 else -1,
+            "wait_time": max(0, round(self.ends_at - time.monotonic())),
+            "reason": "",
+            "params": "",
+            "result": result,
+        }

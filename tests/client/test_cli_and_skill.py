@@ -24,9 +24,28 @@ def env_for(server, credentials) -> dict:
 def test_generate_through_a_server(server, credentials, astronaut, tmp_path):
     reference = tmp_path / "ref.png"
     astronaut.save(reference)
-    result = runner.invoke(app, ["generate", str(reference), "an astronaut", "-c", "depth", "-W", "600", "-H", "512",
-                                 "--batch", "2", "--seed", "3", "--out", str(tmp_path / "out"), "--json"],
-                           env=env_for(server, credentials))
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            str(reference),
+            "an astronaut",
+            "-c",
+            "depth",
+            "-W",
+            "600",
+            "-H",
+            "512",
+            "--batch",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+        env=env_for(server, credentials),
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["server"] == server.url and record["seeds"] == [3, 4] and len(record["urls"]) == 2
@@ -46,20 +65,37 @@ def masked_pair(astronaut, tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_repaint_through_a_server_uploads_the_files_and_keeps_the_unmasked_pixels(server, credentials, astronaut,
-                                                                                  tmp_path):
+def test_repaint_through_a_server_uploads_the_files_and_keeps_the_unmasked_pixels(
+    server, credentials, astronaut, tmp_path
+):
     import numpy as np
 
     image, mask = masked_pair(astronaut, tmp_path)
-    result = runner.invoke(app, ["repaint", str(image), "a golden visor", "--mask", str(mask), "--seed", "9",
-                                 "--server", server.url, "--out", str(tmp_path / "out"), "--json"],
-                           env=env_for(server, credentials))
+    result = runner.invoke(
+        app,
+        [
+            "repaint",
+            str(image),
+            "a golden visor",
+            "--mask",
+            str(mask),
+            "--seed",
+            "9",
+            "--server",
+            server.url,
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+        env=env_for(server, credentials),
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["seeds"] == [9] and len(record["images"]) == 1
     outside = np.asarray(Image.open(mask)) <= 127
-    assert (np.asarray(Image.open(record["images"][0]).convert("RGB"))[outside]
-            == np.asarray(Image.open(image))[outside]).all()
+    assert (
+        np.asarray(Image.open(record["images"][0]).convert("RGB"))[outside] == np.asarray(Image.open(image))[outside]
+    ).all()
 
 
 @pytest.mark.slow
@@ -87,8 +123,11 @@ def test_remote_errors_are_one_line(server, credentials):
     assert bad.exit_code == 2 and "width" in bad.stderr
     wrong = runner.invoke(app, ["task", "get", "t1"], env={**env, "REF2IMG_APP_SECRET": "sk_bad"})
     assert wrong.exit_code == 1 and "140013" in wrong.stderr and "Traceback" not in wrong.output
-    nokey = runner.invoke(app, ["task", "get", "t1"], env={"REF2IMG_BASE_URL": server.url, "REF2IMG_APP_KEY": "",
-                                                           "REF2IMG_APP_SECRET": ""})
+    nokey = runner.invoke(
+        app,
+        ["task", "get", "t1"],
+        env={"REF2IMG_BASE_URL": server.url, "REF2IMG_APP_KEY": "", "REF2IMG_APP_SECRET": ""},
+    )
     assert nokey.exit_code == 2 and "REF2IMG_APP_KEY" in nokey.stderr
 
 
@@ -100,14 +139,27 @@ def test_token_prints_only_when_asked():
 
 
 def run_script(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
 
 
 @pytest.mark.slow
 def test_skill_command_line(server, credentials, image_host):
-    result = run_script(["scripts/tomoviee_img2img_client.py", *credentials, "a cat",
-                         image_host.url("/astronaut.png"), "0", "512", "512", "1", "0.5"], env_for(server, credentials))
+    result = run_script(
+        [
+            "scripts/tomoviee_img2img_client.py",
+            *credentials,
+            "a cat",
+            image_host.url("/astronaut.png"),
+            "0",
+            "512",
+            "512",
+            "1",
+            "0.5",
+        ],
+        env_for(server, credentials),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Task created: " in result.stdout and "Task completed" in result.stdout
     assert "images_path" in result.stdout
@@ -123,9 +175,9 @@ from scripts.tomoviee_img2img_client import TomovieeImg2ImgClient
 client = TomovieeImg2ImgClient({credentials[0]!r}, {credentials[1]!r})
 task_id = client.image_to_image(
     prompt="Keep subject identity and posture, transform scene to modern office, photorealistic lighting",
-    reference_image={image_host.url('/astronaut.png')!r},
+    reference_image={image_host.url("/astronaut.png")!r},
     control_type="2",
-    init_image={image_host.url('/astronaut.jpg')!r},
+    init_image={image_host.url("/astronaut.jpg")!r},
     width=1024,
     height=1024,
     batch_size=1,

@@ -13,7 +13,7 @@ from .conftest import CloudTask, Scripted, ok
 
 QUERY = "/v1/open/pub/task"
 CREATE = "/v1/open/capacity/application/tm_reference_img2img"
-DONE = {"task_id": "t1", "status": 3, "progress": 100, "result": "{\"images_path\": [\"u\"]}"}
+DONE = {"task_id": "t1", "status": 3, "progress": 100, "result": '{"images_path": ["u"]}'}
 
 
 @pytest.fixture
@@ -43,9 +43,8 @@ def test_500s_are_retried_then_succeed(scripted):
 
 def test_retries_run_out(scripted):
     server = scripted(lambda path, body, headers: (503, {"code": 680009, "msg": "down"}, {}))
-    with sdk(server, max_retries=1) as client:
-        with pytest.raises(APIError) as caught:
-            client.get("t1")
+    with sdk(server, max_retries=1) as client, pytest.raises(APIError) as caught:
+        client.get("t1")
     assert caught.value.http_status == 503 and server.count(QUERY) == 2
 
 
@@ -60,9 +59,8 @@ def test_retry_after_is_honoured(scripted):
 
 def test_rate_limit_error_when_retries_are_off(scripted):
     server = scripted(lambda path, body, headers: (429, {"code": 680005, "msg": "busy"}, {"Retry-After": "7"}))
-    with sdk(server, max_retries=0) as client:
-        with pytest.raises(RateLimitError) as caught:
-            client.get("t1")
+    with sdk(server, max_retries=0) as client, pytest.raises(RateLimitError) as caught:
+        client.get("t1")
     assert caught.value.retry_after == 7
 
 
@@ -85,9 +83,8 @@ def test_create_on_our_server_retries_with_one_idempotency_key(scripted):
 
 def test_create_on_the_cloud_is_not_resent_once_it_left(scripted):
     server = scripted(lambda path, body, headers: (500, {"code": 680009, "msg": "boom"}, {}))
-    with sdk(server, server="cloud") as client:
-        with pytest.raises(APIError):
-            client.create("p", "https://x/y.png", "edge")
+    with sdk(server, server="cloud") as client, pytest.raises(APIError):
+        client.create("p", "https://x/y.png", "edge")
     assert server.count(CREATE) == 1  # it may have been created: never a duplicate
 
 
@@ -103,9 +100,16 @@ def test_wire_body_is_what_the_cloud_documents(scripted):
     server = scripted(lambda path, body, headers: ok({"task_id": "t1"}))
     with sdk(server, server="cloud") as client:
         client.create("a cat", "https://x/y.png", 2, width=768, height=512, batch_size=2, control_intensity=0.3)
-    path, body, headers, _ = server.requests[0]
-    assert body == {"prompt": "a cat", "reference_image": "https://x/y.png", "control_type": "2",
-                    "control_intensity": 0.3, "width": 768, "height": 512, "batch_size": 2}
+    _path, body, headers, _ = server.requests[0]
+    assert body == {
+        "prompt": "a cat",
+        "reference_image": "https://x/y.png",
+        "control_type": "2",
+        "control_intensity": 0.3,
+        "width": 768,
+        "height": 512,
+        "batch_size": 2,
+    }
     assert headers["X-App-Key"] == "ak" and headers["Authorization"].startswith("Basic ")
     assert "Idempotency-Key" not in headers
 
@@ -144,16 +148,16 @@ def test_poll_plan_predicts_from_progress():
     assert plan.next_delay(Task("t", TaskStatus.PROCESSING, progress=95), now=95) == pytest.approx(5.2)
 
 
-@pytest.mark.parametrize(("status", "error"), [(4, "TaskFailedError"), (5, "TaskCancelledError"),
-                                               (6, "TaskTimedOutError")])
+@pytest.mark.parametrize(
+    ("status", "error"), [(4, "TaskFailedError"), (5, "TaskCancelledError"), (6, "TaskTimedOutError")]
+)
 def test_final_statuses_raise_their_error_with_the_task(scripted, status, error):
     import ref2img.client as sdk_errors
 
     data = {"task_id": "t1", "status": status, "progress": 40, "reason": "why it ended", "result": ""}
     server = scripted(lambda path, body, headers: ok(data))
-    with sdk(server) as client:
-        with pytest.raises(getattr(sdk_errors, error)) as caught:
-            client.wait("t1")
+    with sdk(server) as client, pytest.raises(getattr(sdk_errors, error)) as caught:
+        client.wait("t1")
     assert caught.value.reason == "why it ended" and caught.value.task.progress == 40
     assert isinstance(caught.value, sdk_errors.TaskError)
 
@@ -168,8 +172,9 @@ def test_download_names_never_leave_the_folder_whatever_task_id_a_server_sends(t
     out = tmp_path / "out"
     try:
         for hostile in ("../../escaped", "/tmp/absolute", "..", "a/../../b", "nul\x00byte"):
-            task = Task.from_data({"task_id": hostile, "status": 3,
-                                   "result": json.dumps({"images_path": [f"{server.url}/x.png"]})})
+            task = Task.from_data(
+                {"task_id": hostile, "status": 3, "result": json.dumps({"images_path": [f"{server.url}/x.png"]})}
+            )
             with Client("ak", "sk", base_url=server.url) as client:
                 [saved] = client.download(task, out)
 

@@ -8,20 +8,21 @@ import httpx
 import pytest
 from PIL import Image
 
-from ref2img import (AsyncClient, AuthenticationError, Client, ImageFetchError, InvalidRequestError, TaskStatus)
-from ref2img.client import (APIConnectionError, TaskFailedError, TaskNotFoundError, UnsupportedError,
-                            WaitTimeoutError)
+from ref2img import AsyncClient, AuthenticationError, Client, ImageFetchError, InvalidRequestError, TaskStatus
+from ref2img.client import APIConnectionError, TaskFailedError, TaskNotFoundError, UnsupportedError, WaitTimeoutError
 
-from ..server.conftest import Cloud, data_uri, img2img_body
+from ..server.conftest import Cloud, data_uri
+import itertools
 
 
 @pytest.mark.slow
 def test_generate_download_and_progress(client, astronaut, tmp_path):
     seen = []
-    task = client.generate("an astronaut", astronaut, "pose", width=640, height=512, batch_size=2, seed=5,
-                           on_progress=seen.append)
+    task = client.generate(
+        "an astronaut", astronaut, "pose", width=640, height=512, batch_size=2, seed=5, on_progress=seen.append
+    )
     assert task.status is TaskStatus.SUCCEEDED and task.succeeded and len(task.images) == 2
-    assert seen[-1].progress == 100 and all(a.progress <= b.progress for a, b in zip(seen, seen[1:]))
+    assert seen[-1].progress == 100 and all(a.progress <= b.progress for a, b in itertools.pairwise(seen))
     paths = client.download(task, tmp_path)
     assert [Image.open(path).size for path in paths] == [(640, 512)] * 2
 
@@ -86,8 +87,11 @@ def test_errors_map_to_classes(server, credentials, astronaut):
 def test_client_side_validation_sends_nothing(astronaut):
     # Port 9 has no server: a request would be an APIConnectionError, validation comes first.
     with Client("ak", "sk", base_url="http://127.0.0.1:9", max_retries=0) as client:
-        for kwargs, field in (({"width": 4000}, "width"), ({"batch_size": 0}, "batch_size"),
-                              ({"control_intensity": 2}, "control_intensity")):
+        for kwargs, field in (
+            ({"width": 4000}, "width"),
+            ({"batch_size": 0}, "batch_size"),
+            ({"control_intensity": 2}, "control_intensity"),
+        ):
             with pytest.raises(InvalidRequestError) as caught:
                 client.create("p", "https://x/y.png", "edge", **kwargs)
             assert caught.value.field == field and "from" in str(caught.value)
@@ -194,8 +198,11 @@ def test_sync_and_async_clients_offer_the_same_calls():
     import inspect
 
     def public(cls) -> dict:
-        return {name: inspect.signature(member) for name, member in vars(cls).items()
-                if callable(member) and not name.startswith("_")}
+        return {
+            name: inspect.signature(member)
+            for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_")
+        }
 
     sync, asynchronous = public(Client), public(AsyncClient)
     assert set(sync) == set(asynchronous)

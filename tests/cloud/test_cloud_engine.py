@@ -15,7 +15,9 @@ from PIL import Image
 from ..server.conftest import Cloud, Server, img2img_body, png_bytes
 from .fake_cloud import FakeCloud, Script
 
-pytestmark = pytest.mark.slow  # servers in front of a fake cloud (about 14 s in all): CI runs it; the everyday run leaves the cloud routes out
+pytestmark = (
+    pytest.mark.slow
+)  # servers in front of a fake cloud (about 14 s in all): CI runs it; the everyday run leaves the cloud routes out
 
 CLOUD_ENV = {"REF2IMG_CLOUD_APP_KEY": "cloud_key", "REF2IMG_CLOUD_APP_SECRET": "cloud_secret"}
 
@@ -28,8 +30,9 @@ def fake():
 
 
 def cloud_server(data_dir, fake: FakeCloud, *extra: str, public: bool = True, env=CLOUD_ENV) -> Server:
-    server = Server(data_dir, "sdxl", "--engine", "tomoviee", "--cloud-url", fake.url, "--allow-private-urls",
-                    *extra, env=env)
+    server = Server(
+        data_dir, "sdxl", "--engine", "tomoviee", "--cloud-url", fake.url, "--allow-private-urls", *extra, env=env
+    )
     if public:
         server.extra += ["--public-url", server.url]
     return server
@@ -96,10 +99,16 @@ def test_a_task_runs_in_the_cloud_and_its_images_are_ours(fake, client, data_uri
 
 def test_a_repaint_goes_to_the_clouds_tm_redrawing_with_its_mask(fake, client, image_host):
     fake.reset(Script(queued_s=0.1, run_s=0.3))
-    body = {"prompt": "a sky", "init_image": image_host.url("/astronaut.png"),
-            "mask_url": image_host.url("/astronaut.png"), "params": "r-1", "seed": 3}
-    created = httpx.post(f"{client.base}/v1/open/capacity/application/tm_redrawing", json=body,
-                         headers=client.headers).json()
+    body = {
+        "prompt": "a sky",
+        "init_image": image_host.url("/astronaut.png"),
+        "mask_url": image_host.url("/astronaut.png"),
+        "params": "r-1",
+        "seed": 3,
+    }
+    created = httpx.post(
+        f"{client.base}/v1/open/capacity/application/tm_redrawing", json=body, headers=client.headers
+    ).json()
     assert created["code"] == 0, created
     data = client.wait_final(created["data"]["task_id"])
     assert data["status"] == 3 and data["route"] == "cloud" and data["params"] == "r-1"
@@ -113,8 +122,9 @@ def test_a_repaint_goes_to_the_clouds_tm_redrawing_with_its_mask(fake, client, i
 
 
 def test_a_cloud_only_server_refuses_controls_saying_why(fake, client, image_host):
-    answer = client.create(img2img_body(image_host.url("/astronaut.png"), control_type="2",
-                                        controls=[{"type": "pose"}, {"type": "depth"}])).json()
+    answer = client.create(
+        img2img_body(image_host.url("/astronaut.png"), control_type="2", controls=[{"type": "pose"}, {"type": "depth"}])
+    ).json()
     assert answer["code"] == 680006 and "controls" in answer["msg"] and "local engine" in answer["msg"]
     assert fake.creates == [] or all("controls" not in body for body in fake.creates)
     steps = client.create(img2img_body(image_host.url("/astronaut.png"), steps=10)).json()
@@ -124,8 +134,9 @@ def test_a_cloud_only_server_refuses_controls_saying_why(fake, client, image_hos
 def test_an_upload_reaches_the_cloud_as_a_signed_url_of_ours(fake, client, astronaut):
     fake.reset(Script(queued_s=0.1, run_s=0.3))
     auth = {k: v for k, v in client.headers.items() if k != "Content-Type"}
-    upload = httpx.post(f"{client.base}/v1/files", files={"file": ("ref.png", png_bytes(astronaut), "image/png")},
-                        headers=auth).json()
+    upload = httpx.post(
+        f"{client.base}/v1/files", files={"file": ("ref.png", png_bytes(astronaut), "image/png")}, headers=auth
+    ).json()
     assert upload["code"] == 0, upload
     data = client.wait_final(client.create_id(img2img_body(upload["data"]["url"])), timeout_s=30)
     assert data["status"] == 3, data
@@ -135,14 +146,18 @@ def test_an_upload_reaches_the_cloud_as_a_signed_url_of_ours(fake, client, astro
     assert cloud_task.inputs["reference_image"] == png_bytes(astronaut)  # the very bytes uploaded
 
 
-@pytest.mark.parametrize(("cloud_status", "ours", "words"), [
-    (4, 4, "the Tomoviee cloud failed the task: insufficient balance"),
-    # The everyday run keeps one mapping; CI checks all three (each about 1.2 s).
-    pytest.param(5, 4, "the Tomoviee cloud closed the task: insufficient balance", marks=pytest.mark.slow),
-    pytest.param(6, 6, "the Tomoviee cloud timed the task out: insufficient balance", marks=pytest.mark.slow),
-])
-def test_each_cloud_failure_status_maps_to_ours_with_the_clouds_reason(fake, client, image_host, cloud_status, ours,
-                                                                       words):
+@pytest.mark.parametrize(
+    ("cloud_status", "ours", "words"),
+    [
+        (4, 4, "the Tomoviee cloud failed the task: insufficient balance"),
+        # The everyday run keeps one mapping; CI checks all three (each about 1.2 s).
+        pytest.param(5, 4, "the Tomoviee cloud closed the task: insufficient balance", marks=pytest.mark.slow),
+        pytest.param(6, 6, "the Tomoviee cloud timed the task out: insufficient balance", marks=pytest.mark.slow),
+    ],
+)
+def test_each_cloud_failure_status_maps_to_ours_with_the_clouds_reason(
+    fake, client, image_host, cloud_status, ours, words
+):
     fake.reset(Script(queued_s=0.1, run_s=0.3, status=cloud_status, reason="insufficient balance"))
     task_id = client.create_id(img2img_body(image_host.url("/astronaut.png")))
     data = client.wait_final(task_id, timeout_s=30)
@@ -184,8 +199,9 @@ def test_a_cancel_while_in_the_cloud_answers_5_at_once_and_abandons_the_cloud_ta
 
 
 @pytest.mark.slow  # a server of its own: about 2.7 s
-def test_without_a_public_url_uploads_and_data_uris_are_refused_but_public_urls_work(fake, tmp_path, data_uri,
-                                                                                      image_host):
+def test_without_a_public_url_uploads_and_data_uris_are_refused_but_public_urls_work(
+    fake, tmp_path, data_uri, image_host
+):
     server = cloud_server(tmp_path / "data", fake, public=False).start()
     try:
         client = Cloud(server.url, *server.new_key())
@@ -195,9 +211,11 @@ def test_without_a_public_url_uploads_and_data_uris_are_refused_but_public_urls_
         fake.reset(Script(queued_s=0.1, run_s=0.2))
         data = client.wait_final(client.create_id(img2img_body(image_host.url("/astronaut.png"))), timeout_s=30)
         assert data["status"] == 3
-        recognition = httpx.post(f"{server.url}/v1/open/capacity/application/tm_reference_img2mask",
-                                 json={"control_type": "0", "init_image": image_host.url("/astronaut.png")},
-                                 headers=client.headers).json()
+        recognition = httpx.post(
+            f"{server.url}/v1/open/capacity/application/tm_reference_img2mask",
+            json={"control_type": "0", "init_image": image_host.url("/astronaut.png")},
+            headers=client.headers,
+        ).json()
         assert recognition["code"] == 680006 and "local engine" in recognition["msg"]
     finally:
         server.stop()
@@ -219,8 +237,15 @@ def test_a_restarted_server_follows_the_same_cloud_task(fake, tmp_path, image_ho
     # The credentials come from a file this time (an EnvironmentFile), not the environment.
     secrets_file = tmp_path / "cloud.env"
     secrets_file.write_text("REF2IMG_CLOUD_APP_KEY=cloud_key\nREF2IMG_CLOUD_APP_SECRET='cloud_secret'\n")
-    server = cloud_server(tmp_path / "data", fake, "--cloud-credentials", str(secrets_file), "--lease", "2",
-                          env={"REF2IMG_CLOUD_APP_KEY": "", "REF2IMG_CLOUD_APP_SECRET": ""}).start()
+    server = cloud_server(
+        tmp_path / "data",
+        fake,
+        "--cloud-credentials",
+        str(secrets_file),
+        "--lease",
+        "2",
+        env={"REF2IMG_CLOUD_APP_KEY": "", "REF2IMG_CLOUD_APP_SECRET": ""},
+    ).start()
     try:
         client = Cloud(server.url, *server.new_key())
         fake.reset(Script(queued_s=0.5, run_s=6.0))

@@ -9,7 +9,9 @@ from ..server.conftest import Cloud, Server, img2img_body
 from .fake_cloud import FakeCloud, Script
 from .test_cloud_engine import CLOUD_ENV
 
-pytestmark = pytest.mark.slow  # a local server and a fake cloud of its own (about 12 s): CI runs it; the everyday run leaves the cloud routes out
+pytestmark = (
+    pytest.mark.slow
+)  # a local server and a fake cloud of its own (about 12 s): CI runs it; the everyday run leaves the cloud routes out
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +24,20 @@ def fake():
 @pytest.fixture(scope="module")
 def hybrid(fake, tiny_sd15, tmp_path_factory):
     # One local worker, and overflow as soon as anything is ahead: the second of two tasks goes out.
-    server = Server(tmp_path_factory.mktemp("hybrid") / "data", tiny_sd15, "--workers", "1", "--overflow", "tomoviee",
-                    "--overflow-after", "0", "--cloud-url", fake.url, "--allow-private-urls", env=CLOUD_ENV)
+    server = Server(
+        tmp_path_factory.mktemp("hybrid") / "data",
+        tiny_sd15,
+        "--workers",
+        "1",
+        "--overflow",
+        "tomoviee",
+        "--overflow-after",
+        "0",
+        "--cloud-url",
+        fake.url,
+        "--allow-private-urls",
+        env=CLOUD_ENV,
+    )
     server.extra += ["--public-url", server.url]
     server.start()
     server.wait_engine()

@@ -82,8 +82,16 @@ def queue(queue_url, store):
 
 def commit(store: Store, route: str = LOCAL, preset: str | None = None) -> str:
     task, _ = store.tasks.create_idempotent(
-        app_key="ak_q", kind="img2img", request={"prompt": "p"}, params=None, callback=None,
-        idempotency_key=None, timeout_s=600, queue_limit=100, route=route, preset=preset,
+        app_key="ak_q",
+        kind="img2img",
+        request={"prompt": "p"},
+        params=None,
+        callback=None,
+        idempotency_key=None,
+        timeout_s=600,
+        queue_limit=100,
+        route=route,
+        preset=preset,
     )
     return task.id
 

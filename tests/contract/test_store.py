@@ -44,8 +44,16 @@ def store(request, tmp_path):
 
 
 def new_task(store: Store, app_key: str = "ak_a", **changes):
-    fields = dict(app_key=app_key, kind="img2img", request={"prompt": "p"}, params="x", callback=None,
-                  idempotency_key=None, timeout_s=600, queue_limit=100)
+    fields = dict(
+        app_key=app_key,
+        kind="img2img",
+        request={"prompt": "p"},
+        params="x",
+        callback=None,
+        idempotency_key=None,
+        timeout_s=600,
+        queue_limit=100,
+    )
     fields.update(changes)
     return store.tasks.create_idempotent(**fields)
 
@@ -68,8 +76,12 @@ def test_idempotency_key_is_per_app_key(store):
 
 def test_an_idempotency_key_with_another_body_is_refused(store):
     new_task(store, idempotency_key="k1")
-    for changed in ({"request": {"prompt": "other"}}, {"params": "y"}, {"kind": "img2mask"},
-                    {"callback": "https://example.com/hook"}):
+    for changed in (
+        {"request": {"prompt": "other"}},
+        {"params": "y"},
+        {"kind": "img2mask"},
+        {"callback": "https://example.com/hook"},
+    ):
         with pytest.raises(IdempotencyMismatch):
             new_task(store, idempotency_key="k1", **changed)
 
@@ -94,11 +106,14 @@ def parallel_creates(store: Store, count: int, **fields) -> list[str]:
     return outcomes
 
 
-@pytest.mark.parametrize(("limit", "quota"), [
-    ("max_concurrent", Quota(max_concurrent=1)),
-    ("per_minute", Quota(per_minute=3)),
-    ("queue_limit", None),
-])
+@pytest.mark.parametrize(
+    ("limit", "quota"),
+    [
+        ("max_concurrent", Quota(max_concurrent=1)),
+        ("per_minute", Quota(per_minute=3)),
+        ("queue_limit", None),
+    ],
+)
 def test_twenty_parallel_creates_respect_the_exact_limit(store, limit, quota):
     allowed = {"max_concurrent": 1, "per_minute": 3, "queue_limit": 4}[limit]
     outcomes = parallel_creates(store, 20, quota=quota, queue_limit=4 if limit == "queue_limit" else 100)
@@ -295,7 +310,11 @@ def test_unsent_queued_tasks_are_found_for_resending(store):
     store.tasks.mark_sent([first.id])
     assert store.tasks.unsent_queued(older_than_s=60) == [(second.id, "local", None), (third.id, "cloud", None)]
     time.sleep(0.05)
-    assert {task_id for task_id, _, _ in store.tasks.unsent_queued(older_than_s=0.01)} == {first.id, second.id, third.id}
+    assert {task_id for task_id, _, _ in store.tasks.unsent_queued(older_than_s=0.01)} == {
+        first.id,
+        second.id,
+        third.id,
+    }
 
 
 def test_each_route_has_its_own_queue(store):

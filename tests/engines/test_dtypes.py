@@ -21,16 +21,24 @@ EXEMPT_MODULES = {"annotator.depth_estimator": torch.float32}
 EXEMPT_BUFFERS = FLOAT32_BY_DESIGN
 
 # Subject first: loading the IP-Adapter rebuilds the pipelines, and the check should see them all.
-JOBS = [(mode, with_init) for mode in (ControlType.SUBJECT, ControlType.EDGE, ControlType.POSE, ControlType.DEPTH)
-        for with_init in (False, True)]
+JOBS = [
+    (mode, with_init)
+    for mode in (ControlType.SUBJECT, ControlType.EDGE, ControlType.POSE, ControlType.DEPTH)
+    for with_init in (False, True)
+]
 
 
 def off_dtype_tensors(engine: LocalEngine, dtype: torch.dtype) -> list[str]:
     found = []
     modules = {}
     for pipe in engine.pipelines.cached_pipelines():
-        modules.update({f"{type(pipe).__name__}.{name}": module for name, module in pipe.components.items()
-                        if isinstance(module, torch.nn.Module)})
+        modules.update(
+            {
+                f"{type(pipe).__name__}.{name}": module
+                for name, module in pipe.components.items()
+                if isinstance(module, torch.nn.Module)
+            }
+        )
     modules.update({f"annotator.{name}": module for name, module in engine.annotators.modules().items()})
     for owner, module in modules.items():
         expected = EXEMPT_MODULES.get(owner, dtype)
@@ -46,8 +54,16 @@ def off_dtype_tensors(engine: LocalEngine, dtype: torch.dtype) -> list[str]:
 def test_every_module_stays_in_the_forced_dtype(family, tiny_sd15, tiny_sdxl, astronaut, coffee):
     engine = LocalEngine(str(tiny_sd15 if family == "sd15" else tiny_sdxl), device="cpu", dtype="bfloat16")
     for mode, with_init in JOBS:
-        job = Job.for_images(prompt="an astronaut", control_type=mode, reference=astronaut, seed=3, width=512, height=512,
-                  init_image=coffee if with_init else None, steps=2)
+        job = Job.for_images(
+            prompt="an astronaut",
+            control_type=mode,
+            reference=astronaut,
+            seed=3,
+            width=512,
+            height=512,
+            init_image=coffee if with_init else None,
+            steps=2,
+        )
         images = engine.generate(job)
         assert [image.size for image in images] == [(512, 512)]
         assert off_dtype_tensors(engine, torch.bfloat16) == [], f"after {mode.name} (init={with_init})"
@@ -64,8 +80,11 @@ def test_every_module_stays_in_the_forced_dtype(family, tiny_sd15, tiny_sdxl, as
 def test_the_guard_sees_a_cast(tiny_sd15, astronaut):
     """The check above can fail: one stray module in float32 is reported by name."""
     engine = LocalEngine(str(tiny_sd15), device="cpu", dtype="bfloat16")
-    engine.generate(Job.for_images(prompt="x", control_type=ControlType.EDGE, reference=astronaut, seed=1, width=512,
-                        height=512, steps=1))
+    engine.generate(
+        Job.for_images(
+            prompt="x", control_type=ControlType.EDGE, reference=astronaut, seed=1, width=512, height=512, steps=1
+        )
+    )
     engine.pipelines.base.vae.to(torch.float32)
     found = off_dtype_tensors(engine, torch.bfloat16)
     assert found and all(".vae: " in line for line in found)

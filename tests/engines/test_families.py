@@ -40,8 +40,9 @@ def test_a_new_family_plugs_in_with_its_module_and_a_preset(monkeypatch, tiny_sd
     preset = resolve_preset(str(tiny_sd15 / "plugin.json"))
     engine = LocalEngine(preset, device="cpu")
     previews = []
-    job = Job.for_images(astronaut, prompt="a plug-in", control_type=ControlType.EDGE, seed=1, width=512,
-                         height=512, steps=2)
+    job = Job.for_images(
+        astronaut, prompt="a plug-in", control_type=ControlType.EDGE, seed=1, width=512, height=512, steps=2
+    )
     images = engine.generate(job, on_preview=lambda done, total, render: previews.append(render()))
     assert plugin_family.LOADS == ["plugin"] and [image.size for image in images] == [(512, 512)]
     assert previews and previews[0].mode == "RGB"  # rendered through the plug-in's pipelines

@@ -18,8 +18,16 @@ EXACT_OFF = Speedups(cache_condition=False, cache_prompts=False, decode_on_devic
 
 
 def edge_job(reference, **changes) -> Job:
-    fields = dict(prompt="an astronaut on a red planet", control_type=ControlType.EDGE, reference=reference,
-                  seed=7, width=512, height=512, steps=4, control_intensity=0.5)
+    fields = dict(
+        prompt="an astronaut on a red planet",
+        control_type=ControlType.EDGE,
+        reference=reference,
+        seed=7,
+        width=512,
+        height=512,
+        steps=4,
+        control_intensity=0.5,
+    )
     fields.update(changes)
     return Job.for_images(**fields)
 
@@ -61,8 +69,9 @@ def test_the_exact_levers_on_sd15_and_img2img(tiny_sd15, astronaut, coffee):
     assert memo.misses == 1 and memo.hits >= 1
 
 
-def test_control_maps_and_init_images_cross_as_8_bits_and_change_no_pixel(tiny_sdxl, tiny_zimage, exact_off,
-                                                                          astronaut, coffee):
+def test_control_maps_and_init_images_cross_as_8_bits_and_change_no_pixel(
+    tiny_sdxl, tiny_zimage, exact_off, astronaut, coffee
+):
     """Pre-processing on the device: the call is handed tensors (here the CPU is the device), and the
     images are the same to the bit as from diffusers' own PIL path, on the UNet and the DiT family."""
     import torch
@@ -75,7 +84,7 @@ def test_control_maps_and_init_images_cross_as_8_bits_and_change_no_pixel(tiny_s
     job = edge_job(astronaut, init_image=coffee, steps=6)
     kwargs = prepared(on, job)
     assert isinstance(kwargs["image"], torch.Tensor) and kwargs["image"].dtype == torch.float32
-    assert 0 <= kwargs["image"].min() and kwargs["image"].max() <= 1
+    assert kwargs["image"].min() >= 0 and kwargs["image"].max() <= 1
     assert all(isinstance(image, torch.Tensor) for image in kwargs["control_image"])
     assert not isinstance(prepared(exact_off, job)["image"], torch.Tensor)
     assert same_pixels(on.generate(job), exact_off.generate(job))
@@ -88,7 +97,9 @@ def test_control_maps_and_init_images_cross_as_8_bits_and_change_no_pixel(tiny_s
 def test_approximations_are_opt_in_and_named():
     assert Speedups().approximate == frozenset()
     assert parse_approximations(" cfg-cut, controlnet-cond-only ,") == {"cfg-cut", "controlnet-cond-only"}
-    with pytest.raises(EngineOptionError, match=r"--approximate: unknown fast; choose from controlnet-cond-only, cfg-cut, step-cache"):
+    with pytest.raises(
+        EngineOptionError, match=r"--approximate: unknown fast; choose from controlnet-cond-only, cfg-cut, step-cache"
+    ):
         Speedups(approximate=frozenset({"fast"}))
     with pytest.raises(EngineOptionError, match="needs the idle ControlNet skipped"):
         Speedups(skip_idle_controlnet=False, approximate=frozenset({"cfg-cut"}))
@@ -100,8 +111,9 @@ def test_approximations_are_opt_in_and_named():
 
 
 def test_the_controlnet_on_the_conditional_half_sees_half_the_batch(tiny_sdxl, exact_off, astronaut):
-    engine = LocalEngine(str(tiny_sdxl), device="cpu",
-                         speedups=Speedups(approximate=frozenset({"controlnet-cond-only"})))
+    engine = LocalEngine(
+        str(tiny_sdxl), device="cpu", speedups=Speedups(approximate=frozenset({"controlnet-cond-only"}))
+    )
     job = edge_job(astronaut, batch_size=2, control_intensity=1.0)
     engine.generate(job)  # loads the ControlNet
     net = engine.pipelines.modules()["controlnet.union"]
@@ -213,8 +225,12 @@ def test_the_compile_policy_keeps_a_shape_eager_until_its_nth_call():
 def test_a_first_call_under_compile_after_runs_eagerly(tiny_sd15, astronaut, tmp_path):
     from torch._dynamo.utils import counters
 
-    engine = LocalEngine(str(tiny_sd15), device="cpu", compile_cache=str(tmp_path / "cache"),
-                         speedups=Speedups(compile="regional", compile_after=3))
+    engine = LocalEngine(
+        str(tiny_sd15),
+        device="cpu",
+        compile_cache=str(tmp_path / "cache"),
+        speedups=Speedups(compile="regional", compile_after=3),
+    )
     before = counters["stats"]["unique_graphs"]
     assert engine.generate(edge_job(astronaut, steps=2))[0].size == (512, 512)
     assert counters["stats"]["unique_graphs"] == before, "a first call compiled"

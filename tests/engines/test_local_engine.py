@@ -12,8 +12,15 @@ from ..conftest import pixels
 
 
 def job(reference, **changes) -> Job:
-    fields = dict(prompt="an astronaut on a red planet", control_type=ControlType.EDGE, reference=reference,
-                  seed=1234, width=512, height=512, batch_size=1)
+    fields = dict(
+        prompt="an astronaut on a red planet",
+        control_type=ControlType.EDGE,
+        reference=reference,
+        seed=1234,
+        width=512,
+        height=512,
+        batch_size=1,
+    )
     fields.update(changes)
     return Job.for_images(**fields)
 
@@ -37,8 +44,10 @@ def test_every_mode_sdxl_union(engine_xl, astronaut, coffee, mode, with_init):
     images = engine_xl.generate(job(astronaut, control_type=mode, init_image=coffee if with_init else None))
     assert [image.size for image in images] == [(512, 512)]
     # diffusers' own SDXL watermark stays off (invisible-watermark is installed): ref2img marks its results
-    assert all(getattr(pipe, "watermark", None) is None for pipe in [engine_xl.pipelines.base,
-                                                                     *engine_xl.pipelines.cached_pipelines()])
+    assert all(
+        getattr(pipe, "watermark", None) is None
+        for pipe in [engine_xl.pipelines.base, *engine_xl.pipelines.cached_pipelines()]
+    )
 
 
 @pytest.mark.parametrize(("width", "height"), [(512, 768), (1000, 600), (2048, 512), (513, 2047)])
@@ -132,8 +141,10 @@ def test_switching_modes_reuses_the_loaded_base(tiny_sd15, astronaut, coffee, mo
 
 def test_steps_override_and_tiny_img2img_strength(engine, astronaut, coffee):
     seen = []
-    engine.generate(job(astronaut, steps=2, control_type=ControlType.SUBJECT, init_image=coffee, control_intensity=1.0),
-                    on_progress=lambda d, t: seen.append(t))
+    engine.generate(
+        job(astronaut, steps=2, control_type=ControlType.SUBJECT, init_image=coffee, control_intensity=1.0),
+        on_progress=lambda d, t: seen.append(t),
+    )
     assert seen and seen[-1] >= 1  # strength 0.4 × 2 steps still runs a step
 
 
@@ -148,8 +159,11 @@ def test_fused_lora_and_trailing_scheduler_like_sdxl_fast(tiny_sd15, astronaut):
     """The sdxl-fast path: a LoRA fused into the UNet at load, Euler with trailing timesteps."""
     from ref2img.engines.local import LocalEngine
 
-    fast = LocalEngine(str(tiny_sd15), device="cpu",
-                       overrides={"lora": str(tiny_sd15 / "lora"), "scheduler": "euler-trailing", "steps": "2"})
+    fast = LocalEngine(
+        str(tiny_sd15),
+        device="cpu",
+        overrides={"lora": str(tiny_sd15 / "lora"), "scheduler": "euler-trailing", "steps": "2"},
+    )
     plain = LocalEngine(str(tiny_sd15), device="cpu", overrides={"scheduler": "euler-trailing", "steps": "2"})
     with_lora = fast.generate(job(astronaut))[0]
     without = plain.generate(job(astronaut))[0]

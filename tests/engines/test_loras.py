@@ -27,8 +27,15 @@ def lora_dir(tiny_sd15, tmp_path_factory):
 
 
 def job(astronaut, **fields) -> Job:
-    return Job.for_images(astronaut.resize((128, 128)), prompt="a statue", control_type=ControlType.EDGE, seed=3,
-                          width=512, height=512, **fields)
+    return Job.for_images(
+        astronaut.resize((128, 128)),
+        prompt="a statue",
+        control_type=ControlType.EDGE,
+        seed=3,
+        width=512,
+        height=512,
+        **fields,
+    )
 
 
 def pixels(engine, astronaut, **fields) -> np.ndarray:
@@ -68,8 +75,13 @@ def two_loras(tiny_sd15, tmp_path_factory):
     source = tiny_sd15 / "lora" / "pytorch_lora_weights.safetensors"
     shutil.copy(source, folder / "style.safetensors")
     tensors = load_file(str(source))
-    save_file({key: (-1.5 * value if ("lora_B" in key or "lora_up" in key) else value).contiguous()
-               for key, value in tensors.items()}, str(folder / "other.safetensors"))
+    save_file(
+        {
+            key: (-1.5 * value if ("lora_B" in key or "lora_up" in key) else value).contiguous()
+            for key, value in tensors.items()
+        },
+        str(folder / "other.safetensors"),
+    )
     return folder
 
 
@@ -80,8 +92,13 @@ def test_a_compiled_unet_hot_swaps_loras_and_weights_without_recompiling(tiny_sd
     from ref2img.engines.local.speed import Speedups
 
     eager = LocalEngine(str(tiny_sd15), device="cpu", lora_dirs=(str(two_loras),)).load()
-    compiled = LocalEngine(str(tiny_sd15), device="cpu", speedups=Speedups(compile="regional"),
-                           compile_cache=str(tmp_path / "cache"), lora_dirs=(str(two_loras),)).load()
+    compiled = LocalEngine(
+        str(tiny_sd15),
+        device="cpu",
+        speedups=Speedups(compile="regional"),
+        compile_cache=str(tmp_path / "cache"),
+        lora_dirs=(str(two_loras),),
+    ).load()
     before = pixels(compiled, astronaut)
     style = pixels(compiled, astronaut, loras=[{"name": "style"}])  # the slot is made: its blocks trace once
     assert np.abs(style.astype(int) - before).mean() > 0.1

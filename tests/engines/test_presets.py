@@ -11,7 +11,7 @@ from ref2img.protocol import ControlType
 def test_builtin_presets_cover_every_mode():
     for preset in PRESETS.values():
         for mode in (ControlType.EDGE, ControlType.POSE, ControlType.DEPTH):
-            key, ref = preset.controlnet_for(mode)
+            _key, ref = preset.controlnet_for(mode)
             assert ref.source
         # Subject mode: the UNet families' IP-Adapter, or a model that takes reference images (zimage's).
         if preset.family == "zimage":

@@ -18,8 +18,16 @@ GiB = 2**30
 
 
 def edge_job(reference, **changes) -> Job:
-    fields = dict(prompt="an astronaut on a red planet", control_type=ControlType.EDGE, reference=reference,
-                  seed=42, width=512, height=512, steps=10, control_intensity=0.5)
+    fields = dict(
+        prompt="an astronaut on a red planet",
+        control_type=ControlType.EDGE,
+        reference=reference,
+        seed=42,
+        width=512,
+        height=512,
+        steps=10,
+        control_intensity=0.5,
+    )
     fields.update(changes)
     return Job.for_images(**fields)
 
@@ -32,8 +40,10 @@ def max_difference(a, b) -> int:
 def plain_engines(tiny_sd15, tiny_sdxl):
     """Every lever off: the reference the optimised engines are compared with."""
     off = Speedups(skip_idle_controlnet=False, channels_last=False)
-    return {family: LocalEngine(str(path), device="cpu", speedups=off)
-            for family, path in (("sd15", tiny_sd15), ("sdxl", tiny_sdxl))}
+    return {
+        family: LocalEngine(str(path), device="cpu", speedups=off)
+        for family, path in (("sd15", tiny_sd15), ("sdxl", tiny_sdxl))
+    }
 
 
 @pytest.mark.slow  # over 5 s on the 2-core machine
@@ -82,10 +92,13 @@ def test_regional_compile_matches_eager(plain_engines, tiny_sd15, astronaut, tmp
     """torch.compile of the transformer blocks (inductor, on the CPU here): same image within rounding,
     and the kernels land in the compile cache folder."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/elsewhere"))
-    compiled = LocalEngine(str(tiny_sd15), device="cpu", speedups=Speedups(compile="regional"),
-                           compile_cache=str(tmp_path / "cache"))
-    for job in (edge_job(astronaut, steps=3),
-                edge_job(astronaut, steps=3, control_type=ControlType.SUBJECT, init_image=astronaut)):
+    compiled = LocalEngine(
+        str(tiny_sd15), device="cpu", speedups=Speedups(compile="regional"), compile_cache=str(tmp_path / "cache")
+    )
+    for job in (
+        edge_job(astronaut, steps=3),
+        edge_job(astronaut, steps=3, control_type=ControlType.SUBJECT, init_image=astronaut),
+    ):
         # fullgraph=True: a graph break (the IP-Adapter's processors, say) would raise here
         assert max_difference(compiled.generate(job)[0], plain_engines["sd15"].generate(job)[0]) <= 2
     assert any((tmp_path / "cache").rglob("*.py")), "no compiled kernel was cached"
@@ -100,14 +113,18 @@ def test_auto_offload_picks_from_the_free_memory(free_gib, expected):
     # SDXL-like: 9.4 GiB of weights, UNet + ControlNet 7.6 GiB; the headroom decides the edges.
     everything, denoisers = int(9.4 * GiB), int(7.6 * GiB)
     assert choose_offload("auto", placement("cuda"), everything, denoisers, free=free_gib * GiB) == expected
-    assert choose_offload("auto", placement("cuda"), everything, denoisers,
-                          free=everything + ACTIVATION_HEADROOM_BYTES - 1) == "model"
+    assert (
+        choose_offload(
+            "auto", placement("cuda"), everything, denoisers, free=everything + ACTIVATION_HEADROOM_BYTES - 1
+        )
+        == "model"
+    )
 
 
 def test_offload_on_a_cpu_is_refused_by_name_and_auto_is_none():
     assert choose_offload("auto", placement("cpu"), GiB, GiB) == "none"
     assert choose_offload("none", placement("cpu"), GiB, GiB) == "none"
-    with pytest.raises(EngineOptionError, match="--offload sequential: .* runs on cpu"):
+    with pytest.raises(EngineOptionError, match=r"--offload sequential: .* runs on cpu"):
         choose_offload("sequential", placement("cpu"), GiB, GiB)
     with pytest.raises(EngineOptionError, match=r"--offload: must be one of none, model, sequential, auto \(got 'x'\)"):
         choose_offload("x", placement("cuda"), GiB, GiB)

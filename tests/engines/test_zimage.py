@@ -37,8 +37,10 @@ def job(reference, **fields):
 @pytest.mark.parametrize("mode", EVERY_MODE, ids=lambda mode: mode.name.lower())
 def test_every_mode_makes_images_of_the_exact_size(zimage, astronaut, mode):
     progress = []
-    images = zimage.generate(job(astronaut, control_type=mode, batch_size=2, width=600, height=520, steps=2),
-                             on_progress=lambda done, total: progress.append((done, total)))
+    images = zimage.generate(
+        job(astronaut, control_type=mode, batch_size=2, width=600, height=520, steps=2),
+        on_progress=lambda done, total: progress.append((done, total)),
+    )
     assert [image.size for image in images] == [(600, 520), (600, 520)]
     assert progress == [(1, 2), (2, 2)]
 
@@ -50,8 +52,10 @@ def test_subject_mode_keeps_the_reference_and_takes_a_distinct_init_image(zimage
     assert not np.array_equal(subject(astronaut), subject(coffee)), "the reference reaches the subject model"
     assert not np.array_equal(subject(astronaut), subject(astronaut, init_image=coffee)), "so does an init image"
     previews = []
-    zimage.generate(job(astronaut, control_type=ControlType.SUBJECT, steps=2),
-                    on_preview=lambda done, total, render: previews.append(render()))
+    zimage.generate(
+        job(astronaut, control_type=ControlType.SUBJECT, steps=2),
+        on_preview=lambda done, total, render: previews.append(render()),
+    )
     assert len(previews) == 2 and all(image.mode == "RGB" for image in previews)  # FLUX.2's 32-channel factors
 
 
@@ -88,8 +92,10 @@ def test_previews_and_cancel_between_steps(zimage, astronaut):
 
 def test_an_init_image_with_a_control_map_is_img2img(zimage, astronaut, coffee):
     progress = []
-    from_coffee = zimage.generate(job(astronaut, init_image=coffee, batch_size=2, steps=8),
-                                  on_progress=lambda done, total: progress.append((done, total)))
+    from_coffee = zimage.generate(
+        job(astronaut, init_image=coffee, batch_size=2, steps=8),
+        on_progress=lambda done, total: progress.append((done, total)),
+    )
     assert [image.size for image in from_coffee] == [(640, 512), (640, 512)]
     assert progress[-1] == (6, 6)  # strength 0.75: the last 6 of 8 steps run
     from_other = zimage.generate(job(astronaut, init_image=astronaut.rotate(90), batch_size=1, steps=8))[0]
@@ -102,7 +108,9 @@ def test_an_init_image_with_a_control_map_is_img2img(zimage, astronaut, coffee):
 
 def test_a_preset_without_a_subject_model_refuses_subject_jobs_by_name(tiny_zimage, astronaut):
     without = LocalEngine(resolve_preset(str(tiny_zimage), {"extra.subject_base": "none"}), device="cpu")
-    with pytest.raises(EngineOptionError, match=r"subject mode: preset 'tiny-zimage' \(Z-Image\) names no subject model"):
+    with pytest.raises(
+        EngineOptionError, match=r"subject mode: preset 'tiny-zimage' \(Z-Image\) names no subject model"
+    ):
         without.generate(job(astronaut, control_type=ControlType.SUBJECT))
 
 
@@ -122,8 +130,12 @@ def test_the_tiny_preset_has_the_real_layout(tiny_zimage):
     assert set(spec["extra"]) == set(real.extra)
     index = json.loads((tiny_zimage / "base" / "model_index.json").read_text())
     assert {name: value[1] for name, value in index.items() if isinstance(value, list)} == {
-        "scheduler": "FlowMatchEulerDiscreteScheduler", "text_encoder": "Qwen3Model", "tokenizer": "Qwen2Tokenizer",
-        "transformer": "ZImageTransformer2DModel", "vae": "AutoencoderKL"}  # as Tongyi-MAI/Z-Image-Turbo's
+        "scheduler": "FlowMatchEulerDiscreteScheduler",
+        "text_encoder": "Qwen3Model",
+        "tokenizer": "Qwen2Tokenizer",
+        "transformer": "ZImageTransformer2DModel",
+        "vae": "AutoencoderKL",
+    }  # as Tongyi-MAI/Z-Image-Turbo's
     preset = resolve_preset(str(tiny_zimage))
     assert set(preset.parts()) == set(real.parts())
 
@@ -188,8 +200,9 @@ def test_the_idle_controlnet_is_skipped_at_intensity_0_and_changes_no_pixel(zima
 
     plain = LocalEngine(str(tiny_zimage), device="cpu", speedups=Speedups(skip_idle_controlnet=False)).load()
     for intensity in (0.0, 0.6):
-        ours, theirs = (engine.generate(job(astronaut, control_intensity=intensity, steps=3))[0]
-                        for engine in (zimage, plain))
+        ours, theirs = (
+            engine.generate(job(astronaut, control_intensity=intensity, steps=3))[0] for engine in (zimage, plain)
+        )
         assert np.array_equal(np.asarray(ours), np.asarray(theirs)), intensity
     net = zimage.pipelines.modules()["controlnet.union"]
     net.run_steps = net.skipped_steps = 0
@@ -207,8 +220,10 @@ def test_offload_auto_weighs_the_subject_model_before_it_loads(zimage, tiny_zima
     preset = zimage.preset
     ref = preset.extra["subject_base"]
     folder = tiny_zimage / "subject"
-    size = {part: sum(f.stat().st_size for f in (folder / part).glob("*.safetensors"))
-            for part in ("transformer", "vae", "text_encoder")}
+    size = {
+        part: sum(f.stat().st_size for f in (folder / part).glob("*.safetensors"))
+        for part in ("transformer", "vae", "text_encoder")
+    }
     shared = weight_bytes(ref, preset, zimage.pipelines.base.text_encoder)
     assert shared == size["transformer"] + size["vae"] > 0
     assert weight_bytes(ref, preset, None) == shared + size["text_encoder"]

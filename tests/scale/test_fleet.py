@@ -22,10 +22,8 @@ from ..server.conftest import Cloud, Server, data_uri, img2img_body
 pytestmark = pytest.mark.slow  # minutes long: CI runs it; `pytest -m "not slow"` leaves it out
 
 
-
 class Fleet:
-    def __init__(self, tmp_path, tiny_model, steps: int, postgres_url: str, redis_url: str, api_extra=(),
-                 env=None):
+    def __init__(self, tmp_path, tiny_model, steps: int, postgres_url: str, redis_url: str, api_extra=(), env=None):
         self.postgres = postgres_url
         self.redis = redis_url
         self.schema = f"fleet_{secrets.token_hex(4)}"
@@ -37,19 +35,49 @@ class Fleet:
         self.model = str(tiny_model)
         self.steps = steps
         # Private URLs allowed: the tests' callback receiver listens on loopback.
-        common = ["--queue", redis_url, "--db", self.db, "--storage", str(self.storage), "--lease", "3",
-                  "--allow-private-urls"]
+        common = [
+            "--queue",
+            redis_url,
+            "--db",
+            self.db,
+            "--storage",
+            str(self.storage),
+            "--lease",
+            "3",
+            "--allow-private-urls",
+        ]
         self.api = Server(tmp_path / "api", tiny_model, *common, *api_extra, env=env).start()
         self.workers: list[subprocess.Popen] = []
 
     def start_worker(self, *extra: str, env=None, model=None) -> subprocess.Popen:
         log = open(self.tmp_path / f"worker-{len(self.workers)}.log", "ab")
-        command = [sys.executable, "-m", "ref2img.cli", "worker", "--queue", self.redis, "--db", self.db,
-                   "--storage", str(self.storage), "--model", str(model or self.model),  # its public URL: from the store
-                   "--part", f"steps={self.steps}", "--lease", "3", "--data-dir", str(self.tmp_path / "w"),
-                   "--log-level", "warning", "--allow-private-urls", *extra]
-        process = subprocess.Popen(command, stdout=log, stderr=log,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+        command = [
+            sys.executable,
+            "-m",
+            "ref2img.cli",
+            "worker",
+            "--queue",
+            self.redis,
+            "--db",
+            self.db,
+            "--storage",
+            str(self.storage),
+            "--model",
+            str(model or self.model),  # its public URL: from the store
+            "--part",
+            f"steps={self.steps}",
+            "--lease",
+            "3",
+            "--data-dir",
+            str(self.tmp_path / "w"),
+            "--log-level",
+            "warning",
+            "--allow-private-urls",
+            *extra,
+        ]
+        process = subprocess.Popen(
+            command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        )
         self.workers.append(process)
         return process
 
@@ -131,8 +159,9 @@ def test_accepted_while_no_worker_runs_is_done_later(fleet, astronaut):
     assert [cloud.wait_final(task_id, timeout_s=120)["status"] for task_id in task_ids] == [3, 3, 3]
 
 
-def test_chaos_two_api_nodes_three_workers_kills_and_restarts(tmp_path, tiny_sd15, astronaut, postgres_url,
-                                                              redis_server):
+def test_chaos_two_api_nodes_three_workers_kills_and_restarts(
+    tmp_path, tiny_sd15, astronaut, postgres_url, redis_server
+):
     """60 tasks through 2 API nodes; a random worker SIGKILLed twice and one restarted; the store's
     connections cut once. Every task ends at 3, readable through either node, one webhook-id each."""
     import random
@@ -142,8 +171,20 @@ def test_chaos_two_api_nodes_three_workers_kills_and_restarts(tmp_path, tiny_sd1
     # One key sends all 60 at once: no share of the queue per key here (that is test_quotas' subject).
     no_share = ("--key-queue-limit", "0")
     fleet = Fleet(tmp_path, tiny_sd15, 10, postgres_url, redis_server.url, api_extra=no_share)
-    second_api = Server(tmp_path / "api2", tiny_sd15, "--queue", fleet.redis, "--db", fleet.db, "--storage",
-                        str(fleet.storage), "--lease", "3", "--allow-private-urls", *no_share).start()
+    second_api = Server(
+        tmp_path / "api2",
+        tiny_sd15,
+        "--queue",
+        fleet.redis,
+        "--db",
+        fleet.db,
+        "--storage",
+        str(fleet.storage),
+        "--lease",
+        "3",
+        "--allow-private-urls",
+        *no_share,
+    ).start()
     receiver = Receiver()
     try:
         workers = [fleet.start_worker() for _ in range(3)]
@@ -185,9 +226,12 @@ def _drop_store_connections(postgres_url: str) -> None:
     """Cut every connection to the run's own database (as a database failover would)."""
     admin = create_engine(postgres_url)
     with admin.begin() as connection:
-        connection.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name <> 'keep'"))
+        connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name <> 'keep'"
+            )
+        )
     admin.dispose()
 
 
@@ -243,8 +287,9 @@ def test_s3_storage_end_to_end(tmp_path, tiny_sd15, astronaut, s3_endpoint):
         data = cloud.wait_final(cloud.create_id(img2img_body(data_uri(astronaut))))
         [url] = json.loads(data["result"])["images_path"]
         assert httpx.get(url).content[:4] == b"\x89PNG"
-        keys = [item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="ref2img-test",
-                                                                        Prefix="e2e/")["Contents"]]
+        keys = [
+            item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket="ref2img-test", Prefix="e2e/")["Contents"]
+        ]
         assert f"e2e/results/{data['task_id']}/1.png" in keys
         assert not (tmp_path / "data" / "files").exists()
     finally:
@@ -271,8 +316,9 @@ def test_a_worker_needs_no_public_url_and_callbacks_carry_the_api_nodes(fleet, a
         receiver.close()
 
 
-def test_overflow_goes_through_the_cloud_queue_to_a_cloud_worker(tmp_path, tiny_sd15, postgres_url, redis_server,
-                                                                  image_host):
+def test_overflow_goes_through_the_cloud_queue_to_a_cloud_worker(
+    tmp_path, tiny_sd15, postgres_url, redis_server, image_host
+):
     from ..cloud.fake_cloud import FakeCloud, Script
     from ..cloud.test_cloud_engine import CLOUD_ENV
 
@@ -309,8 +355,9 @@ def wait_until_held(fleet: Fleet, cloud: Cloud, preset: str, timeout_s: float = 
         time.sleep(0.2)
 
 
-def test_each_preset_goes_to_the_workers_holding_it(tmp_path, tiny_sd15, tiny_sdxl, astronaut, postgres_url,
-                                                    redis_server):
+def test_each_preset_goes_to_the_workers_holding_it(
+    tmp_path, tiny_sd15, tiny_sdxl, astronaut, postgres_url, redis_server
+):
     """An API node offering two presets; one worker a preset. A task for a preset no live worker holds
     waits, saying so, and runs once a worker holding it starts; none runs on the wrong worker."""
     fleet = Fleet(tmp_path, tiny_sd15, 20, postgres_url, redis_server.url, api_extra=("--model", str(tiny_sdxl)))
@@ -330,8 +377,10 @@ def test_each_preset_goes_to_the_workers_holding_it(tmp_path, tiny_sd15, tiny_sd
         fleet.start_worker(model=tiny_sdxl)  # holds tiny-sdxl only
         done = cloud.wait_final(for_sdxl, timeout_s=120)
         assert done["status"] == 3, done
-        more = [cloud.create_id(img2img_body(data_uri(astronaut), model=name, seed=i))
-                for i, name in enumerate(["tiny", "tiny-sdxl"] * 3)]
+        more = [
+            cloud.create_id(img2img_body(data_uri(astronaut), model=name, seed=i))
+            for i, name in enumerate(["tiny", "tiny-sdxl"] * 3)
+        ]
         assert [cloud.wait_final(task_id, timeout_s=120)["status"] for task_id in more] == [3] * 6
         tasks = httpx.get(f"{fleet.api.url}/v1/tasks", headers=cloud.headers).json()["data"]["tasks"]
         assert {t["settings"]["model"] for t in tasks} == {"tiny", "tiny-sdxl"}
@@ -339,8 +388,9 @@ def test_each_preset_goes_to_the_workers_holding_it(tmp_path, tiny_sd15, tiny_sd
         fleet.close()
 
 
-def test_an_api_node_without_model_offers_what_its_workers_hold(tmp_path, tiny_sd15, astronaut, postgres_url,
-                                                                redis_server):
+def test_an_api_node_without_model_offers_what_its_workers_hold(
+    tmp_path, tiny_sd15, astronaut, postgres_url, redis_server
+):
     """A fleet's API node started with no --model (as the scale-out docs' first form did) sends a task that
     names no preset to the preset its live workers hold, not to a preset of its own that none holds; before
     any worker lives it says so, and /v1/info says where its presets come from."""

@@ -51,10 +51,24 @@ class Server:
 
     def start(self) -> Server:
         model = ["--model", self.model] if self.model else []  # "": none, as a fleet's API node may be started
-        command = [sys.executable, "-m", "ref2img.cli", "serve", "--port", str(self.port), "--data-dir",
-                   str(self.data_dir), *model, "--log-level", "warning", *self.extra]
+        command = [
+            sys.executable,
+            "-m",
+            "ref2img.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *model,
+            "--log-level",
+            "warning",
+            *self.extra,
+        ]
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env})
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=log, env={**os.environ, "HF_HUB_OFFLINE": "1", **self.env}
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -91,8 +105,11 @@ class Server:
 
     @property
     def db_url(self) -> str:
-        return self.extra[self.extra.index("--db") + 1] if "--db" in self.extra else \
-            f"sqlite:///{self.data_dir / 'ref2img.db'}"
+        return (
+            self.extra[self.extra.index("--db") + 1]
+            if "--db" in self.extra
+            else f"sqlite:///{self.data_dir / 'ref2img.db'}"
+        )
 
     def new_key(self) -> tuple[str, str]:
         store = Store(self.db_url)
@@ -130,8 +147,12 @@ class Cloud:
         return {"Content-Type": "application/json", "X-App-Key": self.app_key, "Authorization": f"Basic {token}"}
 
     def create(self, body: dict, **headers) -> httpx.Response:
-        return httpx.post(f"{self.base}/v1/open/capacity/application/tm_reference_img2img", json=body,
-                          headers={**self.headers, **headers}, timeout=30)
+        return httpx.post(
+            f"{self.base}/v1/open/capacity/application/tm_reference_img2img",
+            json=body,
+            headers={**self.headers, **headers},
+            timeout=30,
+        )
 
     def create_id(self, body: dict, **headers) -> str:
         answer = self.create(body, **headers).json()
@@ -143,8 +164,9 @@ class Cloud:
         return httpx.post(f"{self.base}/v1/open/pub/task", json=body, headers=self.headers, timeout=60).json()
 
     def cancel(self, task_id: str) -> dict:
-        return httpx.post(f"{self.base}/v1/open/pub/task/cancel", json={"task_id": task_id}, headers=self.headers,
-                          timeout=30).json()
+        return httpx.post(
+            f"{self.base}/v1/open/pub/task/cancel", json={"task_id": task_id}, headers=self.headers, timeout=30
+        ).json()
 
     def wait_final(self, task_id: str, timeout_s: float = 90) -> dict:
         deadline = time.monotonic() + timeout_s
@@ -169,8 +191,12 @@ def bomb_header(width: int = 30000, height: int = 30000) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 class ImageHost:
@@ -181,7 +207,7 @@ class ImageHost:
         host = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - http.server's naming
+            def do_GET(self):
                 path = self.path.split("?")[0]
                 if path.startswith("/redirect/"):
                     self.send_response(302)
@@ -220,7 +246,7 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.calls.append((dict(self.headers), body))
                 self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
@@ -261,14 +287,16 @@ def running(tmp_path_factory, name: str, model: Path | str, *extra: str) -> Iter
 @pytest.fixture(scope="session")
 def image_host(astronaut):
     good = png_bytes(astronaut)
-    host = ImageHost({
-        "/astronaut.png": (good, "image/png"),
-        "/astronaut.jpg": (png_bytes(astronaut, "JPEG"), "image/jpeg"),
-        "/truncated.png": (good[: len(good) // 3], "image/png"),
-        "/empty.png": (b"", "image/png"),
-        "/bomb.png": (bomb_header(), "image/png"),
-        "/text.png": (b"hello, I am text pretending to be a PNG", "image/png"),
-    })
+    host = ImageHost(
+        {
+            "/astronaut.png": (good, "image/png"),
+            "/astronaut.jpg": (png_bytes(astronaut, "JPEG"), "image/jpeg"),
+            "/truncated.png": (good[: len(good) // 3], "image/png"),
+            "/empty.png": (b"", "image/png"),
+            "/bomb.png": (bomb_header(), "image/png"),
+            "/text.png": (b"hello, I am text pretending to be a PNG", "image/png"),
+        }
+    )
     yield host
     host.close()
 
@@ -279,8 +307,15 @@ def server(tiny_sd15, tmp_path_factory):
     One for the session (a start and its engine load cost seconds): each module gets its own key
     (`cloud`), so its tasks, history and quotas are its own; a test that must stop or restart a server, or
     change its flags, starts one of its own."""
-    instance = Server(tmp_path_factory.mktemp("srv") / "data", tiny_sd15, "--allow-private-urls",
-                      "--callback-retry-scale", "0.002", "--workers", "2").start()
+    instance = Server(
+        tmp_path_factory.mktemp("srv") / "data",
+        tiny_sd15,
+        "--allow-private-urls",
+        "--callback-retry-scale",
+        "0.002",
+        "--workers",
+        "2",
+    ).start()
     yield instance
     instance.stop()
 
@@ -291,7 +326,14 @@ def cloud(server) -> Cloud:
 
 
 def img2img_body(reference: str, **changes) -> dict:
-    body = {"prompt": "an astronaut on mars", "reference_image": reference, "control_type": "0",
-            "control_intensity": 0.5, "width": 512, "height": 512, "batch_size": 1}
+    body = {
+        "prompt": "an astronaut on mars",
+        "reference_image": reference,
+        "control_type": "0",
+        "control_intensity": 0.5,
+        "width": 512,
+        "height": 512,
+        "batch_size": 1,
+    }
     body.update(changes)
     return body

@@ -18,8 +18,7 @@ from .conftest import Cloud, Receiver, Server, data_uri, free_port, img2img_body
 def test_callback_is_signed_and_retried_with_one_id(cloud, image_host):
     receiver = Receiver(statuses=[500, 503])
     try:
-        task_id = cloud.create_id(img2img_body(image_host.url("/astronaut.png"), callback=receiver.url,
-                                               params="p-1"))
+        task_id = cloud.create_id(img2img_body(image_host.url("/astronaut.png"), callback=receiver.url, params="p-1"))
         calls = receiver.wait_calls(3)
         ids = {headers["webhook-id"] for headers, _ in calls}
         assert ids == {f"msg_{task_id}"}  # the same id on every attempt
@@ -74,7 +73,7 @@ def test_size_cap_and_slow_bodies(image_host):
         small.get(image_host.url("/astronaut.png"))
 
     class Drip(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(200)
             self.end_headers()
             for _ in range(50):

@@ -11,9 +11,16 @@ pytestmark = pytest.mark.slow  # generations on the module's server: about 20 s 
 
 
 def test_controls_with_the_subject_make_images_and_echo_the_request(cloud: Cloud, image_host):
-    body = img2img_body(image_host.url("/astronaut.png"), control_type="2", control_intensity=0.6, params="c-1",
-                        controls=[{"type": "pose", "intensity": 0.8},
-                                  {"type": "depth", "image": image_host.url("/astronaut.jpg"), "end": 0.6}])
+    body = img2img_body(
+        image_host.url("/astronaut.png"),
+        control_type="2",
+        control_intensity=0.6,
+        params="c-1",
+        controls=[
+            {"type": "pose", "intensity": 0.8},
+            {"type": "depth", "image": image_host.url("/astronaut.jpg"), "end": 0.6},
+        ],
+    )
     data = cloud.wait_final(cloud.create_id(body))
     assert data["status"] == 3 and data["params"] == "c-1", data
     assert len(json.loads(data["result"])["images_path"]) == 1
@@ -35,7 +42,8 @@ def test_bad_controls_are_refused_naming_the_field(cloud: Cloud, image_host):
         assert answer["code"] in (680001, 680002) and answer["msg"].startswith(f"{field}"), (field, answer)
     mismatch = cloud.create(img2img_body(reference, control_type="3", controls=[{"type": "pose"}])).json()
     assert mismatch["code"] == 680001 and mismatch["msg"].startswith("control_type: with controls")
-    broken = cloud.create_id(img2img_body(reference, control_type="0",
-                                          controls=[{"type": "edge", "image": image_host.url("/text.png")}]))
+    broken = cloud.create_id(
+        img2img_body(reference, control_type="0", controls=[{"type": "edge", "image": image_host.url("/text.png")}])
+    )
     data = cloud.wait_final(broken)
     assert data["status"] == 4 and data["reason"].startswith("controls[0].image: ")

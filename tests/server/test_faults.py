@@ -24,8 +24,10 @@ from .conftest import Cloud, Server, data_uri, free_port, img2img_body, png_byte
 
 FAULTS = {  # a prompt naming a fault makes the engine's pipeline raise it, as the real one would
     "fault:cuda-oom": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
-    "fault:cpu-oom": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
-                                          "can't allocate memory: you tried to allocate 85899345920 bytes."),
+    "fault:cpu-oom": lambda: RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: "
+        "can't allocate memory: you tried to allocate 85899345920 bytes."
+    ),
     "fault:bug": lambda: ValueError("an engine bug"),
 }
 
@@ -36,8 +38,10 @@ class FaultyEngine(LocalEngine):
     def _prepare(self, job, gen_w, gen_h):
         pipe, kwargs = super()._prepare(job, gen_w, gen_h)
         if job.prompt in FAULTS:
-            def pipe(**_kwargs):  # noqa: F811 - the faulty stand-in for this call only
+
+            def pipe(**_kwargs):
                 raise FAULTS[job.prompt]()
+
         return pipe, kwargs
 
 
@@ -46,8 +50,11 @@ class InProcessServer:
 
     def __init__(self, settings: ServerSettings):
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
-                                                    log_level="warning", access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings), host="127.0.0.1", port=self.port, log_level="warning", access_log=False
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -69,8 +76,12 @@ def reference() -> str:
 
 
 def test_engine_faults_end_the_task_clearly_and_the_worker_goes_on(tiny_sd15, tmp_path, reference, caplog):
-    settings = ServerSettings(data_dir=tmp_path / "data", model=str(tiny_sd15), workers=1,
-                              engine_factory=lambda: FaultyEngine(str(tiny_sd15)).load())
+    settings = ServerSettings(
+        data_dir=tmp_path / "data",
+        model=str(tiny_sd15),
+        workers=1,
+        engine_factory=lambda: FaultyEngine(str(tiny_sd15)).load(),
+    )
     with InProcessServer(settings) as url:
         cloud = Cloud(url, *Server(tmp_path / "data", tiny_sd15).new_key())
 
@@ -102,8 +113,11 @@ def test_a_locked_store_answers_busy_and_loses_nothing(tiny_sd15, tmp_path, refe
             answer = cloud.create(img2img_body(reference))
             waited = time.monotonic() - started
             assert answer.status_code == 429 and answer.headers["Retry-After"] == "5"
-            assert answer.json() == {"code": 680005, "data": None,
-                                     "msg": "busy: the task store is locked by another process; retry in 5 s"}
+            assert answer.json() == {
+                "code": 680005,
+                "data": None,
+                "msg": "busy: the task store is locked by another process; retry in 5 s",
+            }
             assert 9 < waited < 25  # it waited its turn and the busy timeout (10 s each at most), then said so
             assert cloud.query(running)["code"] == 0  # readers are not blocked (WAL)
         finally:
@@ -155,8 +169,11 @@ def test_a_full_data_disk_answers_busy_and_recovers(tiny_sd15, small_disk, refer
             else:
                 refused += 1
                 assert body["code"] == 680005 and body["msg"].startswith("busy: the server's disk is full")
-        upload = httpx.post(f"{server.url}/v1/files", files={"file": ("r.png", png_bytes(Image.new("RGB", (64, 64), "red")))},
-                            headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"})
+        upload = httpx.post(
+            f"{server.url}/v1/files",
+            files={"file": ("r.png", png_bytes(Image.new("RGB", (64, 64), "red")))},
+            headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"},
+        )
         assert upload.status_code == 429
         assert upload.json()["msg"].startswith("busy: the server's disk is full")
         assert not list((small_disk / "data").rglob("*.part"))  # nothing half-written is left behind
@@ -165,7 +182,8 @@ def test_a_full_data_disk_answers_busy_and_recovers(tiny_sd15, small_disk, refer
         finals = [cloud.wait_final(task_id, timeout_s=120) for task_id in accepted]
         for final in finals:  # done once there is room again, or failed saying why; never lost
             assert final["status"] == 3 or (
-                final["status"] == 4 and final["reason"].startswith("the server's disk is full")), final
+                final["status"] == 4 and final["reason"].startswith("the server's disk is full")
+            ), final
         assert cloud.wait_final(cloud.create_id(img2img_body(reference)), timeout_s=120)["status"] == 3
         assert refused > 0  # the full disk was really met (a create needs new pages in the database)
     finally:
@@ -201,8 +219,9 @@ def test_an_internal_error_carries_the_security_headers_and_no_traceback(tiny_sd
 
     from ref2img.server.headers import security_headers
 
-    settings = ServerSettings(data_dir=tmp_path / "data", model=str(tiny_sd15), workers=0,
-                              engine_factory=lambda: LocalEngine(str(tiny_sd15)))
+    settings = ServerSettings(
+        data_dir=tmp_path / "data", model=str(tiny_sd15), workers=0, engine_factory=lambda: LocalEngine(str(tiny_sd15))
+    )
     app = create_app(settings)
 
     @app.get("/v1/broken-on-purpose")

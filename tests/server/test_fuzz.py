@@ -13,8 +13,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from .conftest import Cloud, running
 
@@ -36,9 +40,13 @@ def operations(fuzzed) -> list:
     api = schemathesis.openapi.from_url(f"{fuzzed.url}/openapi.json")
     found = [result.ok() for result in api.get_all_operations()]
     assert {operation.label for operation in found} >= {
-        "POST /v1/open/capacity/application/tm_reference_img2img", "POST /v1/open/pub/task",
+        "POST /v1/open/capacity/application/tm_reference_img2img",
+        "POST /v1/open/pub/task",
         "POST /v1/open/capacity/application/tm_redrawing",
-        "POST /v1/open/pub/task/cancel", "POST /v1/files", "GET /v1/open/capacity/get/token"}
+        "POST /v1/open/pub/task/cancel",
+        "POST /v1/files",
+        "GET /v1/open/capacity/get/token",
+    }
     return found
 
 

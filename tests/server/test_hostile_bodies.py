@@ -39,8 +39,14 @@ def reference() -> str:
 
 
 def body(reference: str, **changes) -> dict:
-    fields = {"prompt": "a blue square", "reference_image": reference, "control_type": "0", "width": 512,
-              "height": 512, "batch_size": 1}
+    fields = {
+        "prompt": "a blue square",
+        "reference_image": reference,
+        "control_type": "0",
+        "width": 512,
+        "height": 512,
+        "batch_size": 1,
+    }
     fields.update(changes)
     return {key: value for key, value in fields.items() if value is not ...}
 
@@ -91,8 +97,10 @@ def test_refused_with_the_field_named(hostile, reference, changes, field):
 
 RAW = [  # bodies json.dumps cannot write: (text, the field named)
     ('{"prompt": "p", "reference_image": "R", "control_type": "0", "control_intensity": NaN}', "control_intensity"),
-    ('{"prompt": "p", "reference_image": "R", "control_type": "0", "control_intensity": -Infinity}',
-     "control_intensity"),
+    (
+        '{"prompt": "p", "reference_image": "R", "control_type": "0", "control_intensity": -Infinity}',
+        "control_intensity",
+    ),
     ('{"prompt": "p", "reference_image": "R", "control_type": "0", "width": Infinity}', "width"),
     ('{"prompt": "p\\ud800", "reference_image": "R", "control_type": "0"}', "prompt"),
     ('{"prompt": "p", "reference_image": "R", "control_type": "0", "width": 512, "width": 4096}', "width"),
@@ -107,8 +115,11 @@ RAW = [  # bodies json.dumps cannot write: (text, the field named)
 
 @pytest.mark.parametrize("raw, field", RAW, ids=[f"{f}-{i}" for i, (_, f) in enumerate(RAW)])
 def test_raw_bodies(hostile, reference, raw, field):
-    content = raw.replace('"R"', json.dumps(reference)).encode("utf-8", "surrogatepass") if raw.isascii() \
+    content = (
+        raw.replace('"R"', json.dumps(reference)).encode("utf-8", "surrogatepass")
+        if raw.isascii()
         else raw.encode("latin-1")
+    )
     answer = post_raw(hostile, CREATE, content)
     assert answer.json()["code"] == 680001, answer.text
     assert answer.json()["msg"].startswith(f"{field}: "), answer.json()["msg"]
@@ -119,12 +130,16 @@ def test_duplicated_fields_last_one_wins(hostile, reference):
     assert post_raw(hostile, CREATE, raw).json()["code"] == 0
 
 
-@pytest.mark.parametrize("changes", [
-    {"width": 1024.0},  # an integral JSON number is an integer
-    {"control_type": 2},  # the cloud documents a string; untyped clients send ints
-    {"unknown_field": {"ignored": True}},
-    {"image": "R", "reference_image": ..., "image_num": 2, "batch_size": ...},  # legacy aliases
-], ids=["integral-float", "int-control-type", "unknown-field", "aliases"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"width": 1024.0},  # an integral JSON number is an integer
+        {"control_type": 2},  # the cloud documents a string; untyped clients send ints
+        {"unknown_field": {"ignored": True}},
+        {"image": "R", "reference_image": ..., "image_num": 2, "batch_size": ...},  # legacy aliases
+    ],
+    ids=["integral-float", "int-control-type", "unknown-field", "aliases"],
+)
 def test_documented_acceptances(hostile, reference, changes):
     changes = {key: (reference if value == "R" else value) for key, value in changes.items()}
     assert hostile.create(body(reference, **changes)).json()["code"] == 0
@@ -150,22 +165,25 @@ def test_fifty_megabyte_bodies_are_refused_with_or_without_a_length(hostile):
 
     def chunks():
         for start in range(0, len(big), 1024 * 1024):
-            yield big[start:start + 1024 * 1024]
+            yield big[start : start + 1024 * 1024]
 
     streamed = post_raw(hostile, CREATE, chunks())  # chunked: no Content-Length to trust
     assert streamed.json()["code"] == 680001 and streamed.json()["msg"].startswith("body: ")
 
 
-@pytest.mark.parametrize("query, field", [
-    ({"task_id": 123}, "task_id"),
-    ({"task_id": ["t"]}, "task_id"),
-    ({"task_id": "t\x00"}, "task_id"),
-    ({"task_id": "t" * 5000}, "task_id"),
-    ({"task_id": "t", "wait": "5"}, "wait"),
-    ({"task_id": "t", "wait": -1}, "wait"),
-    ({"task_id": "t", "wait": 31}, "wait"),
-    ({"task_id": "t", "wait": True}, "wait"),
-])
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ({"task_id": 123}, "task_id"),
+        ({"task_id": ["t"]}, "task_id"),
+        ({"task_id": "t\x00"}, "task_id"),
+        ({"task_id": "t" * 5000}, "task_id"),
+        ({"task_id": "t", "wait": "5"}, "wait"),
+        ({"task_id": "t", "wait": -1}, "wait"),
+        ({"task_id": "t", "wait": 31}, "wait"),
+        ({"task_id": "t", "wait": True}, "wait"),
+    ],
+)
 def test_hostile_queries(hostile, query, field):
     for path in (QUERY, QUERY + "/cancel") if field == "task_id" else (QUERY,):  # cancel has no wait
         answer = post_raw(hostile, path, json.dumps(query))
@@ -183,13 +201,21 @@ def test_hostile_headers_and_token_parameters(hostile, reference):
 
 def test_broken_multipart_and_unknown_routes_answer_in_the_envelope(hostile):
     boundary = "b0undary"
-    broken = post_raw(hostile, "/v1/files", f"--{boundary}\r\n-1.8e+183--{boundary}--\r\n",
-                      **{"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    broken = post_raw(
+        hostile,
+        "/v1/files",
+        f"--{boundary}\r\n-1.8e+183--{boundary}--\r\n",
+        **{"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert broken.status_code == 200  # was HTTP 400 outside the documented statuses (found by test_fuzz)
     assert broken.json()["code"] == 680001 and broken.json()["msg"].startswith("body: could not be parsed")
-    missing = post_raw(hostile, "/v1/files", f"--{boundary}--\r\n",
-                       **{"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    missing = post_raw(
+        hostile, "/v1/files", f"--{boundary}--\r\n", **{"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert missing.json()["code"] == 680001 and missing.json()["msg"].startswith("file: ")
     unknown = httpx.get(hostile.base + "/v1/open/nothing/here")
     assert unknown.status_code == 404 and unknown.json() == {
-        "code": 680004, "msg": "not found: no route /v1/open/nothing/here", "data": None}
+        "code": 680004,
+        "msg": "not found: no route /v1/open/nothing/here",
+        "data": None,
+    }

@@ -28,7 +28,7 @@ def usable_images(astronaut: Image.Image) -> dict[str, bytes]:
     small = astronaut.resize((128, 128))
     exif = Image.Exif()
     exif[0x0112] = 6  # a phone photo taken upright, stored sideways
-    ramp = (np.arange(128 * 128, dtype=np.uint16).reshape(128, 128) * 4)
+    ramp = np.arange(128 * 128, dtype=np.uint16).reshape(128, 128) * 4
     return {
         "cmyk-jpeg": encoded(small.convert("CMYK"), "JPEG"),
         "palette-png": encoded(small.convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
@@ -51,8 +51,11 @@ def test_unusual_images_are_used(cloud, astronaut, kind):
         if kind == "img2img":
             tasks[name] = cloud.create_id(img2img_body(as_uri(data), control_type="1"))
         else:
-            answer = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask",
-                                json={"control_type": "3", "init_image": as_uri(data)}, headers=cloud.headers)
+            answer = httpx.post(
+                f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask",
+                json={"control_type": "3", "init_image": as_uri(data)},
+                headers=cloud.headers,
+            )
             tasks[name] = answer.json()["data"]["task_id"]
     finals = {name: cloud.wait_final(task_id, timeout_s=120) for name, task_id in tasks.items()}
     assert {name: data["status"] for name, data in finals.items()} == {name: 3 for name in images}, finals
@@ -63,8 +66,11 @@ def test_unusable_shapes_are_680003_at_create(cloud, size, message):
     uri = data_uri(Image.new("RGB", size, "red"))
     answer = cloud.create(img2img_body(uri)).json()
     assert answer["code"] == 680003 and answer["msg"].startswith("reference_image: ") and message in answer["msg"]
-    upload = httpx.post(f"{cloud.base}/v1/files", files={"file": ("x.png", png_bytes(Image.new("RGB", size)))},
-                        headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"}).json()
+    upload = httpx.post(
+        f"{cloud.base}/v1/files",
+        files={"file": ("x.png", png_bytes(Image.new("RGB", size)))},
+        headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"},
+    ).json()
     assert upload["code"] == 680003 and message in upload["msg"]
 
 
@@ -88,13 +94,18 @@ def test_broken_images_fail_their_task_and_the_worker_goes_on(cloud, astronaut):
 
 def blank_rgba_png(width: int, height: int) -> bytes:
     """A valid, fully transparent RGBA PNG, compressed row by row (8192x8192 is 255 KB, 256 MB decoded)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     compressor, row = zlib.compressobj(9), b"\0" * (1 + width * 4)
     pixels = b"".join([compressor.compress(row) for _ in range(height)] + [compressor.flush()])
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
-            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )
 
 
 def memory_kb(pid: int, field: str) -> int:
@@ -115,8 +126,9 @@ def test_eight_huge_uploads_at_once_stay_under_600_mb(server, cloud):
     idle = memory_kb(pid, "VmRSS")
 
     def upload(index: int) -> dict:
-        return httpx.post(f"{cloud.base}/v1/files", files={"file": (f"big-{index}.png", png)}, headers=headers,
-                          timeout=60).json()
+        return httpx.post(
+            f"{cloud.base}/v1/files", files={"file": (f"big-{index}.png", png)}, headers=headers, timeout=60
+        ).json()
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(upload, range(8)))

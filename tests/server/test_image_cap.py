@@ -41,16 +41,21 @@ def test_a_server_with_a_1_mb_cap_refuses_larger_uploads_and_fetches(small_cap):
     cloud = Cloud(small_cap.url, *small_cap.new_key())
     big, small = noise_png(700), noise_png(300)
     headers = {"X-App-Key": cloud.headers["X-App-Key"], "Authorization": cloud.headers["Authorization"]}
-    refused = httpx.post(f"{small_cap.url}/v1/files", files={"file": ("big.png", big, "image/png")},
-                         headers=headers).json()
+    refused = httpx.post(
+        f"{small_cap.url}/v1/files", files={"file": ("big.png", big, "image/png")}, headers=headers
+    ).json()
     assert refused["code"] == 680003 and "over 1 MB" in refused["msg"] and "--max-image-mb" in refused["msg"]
-    taken = httpx.post(f"{small_cap.url}/v1/files", files={"file": ("small.png", small, "image/png")},
-                       headers=headers).json()
+    taken = httpx.post(
+        f"{small_cap.url}/v1/files", files={"file": ("small.png", small, "image/png")}, headers=headers
+    ).json()
     assert taken["code"] == 0
     host = ImageHost({"/big.png": (big, "image/png")})
     try:
-        task = httpx.post(f"{small_cap.url}/v1/open/capacity/application/tm_reference_img2img",
-                          json=img2img_body(host.url("/big.png")), headers=cloud.headers).json()
+        task = httpx.post(
+            f"{small_cap.url}/v1/open/capacity/application/tm_reference_img2img",
+            json=img2img_body(host.url("/big.png")),
+            headers=cloud.headers,
+        ).json()
         if task["code"] == 0:  # refused by the worker's fetch rather than at the door: the task says why
             data = cloud.wait_final(task["data"]["task_id"])
             assert data["status"] == 4 and "over 1 MB" in data["reason"]

@@ -11,8 +11,18 @@ from .conftest import Cloud, Server, data_uri, img2img_body
 @pytest.fixture(scope="module")
 def slow(tiny_sd15, tmp_path_factory):
     """Tasks of several seconds (many tiny steps), one worker, two queue slots; private URLs refused."""
-    server = Server(tmp_path_factory.mktemp("slow") / "data", tiny_sd15, "--part", "steps=400",
-                    "--queue-limit", "2", "--key-queue-limit", "0", "--workers", "1").start()
+    server = Server(
+        tmp_path_factory.mktemp("slow") / "data",
+        tiny_sd15,
+        "--part",
+        "steps=400",
+        "--queue-limit",
+        "2",
+        "--key-queue-limit",
+        "0",
+        "--workers",
+        "1",
+    ).start()
     server.wait_engine()
     yield server
     server.stop()
@@ -62,19 +72,22 @@ def test_cancel_queued_and_running_positions_and_a_full_queue(slow_cloud, astron
     assert slow_cloud.wait_final(queued[0], timeout_s=10)["status"] == 5
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/x.png",
-    "http://localhost/x.png",
-    "http://169.254.169.254/latest/meta-data/",
-    "http://[::1]/x.png",
-    "http://[::ffff:127.0.0.1]/x.png",
-    "http://2130706433/x.png",
-    "http://0177.0.0.1/x.png",
-    "http://10.0.0.8/x.png",
-    "file:///etc/passwd",
-    "ftp://example.com/x.png",
-    "http://user:pass@example.com/x.png",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x.png",
+        "http://localhost/x.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/x.png",
+        "http://[::ffff:127.0.0.1]/x.png",
+        "http://2130706433/x.png",
+        "http://0177.0.0.1/x.png",
+        "http://10.0.0.8/x.png",
+        "file:///etc/passwd",
+        "ftp://example.com/x.png",
+        "http://user:pass@example.com/x.png",
+    ],
+)
 def test_ssrf_image_urls_are_refused_at_create(slow_cloud, url):
     answer = slow_cloud.create(img2img_body(url)).json()
     assert answer["code"] == 680002, answer
@@ -122,11 +135,13 @@ def test_startup_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys; from ref2img.server import create_app, ServerSettings; import tempfile; "
-            "from ref2img.provenance.options import ProvenanceOptions; "
-            "create_app(ServerSettings(data_dir=tempfile.mkdtemp(), "
-            "provenance=ProvenanceOptions(c2pa=True, watermark=True))); "
-            "print('torch' in sys.modules, 'numpy' in sys.modules)")
+    code = (
+        "import sys; from ref2img.server import create_app, ServerSettings; import tempfile; "
+        "from ref2img.provenance.options import ProvenanceOptions; "
+        "create_app(ServerSettings(data_dir=tempfile.mkdtemp(), "
+        "provenance=ProvenanceOptions(c2pa=True, watermark=True))); "
+        "print('torch' in sys.modules, 'numpy' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False False", result.stderr
 
@@ -169,8 +184,13 @@ def test_the_server_log_names_each_part_it_loads_and_nothing_else(tmp_path, tiny
     lines = server.log().splitlines()
     for part in ("base", "controlnet.union", "depth_estimator", "image_encoder", "ip_adapter"):
         assert sum(f"loaded {part} from" in line for line in lines) == 1, part
-    for chatter in ("should be kept in float32", "torchvision", "Loading pipeline components", "Loading weights",
-                    "it/s]"):
+    for chatter in (
+        "should be kept in float32",
+        "torchvision",
+        "Loading pipeline components",
+        "Loading weights",
+        "it/s]",
+    ):
         assert not [line for line in lines if chatter in line], chatter
 
 

@@ -69,8 +69,14 @@ def settings_of(server: Server, key: tuple[str, str], prompt: str) -> dict:
 
 
 def test_an_edit_with_one_image_and_n_2_answers_b64_json_by_default(served, key, client, reference):
-    result = client.images.edit(image=("astronaut.png", reference, "image/png"), prompt="two of them",
-                                model="ref2img-edge", n=2, size="640x512", extra_body={"seed": 11})
+    result = client.images.edit(
+        image=("astronaut.png", reference, "image/png"),
+        prompt="two of them",
+        model="ref2img-edge",
+        n=2,
+        size="640x512",
+        extra_body={"seed": 11},
+    )
     assert len(result.data) == 2 and result.size == "640x512" and result.output_format == "png"
     images = [png(base64.b64decode(item.b64_json)) for item in result.data]
     assert [image.size for image in images] == [(640, 512), (640, 512)]
@@ -81,8 +87,13 @@ def test_an_edit_with_one_image_and_n_2_answers_b64_json_by_default(served, key,
 
 
 def test_url_response_format_gives_fetchable_signed_links(client, reference):
-    result = client.images.edit(image=("astronaut.png", reference, "image/png"), prompt="as a link",
-                                model="ref2img-depth", response_format="url", size="512x512")
+    result = client.images.edit(
+        image=("astronaut.png", reference, "image/png"),
+        prompt="as a link",
+        model="ref2img-depth",
+        response_format="url",
+        size="512x512",
+    )
     [item] = result.data
     assert item.b64_json is None and "/v1/files/results/" in item.url
     assert png(httpx.get(item.url, timeout=10).content).size == (512, 512)
@@ -91,9 +102,13 @@ def test_url_response_format_gives_fetchable_signed_links(client, reference):
 @pytest.mark.parametrize("mode, control_type", [("edge", "0"), ("pose", "1"), ("subject", "2"), ("depth", "3")])
 def test_every_mode_through_model(served, key, client, reference, mode, control_type):
     prompt = f"in {mode} mode"
-    result = client.images.edit(image=("astronaut.png", reference, "image/png"), prompt=prompt,
-                                model=f"ref2img-{mode}", size="512x512",
-                                extra_body={"control_intensity": 0.8, "negative_prompt": "blurry"})
+    result = client.images.edit(
+        image=("astronaut.png", reference, "image/png"),
+        prompt=prompt,
+        model=f"ref2img-{mode}",
+        size="512x512",
+        extra_body={"control_intensity": 0.8, "negative_prompt": "blurry"},
+    )
     assert len(result.data) == 1
     settings = settings_of(served, key, prompt)["settings"]
     assert settings["control_type"] == control_type and settings["control_intensity"] == 0.8
@@ -106,8 +121,9 @@ def test_model_list_and_the_preset_suffix(served, client, reference):
     preset = "tiny"  # the preset's own name (the tiny sd15 models'), whatever its folder is called
     assert f"ref2img-pose:{preset}" in names and len(names) == 8
     assert client.models.retrieve("ref2img-pose").owned_by == "ref2img"
-    result = client.images.edit(image=("a.png", reference, "image/png"), prompt="suffixed",
-                                model=f"ref2img-edge:{preset}", size="512x512")
+    result = client.images.edit(
+        image=("a.png", reference, "image/png"), prompt="suffixed", model=f"ref2img-edge:{preset}", size="512x512"
+    )
     assert len(result.data) == 1
 
 
@@ -124,8 +140,12 @@ def test_auto_size_keeps_the_references_shape(client, astronaut):
 def test_a_second_image_is_the_init_image(served, key, client, reference, coffee):
     buffer = io.BytesIO()
     coffee.resize((256, 256)).save(buffer, format="PNG")
-    client.images.edit(image=[("ref.png", reference, "image/png"), ("init.png", buffer.getvalue(), "image/png")],
-                       prompt="from an init image", model="ref2img-pose", size="512x512")
+    client.images.edit(
+        image=[("ref.png", reference, "image/png"), ("init.png", buffer.getvalue(), "image/png")],
+        prompt="from an init image",
+        model="ref2img-pose",
+        size="512x512",
+    )
     settings = settings_of(served, key, "from an init image")["settings"]
     assert "/v1/files/" in settings["init_image"] and settings["init_image"] != settings["reference_image"]
 
@@ -139,29 +159,37 @@ def test_a_mask_goes_to_image_repaint_and_keeps_the_opaque_pixels(served, key, c
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")
         files.append(buffer.getvalue())
-    result = client.images.edit(image=("photo.png", files[0], "image/png"), mask=("mask.png", files[1], "image/png"),
-                                prompt="a golden visor", model="ref2img-subject")
+    result = client.images.edit(
+        image=("photo.png", files[0], "image/png"),
+        mask=("mask.png", files[1], "image/png"),
+        prompt="a golden visor",
+        model="ref2img-subject",
+    )
     out = np.asarray(png(base64.b64decode(result.data[0].b64_json)).convert("RGB"))
     before = np.asarray(image)
     assert out.shape == (512, 512, 3) and result.size == "512x512"
     assert (out[:150, :150] == before[:150, :150]).all()  # opaque in the mask: kept exactly
     assert np.abs(out[240:272, 240:272].astype(int) - before[240:272, 240:272]).mean() > 10  # redrawn
     with pytest.raises(openai.BadRequestError) as caught:
-        client.images.edit(image=("photo.png", files[0], "image/png"), mask=("mask.png", files[1], "image/png"),
-                           prompt="two", n=2)
+        client.images.edit(
+            image=("photo.png", files[0], "image/png"), mask=("mask.png", files[1], "image/png"), prompt="two", n=2
+        )
     assert caught.value.body["param"] == "n"
 
 
-@pytest.mark.parametrize("options, param, words", [
-    ({"size": "100x100"}, "size", "512 to 2048"),
-    ({"size": "big"}, "size", "WIDTHxHEIGHT"),
-    ({"n": 5}, "n", "from 1 to 4"),
-    ({"n": 0}, "n", "from 1 to 4"),
-    ({"size": "\u0661\u0660\u0662\u0664x\u0661\u0660\u0662\u0664"}, "size", "WIDTHxHEIGHT"),  # Arabic-Indic digits
-    ({"model": "gpt-image-1"}, "model", "ref2img-edge, ref2img-pose"),
-    ({"response_format": "gif"}, "response_format", "b64_json or url"),
-    ({"extra_body": {"control_intensity": 2}}, "control_intensity", "from 0 to 1"),
-])
+@pytest.mark.parametrize(
+    "options, param, words",
+    [
+        ({"size": "100x100"}, "size", "512 to 2048"),
+        ({"size": "big"}, "size", "WIDTHxHEIGHT"),
+        ({"n": 5}, "n", "from 1 to 4"),
+        ({"n": 0}, "n", "from 1 to 4"),
+        ({"size": "\u0661\u0660\u0662\u0664x\u0661\u0660\u0662\u0664"}, "size", "WIDTHxHEIGHT"),  # Arabic-Indic digits
+        ({"model": "gpt-image-1"}, "model", "ref2img-edge, ref2img-pose"),
+        ({"response_format": "gif"}, "response_format", "b64_json or url"),
+        ({"extra_body": {"control_intensity": 2}}, "control_intensity", "from 0 to 1"),
+    ],
+)
 def test_bad_fields_raise_bad_request_naming_the_param(client, reference, options, param, words):
     with pytest.raises(openai.BadRequestError) as caught:
         client.images.edit(image=("a.png", reference, "image/png"), prompt="refused", **options)
@@ -232,8 +260,13 @@ def test_the_readmes_curl_example_works_as_written(served, key, reference, tmp_p
     (tmp_path / "astronaut.png").write_bytes(reference)
     app_key, secret = key
     env = {**os.environ, "REF2IMG_APP_KEY": app_key, "REF2IMG_APP_SECRET": secret}
-    subprocess.run(["bash", "-euo", "pipefail", "-c", example.replace("http://127.0.0.1:8080", served.url)],
-                   cwd=tmp_path, env=env, timeout=120, check=True)
+    subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", example.replace("http://127.0.0.1:8080", served.url)],
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=True,
+    )
     assert png((tmp_path / "edit.png").read_bytes()).size == (1024, 1024)
 
 
@@ -247,8 +280,17 @@ def slow_served(tiny_sd15, tmp_path_factory):
 @pytest.mark.slow
 def test_streaming_sends_partial_images_then_the_completed_ones(slow_served, reference):
     client = client_for(slow_served)
-    events = list(client.images.edit(image=("a.png", reference, "image/png"), prompt="streamed", n=2,
-                                     size="512x512", stream=True, partial_images=2, model="ref2img-edge"))
+    events = list(
+        client.images.edit(
+            image=("a.png", reference, "image/png"),
+            prompt="streamed",
+            n=2,
+            size="512x512",
+            stream=True,
+            partial_images=2,
+            model="ref2img-edge",
+        )
+    )
     kinds = [event.type for event in events]
     partial = [event for event in events if event.type == "image_edit.partial_image"]
     assert 1 <= len(partial) <= 2 and [event.partial_image_index for event in partial] == list(range(len(partial)))
@@ -284,20 +326,24 @@ def image_bytes(size: tuple[int, int], fmt: str = "PNG") -> bytes:
     return png_bytes(Image.new("RGBA" if fmt == "PNG" else "RGB", size, (0, 0, 0, 0) if fmt == "PNG" else "red"), fmt)
 
 
-@pytest.mark.parametrize("mask, words", [
-    (image_bytes((256, 256), "TIFF"), "TIFF images are not accepted"),
-    (b"not an image at all", "not an image"),
-    (image_bytes((15, 15)), "too small"),
-    (image_bytes((1000, 50)), "too narrow"),
-    (bomb_header(), "megapixel limit"),
-    (image_bytes((256, 256))[:120], "truncated"),
-])
+@pytest.mark.parametrize(
+    "mask, words",
+    [
+        (image_bytes((256, 256), "TIFF"), "TIFF images are not accepted"),
+        (b"not an image at all", "not an image"),
+        (image_bytes((15, 15)), "too small"),
+        (image_bytes((1000, 50)), "too narrow"),
+        (bomb_header(), "megapixel limit"),
+        (image_bytes((256, 256))[:120], "truncated"),
+    ],
+)
 def test_a_mask_that_is_no_usable_image_is_a_400_and_stores_nothing(served, key, reference, mask, words):
     uploads = served.data_dir / "files" / "uploads"
     before = set(uploads.iterdir()) if uploads.exists() else set()
     with pytest.raises(openai.BadRequestError) as caught:
-        client_for(served, key).images.edit(image=("a.png", reference, "image/png"), mask=("m.png", mask, "image/png"),
-                                            prompt="masked")
+        client_for(served, key).images.edit(
+            image=("a.png", reference, "image/png"), mask=("m.png", mask, "image/png"), prompt="masked"
+        )
     assert caught.value.body["param"] == "mask" and words in caught.value.body["message"], caught.value.body
     assert (set(uploads.iterdir()) if uploads.exists() else set()) == before  # the reference was not kept either
 
@@ -305,9 +351,12 @@ def test_a_mask_that_is_no_usable_image_is_a_400_and_stores_nothing(served, key,
 def test_uploads_count_against_the_keys_quota(served, reference):
     """A key of one task a minute may upload what one task can name (5 images) a minute, no more."""
     limited = key_of_one_task_a_minute(served)
-    headers = {k: v for k, v in Cloud(served.url, limited.app_key, limited.app_secret).headers.items()
-               if k != "Content-Type"}
-    answers = [httpx.post(f"{served.url}/v1/files", files={"file": ("a.png", reference)}, headers=headers, timeout=30)
-               for _ in range(6)]
+    headers = {
+        k: v for k, v in Cloud(served.url, limited.app_key, limited.app_secret).headers.items() if k != "Content-Type"
+    }
+    answers = [
+        httpx.post(f"{served.url}/v1/files", files={"file": ("a.png", reference)}, headers=headers, timeout=30)
+        for _ in range(6)
+    ]
     assert [answer.json()["code"] for answer in answers] == [0] * 5 + [680005]
     assert answers[-1].status_code == 429 and "its limit (5 a minute" in answers[-1].json()["msg"]

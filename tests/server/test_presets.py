@@ -25,8 +25,9 @@ from .conftest import Cloud, data_uri, img2img_body, running
 def two_presets(tiny_sd15, tiny_sdxl, tmp_path_factory):
     loras = tmp_path_factory.mktemp("loras")
     shutil.copy(tiny_sd15 / "lora" / "pytorch_lora_weights.safetensors", loras / "style.safetensors")
-    with running(tmp_path_factory, "presets", tiny_sd15, "--model", str(tiny_sdxl), "--max-loaded", "1",
-                 "--lora-dir", str(loras)) as server:
+    with running(
+        tmp_path_factory, "presets", tiny_sd15, "--model", str(tiny_sdxl), "--max-loaded", "1", "--lora-dir", str(loras)
+    ) as server:
         yield server
 
 
@@ -35,13 +36,18 @@ def info(server, cloud) -> dict:
 
 
 def run(cloud: Cloud, body: dict) -> tuple[dict, np.ndarray]:
-    created = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img", json=body,
-                         headers=cloud.headers, timeout=30).json()
+    created = httpx.post(
+        f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img", json=body, headers=cloud.headers, timeout=30
+    ).json()
     assert created["code"] == 0, created
     deadline = time.monotonic() + 60
     while True:
-        data = httpx.post(f"{cloud.base}/v1/open/pub/task", json={"task_id": created["data"]["task_id"], "wait": 10},
-                          headers=cloud.headers, timeout=40).json()["data"]
+        data = httpx.post(
+            f"{cloud.base}/v1/open/pub/task",
+            json={"task_id": created["data"]["task_id"], "wait": 10},
+            headers=cloud.headers,
+            timeout=40,
+        ).json()["data"]
         if data["status"] >= 3 or time.monotonic() > deadline:
             break
     assert data["status"] == 3, data
@@ -55,8 +61,10 @@ def run(cloud: Cloud, body: dict) -> tuple[dict, np.ndarray]:
 def test_each_request_runs_on_the_preset_it_names_within_the_loaded_bound(two_presets, astronaut):
     cloud = Cloud(two_presets.url, *two_presets.new_key())
     presets = info(two_presets, cloud)["presets"]
-    assert [(p["name"], p["family"], p["default"]) for p in presets] == [("tiny", "sd15", True),
-                                                                         ("tiny-sdxl", "sdxl", False)]
+    assert [(p["name"], p["family"], p["default"]) for p in presets] == [
+        ("tiny", "sd15", True),
+        ("tiny-sdxl", "sdxl", False),
+    ]
     body = img2img_body(data_uri(astronaut.resize((128, 128))), seed=5)
     _, xl_first = run(cloud, {**body, "model": "tiny-sdxl"})
     states = {p["name"]: p["state"] for p in info(two_presets, cloud)["presets"]}
@@ -75,8 +83,9 @@ def test_each_request_runs_on_the_preset_it_names_within_the_loaded_bound(two_pr
 def test_an_unknown_preset_is_refused_naming_those_offered(two_presets, astronaut):
     cloud = Cloud(two_presets.url, *two_presets.new_key())
     body = {**img2img_body(data_uri(astronaut.resize((64, 64)))), "model": "sdxl"}
-    answer = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img", json=body,
-                        headers=cloud.headers, timeout=30).json()
+    answer = httpx.post(
+        f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img", json=body, headers=cloud.headers, timeout=30
+    ).json()
     assert answer["code"] == 680001
     assert answer["msg"] == "model: 'sdxl' is not a preset of this server; it offers tiny, tiny-sdxl"
 
@@ -143,8 +152,9 @@ def test_a_cpu_engine_is_not_parked(tiny_sd15):
 
 def test_the_pool_unloads_the_least_recently_used_idle_preset_and_waits_for_a_busy_one():
     loads: list[str] = []
-    pool = EnginePool({name: EngineProvider(lambda name=name: Marker(name, loads)) for name in "abc"}, "a",
-                      max_loaded=2)
+    pool = EnginePool(
+        {name: EngineProvider(lambda name=name: Marker(name, loads)) for name in "abc"}, "a", max_loaded=2
+    )
     with pool.using(None) as engine:
         assert engine.name == "a"
     with pool.using("b"):
@@ -154,14 +164,17 @@ def test_the_pool_unloads_the_least_recently_used_idle_preset_and_waits_for_a_bu
     with pool.using("c"):  # room for c: b, the least recently used, goes
         pass
     assert pool.states() == {"a": "loaded", "b": "not loaded", "c": "loaded"}
-    with pytest.raises(EngineOptionError, match="model: 'd' is not a preset of this server; it offers a, b, c"):
-        with pool.using("d"):
-            pass
+    with (
+        pytest.raises(EngineOptionError, match="model: 'd' is not a preset of this server; it offers a, b, c"),
+        pool.using("d"),
+    ):
+        pass
 
     order: list[str] = []
     with pool.using("a"), pool.using("c"):  # both loaded presets busy: b must wait for one to end
-        waiter = threading.Thread(target=lambda: (order.append("asked"), pool.using("b").__enter__(),
-                                                  order.append("b")))
+        waiter = threading.Thread(
+            target=lambda: (order.append("asked"), pool.using("b").__enter__(), order.append("b"))
+        )
         waiter.start()
         time.sleep(0.3)
         assert order == ["asked"]  # still waiting: nothing busy is unloaded
@@ -179,8 +192,12 @@ def test_the_openai_route_picks_a_preset_by_its_suffix(two_presets, astronaut):
     assert "ref2img-pose:tiny" in names and "ref2img-pose:tiny-sdxl" in names and len(names) == 12
     buffer = io.BytesIO()
     astronaut.resize((128, 128)).save(buffer, format="PNG")
-    client.images.edit(image=("a.png", buffer.getvalue(), "image/png"), prompt="on the other preset",
-                       model="ref2img-edge:tiny-sdxl", size="512x512")
+    client.images.edit(
+        image=("a.png", buffer.getvalue(), "image/png"),
+        prompt="on the other preset",
+        model="ref2img-edge:tiny-sdxl",
+        size="512x512",
+    )
     cloud = Cloud(two_presets.url, app_key, secret)
     tasks = httpx.get(f"{cloud.base}/v1/tasks", headers=cloud.headers, timeout=10).json()["data"]["tasks"]
     assert tasks[0]["settings"]["model"] == "tiny-sdxl"
@@ -190,9 +207,10 @@ def test_the_openai_route_picks_a_preset_by_its_suffix(two_presets, astronaut):
 def test_a_lora_of_the_servers_folder_changes_the_images_and_the_next_task_has_none(two_presets, astronaut):
     cloud = Cloud(two_presets.url, *two_presets.new_key())
     assert httpx.get(f"{cloud.base}/v1/loras", headers=cloud.headers, timeout=10).json()["data"] == {
-        "loras": [{"name": "style"}]}
+        "loras": [{"name": "style"}]
+    }
     body = img2img_body(data_uri(astronaut.resize((128, 128))), seed=9)
     _, plain = run(cloud, body)
-    data, styled = run(cloud, {**body, "loras": [{"name": "style", "weight": 1.0}]})
+    _data, styled = run(cloud, {**body, "loras": [{"name": "style", "weight": 1.0}]})
     _, plain_again = run(cloud, body)
     assert not (styled == plain).all() and (plain_again == plain).all()

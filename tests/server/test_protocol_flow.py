@@ -10,14 +10,34 @@ from PIL import Image
 from .conftest import Cloud, data_uri, img2img_body, png_bytes
 
 # The cloud's fields (§4.2), plus our `route` extension ("local" here; "cloud" behind --engine tomoviee).
-QUERY_FIELDS = {"task_id", "status", "progress", "process", "reason", "position", "wait_time", "params", "result",
-                "route"}
+QUERY_FIELDS = {
+    "task_id",
+    "status",
+    "progress",
+    "process",
+    "reason",
+    "position",
+    "wait_time",
+    "params",
+    "result",
+    "route",
+}
 
 
 @pytest.mark.slow
 def test_cloud_flow_end_to_end(cloud, image_host):
-    answer = cloud.create(img2img_body(image_host.url("/astronaut.png"), control_type="1", width=640, height=512,
-                                       batch_size=2, params="order-17", wsid=1, storage_info={"x": 1}))
+    answer = cloud.create(
+        img2img_body(
+            image_host.url("/astronaut.png"),
+            control_type="1",
+            width=640,
+            height=512,
+            batch_size=2,
+            params="order-17",
+            wsid=1,
+            storage_info={"x": 1},
+        )
+    )
     assert answer.status_code == 200
     envelope = answer.json()
     assert envelope["code"] == 0 and set(envelope) == {"code", "msg", "data"}
@@ -67,8 +87,9 @@ def test_invalid_parameters_are_680001(cloud, image_host, changes, message):
 
 def test_invalid_bodies(cloud):
     for content in (b"not json", b"[1, 2]", b"{" * 5000):
-        answer = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img", content=content,
-                            headers=cloud.headers)
+        answer = httpx.post(
+            f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img", content=content, headers=cloud.headers
+        )
         assert answer.json()["code"] == 680001 and "body" in answer.json()["msg"]
 
 
@@ -85,9 +106,13 @@ def test_auth_failures_are_140013_with_http_401(cloud, image_host, case):
         headers = Cloud(cloud.base, "ak_nobody", "sk_nothing").headers
     else:
         headers["Authorization"] = "Basic %%%"
-    for url, body in ((f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img",
-                       img2img_body(image_host.url("/astronaut.png"))),
-                      (f"{cloud.base}/v1/open/pub/task", {"task_id": "t1"})):
+    for url, body in (
+        (
+            f"{cloud.base}/v1/open/capacity/application/tm_reference_img2img",
+            img2img_body(image_host.url("/astronaut.png")),
+        ),
+        (f"{cloud.base}/v1/open/pub/task", {"task_id": "t1"}),
+    ):
         answer = httpx.post(url, json=body, headers=headers)
         assert answer.status_code == 401
         assert answer.json()["code"] == 140013 and answer.json()["data"] is None
@@ -105,8 +130,9 @@ def test_other_keys_task_is_not_found(server, cloud, image_host):
 @pytest.mark.slow
 def test_uploads_are_private_to_their_key(server, cloud, astronaut, coffee):
     files = {"file": ("photo.png", png_bytes(coffee), "image/png")}
-    upload = httpx.post(f"{cloud.base}/v1/files", files=files, headers={k: v for k, v in cloud.headers.items()
-                                                                        if k != "Content-Type"}).json()
+    upload = httpx.post(
+        f"{cloud.base}/v1/files", files=files, headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"}
+    ).json()
     assert upload["code"] == 0
     url = upload["data"]["url"]
     assert cloud.wait_final(cloud.create_id(img2img_body(url)))["status"] == 3
@@ -116,12 +142,15 @@ def test_uploads_are_private_to_their_key(server, cloud, astronaut, coffee):
     assert answer.json()["code"] == 680002 and "no such file" in answer.json()["msg"]
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("/truncated.png", "truncated or corrupt"),
-    ("/empty.png", "empty (0 bytes)"),
-    ("/bomb.png", "megapixel limit"),
-    ("/text.png", "not an image"),
-])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("/truncated.png", "truncated or corrupt"),
+        ("/empty.png", "empty (0 bytes)"),
+        ("/bomb.png", "megapixel limit"),
+        ("/text.png", "not an image"),
+    ],
+)
 @pytest.mark.slow
 def test_bad_images_fail_the_task_with_a_clear_reason(cloud, image_host, name, message):
     data = cloud.wait_final(cloud.create_id(img2img_body(image_host.url(name))))
@@ -129,14 +158,14 @@ def test_bad_images_fail_the_task_with_a_clear_reason(cloud, image_host, name, m
     assert data["reason"].startswith("reference_image: ") and message in data["reason"]
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    (b"", "empty"), (b"text", "not an image"), (None, "megapixel limit")])
+@pytest.mark.parametrize(("payload", "message"), [(b"", "empty"), (b"text", "not an image"), (None, "megapixel limit")])
 def test_bad_uploads_are_680003(cloud, payload, message):
     from .conftest import bomb_header
 
     files = {"file": ("x.png", bomb_header() if payload is None else payload, "image/png")}
-    answer = httpx.post(f"{cloud.base}/v1/files", files=files,
-                        headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"}).json()
+    answer = httpx.post(
+        f"{cloud.base}/v1/files", files=files, headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"}
+    ).json()
     assert answer["code"] == 680003 and message in answer["msg"]
 
 
@@ -147,8 +176,9 @@ def test_unreachable_image_fails_with_fetch_reason(cloud):
 
 
 def test_data_uri_reference_and_init(cloud, astronaut, coffee):
-    data = cloud.wait_final(cloud.create_id(img2img_body(data_uri(astronaut), control_type="2",
-                                                         init_image=data_uri(coffee), seed=3)))
+    data = cloud.wait_final(
+        cloud.create_id(img2img_body(data_uri(astronaut), control_type="2", init_image=data_uri(coffee), seed=3))
+    )
     assert data["status"] == 3
 
 
@@ -176,26 +206,37 @@ def test_the_server_decides_the_seed_at_create_and_a_resend_gets_the_same(cloud,
 
 
 def test_recognition_task_with_template_wrapping(cloud, image_host):
-    body = {"wsid": 1, "template_info": [{"template_id": "tm_reference_img2mask_template_spatial",
-                                          "input_params": {"control_type": "3",
-                                                           "init_image": image_host.url("/astronaut.jpg")}}]}
-    answer = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask", json=body,
-                        headers=cloud.headers).json()
+    body = {
+        "wsid": 1,
+        "template_info": [
+            {
+                "template_id": "tm_reference_img2mask_template_spatial",
+                "input_params": {"control_type": "3", "init_image": image_host.url("/astronaut.jpg")},
+            }
+        ],
+    }
+    answer = httpx.post(
+        f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask", json=body, headers=cloud.headers
+    ).json()
     assert answer["code"] == 0
     data = cloud.wait_final(answer["data"]["task_id"])
     masks = json.loads(data["result"])["mask_path"]
     assert len(masks) == 1 and httpx.get(masks[0]).status_code == 200
-    subject = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask",
-                         json={"control_type": "2", "init_image": image_host.url("/astronaut.jpg")},
-                         headers=cloud.headers).json()
+    subject = httpx.post(
+        f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask",
+        json={"control_type": "2", "init_image": image_host.url("/astronaut.jpg")},
+        headers=cloud.headers,
+    ).json()
     assert subject["code"] == 0  # type 2: the subject's mask, one URL like the other maps
     data = cloud.wait_final(subject["data"]["task_id"])
     [mask_url] = json.loads(data["result"])["mask_path"]
     mask = Image.open(io.BytesIO(httpx.get(mask_url).content))
     assert mask.size == Image.open(io.BytesIO(httpx.get(image_host.url("/astronaut.jpg")).content)).size
-    unknown = httpx.post(f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask",
-                         json={"control_type": "7", "init_image": image_host.url("/astronaut.jpg")},
-                         headers=cloud.headers).json()
+    unknown = httpx.post(
+        f"{cloud.base}/v1/open/capacity/application/tm_reference_img2mask",
+        json={"control_type": "7", "init_image": image_host.url("/astronaut.jpg")},
+        headers=cloud.headers,
+    ).json()
     assert unknown["code"] == 680001 and unknown["msg"].startswith("control_type: ")
 
 
@@ -207,8 +248,12 @@ def test_the_recognition_pages_full_body_is_accepted_and_checked(cloud, image_ho
         "wsid": 123,
         "callback": "",
         "params": "",
-        "template_info": [{"template_id": "tm_reference_img2mask_template_spatial",
-                           "input_params": {"control_type": "0", "init_image": image_host.url("/astronaut.jpg")}}],
+        "template_info": [
+            {
+                "template_id": "tm_reference_img2mask_template_spatial",
+                "input_params": {"control_type": "0", "init_image": image_host.url("/astronaut.jpg")},
+            }
+        ],
         "storage_info": {"input": {"oss": {"type": 0}}, "output": {"url": {"expire_time": 1}}},
     }
     answer = httpx.post(route, json=documented, headers=cloud.headers).json()
@@ -216,22 +261,34 @@ def test_the_recognition_pages_full_body_is_accepted_and_checked(cloud, image_ho
     assert json.loads(cloud.wait_final(answer["data"]["task_id"])["result"])["mask_path"]
     wrong = {
         "wsid": ({"wsid": "me"}, "wsid: must be a non-negative integer"),
-        "template_id": ({"template_info": [{**documented["template_info"][0], "template_id": "tm_other"}]},
-                        "template_info[].template_id: must be 'tm_reference_img2mask_template_spatial'"),
-        "own bucket": ({"storage_info": {"output": {"oss": {"bucket": "mine", "key": "k"}}}},
-                       "storage_info: must be {\"input\": {\"oss\": {\"type\": 0}}"),
+        "template_id": (
+            {"template_info": [{**documented["template_info"][0], "template_id": "tm_other"}]},
+            "template_info[].template_id: must be 'tm_reference_img2mask_template_spatial'",
+        ),
+        "own bucket": (
+            {"storage_info": {"output": {"oss": {"bucket": "mine", "key": "k"}}}},
+            'storage_info: must be {"input": {"oss": {"type": 0}}',
+        ),
     }
     for name, (change, message) in wrong.items():
         refused = httpx.post(route, json={**documented, **change}, headers=cloud.headers).json()
         assert refused["code"] == 680001 and refused["msg"].startswith(message), (name, refused)
-    assert "not supported" in httpx.post(route, json={**documented, **wrong["own bucket"][0]},
-                                         headers=cloud.headers).json()["msg"]
+    assert (
+        "not supported"
+        in httpx.post(route, json={**documented, **wrong["own bucket"][0]}, headers=cloud.headers).json()["msg"]
+    )
 
 
 def test_the_legacy_size_fields_make_width_and_height(cloud, image_host):
     """The older skill docs' body (S11): `image`, `resolution`, `aspect_ratio`, `image_num`."""
-    legacy = {"prompt": "a lighthouse", "image": image_host.url("/astronaut.jpg"), "control_type": "0",
-              "resolution": "1024*1024", "aspect_ratio": "16:9", "image_num": 1}
+    legacy = {
+        "prompt": "a lighthouse",
+        "image": image_host.url("/astronaut.jpg"),
+        "control_type": "0",
+        "resolution": "1024*1024",
+        "aspect_ratio": "16:9",
+        "image_num": 1,
+    }
     answer = cloud.create(legacy).json()
     assert answer["code"] == 0, answer
     data = cloud.wait_final(answer["data"]["task_id"])
@@ -243,8 +300,9 @@ def test_the_legacy_size_fields_make_width_and_height(cloud, image_host):
 
 
 def test_token_endpoint(cloud):
-    answer = httpx.get(f"{cloud.base}/v1/open/capacity/get/token",
-                       params={"access_key": cloud.app_key, "secret": cloud.app_secret}).json()
+    answer = httpx.get(
+        f"{cloud.base}/v1/open/capacity/get/token", params={"access_key": cloud.app_key, "secret": cloud.app_secret}
+    ).json()
     assert answer["code"] == 0 and answer["data"]["access_token"] == cloud.headers["Authorization"]
     wrong = httpx.get(f"{cloud.base}/v1/open/capacity/get/token", params={"access_key": cloud.app_key, "secret": "x"})
     assert wrong.status_code == 401 and wrong.json()["code"] == 140013
@@ -286,11 +344,16 @@ def test_docs_are_served_from_the_package_and_every_page_sends_security_headers(
     for asset in assets:
         if asset.endswith((".js", ".css")):
             assert httpx.get(f"{server.url}{asset}").status_code == 200, asset
-    for path, script in (("/", "script-src 'self';"), ("/docs", "script-src 'self' 'unsafe-inline'"),
-                         ("/healthz", "default-src 'none'")):
+    for path, script in (
+        ("/", "script-src 'self';"),
+        ("/docs", "script-src 'self' 'unsafe-inline'"),
+        ("/healthz", "default-src 'none'"),
+    ):
         headers = httpx.get(f"{server.url}{path}").headers
-        assert script in headers["content-security-policy"] and "frame-ancestors 'none'" in headers[
-            "content-security-policy"], (path, headers)
+        assert (
+            script in headers["content-security-policy"]
+            and "frame-ancestors 'none'" in headers["content-security-policy"]
+        ), (path, headers)
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
         assert headers["referrer-policy"] == "no-referrer"
 
@@ -300,9 +363,12 @@ def test_inline_images_are_kept_as_the_keys_files_not_in_the_tasks_row(server, c
     the same body under one Idempotency-Key finds the same task; another key cannot name that file."""
     from sqlalchemy import create_engine, text
 
-    body = img2img_body(data_uri(astronaut.resize((256, 256))), init_image=data_uri(astronaut.resize((200, 200))),
-                        control_type="3",
-                        controls=[{"type": "depth", "image": data_uri(astronaut.resize((128, 128)))}])
+    body = img2img_body(
+        data_uri(astronaut.resize((256, 256))),
+        init_image=data_uri(astronaut.resize((200, 200))),
+        control_type="3",
+        controls=[{"type": "depth", "image": data_uri(astronaut.resize((128, 128)))}],
+    )
     first = cloud.create_id(body, **{"Idempotency-Key": "inline-1"})
     assert cloud.create_id(body, **{"Idempotency-Key": "inline-1"}) == first
     assert cloud.wait_final(first)["status"] == 3

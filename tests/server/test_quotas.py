@@ -24,8 +24,12 @@ def slow_server(tiny_sd15, tmp_path_factory):
 
 
 def keys(server: Server, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "ref2img.cli", "keys", *args, "--data-dir", str(server.data_dir)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "ref2img.cli", "keys", *args, "--data-dir", str(server.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

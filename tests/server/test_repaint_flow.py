@@ -21,11 +21,13 @@ def pictures(astronaut):
     image = astronaut.resize((512, 512))
     mask = Image.new("L", (512, 512), 0)
     ImageDraw.Draw(mask).ellipse((160, 96, 352, 288), fill=255)
-    host = ImageHost({
-        "/input.png": (png_bytes(image), "image/png"),
-        "/mask.png": (png_bytes(mask.convert("RGB")), "image/png"),
-        "/small-mask.png": (png_bytes(mask.resize((256, 256)).convert("RGB")), "image/png"),
-    })
+    host = ImageHost(
+        {
+            "/input.png": (png_bytes(image), "image/png"),
+            "/mask.png": (png_bytes(mask.convert("RGB")), "image/png"),
+            "/small-mask.png": (png_bytes(mask.resize((256, 256)).convert("RGB")), "image/png"),
+        }
+    )
     yield host, image, np.asarray(mask) > 127
     host.close()
 
@@ -36,8 +38,13 @@ def fetch(url: str) -> Image.Image:
 
 def test_the_docs_example_repaints_the_masked_area_only(cloud: Cloud, pictures):
     host, image, area = pictures
-    body = {"prompt": "Clear blue sky with fluffy clouds", "init_image": host.url("/input.png"),
-            "mask_url": host.url("/mask.png"), "callback": "", "params": "order-7"}
+    body = {
+        "prompt": "Clear blue sky with fluffy clouds",
+        "init_image": host.url("/input.png"),
+        "mask_url": host.url("/mask.png"),
+        "callback": "",
+        "params": "order-7",
+    }
     created = httpx.post(f"{cloud.base}{ROUTE}", json=body, headers=cloud.headers).json()
     assert created["code"] == 0 and created["data"]["task_id"]
     data = cloud.wait_final(created["data"]["task_id"])
@@ -52,8 +59,11 @@ def test_the_docs_example_repaints_the_masked_area_only(cloud: Cloud, pictures):
 
 def test_without_a_mask_the_whole_image_is_redrawn(cloud: Cloud, pictures):
     host, image, _ = pictures
-    created = httpx.post(f"{cloud.base}{ROUTE}", json={"prompt": "a lighthouse", "init_image": host.url("/input.png")},
-                         headers=cloud.headers).json()
+    created = httpx.post(
+        f"{cloud.base}{ROUTE}",
+        json={"prompt": "a lighthouse", "init_image": host.url("/input.png")},
+        headers=cloud.headers,
+    ).json()
     data = cloud.wait_final(created["data"]["task_id"])
     out = fetch(json.loads(data["result"])["images_path"][0])
     assert out.size == image.size and np.abs(np.asarray(out, dtype=int) - np.asarray(image)).mean() > 10
@@ -72,8 +82,10 @@ def test_bad_bodies_and_images_are_refused_naming_the_field(cloud: Cloud, pictur
         assert answer["code"] == 680001 and answer["msg"].startswith(f"{field}: "), (field, answer)
     unauthorized = httpx.post(f"{cloud.base}{ROUTE}", json={"prompt": "p", "init_image": host.url("/input.png")})
     assert unauthorized.status_code == 401 and unauthorized.json()["code"] == 140013
-    wrong_size = httpx.post(f"{cloud.base}{ROUTE}", json={"prompt": "p", "init_image": host.url("/input.png"),
-                                                          "mask_url": host.url("/small-mask.png")},
-                            headers=cloud.headers).json()
+    wrong_size = httpx.post(
+        f"{cloud.base}{ROUTE}",
+        json={"prompt": "p", "init_image": host.url("/input.png"), "mask_url": host.url("/small-mask.png")},
+        headers=cloud.headers,
+    ).json()
     data = cloud.wait_final(wrong_size["data"]["task_id"])
     assert data["status"] == 4 and data["reason"].startswith("mask_url: 256x256 must be the image's resolution")

@@ -16,8 +16,17 @@ TRUSTED_PROXY = "127.0.5.1"
 @pytest.fixture(scope="module")
 def chatty(tiny_sd15, tmp_path_factory):
     """Debug logging (the most a log ever says) and a low failed-auth limit."""
-    server = Server(tmp_path_factory.mktemp("secrets") / "data", tiny_sd15, "--allow-private-urls",
-                    "--auth-failure-limit", str(LIMIT), "--log-level", "debug", "--trusted-proxy", TRUSTED_PROXY)
+    server = Server(
+        tmp_path_factory.mktemp("secrets") / "data",
+        tiny_sd15,
+        "--allow-private-urls",
+        "--auth-failure-limit",
+        str(LIMIT),
+        "--log-level",
+        "debug",
+        "--trusted-proxy",
+        TRUSTED_PROXY,
+    )
     server.start()
     yield server
     server.stop()
@@ -38,21 +47,30 @@ def test_secret_never_reaches_logs_store_metrics_or_messages(chatty, astronaut):
         task_id = cloud.create_id(img2img_body(data_uri(astronaut), callback=receiver.url))
         answers.append(cloud.wait_final(task_id))
         receiver.wait_calls(1)
-        issued = httpx.get(f"{chatty.url}/v1/open/capacity/get/token",
-                           params={"access_key": cloud.app_key, "secret": cloud.app_secret}).json()
+        issued = httpx.get(
+            f"{chatty.url}/v1/open/capacity/get/token", params={"access_key": cloud.app_key, "secret": cloud.app_secret}
+        ).json()
         assert issued["data"]["access_token"] == f"Basic {token}"  # the one answer meant to hold it
         # A failure that shows part of the secret would be as bad as a log line holding it.
         answers.append(cloud.create({"prompt": cloud.app_secret, "reference_image": "x", "control_type": "9"}).json())
-        answers.append(httpx.get(f"{chatty.url}/v1/open/capacity/get/token",
-                                 params={"access_key": cloud.app_key, "secret": cloud.app_secret + "x"}).json())
+        answers.append(
+            httpx.get(
+                f"{chatty.url}/v1/open/capacity/get/token",
+                params={"access_key": cloud.app_key, "secret": cloud.app_secret + "x"},
+            ).json()
+        )
         metrics = httpx.get(f"{chatty.url}/metrics").text
     finally:
         receiver.close()
     chatty.stop()  # flush everything the server buffers to its log and database files
     chatty.start()
 
-    texts = {"log": chatty.log(), "metrics": metrics, "answers": repr(answers),
-             "callback": repr([body for _, body in receiver.calls])}
+    texts = {
+        "log": chatty.log(),
+        "metrics": metrics,
+        "answers": repr(answers),
+        "callback": repr([body for _, body in receiver.calls]),
+    }
     for path in chatty.data_dir.rglob("*"):
         if path.is_file():
             texts[str(path)] = path.read_bytes().decode("latin-1")
@@ -72,8 +90,9 @@ def test_failed_auth_is_limited_per_key_and_address_and_a_good_secret_always_wor
         refused = attacker.post(query, json={"task_id": "t"}, headers=wrong)
         assert refused.status_code == 429 and refused.json()["code"] == 680005
         assert 0 < int(refused.headers["Retry-After"]) <= 60 and "authentication" in refused.json()["msg"]
-        token = attacker.get(f"{chatty.url}/v1/open/capacity/get/token",
-                             params={"access_key": victim.app_key, "secret": "sk_guess"})
+        token = attacker.get(
+            f"{chatty.url}/v1/open/capacity/get/token", params={"access_key": victim.app_key, "secret": "sk_guess"}
+        )
         assert token.status_code == 429  # the token route shares the count
         # Even from the throttled address, the right secret is served: it is checked, never refused.
         assert attacker.post(query, json={"task_id": "t"}, headers=victim.headers).json()["code"] == 680004
@@ -114,9 +133,12 @@ def test_x_forwarded_for_is_not_believed_without_a_trusted_proxy(chatty):
 def test_x_forwarded_for_from_a_trusted_proxy_names_the_client(chatty):
     query = f"{chatty.url}/v1/open/pub/task"
     with from_address(TRUSTED_PROXY) as proxy:
+
         def attempt(client_ip: str, i: int) -> int:
             made_up = Cloud(chatty.url, f"ak_proxied_{client_ip}_{i}", "sk_x").headers
-            return proxy.post(query, json={"task_id": "t"}, headers={**made_up, "X-Forwarded-For": client_ip}).status_code
+            return proxy.post(
+                query, json={"task_id": "t"}, headers={**made_up, "X-Forwarded-For": client_ip}
+            ).status_code
 
         assert [attempt("203.0.113.7", i) for i in range(LIMIT)] == [401] * LIMIT
         assert attempt("203.0.113.7", LIMIT) == 429  # that client is throttled...
@@ -149,21 +171,31 @@ def test_a_flood_of_throttled_sign_ins_holds_no_thread_and_never_slows_another_c
 
     async def flood_and_measure() -> dict[str, float]:
         limits = httpx.Limits(max_connections=300)
-        attacker = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.6.1", limits=limits),
-                                     timeout=60)
+        attacker = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(local_address="127.0.6.1", limits=limits), timeout=60
+        )
         other = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address="127.0.6.2"), timeout=30)
         async with attacker, other:
             for _ in range(LIMIT + 1):  # past the limit: every attempt from now on is throttled
                 await attacker.post(query, json={"task_id": "t"}, headers=wrong)
-            flood = [asyncio.create_task(attacker.post(query, json={"task_id": "t"}, headers=wrong))
-                     for _ in range(250)]
+            flood = [
+                asyncio.create_task(attacker.post(query, json={"task_id": "t"}, headers=wrong)) for _ in range(250)
+            ]
             await asyncio.sleep(1.0)  # the flood is in, waiting for the lane
             assert sum(task.done() for task in flood) < 250 - 50, "the flood ended before it was measured"
             took = {}
-            for name, call in [("healthz", lambda: other.get(f"{chatty.url}/healthz")),
-                               ("create", lambda: other.post(f"{chatty.url}/v1/open/capacity/application/"
-                                                             "tm_reference_img2img", json=body, headers=honest.headers)),
-                               ("info", lambda: other.get(f"{chatty.url}/v1/info", headers=honest.headers))]:
+            for name, call in [
+                ("healthz", lambda: other.get(f"{chatty.url}/healthz")),
+                (
+                    "create",
+                    lambda: other.post(
+                        f"{chatty.url}/v1/open/capacity/application/tm_reference_img2img",
+                        json=body,
+                        headers=honest.headers,
+                    ),
+                ),
+                ("info", lambda: other.get(f"{chatty.url}/v1/info", headers=honest.headers)),
+            ]:
                 started = time.monotonic()
                 answer = await call()
                 took[name] = time.monotonic() - started
@@ -219,8 +251,11 @@ def test_the_data_dir_is_private_whatever_the_umask(tiny_sd15, tmp_path, astrona
         os.umask(previous)
     try:
         cloud = Cloud(server.url, *server.new_key())
-        upload = httpx.post(f"{server.url}/v1/files", files={"file": ("a.png", png_bytes(astronaut.resize((64, 64))))},
-                            headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"}).json()
+        upload = httpx.post(
+            f"{server.url}/v1/files",
+            files={"file": ("a.png", png_bytes(astronaut.resize((64, 64))))},
+            headers={k: v for k, v in cloud.headers.items() if k != "Content-Type"},
+        ).json()
         assert upload["code"] == 0, upload
         task = cloud.wait_final(cloud.create_id(img2img_body(upload["data"]["url"])))
         assert task["status"] == 3, task
@@ -229,9 +264,15 @@ def test_the_data_dir_is_private_whatever_the_umask(tiny_sd15, tmp_path, astrona
     assert data_dir.stat().st_mode & 0o777 == 0o700
     files = [path for path in data_dir.rglob("*") if path.is_file()]
     assert any(path.name == "ref2img.db" for path in files) and any(path.suffix == ".png" for path in files)
-    wide = {str(path.relative_to(data_dir)): oct(path.stat().st_mode & 0o777) for path in files
-            if path.stat().st_mode & 0o077}
+    wide = {
+        str(path.relative_to(data_dir)): oct(path.stat().st_mode & 0o777)
+        for path in files
+        if path.stat().st_mode & 0o077
+    }
     assert wide == {}, wide
-    folders = {str(path.relative_to(data_dir)): oct(path.stat().st_mode & 0o777) for path in data_dir.rglob("*")
-               if path.is_dir() and path.stat().st_mode & 0o077}
+    folders = {
+        str(path.relative_to(data_dir)): oct(path.stat().st_mode & 0o777)
+        for path in data_dir.rglob("*")
+        if path.is_dir() and path.stat().st_mode & 0o077
+    }
     assert folders == {}, folders

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow  # two server starts and a long task: about 20 s
 
 
 def status_of(cloud: Cloud, task_id: str, wait: float = 0) -> dict:
-    answer = httpx.post(f"{cloud.base}/v1/open/pub/task", json={"task_id": task_id, "wait": wait},
-                        headers=cloud.headers, timeout=40)
+    answer = httpx.post(
+        f"{cloud.base}/v1/open/pub/task", json={"task_id": task_id, "wait": wait}, headers=cloud.headers, timeout=40
+    )
     return answer.json()["data"]
 
 
@@ -26,8 +27,9 @@ def test_ctrl_c_gives_the_running_task_back_and_exits_at_once(tiny_sd15, tmp_pat
     server = Server(data_dir, tiny_sd15, "--part", "steps=500", "--log-level", "info").start()
     cloud = Cloud(server.url, *server.new_key())
     body = img2img_body(data_uri(astronaut.resize((256, 256))), batch_size=4)
-    task_id = httpx.post(f"{server.url}/v1/open/capacity/application/tm_reference_img2img", json=body,
-                         headers=cloud.headers, timeout=30).json()["data"]["task_id"]
+    task_id = httpx.post(
+        f"{server.url}/v1/open/capacity/application/tm_reference_img2img", json=body, headers=cloud.headers, timeout=30
+    ).json()["data"]["task_id"]
     deadline = time.monotonic() + 60
     while status_of(cloud, task_id, wait=1)["progress"] < 1 and time.monotonic() < deadline:
         pass  # running, a step or more done
@@ -44,7 +46,8 @@ def test_ctrl_c_gives_the_running_task_back_and_exits_at_once(tiny_sd15, tmp_pat
     try:
         deadline = time.monotonic() + 60
         while (data := status_of(cloud.__class__(again.url, cloud.app_key, cloud.app_secret), task_id, wait=5))[
-                "status"] < 3 and time.monotonic() < deadline:
+            "status"
+        ] < 3 and time.monotonic() < deadline:
             pass
         assert data["status"] == 3, data
     finally:

@@ -18,8 +18,9 @@ from .conftest import Cloud, Server, data_uri, img2img_body
 @pytest.fixture(scope="module")
 def studio_server(tiny_sd15, tmp_path_factory, astronaut):
     # --key-queue-limit 0: a test queues 50 tasks of one key at once (a page of the task list, not fairness)
-    server = Server(tmp_path_factory.mktemp("studio") / "data", tiny_sd15, "--part", "steps=60",
-                    "--key-queue-limit", "0").start()
+    server = Server(
+        tmp_path_factory.mktemp("studio") / "data", tiny_sd15, "--part", "steps=60", "--key-queue-limit", "0"
+    ).start()
     server.wait_engine()
     yield server
     server.stop()
@@ -65,9 +66,22 @@ def test_keys_studio_link_prints_a_fresh_link_for_a_running_server(studio_server
     import subprocess
     import sys
 
-    printed = subprocess.run([sys.executable, "-m", "ref2img.cli", "keys", "studio-link", "--data-dir",
-                              str(studio_server.data_dir), "--url", studio_server.url],
-                             capture_output=True, text=True, timeout=60)
+    printed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ref2img.cli",
+            "keys",
+            "studio-link",
+            "--data-dir",
+            str(studio_server.data_dir),
+            "--url",
+            studio_server.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert printed.returncode == 0, printed.stderr
     link = printed.stdout.strip()
     assert link.startswith(f"{studio_server.url}/#token=") and "10 minutes" in printed.stderr
@@ -81,17 +95,20 @@ def test_a_session_changes_nothing_without_its_csrf_token(studio_server, astrona
     body = img2img_body(data_uri(astronaut.resize((64, 64))))
     refused = client.post("/v1/open/capacity/application/tm_reference_img2img", json=body)
     assert refused.status_code == 401 and "X-CSRF-Token" in refused.json()["msg"]
-    forged = client.post("/v1/open/capacity/application/tm_reference_img2img", json=body,
-                         headers={"X-CSRF-Token": "guess"})
+    forged = client.post(
+        "/v1/open/capacity/application/tm_reference_img2img", json=body, headers={"X-CSRF-Token": "guess"}
+    )
     assert forged.status_code == 401
-    accepted = client.post("/v1/open/capacity/application/tm_reference_img2img", json=body,
-                           headers={"X-CSRF-Token": csrf}).json()
+    accepted = client.post(
+        "/v1/open/capacity/application/tm_reference_img2img", json=body, headers={"X-CSRF-Token": csrf}
+    ).json()
     assert accepted["code"] == 0
     assert client.get("/v1/tasks").json()["data"]["total"] >= 1  # reads need the cookie alone
 
     # Signing in from another site, or by a form, is refused (login CSRF).
-    evil = httpx.post(f"{studio_server.url}/studio/session", json={"token": "x"},
-                      headers={"Origin": "http://evil.example"})
+    evil = httpx.post(
+        f"{studio_server.url}/studio/session", json={"token": "x"}, headers={"Origin": "http://evil.example"}
+    )
     assert evil.status_code == 403
     form = httpx.post(f"{studio_server.url}/studio/session", data={"token": "x"})
     assert form.json()["code"] == 680001 and "JSON" in form.json()["msg"]
@@ -104,8 +121,12 @@ def test_a_session_changes_nothing_without_its_csrf_token(studio_server, astrona
     assert client.get("/v1/tasks").status_code == 401
     # Signing out ended the session itself: the copied cookie lists and creates nothing any more.
     assert captured.get("/v1/tasks").status_code == 401
-    assert captured.post("/v1/open/capacity/application/tm_reference_img2img", json=body,
-                         headers={"X-CSRF-Token": csrf}).status_code == 401
+    assert (
+        captured.post(
+            "/v1/open/capacity/application/tm_reference_img2img", json=body, headers={"X-CSRF-Token": csrf}
+        ).status_code
+        == 401
+    )
     assert not captured.get("/studio/session").json()["data"]["signed_in"]
 
 
@@ -140,8 +161,9 @@ def test_the_task_list_is_the_keys_own_newest_first_and_paged(studio_server, ast
     other.create_id(img2img_body(data_uri(astronaut.resize((64, 64)))))
 
     first = httpx.get(f"{studio_server.url}/v1/tasks", params={"page_size": 2}, headers=mine.headers).json()["data"]
-    second = httpx.get(f"{studio_server.url}/v1/tasks", params={"page": 2, "page_size": 2},
-                       headers=mine.headers).json()["data"]
+    second = httpx.get(
+        f"{studio_server.url}/v1/tasks", params={"page": 2, "page_size": 2}, headers=mine.headers
+    ).json()["data"]
     assert first["total"] == 3 and [t["task_id"] for t in first["tasks"] + second["tasks"]] == ids[::-1]
     newest = first["tasks"][0]
     assert newest["settings"]["prompt"] == "p2" and newest["settings"]["seed"] == 2
@@ -161,8 +183,9 @@ def test_events_stream_progress_and_step_previews_until_the_end(studio_server, a
     cloud = Cloud(studio_server.url, *studio_server.new_key())
     task_id = cloud.create_id(img2img_body(data_uri(astronaut.resize((64, 64)))))
     events = []
-    with httpx.stream("GET", f"{studio_server.url}/v1/tasks/{task_id}/events", headers=cloud.headers,
-                      timeout=60) as response:
+    with httpx.stream(
+        "GET", f"{studio_server.url}/v1/tasks/{task_id}/events", headers=cloud.headers, timeout=60
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("data: "):
@@ -200,8 +223,9 @@ def test_a_task_list_page_is_bounded_in_bytes_and_pages_on_without_a_gap(studio_
         cloud.cancel(task_id)
     pages, offset = [], 0
     while offset < len(ids):
-        answer = httpx.get(f"{studio_server.url}/v1/tasks", params={"page_size": 100, "offset": offset},
-                           headers=cloud.headers)
+        answer = httpx.get(
+            f"{studio_server.url}/v1/tasks", params={"page_size": 100, "offset": offset}, headers=cloud.headers
+        )
         assert len(answer.content) <= 2 * 1024 * 1024
         data = answer.json()["data"]
         pages.append([task["task_id"] for task in data["tasks"]])
@@ -229,6 +253,7 @@ def test_a_cookie_of_the_earlier_format_signs_in_again(tmp_path):
     assert read(old) is None
     current = sessions.new("ak_a")
     cookie = URLSafeTimedSerializer(b"k" * 32, salt="ref2img-studio-session").dumps(
-        {"s": current.id, "k": "ak_a", "c": current.csrf})
+        {"s": current.id, "k": "ak_a", "c": current.csrf}
+    )
     assert read(cookie) == current and sessions.is_live(current)
     store.close()

@@ -105,7 +105,7 @@ def fill_job(page, prompt: str = "an astronaut in a sunflower field") -> None:
 
 
 def test_sign_in_through_the_printed_link(browser, studio):
-    server, link = studio
+    _server, link = studio
     page = browser.new_page()
     page.goto(link)
     page.wait_for_selector("#studio:not([hidden])", timeout=20_000)
@@ -125,15 +125,18 @@ def test_reference_control_map_generate_progress_and_download(browser, studio, r
     server, _ = studio
     page = open_signed_in(browser, server)
     refused = []  # the page's own code under its Content-Security-Policy: nothing may be blocked
-    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
-            else None)
+    page.on(
+        "console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None
+    )
     page.set_input_files("#reference-file", str(reference))
-    wait_until(page, "document.querySelector('#control-map').complete && "
-                           "document.querySelector('#control-map').naturalWidth > 0", timeout=30_000)
+    wait_until(
+        page,
+        "document.querySelector('#control-map').complete && document.querySelector('#control-map').naturalWidth > 0",
+        timeout=30_000,
+    )
     assert page.inner_text("#control-map-caption") == "edges map"
     page.check('input[name="mode"][value="3"]')  # depth: a new map for the same reference
-    wait_until(page, "document.querySelector('#control-map-caption').textContent === 'depth map'",
-                           timeout=30_000)
+    wait_until(page, "document.querySelector('#control-map-caption').textContent === 'depth map'", timeout=30_000)
     fill_job(page)
     page.select_option("#batch-size", "2")
     page.click("#generate")
@@ -197,13 +200,11 @@ def test_cancel_a_running_task(browser, slow_studio, reference):
     fill_job(page)
     page.select_option("#batch-size", "4")  # 500 steps of 4 images: long enough to cancel halfway
     page.click("#generate")
-    wait_until(page, "document.querySelector('#run-status').textContent.startsWith('generating')",
-                           timeout=30_000)
+    wait_until(page, "document.querySelector('#run-status').textContent.startsWith('generating')", timeout=30_000)
     page.wait_for_selector("#run-preview:not([hidden])", timeout=30_000)  # a step preview while it runs
     shot(page, "running")
     page.click("#cancel")
-    wait_until(page, "document.querySelector('#run-status').textContent.startsWith('cancelled')",
-                           timeout=30_000)
+    wait_until(page, "document.querySelector('#run-status').textContent.startsWith('cancelled')", timeout=30_000)
     assert page.inner_text("#job-error") == ""  # a cancel is no error
     assert page.is_hidden("#cancel") and page.is_enabled("#generate")
     entry = page.locator("#history li").first
@@ -278,7 +279,9 @@ def test_the_mask_brush_paints_erases_clears_and_repaints_only_the_painted_area(
     page = open_signed_in(browser, server)
     page.set_input_files("#repaint-file", str(image_path))
     page.wait_for_selector("#repaint-editor:not([hidden])", timeout=20_000)
-    assert page.evaluate("[document.querySelector('#repaint-mask').width, document.querySelector('#repaint-mask').height]") == [512, 512]
+    assert page.evaluate(
+        "[document.querySelector('#repaint-mask').width, document.querySelector('#repaint-mask').height]"
+    ) == [512, 512]
     page.locator("#repaint-mask").scroll_into_view_if_needed()  # the mouse reaches only what is in view
     box = page.locator("#repaint-mask").bounding_box()
 
@@ -300,7 +303,9 @@ def test_the_mask_brush_paints_erases_clears_and_repaints_only_the_painted_area(
     page.click("#repaint-go")
     page.wait_for_selector("#repaint-result:not([hidden])", timeout=60_000)
     shot(page, "repaint-done")
-    out = np.asarray(Image.open(io.BytesIO(httpx.get(page.get_attribute("#repaint-result", "src")).content)).convert("RGB"))
+    out = np.asarray(
+        Image.open(io.BytesIO(httpx.get(page.get_attribute("#repaint-result", "src")).content)).convert("RGB")
+    )
     before = np.asarray(astronaut.resize((512, 512)))
     assert out.shape == (512, 512, 3)
     corners = (slice(0, 100), slice(0, 100)), (slice(412, 512), slice(412, 512))
@@ -336,8 +341,11 @@ def test_the_controls_editor_adds_reorders_and_removes_controls_each_with_its_ow
     assert page.locator("#controls li").count() == 2
     assert page.is_disabled("#control-add")
     assert page.locator("#controls .control-type").evaluate_all("els => els.map(e => e.value)") == ["1", "3"]
-    wait_until(page, "[...document.querySelectorAll('#controls .control-row-map')]"
-                     ".every(m => m.complete && m.naturalWidth > 0)", timeout=30_000)
+    wait_until(
+        page,
+        "[...document.querySelectorAll('#controls .control-row-map')].every(m => m.complete && m.naturalWidth > 0)",
+        timeout=30_000,
+    )
     assert row_captions(page) == ["pose map (reference)", "depth map (reference)"]
 
     first = page.locator("#controls li").nth(0)  # the pose control gets its own image
