@@ -197,7 +197,8 @@ def test_pull_from_the_mirror_then_generate_every_mode_offline(preset, family, r
         env.pop(name, None)
     with Mirror(source) as mirror:
         pulled = subprocess.run(
-            [sys.executable, "-m", "ref2img.cli", "models", "pull", preset],
+            # The default preset is pulled as `models pull` with no name: what a new user types.
+            [sys.executable, "-m", "ref2img.cli", "models", "pull", *([] if preset == DEFAULT_PRESET else [preset])],
             env={**env, "HF_ENDPOINT": mirror.url},
             capture_output=True,
             text=True,

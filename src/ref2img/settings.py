@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ref2img.engines.local.presets import DEFAULT_PRESET
 from ref2img.provenance.options import ProvenanceOptions
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 @dataclass
 class ServerSettings:
     data_dir: Path
-    model: str = "sdxl"  # the default preset
+    model: str = DEFAULT_PRESET
     more_models: tuple[str, ...] = ()  # --model given again: presets a request may pick by name (`model`)
     max_loaded: int = 0  # presets held loaded at once; 0 = auto (all on a CPU; on a GPU, as many as fit)
     max_parked: int = 2  # presets set aside on the CPU (a fast switch back) before one is unloaded

@@ -14,6 +14,7 @@ from typing import Annotated, Literal, NoReturn
 import typer
 from rich.console import Console
 
+from ref2img.engines.local.presets import DEFAULT_PRESET, preset_names
 from ref2img.images import DEFAULT_MAX_IMAGE_MB, MAX_IMAGE_MB_RANGE, ImageInputError, load_image
 from ref2img.protocol import ControlType, renamed_field
 
@@ -38,7 +39,7 @@ ModelOption = Annotated[
         "--model",
         "-m",
         metavar="PRESET|DIR|FILE",
-        help="preset (sdxl, sdxl-fast, sd15), a tiny-model DIR or a preset file",
+        help=f"preset ({preset_names()}), a tiny-model DIR or a preset file (default: {DEFAULT_PRESET})",
     ),
 ]
 PartOption = Annotated[

@@ -52,6 +52,7 @@ from ref2img.cli._common import (
     sdk_call,
     sdk_client,
 )
+from ref2img.engines.local.presets import DEFAULT_PRESET, preset_names
 from ref2img.protocol import ControlType, CreateRequest, ParameterError, parse_create_request
 
 
@@ -99,7 +100,7 @@ def generate(
             "--model",
             "-m",
             metavar="PRESET|DIR|FILE",
-            help="preset (sdxl, sdxl-fast, sd15, zimage-turbo), a tiny-model DIR or a preset file (default: sdxl); "
+            help=f"preset ({preset_names()}), a tiny-model DIR or a preset file (default: {DEFAULT_PRESET}); "
             "with --server, the name of one of the server's presets (default: the server's own)",
         ),
     ] = None,
@@ -170,7 +171,7 @@ def generate(
     run.lora_dirs = tuple(str(folder) for folder in lora_dir or ())
     run.provenance = marking
     with plain_progress():
-        run.execute(resolve_model(model or "sdxl", part), device, dtype, offload, out_dir, as_json)
+        run.execute(resolve_model(model or DEFAULT_PRESET, part), device, dtype, offload, out_dir, as_json)
 
 
 def parse_lora(spec: str) -> dict[str, Any]:
@@ -414,7 +415,7 @@ def recognize(
     out_file: Annotated[
         Path, typer.Option("--out", "-o", metavar="FILE", help="where to write the control map or mask (PNG)")
     ] = Path("control-map.png"),
-    model: ModelOption = "sdxl",
+    model: ModelOption = DEFAULT_PRESET,
     part: PartOption = None,
     device: DeviceOption = None,
 ) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ref2img.engines.local.presets import DEFAULT_PRESET
 from ref2img.images import DEFAULT_MAX_IMAGE_MB, set_max_image_mb
 from ref2img.cli._common import (
     EXIT_USAGE,
@@ -44,7 +45,7 @@ def mcp(
             "--http", metavar="HOST:PORT", help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio"
         ),
     ] = None,
-    model: ModelOption = "sdxl",
+    model: ModelOption = DEFAULT_PRESET,
     part: PartOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,

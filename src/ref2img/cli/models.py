@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ref2img.engines.local.presets import DEFAULT_PRESET
 from ref2img.engines.local.families import family_named, family_names
 
 from ref2img.cli._common import EXIT_USAGE, err, fail, new_group, out, quiet_libraries
@@ -77,7 +78,7 @@ def human_size(size_bytes: int) -> str:
 
 @app.command("pull")
 def models_pull(
-    preset_name: Annotated[str, typer.Argument(metavar="PRESET", help="preset name or preset file")],
+    preset_name: Annotated[str, typer.Argument(metavar="PRESET", help="preset name or preset file")] = DEFAULT_PRESET,
 ) -> None:
     """Download a preset's models into the Hugging Face cache (progress bars per file)."""
     from ref2img.engines.base import EngineError

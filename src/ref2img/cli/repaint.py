@@ -30,6 +30,7 @@ from ref2img.cli._common import (
     sdk_client,
 )
 from ref2img.cli.generate import generate_remote, print_result, step_progress
+from ref2img.engines.local.presets import DEFAULT_PRESET
 from ref2img.protocol import ParameterError, RepaintRequest, check_repaint_images, parse_repaint_request
 
 
@@ -44,7 +45,7 @@ def repaint(
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="seed (default: random)")] = None,
     negative: Annotated[str | None, typer.Option("--negative", metavar="TEXT", help="negative prompt")] = None,
-    model: ModelOption = "sdxl",
+    model: ModelOption = DEFAULT_PRESET,
     part: PartOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,

@@ -43,6 +43,7 @@ from ref2img.cli._common import (
     quiet_libraries,
 )
 from ref2img.client import DEFAULT_BASE_URL as DEFAULT_CLOUD_URL
+from ref2img.engines.local.presets import DEFAULT_PRESET, preset_names
 from ref2img.images import DEFAULT_MAX_IMAGE_MB
 
 
@@ -52,7 +53,7 @@ ModelsOption = Annotated[
         "--model",
         "-m",
         metavar="PRESET|DIR|FILE",
-        help="preset (sdxl, sdxl-fast, sd15, zimage-turbo), a tiny-model DIR or a preset file; repeat it to "
+        help=f"preset ({preset_names()}), a tiny-model DIR or a preset file; repeat it to "
         "serve several, which a request picks by name (`model`): the first is the default",
     ),
 ]
@@ -219,7 +220,7 @@ def serve(
     if engine == "tomoviee" and overflow:
         fail("--overflow: the engine is already the cloud (--engine tomoviee)", EXIT_USAGE)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model, *more_models = models or ["sdxl"]
+    model, *more_models = models or [DEFAULT_PRESET]
     # An API node with no --model offers what its workers hold (a worker's --model), whatever that is.
     follow_workers = not models and queue != "embedded" and engine == "local"
     settings = node_settings(
@@ -301,7 +302,7 @@ def worker(
             "--model",
             "-m",
             metavar="PRESET|DIR|FILE",
-            help="preset (sdxl, sdxl-fast, sd15, zimage-turbo), a tiny-model DIR or a preset file; repeat it to "
+            help=f"preset ({preset_names()}), a tiny-model DIR or a preset file; repeat it to "
             "hold several: this worker takes the generations naming one of them, and says so to the API nodes",
         ),
     ] = None,
@@ -345,7 +346,7 @@ def worker(
     worker takes the local queue (and needs no public URL: the API nodes send the callbacks); with
     --engine tomoviee it follows the cloud queue's tasks instead."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model, *more_models = models or ["sdxl"]
+    model, *more_models = models or [DEFAULT_PRESET]
     settings = node_settings(
         data_dir=data_dir,
         engine_options=(model, part, device, dtype, offload, compile_kind, compile_after, approximate),

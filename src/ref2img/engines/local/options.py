@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
+from ref2img.engines.local.presets import DEFAULT_PRESET
+
 if TYPE_CHECKING:
     from ref2img.engines.local.engine import LocalEngine
     from ref2img.engines.local.presets import Preset
@@ -13,7 +15,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LocalOptions:
-    model: str | Preset = "sdxl"  # a preset name, a local path, or a resolved Preset
+    model: str | Preset = DEFAULT_PRESET  # a preset name, a local path, or a resolved Preset
     device: str | None = None
     dtype: str | None = None  # float32 | float16 | bfloat16; default per device
     offload: str = "none"  # none | model | sequential | auto

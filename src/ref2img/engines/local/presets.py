@@ -284,11 +284,20 @@ _SCALAR_FIELDS = {
     "family": str,
     "description": str,
 }
+# The preset every command and the server run when none is named (`serve`, `worker`, `generate`,
+# `models pull`, the studio, MCP, the OpenAI route's plain model names). Issue 39 makes it zimage-turbo
+# once that preset's figures under a 24 GiB cap are measured on a GPU.
+DEFAULT_PRESET = "sdxl"
+
+
+def preset_names() -> str:
+    """The built-in presets, as CLI help lists them."""
+    return ", ".join(PRESETS)
 
 
 def resolve_preset(model: str | Path | None, overrides: dict[str, str] | None = None) -> Preset:
     """A preset name, a folder holding `ref2img-preset.json`, or a preset file; then flag overrides."""
-    model = str(model or "sdxl")
+    model = str(model or DEFAULT_PRESET)
     if model in PRESETS:
         preset = PRESETS[model]
     else:
