@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ref2img.engines.local.presets import DEFAULT_PRESET
+
 from .hub_fixture import write_repo
 from .test_models_mirror import Mirror
 
