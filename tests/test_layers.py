@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     # The tomoviee engine talks to the cloud through the SDK's public names.
     "engines": {"protocol", "client", "images"},
     "lifecycle": {"protocol", "engines", "images", "provenance"},
-    "settings": {"engines", "provenance"},
+    "settings": {"engines", "provenance", "images", "client"},  # defaults named where they live
     "tasks": {"protocol", "engines", "lifecycle", "images", "safe_http", "settings", "provenance"},
     "auth": {"protocol", "tasks", "webhooks"},
     "server": {"protocol", "auth", "tasks", "lifecycle", "images", "safe_http", "settings", "webhooks", "_version"},

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ref2img.client import DEFAULT_BASE_URL as DEFAULT_CLOUD_URL
 from ref2img.engines.local.presets import DEFAULT_PRESET
+from ref2img.images import DEFAULT_MAX_IMAGE_MB
 from ref2img.provenance.options import ProvenanceOptions
 
 if TYPE_CHECKING:
@@ -46,7 +48,7 @@ class ServerSettings:
     lease_s: float = 30.0
     callback_retry_scale: float = 1.0
     max_body_bytes: int = 30 * 1024 * 1024
-    max_image_mb: int = 20  # --max-image-mb: the largest input image file, however it comes
+    max_image_mb: int = DEFAULT_MAX_IMAGE_MB  # --max-image-mb: the largest input image file, however it comes
     auth_failure_limit: int = 20  # failed authentications per key and per client address per minute
     studio_link: bool = False  # print the studio's sign-in link at start (`ref2img serve` does)
     engine_factory: Callable[[], Engine] | None = None  # default: the local diffusers engine
@@ -58,7 +60,7 @@ class ServerSettings:
     engine: str = "local"  # local | tomoviee
     overflow: str | None = None  # None | tomoviee
     overflow_after_s: float = 60.0
-    cloud_url: str = "https://open-api.wondershare.cc"
+    cloud_url: str = DEFAULT_CLOUD_URL
     cloud_credentials_file: str | None = None  # else REF2IMG_CLOUD_APP_KEY / REF2IMG_CLOUD_APP_SECRET
     cloud_workers: int = 8  # cloud tasks followed at once (threads that mostly wait on HTTP)
     cloud_reachable_url: str | None = None  # an explicit --public-url: the base of input URLs the cloud fetches

@@ -42,9 +42,11 @@ from ref2img.cli._common import (
     parse_parts,
     quiet_libraries,
 )
-from ref2img.client import DEFAULT_BASE_URL as DEFAULT_CLOUD_URL
 from ref2img.engines.local.presets import DEFAULT_PRESET, preset_names
-from ref2img.images import DEFAULT_MAX_IMAGE_MB
+from ref2img.settings import ServerSettings
+
+# Every flag's default is the setting's own (settings.py): spelled once.
+DEFAULTS = ServerSettings
 
 
 ModelsOption = Annotated[
@@ -85,26 +87,26 @@ def serve(
     port: Annotated[int, typer.Option("--port", metavar="PORT", help="port to listen on")] = 8080,
     data_dir: DataDirOption = Path("ref2img-data"),
     models: ModelsOption = None,
-    max_loaded: MaxLoadedOption = 0,
-    max_parked: MaxParkedOption = 2,
+    max_loaded: MaxLoadedOption = DEFAULTS.max_loaded,
+    max_parked: MaxParkedOption = DEFAULTS.max_parked,
     part: PartOption = None,
     lora_dirs: LoraDirOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
     compile_kind: CompileOption = "none",
-    compile_after: CompileAfterOption = 1,
-    approximate: ApproximateOption = "",
+    compile_after: CompileAfterOption = DEFAULTS.compile_after,
+    approximate: ApproximateOption = DEFAULTS.approximate,
     workers: Annotated[
         int, typer.Option("--workers", metavar="N", min=1, max=64, help="worker threads (one engine, shared)")
-    ] = 1,
+    ] = DEFAULTS.workers,
     allow_private_urls: Annotated[
         bool, typer.Option("--allow-private-urls", help="let image and callback URLs reach loopback/private addresses")
     ] = False,
     queue_limit: Annotated[
         int,
         typer.Option("--queue-limit", metavar="N", min=1, help="queued tasks before create answers 680005 / HTTP 429"),
-    ] = 100,
+    ] = DEFAULTS.queue_limit,
     retention_days: Annotated[
         float,
         typer.Option(
@@ -113,7 +115,7 @@ def serve(
             min=0,
             help="finished tasks with their images, and uploads, are deleted this long after (0: kept forever)",
         ),
-    ] = 30.0,
+    ] = DEFAULTS.retention_days,
     key_queue_limit: Annotated[
         int | None,
         typer.Option(
@@ -125,7 +127,7 @@ def serve(
     ] = None,
     task_timeout: Annotated[
         float, typer.Option("--task-timeout", metavar="SECONDS", min=1, help="seconds from create to status 6")
-    ] = 1800.0,
+    ] = DEFAULTS.task_timeout_s,
     public_url: Annotated[
         str | None,
         typer.Option(
@@ -141,14 +143,14 @@ def serve(
             min=1,
             help="failed authentications per app key and per client address per minute before 680005 / HTTP 429",
         ),
-    ] = 20,
+    ] = DEFAULTS.auth_failure_limit,
     max_body_mb: Annotated[
         int,
         typer.Option(
             "--max-body-mb", metavar="MB", min=1, max=1024, help="largest request body (JSON or upload) in MB"
         ),
     ] = 30,
-    max_image_mb: MaxImageOption = DEFAULT_MAX_IMAGE_MB,
+    max_image_mb: MaxImageOption = DEFAULTS.max_image_mb,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     trusted_proxy: Annotated[
         list[str] | None,
@@ -182,7 +184,7 @@ def serve(
     db: DbOption = None,
     queue: QueueOption = "embedded",
     storage: StorageOption = None,
-    lease: LeaseOption = 30.0,
+    lease: LeaseOption = DEFAULTS.lease_s,
     engine: EngineOption = "local",
     overflow: Annotated[
         Literal["tomoviee"] | None,
@@ -196,10 +198,10 @@ def serve(
             min=0,
             help="with --overflow: a task whose estimated wait on the local GPUs is over this goes to the cloud",
         ),
-    ] = 60.0,
-    cloud_url: CloudUrlOption = DEFAULT_CLOUD_URL,
+    ] = DEFAULTS.overflow_after_s,
+    cloud_url: CloudUrlOption = DEFAULTS.cloud_url,
     cloud_credentials: CloudCredentialsOption = None,
-    cloud_workers: CloudWorkersOption = 8,
+    cloud_workers: CloudWorkersOption = DEFAULTS.cloud_workers,
     c2pa: C2paFlag = True,
     watermark: WatermarkFlag = True,
     c2pa_cert: C2paCertOption = None,
@@ -306,26 +308,26 @@ def worker(
             "hold several: this worker takes the generations naming one of them, and says so to the API nodes",
         ),
     ] = None,
-    max_loaded: MaxLoadedOption = 0,
-    max_parked: MaxParkedOption = 2,
+    max_loaded: MaxLoadedOption = DEFAULTS.max_loaded,
+    max_parked: MaxParkedOption = DEFAULTS.max_parked,
     part: PartOption = None,
     lora_dirs: LoraDirOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = None,
     offload: OffloadOption = "none",
     compile_kind: CompileOption = "none",
-    compile_after: CompileAfterOption = 1,
-    approximate: ApproximateOption = "",
+    compile_after: CompileAfterOption = DEFAULTS.compile_after,
+    approximate: ApproximateOption = DEFAULTS.approximate,
     allow_private_urls: Annotated[bool, typer.Option("--allow-private-urls")] = False,
-    task_timeout: Annotated[float, typer.Option("--task-timeout", metavar="SECONDS", min=1)] = 1800.0,
-    lease: LeaseOption = 30.0,
-    max_image_mb: MaxImageOption = DEFAULT_MAX_IMAGE_MB,
+    task_timeout: Annotated[float, typer.Option("--task-timeout", metavar="SECONDS", min=1)] = DEFAULTS.task_timeout_s,
+    lease: LeaseOption = DEFAULTS.lease_s,
+    max_image_mb: MaxImageOption = DEFAULTS.max_image_mb,
     data_dir: DataDirOption = Path("ref2img-worker"),
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     engine: EngineOption = "local",
-    cloud_url: CloudUrlOption = DEFAULT_CLOUD_URL,
+    cloud_url: CloudUrlOption = DEFAULTS.cloud_url,
     cloud_credentials: CloudCredentialsOption = None,
-    cloud_workers: CloudWorkersOption = 8,
+    cloud_workers: CloudWorkersOption = DEFAULTS.cloud_workers,
     public_url: Annotated[
         str | None,
         typer.Option(
