@@ -148,9 +148,11 @@ def test_startup_does_not_import_torch():
 
 @pytest.mark.slow
 def test_deadline_ends_a_running_task_at_6(tiny_sd15, tmp_path, astronaut):
-    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=500", "--task-timeout", "3").start()
+    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=2000", "--task-timeout", "8").start()
     try:
-        server.wait_engine()  # so that the deadline passes mid-run (500 tiny steps take ~8 s)
+        # The deadline passes mid-run: 2,000 tiny steps take ~30 s on an idle 2-core machine, and 8 s leave
+        # room for the first step on a loaded one (at 3 s, a parallel run once saw the task end before it).
+        server.wait_engine()
         cloud = Cloud(server.url, *server.new_key())
         task_id = cloud.create_id(img2img_body(data_uri(astronaut)))
         wait_running(cloud, task_id)
