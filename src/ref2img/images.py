@@ -38,25 +38,23 @@ JPEG_PIXELS_PER_BYTE = 4096
 PNG_INFLATE_STEP = 1 << 20  # inflated a megabyte at a time and dropped: memory stays flat
 PROBES_AT_ONCE = 2  # request threads probing at once: the others wait their turn, memory stays bounded
 _probes = threading.BoundedSemaphore(PROBES_AT_ONCE)
-_max_image_bytes = DEFAULT_MAX_IMAGE_MB * 1024 * 1024
+MIB = 1024 * 1024
+# The largest input image file, however it comes (fetch, upload, path, data URI). Each way in passes its
+# own node's cap (`image_cap_bytes(--max-image-mb)`, held by the backend or the MCP server that enforces
+# it); this default is what a caller with no setting gets. Nothing here is changed at run time.
+DEFAULT_MAX_IMAGE_BYTES = DEFAULT_MAX_IMAGE_MB * MIB
 
 
-def max_image_bytes() -> int:
-    """The largest input image file this process takes (every way in: fetch, upload, path, data URI)."""
-    return _max_image_bytes
-
-
-def set_max_image_mb(megabytes: int) -> None:
-    """The process's cap, from a node's settings (`--max-image-mb`); the pixel cap stays as it is."""
-    global _max_image_bytes
+def image_cap_bytes(megabytes: int) -> int:
+    """`--max-image-mb` in bytes, checked against its range."""
     low, high = MAX_IMAGE_MB_RANGE
     if not low <= megabytes <= high:
         raise ValueError(f"max_image_mb: must be an integer from {low} to {high} (got {megabytes})")
-    _max_image_bytes = megabytes * 1024 * 1024
+    return megabytes * MIB
 
 
-def _over_cap(what: str) -> str:
-    return f"{what} is over {_max_image_bytes // (1024 * 1024)} MB (the server's --max-image-mb)"
+def _over_cap(what: str, max_bytes: int) -> str:
+    return f"{what} is over {max_bytes // MIB} MB (the server's --max-image-mb)"
 
 
 class ImageInputError(ValueError):
@@ -69,13 +67,13 @@ class ImageInputError(ValueError):
         self.code = code
 
 
-def open_image(data: bytes, field: str = "image") -> Image.Image:
+def open_image(data: bytes, field: str = "image", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
     """Open `data` and check what its header tells (format, pixel count, shape) without decoding the
     pixels: cheap enough for the request path. `decode_image` then finds truncation and corruption."""
     if not data:
         raise ImageInputError(field, "the file is empty (0 bytes)")
-    if len(data) > _max_image_bytes:
-        raise ImageInputError(field, _over_cap("the file"))
+    if len(data) > max_bytes:
+        raise ImageInputError(field, _over_cap("the file", max_bytes))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -115,7 +113,7 @@ def open_image(data: bytes, field: str = "image") -> Image.Image:
     return image
 
 
-def probe_image(data: bytes, field: str = "image") -> str:
+def probe_image(data: bytes, field: str = "image", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> str:
     """For the request path (uploads): `open_image`'s header checks, then a walk through the whole
     file that holds little memory, so truncation is still refused at once. Returns the format.
 
@@ -124,7 +122,7 @@ def probe_image(data: bytes, field: str = "image") -> str:
     read and their CRCs checked, then its pixels inflated a megabyte at a time and dropped (the stream
     must end, at the size its header gives), and WebP and GIF are decoded only up to
     FULL_PROBE_PIXELS. The worker's `decode_image` stays the full check."""
-    image = open_image(data, field)
+    image = open_image(data, field, max_bytes)
     with _probes:
         try:
             if image.format in ("JPEG", "MPO"):
@@ -142,9 +140,9 @@ def probe_image(data: bytes, field: str = "image") -> str:
     return image.format or ""
 
 
-def decode_image(data: bytes, field: str = "image") -> Image.Image:
+def decode_image(data: bytes, field: str = "image", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
     """Bytes to an RGB image, or ImageInputError saying what is wrong with them."""
-    image = open_image(data, field)
+    image = open_image(data, field, max_bytes)
     try:
         image.seek(0)  # animations: the first frame
         image.load()
@@ -200,26 +198,26 @@ def data_uri_bytes(uri: str, field: str = "image") -> bytes:
         raise ImageInputError(field, "the data URI is not valid base64") from None
 
 
-def decode_data_uri(uri: str, field: str = "image") -> Image.Image:
-    return decode_image(data_uri_bytes(uri, field), field)
+def decode_data_uri(uri: str, field: str = "image", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
+    return decode_image(data_uri_bytes(uri, field), field, max_bytes)
 
 
-def load_image(source: str | Path, field: str = "image") -> Image.Image:
+def load_image(source: str | Path, field: str = "image", max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> Image.Image:
     """For the CLI: a local path, an http(s) URL or a data URI. (The server uses its own SSRF-safe fetch.)"""
     text = str(source)
     if text.startswith("data:"):
-        return decode_data_uri(text, field)
+        return decode_data_uri(text, field, max_bytes)
     if text.startswith(("http://", "https://")):
-        return decode_image(_download(text, field), field)
+        return decode_image(_download(text, field, max_bytes), field, max_bytes)
     path = Path(text).expanduser()
     if not path.is_file():
         raise ImageInputError(field, f"no such file: {path}", ErrorCode.IMAGE_FETCH_FAILED)
-    if path.stat().st_size > _max_image_bytes:
-        raise ImageInputError(field, _over_cap("the file"))
-    return decode_image(path.read_bytes(), field)
+    if path.stat().st_size > max_bytes:
+        raise ImageInputError(field, _over_cap("the file", max_bytes))
+    return decode_image(path.read_bytes(), field, max_bytes)
 
 
-def _download(url: str, field: str) -> bytes:
+def _download(url: str, field: str, max_bytes: int) -> bytes:
     import httpx
 
     try:
@@ -231,8 +229,8 @@ def _download(url: str, field: str) -> bytes:
             chunks, size = [], 0
             for chunk in response.iter_bytes():
                 size += len(chunk)
-                if size > _max_image_bytes:
-                    raise ImageInputError(field, _over_cap("the download"))
+                if size > max_bytes:
+                    raise ImageInputError(field, _over_cap("the download", max_bytes))
                 chunks.append(chunk)
             return b"".join(chunks)
     except httpx.HTTPError as exc:

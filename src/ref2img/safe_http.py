@@ -17,7 +17,7 @@ import socket
 
 import httpx
 
-from ref2img.images import max_image_bytes
+from ref2img.images import DEFAULT_MAX_IMAGE_BYTES
 from ref2img.protocol import ErrorCode
 
 MAX_REDIRECTS = 5
@@ -62,17 +62,13 @@ class SafeHttp:
         self,
         allow_private: bool = False,
         timeout_s: float = 20.0,
-        max_bytes: int | None = None,  # default: the process's image cap (`--max-image-mb`)
+        max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,  # the node's image cap (`--max-image-mb`)
         address_allowed=is_public,
     ):
         self.allow_private = allow_private
         self.address_allowed = address_allowed
         self.timeout_s = timeout_s
-        self._max_bytes = max_bytes
-
-    @property
-    def max_bytes(self) -> int:
-        return self._max_bytes if self._max_bytes is not None else max_image_bytes()
+        self.max_bytes = max_bytes
 
     def check(self, url: str) -> None:
         """Refuse a URL that could never be fetched (scheme, credentials, private address)."""

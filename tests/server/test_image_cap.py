@@ -1,11 +1,12 @@
 """`--max-image-mb`: the largest input image file a server takes, on every way in (upload, fetch)."""
 
+import base64
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from ref2img.images import DEFAULT_MAX_IMAGE_MB, ImageInputError, max_image_bytes, open_image, set_max_image_mb
+from ref2img.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_MB, ImageInputError, image_cap_bytes, open_image
 
 from .conftest import Cloud, ImageHost, img2img_body, png_bytes, running
 
@@ -15,19 +16,33 @@ def noise_png(side: int) -> bytes:
     return png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)))
 
 
-def test_the_cap_is_a_process_setting_with_a_range():
+def test_the_cap_is_each_nodes_own_setting_with_a_range(tmp_path):
+    """Two backends in one process (a test, an embedded server beside an MCP server) each keep the cap
+    they were given: nothing in `images` is process-wide."""
+    from ref2img.settings import ServerSettings
+    from ref2img.tasks.backend import Backend
+
     big = noise_png(700)  # about 1.4 MB
-    try:
-        set_max_image_mb(1)
-        with pytest.raises(ImageInputError, match=r"over 1 MB \(the server's --max-image-mb\)"):
-            open_image(big, "reference_image")
-        set_max_image_mb(2)
-        assert open_image(big).size == (700, 700)
-        with pytest.raises(ValueError, match=r"max_image_mb: must be an integer from 1 to 1024"):
-            set_max_image_mb(0)
-    finally:
-        set_max_image_mb(DEFAULT_MAX_IMAGE_MB)
-    assert max_image_bytes() == 20 * 1024 * 1024  # the documented default
+    with pytest.raises(ImageInputError, match=r"over 1 MB \(the server's --max-image-mb\)"):
+        open_image(big, "reference_image", image_cap_bytes(1))
+    assert open_image(big, max_bytes=image_cap_bytes(2)).size == (700, 700)
+    with pytest.raises(ValueError, match=r"max_image_mb: must be an integer from 1 to 1024"):
+        image_cap_bytes(0)
+    assert (
+        DEFAULT_MAX_IMAGE_BYTES == image_cap_bytes(DEFAULT_MAX_IMAGE_MB) == 20 * 1024 * 1024
+    )  # the documented default
+
+    small, large = (
+        Backend(ServerSettings(data_dir=tmp_path / name, max_image_mb=megabytes, engine_factory=lambda: None))
+        for name, megabytes in (("small", 1), ("large", 2))
+    )
+    uri = "data:image/png;base64," + base64.b64encode(big).decode()
+    with pytest.raises(ImageInputError, match="over 1 MB"):
+        small.images.check(uri, "reference_image", "ak_test")
+    large.images.check(uri, "reference_image", "ak_test")  # the second backend did not change the first's cap
+    with pytest.raises(ImageInputError, match="over 1 MB"):
+        small.images.check(uri, "reference_image", "ak_test")
+    assert (small.http.max_bytes, large.http.max_bytes) == (1024 * 1024, 2 * 1024 * 1024)
 
 
 @pytest.fixture(scope="module")

@@ -273,7 +273,7 @@ def test_the_readmes_curl_example_works_as_written(served, key, reference, tmp_p
 # -- a slow model: streaming, a client that leaves, the image cap --------------------------------------
 @pytest.fixture(scope="module")
 def slow_served(tiny_sd15, tmp_path_factory):
-    with running(tmp_path_factory, "openai-slow", tiny_sd15, "--part", "steps=300", "--max-image-mb", "1") as server:
+    with running(tmp_path_factory, "openai-slow", tiny_sd15, "--part", "steps=80", "--max-image-mb", "1") as server:
         yield server
 
 

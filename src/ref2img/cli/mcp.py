@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ref2img.engines.local.presets import DEFAULT_PRESET
-from ref2img.images import DEFAULT_MAX_IMAGE_MB, set_max_image_mb
+from ref2img.images import DEFAULT_MAX_IMAGE_MB, image_cap_bytes
 from ref2img.cli._common import (
     EXIT_USAGE,
     BlocklistOption,
@@ -109,9 +109,9 @@ def mcp(
     address = _address(http) if http else None
     token = _token(address, token_file) if address else None
     quiet_libraries()
-    set_max_image_mb(max_image_mb)
     out_dir = out_dir.expanduser().resolve()
-    inputs = InputGuard(allow_dir or [Path.cwd(), out_dir], SafeHttp(allow_private=allow_private_urls))
+    fetcher = SafeHttp(allow_private=allow_private_urls, max_bytes=image_cap_bytes(max_image_mb))
+    inputs = InputGuard(allow_dir or [Path.cwd(), out_dir], fetcher)
     if server or cloud:
         backend, models = _remote(server, cloud, app_key, app_secret, out_dir, inputs), None
     else:

@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from ref2img.lifecycle.data_dir import data_dir_between
-from ref2img.images import ImageInputError, data_uri_bytes, decode_image, max_image_bytes
+from ref2img.images import MIB, ImageInputError, data_uri_bytes, decode_image
 from ref2img.protocol import ErrorCode
 from ref2img.safe_http import SafeHttp, UrlRefused
 
@@ -41,7 +41,7 @@ class InputGuard:
         return self._read_file(source, field)
 
     def load(self, source: str, field: str = "image") -> Image.Image:
-        return decode_image(self.read(source, field), field)
+        return decode_image(self.read(source, field), field, self.http.max_bytes)
 
     def is_local_file(self, source: str) -> bool:
         return not source.startswith(("data:", "http://", "https://"))
@@ -68,7 +68,7 @@ class InputGuard:
             os.close(descriptor)
             raise refused  # a folder, or a FIFO or device that would block or never end
         with os.fdopen(descriptor, "rb") as handle:
-            data = handle.read(max_image_bytes() + 1)
-        if len(data) > max_image_bytes():
-            raise ImageInputError(field, f"the file is over {max_image_bytes() // (1024 * 1024)} MB")
+            data = handle.read(self.http.max_bytes + 1)  # the MCP server's cap (`--max-image-mb`), its fetcher's too
+        if len(data) > self.http.max_bytes:
+            raise ImageInputError(field, f"the file is over {self.http.max_bytes // MIB} MB")
         return data

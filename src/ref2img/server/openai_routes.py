@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ref2img.images import ImageInputError, max_image_bytes, open_image
+from ref2img.images import ImageInputError, open_image
 from ref2img.protocol import (
     SIZE_RANGE,
     ErrorCode,
@@ -100,8 +100,9 @@ async def edits(request: Request, app_key: BearerKey) -> Any:
         edit = EditForm.parse(fields, presets(svc))
         images = [value for key, value in form.multi_items() if key in ("image", "image[]")]
         mask = form.get("mask")
-        uploads = [await _read(value, "image") for value in images]
-        mask_data = await _read(mask, "mask") if mask is not None else None
+        cap = svc.images.max_bytes
+        uploads = [await _read(value, "image", cap) for value in images]
+        mask_data = await _read(mask, "mask", cap) if mask is not None else None
     finally:
         await form.close()
     if not uploads:
@@ -125,10 +126,10 @@ async def edits(request: Request, app_key: BearerKey) -> Any:
     return JSONResponse(_response(data, size))
 
 
-async def _read(value: Any, param: str) -> bytes:
+async def _read(value: Any, param: str, max_bytes: int) -> bytes:
     if not isinstance(value, UploadFile):
         raise bad_request(param, "must be an image file (multipart), not a text field")
-    return await value.read(max_image_bytes() + 1)  # over the cap: refused by name in store_upload
+    return await value.read(max_bytes + 1)  # over the cap: refused by name in store_upload
 
 
 def _submit(
@@ -144,8 +145,8 @@ def _submit(
     Repaint of the first image. Returns the task id and the output size."""
     # Every image, the queue and the key's quota are checked before anything is stored: a refused call
     # leaves nothing behind.
-    reference_size = _image_size(uploads[0], "image")
-    ours = _repaint_mask(mask) if mask is not None else None
+    reference_size = _image_size(uploads[0], "image", svc.images.max_bytes)
+    ours = _repaint_mask(mask, svc.images.max_bytes) if mask is not None else None
     try:
         check_admission(svc, app_key)
     except ApiError as exc:
@@ -194,19 +195,19 @@ def _upload(svc: Services, base_url: str, app_key: str, data: bytes, param: str)
         raise from_wire_error(exc.code, exc.msg, 400) from None
 
 
-def _image_size(data: bytes, param: str) -> tuple[int, int]:
+def _image_size(data: bytes, param: str, max_bytes: int) -> tuple[int, int]:
     try:
-        return open_image(data, param).size  # the header only
+        return open_image(data, param, max_bytes).size  # the header only
     except ImageInputError as exc:
         raise from_wire_error(exc.code, str(exc), 400) from None
 
 
-def _repaint_mask(data: bytes) -> bytes:
+def _repaint_mask(data: bytes, max_bytes: int) -> bytes:
     """OpenAI's mask (transparent where the image is edited) as ours: white where it is transparent
     (alpha 0); a mask with no alpha is taken as ours already (white = edit). Its sides are checked from the
     header before any pixel is decoded; what is not a usable image is a 400 naming `mask`."""
     try:
-        image = open_image(data, "mask")  # format, pixels and shape, from the header
+        image = open_image(data, "mask", max_bytes)  # format, pixels and shape, from the header
     except ImageInputError as exc:
         raise from_wire_error(exc.code, str(exc), 400) from None
     if max(image.size) > SIZE_RANGE[1]:

@@ -371,7 +371,7 @@ def store_upload(svc: Services, base_url: str, app_key: str, data: bytes, field:
     an image. What no task could use is refused now, in bounded memory (images.probe_image)."""
     _check_upload_rate(svc, app_key)
     try:
-        image_format = probe_image(data, field)
+        image_format = probe_image(data, field, svc.images.max_bytes)
     except ImageInputError as exc:
         raise ApiError(exc.code, str(exc)) from None
     extension = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif"}[image_format]

@@ -8,7 +8,7 @@ from typing import Any
 
 from pathlib import Path
 
-from ref2img.images import set_max_image_mb
+from ref2img.images import image_cap_bytes
 from ref2img.lifecycle import CLOUD, LOCAL, RunContext
 from ref2img.safe_http import SafeHttp
 from ref2img.settings import ServerSettings
@@ -35,12 +35,14 @@ CLOUD_WORKER_KIND = "worker-cloud"  # the owner-id prefix of a fleet's cloud fol
 class Backend:
     def __init__(self, settings: ServerSettings):
         self.settings = settings
-        set_max_image_mb(settings.max_image_mb)  # one cap per process: fetches, uploads, decodes
         data_dir = private_dir(Path(settings.data_dir))
         mark_data_dir(data_dir)
         self.store = Store(settings.db_url or f"sqlite:///{data_dir / 'ref2img.db'}")
         self.storage = open_storage(settings.storage or data_dir, self.store.files.shared_secret("file-url-signing"))
-        self.http = SafeHttp(allow_private=settings.allow_private_urls)
+        # This node's image cap, on every way in: fetches (here), uploads and decodes (`images.max_bytes`).
+        self.http = SafeHttp(
+            allow_private=settings.allow_private_urls, max_bytes=image_cap_bytes(settings.max_image_mb)
+        )
         self.images = ImageResolver(self.store, self.storage, self.http)
         self.estimate = DurationEstimate()
         self.estimate.seed(self.store.tasks.recent_durations())

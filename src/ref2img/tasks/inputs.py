@@ -35,11 +35,16 @@ class ImageResolver:
         self.storage = storage
         self.http = http
 
+    @property
+    def max_bytes(self) -> int:
+        """The node's image cap (`--max-image-mb`), the fetcher's too."""
+        return self.http.max_bytes
+
     def check(self, url: str, field: str, app_key: str) -> None:
         """At create time: refuse what could never be fetched or used, before the task is queued. A data
         URI is at hand, so its header is read now (format, pixel count, shape: 680003 at once)."""
         if url.startswith("data:"):
-            open_image(data_uri_bytes(url, field), field)
+            open_image(data_uri_bytes(url, field), field, self.max_bytes)
             return
         if self._stored(url, field, app_key) is not None or self._own_file(url, field, app_key) is not None:
             return
@@ -50,12 +55,12 @@ class ImageResolver:
 
     def fetch(self, url: str, field: str, app_key: str) -> Image.Image:
         if url.startswith("data:"):
-            return decode_data_uri(url, field)
+            return decode_data_uri(url, field, self.max_bytes)
         own = self._stored(url, field, app_key) or self._own_file(url, field, app_key)
         if own is not None:
-            return decode_image(self.storage.read(own), field)
+            return decode_image(self.storage.read(own), field, self.max_bytes)
         try:
-            return decode_image(self.http.get(url), field)
+            return decode_image(self.http.get(url), field, self.max_bytes)
         except UrlRefused as exc:
             raise ImageInputError(field, str(exc), exc.code) from None
 
@@ -82,7 +87,9 @@ class ImageResolver:
             )
         if own is None:  # a data URI: kept as a file under the task, for the cloud to fetch
             data = data_uri_bytes(url, field)
-            own = self.storage.save_input(task_id, field, data, (open_image(data, field).format or "png").lower())
+            own = self.storage.save_input(
+                task_id, field, data, (open_image(data, field, self.max_bytes).format or "png").lower()
+            )
         return self.storage.signed_url(base_url, own, ttl_s)
 
     def keep_inline(self, payload: dict[str, Any], app_key: str) -> dict[str, Any]:
@@ -103,7 +110,7 @@ class ImageResolver:
 
     def _keep(self, uri: str, field: str, app_key: str) -> str:
         data = data_uri_bytes(uri, field)
-        extension = _EXTENSIONS.get(open_image(data, field).format or "", "png")
+        extension = _EXTENSIONS.get(open_image(data, field, self.max_bytes).format or "", "png")
         file_id = "f" + hashlib.sha256(f"{app_key}\n".encode() + data).hexdigest()[:24]
         name = f"uploads/{file_id}.{extension}"
         if self.store.files.get(file_id) is None:
