@@ -97,7 +97,7 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path, tiny_sd15, postgres_url, redis_server):
-    instance = Fleet(tmp_path, tiny_sd15, 60, postgres_url, redis_server.url)
+    instance = Fleet(tmp_path, tiny_sd15, 20, postgres_url, redis_server.url)  # steps: a task of about a second
     yield instance
     instance.close()
 

@@ -102,7 +102,7 @@ def test_ssrf_callback_urls_are_refused(slow_cloud, astronaut, url):
 
 @pytest.mark.slow
 def test_sigkill_mid_task_then_restart_loses_nothing(tiny_sd15, tmp_path, astronaut):
-    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=120", "--workers", "1").start()
+    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=40", "--workers", "1").start()
     try:
         cloud = Cloud(server.url, *server.new_key())
         tasks = [cloud.create_id(img2img_body(data_uri(astronaut), seed=i)) for i in range(3)]
