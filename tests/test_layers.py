@@ -121,6 +121,21 @@ def test_no_room_imports_a_room_it_may_not(room):
     assert not wrong, sorted(wrong)
 
 
+def test_no_router_imports_another():
+    """The server's routers (the modules that make an APIRouter) share what they need through services
+    (`server/accept.py`, `server/services.py`), never through one another (issue 41)."""
+    server = PACKAGE / "server"
+    routers = {module_name(path): path for path in server.glob("*.py") if "APIRouter(" in path.read_text()}
+    assert {"ref2img.server.routes", "ref2img.server.openai_routes"} <= set(routers)
+    crossing = {
+        f"{name} imports {other}"
+        for name, path in routers.items()
+        for other in imported_modules(path) & set(routers)
+        if other != name
+    }
+    assert not crossing, sorted(crossing)
+
+
 def test_the_package_root_imports_only_the_sdk_side():
     assert not wrong_imports(PACKAGE / "__init__.py", ROOT)
 

@@ -44,8 +44,8 @@ from ref2img.server.openai_images import (
     model_names,
     parse_size,
 )
-from ref2img.server.routes import check_admission, services, store_upload, submit_generation, submit_repaint
-from ref2img.server.services import Services
+from ref2img.server.accept import check_admission, store_upload, submit_generation, submit_repaint
+from ref2img.server.services import Services, services
 from ref2img.tasks.store.models import TaskRow
 
 router = APIRouter(include_in_schema=False)

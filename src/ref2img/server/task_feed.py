@@ -20,7 +20,7 @@ from ref2img.protocol import MAX_TASK_ID_CHARS, ErrorCode, TaskStatus, text_prob
 from ref2img.server import openapi
 from ref2img.server.auth import AppKey
 from ref2img.server.errors import ApiError, ok
-from ref2img.server.routes import services, store_read
+from ref2img.server.services import services, store_read
 from ref2img.server.views import task_summary
 
 router = APIRouter(tags=["extensions"])
