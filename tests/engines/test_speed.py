@@ -109,10 +109,14 @@ def placement(device: str) -> Placement:
 
 
 @pytest.mark.parametrize(("free_gib", "expected"), [(40, "none"), (12, "model"), (6, "sequential")])
-def test_auto_offload_picks_from_the_free_memory(free_gib, expected):
+def test_auto_offload_picks_from_the_free_memory(free_gib, expected, caplog):
     # SDXL-like: 9.4 GiB of weights, UNet + ControlNet 7.6 GiB; the headroom decides the edges.
     everything, denoisers = int(9.4 * GiB), int(7.6 * GiB)
-    assert choose_offload("auto", placement("cuda"), everything, denoisers, free=free_gib * GiB) == expected
+    with caplog.at_level("INFO", logger="ref2img.engine"):
+        assert choose_offload("auto", placement("cuda"), everything, denoisers, free=free_gib * GiB) == expected
+    assert f"offload auto: {expected} ({free_gib:.1f} GiB free on cuda; every model 9.4 GiB, the denoiser 7.6 GiB" in (
+        caplog.text
+    )
     assert (
         choose_offload(
             "auto", placement("cuda"), everything, denoisers, free=everything + ACTIVATION_HEADROOM_BYTES - 1

@@ -159,10 +159,7 @@ class UNetPipelines:
         # 2.5 of 5.1 GB in fp16).
         controlnet = unet // 2
         everything = offload.module_bytes(*self._base_modules().values()) + controlnet
-        mode = offload.choose_offload(requested, self.placement, everything, unet + controlnet)
-        if mode != requested:
-            log.info("offload auto: %s", mode)
-        return mode
+        return offload.choose_offload(requested, self.placement, everything, unet + controlnet)
 
     def _base_modules(self) -> dict[str, torch.nn.Module]:
         return torch_modules(self.base)

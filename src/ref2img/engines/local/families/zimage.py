@@ -170,10 +170,7 @@ class ZImagePipelines:
         subject = self.preset.extra.get(SUBJECT_BASE)
         if subject is not None and requested == "auto":  # loaded on the first subject job, beside the rest
             everything += weight_bytes(subject, self.preset, self.base.text_encoder)
-        mode = offload.choose_offload(requested, self.placement, everything, transformer + controlnet)
-        if mode != requested:
-            log.info("offload auto: %s", mode)
-        return mode
+        return offload.choose_offload(requested, self.placement, everything, transformer + controlnet)
 
     def _union_controlnet(self):
         if self._controlnet is None:
