@@ -155,7 +155,7 @@ class LocalEngine:
         _check_image(job.reference, "reference_image")
         if job.init_image is not None:
             _check_image(job.init_image, "init_image")
-        gen_w, gen_h = generation_size(job.width, job.height, self.preset.max_pixels, self.preset.size_multiple)
+        gen_w, gen_h = self.model_size(job.width, job.height)
         loras = resolve_loras(job.request.loras or (), self.lora_dirs)
         with self._lock, self._loras(loras):
             pipe, kwargs = self._prepare(job, gen_w, gen_h)
@@ -187,7 +187,7 @@ class LocalEngine:
         image's size; every pixel outside the mask comes back as it was (repaint.py)."""
         _check_image(job.image, "init_image")
         original = job.image.convert("RGB")
-        gen_w, gen_h = generation_size(*original.size, self.preset.max_pixels, self.preset.size_multiple)
+        gen_w, gen_h = self.model_size(*original.size)
         area = redraw_area(job.mask, original.size)
         if not area.any():
             return [original]  # nothing to redraw: the image as it is
@@ -265,12 +265,17 @@ class LocalEngine:
         finally:
             end_call(self.pipelines.modules())
 
+    def model_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the model runs at for an output of width x height: the preset's area and multiple
+        (sizing.py); the images are then fitted to the size asked for."""
+        return generation_size(width, height, self.preset.max_pixels, self.preset.size_multiple)
+
     def control_map_for(self, job: Job) -> Image.Image | None:
         """The control map `generate` conditions `job` on, at the size the model runs at (None in subject
         mode). Handing it back as `job.control_map` gives the same images without annotating twice."""
         if job.control_type is ControlType.SUBJECT:
             return None
-        gen_w, gen_h = generation_size(job.width, job.height, self.preset.max_pixels, self.preset.size_multiple)
+        gen_w, gen_h = self.model_size(job.width, job.height)
         if job.control_map is not None:
             return fit(job.control_map, gen_w, gen_h)
         return self.annotators.control_map(fit(job.reference, gen_w, gen_h), job.control_type)
@@ -278,7 +283,7 @@ class LocalEngine:
     def control_maps_for(self, job: Job) -> list[Image.Image]:
         """The map of each of `job.controls`, at the model's size: its image as it is when `map` says it is
         one, else what the annotator of its type finds in it."""
-        gen_w, gen_h = generation_size(job.width, job.height, self.preset.max_pixels, self.preset.size_multiple)
+        gen_w, gen_h = self.model_size(job.width, job.height)
         return [
             fit(image, gen_w, gen_h)
             if control.map
