@@ -45,7 +45,7 @@ from ref2img.server.openai_images import (
     parse_size,
 )
 from ref2img.server.accept import check_admission, store_upload, submit_generation, submit_repaint
-from ref2img.server.services import Services, services
+from ref2img.server.services import Services, Svc
 from ref2img.tasks.store.models import TaskRow
 
 router = APIRouter(include_in_schema=False)
@@ -62,14 +62,14 @@ def presets(svc: Services) -> list[str]:
 
 
 @router.get("/v1/models")
-async def list_models(request: Request, app_key: BearerKey) -> dict[str, Any]:
-    names = model_names(presets(services(request)))
+async def list_models(request: Request, svc: Svc, app_key: BearerKey) -> dict[str, Any]:
+    names = model_names(presets(svc))
     return {"object": "list", "data": [_model(name) for name in names]}
 
 
 @router.get("/v1/models/{model_id:path}")
-async def get_model(request: Request, model_id: str, app_key: BearerKey) -> dict[str, Any]:
-    if model_id not in model_names(presets(services(request))):
+async def get_model(request: Request, svc: Svc, model_id: str, app_key: BearerKey) -> dict[str, Any]:
+    if model_id not in model_names(presets(svc)):
         raise OpenAIError(
             404, f"model: {model_id[:100]!r} is not a model of this server", param="model", code="model_not_found"
         )
@@ -92,8 +92,7 @@ async def generations(request: Request, app_key: BearerKey) -> None:
 
 
 @router.post("/v1/images/edits")
-async def edits(request: Request, app_key: BearerKey) -> Any:
-    svc = services(request)
+async def edits(request: Request, svc: Svc, app_key: BearerKey) -> Any:
     form = await request.form(max_files=MAX_IMAGES + 1, max_fields=MAX_FORM_FIELDS)
     try:
         fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}

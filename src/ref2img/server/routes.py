@@ -42,7 +42,7 @@ from ref2img.server.auth import AppKey, check_secret
 from ref2img.server.errors import ApiError, ok
 from ref2img.server.routing import route_recognition
 from ref2img.server.accept import check_inputs, enqueue, store_upload, submit_generation, submit_repaint
-from ref2img.server.services import Services, services, store_read
+from ref2img.server.services import Services, Svc, store_read
 
 router = APIRouter()
 WIRE: dict[str, Any] = {"responses": openapi.ENVELOPE_RESPONSES, "response_model": None}  # see openapi.py
@@ -66,8 +66,9 @@ def _parameter_error(exc: ParameterError) -> ApiError:
 @router.post(
     "/v1/open/capacity/application/tm_reference_img2img", openapi_extra=openapi.json_body(CreateRequest), **WIRE
 )
-def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
-    svc = services(request)
+def create_img2img(
+    request: Request, svc: Svc, app_key: AppKey, body: Annotated[dict, Depends(json_body)]
+) -> JSONResponse:
     try:
         create = parse_create_request(body)
     except ParameterError as exc:
@@ -80,8 +81,9 @@ def create_img2img(request: Request, app_key: AppKey, body: Annotated[dict, Depe
 @router.post(
     "/v1/open/capacity/application/tm_reference_img2mask", openapi_extra=openapi.json_body(RecognizeRequest), **WIRE
 )
-def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
-    svc = services(request)
+def create_img2mask(
+    request: Request, svc: Svc, app_key: AppKey, body: Annotated[dict, Depends(json_body)]
+) -> JSONResponse:
     try:
         recognize = parse_recognize_request(body)
     except ParameterError as exc:
@@ -94,9 +96,10 @@ def create_img2mask(request: Request, app_key: AppKey, body: Annotated[dict, Dep
 
 
 @router.post("/v1/open/capacity/application/tm_redrawing", openapi_extra=openapi.json_body(RepaintRequest), **WIRE)
-def create_redrawing(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
+def create_redrawing(
+    request: Request, svc: Svc, app_key: AppKey, body: Annotated[dict, Depends(json_body)]
+) -> JSONResponse:
     """Image Repaint (inpainting): the masked area of `init_image` redrawn from `prompt`."""
-    svc = services(request)
     try:
         repaint = parse_repaint_request(body)
     except ParameterError as exc:
@@ -123,9 +126,10 @@ def _wait_seconds(body: dict) -> float:
 
 
 @router.post("/v1/open/pub/task", openapi_extra=openapi.json_body(openapi.TaskLookup), **WIRE)
-async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> JSONResponse:
+async def query_task(
+    request: Request, svc: Svc, app_key: AppKey, body: Annotated[dict, Depends(json_body)]
+) -> JSONResponse:
     """Task state; with `wait` (≤ 30 s) it answers as soon as the status changes (DESIGN.md §1)."""
-    svc = services(request)
     task_id, wait = _task_id(body), _wait_seconds(body)
     base_url = str(request.base_url)
 
@@ -149,8 +153,7 @@ async def query_task(request: Request, app_key: AppKey, body: Annotated[dict, De
 
 
 @router.post("/v1/open/pub/task/cancel", openapi_extra=openapi.json_body(openapi.TaskRef), **WIRE)
-def cancel_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
-    svc = services(request)
+def cancel_task(request: Request, svc: Svc, app_key: AppKey, body: Annotated[dict, Depends(json_body)]) -> dict:
     task_id = _task_id(body)
     task = svc.store.tasks.request_cancel(task_id, app_key)
     if task is None:
@@ -160,11 +163,11 @@ def cancel_task(request: Request, app_key: AppKey, body: Annotated[dict, Depends
 
 @router.get("/v1/open/capacity/get/token", **WIRE)
 async def get_token(
-    request: Request, access_key: Annotated[str, Query()] = "", secret: Annotated[str, Query()] = ""
+    request: Request, svc: Svc, access_key: Annotated[str, Query()] = "", secret: Annotated[str, Query()] = ""
 ) -> dict:
     if not access_key or not secret:
         raise ApiError(ErrorCode.INVALID_PARAMETER, "access_key and secret: both are required query parameters")
-    verifier = services(request).verifier
+    verifier = svc.verifier
     await check_secret(
         request,
         access_key,
@@ -175,8 +178,7 @@ async def get_token(
 
 
 @router.post("/v1/files", **WIRE)
-def upload_file(request: Request, app_key: AppKey, file: Annotated[UploadFile, File()]) -> dict:
-    svc = services(request)
+def upload_file(request: Request, svc: Svc, app_key: AppKey, file: Annotated[UploadFile, File()]) -> dict:
     data = file.file.read(svc.settings.max_body_bytes + 1)
     file_id, url = store_upload(svc, str(request.base_url), app_key, data, "file")
     return ok({"file_id": file_id, "url": url})
@@ -186,8 +188,8 @@ _MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".webp": "image/webp"
 
 
 @router.get("/v1/files/{name:path}", include_in_schema=False)
-def get_file(request: Request, name: str, expires: str = "", sig: str = "") -> Response:
-    storage = services(request).storage
+def get_file(request: Request, svc: Svc, name: str, expires: str = "", sig: str = "") -> Response:
+    storage = svc.storage
     if not storage.check_signature(name, expires, sig):
         raise ApiError(ErrorCode.TASK_NOT_FOUND, "file: the link is invalid or has expired", 404)
     try:
@@ -199,8 +201,7 @@ def get_file(request: Request, name: str, expires: str = "", sig: str = "") -> R
 
 
 @router.get("/healthz", **WIRE)
-def healthz(request: Request) -> dict:
-    svc = services(request)
+def healthz(request: Request, svc: Svc) -> dict:
     counts = svc.store.tasks.count_by_status()
     engine = str(svc.engine.state) if svc.settings.embedded else "workers"
     return ok(
@@ -214,10 +215,9 @@ def healthz(request: Request) -> dict:
 
 
 @router.get("/v1/info", **WIRE)
-def info(request: Request, app_key: AppKey) -> dict:
+def info(request: Request, svc: Svc, app_key: AppKey) -> dict:
     """What this server runs and what a request may ask, from `protocol.py`: the preset, the modes and
     statuses in words, every range. Pages and clients read it rather than spell it again."""
-    svc = services(request)
     default = svc.offered_presets()[1]
     following = svc.settings.follow_workers
     return ok(
@@ -266,13 +266,13 @@ def _presets_with_holders(svc: Services) -> list[dict]:
 
 
 @router.get("/v1/loras", **WIRE)
-def list_loras(request: Request, app_key: AppKey) -> dict:
+def list_loras(request: Request, svc: Svc, app_key: AppKey) -> dict:
     """The LoRAs a request's `loras` may name: the operator's folders' files, by name (never their paths)."""
-    return ok({"loras": [{"name": name} for name in sorted(services(request).backend.loras())]})
+    return ok({"loras": [{"name": name} for name in sorted(svc.backend.loras())]})
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(request: Request) -> PlainTextResponse:
+def metrics(request: Request, svc: Svc) -> PlainTextResponse:
     from ref2img.server.metrics import render
 
-    return PlainTextResponse(render(services(request)), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(render(svc), media_type="text/plain; version=0.0.4")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import sys
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from ref2img.auth.keys import KeyVerifier
@@ -153,6 +155,10 @@ class Services:
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+# What a route names to reach this process's services: a FastAPI dependency, not a lookup in its body.
+Svc = Annotated[Services, Depends(services)]
 
 
 async def store_read(svc: Services, read):

@@ -20,7 +20,7 @@ from ref2img.protocol import MAX_TASK_ID_CHARS, ErrorCode, TaskStatus, text_prob
 from ref2img.server import openapi
 from ref2img.server.auth import AppKey
 from ref2img.server.errors import ApiError, ok
-from ref2img.server.services import services, store_read
+from ref2img.server.services import Svc, store_read
 from ref2img.server.views import task_summary
 
 router = APIRouter(tags=["extensions"])
@@ -32,6 +32,7 @@ MAX_PAGE_BYTES = 2 * 1024 * 1024  # a page stops before this many bytes of JSON 
 @router.get("/v1/tasks", responses=openapi.ENVELOPE_RESPONSES)
 async def list_tasks(
     request: Request,
+    svc: Svc,
     app_key: AppKey,
     page: Annotated[int, Query(ge=1, le=10**6, description="1 is the newest")] = 1,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
@@ -41,7 +42,6 @@ async def list_tasks(
 ) -> dict[str, Any]:
     """This key's tasks, newest first: each one's query `data`, kind, times and settings. A page holds
     at most `page_size` tasks and about 2 MB; `next_offset` is where the next one starts."""
-    svc = services(request)
     base_url = str(request.base_url)
     start = offset if offset is not None else (page - 1) * page_size
 
@@ -85,11 +85,11 @@ async def list_tasks(
 )
 async def task_events(
     request: Request,
+    svc: Svc,
     task_id: Annotated[str, Path(min_length=1, max_length=MAX_TASK_ID_CHARS)],
     app_key: AppKey,
 ) -> StreamingResponse:
     """Status, progress, queue position and step preview of one task, as they change, until it ends."""
-    svc = services(request)
     if text_problem(task_id):
         raise ApiError(ErrorCode.INVALID_PARAMETER, f"task_id: {text_problem(task_id)}", 400)
     base_url = str(request.base_url)
