@@ -102,7 +102,7 @@ def test_ssrf_callback_urls_are_refused(slow_cloud, astronaut, url):
 
 @pytest.mark.slow
 def test_sigkill_mid_task_then_restart_loses_nothing(tiny_sd15, tmp_path, astronaut):
-    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=40", "--workers", "1").start()
+    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=120", "--workers", "1").start()
     try:
         cloud = Cloud(server.url, *server.new_key())
         tasks = [cloud.create_id(img2img_body(data_uri(astronaut), seed=i)) for i in range(3)]
@@ -148,10 +148,13 @@ def test_startup_does_not_import_torch():
 
 @pytest.mark.slow
 def test_deadline_ends_a_running_task_at_6(tiny_sd15, tmp_path, astronaut):
-    server = Server(tmp_path / "data", tiny_sd15, "--part", "steps=2000", "--task-timeout", "8").start()
+    # The deadline passes mid-run: 500 tiny steps at 128² (4x the tiny preset's area) take about 30 s on an
+    # idle 2-core machine, and 8 s leave room for the first step on a loaded one (at 3 s and 64², a
+    # parallel run once saw the deadline pass before the first step).
+    server = Server(
+        tmp_path / "data", tiny_sd15, "--part", "steps=500", "--part", "max_pixels=16384", "--task-timeout", "8"
+    ).start()
     try:
-        # The deadline passes mid-run: 2,000 tiny steps take ~30 s on an idle 2-core machine, and 8 s leave
-        # room for the first step on a loaded one (at 3 s, a parallel run once saw the task end before it).
         server.wait_engine()
         cloud = Cloud(server.url, *server.new_key())
         task_id = cloud.create_id(img2img_body(data_uri(astronaut)))

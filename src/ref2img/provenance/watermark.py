@@ -54,14 +54,19 @@ def _word(random_id: int) -> int:
     return ((random_id << 8) | _crc8(random_id)) ^ WHITENING
 
 
+def mark_id_from(random_id: int) -> str | None:
+    """The watermark id a 24-bit draw makes (8 hex digits, 16 of their 32 bits set, the last 8 checking
+    the first 24 after the whitening mask), or None when that word is not balanced."""
+    word = _word(random_id)
+    return word.to_bytes(PAYLOAD_BITS // 8, "big").hex() if word.bit_count() == PAYLOAD_BITS // 2 else None
+
+
 def new_mark_id() -> str:
-    """A fresh watermark id: 8 hex digits, 16 of their 32 bits set, whose last 8 bits check the first 24
-    (after the whitening mask). Drawn until balanced: about one draw in four is."""
+    """A fresh watermark id (`mark_id_from` a random draw). Drawn until balanced: about one draw in four is."""
     draw = secrets.SystemRandom()
-    while True:
-        word = _word(draw.getrandbits(ID_BITS))
-        if word.bit_count() == PAYLOAD_BITS // 2:
-            return word.to_bytes(PAYLOAD_BITS // 8, "big").hex()
+    while (mark := mark_id_from(draw.getrandbits(ID_BITS))) is None:
+        pass
+    return mark
 
 
 def is_mark_id(value: str) -> bool:
