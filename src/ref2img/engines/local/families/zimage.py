@@ -138,6 +138,7 @@ class ZImagePipelines:
         self.step_cache = (
             FirstBlockCache(self.base.transformer.layers) if "step-cache" in speedups.approximate else None
         )
+        self.applied_approximations = frozenset({"step-cache"}) if self.step_cache else frozenset()
         subject = preset.extra.get(SUBJECT_BASE)
         self._subject = (
             KleinSubject(
@@ -252,7 +253,8 @@ class ZImagePipelines:
         preset = self.preset
         guidance = preset.guidance_scale
         self.ignored = ["negative_prompt (guidance 0: no CFG)"] if job.request.negative_prompt and guidance <= 1 else []
-        self.ignored += unapplied_approximations(self.speedups, self._new_call())
+        self.ignored += unapplied_approximations(self.speedups, self.applied_approximations)
+        self._forget_last_call()
         pipe = self.inpaint_pipeline()
         self._preview = self._control_preview
         self._set_tiling(pipe, gen_w * gen_h)
@@ -286,7 +288,10 @@ class ZImagePipelines:
             self._set_tiling(subject_pipe, gen_w * gen_h)
             return subject_pipe, subject_kwargs
         guidance = preset.guidance_scale if job.guidance_scale is None else job.guidance_scale
-        self.ignored = ignored_without_cfg(job, guidance) + unapplied_approximations(self.speedups, self._new_call())
+        self.ignored = ignored_without_cfg(job, guidance) + unapplied_approximations(
+            self.speedups, self.applied_approximations
+        )
+        self._forget_last_call()
         if self.ignored:
             log.info("preset %s ignores %s", preset.name, ", ".join(self.ignored))
         kwargs: dict[str, Any] = {
@@ -312,12 +317,10 @@ class ZImagePipelines:
         self._set_tiling(pipe, gen_w * gen_h)
         return pipe, kwargs
 
-    def _new_call(self) -> frozenset[str]:
-        """The approximations this family applies, readied for a new call (the step cache forgets the last)."""
-        if self.step_cache is None:
-            return frozenset()
-        self.step_cache.reset()
-        return frozenset({"step-cache"})
+    def _forget_last_call(self) -> None:
+        """A new call of the transformer: the step cache reuses nothing of the last one."""
+        if self.step_cache is not None:
+            self.step_cache.reset()
 
     def _from_init_image(self, pipe, job: Job, gen_w: int, gen_h: int, steps: int) -> tuple[torch.Tensor, list[float]]:
         """img2img for a flow-matching schedule: the init image's latents x0 and noise e at the sigma s where
